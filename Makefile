@@ -1,0 +1,38 @@
+# caliper: the two commands a newcomer needs are `make run` and `make test`.
+# Everything they need (the ONNX Runtime library, the datasets the tests use) is fetched on demand.
+CARGO ?= cargo
+ADDR ?= 127.0.0.1:8080
+ORT_LIB := third_party/onnxruntime/lib/libonnxruntime.so
+
+.PHONY: build run test lint fmt fetch fetch-data clean
+
+$(ORT_LIB):
+	scripts/fetch-onnxruntime.sh
+
+fetch: $(ORT_LIB)
+
+fetch-data:
+	scripts/fetch-data.sh
+
+## build: fetch what is missing, build the release binaries into target/release/
+build: fetch
+	$(CARGO) build --release --locked --bins
+
+## run: build, then serve the bundled models on 127.0.0.1:8080
+run: build
+	target/release/caliper serve --addr $(ADDR) --models models --calib calib
+
+## lint: formatting and clippy with warnings as errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+## test: fetch, build, lint and run every test
+test: fetch fetch-data build lint
+	$(CARGO) test --locked --all-targets
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

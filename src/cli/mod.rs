@@ -1,0 +1,7 @@
+//! The `caliper` subcommands. Each submodule owns its clap arguments and a `run` function;
+//! `src/main.rs` only dispatches.
+
+pub mod calibrate;
+pub mod eval;
+pub mod predict;
+pub mod serve;

@@ -1,0 +1,48 @@
+//! `caliper`: the calibrated inference server and its tools. Thin: parse, set up tracing,
+//! dispatch into the library, turn an error into an exit code.
+
+use std::process::ExitCode;
+
+use caliper::cli;
+use clap::{Parser, Subcommand};
+
+/// Calibrated probabilities from ONNX image classifiers.
+#[derive(Debug, Parser)]
+#[command(name = "caliper", version, about)]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "CALIPER_LOG_JSON", global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the models of a repository over HTTP (caliper API + KServe V2).
+    Serve(cli::serve::ServeArgs),
+    /// Run the serving pipeline offline on image files and print the same JSON as the server.
+    Predict(cli::predict::PredictArgs),
+    /// Fit a calibrator on validation logits and write calib/NAME.json.
+    Calibrate(cli::calibrate::CalibrateArgs),
+    /// Compute calibration metrics (ECE family, NLL, Brier, ...) of logits or of a model.
+    Eval(cli::eval::EvalArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    caliper::telemetry::init_tracing(cli.log_json);
+    let result = match cli.command {
+        Command::Serve(a) => cli::serve::run(a),
+        Command::Predict(a) => cli::predict::run(a),
+        Command::Calibrate(a) => cli::calibrate::run(a),
+        Command::Eval(a) => cli::eval::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

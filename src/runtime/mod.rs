@@ -1,0 +1,6 @@
+//! ONNX Runtime: finding and loading the shared library, and (in submodules) the sessions that
+//! run models. This is the only place besides the trainer's graph runner that touches `ort`.
+
+mod library;
+
+pub use library::{OrtLibraryError, init_onnxruntime, resolve_library_path};
