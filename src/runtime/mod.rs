@@ -3,4 +3,4 @@
 
 mod library;
 
-pub use library::{OrtLibraryError, init_onnxruntime, resolve_library_path};
+pub use library::{OrtLibraryError, environment, init_onnxruntime, resolve_library_path};
