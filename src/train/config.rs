@@ -131,6 +131,9 @@ pub struct TrainArgs {
     /// Continue from the run folder's last checkpoint.
     #[arg(long, env = "CALIPER_RESUME")]
     pub resume: bool,
+    /// Calibrator fitted on the validation split and written to calib/NAME.json.
+    #[arg(long, env = "CALIPER_CALIBRATOR", value_enum, default_value_t = crate::calibration::Method::Ats)]
+    pub calibrator: crate::calibration::Method,
     /// Hide the progress bar (logs still go to the JSONL file).
     #[arg(long, env = "CALIPER_NO_PROGRESS")]
     pub no_progress: bool,

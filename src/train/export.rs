@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::config::TrainConfig;
-use super::fit::{Trained, summarize};
+use super::fit::{ECE_BINS, TrainError, Trained, logits_report};
 use super::step;
-use crate::calibration::{CalibrationFile, Calibrator, SCHEMA_VERSION};
+use crate::calibration::{CalibrationFile, Calibrator, FitOptions, FitSummary, Method};
 use crate::repository::{
     InputSpec, METADATA_SCHEMA_VERSION, ModelMetadata, OutputSpec, Provenance, ResizePolicy,
 };
@@ -28,42 +28,12 @@ pub enum ExportError {
     /// Metadata could not be written.
     #[error(transparent)]
     Metadata(#[from] crate::repository::MetadataError),
-    /// The calibration file could not be written.
+    /// The calibrator could not be fitted or written.
     #[error(transparent)]
     Calibration(#[from] crate::calibration::CalibrationError),
-}
-
-/// The temperature minimising the NLL of `logits` (`[n * k]`) at labels, by bisection on the
-/// derivative in beta = 1/T (the NLL is convex in beta, method.md §2).
-/// TO BE REPLACED by `caliper::calibration`'s fitting once it is on main.
-pub fn fit_temperature(logits: &[f32], labels: &[i64], k: usize) -> f64 {
-    // d/dbeta NLL = mean_i (E_{softmax(beta z_i)}[z_i] - z_{i,y_i}), increasing in beta.
-    let deriv = |beta: f64| -> f64 {
-        let mut s = 0.0;
-        for (row, &y) in logits.chunks_exact(k).zip(labels) {
-            let z: Vec<f64> = row.iter().map(|&v| v as f64).collect();
-            let p = crate::numeric::softmax_with_temperature(&z, 1.0 / beta);
-            let ez: f64 = p.iter().zip(&z).map(|(p, z)| p * z).sum();
-            s += ez - z[y as usize];
-        }
-        s / labels.len().max(1) as f64
-    };
-    let (mut lo, mut hi) = (1e-3f64.ln(), 1e3f64.ln());
-    if deriv(lo.exp()) >= 0.0 {
-        return 1.0 / lo.exp();
-    }
-    if deriv(hi.exp()) <= 0.0 {
-        return 1.0 / hi.exp();
-    }
-    for _ in 0..60 {
-        let mid = 0.5 * (lo + hi);
-        if deriv(mid.exp()) < 0.0 {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    1.0 / (0.5 * (lo + hi)).exp()
+    /// Scoring the calibrated model failed.
+    #[error("scoring the exported model: {0}")]
+    Report(String),
 }
 
 /// Paths written by [`export`].
@@ -99,11 +69,31 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
     let sha = crate::fsutil::sha256_file(&model_path).map_err(io(&model_path))?;
 
     let k = t.labels.len();
-    let temperature = fit_temperature(&t.val.0, &t.val.1, k);
-    let val_raw = summarize(&t.val.0, &t.val.1, k, 1.0);
-    let val_ts = summarize(&t.val.0, &t.val.1, k, temperature);
-    let test_raw = summarize(&t.test.0, &t.test.1, k, 1.0);
-    let test_ts = summarize(&t.test.0, &t.test.1, k, temperature);
+    let method = a.calibrator;
+    let opts = FitOptions::default();
+    let vz = ndarray::Array2::from_shape_vec(
+        (t.val.1.len(), k),
+        t.val.0.iter().map(|&v| v as f64).collect(),
+    )
+    .map_err(|e| ExportError::Report(e.to_string()))?;
+    let vy: Vec<usize> = t.val.1.iter().map(|&l| l as usize).collect();
+    let calibrator = crate::calibration::fit(method, &opts, vz.view(), &vy)?;
+    let ts = crate::calibration::fit(Method::Ts, &opts, vz.view(), &vy)?;
+    let summary = FitSummary::compute(
+        "validation split",
+        vz.view(),
+        &vy,
+        &calibrator,
+        &opts,
+        ECE_BINS,
+    )?;
+    let rep = |logits: &[f32], labels: &[i64], c: &Calibrator| {
+        logits_report(logits, labels, k, c)
+            .map_err(|e: TrainError| ExportError::Report(e.to_string()))
+    };
+    let test_raw = rep(&t.test.0, &t.test.1, &Calibrator::Identity)?;
+    let test_cal = rep(&t.test.0, &t.test.1, &calibrator)?;
+    let test_ts = rep(&t.test.0, &t.test.1, &ts)?;
 
     let mut hp = toml::Table::new();
     let mut put = |k: &str, v: toml::Value| {
@@ -162,21 +152,8 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
     meta.save(&dir.join("model.toml"))?;
 
     let calib_path = a.calib_dir.join(format!("{}.json", a.out));
-    CalibrationFile {
-        schema_version: SCHEMA_VERSION,
-        model: a.out.clone(),
-        model_sha256: sha.clone(),
-        num_classes: k,
-        calibrator: Calibrator::Ts { temperature },
-        fit: Some(json!({
-            "split": "validation",
-            "samples": t.val.1.len(),
-            "objective": "nll",
-            "before": val_raw,
-            "after": val_ts,
-        })),
-    }
-    .save(&calib_path)?;
+    CalibrationFile::new(&a.out, &sha, k, calibrator.clone(), Some(summary.clone()))
+        .save(&calib_path)?;
 
     let report = json!({
         "model": a.out,
@@ -186,9 +163,15 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
         "loss": cfg.loss.name(),
         "best_epoch": t.best_epoch,
         "train_images_per_s": t.images_per_s,
-        "temperature": temperature,
-        "validation": {"uncalibrated": val_raw, "ts": val_ts},
-        "test": {"samples": t.test.1.len(), "uncalibrated": test_raw, "ts": test_ts},
+        "calibrator": calibrator,
+        "validation": {"samples": t.val.1.len(), "before": summary.before, "after": summary.after},
+        "test": {
+            "samples": t.test.1.len(),
+            "uncalibrated": test_raw,
+            "calibrated": test_cal,
+            "ts": {"calibrator": ts, "metrics": test_ts},
+        },
+        "ece_bins": ECE_BINS,
         "command": command,
     });
     let rp = dir.join("report.json");
@@ -199,36 +182,4 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
         calib: calib_path,
         report,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn temperature_fit_recovers_a_known_temperature() {
-        // Labels drawn from softmax(z / 2): the NLL-optimal temperature is near 2.
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let (n, k) = (4000, 4);
-        let mut logits = Vec::new();
-        let mut labels = Vec::new();
-        for _ in 0..n {
-            let z: Vec<f64> = (0..k).map(|_| rng.random_range(-4.0..4.0)).collect();
-            let p = crate::numeric::softmax_with_temperature(&z, 2.0);
-            let u: f64 = rng.random();
-            let mut acc = 0.0;
-            let y = p
-                .iter()
-                .position(|q| {
-                    acc += q;
-                    u < acc
-                })
-                .unwrap_or(k - 1);
-            logits.extend(z.iter().map(|&v| v as f32));
-            labels.push(y as i64);
-        }
-        let t = fit_temperature(&logits, &labels, k);
-        assert!((t - 2.0).abs() < 0.15, "{t}");
-    }
 }

@@ -17,6 +17,8 @@ use super::dataset::{self, Dataset, Split};
 use super::runner::{Evaluator, Trainer};
 use super::schedule::lr_at;
 use super::step::{self, StateKind};
+use crate::calibration::Calibrator;
+use crate::metrics::MetricReport;
 
 /// Errors of a training run (the layers' errors, wrapped).
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,12 @@ pub enum TrainError {
     /// Export failed.
     #[error(transparent)]
     Export(#[from] super::export::ExportError),
+    /// Calibrating or scoring failed.
+    #[error(transparent)]
+    Calibration(#[from] crate::calibration::CalibrationError),
+    /// Scoring failed.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// Writing the log failed.
     #[error("{path}: {source}")]
     Io {
@@ -52,47 +60,24 @@ pub enum TrainError {
     Failed(String),
 }
 
-/// Accuracy, NLL and ECE of a set of logits.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-pub struct EvalSummary {
-    /// Top-1 accuracy in [0, 1].
-    pub accuracy: f64,
-    /// Mean negative log-likelihood.
-    pub nll: f64,
-    /// Expected calibration error, 15 equal-width bins.
-    pub ece: f64,
-}
+/// Bins of the ECE family in every report (Guo et al.'s 15).
+pub const ECE_BINS: usize = 15;
 
-/// Summary of `[n * k]` logits against labels (softmax at temperature `t`).
-/// Kept local until `caliper::metrics` offers ECE on main.
-pub fn summarize(logits: &[f32], labels: &[i64], k: usize, t: f64) -> EvalSummary {
-    const BINS: usize = 15;
-    let n = labels.len();
-    let (mut correct, mut nll) = (0usize, 0f64);
-    let mut conf_sum = [0f64; BINS];
-    let mut acc_sum = [0f64; BINS];
-    for (row, &y) in logits.chunks_exact(k).zip(labels) {
-        let z: Vec<f64> = row.iter().map(|&v| v as f64).collect();
-        let p = crate::numeric::softmax_with_temperature(&z, t);
-        let pred = crate::numeric::argmax(&p);
-        let ok = pred == y as usize;
-        correct += ok as usize;
-        nll -= p[y as usize].max(1e-300).ln();
-        let c = p[pred];
-        // Right-closed bins: (m/M, (m+1)/M], with c = 0 in the first.
-        let b = ((c * BINS as f64).ceil() as usize).clamp(1, BINS) - 1;
-        conf_sum[b] += c;
-        acc_sum[b] += ok as u8 as f64;
-    }
-    let nf = n.max(1) as f64;
-    EvalSummary {
-        accuracy: correct as f64 / nf,
-        nll: nll / nf,
-        ece: (0..BINS)
-            .map(|b| (acc_sum[b] - conf_sum[b]).abs())
-            .sum::<f64>()
-            / nf,
-    }
+/// All metrics (`caliper::metrics`) of `[n * k]` logits after `calibrator`.
+pub fn logits_report(
+    logits: &[f32],
+    labels: &[i64],
+    k: usize,
+    calibrator: &Calibrator,
+) -> Result<MetricReport, TrainError> {
+    let z = ndarray::Array2::from_shape_vec(
+        (labels.len(), k),
+        logits.iter().map(|&v| v as f64).collect(),
+    )
+    .map_err(|e| TrainError::Failed(e.to_string()))?;
+    let probs = crate::calibration::calibrate_rows(calibrator, z.view())?;
+    let y: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+    Ok(crate::metrics::evaluate(probs.view(), &y, ECE_BINS)?)
 }
 
 /// One line of the JSONL epoch log.
@@ -103,7 +88,7 @@ struct EpochLog {
     lr: f64,
     train_loss: f64,
     train_accuracy: f64,
-    val: EvalSummary,
+    val: MetricReport,
     images_per_s: f64,
     seconds: f64,
     best_epoch: usize,
@@ -312,7 +297,7 @@ pub fn train(cfg: &TrainConfig, data: Dataset) -> Result<Trained, TrainError> {
         let ips = seen as f64 / train_secs;
         throughput.push(ips);
         let vlogits = predict(&mut ev, trainer.state(), &val, &mean, &std)?;
-        let vs = summarize(&vlogits, &val.labels, k, 1.0);
+        let vs = logits_report(&vlogits, &val.labels, k, &Calibrator::Identity)?;
         pos.epoch = epoch + 1;
         pos.updates = trainer.updates;
         let values = trainer.values()?;
@@ -340,7 +325,7 @@ pub fn train(cfg: &TrainConfig, data: Dataset) -> Result<Trained, TrainError> {
             lr,
             train_loss: loss_sum / steps_per_epoch as f64,
             train_accuracy: correct as f64 / seen.max(1) as f64,
-            val: vs,
+            val: vs.clone(),
             images_per_s: ips,
             seconds: started.elapsed().as_secs_f64(),
             best_epoch: pos.best_epoch,
@@ -432,20 +417,4 @@ fn progress_bar(hidden: bool, len: usize, epoch: usize, epochs: usize) -> indica
     }
     bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
     bar
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn summary_matches_hand_computation() {
-        // Two samples, K = 2: logits (ln 3, 0) -> p = (0.75, 0.25); labels 0 and 1.
-        let l3 = 3f32.ln();
-        let s = summarize(&[l3, 0.0, l3, 0.0], &[0, 1], 2, 1.0);
-        assert!((s.accuracy - 0.5).abs() < 1e-12);
-        assert!((s.nll - (-(0.75f64.ln()) - 0.25f64.ln()) / 2.0).abs() < 1e-6);
-        // Both confidences 0.75 in one bin, accuracy 0.5 there: ECE = 0.25.
-        assert!((s.ece - 0.25).abs() < 1e-6);
-    }
 }
