@@ -9,6 +9,7 @@
 
 pub mod calibration;
 pub mod cli;
+pub mod conformal;
 pub mod data;
 pub mod fsutil;
 pub mod http;
