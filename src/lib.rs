@@ -10,12 +10,14 @@
 pub mod calibration;
 pub mod cli;
 pub mod conformal;
+pub mod config;
 pub mod data;
 pub mod fsutil;
 pub mod http;
 pub mod infer;
 pub mod metrics;
 pub mod numeric;
+pub mod ood;
 pub mod repository;
 pub mod runtime;
 pub mod telemetry;
