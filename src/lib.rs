@@ -9,8 +9,8 @@
 
 pub mod calibration;
 pub mod cli;
-pub mod conformal;
 pub mod config;
+pub mod conformal;
 pub mod data;
 pub mod fsutil;
 pub mod http;
