@@ -329,6 +329,31 @@ pub fn threshold_at_tpr(id_scores: &[f64], tpr: f64) -> Result<f64, OodError> {
     Ok(s[k.min(s.len()) - 1])
 }
 
+/// A fitted OOD threshold as stored in the calibration file: inputs scoring above `threshold`
+/// are flagged; `tpr` is the fraction of in-distribution validation scores it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Threshold {
+    /// The target true-positive rate the threshold was fitted for (e.g. 0.95).
+    pub tpr: f64,
+    /// The score threshold (`score > threshold` means out-of-distribution).
+    pub threshold: f64,
+}
+
+impl Threshold {
+    /// Fits on in-distribution validation scores with [`threshold_at_tpr`].
+    pub fn fit(id_scores: &[f64], tpr: f64) -> Result<Self, OodError> {
+        Ok(Threshold {
+            tpr,
+            threshold: threshold_at_tpr(id_scores, tpr)?,
+        })
+    }
+
+    /// Whether `score` is out-of-distribution (NaN counts as out-of-distribution).
+    pub fn is_ood(&self, score: f64) -> bool {
+        score.is_nan() || score > self.threshold
+    }
+}
+
 /// Fraction of OOD scores at or below the threshold that keeps `tpr` of the ID scores: the OOD
 /// inputs that would be accepted as in-distribution.
 pub fn fpr_at_tpr(id_scores: &[f64], ood_scores: &[f64], tpr: f64) -> Result<f64, OodError> {

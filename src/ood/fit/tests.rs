@@ -101,6 +101,9 @@ fn threshold_keeps_the_requested_fraction() {
     assert_eq!(threshold_at_tpr(&id, 0.951).unwrap(), 20.0);
     assert_eq!(threshold_at_tpr(&id, 1.0).unwrap(), 20.0);
     assert_eq!(threshold_at_tpr(&[5.0], 0.5).unwrap(), 5.0);
+    let fitted = Threshold::fit(&id, 0.95).unwrap();
+    assert_eq!(fitted.threshold, 19.0);
+    assert!(!fitted.is_ood(19.0) && fitted.is_ood(19.5) && fitted.is_ood(f64::NAN));
     assert!(threshold_at_tpr(&id, 0.0).is_err());
     assert!(threshold_at_tpr(&[], 0.9).is_err());
     // OOD scores 18.5, 19, 19.5, 30: two of four at or below 19.
