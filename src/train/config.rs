@@ -26,6 +26,37 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// Write the training-step graph to a file (for inspection or outside checks).
     Graph(GraphArgs),
+    /// Time training steps on random data (throughput only; see scripts/bench-train.sh).
+    Bench(BenchArgs),
+}
+
+/// `caliper-train bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Model options.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Per-sample input shape C,H,W.
+    #[arg(long, value_delimiter = ',', default_value = "1,28,28")]
+    pub input_shape: Vec<i64>,
+    /// Classes K.
+    #[arg(long, default_value_t = 10)]
+    pub classes: i64,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// ONNX Runtime intra-op threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// Model and loss options shared by `train` and `graph`.

@@ -95,6 +95,8 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
     let test_cal = rep(&t.test.0, &t.test.1, &calibrator)?;
     let test_ts = rep(&t.test.0, &t.test.1, &ts)?;
 
+    // f32 options through their shortest decimal form (0.9, not 0.8999999761581421).
+    let f = |v: f32| v.to_string().parse::<f64>().unwrap_or(v as f64);
     let mut hp = toml::Table::new();
     let mut put = |k: &str, v: toml::Value| {
         hp.insert(k.into(), v);
@@ -104,10 +106,10 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
     put("schedule", a.schedule.clone().into());
     put("warmup_epochs", a.warmup_epochs.into());
     if let super::optim::Optimizer::Sgd { momentum, .. } = cfg.optimizer {
-        put("momentum", (momentum as f64).into());
+        put("momentum", f(momentum).into());
     }
     put("nesterov", a.model.nesterov.into());
-    put("weight_decay", (a.model.weight_decay as f64).into());
+    put("weight_decay", f(a.model.weight_decay).into());
     put("epochs", (a.epochs as i64).into());
     put("best_epoch", (t.best_epoch as i64).into());
     put("batch_size", (a.batch_size as i64).into());

@@ -7,6 +7,7 @@
 //! [`runner::Trainer`] runs it with the parameters kept as ONNX Runtime values.
 
 pub mod arch;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod dataset;
@@ -45,6 +46,11 @@ pub fn run(cli: Cli, command: &str) -> anyhow::Result<()> {
                 graph.bytes.len(),
                 graph.state.len()
             );
+            Ok(())
+        }
+        Command::Bench(b) => {
+            let report = bench::run(&b)?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Train(args) => {
