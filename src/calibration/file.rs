@@ -4,9 +4,11 @@
 
 use std::path::Path;
 
+use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 
-use super::{CalibrationError, Calibrator};
+use super::{CalibrationError, Calibrator, FitOptions, calibrate_rows};
+use crate::metrics::{Bin, MetricReport, Samples};
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -24,13 +26,114 @@ pub struct CalibrationFile {
     pub num_classes: usize,
     /// The fitted calibrator.
     pub calibrator: Calibrator,
-    /// What the fit saw and how the validation metrics moved; free-form until the calibration
-    /// library defines it (kept so that files written later remain readable).
+    /// What the fit saw and how the validation metrics moved (optional: hand-written files and
+    /// files from before this field was typed load without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fit: Option<serde_json::Value>,
+    pub fit: Option<FitSummary>,
+}
+
+/// What a fit saw and what it did to the validation metrics. Every field is optional on read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct FitSummary {
+    /// Where the validation data came from (file paths or a dataset spec).
+    pub source: String,
+    /// Number of validation samples.
+    pub samples: usize,
+    /// Validation samples per class, in class order.
+    pub label_counts: Vec<usize>,
+    /// The options the fit ran with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<FitOptions>,
+    /// Validation metrics of the plain softmax.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<MetricReport>,
+    /// Validation metrics after calibration (in-sample: the same data the fit saw).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<MetricReport>,
+    /// Equal-width reliability bins before and after, so a server can draw the validation
+    /// reliability diagram without the data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reliability: Option<ReliabilitySummary>,
+    /// The program that wrote the file, e.g. "caliper 0.1.0".
+    pub created_by: String,
+}
+
+/// Reliability-diagram bins of the validation set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct ReliabilitySummary {
+    /// Bins of the plain softmax.
+    pub before: Vec<Bin>,
+    /// Bins of the calibrated probabilities.
+    pub after: Vec<Bin>,
+}
+
+impl FitSummary {
+    /// Summarises a fit: label counts and the metrics (with `bins` bins) of the validation
+    /// logits before and after `calibrator`.
+    pub fn compute(
+        source: &str,
+        logits: ArrayView2<'_, f64>,
+        labels: &[usize],
+        calibrator: &Calibrator,
+        options: &FitOptions,
+        bins: usize,
+    ) -> Result<Self, CalibrationError> {
+        let mut label_counts = vec![0; logits.ncols()];
+        for &y in labels {
+            if let Some(c) = label_counts.get_mut(y) {
+                *c += 1;
+            }
+        }
+        let all: Vec<usize> = (0..labels.len()).collect();
+        let mut reports = Vec::with_capacity(2);
+        let mut bin_sets = Vec::with_capacity(2);
+        for c in [&Calibrator::Identity, calibrator] {
+            let probs = calibrate_rows(c, logits)?;
+            let samples = Samples::new(probs.view(), labels)?;
+            reports.push(samples.report(&all, bins)?);
+            bin_sets.push(samples.binned(&all, bins)?.bin_stats());
+        }
+        let after_bins = bin_sets.pop().unwrap_or_default();
+        let before_bins = bin_sets.pop().unwrap_or_default();
+        let after = reports.pop();
+        let before = reports.pop();
+        Ok(Self {
+            source: source.to_string(),
+            samples: labels.len(),
+            label_counts,
+            options: Some(options.clone()),
+            before,
+            after,
+            reliability: Some(ReliabilitySummary {
+                before: before_bins,
+                after: after_bins,
+            }),
+            created_by: concat!("caliper ", env!("CARGO_PKG_VERSION")).to_string(),
+        })
+    }
 }
 
 impl CalibrationFile {
+    /// A file of the current schema for `calibrator` fitted to the model `model`.
+    pub fn new(
+        model: &str,
+        model_sha256: &str,
+        num_classes: usize,
+        calibrator: Calibrator,
+        fit: Option<FitSummary>,
+    ) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            model: model.to_string(),
+            model_sha256: model_sha256.to_string(),
+            num_classes,
+            calibrator,
+            fit,
+        }
+    }
+
     /// Reads and validates a calibration file.
     pub fn load(path: &Path) -> Result<Self, CalibrationError> {
         let shown = path.display().to_string();

@@ -1,0 +1,324 @@
+//! Dataset spec strings (`mnist:train`, `folder:PATH`, ...), parsed once and loaded against a
+//! data directory; shared by `caliper-train` and the `caliper` tools. Grammar: docs/DATA.md.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use super::cifar::{CIFAR10_CLASSES, load_cifar10_bin};
+use super::folder::load_folder;
+use super::idx::load_idx_pair;
+use super::npz::load_npz;
+use super::{DataError, Dataset};
+
+/// Fashion-MNIST's classes in label order (Zalando's README).
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+/// PneumoniaMNIST's classes in label order (MedMNIST: 0 = normal, 1 = pneumonia).
+pub const PNEUMONIA_CLASSES: [&str; 2] = ["normal", "pneumonia"];
+
+/// A named split of a bundled dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// The training split (the validation split is carved out of it by `split::stratified_split`).
+    Train,
+    /// A split shipped as validation (PneumoniaMNIST only).
+    Val,
+    /// The test split.
+    Test,
+}
+
+impl Split {
+    fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
+}
+
+/// Which dataset to load: a bundled set under the data directory or explicit files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatasetSpec {
+    /// `mnist:train|test`: `<data-dir>/mnist/` IDX files (raw or .gz).
+    Mnist(Split),
+    /// `fashion-mnist:train|test`: `<data-dir>/fashion-mnist/` IDX files (.gz or raw).
+    FashionMnist(Split),
+    /// `cifar10:train|test`: the JPEG folders `<data-dir>/cifar10/{train,test}/<class>/`.
+    Cifar10(Split),
+    /// `cifar10-bin:train|test`: binary batches in `<data-dir>/cifar-10-batches-bin/`.
+    Cifar10Bin(Split),
+    /// `pneumonia:train|val|test`: `<data-dir>/pneumoniamnist.npz`.
+    Pneumonia(Split),
+    /// `idx:IMAGES,LABELS`: an explicit pair of IDX files.
+    Idx {
+        /// Image file `[N, H, W]`.
+        images: PathBuf,
+        /// Label file `[N]`.
+        labels: PathBuf,
+    },
+    /// `folder:PATH`: an image folder with one subfolder per class.
+    Folder(PathBuf),
+    /// `npz:PATH:SPLIT`: a MedMNIST-style archive with `SPLIT_images` / `SPLIT_labels`.
+    Npz {
+        /// The archive.
+        path: PathBuf,
+        /// The key prefix.
+        split: String,
+    },
+    /// `cifar10-bin:FILE[,FILE...]`: explicit CIFAR-10 binary batch files, concatenated.
+    Cifar10BinFiles(Vec<PathBuf>),
+}
+
+impl FromStr for DatasetSpec {
+    type Err = DataError;
+
+    fn from_str(s: &str) -> Result<Self, DataError> {
+        let err = |reason: &str| DataError::Spec {
+            spec: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let (kind, arg) = s
+            .split_once(':')
+            .ok_or_else(|| err("expected KIND:ARGUMENT, e.g. mnist:train"))?;
+        if arg.is_empty() {
+            return Err(err("empty argument after the colon"));
+        }
+        let split = |allowed: &[Split]| {
+            allowed
+                .iter()
+                .copied()
+                .find(|sp| sp.as_str() == arg)
+                .ok_or_else(|| {
+                    let names: Vec<_> = allowed.iter().map(|s| s.as_str()).collect();
+                    err(&format!("split must be one of {}", names.join(", ")))
+                })
+        };
+        use Split::{Test, Train, Val};
+        Ok(match kind {
+            "mnist" => DatasetSpec::Mnist(split(&[Train, Test])?),
+            "fashion-mnist" => DatasetSpec::FashionMnist(split(&[Train, Test])?),
+            "cifar10" => DatasetSpec::Cifar10(split(&[Train, Test])?),
+            "cifar10-bin" if arg == "train" || arg == "test" => {
+                DatasetSpec::Cifar10Bin(split(&[Train, Test])?)
+            }
+            "cifar10-bin" => {
+                DatasetSpec::Cifar10BinFiles(arg.split(',').map(PathBuf::from).collect())
+            }
+            "pneumonia" => DatasetSpec::Pneumonia(split(&[Train, Val, Test])?),
+            "idx" => {
+                let (images, labels) = arg
+                    .split_once(',')
+                    .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+                    .ok_or_else(|| err("expected idx:IMAGES_PATH,LABELS_PATH"))?;
+                DatasetSpec::Idx {
+                    images: images.into(),
+                    labels: labels.into(),
+                }
+            }
+            "folder" => DatasetSpec::Folder(arg.into()),
+            "npz" => {
+                let (path, split) = arg
+                    .rsplit_once(':')
+                    .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+                    .ok_or_else(|| err("expected npz:PATH:SPLIT, e.g. npz:data/x.npz:test"))?;
+                DatasetSpec::Npz {
+                    path: path.into(),
+                    split: split.into(),
+                }
+            }
+            _ => {
+                return Err(err(
+                    "unknown kind (mnist, fashion-mnist, cifar10, cifar10-bin, pneumonia, idx, \
+                     folder, npz)",
+                ));
+            }
+        })
+    }
+}
+
+impl fmt::Display for DatasetSpec {
+    /// The canonical spec string; parsing it gives back the same spec.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatasetSpec::Mnist(s) => write!(f, "mnist:{}", s.as_str()),
+            DatasetSpec::FashionMnist(s) => write!(f, "fashion-mnist:{}", s.as_str()),
+            DatasetSpec::Cifar10(s) => write!(f, "cifar10:{}", s.as_str()),
+            DatasetSpec::Cifar10Bin(s) => write!(f, "cifar10-bin:{}", s.as_str()),
+            DatasetSpec::Pneumonia(s) => write!(f, "pneumonia:{}", s.as_str()),
+            DatasetSpec::Idx { images, labels } => {
+                write!(f, "idx:{},{}", images.display(), labels.display())
+            }
+            DatasetSpec::Folder(p) => write!(f, "folder:{}", p.display()),
+            DatasetSpec::Npz { path, split } => write!(f, "npz:{}:{split}", path.display()),
+            DatasetSpec::Cifar10BinFiles(files) => {
+                let v: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+                write!(f, "cifar10-bin:{}", v.join(","))
+            }
+        }
+    }
+}
+
+/// `dir/name` if it exists, else `dir/name.gz` if that exists, else `dir/name` (so that the
+/// "not found" error names the uncompressed file).
+fn raw_or_gz(dir: &Path, name: &str) -> PathBuf {
+    let raw = dir.join(name);
+    let gz = dir.join(format!("{name}.gz"));
+    if !raw.exists() && gz.exists() {
+        gz
+    } else {
+        raw
+    }
+}
+
+fn names(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn mnist_like(dir: &Path, split: Split, classes: Vec<String>) -> Result<Dataset, DataError> {
+    let prefix = if split == Split::Train {
+        "train"
+    } else {
+        "t10k"
+    };
+    load_idx_pair(
+        &raw_or_gz(dir, &format!("{prefix}-images-idx3-ubyte")),
+        &raw_or_gz(dir, &format!("{prefix}-labels-idx1-ubyte")),
+        Some(classes),
+    )
+}
+
+impl DatasetSpec {
+    /// Loads the dataset. Bundled sets are looked up under `data_dir` (default `data/`), explicit
+    /// paths are used as given; image folders cache their decoded pixels in `data_dir/cache/`.
+    pub fn load(&self, data_dir: &Path) -> Result<Dataset, DataError> {
+        let cache = data_dir.join("cache");
+        match self {
+            DatasetSpec::Mnist(s) => {
+                mnist_like(&data_dir.join("mnist"), *s, super::numbered_classes(10))
+            }
+            DatasetSpec::FashionMnist(s) => mnist_like(
+                &data_dir.join("fashion-mnist"),
+                *s,
+                names(&FASHION_MNIST_CLASSES),
+            ),
+            DatasetSpec::Cifar10(s) => {
+                let d = load_folder(&data_dir.join("cifar10").join(s.as_str()), Some(&cache))?;
+                check_classes(&d, &CIFAR10_CLASSES, &data_dir.join("cifar10"))?;
+                Ok(d)
+            }
+            DatasetSpec::Cifar10Bin(s) => {
+                let dir = data_dir.join("cifar-10-batches-bin");
+                let files: Vec<PathBuf> = match s {
+                    Split::Train => (1..=5)
+                        .map(|i| dir.join(format!("data_batch_{i}.bin")))
+                        .collect(),
+                    _ => vec![dir.join("test_batch.bin")],
+                };
+                let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+                load_cifar10_bin(&refs)
+            }
+            DatasetSpec::Pneumonia(s) => load_npz(
+                &data_dir.join("pneumoniamnist.npz"),
+                s.as_str(),
+                Some(names(&PNEUMONIA_CLASSES)),
+            ),
+            DatasetSpec::Idx { images, labels } => load_idx_pair(images, labels, None),
+            DatasetSpec::Folder(p) => load_folder(p, Some(&cache)),
+            DatasetSpec::Npz { path, split } => load_npz(path, split, None),
+            DatasetSpec::Cifar10BinFiles(files) => {
+                let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+                load_cifar10_bin(&refs)
+            }
+        }
+    }
+}
+
+/// The CIFAR-10 folder must hold exactly the ten classes, or labels would silently shift.
+fn check_classes(d: &Dataset, expected: &[&str], root: &Path) -> Result<(), DataError> {
+    if d.class_names != expected {
+        return Err(DataError::ShapeMismatch {
+            path: root.to_path_buf(),
+            detail: format!("class folders {:?}, expected {expected:?}", d.class_names),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_round_trip_through_display() {
+        for s in [
+            "mnist:train",
+            "mnist:test",
+            "fashion-mnist:test",
+            "cifar10:train",
+            "cifar10-bin:test",
+            "cifar10-bin:a.bin,b.bin",
+            "pneumonia:val",
+            "idx:a/img,a/lab",
+            "folder:some/where",
+            "npz:x/y.npz:test",
+            "npz:C:/odd:path.npz:train",
+        ] {
+            let spec: DatasetSpec = s.parse().unwrap();
+            assert_eq!(spec.to_string(), s);
+        }
+        assert_eq!(
+            "npz:a:b.npz:val".parse::<DatasetSpec>().unwrap(),
+            DatasetSpec::Npz {
+                path: "a:b.npz".into(),
+                split: "val".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_specs_say_why() {
+        for (s, why) in [
+            ("mnist", "KIND:ARGUMENT"),
+            ("mnist:val", "train, test"),
+            ("pneumonia:dev", "train, val, test"),
+            ("idx:onlyone", "IMAGES_PATH,LABELS_PATH"),
+            ("npz:file.npz", "npz:PATH:SPLIT"),
+            ("imagenet:train", "unknown kind"),
+            ("folder:", "empty argument"),
+        ] {
+            let e = s.parse::<DatasetSpec>().unwrap_err().to_string();
+            assert!(e.contains(why), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_data_points_to_the_fetch_script() {
+        let dir = tempfile::tempdir().unwrap();
+        for s in [
+            "mnist:train",
+            "pneumonia:test",
+            "cifar10:test",
+            "cifar10-bin:train",
+        ] {
+            let e = s
+                .parse::<DatasetSpec>()
+                .unwrap()
+                .load(dir.path())
+                .unwrap_err();
+            assert!(matches!(e, DataError::Missing { .. }), "{s}: {e}");
+            assert!(e.to_string().contains("scripts/fetch-data.sh"));
+        }
+    }
+}

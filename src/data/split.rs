@@ -1,0 +1,202 @@
+//! Seeded index selections over labels: the stratified train/validation split, long-tailed
+//! subsampling and stratified subsets. Every function returns sorted indices into the labels it
+//! was given and depends only on its arguments (ChaCha8 seeded from `seed`), never on timing.
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use super::DataError;
+
+/// Number of labels equal to each class `0..classes` (labels `>= classes` are not counted).
+pub fn class_counts(labels: &[usize], classes: usize) -> Vec<usize> {
+    let mut c = vec![0; classes];
+    for &l in labels {
+        if let Some(n) = c.get_mut(l) {
+            *n += 1;
+        }
+    }
+    c
+}
+
+/// Indices of each class, shuffled with one generator in class order (so the result depends on
+/// the seed only).
+fn shuffled_by_class(labels: &[usize], classes: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut by_class = vec![Vec::new(); classes];
+    for (i, &l) in labels.iter().enumerate() {
+        if let Some(v) = by_class.get_mut(l) {
+            v.push(i);
+        }
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for v in &mut by_class {
+        v.shuffle(&mut rng);
+    }
+    by_class
+}
+
+fn check_fraction(name: &str, f: f64, allow_zero: bool, allow_one: bool) -> Result<(), DataError> {
+    let lo_ok = if allow_zero { f >= 0.0 } else { f > 0.0 };
+    let hi_ok = if allow_one { f <= 1.0 } else { f < 1.0 };
+    if f.is_finite() && lo_ok && hi_ok {
+        Ok(())
+    } else {
+        Err(DataError::InvalidOption(format!(
+            "{name} must be in {}0, 1{}, got {f}",
+            if allow_zero { "[" } else { "(" },
+            if allow_one { "]" } else { ")" },
+        )))
+    }
+}
+
+/// Splits into (train, validation) indices, stratified: each class gives
+/// `round(n_k * val_fraction)` of its images to validation. `val_fraction` in [0, 1).
+pub fn stratified_split(
+    labels: &[usize],
+    classes: usize,
+    val_fraction: f64,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>), DataError> {
+    check_fraction("val_fraction", val_fraction, true, false)?;
+    let mut train = Vec::with_capacity(labels.len());
+    let mut val = Vec::new();
+    for idx in shuffled_by_class(labels, classes, seed) {
+        let n_val = (idx.len() as f64 * val_fraction).round() as usize;
+        val.extend_from_slice(&idx[..n_val]);
+        train.extend_from_slice(&idx[n_val..]);
+    }
+    train.sort_unstable();
+    val.sort_unstable();
+    Ok((train, val))
+}
+
+/// Per-class counts of a long-tailed subsample: `n_k = floor(n_max * rho^(-k/(K-1)))` for classes
+/// in label order, capped by what the class has (the CIFAR-10-LT construction of Cao et al. 2019).
+pub fn long_tail_counts(available: &[usize], rho: f64) -> Result<Vec<usize>, DataError> {
+    if !(rho.is_finite() && rho >= 1.0) {
+        return Err(DataError::InvalidOption(format!(
+            "imbalance ratio must be >= 1, got {rho}"
+        )));
+    }
+    let k = available.len();
+    let n_max = available.iter().copied().max().unwrap_or(0) as f64;
+    Ok(available
+        .iter()
+        .enumerate()
+        .map(|(i, &have)| {
+            let exponent = if k > 1 {
+                -(i as f64) / (k - 1) as f64
+            } else {
+                0.0
+            };
+            // The small epsilon keeps exact products (e.g. 5000 * 0.01 = 50) from flooring to 49.
+            let want = (n_max * rho.powf(exponent) + 1e-9).floor() as usize;
+            want.min(have)
+        })
+        .collect())
+}
+
+/// Indices of a seeded long-tailed subsample with imbalance ratio `rho` (see
+/// [`long_tail_counts`]).
+pub fn long_tail_indices(
+    labels: &[usize],
+    classes: usize,
+    rho: f64,
+    seed: u64,
+) -> Result<Vec<usize>, DataError> {
+    let counts = long_tail_counts(&class_counts(labels, classes), rho)?;
+    let mut out: Vec<usize> = shuffled_by_class(labels, classes, seed)
+        .into_iter()
+        .zip(counts)
+        .flat_map(|(idx, n)| idx.into_iter().take(n))
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Indices of a stratified subset keeping `round(n_k * fraction)` images of each class (at least
+/// one of every non-empty class). `fraction` in (0, 1].
+pub fn stratified_fraction(
+    labels: &[usize],
+    classes: usize,
+    fraction: f64,
+    seed: u64,
+) -> Result<Vec<usize>, DataError> {
+    check_fraction("train_fraction", fraction, false, true)?;
+    let mut out: Vec<usize> = shuffled_by_class(labels, classes, seed)
+        .into_iter()
+        .flat_map(|idx| {
+            let n = ((idx.len() as f64 * fraction).round() as usize)
+                .max(1)
+                .min(idx.len());
+            idx.into_iter().take(n)
+        })
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(per_class: &[usize]) -> Vec<usize> {
+        // interleaved so that class membership is not contiguous
+        let mut v = Vec::new();
+        let max = per_class.iter().copied().max().unwrap_or(0);
+        for i in 0..max {
+            for (k, &n) in per_class.iter().enumerate() {
+                if i < n {
+                    v.push(k);
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn split_is_disjoint_complete_stratified_and_seeded() {
+        let l = labels(&[100, 50, 7]);
+        let (tr, va) = stratified_split(&l, 3, 0.1, 42).unwrap();
+        let mut all: Vec<usize> = tr.iter().chain(&va).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..l.len()).collect::<Vec<_>>());
+        let vl: Vec<usize> = va.iter().map(|&i| l[i]).collect();
+        assert_eq!(class_counts(&vl, 3), vec![10, 5, 1]);
+        assert_eq!(stratified_split(&l, 3, 0.1, 42).unwrap().1, va);
+        assert_ne!(stratified_split(&l, 3, 0.1, 43).unwrap().1, va);
+        assert!(stratified_split(&l, 3, 1.0, 1).is_err());
+        assert!(stratified_split(&l, 3, f64::NAN, 1).is_err());
+        assert_eq!(
+            stratified_split(&l, 3, 0.0, 1).unwrap().1,
+            Vec::<usize>::new()
+        );
+    }
+
+    #[test]
+    fn long_tail_counts_match_cifar10_lt() {
+        // CIFAR-10-LT at rho = 100 (Cao et al. 2019, int(5000 * 0.01^(k/9))).
+        let c = long_tail_counts(&[5000; 10], 100.0).unwrap();
+        assert_eq!(c, vec![5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]);
+        assert_eq!(long_tail_counts(&[10, 4], 1.0).unwrap(), vec![10, 4]);
+        assert!(long_tail_counts(&[10], 0.5).is_err());
+    }
+
+    #[test]
+    fn long_tail_and_fraction_subsets_have_the_right_class_counts() {
+        let l = labels(&[1000, 1000, 1000]);
+        let lt = long_tail_indices(&l, 3, 10.0, 7).unwrap();
+        let lt_labels: Vec<usize> = lt.iter().map(|&i| l[i]).collect();
+        // 1000 * 10^(-1/2) = 316.2
+        assert_eq!(class_counts(&lt_labels, 3), vec![1000, 316, 100]);
+        assert!(lt.windows(2).all(|w| w[0] < w[1]));
+
+        let l = labels(&[100, 31, 1]);
+        let sub = stratified_fraction(&l, 3, 0.1, 7).unwrap();
+        let sl: Vec<usize> = sub.iter().map(|&i| l[i]).collect();
+        assert_eq!(class_counts(&sl, 3), vec![10, 3, 1]);
+        assert_eq!(stratified_fraction(&l, 3, 0.1, 7).unwrap(), sub);
+        assert_eq!(stratified_fraction(&l, 3, 1.0, 7).unwrap().len(), l.len());
+        assert!(stratified_fraction(&l, 3, 0.0, 7).is_err());
+    }
+}
