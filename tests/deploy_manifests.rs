@@ -34,7 +34,9 @@ fn kind(v: &Value) -> &str {
 }
 
 fn find<'a>(objs: &'a [Value], k: &str) -> &'a Value {
-    objs.iter().find(|o| kind(o) == k).unwrap_or_else(|| panic!("no {k} in docs/deploy"))
+    objs.iter()
+        .find(|o| kind(o) == k)
+        .unwrap_or_else(|| panic!("no {k} in docs/deploy"))
 }
 
 #[test]
@@ -49,8 +51,18 @@ fn every_expected_object_is_present_and_well_formed() {
         "InferenceService",
     ] {
         let o = find(&objs, k);
-        assert!(o["apiVersion"].as_str().is_some_and(|v| v.contains('/') || v == "v1"), "{k}");
-        assert!(o["metadata"]["name"].as_str().is_some_and(|n| !n.is_empty()), "{k} has a name");
+        assert!(
+            o["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.contains('/') || v == "v1"),
+            "{k}"
+        );
+        assert!(
+            o["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty()),
+            "{k} has a name"
+        );
     }
 }
 
@@ -64,14 +76,29 @@ fn objects_refer_to_each_other_consistently() {
     assert_eq!(&find(&objs, "Service")["spec"]["selector"], pod_labels);
     let hpa = find(&objs, "HorizontalPodAutoscaler");
     assert_eq!(hpa["spec"]["scaleTargetRef"]["name"].as_str(), Some(name));
-    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"].as_str(), Some("Deployment"));
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["kind"].as_str(),
+        Some("Deployment")
+    );
     let container = &dep["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(container["readinessProbe"]["httpGet"]["path"].as_str(), Some("/v2/health/ready"));
-    assert_eq!(container["livenessProbe"]["httpGet"]["path"].as_str(), Some("/v2/health/live"));
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/v2/health/ready")
+    );
+    assert_eq!(
+        container["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/v2/health/live")
+    );
     let isvc = find(&objs, "InferenceService");
     let runtime = find(&objs, "ServingRuntime");
-    assert_eq!(isvc["spec"]["predictor"]["model"]["runtime"], runtime["metadata"]["name"]);
-    assert_eq!(isvc["spec"]["predictor"]["model"]["protocolVersion"].as_str(), Some("v2"));
+    assert_eq!(
+        isvc["spec"]["predictor"]["model"]["runtime"],
+        runtime["metadata"]["name"]
+    );
+    assert_eq!(
+        isvc["spec"]["predictor"]["model"]["protocolVersion"].as_str(),
+        Some("v2")
+    );
 }
 
 #[test]
@@ -108,8 +135,12 @@ fn container_command_lines_are_accepted_by_caliper_serve() {
             _ => continue,
         };
         for c in containers.as_sequence().unwrap() {
-            let args: Vec<&str> =
-                c["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+            let args: Vec<&str> = c["args"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap())
+                .collect();
             assert_eq!(args[0], "serve");
             let argv = std::iter::once("caliper").chain(args[1..].iter().copied());
             if let Err(e) = Serve::try_parse_from(argv) {

@@ -9,7 +9,6 @@
 //! accepted (`--feedback-max-age`), and it survives restarts because the log keeps those records.
 //! Two replicas that both receive the same label each count it once (documented in README).
 
-pub mod drift;
 pub mod log;
 pub mod token;
 pub mod window;
@@ -18,12 +17,11 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-pub use drift::{ConfidenceReference, DriftTest};
 pub use log::{FeedbackLog, FeedbackRecord, LogError, RecoveryReport};
 pub use token::{MAX_EMBEDDED_CLASSES, PredictionToken, TokenError, TokenSigner};
 pub use window::{LiveReport, ModelWindow};
 
-use crate::metrics::{BinnedAccumulator, BootstrapOptions};
+use crate::metrics::{BinnedAccumulator, BootstrapOptions, ConfidenceReference};
 
 /// Settings of the monitor.
 #[derive(Debug, Clone)]

@@ -9,9 +9,11 @@ use std::collections::{BTreeMap, VecDeque};
 use ndarray::Array2;
 use serde::Serialize;
 
-use super::drift::{ConfidenceReference, DriftTest};
 use super::log::FeedbackRecord;
-use crate::metrics::{Bin, BinnedAccumulator, BootstrapOptions, Interval, MetricReport, Samples};
+use crate::metrics::{
+    Bin, BinnedAccumulator, BootstrapOptions, ConfidenceReference, DriftTest, Interval,
+    MetricReport, Samples,
+};
 
 /// The live figures of one model.
 #[derive(Debug, Clone, Serialize)]
@@ -117,13 +119,12 @@ impl ModelWindow {
     ) -> LiveReport {
         let acc = self.accumulator(bins);
         let (mut full, mut intervals) = (None, None);
-        if let Some((probs, labels)) = self.probabilities() {
-            if let Ok(samples) = Samples::new(probs.view(), &labels) {
-                let idx: Vec<usize> = (0..samples.len()).collect();
-                full = samples.report(&idx, bins).ok();
-                intervals =
-                    bootstrap.and_then(|o| crate::metrics::bootstrap(&samples, bins, o).ok());
-            }
+        if let Some((probs, labels)) = self.probabilities()
+            && let Ok(samples) = Samples::new(probs.view(), &labels)
+        {
+            let idx: Vec<usize> = (0..samples.len()).collect();
+            full = samples.report(&idx, bins).ok();
+            intervals = bootstrap.and_then(|o| crate::metrics::bootstrap(&samples, bins, o).ok());
         }
         let served: Vec<f64> = self.served.iter().copied().collect();
         LiveReport {

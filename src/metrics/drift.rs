@@ -1,6 +1,6 @@
-//! Label-free drift test: is the distribution of served confidences still the one seen on the
-//! validation split? A two-sample Kolmogorov-Smirnov test between the live window and the
-//! validation reference stored in the calibration file as quantiles.
+//! Label-free drift test (used by the live monitor): is the distribution of served confidences
+//! still the one seen on the validation split? A two-sample Kolmogorov-Smirnov test between the
+//! live window and the validation reference stored in the calibration file as quantiles.
 //!
 //! The reference keeps only quantiles (a few hundred numbers instead of every validation
 //! confidence), so its CDF is the piecewise-linear interpolation of those quantiles; with 201
