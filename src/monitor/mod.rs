@@ -30,8 +30,8 @@ pub struct MonitorConfig {
     pub window: usize,
     /// Feedback older than this (seconds since the prediction) is refused.
     pub max_age_s: u64,
-    /// Where the feedback log lives.
-    pub state_dir: PathBuf,
+    /// Where the feedback log lives; None keeps feedback in memory only (lost on restart).
+    pub state_dir: Option<PathBuf>,
     /// Equal-width bins of the live ECE and of the Prometheus per-bin counters.
     pub bins: usize,
 }
@@ -87,7 +87,7 @@ pub enum FeedbackError {
 }
 
 struct State {
-    log: FeedbackLog,
+    log: Option<FeedbackLog>,
     windows: HashMap<String, ModelWindow>,
     /// nonce -> issued_at_s of every labelled prediction that could still be re-sent.
     seen: HashMap<u64, u64>,
@@ -126,7 +126,13 @@ impl Monitor {
         config: MonitorConfig,
         signer: TokenSigner,
     ) -> Result<(Self, RecoveryReport), LogError> {
-        let (log, records, report) = FeedbackLog::open(&config.state_dir)?;
+        let (log, records, report) = match &config.state_dir {
+            Some(dir) => {
+                let (log, records, report) = FeedbackLog::open(dir)?;
+                (Some(log), records, report)
+            }
+            None => (None, Vec::new(), RecoveryReport::default()),
+        };
         let mut state = State {
             log,
             windows: HashMap::new(),
@@ -208,7 +214,7 @@ impl Monitor {
             });
             out.push(res);
         }
-        if let Err(e) = st.log.append(&fresh) {
+        if let Err(e) = st.log.as_mut().map_or(Ok(()), |log| log.append(&fresh)) {
             // Nothing was acknowledged: every accepted item of this batch becomes the log error.
             tracing::error!(error = %e, "feedback log append failed");
             let msg = e.to_string();
@@ -307,7 +313,8 @@ impl State {
     /// Forgets what can no longer matter (at most once a minute: it is linear in what is kept)
     /// and rewrites the log once it holds more than twice what is needed.
     fn prune_and_maybe_compact(&mut self, now: u64, cfg: &MonitorConfig) {
-        if now < self.last_prune_s + 60 && self.log.lines() <= 2 * self.retained.len() + 1024 {
+        let lines = self.log.as_ref().map_or(0, FeedbackLog::lines);
+        if now < self.last_prune_s + 60 && lines <= 2 * self.retained.len() + 1024 {
             return;
         }
         self.last_prune_s = now;
@@ -318,9 +325,13 @@ impl State {
         let seen = &self.seen;
         self.retained
             .retain(|r| seen.contains_key(&r.nonce) || in_window.contains(&r.nonce));
-        if self.log.lines() > 2 * self.retained.len() + 1024 {
+        if let Some(log) = self
+            .log
+            .as_mut()
+            .filter(|l| l.lines() > 2 * self.retained.len() + 1024)
+        {
             let keep: Vec<FeedbackRecord> = self.retained.iter().cloned().collect();
-            if let Err(e) = self.log.compact(&keep) {
+            if let Err(e) = log.compact(&keep) {
                 // Compaction is an optimisation: the uncompacted log is still complete.
                 tracing::warn!(error = %e, "feedback log compaction failed; will retry later");
             }
@@ -340,7 +351,7 @@ mod tests {
         let cfg = MonitorConfig {
             window: 3,
             max_age_s: 100,
-            state_dir: dir.into(),
+            state_dir: Some(dir.into()),
             bins: 15,
         };
         Monitor::open(cfg, TokenSigner::new(b"key")).unwrap().0
