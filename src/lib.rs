@@ -10,6 +10,7 @@
 pub mod calibration;
 pub mod cli;
 pub mod config;
+pub mod conformal;
 pub mod data;
 pub mod fsutil;
 pub mod http;

@@ -1,6 +1,9 @@
 //! Out-of-distribution scores. For now only the logit-based ones, computed from the raw
 //! (uncalibrated) logits; every score is oriented so that higher means more out-of-distribution.
 //! Thresholds and feature-based detectors (Mahalanobis) arrive with the OOD issue.
+//! [`fit`] holds the fitted ones: Mahalanobis, thresholds at a target TPR, AUROC / FPR / AUPR.
+
+pub mod fit;
 
 use serde::Serialize;
 
