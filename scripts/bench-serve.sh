@@ -83,8 +83,9 @@ load() {
   local name="$1" url="$2" pid="$3"
   wrk -t2 -c"$CONNS" -d3s -s "$OUT/post.lua" "$url" >/dev/null   # warm-up
   (sleep $((DURATION / 2)); rss_kb "$pid" > "$OUT/$name-rss-kb.txt") &
+  local sampler=$!
   wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/post.lua" "$url" > "$OUT/$name-wrk-$CONNS.txt"
-  wait
+  wait "$sampler"
   hwm_kb "$pid" > "$OUT/$name-hwm-kb.txt"
   wrk -t1 -c1 -d"${DURATION}s" --latency -s "$OUT/post.lua" "$url" > "$OUT/$name-wrk-1.txt"
 }

@@ -25,6 +25,10 @@ struct Server {
 
 impl Server {
     fn start(models: &Path, calib: &Path) -> Self {
+        Self::start_with(models, calib, &[])
+    }
+
+    fn start_with(models: &Path, calib: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_caliper"))
             .args([
                 "--log-json",
@@ -34,6 +38,7 @@ impl Server {
                 "--sessions-per-model",
                 "1",
             ])
+            .args(extra)
             .arg("--models")
             .arg(models)
             .arg("--calib")
@@ -158,6 +163,48 @@ async fn serves_real_png_and_jpeg_over_a_socket_and_exits_0_on_sigterm() {
     let status = server.terminate();
     assert_eq!(status.code(), Some(0), "SIGTERM must end in a clean exit");
     assert!(std::net::TcpStream::connect(addr).is_err(), "port closed");
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish() {
+    // The batcher holds a lone image for 1 s waiting for a second one: long enough to send
+    // SIGTERM while the request is certainly in flight.
+    let server = Server::start_with(
+        &data().join("models"),
+        &data().join("calib"),
+        &["--max-batch-size", "2", "--max-queue-delay-us", "1000000"],
+    );
+    let client = reqwest::Client::new();
+    let url = server.url("/v1/models/mnist-mlp/predict");
+    let body = std::fs::read(data().join("digits/4.png")).unwrap();
+    let pending = tokio::spawn(
+        client
+            .post(url)
+            .header("content-type", "image/png")
+            .body(body)
+            .send(),
+    );
+    // Wait until the server counts the request (the /metrics request itself is the other one).
+    loop {
+        let m = reqwest::get(server.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("caliper_in_flight_requests 2") {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    let resp = pending.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["label"], "4");
+    assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]

@@ -6,6 +6,8 @@ use std::borrow::Cow;
 use std::path::Path;
 
 use caliper::calibration::CalibrationFile;
+use caliper::data::BatchOptions;
+use caliper::data::batch::make_batch;
 use caliper::repository::ModelMetadata;
 use caliper::train::config::TrainConfig;
 use caliper::train::runner::{Device, session};
@@ -81,9 +83,9 @@ fn lenet_learns_mnist_and_exports_a_consistent_calibrated_model() {
             "0.05",
         ],
     );
-    let data = dataset::load("mnist", Path::new("data")).expect("MNIST under data/mnist");
-    let test = data.test.clone();
-    let trained = fit::train(&cfg, data).unwrap();
+    let (train, test) = dataset::load("mnist", Path::new("data")).expect("MNIST under data/mnist");
+    let splits = dataset::split("mnist", &train, test.clone(), 0.1, 0.1, 0).unwrap();
+    let trained = fit::train(&cfg, splits, cfg.augment).unwrap();
     let out = export::export(&cfg, &trained, "test").unwrap();
 
     // Stated accuracy: >= 85% on the 10k MNIST test images after one short epoch (seen: 90.5%).
@@ -104,7 +106,10 @@ fn lenet_learns_mnist_and_exports_a_consistent_calibrated_model() {
     // Exported logits == the training-step graph's logits (LeNet has no BatchNorm, so
     // training mode and eval mode agree) on the same batch and the same weights, to 1e-4.
     let idx: Vec<usize> = (0..64).collect();
-    let (x, y) = dataset::gather(&test, &idx, &trained.mean, &trained.std);
+    let opts = BatchOptions::eval(64, trained.normalization.clone());
+    let b = make_batch(&test, &idx, &opts, 0);
+    let (x, _) = b.images.into_raw_vec_and_offset();
+    let y = b.labels.to_vec();
     let shape = vec![64i64, 1, 28, 28];
     let exported = run_session(
         &std::fs::read(&out.model).unwrap(),
@@ -167,14 +172,18 @@ fn resume_continues_bit_for_bit() {
         "--lr",
         "0.05",
     ];
-    let data = dataset::load("mnist", Path::new("data")).expect("MNIST under data/mnist");
+    let (train, test) = dataset::load("mnist", Path::new("data")).expect("MNIST under data/mnist");
+    let splits = dataset::split("mnist", &train, test, 0.1, 0.02, 0).unwrap();
     let weights = |dir: &Path, epochs: &str, resume: bool| {
         let mut a: Vec<&str> = base.to_vec();
         a.extend(["--out", "r", "--epochs", epochs]);
         if resume {
             a.push("--resume");
         }
-        fit::train(&config(dir, &a), data.clone()).unwrap().weights
+        let cfg = config(dir, &a);
+        fit::train(&cfg, splits.clone(), cfg.augment)
+            .unwrap()
+            .weights
     };
     let straight = tempfile::tempdir().unwrap();
     let two = weights(straight.path(), "2", false);

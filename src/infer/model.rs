@@ -83,8 +83,20 @@ impl LoadedModel {
             .clamp(64, 1 << 16);
         let (queue, rx) = sync_channel::<Job>(capacity);
         let rx = Arc::new(Mutex::new(rx));
+        // A graph exported with a fixed batch dimension can only run batches of exactly that size.
+        let fixed = sessions.first().and_then(ClassifierSession::fixed_batch);
+        if fixed.is_some_and(|b| b != 1) {
+            return Err(InferError::Internal(format!(
+                "model {}: the graph's batch dimension is fixed to {fixed:?}; export it with a dynamic or unit batch",
+                files.name
+            )));
+        }
         let policy = BatchPolicy {
-            max_batch_size: config.max_batch_size,
+            max_batch_size: if fixed.is_some() {
+                1
+            } else {
+                config.max_batch_size
+            },
             max_queue_delay: config.max_queue_delay,
         };
         for (i, session) in sessions.into_iter().enumerate() {

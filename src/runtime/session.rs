@@ -29,6 +29,14 @@ pub enum RuntimeError {
         name: String,
         available: String,
     },
+    /// The model's declared input shape contradicts `model.toml`.
+    #[error("{path}: input {name:?} is declared {declared:?} but model.toml says [N, {c}, {h}, {w}]", c = expected[0], h = expected[1], w = expected[2])]
+    InputShape {
+        path: PathBuf,
+        name: String,
+        declared: Vec<i64>,
+        expected: [usize; 3],
+    },
     /// ONNX Runtime failed during `run`.
     #[error("inference failed: {0}")]
     Run(String),
@@ -45,6 +53,8 @@ pub struct ClassifierSession {
     logits_name: String,
     /// `[C, H, W]` of one image.
     image_shape: [usize; 3],
+    /// The batch size the graph is fixed to, when its first dimension is not dynamic.
+    fixed_batch: Option<usize>,
 }
 
 impl ClassifierSession {
@@ -95,12 +105,19 @@ impl ClassifierSession {
             logits_name,
             session.outputs().iter().map(|o| o.name()).collect(),
         )?;
+        let fixed_batch = check_input_shape(&session, path, input_name, image_shape)?;
         Ok(Self {
             session,
+            fixed_batch,
             input_name: input_name.to_string(),
             logits_name: logits_name.to_string(),
             image_shape,
         })
+    }
+
+    /// The batch size the graph accepts when it is fixed (`None`: any batch size).
+    pub fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
     }
 
     /// Number of f32 values in one image.
@@ -132,6 +149,40 @@ impl ClassifierSession {
     }
 }
 
+/// Compares the graph's declared input shape (where it is static) with the metadata, so that a
+/// mismatch is a clear load-time error instead of a failure on every request. Returns the fixed
+/// batch size, if the first dimension is static.
+fn check_input_shape(
+    session: &Session,
+    path: &Path,
+    name: &str,
+    expected: [usize; 3],
+) -> Result<Option<usize>, RuntimeError> {
+    let Some(shape) = session
+        .inputs()
+        .iter()
+        .find(|o| o.name() == name)
+        .and_then(|o| o.dtype().tensor_shape())
+    else {
+        return Ok(None);
+    };
+    let dims: Vec<i64> = shape.iter().copied().collect();
+    let static_ok = dims.len() == 4
+        && dims[1..]
+            .iter()
+            .zip(expected)
+            .all(|(&d, e)| d <= 0 || d as usize == e);
+    if !static_ok {
+        return Err(RuntimeError::InputShape {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            declared: dims,
+            expected,
+        });
+    }
+    Ok((dims[0] > 0).then_some(dims[0] as usize))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +203,14 @@ mod tests {
 
     #[test]
     fn names_missing_tensors_and_files() {
+        assert_eq!(
+            ClassifierSession::new(&fixture(), "input", "logits", [1, 28, 28], 1)
+                .unwrap()
+                .fixed_batch(),
+            None
+        );
+        let e = ClassifierSession::new(&fixture(), "input", "logits", [3, 28, 28], 1).unwrap_err();
+        assert!(matches!(e, RuntimeError::InputShape { .. }), "{e}");
         let e = ClassifierSession::new(&fixture(), "pixels", "logits", [1, 28, 28], 1).unwrap_err();
         assert!(e.to_string().contains("\"pixels\""), "{e}");
         let e = ClassifierSession::new(

@@ -69,7 +69,8 @@ pub struct TrainArgs {
     /// Model name: writes models/NAME/ and calib/NAME.json.
     #[arg(long, env = "CALIPER_OUT")]
     pub out: String,
-    /// Dataset spec: mnist or fashion-mnist.
+    /// Dataset with train and test splits (caliper::data specs): mnist, fashion-mnist, cifar10,
+    /// cifar10-bin, pneumonia.
     #[arg(long, env = "CALIPER_DATASET", default_value = "mnist")]
     pub dataset: String,
     /// Folder holding the datasets (`<dir>/mnist/...`).
@@ -131,6 +132,9 @@ pub struct TrainArgs {
     /// Continue from the run folder's last checkpoint.
     #[arg(long, env = "CALIPER_RESUME")]
     pub resume: bool,
+    /// Training augmentation: auto (crop + flip for CIFAR-10, none otherwise), none, crop-flip.
+    #[arg(long, env = "CALIPER_AUGMENT", default_value = "auto")]
+    pub augment: String,
     /// Calibrator fitted on the validation split and written to calib/NAME.json.
     #[arg(long, env = "CALIPER_CALIBRATOR", value_enum, default_value_t = crate::calibration::Method::Ats)]
     pub calibrator: crate::calibration::Method,
@@ -253,6 +257,8 @@ pub struct TrainConfig {
     pub device: Device,
     /// Checkpoint / log folder.
     pub run_dir: PathBuf,
+    /// Training augmentation.
+    pub augment: crate::data::Augment,
 }
 
 impl TrainArgs {
@@ -308,6 +314,16 @@ impl TrainArgs {
             }
         };
         let device = self.device.parse().map_err(ConfigError)?;
+        let augment = match self.augment.as_str() {
+            "auto" => super::dataset::auto_augment(&self.dataset),
+            "none" => crate::data::Augment::NONE,
+            "crop-flip" => crate::data::Augment::CIFAR,
+            other => {
+                return Err(ConfigError(format!(
+                    "unknown augmentation {other:?} (auto, none, crop-flip)"
+                )));
+            }
+        };
         let run_dir = self
             .run_dir
             .clone()
@@ -318,6 +334,7 @@ impl TrainArgs {
             schedule,
             device,
             run_dir,
+            augment,
             args: self,
         })
     }

@@ -50,8 +50,17 @@ pub fn run(cli: Cli, command: &str) -> anyhow::Result<()> {
         Command::Train(args) => {
             let cfg = (*args).validate()?;
             tracing::info!(config = ?cfg, "starting training");
-            let data = dataset::load(&cfg.args.dataset, &cfg.args.data_dir)?;
-            let trained = fit::train(&cfg, data)?;
+            let a = &cfg.args;
+            let (train, test) = dataset::load(&a.dataset, &a.data_dir)?;
+            let splits = dataset::split(
+                &a.dataset,
+                &train,
+                test,
+                a.val_fraction,
+                a.train_fraction,
+                a.seed,
+            )?;
+            let trained = fit::train(&cfg, splits, cfg.augment)?;
             let out = export::export(&cfg, &trained, command)?;
             println!("{}", serde_json::to_string_pretty(&out.report)?);
             println!("wrote {} and {}", out.model.display(), out.calib.display());

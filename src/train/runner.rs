@@ -71,6 +71,10 @@ pub fn session(bytes: &[u8], threads: usize, device: Device) -> Result<Session, 
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(ort_err)?
         .with_intra_threads(threads)
+        .map_err(ort_err)?
+        // No busy-waiting between ops: on a shared CPU spinning threads steal the cores the
+        // other intra-op thread (and other processes) need.
+        .with_intra_op_spinning(false)
         .map_err(ort_err)?;
     b.commit_from_memory(bytes).map_err(ort_err)
 }
