@@ -3,6 +3,8 @@
 //! calibration file), real MNIST digits, and one-shot requests through `router(state)`.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod process;
+
 use std::path::{Path, PathBuf};
 
 use axum::body::Body;
