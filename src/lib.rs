@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod http;
 pub mod infer;
 pub mod metrics;
+pub mod monitor;
 pub mod numeric;
 pub mod ood;
 pub mod repository;
