@@ -695,3 +695,75 @@ fn mlp_step_gradients_match_a_float64_reference_of_the_whole_network() {
         );
     }
 }
+
+/// Runs one step of the linear graph with `opt` from the given parameter and state values and
+/// returns the outputs.
+fn one_step(opt: Optimizer, extra: Inputs) -> BTreeMap<String, Vec<f32>> {
+    let net = Net::new("linear", &[3], 2, 1.0).unwrap();
+    let g = training_step(&net, Loss::Ce, &opt, true);
+    let mut r = rng(77);
+    let mut inputs: Inputs = vec![
+        ("x".into(), vec![4, 3], randn(&mut r, 12)),
+        ("lr".into(), vec![], vec![0.1]),
+        ("fc.weight".into(), vec![2, 3], randn(&mut r, 6)),
+        ("fc.bias".into(), vec![2], randn(&mut r, 2)),
+    ];
+    inputs.extend(extra);
+    let mut out = run(&g.bytes, &inputs, Some(&[0, 1, 1, 0]));
+    for (k, _, v) in inputs {
+        out.insert(format!("in.{k}"), v);
+    }
+    out
+}
+
+#[test]
+fn sgd_nesterov_and_adamw_updates_match_their_formulas() {
+    let m0: Vec<f32> = vec![0.5, -0.25, 0.125, 1.0, 0.0, -1.0];
+    let b0: Vec<f32> = vec![0.3, -0.3];
+    let sgd = Optimizer::Sgd {
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 0.01,
+    };
+    let o = one_step(
+        sgd,
+        vec![
+            ("momentum.fc.weight".into(), vec![2, 3], m0.clone()),
+            ("momentum.fc.bias".into(), vec![2], b0.clone()),
+        ],
+    );
+    // PyTorch: g' = g + wd w; v = mu v + g'; w -= lr (g' + mu v).
+    for i in 0..6 {
+        let (w, g) = (o["in.fc.weight"][i] as f64, o["grad.fc.weight"][i] as f64);
+        let gd = g + 0.01 * w;
+        let v = 0.9 * m0[i] as f64 + gd;
+        assert!((o["next.momentum.fc.weight"][i] as f64 - v).abs() < 1e-6);
+        assert!((o["next.fc.weight"][i] as f64 - (w - 0.1 * (gd + 0.9 * v))).abs() < 1e-6);
+    }
+    let adamw = Optimizer::AdamW {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.05,
+    };
+    let (m, v) = (vec![0.1f32; 6], vec![0.01f32; 6]);
+    let o = one_step(
+        adamw,
+        vec![
+            ("step".into(), vec![], vec![3.0]),
+            ("adam_m.fc.weight".into(), vec![2, 3], m.clone()),
+            ("adam_v.fc.weight".into(), vec![2, 3], v.clone()),
+            ("adam_m.fc.bias".into(), vec![2], vec![0.0; 2]),
+            ("adam_v.fc.bias".into(), vec![2], vec![0.0; 2]),
+        ],
+    );
+    for i in 0..6 {
+        let (w, g) = (o["in.fc.weight"][i] as f64, o["grad.fc.weight"][i] as f64);
+        let m1 = 0.9 * m[i] as f64 + 0.1 * g;
+        let v1 = 0.999 * v[i] as f64 + 0.001 * g * g;
+        let upd = (m1 / (1.0 - 0.9f64.powi(3))) / ((v1 / (1.0 - 0.999f64.powi(3))).sqrt() + 1e-8);
+        let want = w - 0.1 * (upd + 0.05 * w);
+        assert!((o["next.fc.weight"][i] as f64 - want).abs() < 1e-5, "{i}");
+        assert!((o["next.adam_v.fc.weight"][i] as f64 - v1).abs() < 1e-7);
+    }
+}

@@ -28,6 +28,19 @@ pub enum Command {
     Graph(GraphArgs),
     /// Time training steps on random data (throughput only; see scripts/bench-train.sh).
     Bench(BenchArgs),
+    /// Draw the reliability diagram (validation, before / after) of a calibration file as PNG.
+    Plot(PlotArgs),
+}
+
+/// `caliper-train plot`.
+#[derive(Debug, Clone, Args)]
+pub struct PlotArgs {
+    /// A calibration file with a fit summary (calib/NAME.json).
+    #[arg(long)]
+    pub calib: PathBuf,
+    /// Output PNG.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `caliper-train bench`.

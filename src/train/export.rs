@@ -176,6 +176,17 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
         "ece_bins": ECE_BINS,
         "command": command,
     });
+    if let Some(rel) = &summary.reliability {
+        let png = dir.join("reliability.png");
+        let img = super::plot::reliability_png(&[&rel.before, &rel.after]);
+        let mut bytes = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| ExportError::Report(e.to_string()))?;
+        crate::fsutil::write_atomic(&png, &bytes).map_err(io(&png))?;
+    }
     let rp = dir.join("report.json");
     let text = serde_json::to_vec_pretty(&report).unwrap_or_default();
     crate::fsutil::write_atomic(&rp, &text).map_err(io(&rp))?;

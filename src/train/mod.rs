@@ -18,6 +18,7 @@ pub mod layers;
 pub mod loss;
 pub mod onnx;
 pub mod optim;
+pub mod plot;
 pub mod runner;
 pub mod schedule;
 pub mod step;
@@ -46,6 +47,17 @@ pub fn run(cli: Cli, command: &str) -> anyhow::Result<()> {
                 graph.bytes.len(),
                 graph.state.len()
             );
+            Ok(())
+        }
+        Command::Plot(p) => {
+            let file = crate::calibration::CalibrationFile::load(&p.calib)?;
+            let rel = file
+                .fit
+                .and_then(|f| f.reliability)
+                .with_context(|| format!("{} has no reliability bins", p.calib.display()))?;
+            plot::reliability_png(&[&rel.before, &rel.after])
+                .save(&p.out)
+                .with_context(|| format!("writing {}", p.out.display()))?;
             Ok(())
         }
         Command::Bench(b) => {
