@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -19,6 +20,8 @@ pub struct Server {
     /// Log lines written before "listening on".
     pub startup_logs: Vec<String>,
     _logs: mpsc::Receiver<String>,
+    /// The feedback-log directory of servers started by [`Server::with_repository`].
+    _state: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -71,7 +74,21 @@ impl Server {
             addr,
             startup_logs: seen,
             _logs: logs,
+            _state: None,
         }
+    }
+
+    /// Serves the repository `models` + `calib` with `extra` flags, its feedback log in a
+    /// temporary directory (so that no `state/` folder appears where the tests run).
+    pub fn with_repository(models: &Path, calib: &Path, extra: &[&str]) -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let mut args: Vec<&OsStr> = vec!["--models".as_ref(), models.as_os_str()];
+        args.extend(["--calib".as_ref(), calib.as_os_str()]);
+        args.extend(["--state-dir".as_ref(), state.path().as_os_str()]);
+        args.extend(extra.iter().map(OsStr::new));
+        let mut server = Self::start(args);
+        server._state = Some(state);
+        server
     }
 
     /// `http://host:port` + path.
