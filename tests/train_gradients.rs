@@ -432,12 +432,20 @@ fn conv2d_matches_finite_differences_with_stride_and_padding() {
 
 #[test]
 fn maxpool_matches_finite_differences() {
+    // Tiling windows (the mask backward) and overlapping ones (Indices + ScatterElements).
     check_layer(
         &MaxPool2d { k: 2, stride: 2 },
         &[2, 4, 6],
         2,
         &|x, _| ref_maxpool(x, 4, 4, 6, 2, 2),
         20,
+    );
+    check_layer(
+        &MaxPool2d { k: 3, stride: 2 },
+        &[2, 5, 5],
+        2,
+        &|x, _| ref_maxpool(x, 4, 5, 5, 3, 2),
+        21,
     );
 }
 
