@@ -10,6 +10,7 @@
 pub mod calibration;
 pub mod cli;
 pub mod data;
+pub mod diagram;
 pub mod fsutil;
 pub mod http;
 pub mod infer;
