@@ -9,6 +9,7 @@
 
 pub mod calibration;
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod diagram;
 pub mod fsutil;
@@ -16,6 +17,7 @@ pub mod http;
 pub mod infer;
 pub mod metrics;
 pub mod numeric;
+pub mod ood;
 pub mod repository;
 pub mod runtime;
 pub mod telemetry;

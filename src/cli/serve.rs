@@ -1,10 +1,76 @@
-//! `caliper serve`.
+//! `caliper serve`: validate the arguments, load ONNX Runtime and every model (warm-up included),
+//! bind, and serve until SIGTERM or Ctrl-C, then drain within `--shutdown-timeout-ms`.
 
-/// Arguments of `caliper serve`.
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {}
+use anyhow::Context;
+
+use crate::config::Config;
+pub use crate::config::ServeArgs;
+use crate::http::AppState;
 
 /// Runs `caliper serve`.
-pub fn run(_args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`caliper serve` is not implemented yet")
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::try_from(args)?;
+    tracing::info!(?config, "starting");
+    let lib = crate::runtime::init_onnxruntime()?;
+    tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("caliper-http")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let addr = config.addr;
+    let drain = config.shutdown_timeout;
+    let state = AppState::new(config).context("cannot create the metrics registry")?;
+    let registry = std::sync::Arc::clone(&state.registry);
+    // Models load (and warm up) before the port opens, so a listening server has them.
+    let loaded = tokio::task::spawn_blocking(move || registry.load_all())
+        .await
+        .context("model loading panicked")??;
+    let failures = state.registry.failures();
+    if loaded == 0 && failures.is_empty() {
+        tracing::warn!(
+            models = %state.config.models_dir.display(),
+            "no model loaded: the repository is empty; serving anyway (not ready). \
+             Train one with caliper-train or copy a model folder there, then POST \
+             /v2/repository/models/NAME/load"
+        );
+    } else {
+        tracing::info!(loaded, failed = failures.len(), models = ?state.registry.names(), "models ready");
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    // Tests and scripts read this line to find the port when --addr ends in :0.
+    tracing::info!("listening on {}", listener.local_addr()?);
+    let clean = crate::http::serve(listener, state, shutdown_signal(), drain).await?;
+    tracing::info!(clean, "stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }

@@ -1,2 +1,115 @@
-//! The request path below HTTP: admission, image preprocessing, the per-model queue and dynamic
-//! batcher, and turning logits into calibrated predictions.
+//! The request path below HTTP: image preprocessing, the per-model queue and dynamic batcher,
+//! the session threads, and turning logits into calibrated predictions. Every entry point
+//! (HTTP, KServe V2, `caliper predict`) goes through [`predict_images`] or [`predict_tensors`].
+
+pub mod batcher;
+mod model;
+pub mod prediction;
+pub mod preprocess;
+mod registry;
+
+use bytes::Bytes;
+
+pub use model::LoadedModel;
+pub use prediction::{
+    DEFAULT_TOP_K, Prediction, PredictionList, TopK, build_prediction, new_prediction_id,
+};
+pub use preprocess::{ImageLimits, PreprocessError, preprocess};
+pub use registry::ModelRegistry;
+
+use crate::calibration::CalibrationError;
+use crate::repository::RepositoryError;
+use crate::runtime::RuntimeError;
+
+/// Errors of the request path and of model loading.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    /// Image `index` of the request could not be turned into an input.
+    #[error("image {index}: {source}")]
+    Image {
+        index: usize,
+        source: PreprocessError,
+    },
+    /// The model's queue is full.
+    #[error("the model queue is full")]
+    QueueFull,
+    /// The model's session threads are gone (it is being replaced or shutting down).
+    #[error("model {0} is not available")]
+    Unavailable(String),
+    /// A batch failed inside ONNX Runtime.
+    #[error("inference failed: {0}")]
+    Runtime(String),
+    /// The model produced NaN or infinite logits.
+    #[error("model {0} produced non-finite logits")]
+    NonFiniteLogits(String),
+    /// Calibration of a row failed.
+    #[error(transparent)]
+    Calibration(#[from] CalibrationError),
+    /// The model's files are missing or inconsistent.
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    /// A session could not be built or warmed up.
+    #[error(transparent)]
+    Session(#[from] RuntimeError),
+    /// The model has a different number of outputs than labels.
+    #[error("model {model}: logits have {outputs} columns but model.toml has {labels} labels")]
+    LabelCount {
+        model: String,
+        outputs: usize,
+        labels: usize,
+    },
+    /// Anything else that should not happen (a worker panicked, a thread could not spawn).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// One answered input: the raw logits (for KServe's `logits` output) and the prediction.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// Raw logits, class order.
+    pub logits: Vec<f32>,
+    /// The calibrated prediction.
+    pub prediction: Prediction,
+}
+
+/// Decodes and preprocesses encoded images off the async executor, then predicts them.
+#[tracing::instrument(skip_all, fields(model = %model.files.name, images = images.len()))]
+pub async fn predict_images(
+    model: &LoadedModel,
+    images: Vec<Bytes>,
+    limits: ImageLimits,
+    top_k: usize,
+) -> Result<Vec<Scored>, InferError> {
+    let spec = model.files.metadata.input.clone();
+    let inputs = tokio::task::spawn_blocking(move || {
+        images
+            .iter()
+            .enumerate()
+            .map(|(index, b)| {
+                preprocess(b, &spec, limits).map_err(|source| InferError::Image { index, source })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| InferError::Internal(format!("preprocessing task failed: {e}")))??;
+    predict_tensors(model, inputs, top_k).await
+}
+
+/// Predicts already preprocessed inputs (`C * H * W` values each, checked by the caller).
+pub async fn predict_tensors(
+    model: &LoadedModel,
+    inputs: Vec<Vec<f32>>,
+    top_k: usize,
+) -> Result<Vec<Scored>, InferError> {
+    let rows = model.logits(inputs).await?;
+    let ctx = model.prediction_context();
+    let scored = rows
+        .into_iter()
+        .map(|logits| {
+            let prediction = build_prediction(&ctx, &logits, top_k)?;
+            Ok(Scored { logits, prediction })
+        })
+        .collect::<Result<Vec<_>, InferError>>()?;
+    model.count_predictions(scored.len());
+    Ok(scored)
+}

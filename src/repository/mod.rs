@@ -1,10 +1,12 @@
 //! The model repository on disk: `models/<name>/model.onnx` + `model.toml`, and
-//! `calib/<name>.json`. Scanning, validation and reload live here; the file formats are
-//! documented in `docs/FORMATS.md`.
+//! `calib/<name>.json`. Scanning and validation live here (the served, reloadable set of models
+//! is `infer::ModelRegistry`); the file formats are documented in `docs/FORMATS.md`.
 
 mod metadata;
+mod scan;
 
 pub use metadata::{
     InputSpec, METADATA_SCHEMA_VERSION, MetadataError, ModelMetadata, OutputSpec, Provenance,
     ResizePolicy,
 };
+pub use scan::{ModelFiles, RepositoryError, list_models, load_model_files, validate_name};

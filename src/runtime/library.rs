@@ -70,8 +70,22 @@ pub fn resolve_library_path() -> Result<PathBuf, OrtLibraryError> {
 /// Loads ONNX Runtime once per process and creates the global environment. Later calls return
 /// the first call's outcome, so every entry point (server, trainer, tests) may call it freely.
 pub fn init_onnxruntime() -> Result<&'static Path, OrtLibraryError> {
-    static INIT: OnceLock<Result<(PathBuf, ort::environment::Environment), OrtLibraryError>> =
-        OnceLock::new();
+    init()
+        .as_ref()
+        .map(|(p, _)| p.as_path())
+        .map_err(Clone::clone)
+}
+
+/// The process-wide ONNX Runtime environment (loading the library first if needed); sessions
+/// are built from it.
+pub fn environment() -> Result<&'static ort::environment::Environment, OrtLibraryError> {
+    init().as_ref().map(|(_, env)| env).map_err(Clone::clone)
+}
+
+type Loaded = Result<(PathBuf, ort::environment::Environment), OrtLibraryError>;
+
+fn init() -> &'static Loaded {
+    static INIT: OnceLock<Loaded> = OnceLock::new();
     INIT.get_or_init(|| {
         let path = resolve_library_path()?;
         let load_err = |reason: String| OrtLibraryError::Load {
@@ -85,9 +99,6 @@ pub fn init_onnxruntime() -> Result<&'static Path, OrtLibraryError> {
             .map_err(|e| load_err(e.to_string()))?;
         Ok((path, env))
     })
-    .as_ref()
-    .map(|(p, _)| p.as_path())
-    .map_err(Clone::clone)
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
-//! ONNX Runtime: finding and loading the shared library, and (in submodules) the sessions that
-//! run models. This is the only place besides the trainer's graph runner that touches `ort`.
+//! ONNX Runtime: finding and loading the shared library, and the sessions that run models. This
+//! is the only place besides the trainer's graph runner that touches `ort`.
 
 mod library;
+mod session;
 
-pub use library::{OrtLibraryError, init_onnxruntime, resolve_library_path};
+pub use library::{OrtLibraryError, environment, init_onnxruntime, resolve_library_path};
+pub use session::{ClassifierSession, RuntimeError};

@@ -1,2 +1,61 @@
 //! The trainer: an ONNX graph builder whose layers emit forward and backward nodes, the losses,
 //! optimizers, the training loop on ONNX Runtime and the export to the model repository.
+//!
+//! Training runs as ordinary ONNX graphs of standard operators (see `shared/onnxruntime.md`: no
+//! training-enabled ONNX Runtime is reachable): [`step::training_step`] builds one graph per
+//! configuration that does forward, loss, backward and the optimizer update, and
+//! [`runner::Trainer`] runs it with the parameters kept as ONNX Runtime values.
+
+pub mod arch;
+pub mod checkpoint;
+pub mod config;
+pub mod dataset;
+pub mod export;
+pub mod fit;
+pub mod graph;
+pub mod layers;
+pub mod loss;
+pub mod onnx;
+pub mod optim;
+pub mod runner;
+pub mod schedule;
+pub mod step;
+
+use anyhow::Context;
+
+pub use config::{Cli, Command};
+
+/// Runs `caliper-train` for parsed arguments (the binary's whole body); `command` is the
+/// command line, recorded in the model's provenance.
+pub fn run(cli: Cli, command: &str) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Graph(g) => {
+            let input = match (g.in_features, g.input_shape.is_empty()) {
+                (Some(d), true) => vec![d],
+                (None, false) => g.input_shape.clone(),
+                _ => anyhow::bail!("give exactly one of --in-features and --input-shape"),
+            };
+            let net = arch::Net::new(&g.model.arch, &input, g.classes, g.model.width)?;
+            let graph = step::training_step(&net, g.model.loss()?, &g.model.optimizer(0.0)?, true);
+            crate::fsutil::write_atomic(&g.out, &graph.bytes)
+                .with_context(|| format!("writing {}", g.out.display()))?;
+            println!(
+                "wrote {} ({} bytes, {} state tensors)",
+                g.out.display(),
+                graph.bytes.len(),
+                graph.state.len()
+            );
+            Ok(())
+        }
+        Command::Train(args) => {
+            let cfg = (*args).validate()?;
+            tracing::info!(config = ?cfg, "starting training");
+            let data = dataset::load(&cfg.args.dataset, &cfg.args.data_dir)?;
+            let trained = fit::train(&cfg, data)?;
+            let out = export::export(&cfg, &trained, command)?;
+            println!("{}", serde_json::to_string_pretty(&out.report)?);
+            println!("wrote {} and {}", out.model.display(), out.calib.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! A loaded, servable model: its checked files, its calibrator, and the session threads that
+//! drain its queue. Dropping the last handle closes the queue and the threads exit.
+//!
+//! Each ONNX Runtime session is owned by one OS thread (its `run` needs `&mut self`). The threads
+//! share one bounded queue; whichever is free forms the next batch ([`collect_batch`]), so work
+//! spreads over the sessions without a separate dispatcher.
+
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::InferError;
+use super::batcher::{BatchPolicy, Queued, collect_batch};
+use super::prediction::PredictionContext;
+use crate::calibration::Calibrator;
+use crate::config::Config;
+use crate::repository::ModelFiles;
+use crate::runtime::ClassifierSession;
+use crate::telemetry::Metrics;
+
+/// One queued image.
+struct Job {
+    input: Vec<f32>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Vec<f32>, InferError>>,
+}
+
+impl Queued for Job {
+    fn enqueued_at(&self) -> Instant {
+        self.enqueued
+    }
+    fn is_abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// A model ready to serve.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The checked files (metadata, sha256, calibration file).
+    pub files: ModelFiles,
+    /// The calibrator applied to every prediction (identity without a calibration file).
+    pub calibrator: Calibrator,
+    queue: SyncSender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+impl LoadedModel {
+    /// Builds `sessions_per_model` sessions, runs a warm-up batch through each (which also checks
+    /// that the logits have one column per label), then starts one thread per session.
+    pub fn start(
+        files: ModelFiles,
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, InferError> {
+        let spec = &files.metadata.input;
+        let shape = [spec.channels, spec.height, spec.width];
+        let mut sessions = Vec::with_capacity(config.sessions_per_model);
+        for _ in 0..config.sessions_per_model {
+            let mut s = ClassifierSession::new(
+                &files.onnx_path,
+                &spec.name,
+                &files.metadata.output.logits,
+                shape,
+                config.intra_op_threads,
+            )?;
+            let (_, k) = s.run(&vec![0.0; s.image_len()])?;
+            if k != files.metadata.labels.len() {
+                return Err(InferError::LabelCount {
+                    model: files.name.clone(),
+                    outputs: k,
+                    labels: files.metadata.labels.len(),
+                });
+            }
+            sessions.push(s);
+        }
+        // Room for every admitted request to queue a full batch of images; beyond it, 429.
+        let capacity = config
+            .max_concurrent_requests
+            .saturating_mul(config.max_batch_size)
+            .clamp(64, 1 << 16);
+        let (queue, rx) = sync_channel::<Job>(capacity);
+        let rx = Arc::new(Mutex::new(rx));
+        let policy = BatchPolicy {
+            max_batch_size: config.max_batch_size,
+            max_queue_delay: config.max_queue_delay,
+        };
+        for (i, session) in sessions.into_iter().enumerate() {
+            let (rx, metrics, name) = (Arc::clone(&rx), Arc::clone(&metrics), files.name.clone());
+            std::thread::Builder::new()
+                .name(format!("caliper-{name}-{i}"))
+                .spawn(move || session_thread(&name, session, &rx, &policy, &metrics))
+                .map_err(|e| InferError::Internal(format!("cannot spawn a session thread: {e}")))?;
+        }
+        let calibrator = files
+            .calibration
+            .as_ref()
+            .map_or(Calibrator::Identity, |c| c.calibrator.clone());
+        metrics
+            .model_info
+            .with_label_values(&[
+                files.name.as_str(),
+                files.metadata.version.as_str(),
+                files.sha256.as_str(),
+                calibrator.method(),
+            ])
+            .set(1);
+        Ok(Self {
+            files,
+            calibrator,
+            queue,
+            metrics,
+        })
+    }
+
+    /// Queues preprocessed images (`C * H * W` values each) and returns their logits rows in the
+    /// same order. Dropping the future abandons the entries; the batcher then skips them.
+    pub async fn logits(&self, inputs: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, InferError> {
+        let mut replies = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let (reply, rx) = oneshot::channel();
+            let job = Job {
+                input,
+                enqueued: Instant::now(),
+                reply,
+            };
+            self.queue.try_send(job).map_err(|e| match e {
+                TrySendError::Full(_) => InferError::QueueFull,
+                TrySendError::Disconnected(_) => InferError::Unavailable(self.files.name.clone()),
+            })?;
+            replies.push(rx);
+        }
+        let mut out = Vec::with_capacity(replies.len());
+        for rx in replies {
+            out.push(
+                rx.await
+                    .map_err(|_| InferError::Unavailable(self.files.name.clone()))??,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The context every prediction of this model is built with.
+    pub fn prediction_context(&self) -> PredictionContext<'_> {
+        PredictionContext {
+            model: &self.files.name,
+            version: &self.files.metadata.version,
+            labels: &self.files.metadata.labels,
+            calibrator: &self.calibrator,
+            calibrated: self.is_calibrated(),
+        }
+    }
+
+    /// Counts `n` predictions returned to clients.
+    pub fn count_predictions(&self, n: usize) {
+        self.metrics
+            .predictions
+            .with_label_values(&[self.files.name.as_str()])
+            .inc_by(n as u64);
+    }
+
+    /// The `caliper_model_info` labels of this model.
+    pub fn info_labels(&self) -> [&str; 4] {
+        [
+            self.files.name.as_str(),
+            self.files.metadata.version.as_str(),
+            self.files.sha256.as_str(),
+            self.calibrator.method(),
+        ]
+    }
+
+    /// Whether a calibration file was loaded.
+    pub fn is_calibrated(&self) -> bool {
+        self.files.calibration.is_some()
+    }
+}
+
+/// The loop of one session thread: form a batch, run it, answer every entry. Ends when the
+/// model is dropped (queue closed).
+fn session_thread(
+    name: &str,
+    mut session: ClassifierSession,
+    rx: &Mutex<Receiver<Job>>,
+    policy: &BatchPolicy,
+    metrics: &Metrics,
+) {
+    let gone = metrics.rejected.with_label_values(&["client_gone"]);
+    let queue_h = metrics.queue_duration.with_label_values(&[name]);
+    let infer_h = metrics.inference_duration.with_label_values(&[name]);
+    let batch_h = metrics.batch_size.with_label_values(&[name]);
+    let nonfinite = metrics.nonfinite_logits.with_label_values(&[name]);
+    loop {
+        // The lock is held only while forming a batch, never while running it, so the other
+        // sessions can form the next one meanwhile. A panic elsewhere cannot corrupt a Receiver.
+        let batch = {
+            let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
+            collect_batch(&rx, policy, |_| gone.inc())
+        };
+        let Some(batch) = batch else { return };
+        let start = Instant::now();
+        for job in &batch {
+            queue_h.observe(start.duration_since(job.enqueued).as_secs_f64());
+        }
+        batch_h.observe(batch.len() as f64);
+        let input: Vec<f32> = batch.iter().flat_map(|j| j.input.iter().copied()).collect();
+        let result = session.run(&input);
+        infer_h.observe(start.elapsed().as_secs_f64());
+        match result {
+            Ok((logits, k)) => {
+                for (job, row) in batch.into_iter().zip(logits.chunks_exact(k)) {
+                    let answer = if row.iter().all(|v| v.is_finite()) {
+                        Ok(row.to_vec())
+                    } else {
+                        nonfinite.inc();
+                        Err(InferError::NonFiniteLogits(name.to_string()))
+                    };
+                    // A receiver that left in the meantime is fine to ignore.
+                    let _ = job.reply.send(answer);
+                }
+            }
+            Err(e) => {
+                tracing::error!(model = name, error = %e, batch = batch.len(), "batch failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(InferError::Runtime(e.to_string())));
+                }
+            }
+        }
+    }
+}

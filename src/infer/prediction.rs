@@ -1,0 +1,167 @@
+//! Logits -> the prediction object every client sees (HTTP, KServe V2, `caliper predict`):
+//! calibrated probabilities, the top-k, and logit-based OOD scores.
+
+use serde::Serialize;
+
+use crate::calibration::{CalibrationError, Calibrator};
+use crate::numeric::argmax;
+use crate::ood::LogitScores;
+
+/// Default `top_k` when the client does not ask.
+pub const DEFAULT_TOP_K: usize = 5;
+
+/// One entry of `top_k`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopK {
+    /// Class label.
+    pub label: String,
+    /// Class index in the model's output order.
+    pub index: usize,
+    /// Calibrated probability.
+    pub probability: f64,
+}
+
+/// One prediction, as serialised on the wire (field names fixed by issue 2).
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    /// Model name (folder under `models/`).
+    pub model: String,
+    /// `version` from `model.toml`.
+    pub model_version: String,
+    /// Opaque id of this prediction (see [`new_prediction_id`]).
+    pub prediction_id: String,
+    /// Label of the most probable class.
+    pub label: String,
+    /// Index of the most probable class.
+    pub class_index: usize,
+    /// Calibrated probability of that class.
+    pub confidence: f64,
+    /// Calibrated probabilities in class order (sum to 1).
+    pub probabilities: Vec<f64>,
+    /// The `k` most probable classes, most probable first.
+    pub top_k: Vec<TopK>,
+    /// False when the model has no calibration file (probabilities are the plain softmax).
+    pub calibrated: bool,
+    /// Calibration method applied ("identity" when uncalibrated).
+    pub calibration_method: &'static str,
+    /// Logit-based OOD scores (higher = more out-of-distribution).
+    pub ood: LogitScores,
+}
+
+/// The answer for several images: `{"predictions": [...]}` in upload order.
+#[derive(Debug, Clone, Serialize)]
+pub struct PredictionList {
+    /// One prediction per image.
+    pub predictions: Vec<Prediction>,
+}
+
+/// What a model contributes to every prediction.
+#[derive(Debug, Clone)]
+pub struct PredictionContext<'a> {
+    /// Model name.
+    pub model: &'a str,
+    /// Model version.
+    pub version: &'a str,
+    /// Labels in class order.
+    pub labels: &'a [String],
+    /// The calibrator (identity when uncalibrated).
+    pub calibrator: &'a Calibrator,
+    /// Whether a calibration file was loaded.
+    pub calibrated: bool,
+}
+
+/// The one place prediction ids are created. Opaque to clients: 128 random bits in hex. (The
+/// monitoring issue will turn it into a signed token carrying the model and the probabilities.)
+pub fn new_prediction_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Builds the prediction for one row of logits. Fails on non-finite logits (never a
+/// probability from NaN) and on a class-count mismatch.
+pub fn build_prediction(
+    ctx: &PredictionContext<'_>,
+    logits: &[f32],
+    top_k: usize,
+) -> Result<Prediction, CalibrationError> {
+    let z: Vec<f64> = logits.iter().map(|&v| f64::from(v)).collect();
+    if z.len() != ctx.labels.len() {
+        return Err(CalibrationError::ClassMismatch {
+            expected: ctx.labels.len(),
+            got: z.len(),
+        });
+    }
+    let probabilities = ctx.calibrator.probabilities(&z)?;
+    let class_index = argmax(&probabilities);
+    let mut order: Vec<usize> = (0..probabilities.len()).collect();
+    order.sort_by(|&a, &b| {
+        probabilities[b]
+            .total_cmp(&probabilities[a])
+            .then(a.cmp(&b))
+    });
+    let top_k = order
+        .into_iter()
+        .take(top_k)
+        .map(|i| TopK {
+            label: ctx.labels[i].clone(),
+            index: i,
+            probability: probabilities[i],
+        })
+        .collect();
+    Ok(Prediction {
+        model: ctx.model.to_string(),
+        model_version: ctx.version.to_string(),
+        prediction_id: new_prediction_id(),
+        label: ctx.labels[class_index].clone(),
+        class_index,
+        confidence: probabilities[class_index],
+        probabilities,
+        top_k,
+        calibrated: ctx.calibrated,
+        calibration_method: ctx.calibrator.method(),
+        ood: LogitScores::from_logits(&z),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx<'a>(labels: &'a [String], c: &'a Calibrator) -> PredictionContext<'a> {
+        PredictionContext {
+            model: "m",
+            version: "1",
+            labels,
+            calibrator: c,
+            calibrated: true,
+        }
+    }
+
+    #[test]
+    fn top_k_is_sorted_and_probabilities_sum_to_one() {
+        let labels: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let c = Calibrator::Ts { temperature: 2.0 };
+        let p = build_prediction(&ctx(&labels, &c), &[0.0, 3.0, 1.0], 2).unwrap();
+        assert_eq!((p.label.as_str(), p.class_index), ("b", 1));
+        assert_eq!(p.top_k.iter().map(|t| t.index).collect::<Vec<_>>(), [1, 2]);
+        assert!((p.probabilities.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        // softmax([0, 1.5, 0.5]) by hand: e^1.5 / (1 + e^1.5 + e^0.5)
+        let e = 1.5f64.exp() / (1.0 + 1.5f64.exp() + 0.5f64.exp());
+        assert!((p.confidence - e).abs() < 1e-12);
+        assert_eq!(p.prediction_id.len(), 32);
+        assert_ne!(p.prediction_id, new_prediction_id());
+    }
+
+    #[test]
+    fn refuses_nan_and_wrong_widths() {
+        let labels: Vec<String> = ["a", "b"].map(String::from).to_vec();
+        let c = Calibrator::Identity;
+        assert!(matches!(
+            build_prediction(&ctx(&labels, &c), &[0.0, f32::NAN], 5),
+            Err(CalibrationError::NonFinite(_))
+        ));
+        assert!(matches!(
+            build_prediction(&ctx(&labels, &c), &[0.0, 1.0, 2.0], 5),
+            Err(CalibrationError::ClassMismatch { .. })
+        ));
+    }
+}

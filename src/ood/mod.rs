@@ -1,0 +1,65 @@
+//! Out-of-distribution scores. For now only the logit-based ones, computed from the raw
+//! (uncalibrated) logits; every score is oriented so that higher means more out-of-distribution.
+//! Thresholds and feature-based detectors (Mahalanobis) arrive with the OOD issue.
+
+use serde::Serialize;
+
+use crate::numeric::{log_sum_exp, softmax_with_temperature};
+
+/// Logit-based OOD scores of one input (higher = more out-of-distribution).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LogitScores {
+    /// 1 - maximum softmax probability (Hendrycks and Gimpel 2017), in [0, 1).
+    pub msp: f64,
+    /// Negated maximum logit (Hendrycks et al. 2022).
+    pub max_logit: f64,
+    /// Energy score -logsumexp(z) (Liu et al. 2020, T = 1).
+    pub energy: f64,
+    /// Shannon entropy of the softmax, in nats.
+    pub entropy: f64,
+}
+
+impl LogitScores {
+    /// Scores of one row of finite logits.
+    pub fn from_logits(logits: &[f64]) -> Self {
+        let p = softmax_with_temperature(logits, 1.0);
+        let max_p = p.iter().copied().fold(0.0, f64::max);
+        let max_z = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        // 0 * ln 0 = 0: skip exact zeros that underflowed.
+        let entropy = -p
+            .iter()
+            .filter(|&&q| q > 0.0)
+            .map(|q| q * q.ln())
+            .sum::<f64>();
+        Self {
+            msp: 1.0 - max_p,
+            max_logit: -max_z,
+            energy: -log_sum_exp(logits),
+            entropy,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_logits_are_maximally_uncertain() {
+        let s = LogitScores::from_logits(&[0.0; 4]);
+        assert!((s.msp - 0.75).abs() < 1e-12);
+        assert!((s.entropy - 4f64.ln()).abs() < 1e-12);
+        assert!((s.energy + 4f64.ln()).abs() < 1e-12);
+        assert_eq!(s.max_logit, 0.0);
+    }
+
+    #[test]
+    fn a_confident_row_scores_lower_on_every_score() {
+        let sure = LogitScores::from_logits(&[12.0, 0.0, 0.0]);
+        let unsure = LogitScores::from_logits(&[0.1, 0.0, 0.0]);
+        assert!(sure.msp < unsure.msp);
+        assert!(sure.max_logit < unsure.max_logit);
+        assert!(sure.energy < unsure.energy);
+        assert!(sure.entropy < unsure.entropy);
+    }
+}

@@ -1,0 +1,324 @@
+//! `caliper-train` arguments (clap derive) and their validation into a [`TrainConfig`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use super::loss::Loss;
+use super::optim::Optimizer;
+use super::runner::Device;
+use super::schedule::Schedule;
+
+/// caliper-train: train an image classifier with GCE (or a baseline loss) on ONNX Runtime and
+/// export it, calibrated, to the model repository.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model and export `models/NAME/` and `calib/NAME.json`.
+    Train(Box<TrainArgs>),
+    /// Write the training-step graph to a file (for inspection or outside checks).
+    Graph(GraphArgs),
+}
+
+/// Model and loss options shared by `train` and `graph`.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Architecture: linear, mlp, lenet or resnet20.
+    #[arg(long, env = "CALIPER_ARCH", default_value = "lenet")]
+    pub arch: String,
+    /// Channel / hidden-size multiplier (mlp, resnet20).
+    #[arg(long, env = "CALIPER_WIDTH", default_value_t = 1.0)]
+    pub width: f64,
+    /// Loss: ce, gce, focal, flsd53, dual-focal or label-smoothing.
+    #[arg(long, env = "CALIPER_LOSS", default_value = "gce")]
+    pub loss: String,
+    /// GCE regularizer weight lambda (1 = GCE exactly).
+    #[arg(long, env = "CALIPER_GCE_LAMBDA", default_value_t = 1.0)]
+    pub gce_lambda: f32,
+    /// Focal / dual-focal gamma (>= 1).
+    #[arg(long, env = "CALIPER_FOCAL_GAMMA", default_value_t = 3.0)]
+    pub focal_gamma: f32,
+    /// Label-smoothing epsilon.
+    #[arg(long, env = "CALIPER_LABEL_SMOOTHING", default_value_t = 0.1)]
+    pub label_smoothing: f32,
+    /// Optimizer: sgd or adamw.
+    #[arg(long, env = "CALIPER_OPTIMIZER", default_value = "sgd")]
+    pub optimizer: String,
+    /// SGD momentum (0 = plain SGD, no state tensors); default 0.9 for `train`, 0 for `graph`.
+    #[arg(long, env = "CALIPER_MOMENTUM")]
+    pub momentum: Option<f32>,
+    /// Nesterov momentum.
+    #[arg(long, env = "CALIPER_NESTEROV")]
+    pub nesterov: bool,
+    /// Weight decay (L2 for SGD, decoupled for AdamW).
+    #[arg(long, env = "CALIPER_WEIGHT_DECAY", default_value_t = 5e-4)]
+    pub weight_decay: f32,
+}
+
+/// `caliper-train train`.
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// Model name: writes models/NAME/ and calib/NAME.json.
+    #[arg(long, env = "CALIPER_OUT")]
+    pub out: String,
+    /// Dataset spec: mnist or fashion-mnist.
+    #[arg(long, env = "CALIPER_DATASET", default_value = "mnist")]
+    pub dataset: String,
+    /// Folder holding the datasets (`<dir>/mnist/...`).
+    #[arg(long, env = "CALIPER_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Model options.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Epochs.
+    #[arg(long, env = "CALIPER_EPOCHS", default_value_t = 10)]
+    pub epochs: usize,
+    /// Batch size (the last partial batch of an epoch is dropped: GCE depends on the batch).
+    #[arg(long, env = "CALIPER_BATCH_SIZE", default_value_t = 128)]
+    pub batch_size: usize,
+    /// Base learning rate.
+    #[arg(long, env = "CALIPER_LR", default_value_t = 0.05)]
+    pub lr: f64,
+    /// Schedule: constant, step or cosine.
+    #[arg(long, env = "CALIPER_SCHEDULE", default_value = "cosine")]
+    pub schedule: String,
+    /// Step schedule milestones (epochs), comma separated.
+    #[arg(
+        long,
+        env = "CALIPER_MILESTONES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub milestones: Vec<String>,
+    /// Step schedule factor.
+    #[arg(long, env = "CALIPER_LR_GAMMA", default_value_t = 0.1)]
+    pub lr_gamma: f64,
+    /// Linear warm-up length in epochs (may be fractional).
+    #[arg(long, env = "CALIPER_WARMUP_EPOCHS", default_value_t = 0.0)]
+    pub warmup_epochs: f64,
+    /// Fraction of the training split held out (seeded) for validation and calibration.
+    #[arg(long, env = "CALIPER_VAL_FRACTION", default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// Use only this fraction of the remaining training samples (seeded), for quick runs.
+    #[arg(long, env = "CALIPER_TRAIN_FRACTION", default_value_t = 1.0)]
+    pub train_fraction: f64,
+    /// Random seed (split, initialisation, shuffling).
+    #[arg(long, env = "CALIPER_SEED", default_value_t = 0)]
+    pub seed: u64,
+    /// ONNX Runtime intra-op threads.
+    #[arg(long, env = "CALIPER_THREADS", default_value_t = 2)]
+    pub threads: usize,
+    /// cpu or cuda:N.
+    #[arg(long, env = "CALIPER_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Model repository folder.
+    #[arg(long, env = "CALIPER_MODELS", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Calibration folder.
+    #[arg(long, env = "CALIPER_CALIB", default_value = "calib")]
+    pub calib_dir: PathBuf,
+    /// Folder for checkpoints and the JSONL epoch log (default runs/NAME).
+    #[arg(long, env = "CALIPER_RUN_DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Continue from the run folder's last checkpoint.
+    #[arg(long, env = "CALIPER_RESUME")]
+    pub resume: bool,
+    /// Calibrator fitted on the validation split and written to calib/NAME.json.
+    #[arg(long, env = "CALIPER_CALIBRATOR", value_enum, default_value_t = crate::calibration::Method::Ats)]
+    pub calibrator: crate::calibration::Method,
+    /// Hide the progress bar (logs still go to the JSONL file).
+    #[arg(long, env = "CALIPER_NO_PROGRESS")]
+    pub no_progress: bool,
+}
+
+/// `caliper-train graph`.
+#[derive(Debug, Clone, Args)]
+pub struct GraphArgs {
+    /// Model options (defaults: plain SGD, so the only inputs are x, y, lr and the parameters).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Flat input features D (inputs x: [N, D]); give either this or --input-shape.
+    #[arg(long)]
+    pub in_features: Option<i64>,
+    /// Per-sample input shape C,H,W.
+    #[arg(long, value_delimiter = ',')]
+    pub input_shape: Vec<i64>,
+    /// Classes K.
+    #[arg(long, default_value_t = 10)]
+    pub classes: i64,
+    /// Output file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// SGD momentum of `train` when `--momentum` is not given.
+pub const DEFAULT_MOMENTUM: f32 = 0.9;
+
+/// Invalid option values.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid option: {0}")]
+pub struct ConfigError(pub String);
+
+impl ModelArgs {
+    /// The loss.
+    pub fn loss(&self) -> Result<Loss, ConfigError> {
+        let gamma_ok = |g: f32| {
+            if g.is_finite() && g >= 1.0 {
+                Ok(g)
+            } else {
+                Err(ConfigError(format!("--focal-gamma must be >= 1, got {g}")))
+            }
+        };
+        Ok(match self.loss.as_str() {
+            "ce" => Loss::Ce,
+            "gce" => {
+                if !(self.gce_lambda.is_finite() && self.gce_lambda >= 0.0) {
+                    return Err(ConfigError("--gce-lambda must be >= 0".into()));
+                }
+                Loss::Gce {
+                    lambda: self.gce_lambda,
+                }
+            }
+            "focal" => Loss::Focal {
+                gamma: gamma_ok(self.focal_gamma)?,
+            },
+            "flsd53" => Loss::Flsd53,
+            "dual-focal" => Loss::DualFocal {
+                gamma: gamma_ok(self.focal_gamma)?,
+            },
+            "label-smoothing" => {
+                if !(0.0..1.0).contains(&self.label_smoothing) {
+                    return Err(ConfigError("--label-smoothing must be in [0, 1)".into()));
+                }
+                Loss::LabelSmoothing {
+                    eps: self.label_smoothing,
+                }
+            }
+            other => {
+                return Err(ConfigError(format!(
+                    "unknown loss {other:?} (ce, gce, focal, flsd53, dual-focal, label-smoothing)"
+                )));
+            }
+        })
+    }
+
+    /// The optimizer; `default_momentum` applies when `--momentum` is not given.
+    pub fn optimizer(&self, default_momentum: f32) -> Result<Optimizer, ConfigError> {
+        let momentum = self.momentum.unwrap_or(default_momentum);
+        if !(0.0..1.0).contains(&momentum) {
+            return Err(ConfigError("--momentum must be in [0, 1)".into()));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(ConfigError("--weight-decay must be >= 0".into()));
+        }
+        match self.optimizer.as_str() {
+            "sgd" => Ok(Optimizer::Sgd {
+                momentum,
+                nesterov: self.nesterov,
+                weight_decay: self.weight_decay,
+            }),
+            "adamw" => Ok(Optimizer::AdamW {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: self.weight_decay,
+            }),
+            other => Err(ConfigError(format!(
+                "unknown optimizer {other:?} (sgd, adamw)"
+            ))),
+        }
+    }
+}
+
+/// Validated training configuration.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    /// The raw arguments (kept for provenance).
+    pub args: TrainArgs,
+    /// Loss.
+    pub loss: Loss,
+    /// Optimizer.
+    pub optimizer: Optimizer,
+    /// Schedule.
+    pub schedule: Schedule,
+    /// Device.
+    pub device: Device,
+    /// Checkpoint / log folder.
+    pub run_dir: PathBuf,
+}
+
+impl TrainArgs {
+    /// Validates the arguments.
+    pub fn validate(self) -> Result<TrainConfig, ConfigError> {
+        let bad = |s: &str| Err(ConfigError(s.into()));
+        if self.out.is_empty()
+            || !self
+                .out
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return bad("--out must be a non-empty name of letters, digits, '-' and '_'");
+        }
+        if self.epochs == 0 || self.batch_size < 2 {
+            return bad("--epochs must be >= 1 and --batch-size >= 2");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("--lr must be > 0");
+        }
+        if !(0.0..0.9).contains(&self.val_fraction) || self.val_fraction <= 0.0 {
+            return bad("--val-fraction must be in (0, 0.9)");
+        }
+        if !(self.train_fraction > 0.0 && self.train_fraction <= 1.0) {
+            return bad("--train-fraction must be in (0, 1]");
+        }
+        if self.threads == 0 {
+            return bad("--threads must be >= 1");
+        }
+        let schedule = match self.schedule.as_str() {
+            "constant" => Schedule::Constant,
+            "cosine" => Schedule::Cosine,
+            "step" => {
+                let milestones = self
+                    .milestones
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| ConfigError(format!("--milestones: {e}")))?;
+                if milestones.is_empty() {
+                    return bad("--schedule step needs --milestones");
+                }
+                Schedule::Step {
+                    milestones,
+                    gamma: self.lr_gamma,
+                }
+            }
+            other => {
+                return Err(ConfigError(format!(
+                    "unknown schedule {other:?} (constant, step, cosine)"
+                )));
+            }
+        };
+        let device = self.device.parse().map_err(ConfigError)?;
+        let run_dir = self
+            .run_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(&self.out));
+        Ok(TrainConfig {
+            loss: self.model.loss()?,
+            optimizer: self.model.optimizer(DEFAULT_MOMENTUM)?,
+            schedule,
+            device,
+            run_dir,
+            args: self,
+        })
+    }
+}

@@ -1,0 +1,185 @@
+//! Export of a trained model to the repository: `models/NAME/model.onnx` (inference graph,
+//! weights baked in), `models/NAME/model.toml` (labels, preprocessing, provenance, sha256),
+//! `calib/NAME.json` (calibrator fitted on the validation split) and `models/NAME/report.json`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::config::TrainConfig;
+use super::fit::{ECE_BINS, TrainError, Trained, logits_report};
+use super::step;
+use crate::calibration::{CalibrationFile, Calibrator, FitOptions, FitSummary, Method};
+use crate::repository::{
+    InputSpec, METADATA_SCHEMA_VERSION, ModelMetadata, OutputSpec, Provenance, ResizePolicy,
+};
+
+/// Errors writing the export.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// A file could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Metadata could not be written.
+    #[error(transparent)]
+    Metadata(#[from] crate::repository::MetadataError),
+    /// The calibrator could not be fitted or written.
+    #[error(transparent)]
+    Calibration(#[from] crate::calibration::CalibrationError),
+    /// Scoring the calibrated model failed.
+    #[error("scoring the exported model: {0}")]
+    Report(String),
+}
+
+/// Paths written by [`export`].
+#[derive(Debug, Clone)]
+pub struct Exported {
+    /// `models/NAME/model.onnx`.
+    pub model: PathBuf,
+    /// `calib/NAME.json`.
+    pub calib: PathBuf,
+    /// The report.
+    pub report: serde_json::Value,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
+    move |source| ExportError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes the model, its metadata, its calibrator and the report.
+pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported, ExportError> {
+    let a = &cfg.args;
+    let dir = a.models_dir.join(&a.out);
+    let model_path = dir.join("model.onnx");
+    let meta_kv = [
+        ("caliper.arch", a.model.arch.clone()),
+        ("caliper.loss", cfg.loss.name().to_string()),
+        ("caliper.dataset", a.dataset.clone()),
+    ];
+    let bytes = step::inference(&t.net, Some(&t.weights), &meta_kv);
+    crate::fsutil::write_atomic(&model_path, &bytes).map_err(io(&model_path))?;
+    let sha = crate::fsutil::sha256_file(&model_path).map_err(io(&model_path))?;
+
+    let k = t.labels.len();
+    let method = a.calibrator;
+    let opts = FitOptions::default();
+    let vz = ndarray::Array2::from_shape_vec(
+        (t.val.1.len(), k),
+        t.val.0.iter().map(|&v| v as f64).collect(),
+    )
+    .map_err(|e| ExportError::Report(e.to_string()))?;
+    let vy: Vec<usize> = t.val.1.iter().map(|&l| l as usize).collect();
+    let calibrator = crate::calibration::fit(method, &opts, vz.view(), &vy)?;
+    let ts = crate::calibration::fit(Method::Ts, &opts, vz.view(), &vy)?;
+    let summary = FitSummary::compute(
+        "validation split",
+        vz.view(),
+        &vy,
+        &calibrator,
+        &opts,
+        ECE_BINS,
+    )?;
+    let rep = |logits: &[f32], labels: &[i64], c: &Calibrator| {
+        logits_report(logits, labels, k, c)
+            .map_err(|e: TrainError| ExportError::Report(e.to_string()))
+    };
+    let test_raw = rep(&t.test.0, &t.test.1, &Calibrator::Identity)?;
+    let test_cal = rep(&t.test.0, &t.test.1, &calibrator)?;
+    let test_ts = rep(&t.test.0, &t.test.1, &ts)?;
+
+    let mut hp = toml::Table::new();
+    let mut put = |k: &str, v: toml::Value| {
+        hp.insert(k.into(), v);
+    };
+    put("optimizer", cfg.optimizer.name().into());
+    put("lr", a.lr.into());
+    put("schedule", a.schedule.clone().into());
+    put("warmup_epochs", a.warmup_epochs.into());
+    if let super::optim::Optimizer::Sgd { momentum, .. } = cfg.optimizer {
+        put("momentum", (momentum as f64).into());
+    }
+    put("nesterov", a.model.nesterov.into());
+    put("weight_decay", (a.model.weight_decay as f64).into());
+    put("epochs", (a.epochs as i64).into());
+    put("best_epoch", (t.best_epoch as i64).into());
+    put("batch_size", (a.batch_size as i64).into());
+    put("width", a.model.width.into());
+    put("val_fraction", a.val_fraction.into());
+    put("train_fraction", a.train_fraction.into());
+    put("train_samples", (t.sizes[0] as i64).into());
+    put("val_samples", (t.sizes[1] as i64).into());
+    put("device", a.device.clone().into());
+    for (name, v) in cfg.loss.hyperparameters() {
+        put(name, v.into());
+    }
+    let [c, h, w] = [t.net.input[0], t.net.input[1], t.net.input[2]];
+    let meta = ModelMetadata {
+        schema_version: METADATA_SCHEMA_VERSION,
+        version: "1".into(),
+        labels: t.labels.clone(),
+        input: InputSpec {
+            name: "input".into(),
+            layout: "NCHW".into(),
+            channels: c as usize,
+            height: h as usize,
+            width: w as usize,
+            mean: t.mean.clone(),
+            std: t.std.clone(),
+            resize: ResizePolicy::Stretch,
+        },
+        output: OutputSpec {
+            logits: "logits".into(),
+            features: Some("features".into()),
+        },
+        provenance: Provenance {
+            sha256: sha.clone(),
+            dataset: a.dataset.clone(),
+            arch: a.model.arch.clone(),
+            loss: cfg.loss.name().into(),
+            seed: a.seed,
+            command: command.into(),
+            hyperparameters: hp,
+        },
+    };
+    meta.save(&dir.join("model.toml"))?;
+
+    let calib_path = a.calib_dir.join(format!("{}.json", a.out));
+    CalibrationFile::new(&a.out, &sha, k, calibrator.clone(), Some(summary.clone()))
+        .save(&calib_path)?;
+
+    let report = json!({
+        "model": a.out,
+        "sha256": sha,
+        "dataset": a.dataset,
+        "arch": a.model.arch,
+        "loss": cfg.loss.name(),
+        "best_epoch": t.best_epoch,
+        "train_images_per_s": t.images_per_s,
+        "calibrator": calibrator,
+        "validation": {"samples": t.val.1.len(), "before": summary.before, "after": summary.after},
+        "test": {
+            "samples": t.test.1.len(),
+            "uncalibrated": test_raw,
+            "calibrated": test_cal,
+            "ts": {"calibrator": ts, "metrics": test_ts},
+        },
+        "ece_bins": ECE_BINS,
+        "command": command,
+    });
+    let rp = dir.join("report.json");
+    let text = serde_json::to_vec_pretty(&report).unwrap_or_default();
+    crate::fsutil::write_atomic(&rp, &text).map_err(io(&rp))?;
+    Ok(Exported {
+        model: model_path,
+        calib: calib_path,
+        report,
+    })
+}

@@ -1,0 +1,292 @@
+//! Running the graphs on ONNX Runtime: the training-step session whose parameters and optimizer
+//! state stay ONNX Runtime values between steps (each step's `next.*` outputs become the next
+//! step's inputs without a copy through Rust), and the inference session used for validation.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
+use ort::value::{DynValue, Tensor};
+use rand::Rng;
+
+use super::layers::Init;
+use super::step::{NEXT, StateSpec, StepGraph};
+
+/// Errors from ONNX Runtime while training.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The library could not be loaded.
+    #[error(transparent)]
+    Library(#[from] crate::runtime::OrtLibraryError),
+    /// ONNX Runtime refused the graph or failed to run it.
+    #[error("ONNX Runtime: {0}")]
+    Ort(String),
+    /// The requested device is not available.
+    #[error("device {0}")]
+    Device(String),
+    /// A checkpoint does not fit the graph.
+    #[error("state mismatch: {0}")]
+    State(String),
+}
+
+fn ort_err<E: std::fmt::Display>(e: E) -> RunError {
+    RunError::Ort(e.to_string())
+}
+
+/// Where the graphs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU execution provider.
+    Cpu,
+    /// CUDA device N.
+    Cuda(i32),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "cpu" {
+            return Ok(Device::Cpu);
+        }
+        s.strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| format!("invalid device {s:?} (expected cpu or cuda:N)"))
+    }
+}
+
+/// Builds a session for `bytes` with `threads` intra-op threads on `device`.
+pub fn session(bytes: &[u8], threads: usize, device: Device) -> Result<Session, RunError> {
+    let env = crate::runtime::environment()?;
+    if let Device::Cuda(n) = device {
+        // ort is built without its `cuda` feature and the bundled library is the CPU build
+        // from the `onnxruntime` wheel, so there is no CUDA execution provider to register.
+        return Err(RunError::Device(format!(
+            "cuda:{n}: the CUDA execution provider is not available in this build (CPU ONNX \
+             Runtime library, ort without the `cuda` feature); use --device cpu"
+        )));
+    }
+    let mut b = Session::builder(env)
+        .map_err(ort_err)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(ort_err)?
+        .with_intra_threads(threads)
+        .map_err(ort_err)?;
+    b.commit_from_memory(bytes).map_err(ort_err)
+}
+
+/// Initial values for a state tensor.
+pub fn init_values(spec: &StateSpec, rng: &mut impl Rng) -> Vec<f32> {
+    let n = spec.spec.numel();
+    match spec.spec.init {
+        Init::Zeros => vec![0.0; n],
+        Init::Ones => vec![1.0; n],
+        Init::HeUniform { fan_in } => {
+            let b = (6.0 / fan_in as f64).sqrt() as f32;
+            (0..n).map(|_| rng.random_range(-b..b)).collect()
+        }
+    }
+}
+
+fn tensor(shape: &[i64], data: Vec<f32>) -> Result<DynValue, RunError> {
+    Ok(Tensor::from_array((shape.to_vec(), data))
+        .map_err(ort_err)?
+        .into_dyn())
+}
+
+/// Copies a float value out of ONNX Runtime.
+pub fn to_vec(v: &DynValue) -> Result<Vec<f32>, RunError> {
+    Ok(v.try_extract_tensor::<f32>().map_err(ort_err)?.1.to_vec())
+}
+
+/// What one step returned.
+#[derive(Debug, Clone)]
+pub struct StepResult {
+    /// Mean loss.
+    pub loss: f32,
+    /// Logits `[N * K]`, row-major.
+    pub logits: Vec<f32>,
+}
+
+/// The training-step session and its state.
+pub struct Trainer {
+    session: Session,
+    specs: Vec<StateSpec>,
+    state: BTreeMap<String, DynValue>,
+    needs_step: bool,
+    /// Updates done so far (AdamW's `step` input is this plus one).
+    pub updates: u64,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("state", &self.specs.len())
+            .field("updates", &self.updates)
+            .finish()
+    }
+}
+
+impl Trainer {
+    /// A session for `graph` with freshly initialised state from `rng`.
+    pub fn new(
+        graph: &StepGraph,
+        threads: usize,
+        device: Device,
+        rng: &mut impl Rng,
+    ) -> Result<Self, RunError> {
+        let values = graph
+            .state
+            .iter()
+            .map(|s| (s.spec.name.clone(), init_values(s, rng)))
+            .collect();
+        Self::with_values(graph, threads, device, values)
+    }
+
+    /// A session for `graph` with the given state (a checkpoint).
+    pub fn with_values(
+        graph: &StepGraph,
+        threads: usize,
+        device: Device,
+        mut values: BTreeMap<String, Vec<f32>>,
+    ) -> Result<Self, RunError> {
+        let session = session(&graph.bytes, threads, device)?;
+        let mut state = BTreeMap::new();
+        for s in &graph.state {
+            let v = values
+                .remove(&s.spec.name)
+                .ok_or_else(|| RunError::State(format!("no value for {}", s.spec.name)))?;
+            if v.len() != s.spec.numel() {
+                return Err(RunError::State(format!(
+                    "{} has {} values, the graph wants {:?}",
+                    s.spec.name,
+                    v.len(),
+                    s.spec.shape
+                )));
+            }
+            state.insert(s.spec.name.clone(), tensor(&s.spec.shape, v)?);
+        }
+        Ok(Trainer {
+            session,
+            specs: graph.state.clone(),
+            state,
+            needs_step: graph.needs_step,
+            updates: 0,
+        })
+    }
+
+    /// One step on a batch: `x` row-major `[n, ...input]`, `y` labels.
+    pub fn step(
+        &mut self,
+        x: Vec<f32>,
+        x_shape: &[i64],
+        y: Vec<i64>,
+        lr: f32,
+    ) -> Result<StepResult, RunError> {
+        let n = y.len() as i64;
+        let xv = tensor(x_shape, x)?;
+        let yv = Tensor::from_array((vec![n], y)).map_err(ort_err)?;
+        let lrv = Tensor::from_array((Vec::<i64>::new(), vec![lr])).map_err(ort_err)?;
+        let stepv = Tensor::from_array((Vec::<i64>::new(), vec![(self.updates + 1) as f32]))
+            .map_err(ort_err)?;
+        let mut inputs: Vec<(Cow<str>, SessionInputValue)> = vec![
+            ("x".into(), (&xv).into()),
+            ("y".into(), (&yv).into()),
+            ("lr".into(), (&lrv).into()),
+        ];
+        if self.needs_step {
+            inputs.push(("step".into(), (&stepv).into()));
+        }
+        for (name, v) in &self.state {
+            inputs.push((Cow::Borrowed(name.as_str()), v.into()));
+        }
+        let mut out = self.session.run(inputs).map_err(ort_err)?;
+        let loss = out
+            .get("loss")
+            .ok_or_else(|| RunError::Ort("no loss output".into()))?
+            .try_extract_tensor::<f32>()
+            .map_err(ort_err)?
+            .1[0];
+        let logits = to_vec(
+            out.get("logits")
+                .ok_or_else(|| RunError::Ort("no logits output".into()))?,
+        )?;
+        let mut next = BTreeMap::new();
+        for s in &self.specs {
+            let v = out
+                .remove(format!("{NEXT}{}", s.spec.name))
+                .ok_or_else(|| RunError::Ort(format!("missing output next.{}", s.spec.name)))?;
+            next.insert(s.spec.name.clone(), v);
+        }
+        drop(out);
+        self.state = next;
+        self.updates += 1;
+        Ok(StepResult { loss, logits })
+    }
+
+    /// Copies every state tensor out (for checkpoints and export).
+    pub fn values(&self) -> Result<BTreeMap<String, Vec<f32>>, RunError> {
+        self.state
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), to_vec(v)?)))
+            .collect()
+    }
+
+    /// The live state values, for feeding the inference session without a copy.
+    pub fn state(&self) -> &BTreeMap<String, DynValue> {
+        &self.state
+    }
+}
+
+/// The inference graph with weights as inputs: evaluates the live training state.
+pub struct Evaluator {
+    session: Session,
+    names: Vec<String>,
+}
+
+impl std::fmt::Debug for Evaluator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evaluator")
+            .field("weights", &self.names.len())
+            .finish()
+    }
+}
+
+impl Evaluator {
+    /// A session for an inference graph whose weights `names` are inputs.
+    pub fn new(
+        bytes: &[u8],
+        names: Vec<String>,
+        threads: usize,
+        device: Device,
+    ) -> Result<Self, RunError> {
+        Ok(Evaluator {
+            session: session(bytes, threads, device)?,
+            names,
+        })
+    }
+
+    /// Logits `[n * K]` and features `[n * D]` of a batch, with weights from `state`.
+    pub fn run(
+        &mut self,
+        x: Vec<f32>,
+        x_shape: &[i64],
+        state: &BTreeMap<String, DynValue>,
+    ) -> Result<(Vec<f32>, Vec<f32>), RunError> {
+        let xv = tensor(x_shape, x)?;
+        let mut inputs: Vec<(Cow<str>, SessionInputValue)> = vec![("input".into(), (&xv).into())];
+        for name in &self.names {
+            let v = state
+                .get(name)
+                .ok_or_else(|| RunError::State(format!("no weight {name}")))?;
+            inputs.push((Cow::Borrowed(name.as_str()), v.into()));
+        }
+        let out = self.session.run(inputs).map_err(ort_err)?;
+        let get = |k: &str| {
+            out.get(k)
+                .ok_or_else(|| RunError::Ort(format!("no {k} output")))
+                .and_then(to_vec)
+        };
+        Ok((get("logits")?, get("features")?))
+    }
+}
