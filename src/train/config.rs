@@ -383,3 +383,69 @@ impl TrainArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn train_args(extra: &[&str]) -> Result<TrainConfig, String> {
+        let argv = ["caliper-train", "train", "--out", "m"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string());
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Train(a) => (*a).validate().map_err(|e| e.to_string()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = train_args(&[]).unwrap();
+        assert_eq!(c.loss, Loss::Gce { lambda: 1.0 });
+        assert_eq!(
+            c.optimizer,
+            Optimizer::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+                weight_decay: 5e-4
+            }
+        );
+        assert_eq!(c.schedule, Schedule::Cosine);
+        assert_eq!(c.device, Device::Cpu);
+        assert_eq!(c.run_dir, PathBuf::from("runs/m"));
+        assert_eq!(c.augment, crate::data::Augment::NONE);
+        let c = train_args(&["--dataset", "cifar10"]).unwrap();
+        assert_eq!(c.augment, crate::data::Augment::CIFAR);
+        let c = train_args(&["--schedule", "step", "--milestones", "3,6"]).unwrap();
+        assert_eq!(
+            c.schedule,
+            Schedule::Step {
+                milestones: vec![3, 6],
+                gamma: 0.1
+            }
+        );
+    }
+
+    #[test]
+    fn bad_options_are_named_in_the_error() {
+        for (args, needle) in [
+            (&["--loss", "hinge"][..], "unknown loss"),
+            (&["--optimizer", "lbfgs"], "unknown optimizer"),
+            (&["--momentum", "1.5"], "--momentum"),
+            (&["--epochs", "0"], "--epochs"),
+            (&["--lr=-1"], "--lr"),
+            (&["--val-fraction", "0"], "--val-fraction"),
+            (&["--schedule", "step"], "--milestones"),
+            (&["--device", "tpu"], "invalid device"),
+            (&["--augment", "mixup"], "unknown augmentation"),
+            (&["--gce-lambda=-1"], "--gce-lambda"),
+        ] {
+            let e = train_args(args).unwrap_err();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+}
