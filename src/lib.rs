@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod conformal;
 pub mod data;
+pub mod diagram;
 pub mod fsutil;
 pub mod http;
 pub mod infer;

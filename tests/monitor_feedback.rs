@@ -120,6 +120,32 @@ async fn labels_are_scored_once_counted_and_survive_a_restart() {
     );
     assert!((ece - acc.ece().unwrap()).abs() < 1e-12);
 
+    // The live reliability diagram, and the model's calibration (the fixture's file has no
+    // validation reliability summary, so its validation diagram is a clear 404).
+    let (status, svg, headers) = send(
+        &s,
+        get(&format!("/v1/models/{MODEL}/monitor/reliability.svg")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "image/svg+xml");
+    let svg = svg.as_str().unwrap();
+    assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"), "{svg}");
+    assert!(svg.contains("Live: last 6 labelled"));
+    let (status, cal, _) = send(&s, get(&format!("/v1/models/{MODEL}/calibration"))).await;
+    assert_eq!(
+        (status.as_u16(), cal["method"].as_str()),
+        (200, Some("ts")),
+        "{cal}"
+    );
+    assert_eq!(cal["calibration"]["calibrator"]["temperature"], 1.045);
+    let (status, v, _) = send(&s, get(&format!("/v1/models/{MODEL}/reliability.svg"))).await;
+    assert_eq!(
+        (status.as_u16(), v["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+
     // A new process over the same state directory rebuilds the window and still de-duplicates.
     drop(s);
     let s = monitored_state(repo.path(), state_dir.path());
@@ -226,4 +252,21 @@ async fn bad_feedback_gets_a_clear_error_and_changes_nothing() {
         report["live"]["labelled"], 1,
         "only the one good label counts: {report}"
     );
+}
+
+#[tokio::test]
+async fn the_shipped_model_serves_its_validation_reliability_diagram() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut c = caliper::config::Config::with_repository(root.join("models"), root.join("calib"));
+    c.sessions_per_model = 1;
+    let s = state(c);
+    let (status, svg, headers) = send(&s, get("/v1/models/mnist/reliability.svg")).await;
+    assert_eq!(status, 200, "{svg}");
+    assert_eq!(headers["content-type"], "image/svg+xml");
+    let svg = svg.as_str().unwrap();
+    assert!(svg.contains("Uncalibrated (validation)") && svg.contains("Calibrated: ats"), "{svg}");
+    let (status, cal, _) = send(&s, get("/v1/models/mnist/calibration")).await;
+    assert_eq!(status, 200);
+    let after = &cal["calibration"]["fit"]["after"];
+    assert!(after["ece"].as_f64().is_some() && after["nll"].as_f64().is_some(), "{cal}");
 }

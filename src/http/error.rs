@@ -54,6 +54,9 @@ pub enum ApiError {
     /// A reload failed; the previous version keeps serving. The message is for the operator.
     #[error("reload failed, previous version still serving: {0}")]
     ReloadFailed(String),
+    /// A resource of a loaded model does not exist (e.g. no reliability summary).
+    #[error("{0}")]
+    NotFoundDetail(String),
     /// A prediction id that does not verify (tampered, foreign key, malformed).
     #[error("{0}")]
     InvalidPredictionId(String),
@@ -95,6 +98,7 @@ impl ApiError {
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::NonFiniteOutput => (StatusCode::INTERNAL_SERVER_ERROR, "nonfinite_output"),
             ApiError::ReloadFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "reload_failed"),
+            ApiError::NotFoundDetail(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::InvalidPredictionId(_) => (StatusCode::UNAUTHORIZED, "invalid_prediction_id"),
             ApiError::PredictionExpired(_) => (StatusCode::GONE, "prediction_expired"),
             ApiError::UnknownLabel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_label"),

@@ -1,15 +1,19 @@
-//! Label feedback and the live monitor: `POST /v1/feedback`, `GET /v1/models/{model}/monitor`.
-//! Wire shapes are documented in `docs/MONITORING.md`.
+//! Label feedback, the live monitor and the model's calibration: `POST /v1/feedback`,
+//! `GET /v1/models/{model}/monitor` (+ `/monitor/reliability.svg`) and
+//! `GET /v1/models/{model}/calibration` (+ `/reliability.svg`). Wire shapes are documented in
+//! `docs/MONITORING.md` and `docs/API.md`.
 
 use axum::Json;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::v1::bytes_error;
 use super::{ApiError, AppState};
+use crate::diagram::{ReliabilityPanel, panels_from_fit, reliability_svg};
 use crate::metrics::BootstrapOptions;
 use crate::monitor::{FeedbackItem, LabelRef};
 
@@ -189,4 +193,74 @@ pub async fn monitor(
         "live": report,
     }))
     .into_response())
+}
+
+fn svg(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "image/svg+xml")], body).into_response()
+}
+
+/// `GET /v1/models/{model}/monitor/reliability.svg`: the live reliability diagram, beside the
+/// validation diagram of the calibration file when it has one.
+pub async fn monitor_svg(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let model = state.model(&name)?;
+    let mut panels = Vec::new();
+    if let Some(file) = &model.files.calibration
+        && let Some(mut fit) = file
+            .fit
+            .as_ref()
+            .and_then(|f| panels_from_fit(f, file.calibrator.method()))
+    {
+        panels.push(fit.remove(1));
+    }
+    let acc = state.monitor.accumulator(&name).unwrap_or_else(|| {
+        crate::metrics::BinnedAccumulator::new(state.config.monitor.bins).expect("bins >= 1")
+    });
+    let title = format!("Live: last {} labelled", acc.count());
+    panels.push(ReliabilityPanel::from_accumulator(&title, &acc));
+    Ok(svg(reliability_svg(&panels)))
+}
+
+/// `GET /v1/models/{model}/calibration`: the calibrator, its parameters and validation metrics.
+pub async fn calibration(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let model = state.model(&name)?;
+    Ok(Json(match &model.files.calibration {
+        Some(file) => serde_json::json!({
+            "model": model.files.name,
+            "calibrated": true,
+            "stale": model.files.stale_calibration,
+            "method": file.calibrator.method(),
+            "calibration": file,
+        }),
+        None => serde_json::json!({
+            "model": model.files.name,
+            "calibrated": false,
+            "method": "identity",
+        }),
+    }))
+}
+
+/// `GET /v1/models/{model}/reliability.svg`: the validation reliability diagram (before and after
+/// calibration) stored in the calibration file.
+pub async fn calibration_svg(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let model = state.model(&name)?;
+    let panels = model
+        .files
+        .calibration
+        .as_ref()
+        .and_then(|f| panels_from_fit(f.fit.as_ref()?, f.calibrator.method()))
+        .ok_or_else(|| {
+            ApiError::NotFoundDetail(format!(
+                "model {name:?} has no calibration file with a validation reliability summary"
+            ))
+        })?;
+    Ok(svg(reliability_svg(&panels)))
 }

@@ -134,6 +134,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(v1::list_models))
         .route("/v1/feedback", post(feedback::submit))
         .route("/v1/models/{model}/monitor", get(feedback::monitor))
+        .route(
+            "/v1/models/{model}/monitor/reliability.svg",
+            get(feedback::monitor_svg),
+        )
+        .route("/v1/models/{model}/calibration", get(feedback::calibration))
+        .route(
+            "/v1/models/{model}/reliability.svg",
+            get(feedback::calibration_svg),
+        )
         .route("/v2", get(v2::server_metadata))
         .route("/v2/models/{model}", get(v2::model_metadata))
         .route("/v2/models/{model}/ready", get(v2::model_ready))
