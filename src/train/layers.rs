@@ -325,19 +325,12 @@ pub struct MaxPool2d {
     pub stride: i64,
 }
 
-impl MaxPool2d {
-    /// Whether the windows tile the input exactly (stride = window, sizes divisible).
-    fn tiles(&self, s: &[i64]) -> bool {
-        self.k == self.stride && s[1] % self.k == 0 && s[2] % self.k == 0
-    }
-}
-
 impl Layer for MaxPool2d {
     fn out_shape(&self, s: &[i64]) -> Vec<i64> {
         let o = |h: i64| (h - self.k) / self.stride + 1;
         vec![s[0], o(s[1]), o(s[2])]
     }
-    fn forward(&self, g: &mut Graph, x: &str, s: &[i64], mode: Mode) -> Fwd {
+    fn forward(&self, g: &mut Graph, x: &str, _s: &[i64], mode: Mode) -> Fwd {
         let attrs = vec![
             attr_ints("kernel_shape", &[self.k, self.k]),
             attr_ints("strides", &[self.stride, self.stride]),
@@ -345,35 +338,12 @@ impl Layer for MaxPool2d {
         if mode == Mode::Eval {
             return Fwd::simple(g.op("MaxPool", &[x], attrs), vec![]);
         }
-        if self.tiles(s) {
-            let y = g.op("MaxPool", &[x], attrs);
-            return Fwd::simple(y.clone(), vec![x.to_string(), y]);
-        }
         let mut outs = g.op_n("MaxPool", &[x], 2, attrs);
         let idx = outs.pop().unwrap_or_default();
         let y = outs.pop().unwrap_or_default();
         Fwd::simple(y, vec![x.to_string(), idx])
     }
-    fn backward(&self, g: &mut Graph, f: &Fwd, s: &[i64], dy: &str, _need_dx: bool) -> Bwd {
-        if self.tiles(s) {
-            // Windows tile the input: upsample the pooled map and dY (nearest), and pass dY to
-            // the positions that equal their window's maximum. MaxPool's Indices output cost
-            // more than the whole backward pass here (profiled). Exact ties all receive the
-            // gradient; after a ReLU the only likely ties are zeros, whose gradient the ReLU's
-            // backward pass drops anyway.
-            let (x, y) = (&f.saved[0], &f.saved[1]);
-            let k = self.k as f32;
-            let scales = g.const_f32(&[4], &[1.0, 1.0, k, k]);
-            let attrs = || vec![super::graph::attr_s("mode", "nearest")];
-            let yu = g.op("Resize", &[y, "", &scales], attrs());
-            let du = g.op("Resize", &[dy, "", &scales], attrs());
-            let mask = g.op("Equal", &[x, &yu], vec![]);
-            let zero = g.scalar(0.0);
-            return Bwd {
-                dx: Some(g.op("Where", &[&mask, &du, &zero], vec![])),
-                grads: vec![],
-            };
-        }
+    fn backward(&self, g: &mut Graph, f: &Fwd, _s: &[i64], dy: &str, _need_dx: bool) -> Bwd {
         // Indices are offsets into the whole flattened input (row-major NCHW), so one
         // ScatterElements on the flat tensor routes every gradient to its argmax.
         let (x, idx) = (&f.saved[0], &f.saved[1]);
