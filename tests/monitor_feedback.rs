@@ -264,9 +264,15 @@ async fn the_shipped_model_serves_its_validation_reliability_diagram() {
     assert_eq!(status, 200, "{svg}");
     assert_eq!(headers["content-type"], "image/svg+xml");
     let svg = svg.as_str().unwrap();
-    assert!(svg.contains("Uncalibrated (validation)") && svg.contains("Calibrated: ats"), "{svg}");
+    assert!(
+        svg.contains("Uncalibrated (validation)") && svg.contains("Calibrated: ats"),
+        "{svg}"
+    );
     let (status, cal, _) = send(&s, get("/v1/models/mnist/calibration")).await;
     assert_eq!(status, 200);
     let after = &cal["calibration"]["fit"]["after"];
-    assert!(after["ece"].as_f64().is_some() && after["nll"].as_f64().is_some(), "{cal}");
+    assert!(
+        after["ece"].as_f64().is_some() && after["nll"].as_f64().is_some(),
+        "{cal}"
+    );
 }

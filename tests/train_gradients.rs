@@ -432,12 +432,20 @@ fn conv2d_matches_finite_differences_with_stride_and_padding() {
 
 #[test]
 fn maxpool_matches_finite_differences() {
+    // Tiling windows (the mask backward) and overlapping ones (Indices + ScatterElements).
     check_layer(
         &MaxPool2d { k: 2, stride: 2 },
         &[2, 4, 6],
         2,
         &|x, _| ref_maxpool(x, 4, 4, 6, 2, 2),
         20,
+    );
+    check_layer(
+        &MaxPool2d { k: 3, stride: 2 },
+        &[2, 5, 5],
+        2,
+        &|x, _| ref_maxpool(x, 4, 5, 5, 3, 2),
+        21,
     );
 }
 
@@ -765,5 +773,31 @@ fn sgd_nesterov_and_adamw_updates_match_their_formulas() {
         let want = w - 0.1 * (upd + 0.05 * w);
         assert!((o["next.fc.weight"][i] as f64 - want).abs() < 1e-5, "{i}");
         assert!((o["next.adam_v.fc.weight"][i] as f64 - v1).abs() < 1e-7);
+    }
+}
+
+#[test]
+fn maxpool_sends_each_window_gradient_once_even_with_ties() {
+    // MNIST's constant background makes equal values inside a window common after a conv: a
+    // backward pass that masks by "equals the maximum" would multiply those gradients (tried,
+    // and the short MNIST run fell from 90% to 76%). Every window must pass dY on exactly once.
+    let mut g = Graph::new("ties");
+    g.input_f32("x", &batched(&[1, 4, 4]), "");
+    g.input_f32("r", &batched(&[1, 2, 2]), "");
+    let pool = MaxPool2d { k: 2, stride: 2 };
+    let f = pool.forward(&mut g, "x", &[1, 4, 4], Mode::Train);
+    let b = pool.backward(&mut g, &f, &[1, 4, 4], "r", true);
+    g.alias(b.dx.as_deref().unwrap(), "dx");
+    g.output_f32("dx", &batched(&[1, 4, 4]), "");
+    let inputs: Inputs = vec![
+        ("x".into(), vec![1, 1, 4, 4], vec![0.5; 16]),
+        ("r".into(), vec![1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]),
+    ];
+    let dx = &run(&g.to_bytes("ties", &[]), &inputs, None)["dx"];
+    for (wi, want) in [1.0f32, 2.0, 3.0, 4.0].iter().enumerate() {
+        let (r0, c0) = (2 * (wi / 2), 2 * (wi % 2));
+        let window: Vec<f32> = (0..4).map(|t| dx[(r0 + t / 2) * 4 + c0 + t % 2]).collect();
+        assert_eq!(window.iter().sum::<f32>(), *want, "window {wi}: {window:?}");
+        assert_eq!(window.iter().filter(|v| **v != 0.0).count(), 1);
     }
 }
