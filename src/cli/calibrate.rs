@@ -83,8 +83,10 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         anyhow::bail!("--bins must be at least 1");
     }
     let data = args.input.load()?;
+    let started = std::time::Instant::now();
     let calibrator = fit(args.method, &opts, data.logits.view(), &data.labels)
         .with_context(|| format!("fitting {:?} on {}", args.method, data.source))?;
+    let fit_ms = started.elapsed().as_secs_f64() * 1e3;
     let summary = FitSummary::compute(
         &data.source,
         data.logits.view(),
@@ -132,7 +134,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     if let (Some(b), Some(a)) = (&summary.before, &summary.after) {
         writeln!(
             std::io::stdout(),
-            "{method}: {} samples, {} classes -> {}",
+            "{method}: {} samples, {} classes, fit {fit_ms:.1} ms -> {}",
             summary.samples,
             data.logits.ncols(),
             out.display()
