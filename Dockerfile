@@ -44,10 +44,14 @@ WORKDIR /app
 COPY --from=build /src/target/release/caliper /src/target/release/caliper-train /src/target/release/libonnxruntime.so /app/
 COPY --from=build --chown=caliper:caliper /src/models /app/models
 COPY --from=build --chown=caliper:caliper /src/calib /app/calib
+# The feedback log (acknowledged labels, fsynced): mount a volume here to keep it across containers.
+RUN mkdir -p /app/state && chown caliper:caliper /app/state
+VOLUME /app/state
 USER caliper
 ENV CALIPER_ADDR=0.0.0.0:8080 \
     CALIPER_MODELS=/app/models \
     CALIPER_CALIB=/app/calib \
+    CALIPER_STATE_DIR=/app/state \
     CALIPER_LOG_JSON=true
 EXPOSE 8080
 # Ready = every model loaded and warmed up (GET /v2/health/ready answers 503 before).

@@ -4,7 +4,7 @@ CARGO ?= cargo
 ADDR ?= 127.0.0.1:8080
 ORT_LIB := third_party/onnxruntime/lib/libonnxruntime.so
 
-.PHONY: build run test lint fmt fetch fetch-data clean
+.PHONY: build run test lint fmt fetch fetch-data deps clean
 
 $(ORT_LIB):
 	scripts/fetch-onnxruntime.sh
@@ -13,6 +13,10 @@ fetch: $(ORT_LIB)
 
 fetch-data:
 	scripts/fetch-data.sh
+
+## deps: Debian packages the integration tests use (a real Prometheus server)
+deps:
+	scripts/install-test-deps.sh
 
 ## build: fetch what is missing, build the release binaries into target/release/
 build: fetch
@@ -28,7 +32,7 @@ lint:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 ## test: fetch, build, lint and run every test
-test: fetch fetch-data build lint
+test: deps fetch fetch-data build lint
 	$(CARGO) test --locked --all-targets
 
 fmt:

@@ -70,6 +70,27 @@ pub struct ServeArgs {
     /// On SIGTERM or Ctrl-C, how long in-flight requests may take to finish, in milliseconds.
     #[arg(long, env = "CALIPER_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
+    /// Live calibration monitoring (label feedback).
+    #[command(flatten)]
+    pub monitor: MonitorArgs,
+}
+
+/// Flags of the live calibration monitor (issue 5).
+#[derive(Debug, Clone, clap::Args)]
+pub struct MonitorArgs {
+    /// HMAC key that signs prediction ids. Give every replica the same key so that any of them
+    /// accepts any label; without it each process draws a random key (and warns).
+    #[arg(long, env = "CALIPER_FEEDBACK_KEY", hide_env_values = true)]
+    pub feedback_key: Option<String>,
+    /// How long after a prediction its label is accepted, in seconds.
+    #[arg(long, alias = "feedback-max-age", env = "CALIPER_FEEDBACK_MAX_AGE_S", default_value_t = 7 * 24 * 3600)]
+    pub feedback_max_age_s: u64,
+    /// Labelled predictions per model in the live calibration window.
+    #[arg(long, env = "CALIPER_MONITOR_WINDOW", default_value_t = 10_000)]
+    pub monitor_window: usize,
+    /// Directory of the durable feedback log.
+    #[arg(long, env = "CALIPER_STATE_DIR", default_value = "state")]
+    pub state_dir: PathBuf,
 }
 
 /// Validated server configuration.
@@ -105,6 +126,10 @@ pub struct Config {
     pub allow_stale_calibration: bool,
     /// Drain bound at shutdown.
     pub shutdown_timeout: Duration,
+    /// Live monitor settings.
+    pub monitor: crate::monitor::MonitorConfig,
+    /// HMAC key of prediction ids; None draws a random key per process.
+    pub feedback_key: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -127,6 +152,8 @@ impl std::fmt::Debug for Config {
             .field("request_timeout", &self.request_timeout)
             .field("allow_stale_calibration", &self.allow_stale_calibration)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("monitor", &self.monitor)
+            .field("feedback_key", &redact(&self.feedback_key))
             .finish()
     }
 }
@@ -212,7 +239,18 @@ impl TryFrom<ServeArgs> for Config {
             3_600_000,
             "at most 3600000",
         )?;
-        for (flag, v) in [("api-key", &a.api_key), ("admin-token", &a.admin_token)] {
+        range(
+            "monitor-window",
+            a.monitor.monitor_window as u64,
+            1,
+            10_000_000,
+            "in 1..=10000000",
+        )?;
+        for (flag, v) in [
+            ("api-key", &a.api_key),
+            ("admin-token", &a.admin_token),
+            ("feedback-key", &a.monitor.feedback_key),
+        ] {
             if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
                 return Err(ConfigError::EmptySecret(flag));
             }
@@ -233,6 +271,13 @@ impl TryFrom<ServeArgs> for Config {
             request_timeout: Duration::from_millis(a.request_timeout_ms),
             allow_stale_calibration: a.allow_stale_calibration,
             shutdown_timeout: Duration::from_millis(a.shutdown_timeout_ms),
+            monitor: crate::monitor::MonitorConfig {
+                window: a.monitor.monitor_window,
+                max_age_s: a.monitor.feedback_max_age_s,
+                state_dir: Some(a.monitor.state_dir),
+                bins: crate::metrics::DEFAULT_BINS,
+            },
+            feedback_key: a.monitor.feedback_key,
         })
     }
 }
@@ -250,7 +295,11 @@ impl Config {
         let mut args = ServeArgs::from_arg_matches(&matches).expect("defaults parse");
         args.models = models_dir;
         args.calib = calib_dir;
-        Config::try_from(args).expect("defaults are valid")
+        let mut config = Config::try_from(args).expect("defaults are valid");
+        // No feedback log unless a caller asks for one: tests and `caliper predict` must not
+        // create a state/ folder wherever they run.
+        config.monitor.state_dir = None;
+        config
     }
 }
 
@@ -286,6 +335,12 @@ mod tests {
             request_timeout_ms: 1,
             allow_stale_calibration: false,
             shutdown_timeout_ms: 0,
+            monitor: MonitorArgs {
+                feedback_key: None,
+                feedback_max_age_s: 60,
+                monitor_window: 10,
+                state_dir: "state".into(),
+            },
         };
         let e = Config::try_from(a.clone()).unwrap_err();
         assert!(e.to_string().contains("--max-batch-size"), "{e}");

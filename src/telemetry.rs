@@ -16,8 +16,8 @@ pub fn init_tracing(json: bool) {
 }
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds: 100 us to 30 s, roughly x2.5 per step.
@@ -52,6 +52,123 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// `caliper_model_info{model, version, sha256, calibration}`: 1 per loaded model.
     pub model_info: IntGaugeVec,
+    /// Live calibration from label feedback (issue 5).
+    pub calibration: CalibrationMetrics,
+}
+
+/// Live calibration metrics. The three per-bin counters make fleet-wide ECE exact in PromQL
+/// (see `docs/MONITORING.md` and `docs/deploy/prometheus/caliper-rules.yml`).
+#[derive(Debug, Clone)]
+pub struct CalibrationMetrics {
+    /// `caliper_calibration_ece{model}`: ECE of this replica's labelled window.
+    pub ece: GaugeVec,
+    /// `caliper_calibration_accuracy{model}`: accuracy of this replica's labelled window.
+    pub accuracy: GaugeVec,
+    /// `caliper_calibration_window_samples{model}`: labelled predictions in the window.
+    pub window_samples: IntGaugeVec,
+    /// `caliper_feedback_total{model, outcome}`: labels received (accepted, duplicate, rejected).
+    pub feedback: IntCounterVec,
+    /// `caliper_ood_flagged_total{model}`: predictions flagged out-of-distribution.
+    pub ood_flagged: IntCounterVec,
+    /// `caliper_calibration_bin_samples_total{model, bin}`: labelled predictions per bin.
+    pub bin_samples: IntCounterVec,
+    /// `caliper_calibration_bin_confidence_total{model, bin}`: sum of their confidences.
+    pub bin_confidence: CounterVec,
+    /// `caliper_calibration_bin_correct_total{model, bin}`: how many of them were right.
+    pub bin_correct: IntCounterVec,
+}
+
+impl CalibrationMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(
+            r: &Registry,
+            m: T,
+        ) -> Result<T, prometheus::Error> {
+            r.register(Box::new(m.clone()))?;
+            Ok(m)
+        }
+        let model = &["model"];
+        let bin = &["model", "bin"];
+        Ok(Self {
+            ece: reg(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "caliper_calibration_ece",
+                        "Live ECE (15 equal-width bins) of the labelled window",
+                    ),
+                    model,
+                )?,
+            )?,
+            accuracy: reg(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "caliper_calibration_accuracy",
+                        "Accuracy of the labelled window",
+                    ),
+                    model,
+                )?,
+            )?,
+            window_samples: reg(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "caliper_calibration_window_samples",
+                        "Labelled predictions in the live window",
+                    ),
+                    model,
+                )?,
+            )?,
+            feedback: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("caliper_feedback_total", "Labels received, by outcome"),
+                    &["model", "outcome"],
+                )?,
+            )?,
+            ood_flagged: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "caliper_ood_flagged_total",
+                        "Predictions flagged out-of-distribution",
+                    ),
+                    model,
+                )?,
+            )?,
+            bin_samples: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "caliper_calibration_bin_samples_total",
+                        "Labelled predictions per confidence bin",
+                    ),
+                    bin,
+                )?,
+            )?,
+            bin_confidence: reg(
+                registry,
+                CounterVec::new(
+                    Opts::new(
+                        "caliper_calibration_bin_confidence_total",
+                        "Sum of calibrated confidences of labelled predictions per bin",
+                    ),
+                    bin,
+                )?,
+            )?,
+            bin_correct: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "caliper_calibration_bin_correct_total",
+                        "Correct labelled predictions per confidence bin",
+                    ),
+                    bin,
+                )?,
+            )?,
+        })
+    }
 }
 
 impl Metrics {
@@ -117,6 +234,7 @@ impl Metrics {
             &["model", "version", "sha256", "calibration"],
         )?;
         registry.register(Box::new(model_info.clone()))?;
+        let calibration = CalibrationMetrics::register(&registry)?;
         Ok(Self {
             registry,
             request_duration,
@@ -128,6 +246,7 @@ impl Metrics {
             nonfinite_logits,
             in_flight,
             model_info,
+            calibration,
         })
     }
 

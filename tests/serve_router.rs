@@ -2,74 +2,15 @@
 //! reload, metrics and every error path, against the real fixture model in tests/data
 //! (a 784-32-10 MLP fitted on MNIST by scripts/make-test-model.py) and real MNIST digits.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use base64::Engine;
-use caliper::config::Config;
-use caliper::http::{AppState, router};
-use http_body_util::BodyExt;
+use common::*;
 use serde_json::{Value, json};
-use tower::ServiceExt;
-
-const MODEL: &str = "mnist-mlp";
-
-fn data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
-}
-
-/// A private copy of the fixture repository (models/ + calib/) that a test may modify.
-fn repo() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let m = dir.path().join("models").join(MODEL);
-    std::fs::create_dir_all(&m).unwrap();
-    std::fs::create_dir_all(dir.path().join("calib")).unwrap();
-    for f in ["model.onnx", "model.toml"] {
-        std::fs::copy(data().join("models").join(MODEL).join(f), m.join(f)).unwrap();
-    }
-    let calib = format!("calib/{MODEL}.json");
-    std::fs::copy(data().join(&calib), dir.path().join(&calib)).unwrap();
-    dir
-}
-
-fn config(root: &Path) -> Config {
-    let mut c = Config::with_repository(root.join("models"), root.join("calib"));
-    c.sessions_per_model = 1;
-    c
-}
-
-fn state(c: Config) -> AppState {
-    let s = AppState::new(c).unwrap();
-    s.registry.load_all().unwrap();
-    s
-}
-
-fn digit(name: &str) -> Vec<u8> {
-    std::fs::read(data().join("digits").join(name)).unwrap()
-}
-
-async fn send(s: &AppState, req: Request<Body>) -> (StatusCode, Value, axum::http::HeaderMap) {
-    let resp = router(s.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let v = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    (status, v, headers)
-}
-
-fn post(uri: &str, ctype: &str, body: impl Into<Body>) -> Request<Body> {
-    Request::post(uri)
-        .header(header::CONTENT_TYPE, ctype)
-        .body(body.into())
-        .unwrap()
-}
-
-fn get(uri: &str) -> Request<Body> {
-    Request::get(uri).body(Body::empty()).unwrap()
-}
 
 fn predict_uri() -> String {
     format!("/v1/models/{MODEL}/predict")

@@ -2,107 +2,17 @@
 //! HTTP, SIGTERM ending in exit 0, an empty repository, and `caliper predict` printing the
 //! same JSON as the server.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
+use std::process::Command;
+
+use common::data;
+use common::process::Server;
 use serde_json::Value;
-
-fn data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
-}
-
-/// The server process and the log lines it writes (JSON, one per line).
-struct Server {
-    child: Child,
-    addr: String,
-    /// Log lines before "listening on".
-    startup_logs: Vec<String>,
-    _logs: mpsc::Receiver<String>,
-}
-
-impl Server {
-    fn start(models: &Path, calib: &Path) -> Self {
-        Self::start_with(models, calib, &[])
-    }
-
-    fn start_with(models: &Path, calib: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_caliper"))
-            .args([
-                "--log-json",
-                "serve",
-                "--addr",
-                "127.0.0.1:0",
-                "--sessions-per-model",
-                "1",
-            ])
-            .args(extra)
-            .arg("--models")
-            .arg(models)
-            .arg("--calib")
-            .arg(calib)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, logs) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        // Keeps draining stderr for the life of the process so that it never blocks on a pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut seen = Vec::new();
-        let addr = loop {
-            let line = logs
-                .recv_timeout(Duration::from_secs(120))
-                .unwrap_or_else(|_| panic!("server did not start; log: {seen:#?}"));
-            let msg = serde_json::from_str::<Value>(&line)
-                .ok()
-                .and_then(|v| v["fields"]["message"].as_str().map(str::to_string))
-                .unwrap_or_default();
-            if let Some(a) = msg.strip_prefix("listening on ") {
-                break a.to_string();
-            }
-            seen.push(line);
-        };
-        Self {
-            child,
-            addr,
-            startup_logs: seen,
-            _logs: logs,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Sends SIGTERM and returns the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Only reached on a failed assertion: do not leave the process behind.
-        let _ = self.child.kill();
-    }
-}
 
 #[tokio::test]
 async fn serves_real_png_and_jpeg_over_a_socket_and_exits_0_on_sigterm() {
-    let server = Server::start(&data().join("models"), &data().join("calib"));
+    let server = Server::with_repository(&data().join("models"), &data().join("calib"), &[]);
     let client = reqwest::Client::new();
     let ready = client
         .get(server.url("/v2/health/ready"))
@@ -169,7 +79,7 @@ async fn serves_real_png_and_jpeg_over_a_socket_and_exits_0_on_sigterm() {
 async fn sigterm_lets_an_in_flight_request_finish() {
     // The batcher holds a lone image for 1 s waiting for a second one: long enough to send
     // SIGTERM while the request is certainly in flight.
-    let server = Server::start_with(
+    let server = Server::with_repository(
         &data().join("models"),
         &data().join("calib"),
         &["--max-batch-size", "2", "--max-queue-delay-us", "1000000"],
@@ -210,7 +120,11 @@ async fn sigterm_lets_an_in_flight_request_finish() {
 #[tokio::test]
 async fn an_empty_repository_starts_and_says_not_ready() {
     let empty = tempfile::tempdir().unwrap();
-    let server = Server::start(&empty.path().join("models"), &empty.path().join("calib"));
+    let server = Server::with_repository(
+        &empty.path().join("models"),
+        &empty.path().join("calib"),
+        &[],
+    );
     let resp = reqwest::get(server.url("/v2/health/ready")).await.unwrap();
     assert_eq!(resp.status(), 503);
     assert!(

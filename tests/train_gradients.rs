@@ -432,12 +432,20 @@ fn conv2d_matches_finite_differences_with_stride_and_padding() {
 
 #[test]
 fn maxpool_matches_finite_differences() {
+    // Tiling windows (the mask backward) and overlapping ones (Indices + ScatterElements).
     check_layer(
         &MaxPool2d { k: 2, stride: 2 },
         &[2, 4, 6],
         2,
         &|x, _| ref_maxpool(x, 4, 4, 6, 2, 2),
         20,
+    );
+    check_layer(
+        &MaxPool2d { k: 3, stride: 2 },
+        &[2, 5, 5],
+        2,
+        &|x, _| ref_maxpool(x, 4, 5, 5, 3, 2),
+        21,
     );
 }
 
@@ -693,5 +701,103 @@ fn mlp_step_gradients_match_a_float64_reference_of_the_whole_network() {
             &out[&format!("grad.{}", p.name)],
             &want,
         );
+    }
+}
+
+/// Runs one step of the linear graph with `opt` from the given parameter and state values and
+/// returns the outputs.
+fn one_step(opt: Optimizer, extra: Inputs) -> BTreeMap<String, Vec<f32>> {
+    let net = Net::new("linear", &[3], 2, 1.0).unwrap();
+    let g = training_step(&net, Loss::Ce, &opt, true);
+    let mut r = rng(77);
+    let mut inputs: Inputs = vec![
+        ("x".into(), vec![4, 3], randn(&mut r, 12)),
+        ("lr".into(), vec![], vec![0.1]),
+        ("fc.weight".into(), vec![2, 3], randn(&mut r, 6)),
+        ("fc.bias".into(), vec![2], randn(&mut r, 2)),
+    ];
+    inputs.extend(extra);
+    let mut out = run(&g.bytes, &inputs, Some(&[0, 1, 1, 0]));
+    for (k, _, v) in inputs {
+        out.insert(format!("in.{k}"), v);
+    }
+    out
+}
+
+#[test]
+fn sgd_nesterov_and_adamw_updates_match_their_formulas() {
+    let m0: Vec<f32> = vec![0.5, -0.25, 0.125, 1.0, 0.0, -1.0];
+    let b0: Vec<f32> = vec![0.3, -0.3];
+    let sgd = Optimizer::Sgd {
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 0.01,
+    };
+    let o = one_step(
+        sgd,
+        vec![
+            ("momentum.fc.weight".into(), vec![2, 3], m0.clone()),
+            ("momentum.fc.bias".into(), vec![2], b0.clone()),
+        ],
+    );
+    // PyTorch: g' = g + wd w; v = mu v + g'; w -= lr (g' + mu v).
+    for i in 0..6 {
+        let (w, g) = (o["in.fc.weight"][i] as f64, o["grad.fc.weight"][i] as f64);
+        let gd = g + 0.01 * w;
+        let v = 0.9 * m0[i] as f64 + gd;
+        assert!((o["next.momentum.fc.weight"][i] as f64 - v).abs() < 1e-6);
+        assert!((o["next.fc.weight"][i] as f64 - (w - 0.1 * (gd + 0.9 * v))).abs() < 1e-6);
+    }
+    let adamw = Optimizer::AdamW {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.05,
+    };
+    let (m, v) = (vec![0.1f32; 6], vec![0.01f32; 6]);
+    let o = one_step(
+        adamw,
+        vec![
+            ("step".into(), vec![], vec![3.0]),
+            ("adam_m.fc.weight".into(), vec![2, 3], m.clone()),
+            ("adam_v.fc.weight".into(), vec![2, 3], v.clone()),
+            ("adam_m.fc.bias".into(), vec![2], vec![0.0; 2]),
+            ("adam_v.fc.bias".into(), vec![2], vec![0.0; 2]),
+        ],
+    );
+    for i in 0..6 {
+        let (w, g) = (o["in.fc.weight"][i] as f64, o["grad.fc.weight"][i] as f64);
+        let m1 = 0.9 * m[i] as f64 + 0.1 * g;
+        let v1 = 0.999 * v[i] as f64 + 0.001 * g * g;
+        let upd = (m1 / (1.0 - 0.9f64.powi(3))) / ((v1 / (1.0 - 0.999f64.powi(3))).sqrt() + 1e-8);
+        let want = w - 0.1 * (upd + 0.05 * w);
+        assert!((o["next.fc.weight"][i] as f64 - want).abs() < 1e-5, "{i}");
+        assert!((o["next.adam_v.fc.weight"][i] as f64 - v1).abs() < 1e-7);
+    }
+}
+
+#[test]
+fn maxpool_sends_each_window_gradient_once_even_with_ties() {
+    // MNIST's constant background makes equal values inside a window common after a conv: a
+    // backward pass that masks by "equals the maximum" would multiply those gradients (tried,
+    // and the short MNIST run fell from 90% to 76%). Every window must pass dY on exactly once.
+    let mut g = Graph::new("ties");
+    g.input_f32("x", &batched(&[1, 4, 4]), "");
+    g.input_f32("r", &batched(&[1, 2, 2]), "");
+    let pool = MaxPool2d { k: 2, stride: 2 };
+    let f = pool.forward(&mut g, "x", &[1, 4, 4], Mode::Train);
+    let b = pool.backward(&mut g, &f, &[1, 4, 4], "r", true);
+    g.alias(b.dx.as_deref().unwrap(), "dx");
+    g.output_f32("dx", &batched(&[1, 4, 4]), "");
+    let inputs: Inputs = vec![
+        ("x".into(), vec![1, 1, 4, 4], vec![0.5; 16]),
+        ("r".into(), vec![1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]),
+    ];
+    let dx = &run(&g.to_bytes("ties", &[]), &inputs, None)["dx"];
+    for (wi, want) in [1.0f32, 2.0, 3.0, 4.0].iter().enumerate() {
+        let (r0, c0) = (2 * (wi / 2), 2 * (wi % 2));
+        let window: Vec<f32> = (0..4).map(|t| dx[(r0 + t / 2) * 4 + c0 + t % 2]).collect();
+        assert_eq!(window.iter().sum::<f32>(), *want, "window {wi}: {window:?}");
+        assert_eq!(window.iter().filter(|v| **v != 0.0).count(), 1);
     }
 }

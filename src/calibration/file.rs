@@ -30,6 +30,10 @@ pub struct CalibrationFile {
     /// files from before this field was typed load without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fit: Option<FitSummary>,
+    /// Quantiles of the calibrated validation confidences: the live monitor's label-free drift
+    /// test compares served confidences against them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::metrics::ConfidenceReference>,
 }
 
 /// What a fit saw and what it did to the validation metrics. Every field is optional on read.
@@ -131,6 +135,7 @@ impl CalibrationFile {
             num_classes,
             calibrator,
             fit,
+            reference: None,
         }
     }
 
@@ -191,6 +196,7 @@ mod tests {
             num_classes: 3,
             calibrator: Calibrator::Ts { temperature: 1.25 },
             fit: None,
+            reference: None,
         }
     }
 

@@ -1,10 +1,154 @@
-//! `caliper calibrate`.
+//! `caliper calibrate`: fit a calibrator on validation logits and write `calib/NAME.json`
+//! with the fit's data summary and the validation metrics before and after.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::calibration::{CalibrationFile, FitOptions, FitSummary, Method, Objective, fit};
+use crate::diagram::{panels_from_fit, write_diagram};
 
 /// Arguments of `caliper calibrate`.
 #[derive(Debug, clap::Args)]
-pub struct CalibrateArgs {}
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    pub input: super::npy::InputArgs,
+    /// Calibration method.
+    #[arg(long, env = "CALIPER_METHOD", value_enum, default_value_t = Method::Ats)]
+    pub method: Method,
+    /// Output file (default: calib/<model>.json, or calib/calibrator.json without --model).
+    #[arg(long, env = "CALIPER_CALIB_OUT")]
+    pub out: Option<PathBuf>,
+    /// sha256 of the model file the logits came from (default: hashed from
+    /// <models-dir>/<model>/model.onnx when it exists).
+    #[arg(long, env = "CALIPER_MODEL_SHA256")]
+    pub model_sha256: Option<String>,
+    /// ATS: number of equal-mass pieces of the uncalibrated confidence.
+    #[arg(long, env = "CALIPER_ATS_PIECES", default_value_t = FitOptions::default().pieces)]
+    pub pieces: usize,
+    /// ATS: what each piece's temperature minimises.
+    #[arg(long, env = "CALIPER_ATS_OBJECTIVE", value_enum, default_value_t = Objective::Nll)]
+    pub objective: Objective,
+    /// ATS: pull of each piece toward the global temperature, in pseudo-samples (0 = none).
+    #[arg(long, env = "CALIPER_ATS_SHRINKAGE", default_value_t = FitOptions::default().shrinkage)]
+    pub shrinkage: f64,
+    /// ATS: interpolate 1/T linearly between piece centres (continuous confidences).
+    #[arg(long, env = "CALIPER_ATS_SMOOTH")]
+    pub smooth: bool,
+    /// ATS and histogram: minimum samples per piece or bin.
+    #[arg(long, env = "CALIPER_MIN_PIECE_SAMPLES", default_value_t = FitOptions::default().min_piece_samples)]
+    pub min_piece_samples: usize,
+    /// Histogram binning: number of equal-mass bins.
+    #[arg(long, env = "CALIPER_HISTOGRAM_BINS", default_value_t = FitOptions::default().histogram_bins)]
+    pub histogram_bins: usize,
+    /// Smallest temperature searched.
+    #[arg(long, env = "CALIPER_T_MIN", default_value_t = FitOptions::default().t_min)]
+    pub t_min: f64,
+    /// Largest temperature searched.
+    #[arg(long, env = "CALIPER_T_MAX", default_value_t = FitOptions::default().t_max)]
+    pub t_max: f64,
+    /// Vector scaling: ridge toward the temperature-scaling solution.
+    #[arg(long, env = "CALIPER_VECTOR_L2", default_value_t = FitOptions::default().vector_l2)]
+    pub vector_l2: f64,
+    /// Bins of the ECE family in the recorded validation metrics.
+    #[arg(long, env = "CALIPER_BINS", default_value_t = crate::metrics::DEFAULT_BINS)]
+    pub bins: usize,
+    /// Also write the validation reliability diagram (before / after) to this .svg or .png.
+    #[arg(long, env = "CALIPER_DIAGRAM")]
+    pub diagram: Option<PathBuf>,
+}
+
+impl CalibrateArgs {
+    fn options(&self) -> FitOptions {
+        FitOptions {
+            pieces: self.pieces,
+            objective: self.objective,
+            shrinkage: self.shrinkage,
+            smooth: self.smooth,
+            min_piece_samples: self.min_piece_samples,
+            histogram_bins: self.histogram_bins,
+            t_min: self.t_min,
+            t_max: self.t_max,
+            vector_l2: self.vector_l2,
+        }
+    }
+}
 
 /// Runs `caliper calibrate`.
-pub fn run(_args: CalibrateArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`caliper calibrate` is not implemented yet")
+pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
+    let opts = args.options();
+    opts.validate()?;
+    if args.bins == 0 {
+        anyhow::bail!("--bins must be at least 1");
+    }
+    let data = args.input.load()?;
+    let started = std::time::Instant::now();
+    let calibrator = fit(args.method, &opts, data.logits.view(), &data.labels)
+        .with_context(|| format!("fitting {:?} on {}", args.method, data.source))?;
+    let fit_ms = started.elapsed().as_secs_f64() * 1e3;
+    let summary = FitSummary::compute(
+        &data.source,
+        data.logits.view(),
+        &data.labels,
+        &calibrator,
+        &opts,
+        args.bins,
+    )?;
+    let sha = match (&args.model_sha256, args.input.model_dir()) {
+        (Some(s), _) => s.clone(),
+        (None, Some(dir)) => {
+            let onnx = dir.join("model.onnx");
+            crate::fsutil::sha256_file(&onnx)
+                .with_context(|| format!("hashing {}", onnx.display()))?
+        }
+        (None, None) => {
+            tracing::warn!(
+                "no --model-sha256 and no model file to hash: the calibrator is not bound to a \
+                 model file"
+            );
+            String::new()
+        }
+    };
+    let model = args.input.model.clone().unwrap_or_default();
+    let out = args.out.clone().unwrap_or_else(|| {
+        let stem = if model.is_empty() {
+            "calibrator"
+        } else {
+            &model
+        };
+        PathBuf::from("calib").join(format!("{stem}.json"))
+    });
+    let method = calibrator.method();
+    let file = CalibrationFile::new(
+        &model,
+        &sha,
+        data.logits.ncols(),
+        calibrator,
+        Some(summary.clone()),
+    );
+    file.save(&out)?;
+    if let (Some(path), Some(panels)) = (&args.diagram, panels_from_fit(&summary, method)) {
+        write_diagram(path, &panels)?;
+    }
+    if let (Some(b), Some(a)) = (&summary.before, &summary.after) {
+        writeln!(
+            std::io::stdout(),
+            "{method}: {} samples, {} classes, fit {fit_ms:.1} ms -> {}",
+            summary.samples,
+            data.logits.ncols(),
+            out.display()
+        )?;
+        writeln!(
+            std::io::stdout(),
+            "validation (in-sample) ECE {:.2}% -> {:.2}%, NLL {:.4} -> {:.4}, accuracy {:.2}% -> {:.2}%",
+            100.0 * b.ece,
+            100.0 * a.ece,
+            b.nll,
+            a.nll,
+            100.0 * b.accuracy,
+            100.0 * a.accuracy
+        )?;
+    }
+    Ok(())
 }

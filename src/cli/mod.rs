@@ -3,5 +3,7 @@
 
 pub mod calibrate;
 pub mod eval;
+mod model_logits;
+pub mod npy;
 pub mod predict;
 pub mod serve;

@@ -24,7 +24,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = config.addr;
     let drain = config.shutdown_timeout;
-    let state = AppState::new(config).context("cannot create the metrics registry")?;
+    let state = AppState::new(config).context("cannot create the server state")?;
     let registry = std::sync::Arc::clone(&state.registry);
     // Models load (and warm up) before the port opens, so a listening server has them.
     let loaded = tokio::task::spawn_blocking(move || registry.load_all())

@@ -54,6 +54,21 @@ pub enum ApiError {
     /// A reload failed; the previous version keeps serving. The message is for the operator.
     #[error("reload failed, previous version still serving: {0}")]
     ReloadFailed(String),
+    /// A resource of a loaded model does not exist (e.g. no reliability summary).
+    #[error("{0}")]
+    NotFoundDetail(String),
+    /// A prediction id that does not verify (tampered, foreign key, malformed).
+    #[error("{0}")]
+    InvalidPredictionId(String),
+    /// A prediction id older than `--feedback-max-age-s`.
+    #[error("{0}")]
+    PredictionExpired(String),
+    /// A feedback label that is not a class of the model.
+    #[error("{0}")]
+    UnknownLabel(String),
+    /// The feedback log could not be written; nothing was acknowledged.
+    #[error("feedback could not be stored; retry later")]
+    FeedbackNotStored(String),
     /// Anything else; details are logged, not sent.
     #[error("internal server error")]
     Internal(String),
@@ -83,6 +98,13 @@ impl ApiError {
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::NonFiniteOutput => (StatusCode::INTERNAL_SERVER_ERROR, "nonfinite_output"),
             ApiError::ReloadFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "reload_failed"),
+            ApiError::NotFoundDetail(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::InvalidPredictionId(_) => (StatusCode::UNAUTHORIZED, "invalid_prediction_id"),
+            ApiError::PredictionExpired(_) => (StatusCode::GONE, "prediction_expired"),
+            ApiError::UnknownLabel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_label"),
+            ApiError::FeedbackNotStored(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "feedback_not_stored")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -91,7 +113,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if let ApiError::Internal(detail) = &self {
+        if let ApiError::Internal(detail) | ApiError::FeedbackNotStored(detail) = &self {
             tracing::error!(%detail, "internal error");
         }
         let mut resp = (
@@ -146,6 +168,22 @@ impl From<InferError> for ApiError {
             | InferError::Session(_)
             | InferError::LabelCount { .. }
             | InferError::Internal(_)) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::monitor::FeedbackError> for ApiError {
+    fn from(e: crate::monitor::FeedbackError) -> Self {
+        use crate::monitor::{FeedbackError, TokenError};
+        let msg = e.to_string();
+        match e {
+            FeedbackError::Token(TokenError::Expired { .. }) => ApiError::PredictionExpired(msg),
+            FeedbackError::Token(TokenError::Malformed | TokenError::BadSignature) => {
+                ApiError::InvalidPredictionId(msg)
+            }
+            FeedbackError::UnknownModel(model) => ApiError::ModelNotFound(model),
+            FeedbackError::UnknownLabel { .. } => ApiError::UnknownLabel(msg),
+            FeedbackError::Log(detail) => ApiError::FeedbackNotStored(detail),
         }
     }
 }

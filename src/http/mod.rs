@@ -3,6 +3,7 @@
 //! function of `infer`, and map the result.
 
 mod error;
+mod feedback;
 mod middleware;
 mod server;
 mod v1;
@@ -23,6 +24,7 @@ pub use server::serve;
 
 use crate::config::Config;
 use crate::infer::{ImageLimits, InferError, ModelRegistry};
+use crate::monitor::{Monitor, TokenSigner};
 use crate::telemetry::Metrics;
 
 /// Shared application state: cheap to clone (all `Arc`s).
@@ -36,19 +38,57 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Admission control: one permit per inference request in flight.
     pub admission: Arc<Semaphore>,
+    /// Live calibration monitor (prediction tokens, label feedback).
+    pub monitor: Arc<Monitor>,
+}
+
+/// Why the application state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The Prometheus registry refused a metric.
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The feedback log could not be opened.
+    #[error(transparent)]
+    FeedbackLog(#[from] crate::monitor::LogError),
 }
 
 impl AppState {
     /// State with an empty registry; call `registry.load_all()` (blocking) before serving.
-    pub fn new(config: Config) -> Result<Self, prometheus::Error> {
+    /// Opens the feedback log (rebuilding the live windows from it).
+    pub fn new(config: Config) -> Result<Self, StateError> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new()?);
+        let signer = match &config.feedback_key {
+            Some(key) => TokenSigner::new(key.as_bytes()),
+            None => {
+                tracing::warn!(
+                    "no --feedback-key: prediction ids are signed with a random per-process key, \
+                     so labels are accepted only by this process and only until it restarts. \
+                     Set CALIPER_FEEDBACK_KEY (the same on every replica)."
+                );
+                TokenSigner::random()
+            }
+        };
+        let (monitor, recovered) = Monitor::open(config.monitor.clone(), signer)?;
+        if recovered.corrupt_lines > 0 || recovered.truncated_tail_bytes > 0 {
+            tracing::warn!(
+                ?recovered,
+                "feedback log had damaged lines; they were skipped"
+            );
+        } else if recovered.records > 0 {
+            tracing::info!(
+                records = recovered.records,
+                "live calibration windows rebuilt from the feedback log"
+            );
+        }
         Ok(Self {
             registry: Arc::new(ModelRegistry::new(
                 Arc::clone(&config),
                 Arc::clone(&metrics),
             )),
             admission: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            monitor: Arc::new(monitor),
             config,
             metrics,
         })
@@ -92,6 +132,17 @@ pub fn router(state: AppState) -> Router {
         ));
     let protected = Router::new()
         .route("/v1/models", get(v1::list_models))
+        .route("/v1/feedback", post(feedback::submit))
+        .route("/v1/models/{model}/monitor", get(feedback::monitor))
+        .route(
+            "/v1/models/{model}/monitor/reliability.svg",
+            get(feedback::monitor_svg),
+        )
+        .route("/v1/models/{model}/calibration", get(feedback::calibration))
+        .route(
+            "/v1/models/{model}/reliability.svg",
+            get(feedback::calibration_svg),
+        )
         .route("/v2", get(v2::server_metadata))
         .route("/v2/models/{model}", get(v2::model_metadata))
         .route("/v2/models/{model}/ready", get(v2::model_ready))

@@ -92,7 +92,9 @@ pub async fn predict(
     let scored = state
         .within_budget(predict_images(&model, images, state.image_limits(), top_k))
         .await?;
-    let mut predictions = scored.into_iter().map(|s| s.prediction);
+    let mut predictions: Vec<_> = scored.into_iter().map(|s| s.prediction).collect();
+    crate::infer::feedback::stamp(&state.monitor, &mut predictions);
+    let mut predictions = predictions.into_iter();
     Ok(if multipart {
         Json(PredictionList {
             predictions: predictions.collect(),

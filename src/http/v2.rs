@@ -286,7 +286,7 @@ pub async fn infer(
         output(w, &[])?;
     }
     let k = model.files.metadata.labels.len();
-    let scored = match parse_input(&model, input)? {
+    let mut scored = match parse_input(&model, input)? {
         Batch::Tensors(t) => state.within_budget(predict_tensors(&model, t, k)).await?,
         Batch::Images(i) => {
             state
@@ -294,6 +294,10 @@ pub async fn infer(
                 .await?
         }
     };
+    // V2 outputs carry no prediction id, but the served confidences feed the label-free monitor.
+    for s in &mut scored {
+        crate::infer::feedback::stamp(&state.monitor, std::slice::from_mut(&mut s.prediction));
+    }
     let outputs = wanted
         .iter()
         .map(|w| output(w, &scored))

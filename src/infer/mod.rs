@@ -3,6 +3,7 @@
 //! (HTTP, KServe V2, `caliper predict`) goes through [`predict_images`] or [`predict_tensors`].
 
 pub mod batcher;
+pub mod feedback;
 mod model;
 pub mod prediction;
 pub mod preprocess;

@@ -4,10 +4,12 @@
 
 mod binned;
 mod bootstrap;
+mod drift;
 mod scores;
 
 pub use binned::{Bin, BinnedAccumulator};
 pub use bootstrap::{BootstrapOptions, Interval, bootstrap, percentile};
+pub use drift::{ConfidenceReference, DriftTest};
 pub use scores::{
     MetricReport, Samples, accuracy, adaece, brier, classwise_ece, ece, evaluate, mce, nll,
 };

@@ -26,6 +26,50 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// Write the training-step graph to a file (for inspection or outside checks).
     Graph(GraphArgs),
+    /// Time training steps on random data (throughput only; see scripts/bench-train.sh).
+    Bench(BenchArgs),
+    /// Draw the reliability diagram (validation, before / after) of a calibration file as PNG.
+    Plot(PlotArgs),
+}
+
+/// `caliper-train plot`.
+#[derive(Debug, Clone, Args)]
+pub struct PlotArgs {
+    /// A calibration file with a fit summary (calib/NAME.json).
+    #[arg(long)]
+    pub calib: PathBuf,
+    /// Output PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `caliper-train bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Model options.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Per-sample input shape C,H,W.
+    #[arg(long, value_delimiter = ',', default_value = "1,28,28")]
+    pub input_shape: Vec<i64>,
+    /// Classes K.
+    #[arg(long, default_value_t = 10)]
+    pub classes: i64,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// ONNX Runtime intra-op threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// Model and loss options shared by `train` and `graph`.
@@ -69,7 +113,8 @@ pub struct TrainArgs {
     /// Model name: writes models/NAME/ and calib/NAME.json.
     #[arg(long, env = "CALIPER_OUT")]
     pub out: String,
-    /// Dataset spec: mnist or fashion-mnist.
+    /// Dataset with train and test splits (caliper::data specs): mnist, fashion-mnist, cifar10,
+    /// cifar10-bin, pneumonia.
     #[arg(long, env = "CALIPER_DATASET", default_value = "mnist")]
     pub dataset: String,
     /// Folder holding the datasets (`<dir>/mnist/...`).
@@ -131,6 +176,9 @@ pub struct TrainArgs {
     /// Continue from the run folder's last checkpoint.
     #[arg(long, env = "CALIPER_RESUME")]
     pub resume: bool,
+    /// Training augmentation: auto (crop + flip for CIFAR-10, none otherwise), none, crop-flip.
+    #[arg(long, env = "CALIPER_AUGMENT", default_value = "auto")]
+    pub augment: String,
     /// Calibrator fitted on the validation split and written to calib/NAME.json.
     #[arg(long, env = "CALIPER_CALIBRATOR", value_enum, default_value_t = crate::calibration::Method::Ats)]
     pub calibrator: crate::calibration::Method,
@@ -253,6 +301,8 @@ pub struct TrainConfig {
     pub device: Device,
     /// Checkpoint / log folder.
     pub run_dir: PathBuf,
+    /// Training augmentation.
+    pub augment: crate::data::Augment,
 }
 
 impl TrainArgs {
@@ -308,6 +358,16 @@ impl TrainArgs {
             }
         };
         let device = self.device.parse().map_err(ConfigError)?;
+        let augment = match self.augment.as_str() {
+            "auto" => super::dataset::auto_augment(&self.dataset),
+            "none" => crate::data::Augment::NONE,
+            "crop-flip" => crate::data::Augment::CIFAR,
+            other => {
+                return Err(ConfigError(format!(
+                    "unknown augmentation {other:?} (auto, none, crop-flip)"
+                )));
+            }
+        };
         let run_dir = self
             .run_dir
             .clone()
@@ -318,7 +378,74 @@ impl TrainArgs {
             schedule,
             device,
             run_dir,
+            augment,
             args: self,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn train_args(extra: &[&str]) -> Result<TrainConfig, String> {
+        let argv = ["caliper-train", "train", "--out", "m"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string());
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Train(a) => (*a).validate().map_err(|e| e.to_string()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = train_args(&[]).unwrap();
+        assert_eq!(c.loss, Loss::Gce { lambda: 1.0 });
+        assert_eq!(
+            c.optimizer,
+            Optimizer::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+                weight_decay: 5e-4
+            }
+        );
+        assert_eq!(c.schedule, Schedule::Cosine);
+        assert_eq!(c.device, Device::Cpu);
+        assert_eq!(c.run_dir, PathBuf::from("runs/m"));
+        assert_eq!(c.augment, crate::data::Augment::NONE);
+        let c = train_args(&["--dataset", "cifar10"]).unwrap();
+        assert_eq!(c.augment, crate::data::Augment::CIFAR);
+        let c = train_args(&["--schedule", "step", "--milestones", "3,6"]).unwrap();
+        assert_eq!(
+            c.schedule,
+            Schedule::Step {
+                milestones: vec![3, 6],
+                gamma: 0.1
+            }
+        );
+    }
+
+    #[test]
+    fn bad_options_are_named_in_the_error() {
+        for (args, needle) in [
+            (&["--loss", "hinge"][..], "unknown loss"),
+            (&["--optimizer", "lbfgs"], "unknown optimizer"),
+            (&["--momentum", "1.5"], "--momentum"),
+            (&["--epochs", "0"], "--epochs"),
+            (&["--lr=-1"], "--lr"),
+            (&["--val-fraction", "0"], "--val-fraction"),
+            (&["--schedule", "step"], "--milestones"),
+            (&["--device", "tpu"], "invalid device"),
+            (&["--augment", "mixup"], "unknown augmentation"),
+            (&["--gce-lambda=-1"], "--gce-lambda"),
+        ] {
+            let e = train_args(args).unwrap_err();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
     }
 }

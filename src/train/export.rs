@@ -95,6 +95,8 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
     let test_cal = rep(&t.test.0, &t.test.1, &calibrator)?;
     let test_ts = rep(&t.test.0, &t.test.1, &ts)?;
 
+    // f32 options through their shortest decimal form (0.9, not 0.8999999761581421).
+    let f = |v: f32| v.to_string().parse::<f64>().unwrap_or(v as f64);
     let mut hp = toml::Table::new();
     let mut put = |k: &str, v: toml::Value| {
         hp.insert(k.into(), v);
@@ -104,10 +106,10 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
     put("schedule", a.schedule.clone().into());
     put("warmup_epochs", a.warmup_epochs.into());
     if let super::optim::Optimizer::Sgd { momentum, .. } = cfg.optimizer {
-        put("momentum", (momentum as f64).into());
+        put("momentum", f(momentum).into());
     }
     put("nesterov", a.model.nesterov.into());
-    put("weight_decay", (a.model.weight_decay as f64).into());
+    put("weight_decay", f(a.model.weight_decay).into());
     put("epochs", (a.epochs as i64).into());
     put("best_epoch", (t.best_epoch as i64).into());
     put("batch_size", (a.batch_size as i64).into());
@@ -131,8 +133,8 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
             channels: c as usize,
             height: h as usize,
             width: w as usize,
-            mean: t.mean.clone(),
-            std: t.std.clone(),
+            mean: t.normalization.mean.clone(),
+            std: t.normalization.std.clone(),
             resize: ResizePolicy::Stretch,
         },
         output: OutputSpec {
@@ -174,6 +176,17 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
         "ece_bins": ECE_BINS,
         "command": command,
     });
+    if let Some(rel) = &summary.reliability {
+        let png = dir.join("reliability.png");
+        let img = super::plot::reliability_png(&[&rel.before, &rel.after]);
+        let mut bytes = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| ExportError::Report(e.to_string()))?;
+        crate::fsutil::write_atomic(&png, &bytes).map_err(io(&png))?;
+    }
     let rp = dir.join("report.json");
     let text = serde_json::to_vec_pretty(&report).unwrap_or_default();
     crate::fsutil::write_atomic(&rp, &text).map_err(io(&rp))?;

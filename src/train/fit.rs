@@ -7,17 +7,17 @@ use std::io::Write;
 use std::time::Instant;
 
 use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use serde::Serialize;
 
 use super::arch::Net;
 use super::checkpoint::{Checkpoint, Position};
 use super::config::TrainConfig;
-use super::dataset::{self, Dataset, Split};
+use super::dataset::{self, Splits};
 use super::runner::{Evaluator, Trainer};
 use super::schedule::lr_at;
 use super::step::{self, StateKind};
 use crate::calibration::Calibrator;
+use crate::data::{Augment, BatchIter, BatchOptions, Dataset, Normalization};
 use crate::metrics::MetricReport;
 
 /// Errors of a training run (the layers' errors, wrapped).
@@ -28,7 +28,7 @@ pub enum TrainError {
     Config(#[from] super::config::ConfigError),
     /// The dataset could not be loaded.
     #[error(transparent)]
-    Data(#[from] super::dataset::DatasetError),
+    Data(#[from] crate::data::DataError),
     /// The architecture does not fit the data.
     #[error(transparent)]
     Arch(#[from] super::arch::ArchError),
@@ -102,9 +102,7 @@ pub struct Trained {
     /// Best-validation weights (parameters and buffers).
     pub weights: BTreeMap<String, Vec<f32>>,
     /// Normalisation statistics of the training split.
-    pub mean: Vec<f32>,
-    /// Normalisation statistics of the training split.
-    pub std: Vec<f32>,
+    pub normalization: Normalization,
     /// Validation logits of the best weights, `[n * K]`, with their labels.
     pub val: (Vec<f32>, Vec<i64>),
     /// Test logits of the best weights.
@@ -139,45 +137,46 @@ fn config_fingerprint(cfg: &TrainConfig) -> String {
     )
 }
 
-/// Logits of a whole split through the evaluator, in batches.
+/// Logits of a whole dataset through the evaluator, in batches, with weights from `state`.
 pub fn predict(
     ev: &mut Evaluator,
-    trainer_state: &BTreeMap<String, ort::value::DynValue>,
-    split: &Split,
-    mean: &[f32],
-    std: &[f32],
+    state: &BTreeMap<String, ort::value::DynValue>,
+    data: &Dataset,
+    norm: &Normalization,
 ) -> Result<Vec<f32>, TrainError> {
     const EVAL_BATCH: usize = 500;
-    let idx: Vec<usize> = (0..split.len()).collect();
-    let mut out = Vec::new();
-    for chunk in idx.chunks(EVAL_BATCH) {
-        let (x, _) = dataset::gather(split, chunk, mean, std);
-        let shape = shape_of(chunk.len(), split);
-        out.extend(ev.run(x, &shape, trainer_state)?.0);
+    let idx: Vec<usize> = (0..data.len()).collect();
+    let opts = BatchOptions::eval(EVAL_BATCH, norm.clone());
+    let mut out = Vec::with_capacity(data.len() * 16);
+    for (i, chunk) in idx.chunks(EVAL_BATCH).enumerate() {
+        let b = crate::data::batch::make_batch(data, chunk, &opts, i);
+        let shape = b
+            .images
+            .shape()
+            .iter()
+            .map(|&d| d as i64)
+            .collect::<Vec<_>>();
+        let (x, _) = b.images.into_raw_vec_and_offset();
+        out.extend(ev.run(x, &shape, state)?.0);
     }
     Ok(out)
 }
 
-fn shape_of(n: usize, s: &Split) -> Vec<i64> {
-    std::iter::once(n as i64)
-        .chain(s.shape.iter().map(|&d| d as i64))
-        .collect()
+fn labels_i64(d: &Dataset) -> Vec<i64> {
+    d.labels.iter().map(|&l| l as i64).collect()
 }
 
-/// Trains according to `cfg` and returns the best-validation model (no files besides the run
-/// folder are written here).
-pub fn train(cfg: &TrainConfig, data: Dataset) -> Result<Trained, TrainError> {
+/// Trains according to `cfg` on `splits` and returns the best-validation model (no files
+/// besides the run folder are written here).
+pub fn train(cfg: &TrainConfig, splits: Splits, augment: Augment) -> Result<Trained, TrainError> {
     let a = &cfg.args;
-    let (mut tr_idx, val_idx) = dataset::split_indices(data.train.len(), a.val_fraction, a.seed);
-    if a.train_fraction < 1.0 {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed.wrapping_add(17));
-        tr_idx.shuffle(&mut rng);
-        tr_idx.truncate(((tr_idx.len() as f64) * a.train_fraction).round() as usize);
-        tr_idx.sort_unstable();
-    }
-    let train = data.train.subset(&tr_idx);
-    let val = data.train.subset(&val_idx);
-    let test = data.test;
+    let Splits {
+        train,
+        val,
+        test,
+        normalization: norm,
+        ..
+    } = splits;
     if train.len() < a.batch_size {
         return Err(TrainError::Failed(format!(
             "only {} training samples for batch size {}",
@@ -185,9 +184,9 @@ pub fn train(cfg: &TrainConfig, data: Dataset) -> Result<Trained, TrainError> {
             a.batch_size
         )));
     }
-    let (mean, std) = dataset::channel_stats(&train);
-    let input: Vec<i64> = train.shape.iter().map(|&d| d as i64).collect();
-    let k = data.labels.len();
+    let train = std::sync::Arc::new(train);
+    let input = dataset::sample_shape(&train);
+    let k = train.num_classes();
     let net = Net::new(&a.model.arch, &input, k as i64, a.model.width)?;
     let graph = step::training_step(&net, cfg.loss, &cfg.optimizer, false);
 
@@ -245,16 +244,14 @@ pub fn train(cfg: &TrainConfig, data: Dataset) -> Result<Trained, TrainError> {
     let mut throughput = Vec::new();
     for epoch in pos.epoch..a.epochs {
         let started = Instant::now();
-        // Shuffling depends only on (seed, epoch), so a resumed run sees the same batches.
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-            a.seed ^ ((epoch as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-        );
-        order.shuffle(&mut rng);
+        // Batches depend only on (seed, epoch, batch index), so a resumed run sees the same
+        // batches; a worker thread prepares the next batch while the current step runs.
+        let opts = dataset::train_batches(a.batch_size, augment, &norm, a.seed, epoch as u64);
+        let batches = BatchIter::new(std::sync::Arc::clone(&train), opts)?;
         let bar = progress_bar(a.no_progress, steps_per_epoch, epoch, a.epochs);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         let mut lr = a.lr;
-        for (it, batch) in order.chunks_exact(a.batch_size).enumerate() {
+        for (it, batch) in batches.enumerate() {
             lr = lr_at(
                 a.lr,
                 &cfg.schedule,
@@ -263,8 +260,11 @@ pub fn train(cfg: &TrainConfig, data: Dataset) -> Result<Trained, TrainError> {
                 epoch,
                 it as f64 / steps_per_epoch as f64,
             );
-            let (x, y) = dataset::gather(&train, batch, &mean, &std);
-            let r = trainer.step(x, &shape_of(batch.len(), &train), y.clone(), lr as f32)?;
+            let n = batch.labels.len();
+            let shape: Vec<i64> = batch.images.shape().iter().map(|&d| d as i64).collect();
+            let (x, _) = batch.images.into_raw_vec_and_offset();
+            let y = batch.labels.to_vec();
+            let r = trainer.step(x, &shape, y.clone(), lr as f32)?;
             if !r.loss.is_finite() {
                 return Err(TrainError::Failed(format!(
                     "loss became {} at epoch {} step {it}; lower --lr",
@@ -282,7 +282,7 @@ pub fn train(cfg: &TrainConfig, data: Dataset) -> Result<Trained, TrainError> {
                     crate::numeric::argmax(&z) == **l as usize
                 })
                 .count();
-            seen += batch.len();
+            seen += n;
             let el = started.elapsed().as_secs_f64();
             bar.set_position(it as u64 + 1);
             bar.set_message(format!(
@@ -296,8 +296,8 @@ pub fn train(cfg: &TrainConfig, data: Dataset) -> Result<Trained, TrainError> {
         bar.finish_and_clear();
         let ips = seen as f64 / train_secs;
         throughput.push(ips);
-        let vlogits = predict(&mut ev, trainer.state(), &val, &mean, &std)?;
-        let vs = logits_report(&vlogits, &val.labels, k, &Calibrator::Identity)?;
+        let vlogits = predict(&mut ev, trainer.state(), &val, &norm)?;
+        let vs = logits_report(&vlogits, &labels_i64(&val), k, &Calibrator::Identity)?;
         pos.epoch = epoch + 1;
         pos.updates = trainer.updates;
         let values = trainer.values()?;
@@ -350,8 +350,8 @@ pub fn train(cfg: &TrainConfig, data: Dataset) -> Result<Trained, TrainError> {
         cfg.device,
     )?;
     let live = best_as_values(&best.values, &net)?;
-    let vlogits = predict(&mut ev_best, &live, &val, &mean, &std)?;
-    let tlogits = predict(&mut ev_best, &live, &test, &mean, &std)?;
+    let vlogits = predict(&mut ev_best, &live, &val, &norm)?;
+    let tlogits = predict(&mut ev_best, &live, &test, &norm)?;
     let images_per_s = if throughput.is_empty() {
         0.0
     } else {
@@ -361,12 +361,11 @@ pub fn train(cfg: &TrainConfig, data: Dataset) -> Result<Trained, TrainError> {
         sizes: [train.len(), val.len(), test.len()],
         net,
         weights: best.values,
-        mean,
-        std,
-        val: (vlogits, val.labels),
-        test: (tlogits, test.labels),
+        val: (vlogits, labels_i64(&val)),
+        test: (tlogits, labels_i64(&test)),
         best_epoch: best.position.best_epoch,
-        labels: data.labels,
+        labels: train.class_names.clone(),
+        normalization: norm,
         images_per_s,
     })
 }

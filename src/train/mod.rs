@@ -7,6 +7,7 @@
 //! [`runner::Trainer`] runs it with the parameters kept as ONNX Runtime values.
 
 pub mod arch;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod dataset;
@@ -17,6 +18,7 @@ pub mod layers;
 pub mod loss;
 pub mod onnx;
 pub mod optim;
+pub mod plot;
 pub mod runner;
 pub mod schedule;
 pub mod step;
@@ -47,11 +49,36 @@ pub fn run(cli: Cli, command: &str) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Plot(p) => {
+            let file = crate::calibration::CalibrationFile::load(&p.calib)?;
+            let rel = file
+                .fit
+                .and_then(|f| f.reliability)
+                .with_context(|| format!("{} has no reliability bins", p.calib.display()))?;
+            plot::reliability_png(&[&rel.before, &rel.after])
+                .save(&p.out)
+                .with_context(|| format!("writing {}", p.out.display()))?;
+            Ok(())
+        }
+        Command::Bench(b) => {
+            let report = bench::run(&b)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Command::Train(args) => {
             let cfg = (*args).validate()?;
             tracing::info!(config = ?cfg, "starting training");
-            let data = dataset::load(&cfg.args.dataset, &cfg.args.data_dir)?;
-            let trained = fit::train(&cfg, data)?;
+            let a = &cfg.args;
+            let (train, test) = dataset::load(&a.dataset, &a.data_dir)?;
+            let splits = dataset::split(
+                &a.dataset,
+                &train,
+                test,
+                a.val_fraction,
+                a.train_fraction,
+                a.seed,
+            )?;
+            let trained = fit::train(&cfg, splits, cfg.augment)?;
             let out = export::export(&cfg, &trained, command)?;
             println!("{}", serde_json::to_string_pretty(&out.report)?);
             println!("wrote {} and {}", out.model.display(), out.calib.display());

@@ -58,20 +58,32 @@ impl std::str::FromStr for Device {
 /// Builds a session for `bytes` with `threads` intra-op threads on `device`.
 pub fn session(bytes: &[u8], threads: usize, device: Device) -> Result<Session, RunError> {
     let env = crate::runtime::environment()?;
-    if let Device::Cuda(n) = device {
-        // ort is built without its `cuda` feature and the bundled library is the CPU build
-        // from the `onnxruntime` wheel, so there is no CUDA execution provider to register.
-        return Err(RunError::Device(format!(
-            "cuda:{n}: the CUDA execution provider is not available in this build (CPU ONNX \
-             Runtime library, ort without the `cuda` feature); use --device cpu"
-        )));
-    }
     let mut b = Session::builder(env)
         .map_err(ort_err)?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(ort_err)?
         .with_intra_threads(threads)
+        .map_err(ort_err)?
+        // No busy-waiting between ops: on a shared CPU spinning threads steal the cores the
+        // other intra-op thread (and other processes) need.
+        .with_intra_op_spinning(false)
         .map_err(ort_err)?;
+    if let Device::Cuda(n) = device {
+        // Registration fails (instead of silently falling back to the CPU) when the loaded ONNX
+        // Runtime has no CUDA provider: the bundled library is the CPU build of the PyPI wheel;
+        // point ORT_DYLIB_PATH at the `onnxruntime-gpu` wheel's library for CUDA.
+        let cuda = ort::ep::CUDA::default()
+            .with_device_id(n)
+            .build()
+            .error_on_failure();
+        b = b.with_execution_providers([cuda]).map_err(|e| {
+            RunError::Device(format!(
+                "cuda:{n}: the CUDA execution provider could not be registered ({e}); the \
+                 loaded ONNX Runtime must be the onnxruntime-gpu build (set ORT_DYLIB_PATH) with \
+                 CUDA 13 and cuDNN 9 on the library path, or use --device cpu"
+            ))
+        })?;
+    }
     b.commit_from_memory(bytes).map_err(ort_err)
 }
 
@@ -288,5 +300,23 @@ impl Evaluator {
                 .and_then(to_vec)
         };
         Ok((get("logits")?, get("features")?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_and_cuda_without_a_gpu_build_is_a_clear_error() {
+        assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
+        assert_eq!("cuda:1".parse::<Device>(), Ok(Device::Cuda(1)));
+        assert!("gpu".parse::<Device>().is_err() && "cuda:x".parse::<Device>().is_err());
+        // The bundled library is the CPU build: registering CUDA must fail loudly, not fall back.
+        let err = session(b"", 1, Device::Cuda(0)).unwrap_err();
+        assert!(
+            matches!(&err, RunError::Device(m) if m.contains("CUDA execution provider")),
+            "{err}"
+        );
     }
 }

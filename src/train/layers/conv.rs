@@ -1,0 +1,196 @@
+//! Convolution and pooling: Conv2d (weight gradient by im2col + one Gemm, input gradient by
+//! ConvTranspose), MaxPool2d (Indices + ScatterElements) and global average pooling.
+
+use super::{Bwd, Fwd, Init, Layer, Mode, ParamSpec};
+use crate::train::graph::{Graph, attr_i, attr_ints, attr_s, attr_t, tensor_f32};
+
+/// 2-D convolution with square kernel, stride and zero padding; optional bias.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    /// Parameter name prefix.
+    pub name: String,
+    /// Input channels.
+    pub cin: i64,
+    /// Output channels.
+    pub cout: i64,
+    /// Kernel size.
+    pub k: i64,
+    /// Stride.
+    pub stride: i64,
+    /// Zero padding on each side.
+    pub pad: i64,
+    /// Whether the layer has a bias (convolutions followed by BatchNorm do not).
+    pub bias: bool,
+}
+
+impl Conv2d {
+    fn w(&self) -> String {
+        format!("{}.weight", self.name)
+    }
+    fn b(&self) -> String {
+        format!("{}.bias", self.name)
+    }
+    fn out_hw(&self, h: i64) -> i64 {
+        (h + 2 * self.pad - self.k) / self.stride + 1
+    }
+    fn attrs(&self) -> Vec<crate::train::onnx::AttributeProto> {
+        vec![
+            attr_ints("kernel_shape", &[self.k, self.k]),
+            attr_ints("strides", &[self.stride, self.stride]),
+            attr_ints("pads", &[self.pad; 4]),
+        ]
+    }
+}
+
+impl Layer for Conv2d {
+    fn params(&self) -> Vec<ParamSpec> {
+        let mut p = vec![ParamSpec::new(
+            self.w(),
+            vec![self.cout, self.cin, self.k, self.k],
+            Init::HeUniform {
+                fan_in: self.cin * self.k * self.k,
+            },
+        )];
+        if self.bias {
+            p.push(ParamSpec::new(self.b(), vec![self.cout], Init::Zeros));
+        }
+        p
+    }
+    fn out_shape(&self, s: &[i64]) -> Vec<i64> {
+        vec![self.cout, self.out_hw(s[1]), self.out_hw(s[2])]
+    }
+    fn forward(&self, g: &mut Graph, x: &str, _s: &[i64], _mode: Mode) -> Fwd {
+        let w = self.w();
+        let b = self.b();
+        let mut inputs = vec![x, w.as_str()];
+        if self.bias {
+            inputs.push(&b);
+        }
+        let y = g.op("Conv", &inputs, self.attrs());
+        Fwd::simple(y, vec![x.to_string()])
+    }
+    fn backward(&self, g: &mut Graph, f: &Fwd, s: &[i64], dy: &str, need_dx: bool) -> Bwd {
+        let x = &f.saved[0];
+        let (c, h, w) = (s[0], s[1], s[2]);
+        let (oh, ow) = (self.out_hw(h), self.out_hw(w));
+        let (k, st, p) = (self.k, self.stride, self.pad);
+        // Weight gradient by im2col: the input, channels first, padded once; one strided Slice
+        // per kernel tap gives [C, N, OH, OW]; stacked they form the [C*k*k, N*OH*OW] column
+        // matrix, and one Gemm with dY as [O, N*OH*OW] gives dW (the fast form measured in
+        // shared/onnxruntime.md; the transposed-Conv form was 3x slower).
+        let xt = g.transpose(x, &[1, 0, 2, 3]);
+        let xp = if p > 0 {
+            let pads = g.const_i64(&[0, 0, p, p, 0, 0, p, p]);
+            g.op("Pad", &[&xt, &pads], vec![])
+        } else {
+            xt
+        };
+        let axes = g.const_i64(&[2, 3]);
+        let steps = g.const_i64(&[st, st]);
+        let one = g.const_i64(&[1]);
+        let mut taps = Vec::with_capacity((k * k) as usize);
+        for ki in 0..k {
+            for kj in 0..k {
+                let starts = g.const_i64(&[ki, kj]);
+                let ends = g.const_i64(&[ki + st * (oh - 1) + 1, kj + st * (ow - 1) + 1]);
+                let sl = g.op("Slice", &[&xp, &starts, &ends, &axes, &steps], vec![]);
+                taps.push(g.op("Unsqueeze", &[&sl, &one], vec![]));
+            }
+        }
+        let tap_refs: Vec<&str> = taps.iter().map(String::as_str).collect();
+        let cols = g.op("Concat", &tap_refs, vec![attr_i("axis", 1)]);
+        let cols = g.reshape(&cols, &[c * k * k, -1]);
+        let dyt = g.transpose(dy, &[1, 0, 2, 3]);
+        let dyr = g.reshape(&dyt, &[self.cout, -1]);
+        let dw = g.op("Gemm", &[&dyr, &cols], vec![attr_i("transB", 1)]);
+        let dw = g.reshape(&dw, &[self.cout, c, k, k]);
+        let mut grads = vec![(self.w(), dw)];
+        if self.bias {
+            grads.push((self.b(), g.reduce_sum(dy, &[0, 2, 3], false)));
+        }
+        let dx = need_dx.then(|| {
+            let wname = self.w();
+            let mut attrs = self.attrs();
+            let op = h + 2 * p - k - st * (oh - 1);
+            let opw = w + 2 * p - k - st * (ow - 1);
+            attrs.push(attr_ints("output_padding", &[op, opw]));
+            g.op("ConvTranspose", &[dy, &wname], attrs)
+        });
+        Bwd { dx, grads }
+    }
+}
+
+/// Max pooling with a square window; the backward pass scatters into the argmax positions.
+#[derive(Debug, Clone)]
+pub struct MaxPool2d {
+    /// Window size.
+    pub k: i64,
+    /// Stride.
+    pub stride: i64,
+}
+
+impl Layer for MaxPool2d {
+    fn out_shape(&self, s: &[i64]) -> Vec<i64> {
+        let o = |h: i64| (h - self.k) / self.stride + 1;
+        vec![s[0], o(s[1]), o(s[2])]
+    }
+    fn forward(&self, g: &mut Graph, x: &str, _s: &[i64], mode: Mode) -> Fwd {
+        let attrs = vec![
+            attr_ints("kernel_shape", &[self.k, self.k]),
+            attr_ints("strides", &[self.stride, self.stride]),
+        ];
+        if mode == Mode::Eval {
+            return Fwd::simple(g.op("MaxPool", &[x], attrs), vec![]);
+        }
+        let mut outs = g.op_n("MaxPool", &[x], 2, attrs);
+        let idx = outs.pop().unwrap_or_default();
+        let y = outs.pop().unwrap_or_default();
+        Fwd::simple(y, vec![x.to_string(), idx])
+    }
+    fn backward(&self, g: &mut Graph, f: &Fwd, _s: &[i64], dy: &str, _need_dx: bool) -> Bwd {
+        // Indices are offsets into the whole flattened input (row-major NCHW), so one
+        // ScatterElements on the flat tensor routes every gradient to its argmax.
+        let (x, idx) = (&f.saved[0], &f.saved[1]);
+        let shape = g.op("Shape", &[x], vec![]);
+        let numel = g.op("ReduceProd", &[&shape], vec![attr_i("keepdims", 1)]);
+        let zeros = g.op(
+            "ConstantOfShape",
+            &[&numel],
+            vec![attr_t("value", tensor_f32("", &[1], &[0.0]))],
+        );
+        let idxf = g.reshape(idx, &[-1]);
+        let dyf = g.reshape(dy, &[-1]);
+        let sc = g.op(
+            "ScatterElements",
+            &[&zeros, &idxf, &dyf],
+            vec![attr_i("axis", 0), attr_s("reduction", "add")],
+        );
+        Bwd {
+            dx: Some(g.op("Reshape", &[&sc, &shape], vec![])),
+            grads: vec![],
+        }
+    }
+}
+
+/// Average of each channel over its spatial positions: `[C, H, W] -> [C]`.
+#[derive(Debug, Clone)]
+pub struct GlobalAvgPool;
+
+impl Layer for GlobalAvgPool {
+    fn out_shape(&self, s: &[i64]) -> Vec<i64> {
+        vec![s[0]]
+    }
+    fn forward(&self, g: &mut Graph, x: &str, _s: &[i64], _mode: Mode) -> Fwd {
+        Fwd::simple(g.reduce_mean(x, &[2, 3], false), vec![])
+    }
+    fn backward(&self, g: &mut Graph, _f: &Fwd, s: &[i64], dy: &str, _need_dx: bool) -> Bwd {
+        let scale = g.scalar(1.0 / (s[1] * s[2]) as f32);
+        let d = g.mul(dy, &scale);
+        let d = g.reshape(&d, &[-1, s[0], 1, 1]);
+        let shape = g.const_i64(&[1, 1, s[1], s[2]]);
+        Bwd {
+            dx: Some(g.op("Expand", &[&d, &shape], vec![])),
+            grads: vec![],
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Helpers shared by the integration tests: a private copy of the fixture repository in
+//! tests/data (a 784-32-10 MLP fitted on MNIST by scripts/make-test-model.py, with its
+//! calibration file), real MNIST digits, and one-shot requests through `router(state)`.
+#![allow(dead_code)] // each test binary uses a different subset
+
+pub mod process;
+
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use caliper::config::Config;
+use caliper::http::{AppState, router};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// The fixture model's name.
+pub const MODEL: &str = "mnist-mlp";
+
+/// `tests/data`.
+pub fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+/// A private copy of the fixture repository (models/ + calib/) that a test may modify.
+pub fn repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("models").join(MODEL);
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::create_dir_all(dir.path().join("calib")).unwrap();
+    for f in ["model.onnx", "model.toml"] {
+        std::fs::copy(data().join("models").join(MODEL).join(f), m.join(f)).unwrap();
+    }
+    let calib = format!("calib/{MODEL}.json");
+    std::fs::copy(data().join(&calib), dir.path().join(&calib)).unwrap();
+    dir
+}
+
+/// Default configuration over a repository, one session per model.
+pub fn config(root: &Path) -> Config {
+    let mut c = Config::with_repository(root.join("models"), root.join("calib"));
+    c.sessions_per_model = 1;
+    c
+}
+
+/// State with every model loaded.
+pub fn state(c: Config) -> AppState {
+    let s = AppState::new(c).unwrap();
+    s.registry.load_all().unwrap();
+    s
+}
+
+/// Bytes of a real MNIST digit from tests/data/digits.
+pub fn digit(name: &str) -> Vec<u8> {
+    std::fs::read(data().join("digits").join(name)).unwrap()
+}
+
+/// Sends one request; returns status, JSON body (or the text as a JSON string) and headers.
+pub async fn send(s: &AppState, req: Request<Body>) -> (StatusCode, Value, axum::http::HeaderMap) {
+    let resp = router(s.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, v, headers)
+}
+
+/// A POST with a content type.
+pub fn post(uri: &str, ctype: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(uri)
+        .header(header::CONTENT_TYPE, ctype)
+        .body(body.into())
+        .unwrap()
+}
+
+/// A POST of a JSON value.
+pub fn post_json(uri: &str, v: &Value) -> Request<Body> {
+    post(uri, "application/json", serde_json::to_vec(v).unwrap())
+}
+
+/// A GET.
+pub fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
