@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod fit;
+pub mod policy;
 
 use serde::Serialize;
 
