@@ -34,6 +34,12 @@ pub struct CalibrationFile {
     /// test compares served confidences against them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<crate::metrics::ConfidenceReference>,
+    /// OOD thresholds (one per score, 95% TPR of validation data) and the default method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ood: Option<crate::ood::artifacts::OodCalibration>,
+    /// Split-conformal LAC and APS predictors on the calibrated validation probabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conformal: Option<crate::ood::artifacts::ConformalCalibration>,
 }
 
 /// What a fit saw and what it did to the validation metrics. Every field is optional on read.
@@ -136,7 +142,17 @@ impl CalibrationFile {
             calibrator,
             fit,
             reference: None,
+            ood: None,
+            conformal: None,
         }
+    }
+
+    /// Attaches the OOD thresholds, conformal predictors and confidence reference.
+    pub fn with_trust(mut self, trust: crate::ood::artifacts::TrustArtifacts) -> Self {
+        self.ood = Some(trust.ood);
+        self.conformal = Some(trust.conformal);
+        self.reference = Some(trust.reference);
+        self
     }
 
     /// Reads and validates a calibration file.
@@ -197,6 +213,8 @@ mod tests {
             calibrator: Calibrator::Ts { temperature: 1.25 },
             fit: None,
             reference: None,
+            ood: None,
+            conformal: None,
         }
     }
 

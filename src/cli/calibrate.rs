@@ -120,13 +120,20 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         PathBuf::from("calib").join(format!("{stem}.json"))
     });
     let method = calibrator.method();
+    let trust = crate::ood::artifacts::fit_trust_artifacts(
+        data.logits.view(),
+        &data.labels,
+        None,
+        &calibrator,
+    )?;
     let file = CalibrationFile::new(
         &model,
         &sha,
         data.logits.ncols(),
         calibrator,
         Some(summary.clone()),
-    );
+    )
+    .with_trust(trust);
     file.save(&out)?;
     if let (Some(path), Some(panels)) = (&args.diagram, panels_from_fit(&summary, method)) {
         write_diagram(path, &panels)?;

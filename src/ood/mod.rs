@@ -3,7 +3,9 @@
 //! Thresholds and feature-based detectors (Mahalanobis) arrive with the OOD issue.
 //! [`fit`] holds the fitted ones: Mahalanobis, thresholds at a target TPR, AUROC / FPR / AUPR.
 
+pub mod artifacts;
 pub mod fit;
+pub mod policy;
 
 use serde::Serialize;
 

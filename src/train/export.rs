@@ -154,7 +154,10 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
     meta.save(&dir.join("model.toml"))?;
 
     let calib_path = a.calib_dir.join(format!("{}.json", a.out));
+    let trust = crate::ood::artifacts::fit_trust_artifacts(vz.view(), &vy, None, &calibrator)
+        .map_err(|e| ExportError::Report(e.to_string()))?;
     CalibrationFile::new(&a.out, &sha, k, calibrator.clone(), Some(summary.clone()))
+        .with_trust(trust)
         .save(&calib_path)?;
 
     let report = json!({
