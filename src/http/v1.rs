@@ -11,13 +11,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiError, AppState};
-use crate::infer::{DEFAULT_TOP_K, PredictionList, predict_images};
+use crate::infer::{DEFAULT_TOP_K, PredictionList, apply_request_policy, predict_images};
+use crate::ood::policy::TrustQuery;
 
 /// Query parameters of the predict endpoint.
 #[derive(Debug, Deserialize)]
 pub struct PredictQuery {
     /// How many classes `top_k` lists (default 5, capped at the class count).
     top_k: Option<usize>,
+    /// Abstain when the calibrated confidence is below this (in [0, 1]).
+    min_confidence: Option<f64>,
+    /// Abstain when the input is flagged out-of-distribution.
+    #[serde(default)]
+    reject_ood: bool,
+    /// Miscoverage of the conformal prediction set (default from the calibration file).
+    alpha: Option<f64>,
 }
 
 /// Maps a body-reading failure: a body over the limit is 413, anything else 400.
@@ -89,11 +97,18 @@ pub async fn predict(
             "Content-Type {content_type:?}: send an image/* body or multipart/form-data"
         )));
     };
-    let scored = state
+    let trust = TrustQuery {
+        min_confidence: q.min_confidence,
+        reject_ood: q.reject_ood,
+        alpha: q.alpha,
+    };
+    let mut scored = state
         .within_budget(predict_images(&model, images, state.image_limits(), top_k))
         .await?;
+    apply_request_policy(&model, &mut scored, &trust)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let mut predictions: Vec<_> = scored.into_iter().map(|s| s.prediction).collect();
-    crate::infer::feedback::stamp(&state.monitor, &mut predictions);
+    crate::infer::feedback::stamp(&state.monitor, &state.metrics, &mut predictions);
     let mut predictions = predictions.into_iter();
     Ok(if multipart {
         Json(PredictionList {

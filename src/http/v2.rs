@@ -296,7 +296,11 @@ pub async fn infer(
     };
     // V2 outputs carry no prediction id, but the served confidences feed the label-free monitor.
     for s in &mut scored {
-        crate::infer::feedback::stamp(&state.monitor, std::slice::from_mut(&mut s.prediction));
+        crate::infer::feedback::stamp(
+            &state.monitor,
+            &state.metrics,
+            std::slice::from_mut(&mut s.prediction),
+        );
     }
     let outputs = wanted
         .iter()

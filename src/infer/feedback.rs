@@ -7,10 +7,17 @@ use crate::telemetry::Metrics;
 
 use super::{ModelRegistry, Prediction};
 
-/// Gives each prediction its signed `prediction_id` and records its confidence for the
-/// label-free figures (mean confidence, drift).
-pub fn stamp(monitor: &Monitor, predictions: &mut [Prediction]) {
+/// Gives each prediction its signed `prediction_id`, records its confidence for the label-free
+/// figures (mean confidence, drift) and counts the ones flagged out-of-distribution.
+pub fn stamp(monitor: &Monitor, metrics: &Metrics, predictions: &mut [Prediction]) {
     for p in predictions {
+        if p.ood.is_ood {
+            metrics
+                .calibration
+                .ood_flagged
+                .with_label_values(&[&p.model])
+                .inc();
+        }
         p.prediction_id = monitor.issue_token(
             &p.model,
             &p.model_version,

@@ -96,6 +96,25 @@ pub async fn predict_images(
     predict_tensors(model, inputs, top_k).await
 }
 
+/// Applies a request's trust policy (`min_confidence`, `reject_ood`, `alpha`) to its
+/// predictions; the default query keeps what `build_prediction` computed.
+pub fn apply_request_policy(
+    model: &LoadedModel,
+    scored: &mut [Scored],
+    query: &crate::ood::policy::TrustQuery,
+) -> Result<(), crate::ood::policy::PolicyError> {
+    if *query == crate::ood::policy::TrustQuery::default() {
+        return Ok(());
+    }
+    for s in scored {
+        let z: Vec<f64> = s.logits.iter().map(|&v| f64::from(v)).collect();
+        let labels = &model.files.metadata.labels;
+        let calibration = model.files.calibration.as_ref();
+        prediction::apply_policy(&mut s.prediction, &z, labels, calibration, query)?;
+    }
+    Ok(())
+}
+
 /// Predicts already preprocessed inputs (`C * H * W` values each, checked by the caller).
 pub async fn predict_tensors(
     model: &LoadedModel,

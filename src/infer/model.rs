@@ -162,6 +162,7 @@ impl LoadedModel {
             labels: &self.files.metadata.labels,
             calibrator: &self.calibrator,
             calibrated: self.is_calibrated(),
+            calibration: self.files.calibration.as_ref(),
         }
     }
 

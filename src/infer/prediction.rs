@@ -1,11 +1,12 @@
 //! Logits -> the prediction object every client sees (HTTP, KServe V2, `caliper predict`):
-//! calibrated probabilities, the top-k, and logit-based OOD scores.
+//! calibrated probabilities, the top-k, the OOD verdict and, per request, abstention and a
+//! conformal prediction set (`ood::policy`).
 
 use serde::Serialize;
 
-use crate::calibration::{CalibrationError, Calibrator};
+use crate::calibration::{CalibrationError, CalibrationFile, Calibrator};
 use crate::numeric::argmax;
-use crate::ood::LogitScores;
+use crate::ood::policy::{AbstainReason, OodVerdict, PolicyError, TrustQuery, decide};
 
 /// Default `top_k` when the client does not ask.
 pub const DEFAULT_TOP_K: usize = 5;
@@ -44,8 +45,19 @@ pub struct Prediction {
     pub calibrated: bool,
     /// Calibration method applied ("identity" when uncalibrated).
     pub calibration_method: &'static str,
-    /// Logit-based OOD scores (higher = more out-of-distribution).
-    pub ood: LogitScores,
+    /// OOD verdict: the default method's score, its threshold (from the calibration file) and
+    /// `is_ood`, plus every score (higher = more out-of-distribution).
+    pub ood: OodVerdict,
+    /// True when the request's policy (`min_confidence`, `reject_ood`) says not to act on it;
+    /// the probabilities are still present.
+    pub abstained: bool,
+    /// Why it abstained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abstain_reason: Option<AbstainReason>,
+    /// Split-conformal (LAC) prediction set at `?alpha` (default from the calibration file),
+    /// when the calibration file has a conformal predictor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prediction_set: Option<Vec<String>>,
 }
 
 /// The answer for several images: `{"predictions": [...]}` in upload order.
@@ -68,6 +80,8 @@ pub struct PredictionContext<'a> {
     pub calibrator: &'a Calibrator,
     /// Whether a calibration file was loaded.
     pub calibrated: bool,
+    /// The calibration file (OOD thresholds, conformal predictor), when there is one.
+    pub calibration: Option<&'a CalibrationFile>,
 }
 
 /// The one place prediction ids are created. Opaque to clients: 128 random bits in hex. (The
@@ -118,8 +132,49 @@ pub fn build_prediction(
         top_k,
         calibrated: ctx.calibrated,
         calibration_method: ctx.calibrator.method(),
-        ood: LogitScores::from_logits(&z),
+        ood: OodVerdict::default(),
+        abstained: false,
+        abstain_reason: None,
+        prediction_set: None,
     })
+    .and_then(|mut p| {
+        apply_policy(
+            &mut p,
+            &z,
+            ctx.labels,
+            ctx.calibration,
+            &TrustQuery::default(),
+        )
+        .map_err(|e| CalibrationError::InvalidParameter(e.to_string()))?;
+        Ok(p)
+    })
+}
+
+/// (Re)applies the trust policy of a request to a prediction: OOD verdict, abstention and the
+/// conformal set. `logits` are the row's raw logits.
+pub fn apply_policy(
+    p: &mut Prediction,
+    logits: &[f64],
+    labels: &[String],
+    calibration: Option<&CalibrationFile>,
+    query: &TrustQuery,
+) -> Result<(), PolicyError> {
+    let d = decide(
+        logits,
+        &p.probabilities,
+        calibration.and_then(|c| c.ood.as_ref()),
+        calibration.and_then(|c| c.conformal.as_ref()),
+        query,
+    )?;
+    p.ood = d.ood;
+    p.abstained = d.abstained;
+    p.abstain_reason = d.abstain_reason;
+    p.prediction_set = d.prediction_set.map(|set| {
+        set.into_iter()
+            .filter_map(|i| labels.get(i).cloned())
+            .collect()
+    });
+    Ok(())
 }
 
 #[cfg(test)]
@@ -133,6 +188,7 @@ mod tests {
             labels,
             calibrator: c,
             calibrated: true,
+            calibration: None,
         }
     }
 

@@ -22,7 +22,7 @@ pub struct TrustQuery {
 }
 
 /// The response's `ood` object.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct OodVerdict {
     /// The score the decision used.
     pub method: String,
@@ -33,6 +33,7 @@ pub struct OodVerdict {
     /// Whether `score > threshold`.
     pub is_ood: bool,
     /// Every score of this input by name.
+    #[serde(flatten)]
     pub scores: BTreeMap<String, f64>,
 }
 
