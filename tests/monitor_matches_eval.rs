@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::io::Cursor;
-
 use base64::Engine;
 use caliper::data::DatasetSpec;
 use common::*;
@@ -16,13 +14,6 @@ use ndarray::{Array1, Array2};
 use serde_json::{Value, json};
 
 const N: usize = 100;
-
-fn png(pixels: &[u8]) -> Vec<u8> {
-    let img = image::GrayImage::from_raw(28, 28, pixels.to_vec()).unwrap();
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
 
 #[tokio::test]
 async fn live_ece_equals_caliper_eval_on_the_same_predictions() {

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::io::Cursor;
-
 use base64::Engine;
 use caliper::calibration::CalibrationFile;
 use caliper::data::{Dataset, DatasetSpec};
@@ -16,13 +14,6 @@ use caliper::ood::artifacts::fit_trust_artifacts;
 use common::*;
 use ndarray::Array2;
 use serde_json::{Value, json};
-
-fn png(pixels: &[u8]) -> Vec<u8> {
-    let img = image::GrayImage::from_raw(28, 28, pixels.to_vec()).unwrap();
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
 
 fn mnist_test() -> Dataset {
     let data_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");

@@ -56,6 +56,14 @@ pub fn digit(name: &str) -> Vec<u8> {
     std::fs::read(data().join("digits").join(name)).unwrap()
 }
 
+/// A 28x28 grayscale image (e.g. an MNIST digit) encoded as PNG.
+pub fn png(pixels: &[u8]) -> Vec<u8> {
+    let img = image::GrayImage::from_raw(28, 28, pixels.to_vec()).unwrap();
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
 /// Sends one request; returns status, JSON body (or the text as a JSON string) and headers.
 pub async fn send(s: &AppState, req: Request<Body>) -> (StatusCode, Value, axum::http::HeaderMap) {
     let resp = router(s.clone()).oneshot(req).await.unwrap();
