@@ -11,7 +11,7 @@ use base64::Engine;
 use caliper::data::DatasetSpec;
 use common::*;
 use ndarray::{Array1, Array2};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const N: usize = 100;
 
@@ -73,21 +73,16 @@ async fn live_ece_equals_caliper_eval_on_the_same_predictions() {
     ndarray_npy::write_npy(&lp, &Array2::from_shape_vec((N, 10), logits).unwrap()).unwrap();
     ndarray_npy::write_npy(&yp, &Array1::from_vec(labels)).unwrap();
     let calib = repo.path().join(format!("calib/{MODEL}.json"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_caliper"))
-        .args(["eval", "--json", "--logits"])
-        .arg(&lp)
-        .arg("--labels")
-        .arg(&yp)
-        .arg("--calib")
-        .arg(&calib)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let offline: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let offline = caliper_json([
+        "eval".as_ref(),
+        "--json".as_ref(),
+        "--logits".as_ref(),
+        lp.as_os_str(),
+        "--labels".as_ref(),
+        yp.as_os_str(),
+        "--calib".as_ref(),
+        calib.as_os_str(),
+    ]);
     let cal = &offline["calibrated"];
     for key in ["ece", "accuracy", "mce"] {
         let (a, b) = (live[key].as_f64().unwrap(), cal[key].as_f64().unwrap());

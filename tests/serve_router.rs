@@ -105,12 +105,7 @@ async fn multipart_keeps_upload_order_and_top_k_query_applies() {
     )
     .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let labels: Vec<&str> = v["predictions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["label"].as_str().unwrap())
-        .collect();
+    let labels = prediction_labels(&v);
     assert_eq!(labels, ["2", "7", "0"]);
     assert_eq!(v["predictions"][0]["top_k"].as_array().unwrap().len(), 2);
 }

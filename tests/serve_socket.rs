@@ -6,8 +6,8 @@ mod common;
 
 use std::process::Command;
 
-use common::data;
 use common::process::Server;
+use common::{caliper_json, data, prediction_labels};
 use serde_json::Value;
 
 #[tokio::test]
@@ -61,12 +61,7 @@ async fn serves_real_png_and_jpeg_over_a_socket_and_exits_0_on_sigterm() {
         .json()
         .await
         .unwrap();
-    let labels: Vec<&str> = v["predictions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["label"].as_str().unwrap())
-        .collect();
+    let labels = prediction_labels(&v);
     assert_eq!(labels, ["0", "7"]);
 
     let addr = server.addr.clone();
@@ -142,21 +137,23 @@ async fn an_empty_repository_starts_and_says_not_ready() {
 
 #[test]
 fn caliper_predict_prints_the_server_json() {
-    let out = Command::new(env!("CARGO_BIN_EXE_caliper"))
-        .args(["predict", "--model", "mnist-mlp", "--top-k", "3"])
-        .arg("--models")
-        .arg(data().join("models"))
-        .arg("--calib")
-        .arg(data().join("calib"))
-        .arg(data().join("digits/9.png"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (models, calib, image) = (
+        data().join("models"),
+        data().join("calib"),
+        data().join("digits/9.png"),
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = caliper_json([
+        "predict".as_ref(),
+        "--model".as_ref(),
+        "mnist-mlp".as_ref(),
+        "--top-k".as_ref(),
+        "3".as_ref(),
+        "--models".as_ref(),
+        models.as_os_str(),
+        "--calib".as_ref(),
+        calib.as_os_str(),
+        image.as_os_str(),
+    ]);
     assert_eq!(v["label"], "9");
     assert_eq!(v["top_k"].as_array().unwrap().len(), 3);
     for field in [

@@ -56,6 +56,34 @@ pub fn digit(name: &str) -> Vec<u8> {
     std::fs::read(data().join("digits").join(name)).unwrap()
 }
 
+/// Runs the real `caliper` binary with `args`, asserts success and parses its stdout as JSON.
+pub fn caliper_json<I, S>(args: I) -> Value
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_caliper"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The `label` of each prediction of a `{"predictions": [...]}` answer, in order.
+pub fn prediction_labels(v: &Value) -> Vec<&str> {
+    v["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["label"].as_str().unwrap())
+        .collect()
+}
+
 /// A 28x28 grayscale image (e.g. an MNIST digit) encoded as PNG.
 pub fn png(pixels: &[u8]) -> Vec<u8> {
     let img = image::GrayImage::from_raw(28, 28, pixels.to_vec()).unwrap();
