@@ -84,7 +84,7 @@ fn lenet_learns_mnist_and_exports_a_consistent_calibrated_model() {
         ],
     );
     let (train, test) = dataset::load("mnist", Path::new("data")).expect("MNIST under data/mnist");
-    let splits = dataset::split("mnist", &train, test.clone(), 0.1, 0.1, 0).unwrap();
+    let splits = dataset::split("mnist", &train, test.clone(), 0.1, 0.1, 1.0, 0).unwrap();
     let trained = fit::train(&cfg, splits, cfg.augment).unwrap();
     let out = export::export(&cfg, &trained, "test").unwrap();
 
@@ -186,7 +186,7 @@ fn resume_continues_bit_for_bit() {
         "0.05",
     ];
     let (train, test) = dataset::load("mnist", Path::new("data")).expect("MNIST under data/mnist");
-    let splits = dataset::split("mnist", &train, test, 0.1, 0.02, 0).unwrap();
+    let splits = dataset::split("mnist", &train, test, 0.1, 0.02, 1.0, 0).unwrap();
     let weights = |dir: &Path, epochs: &str, resume: bool| {
         let mut a: Vec<&str> = base.to_vec();
         a.extend(["--out", "r", "--epochs", epochs]);

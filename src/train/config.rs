@@ -155,6 +155,11 @@ pub struct TrainArgs {
     /// Use only this fraction of the remaining training samples (seeded), for quick runs.
     #[arg(long, env = "CALIPER_TRAIN_FRACTION", default_value_t = 1.0)]
     pub train_fraction: f64,
+    /// Long-tailed training data: keep `n_max * rho^(-k/(K-1))` images of class k (CIFAR-10-LT
+    /// construction) before the validation split; 1 keeps everything. The test split stays
+    /// balanced.
+    #[arg(long, env = "CALIPER_IMBALANCE_RATIO", default_value_t = 1.0)]
+    pub imbalance_ratio: f64,
     /// Random seed (split, initialisation, shuffling).
     #[arg(long, env = "CALIPER_SEED", default_value_t = 0)]
     pub seed: u64,
@@ -328,6 +333,9 @@ impl TrainArgs {
         }
         if !(self.train_fraction > 0.0 && self.train_fraction <= 1.0) {
             return bad("--train-fraction must be in (0, 1]");
+        }
+        if !(self.imbalance_ratio.is_finite() && self.imbalance_ratio >= 1.0) {
+            return bad("--imbalance-ratio must be >= 1");
         }
         if self.threads == 0 {
             return bad("--threads must be >= 1");

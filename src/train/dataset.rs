@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use crate::data::split::{stratified_fraction, stratified_split};
+use crate::data::split::{long_tail_indices, stratified_fraction, stratified_split};
 use crate::data::{Augment, BatchOptions, DataError, Dataset, DatasetSpec, Normalization};
 
 /// The splits a run uses.
@@ -30,17 +30,32 @@ pub fn load(name: &str, data_dir: &Path) -> Result<(Dataset, Dataset), DataError
     Ok((train, test))
 }
 
-/// Carves a seeded, stratified validation split out of `train`, keeps `train_fraction` of the
-/// rest (stratified, seeded) and computes the normalisation on what remains.
+/// Makes `train` long-tailed with `imbalance_ratio` (1 = unchanged), carves a seeded, stratified
+/// validation split out of it, keeps `train_fraction` of the rest (stratified, seeded) and
+/// computes the normalisation on what remains. The validation split is therefore as imbalanced
+/// as the training data, as it would be in a real long-tailed deployment.
 pub fn split(
     name: &str,
     train: &Dataset,
     test: Dataset,
     val_fraction: f64,
     train_fraction: f64,
+    imbalance_ratio: f64,
     seed: u64,
 ) -> Result<Splits, DataError> {
     let k = train.num_classes();
+    let lt;
+    let train = if imbalance_ratio > 1.0 {
+        lt = train.subset(&long_tail_indices(
+            &train.labels,
+            k,
+            imbalance_ratio,
+            seed.wrapping_add(2),
+        )?);
+        &lt
+    } else {
+        train
+    };
     let (mut tr, va) = stratified_split(&train.labels, k, val_fraction, seed)?;
     if train_fraction < 1.0 {
         let sub = train.subset(&tr);

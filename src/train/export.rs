@@ -116,6 +116,7 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
     put("width", a.model.width.into());
     put("val_fraction", a.val_fraction.into());
     put("train_fraction", a.train_fraction.into());
+    put("imbalance_ratio", a.imbalance_ratio.into());
     put("train_samples", (t.sizes[0] as i64).into());
     put("val_samples", (t.sizes[1] as i64).into());
     put("device", a.device.clone().into());
@@ -190,6 +191,7 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
         .map_err(|e| ExportError::Report(e.to_string()))?;
         crate::fsutil::write_atomic(&png, &bytes).map_err(io(&png))?;
     }
+    save_logits(&cfg.run_dir, t)?;
     let rp = dir.join("report.json");
     let text = serde_json::to_vec_pretty(&report).unwrap_or_default();
     crate::fsutil::write_atomic(&rp, &text).map_err(io(&rp))?;
@@ -198,4 +200,29 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
         calib: calib_path,
         report,
     })
+}
+
+/// Writes the best weights' validation and test logits (`f32 [N, K]`) and labels (`i64 [N]`) as
+/// `.npy` into the run folder, so that `caliper calibrate` / `caliper eval` and the reproduction
+/// scripts can refit and rescore any calibrator without running the model again.
+fn save_logits(run_dir: &Path, t: &Trained) -> Result<(), ExportError> {
+    let k = t.labels.len();
+    for (split, (logits, labels)) in [("val", &t.val), ("test", &t.test)] {
+        let z = ndarray::ArrayView2::from_shape((labels.len(), k), logits)
+            .map_err(|e| ExportError::Report(e.to_string()))?;
+        write_npy(&run_dir.join(format!("{split}_logits.npy")), &z)?;
+        write_npy(
+            &run_dir.join(format!("{split}_labels.npy")),
+            &ndarray::ArrayView1::from(labels.as_slice()),
+        )?;
+    }
+    Ok(())
+}
+
+fn write_npy(path: &Path, array: &impl ndarray_npy::WriteNpyExt) -> Result<(), ExportError> {
+    let mut bytes = Vec::new();
+    array
+        .write_npy(&mut bytes)
+        .map_err(|e| ExportError::Report(e.to_string()))?;
+    crate::fsutil::write_atomic(path, &bytes).map_err(io(path))
 }

@@ -122,7 +122,7 @@ pub struct Trained {
 fn config_fingerprint(cfg: &TrainConfig) -> String {
     let a = &cfg.args;
     format!(
-        "{}|{}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}",
+        "{}|{}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{}",
         a.dataset,
         a.model.arch,
         cfg.loss,
@@ -133,7 +133,8 @@ fn config_fingerprint(cfg: &TrainConfig) -> String {
         a.lr,
         a.val_fraction,
         a.train_fraction,
-        a.seed
+        a.seed,
+        a.imbalance_ratio
     )
 }
 

@@ -76,6 +76,7 @@ pub fn run(cli: Cli, command: &str) -> anyhow::Result<()> {
                 test,
                 a.val_fraction,
                 a.train_fraction,
+                a.imbalance_ratio,
                 a.seed,
             )?;
             let trained = fit::train(&cfg, splits, cfg.augment)?;
