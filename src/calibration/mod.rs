@@ -7,6 +7,7 @@
 //! [`fit()`]; definitions and defaults are in `shared/method.md` section 2 and
 //! `docs/CALIBRATION.md`.
 
+mod beta;
 mod binning;
 mod file;
 mod fit;

@@ -1,20 +1,23 @@
 //! Temperature-type fits: the exact NLL-optimal single temperature (TS) and adaptive piecewise
 //! temperature scaling (ATS, `shared/method.md` section 2).
 //!
-//! Both solve in beta = 1/T, where the NLL of softmax(beta * z) is convex: its first and second
-//! derivatives are `E_p[z] - z_y` and `Var_p[z]`. A safeguarded Newton iteration inside a
-//! shrinking bracket finds the optimum to ~1e-12 in a handful of passes over the data; a pass
-//! costs one exp per logit, which is what keeps the 50,000 x 100 fit well under 200 ms.
+//! Both solve in beta = 1/T, where the NLL of softmax(beta * z) is convex ([`super::beta`] has
+//! the objective and the solver). A pass over the data costs one exp per logit, so the fits are
+//! arranged to make few: ATS gets every uncalibrated confidence from the global solve's first
+//! pass (at beta = 1), accumulates each piece's derivatives in the same passes as the global
+//! ones, and starts every piece from those instead of a fresh pass.
 
 use ndarray::ArrayView2;
 
+use super::beta::{Jet, Rows, Solution, minimise, row_sums};
 use super::fit::{FitOptions, Objective};
 use super::{Calibrator, piece_of};
 
-/// Uncalibrated top confidence max_k softmax(z)_k = 1 / sum_j exp(z_j - max z).
+/// Uncalibrated top confidence max_k softmax(z)_k = 1 / sum_j exp(z_j - max z), summed exactly
+/// as the ATS fit sums it, so a validation row falls in the same piece at fit and at inference.
 pub(crate) fn top_confidence(logits: &[f64]) -> f64 {
     let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    1.0 / logits.iter().map(|z| (z - m).exp()).sum::<f64>()
+    1.0 / row_sums::<1>(logits, m, 1.0)[0]
 }
 
 /// 1/T at confidence `c` for the smooth ATS variant: linear in c between piece centres,
@@ -35,158 +38,29 @@ pub(crate) fn interpolate_beta(centres: &[f64], temperatures: &[f64], c: f64) ->
     b0 + (b1 - b0) * (c - x0) / (x1 - x0)
 }
 
-/// The NLL-in-beta problem on a subset of rows, with an optional quadratic pull
-/// `tau * (beta - anchor)^2` toward an anchor (the ATS shrinkage).
-pub(crate) struct BetaProblem<'a> {
-    logits: ArrayView2<'a, f64>,
-    labels: &'a [usize],
-    maxes: &'a [f64],
-    rows: &'a [usize],
-    tau: f64,
-    anchor: f64,
-}
-
-/// Value, first and second derivative of the objective at one beta.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Derivs {
-    /// Read by the finite-difference tests; the solver itself only needs the derivatives.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub value: f64,
-    pub grad: f64,
-    pub hess: f64,
-}
-
-impl<'a> BetaProblem<'a> {
-    pub(crate) fn new(
-        logits: ArrayView2<'a, f64>,
-        labels: &'a [usize],
-        maxes: &'a [f64],
-        rows: &'a [usize],
-    ) -> Self {
-        Self {
-            logits,
-            labels,
-            maxes,
-            rows,
-            tau: 0.0,
-            anchor: 0.0,
-        }
-    }
-
-    fn with_shrinkage(mut self, tau: f64, anchor: f64) -> Self {
-        self.tau = tau;
-        self.anchor = anchor;
-        self
-    }
-
-    /// One pass: sum over rows of log sum exp(beta d) - beta d_y with d = z - max z (so every
-    /// exponent is <= 0 and nothing overflows), plus the shrinkage term.
-    pub(crate) fn derivs(&self, beta: f64) -> Derivs {
-        let (mut value, mut grad, mut hess) = (0.0, 0.0, 0.0);
-        for &i in self.rows {
-            let row = self.logits.row(i);
-            let m = self.maxes[i];
-            let (mut s0, mut s1, mut s2) = (0.0, 0.0, 0.0);
-            for &z in row.iter() {
-                let d = z - m;
-                let e = (beta * d).exp();
-                s0 += e;
-                s1 += e * d;
-                s2 += e * d * d;
-            }
-            let dy = row[self.labels[i]] - m;
-            let mean = s1 / s0;
-            value += s0.ln() - beta * dy;
-            grad += mean - dy;
-            hess += (s2 / s0 - mean * mean).max(0.0);
-        }
-        let off = beta - self.anchor;
-        Derivs {
-            value: value + self.tau * off * off,
-            grad: grad + 2.0 * self.tau * off,
-            hess: hess + 2.0 * self.tau,
-        }
-    }
-
-    /// Minimises over beta in `[lo, hi]` from `start`. Convexity makes the derivative
-    /// monotone, so the sign of each evaluated derivative shrinks a bracket; Newton steps that
-    /// leave it are replaced by bisection, and an optimum on a bound is found by evaluating the
-    /// bound itself. Returns beta and whether it sits on a bound.
-    pub(crate) fn minimise(&self, lo: f64, hi: f64, start: f64) -> (f64, bool) {
-        let (mut a, mut b) = (lo, hi);
-        let (mut tried_lo, mut tried_hi) = (false, false);
-        let mut x = start.clamp(lo, hi);
-        for _ in 0..200 {
-            let d = self.derivs(x);
-            if d.grad > 0.0 {
-                b = x;
-                tried_lo |= x == lo;
-            } else {
-                a = x;
-                tried_hi |= x == hi;
-            }
-            if d.grad == 0.0 || b - a <= 1e-13 * b.max(1.0) {
-                break;
-            }
-            let newton = if d.hess > 0.0 {
-                x - d.grad / d.hess
-            } else {
-                f64::NAN
-            };
-            let next = if newton > a && newton < b {
-                newton
-            } else if newton >= b && b == hi && !tried_hi {
-                hi
-            } else if newton <= a && a == lo && !tried_lo {
-                lo
-            } else {
-                0.5 * (a + b)
-            };
-            // Newton converges quadratically: once a step is below 1e-8 relative, the step just taken
-            // leaves an error of order 1e-16, so no further pass over the data is needed.
-            if (next - x).abs() <= 1e-8 * x.abs().max(1e-3) {
-                x = next;
-                break;
-            }
-            x = next;
-        }
-        let at_bound = (x - lo).abs() <= 1e-12 * lo.max(1e-3) || (hi - x).abs() <= 1e-12 * hi;
-        (x, at_bound)
-    }
-}
-
-/// Row maxima, computed once and shared by every pass.
-pub(crate) fn row_maxes(logits: ArrayView2<'_, f64>) -> Vec<f64> {
-    logits
-        .rows()
-        .into_iter()
-        .map(|r| r.iter().copied().fold(f64::NEG_INFINITY, f64::max))
-        .collect()
-}
-
 /// Beta bounds from the temperature bounds of the options.
 fn beta_bounds(opts: &FitOptions) -> (f64, f64) {
     (1.0 / opts.t_max, 1.0 / opts.t_min)
 }
 
-/// The NLL-optimal single inverse temperature over all rows.
-pub(crate) fn fit_global_beta(
-    logits: ArrayView2<'_, f64>,
-    labels: &[usize],
-    maxes: &[f64],
-    opts: &FitOptions,
-) -> f64 {
-    let rows: Vec<usize> = (0..labels.len()).collect();
-    let (lo, hi) = beta_bounds(opts);
-    let (beta, at_bound) = BetaProblem::new(logits, labels, maxes, &rows).minimise(lo, hi, 1.0);
-    if at_bound {
+/// Warns when the NLL-optimal temperature lies on the search bound.
+fn warn_if_at_bound(solution: &Solution) {
+    if solution.at_bound {
         tracing::warn!(
-            temperature = 1.0 / beta,
+            temperature = 1.0 / solution.beta,
             "the NLL-optimal temperature lies on the search bound (--t-min/--t-max); \
              the logits carry little information about the labels at this scale"
         );
     }
-    beta
+}
+
+/// The NLL-optimal single inverse temperature over all rows.
+pub(crate) fn fit_global_beta(rows: &Rows<'_>, opts: &FitOptions) -> f64 {
+    let (lo, hi) = beta_bounds(opts);
+    let solution = minimise(lo, hi, 1.0, None, |b| rows.jet(0..rows.len(), b, |_, _| {}));
+    warn_if_at_bound(&solution);
+    tracing::debug!(passes = rows.passes(), "global temperature fit");
+    solution.beta
 }
 
 /// Temperature scaling: one T by exact NLL minimisation.
@@ -195,9 +69,8 @@ pub(crate) fn fit_ts(
     labels: &[usize],
     opts: &FitOptions,
 ) -> Calibrator {
-    let maxes = row_maxes(logits);
     Calibrator::Ts {
-        temperature: 1.0 / fit_global_beta(logits, labels, &maxes, opts),
+        temperature: 1.0 / fit_global_beta(&Rows::new(logits, labels), opts),
     }
 }
 
@@ -220,16 +93,19 @@ pub(crate) fn fit_ats(
     labels: &[usize],
     opts: &FitOptions,
 ) -> Calibrator {
-    let maxes = row_maxes(logits);
-    let beta_global = fit_global_beta(logits, labels, &maxes, opts);
-    let conf: Vec<f64> = logits
-        .rows()
-        .into_iter()
-        .map(|r| {
-            r.as_slice()
-                .map_or_else(|| top_confidence(&r.to_vec()), top_confidence)
-        })
-        .collect();
+    let rows = Rows::new(logits, labels);
+    let n = rows.len();
+    let (lo, hi) = beta_bounds(opts);
+    // The global solve starts at beta = 1, where each row's partition sum is the reciprocal of
+    // its uncalibrated confidence: its first pass yields both.
+    let start = 1.0f64.clamp(lo, hi);
+    let mut conf = vec![0.0; n];
+    let first = rows.jet(0..n, start, |i, s0| conf[i] = 1.0 / s0);
+    if start != 1.0 {
+        conf.iter_mut()
+            .enumerate()
+            .for_each(|(i, c)| *c = top_confidence(rows.row(i)));
+    }
     let mut sorted = conf.clone();
     sorted.sort_by(f64::total_cmp);
     let edges = equal_mass_edges(&sorted, opts.pieces);
@@ -238,22 +114,43 @@ pub(crate) fn fit_ats(
         members[piece_of(&edges, c)].push(i);
     }
 
+    // Later global passes sum each piece on its own (the global jet is their sum), so that the
+    // pieces' solves start from known derivatives instead of a pass of their own.
+    let mut piece_jets = vec![Jet::default(); opts.pieces];
+    let mut jets_at = None;
+    let global = minimise(lo, hi, start, Some(first), |b| {
+        for (jet, rows_m) in piece_jets.iter_mut().zip(&members) {
+            *jet = rows.jet(rows_m.iter().copied(), b, |_, _| {});
+        }
+        jets_at = Some(b);
+        piece_jets.iter().fold(Jet::default(), |sum, j| sum.plus(j))
+    });
+    warn_if_at_bound(&global);
+    let beta_global = global.beta;
+    // The pieces' jets at beta_global: a Taylor shift over the solve's last tiny step, or one
+    // more pass when there is no such step to shift over.
+    let piece_jets: Vec<Jet> = match jets_at {
+        Some(b) if (beta_global - b).abs() <= 1e-6 * beta_global => piece_jets
+            .iter()
+            .map(|j| j.shifted(beta_global - b))
+            .collect(),
+        _ => members
+            .iter()
+            .map(|m| rows.jet(m.iter().copied(), beta_global, |_, _| {}))
+            .collect(),
+    };
+
     // Shrinkage in units of samples: tau = shrinkage * (mean per-sample curvature of the NLL
     // at the global optimum). A piece whose own curvature is small (few samples, or confident
     // samples with few errors, whose NLL barely depends on beta) is pulled hard toward the
     // global temperature; a large informative piece hardly at all.
-    let all: Vec<usize> = (0..labels.len()).collect();
-    let curvature = BetaProblem::new(logits, labels, &maxes, &all)
-        .derivs(beta_global)
-        .hess
-        / labels.len() as f64;
+    let curvature = piece_jets.iter().map(|j| j.d[1]).sum::<f64>() / n as f64;
     let tau = opts.shrinkage * if curvature > 1e-12 { curvature } else { 1.0 };
-    let (lo, hi) = beta_bounds(opts);
 
     let mut temperatures = Vec::with_capacity(opts.pieces);
     let mut centres = Vec::with_capacity(opts.pieces);
-    for (m, rows) in members.iter().enumerate() {
-        if rows.is_empty() {
+    for (m, rows_m) in members.iter().enumerate() {
+        if rows_m.is_empty() {
             // Only possible with many tied confidences; fall back to the global temperature.
             temperatures.push(1.0 / beta_global);
             let lower = if m == 0 { 0.0 } else { edges[m - 1] };
@@ -263,20 +160,26 @@ pub(crate) fn fit_ats(
         }
         let beta = match opts.objective {
             Objective::Nll => {
-                BetaProblem::new(logits, labels, &maxes, rows)
-                    .with_shrinkage(tau, beta_global)
-                    .minimise(lo, hi, beta_global)
-                    .0
+                let first = piece_jets[m].with_pull(tau, beta_global, beta_global);
+                minimise(lo, hi, beta_global, Some(first), |b| {
+                    rows.jet(rows_m.iter().copied(), b, |_, _| {})
+                        .with_pull(tau, beta_global, b)
+                })
+                .beta
             }
             Objective::Ece => {
-                let root = ece_root(logits, labels, &maxes, rows, lo, hi);
-                let n = rows.len() as f64;
+                let root = ece_root(&rows, rows_m, lo, hi);
+                let n = rows_m.len() as f64;
                 (n * root + opts.shrinkage * beta_global) / (n + opts.shrinkage)
             }
         };
         temperatures.push(1.0 / beta);
-        centres.push(rows.iter().map(|&i| conf[i]).sum::<f64>() / rows.len() as f64);
+        centres.push(rows_m.iter().map(|&i| conf[i]).sum::<f64>() / rows_m.len() as f64);
     }
+    tracing::debug!(
+        passes = rows.passes(),
+        "ats fit: work in full passes over the validation logits"
+    );
     // Centres of consecutive pieces are ordered by construction except for float noise among
     // ties; enforce it so the file validates.
     for m in 1..centres.len() {
@@ -294,32 +197,11 @@ pub(crate) fn fit_ats(
 /// The beta at which the piece's mean top confidence equals its accuracy (the piece's own
 /// ECE is then zero). The mean top confidence of softmax(beta z) increases with beta, so the
 /// root is bracketed by the bounds; Illinois regula falsi converges superlinearly.
-fn ece_root(
-    logits: ArrayView2<'_, f64>,
-    labels: &[usize],
-    maxes: &[f64],
-    rows: &[usize],
-    lo: f64,
-    hi: f64,
-) -> f64 {
-    let acc = rows
-        .iter()
-        .filter(|&&i| {
-            let r = logits.row(i);
-            r[labels[i]] == maxes[i]
-        })
-        .count() as f64
-        / rows.len() as f64;
+fn ece_root(data: &Rows<'_>, rows: &[usize], lo: f64, hi: f64) -> f64 {
+    let acc = rows.iter().filter(|&&i| data.label(i).1 == 0.0).count() as f64 / rows.len() as f64;
     let gap = |beta: f64| {
         rows.iter()
-            .map(|&i| {
-                let m = maxes[i];
-                1.0 / logits
-                    .row(i)
-                    .iter()
-                    .map(|z| (beta * (z - m)).exp())
-                    .sum::<f64>()
-            })
+            .map(|&i| 1.0 / row_sums::<1>(data.row(i), data.max(i), beta)[0])
             .sum::<f64>()
             / rows.len() as f64
             - acc
@@ -361,21 +243,76 @@ fn ece_root(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::array;
+    use ndarray::Array2;
+
+    /// Gradient and curvature of the plain per-row NLL in beta over `rows`, written out
+    /// directly (two sweeps per row, no shared code with the fit).
+    fn plain(z: &Array2<f64>, y: &[usize], rows: &[usize], beta: f64) -> (f64, f64) {
+        let (mut g, mut h) = (0.0, 0.0);
+        for &i in rows {
+            let r = z.row(i);
+            let m = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = r.iter().map(|v| (beta * (v - m)).exp()).collect();
+            let s: f64 = e.iter().sum();
+            let mean = r.iter().zip(&e).map(|(v, e)| e * (v - m)).sum::<f64>() / s;
+            let var = r
+                .iter()
+                .zip(&e)
+                .map(|(v, e)| e * (v - m - mean).powi(2))
+                .sum::<f64>()
+                / s;
+            g += mean - (r[y[i]] - m);
+            h += var;
+        }
+        (g, h)
+    }
 
     #[test]
-    fn derivatives_match_finite_differences() {
-        let z = array![[2.0, 0.5, -1.0], [0.3, 0.1, 0.9], [-1.0, 3.0, 0.0]];
-        let y = [0, 2, 1];
-        let maxes = row_maxes(z.view());
-        let rows = [0, 1, 2];
-        let p = BetaProblem::new(z.view(), &y, &maxes, &rows).with_shrinkage(0.7, 1.3);
-        let h = 1e-5;
-        for beta in [0.3, 1.0, 2.5] {
-            let d = p.derivs(beta);
-            let (up, down) = (p.derivs(beta + h), p.derivs(beta - h));
-            assert!((d.grad - (up.value - down.value) / (2.0 * h)).abs() < 1e-7);
-            assert!((d.hess - (up.grad - down.grad) / (2.0 * h)).abs() < 1e-7);
+    fn every_ats_temperature_is_its_piece_optimum() {
+        // Deterministic logits whose miscalibration depends on the confidence.
+        let (n, k) = (3000, 7);
+        let z = Array2::from_shape_fn((n, k), |(i, j)| {
+            let u = ((i * 7 + j) as f64 * 12.9898).sin() * 43758.5453;
+            let scale = if i % 3 == 0 { 4.0 } else { 1.0 };
+            (u - u.floor() - 0.5) * scale + if j == i % k { 0.8 } else { 0.0 }
+        });
+        let y: Vec<usize> = (0..n)
+            .map(|i| if i % 4 == 0 { (i + 1) % k } else { i % k })
+            .collect();
+        let opts = FitOptions::default();
+        let Calibrator::Ats {
+            edges,
+            temperatures,
+            global_temperature: Some(t_global),
+            ..
+        } = fit_ats(z.view(), &y, &opts)
+        else {
+            panic!("ats expected")
+        };
+        // The pieces really differ (else this would only test the global fit).
+        let spread = temperatures.iter().copied().fold(0.0, f64::max)
+            / temperatures.iter().copied().fold(f64::INFINITY, f64::min);
+        assert!(spread > 1.2, "{temperatures:?}");
+        let all: Vec<usize> = (0..n).collect();
+        let bg = 1.0 / t_global;
+        let (g, h) = plain(&z, &y, &all, bg);
+        assert!((g / h).abs() < 1e-12 * bg, "global gradient {g}");
+        let tau = opts.shrinkage * h / n as f64;
+        let mut members = vec![Vec::new(); opts.pieces];
+        for i in 0..n {
+            let c = top_confidence(&z.row(i).to_vec());
+            members[piece_of(&edges, c)].push(i);
+        }
+        for (m, rows) in members.iter().enumerate() {
+            let b = 1.0 / temperatures[m];
+            let (g, h) = plain(&z, &y, rows, b);
+            let (g, h) = (g + 2.0 * tau * (b - bg), h + 2.0 * tau);
+            assert!((g / h).abs() < 1e-12 * b, "piece {m}: gradient {g} at {b}");
+            assert!(
+                rows.len() >= n / opts.pieces - 1,
+                "piece {m} has {}",
+                rows.len()
+            );
         }
     }
 

@@ -6,8 +6,9 @@
 use ndarray::ArrayView2;
 
 use super::Calibrator;
+use super::beta::Rows;
 use super::fit::FitOptions;
-use super::temperature::{fit_global_beta, row_maxes};
+use super::temperature::fit_global_beta;
 use crate::numeric::softmax_in_place;
 
 struct Problem<'a> {
@@ -61,8 +62,7 @@ pub(crate) fn fit_vector(
     opts: &FitOptions,
 ) -> Calibrator {
     let k = logits.ncols();
-    let maxes = row_maxes(logits);
-    let w0 = fit_global_beta(logits, labels, &maxes, opts);
+    let w0 = fit_global_beta(&Rows::new(logits, labels), opts);
     let problem = Problem {
         logits,
         labels,
