@@ -96,9 +96,22 @@ async fn mahalanobis_scores_are_served_and_separate_mnist_from_fashion() {
     // Offline scores of the MNIST images that will be served.
     let served_id = test.subset(&(1000..1300).collect::<Vec<_>>());
     let offline = run_on(&models, MODEL, &served_id, "id", true).unwrap();
-    let offline = detector
-        .score_rows(offline.features.unwrap().view())
-        .unwrap();
+    let features = offline.features.unwrap();
+    // Sanity of the fitted means and covariance: the nearest class mean (the LDA classifier)
+    // labels held-out digits about as well as the network itself.
+    let lda_correct = features
+        .outer_iter()
+        .zip(&served_id.labels)
+        .filter(|(f, y)| {
+            let d = detector.class_distances(&f.to_vec()).unwrap();
+            caliper::numeric::argmax(&d.iter().map(|v| -v).collect::<Vec<_>>()) == **y
+        })
+        .count();
+    assert!(
+        lda_correct >= 285,
+        "nearest class mean right on {lda_correct} / 300"
+    );
+    let offline = detector.score_rows(features.view()).unwrap();
 
     let server = Server::with_repository(&models, &repo.path().join("calib"), &[]);
     let id = served_ood(
@@ -135,7 +148,8 @@ async fn mahalanobis_scores_are_served_and_separate_mnist_from_fashion() {
     let flagged = |v: &[Value]| v.iter().filter(|o| o["is_ood"] == true).count();
     let area = auroc(&id_s, &ood_s).unwrap();
     eprintln!(
-        "Mahalanobis AUROC {area:.4}; flagged {} / 300 MNIST, {} / 300 Fashion-MNIST",
+        "Mahalanobis AUROC {area:.4}; flagged {} / 300 MNIST, {} / 300 Fashion-MNIST; \
+         nearest class mean right on {lda_correct} / 300",
         flagged(&id),
         flagged(&ood)
     );
