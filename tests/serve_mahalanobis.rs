@@ -4,16 +4,20 @@
 //! `mahalanobis` as its method; a real `caliper serve` process then answers 300 other MNIST test
 //! images and 300 Fashion-MNIST test images over HTTP. The served scores must equal the offline
 //! ones, keep about 95% of MNIST and tell the two sets apart (LeNet's penultimate Mahalanobis is
-//! a weak detector here, AUROC 0.855 on the full test sets: see docs/OOD.md).
+//! a weak detector here, AUROC 0.855 on the full test sets: see docs/OOD.md). A detector that
+//! does not fit the model's features output refuses the model at load.
 
 mod common;
 
 use caliper::calibration::CalibrationFile;
 use caliper::cli::model_logits::{load_spec, run_on};
-use caliper::ood::artifacts::{FeatureData, fit_trust_artifacts};
-use caliper::ood::fit::auroc;
+use caliper::http::AppState;
+use caliper::infer::InferError;
+use caliper::ood::artifacts::{FeatureData, OodCalibration, fit_trust_artifacts};
+use caliper::ood::fit::{Mahalanobis, auroc};
 use common::png;
 use common::process::Server;
+use ndarray::Array2;
 use serde_json::Value;
 use std::path::Path;
 
@@ -162,4 +166,37 @@ async fn mahalanobis_scores_are_served_and_separate_mnist_from_fashion() {
         flagged(&id)
     );
     server.terminate();
+}
+
+#[test]
+fn a_detector_that_does_not_fit_the_features_output_refuses_the_model() {
+    // The fixture MLP's features output is 32 wide; a detector fitted on 5-d features is not.
+    let repo = common::repo();
+    let feats = Array2::from_shape_fn((100, 5), |(i, j)| ((i * 7 + j * 3) % 11) as f64);
+    let labels: Vec<usize> = (0..100).map(|i| i % 10).collect();
+    let detector = Mahalanobis::fit(feats.view(), &labels, 10, 1e-6).unwrap();
+    let path = repo.path().join(format!("calib/{}.json", common::MODEL));
+    let mut file = CalibrationFile::load(&path).unwrap();
+    file.ood = Some(OodCalibration {
+        method: "msp".into(),
+        thresholds: Default::default(),
+        mahalanobis: Some(detector),
+    });
+    file.save(&path).unwrap();
+    let s = AppState::new(common::config(repo.path())).unwrap();
+    let e = s.registry.load(common::MODEL).unwrap_err();
+    assert!(matches!(e, InferError::FeatureMismatch { .. }), "{e}");
+    assert!(
+        e.to_string().contains("has 5 features") && e.to_string().contains("has 32"),
+        "{e}"
+    );
+
+    // Without a features output in model.toml the same file is refused with that reason.
+    let toml = repo
+        .path()
+        .join(format!("models/{}/model.toml", common::MODEL));
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, text.replace("features = \"features\"\n", "")).unwrap();
+    let e = s.registry.load(common::MODEL).unwrap_err();
+    assert!(e.to_string().contains("names no features output"), "{e}");
 }
