@@ -6,6 +6,7 @@ with the caliper binary, and nothing else (no numpy: the standard library only).
     scripts/repro/experiments.py list [--only e1,e3]
     scripts/repro/experiments.py run --jobs 4 --device cpu [--only e1] [--cifar-epochs 30]
     scripts/repro/experiments.py score RUN_ID
+    scripts/repro/experiments.py ood --only e1w-mnist --ood-data fashion-mnist:test   # experiment 6
 
 Layout under --root (default runs/repro, git-ignored):
     runs/<id>/           the trainer's run folder (log.jsonl, checkpoints, val/test logits .npy)
@@ -171,6 +172,27 @@ def score(root, run):
     return result
 
 
+def ood(root, run, ood_data, data_dir):
+    """Experiment 6: refits the run's calibrator with a Mahalanobis detector (training-split
+    features) and scores every OOD score of its model on the ID test split vs `ood_data`."""
+    rid, ds = run["id"], run["args"][run["args"].index("--dataset") + 1]
+    split = f"val={run['args'][run['args'].index('--val-fraction') + 1]},seed={run['seed']}"
+    models = ["--models-dir", str(root / "models"), "--data-dir", str(data_dir)]
+    calib_dir = root / "calib-ood"
+    calib_dir.mkdir(exist_ok=True)
+    caliper(root, "calibrate", "--model", rid, "--data", f"{ds}:train[{split}]",
+            "--train-data", f"{ds}:train[{split.replace('val=', 'fit=')}]",
+            "--out", str(calib_dir / f"{rid}.json"), *models)
+    report = json.loads(caliper(root, "eval-ood", "--model", rid, "--id", f"{ds}:test", "--ood", ood_data,
+                                "--calib-dir", str(calib_dir), "--json", *models))
+    result = {"id": f"e6-{rid}", "exp": "e6", "source_run": rid, "dataset": run["dataset"],
+              "loss": run["loss"], "seed": run["seed"], "ood_data": ood_data,
+              "scores": {k: {"auroc": v["auroc"], "fpr95": v["fpr_at_95_tpr"], "aupr": v["aupr_out"],
+                             "input": v["input"]} for k, v in report["scores"].items()}}
+    (root / "results" / f"e6-{rid}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def train(root, run, device, threads, data_dir):
     rid = run["id"]
     (root / "logs").mkdir(exist_ok=True)
@@ -195,7 +217,7 @@ def train(root, run, device, threads, data_dir):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["list", "run", "score"])
+    ap.add_argument("command", choices=["list", "run", "score", "ood"])
     ap.add_argument("run_id", nargs="?")
     ap.add_argument("--root", default=str(ROOT / "runs" / "repro"))
     ap.add_argument("--only", default="", help="comma-separated experiment or run-id prefixes")
@@ -204,6 +226,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data-dir", default=str(ROOT / "data"))
     ap.add_argument("--cifar-epochs", type=int, default=30)
+    ap.add_argument("--ood-data", default="fashion-mnist:test")
     a = ap.parse_args()
     root = pathlib.Path(a.root)
     runs = grid(a.cifar_epochs)
@@ -218,6 +241,12 @@ def main():
     if a.command == "score":
         run = next(r for r in runs if r["id"] == a.run_id)
         print(json.dumps(score(root, run), indent=1))
+        return
+    if a.command == "ood":
+        for r in runs:
+            if (root / "results" / f"{r['id']}.json").exists():
+                res = ood(root, r, a.ood_data, a.data_dir)
+                print(res["id"], {k: round(v["auroc"], 4) for k, v in res["scores"].items()}, flush=True)
         return
     # The binaries are looked up in root/bin so that a copied results tree is self-describing.
     (root / "bin").mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ def collect(dirs):
             r["epochs"] = [{"epoch": e["epoch"], "lr": round(e["lr"], 6),
                             "train_loss": round(e["train_loss"], 5),
                             "val_accuracy": round(e["val"]["accuracy"], 5),
-                            "val_ece": round(e["val"]["ece"], 5)} for e in r["epochs"]]
+                            "val_ece": round(e["val"]["ece"], 5)} for e in r.get("epochs", [])]
             by_exp.setdefault(r["exp"], {})[r["id"]] = r
     RESULTS.mkdir(parents=True, exist_ok=True)
     for exp, runs in by_exp.items():
@@ -308,7 +308,7 @@ def group_all(runs, dataset):
 def ood_table(runs):
     out = ["| model (loss) | seeds | score | AUROC % | FPR at 95% TPR % | AUPR % |",
            "| --- | ---: | --- | ---: | ---: | ---: |"]
-    for loss in ["ce", "gce"]:
+    for loss in ["ce", "gce", "focal"]:
         g = [r for r in runs if r["loss"] == loss]
         if not g:
             continue
