@@ -2,17 +2,16 @@
 //! drain its queue. Dropping the last handle closes the queue and the threads exit.
 //!
 //! Each ONNX Runtime session is owned by one OS thread (its `run` needs `&mut self`). The threads
-//! share one bounded queue; whichever is free forms the next batch ([`collect_batch`]), so work
-//! spreads over the sessions without a separate dispatcher.
+//! share one bounded queue; whichever is free forms the next batch ([`BatchQueue::next_batch`]),
+//! so work spreads over the sessions without a separate dispatcher.
 
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use super::InferError;
-use super::batcher::{BatchPolicy, Queued, collect_batch};
+use super::batcher::{BatchPolicy, BatchQueue, PushError, Queued};
 use super::prediction::PredictionContext;
 use crate::calibration::Calibrator;
 use crate::config::Config;
@@ -20,11 +19,20 @@ use crate::repository::ModelFiles;
 use crate::runtime::ClassifierSession;
 use crate::telemetry::Metrics;
 
+/// The model outputs of one input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowOutput {
+    /// Raw logits, class order.
+    pub logits: Vec<f32>,
+    /// Penultimate features, when model.toml names a features output.
+    pub features: Option<Vec<f32>>,
+}
+
 /// One queued image.
 struct Job {
     input: Vec<f32>,
     enqueued: Instant,
-    reply: oneshot::Sender<Result<Vec<f32>, InferError>>,
+    reply: oneshot::Sender<Result<RowOutput, InferError>>,
 }
 
 impl Queued for Job {
@@ -43,13 +51,21 @@ pub struct LoadedModel {
     pub files: ModelFiles,
     /// The calibrator applied to every prediction (identity without a calibration file).
     pub calibrator: Calibrator,
-    queue: SyncSender<Job>,
+    queue: Arc<BatchQueue<Job>>,
     metrics: Arc<Metrics>,
+}
+
+impl Drop for LoadedModel {
+    /// Closes the queue: the session threads finish what is queued, then exit.
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl LoadedModel {
     /// Builds `sessions_per_model` sessions, runs a warm-up batch through each (which also checks
-    /// that the logits have one column per label), then starts one thread per session.
+    /// that the logits have one column per label and that the features fit the calibration
+    /// file's Mahalanobis detector), then starts one thread per session.
     pub fn start(
         files: ModelFiles,
         config: &Config,
@@ -66,14 +82,18 @@ impl LoadedModel {
                 shape,
                 config.intra_op_threads,
             )?;
-            let (_, k) = s.run(&vec![0.0; s.image_len()])?;
-            if k != files.metadata.labels.len() {
+            if let Some(name) = &files.metadata.output.features {
+                s = s.with_features(name)?;
+            }
+            let out = s.run_outputs(&vec![0.0; s.image_len()])?;
+            if out.classes != files.metadata.labels.len() {
                 return Err(InferError::LabelCount {
                     model: files.name.clone(),
-                    outputs: k,
+                    outputs: out.classes,
                     labels: files.metadata.labels.len(),
                 });
             }
+            check_features(&files, out.features.as_ref().map(|f| f.1))?;
             sessions.push(s);
         }
         // Room for every admitted request to queue a full batch of images; beyond it, 429.
@@ -81,8 +101,7 @@ impl LoadedModel {
             .max_concurrent_requests
             .saturating_mul(config.max_batch_size)
             .clamp(64, 1 << 16);
-        let (queue, rx) = sync_channel::<Job>(capacity);
-        let rx = Arc::new(Mutex::new(rx));
+        let queue = Arc::new(BatchQueue::new(capacity));
         // A graph exported with a fixed batch dimension can only run batches of exactly that size.
         let fixed = sessions.first().and_then(ClassifierSession::fixed_batch);
         if fixed.is_some_and(|b| b != 1) {
@@ -100,11 +119,17 @@ impl LoadedModel {
             max_queue_delay: config.max_queue_delay,
         };
         for (i, session) in sessions.into_iter().enumerate() {
-            let (rx, metrics, name) = (Arc::clone(&rx), Arc::clone(&metrics), files.name.clone());
-            std::thread::Builder::new()
+            let (q, metrics, name) = (Arc::clone(&queue), Arc::clone(&metrics), files.name.clone());
+            let spawned = std::thread::Builder::new()
                 .name(format!("caliper-{name}-{i}"))
-                .spawn(move || session_thread(&name, session, &rx, &policy, &metrics))
-                .map_err(|e| InferError::Internal(format!("cannot spawn a session thread: {e}")))?;
+                .spawn(move || session_thread(&name, session, &q, &policy, &metrics));
+            if let Err(e) = spawned {
+                // Lets the threads already started exit.
+                queue.close();
+                return Err(InferError::Internal(format!(
+                    "cannot spawn a session thread: {e}"
+                )));
+            }
         }
         let calibrator = files
             .calibration
@@ -127,23 +152,26 @@ impl LoadedModel {
         })
     }
 
-    /// Queues preprocessed images (`C * H * W` values each) and returns their logits rows in the
+    /// Queues preprocessed images (`C * H * W` values each) and returns their outputs in the
     /// same order. Dropping the future abandons the entries; the batcher then skips them.
-    pub async fn logits(&self, inputs: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, InferError> {
-        let mut replies = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            let (reply, rx) = oneshot::channel();
-            let job = Job {
-                input,
-                enqueued: Instant::now(),
-                reply,
-            };
-            self.queue.try_send(job).map_err(|e| match e {
-                TrySendError::Full(_) => InferError::QueueFull,
-                TrySendError::Disconnected(_) => InferError::Unavailable(self.files.name.clone()),
-            })?;
-            replies.push(rx);
-        }
+    pub async fn outputs(&self, inputs: Vec<Vec<f32>>) -> Result<Vec<RowOutput>, InferError> {
+        let enqueued = Instant::now();
+        let (jobs, replies): (Vec<Job>, Vec<_>) = inputs
+            .into_iter()
+            .map(|input| {
+                let (reply, rx) = oneshot::channel();
+                let job = Job {
+                    input,
+                    enqueued,
+                    reply,
+                };
+                (job, rx)
+            })
+            .unzip();
+        self.queue.push_all(jobs).map_err(|e| match e {
+            PushError::Full(_) => InferError::QueueFull,
+            PushError::Closed(_) => InferError::Unavailable(self.files.name.clone()),
+        })?;
         let mut out = Vec::with_capacity(replies.len());
         for rx in replies {
             out.push(
@@ -190,12 +218,37 @@ impl LoadedModel {
     }
 }
 
+/// A calibration file with a Mahalanobis detector needs features of its dimension `dim`.
+fn check_features(files: &ModelFiles, dim: Option<usize>) -> Result<(), InferError> {
+    let detector = files
+        .calibration
+        .as_ref()
+        .and_then(|c| c.ood.as_ref())
+        .and_then(|o| o.mahalanobis.as_ref());
+    let reason = match (detector, dim) {
+        (None, _) => return Ok(()),
+        (Some(_), None) => "the calibration file has a Mahalanobis detector but model.toml names \
+                            no features output (output.features)"
+            .to_string(),
+        (Some(m), Some(d)) if m.dim() != d => format!(
+            "the calibration file's Mahalanobis detector has {} features, the model's features \
+             output has {d}: refit it (caliper calibrate --train-data)",
+            m.dim()
+        ),
+        (Some(_), Some(_)) => return Ok(()),
+    };
+    Err(InferError::FeatureMismatch {
+        model: files.name.clone(),
+        reason,
+    })
+}
+
 /// The loop of one session thread: form a batch, run it, answer every entry. Ends when the
 /// model is dropped (queue closed).
 fn session_thread(
     name: &str,
     mut session: ClassifierSession,
-    rx: &Mutex<Receiver<Job>>,
+    queue: &BatchQueue<Job>,
     policy: &BatchPolicy,
     metrics: &Metrics,
 ) {
@@ -204,27 +257,35 @@ fn session_thread(
     let infer_h = metrics.inference_duration.with_label_values(&[name]);
     let batch_h = metrics.batch_size.with_label_values(&[name]);
     let nonfinite = metrics.nonfinite_logits.with_label_values(&[name]);
-    loop {
-        // The lock is held only while forming a batch, never while running it, so the other
-        // sessions can form the next one meanwhile. A panic elsewhere cannot corrupt a Receiver.
-        let batch = {
-            let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
-            collect_batch(&rx, policy, |_| gone.inc())
-        };
-        let Some(batch) = batch else { return };
+    // One input buffer for the thread's lifetime: batches are copied into it, never allocated.
+    let mut input: Vec<f32> = Vec::with_capacity(policy.max_batch_size * session.image_len());
+    // The other sessions can form their next batch while this one runs.
+    while let Some(batch) = queue.next_batch(policy, |_| gone.inc()) {
         let start = Instant::now();
         for job in &batch {
             queue_h.observe(start.duration_since(job.enqueued).as_secs_f64());
         }
         batch_h.observe(batch.len() as f64);
-        let input: Vec<f32> = batch.iter().flat_map(|j| j.input.iter().copied()).collect();
-        let result = session.run(&input);
+        input.clear();
+        for job in &batch {
+            input.extend_from_slice(&job.input);
+        }
+        let result = session.run_outputs(&input);
         infer_h.observe(start.elapsed().as_secs_f64());
         match result {
-            Ok((logits, k)) => {
-                for (job, row) in batch.into_iter().zip(logits.chunks_exact(k)) {
+            Ok(out) => {
+                let k = out.classes;
+                let mut features = out
+                    .features
+                    .as_ref()
+                    .map(|(f, d)| f.chunks_exact(*d).map(<[f32]>::to_vec));
+                for (job, row) in batch.into_iter().zip(out.logits.chunks_exact(k)) {
+                    let features = features.as_mut().and_then(Iterator::next);
                     let answer = if row.iter().all(|v| v.is_finite()) {
-                        Ok(row.to_vec())
+                        Ok(RowOutput {
+                            logits: row.to_vec(),
+                            features,
+                        })
                     } else {
                         nonfinite.inc();
                         Err(InferError::NonFiniteLogits(name.to_string()))
