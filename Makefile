@@ -4,7 +4,7 @@ CARGO ?= cargo
 ADDR ?= 127.0.0.1:8080
 ORT_LIB := third_party/onnxruntime/lib/libonnxruntime.so
 
-.PHONY: build run test lint fmt fetch fetch-data deps clean
+.PHONY: build run test lint fmt fetch fetch-data deps clean check-models
 
 $(ORT_LIB):
 	scripts/fetch-onnxruntime.sh
@@ -34,6 +34,10 @@ lint:
 ## test: fetch, build, lint and run every test
 test: deps fetch fetch-data build lint
 	$(CARGO) test --locked --all-targets
+
+## check-models: the shipped models reproduce docs/results/shipped-models.json (README's table)
+check-models: fetch fetch-data build
+	$(CARGO) test --locked --release --test shipped_models
 
 fmt:
 	$(CARGO) fmt --all

@@ -8,6 +8,7 @@ Prints one JSON line like `caliper-train bench`.
 """
 import argparse
 import json
+import math
 import statistics
 import time
 
@@ -70,7 +71,7 @@ def gce_loss(z, y, lam=1.0):
     logp = F.log_softmax(z, dim=1)
     lse = torch.logsumexp(logp, dim=0)
     n = z.shape[0]
-    return (-logp.gather(1, y[:, None]).squeeze(1) + lam * lse[y]).mean() - lam * torch.log(torch.tensor(float(n)))
+    return (-logp.gather(1, y[:, None]).squeeze(1) + lam * lse[y]).mean() - lam * math.log(n)
 
 
 def main():
@@ -83,28 +84,35 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (eager mode)")
     a = ap.parse_args()
+    dev = torch.device(a.device)
+    # CUDA kernels run asynchronously: time only after the step's work has finished.
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     c, h, w = (int(v) for v in a.input_shape.split(","))
-    net = LeNet(c, h, w, a.classes) if a.arch == "lenet" else ResNet20(c, a.classes)
+    net = (LeNet(c, h, w, a.classes) if a.arch == "lenet" else ResNet20(c, a.classes)).to(dev)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     lossf = gce_loss if a.loss == "gce" else F.cross_entropy
     times = []
     for i in range(a.warmup + a.steps):
-        x = torch.rand(a.batch_size, c, h, w) * 2 - 1
-        y = torch.randint(0, a.classes, (a.batch_size,))
+        x = (torch.rand(a.batch_size, c, h, w) * 2 - 1).to(dev)
+        y = torch.randint(0, a.classes, (a.batch_size,)).to(dev)
+        sync()
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = lossf(net(x), y)
         loss.backward()
         opt.step()
+        loss.item()  # caliper-train's step also returns the loss to the host
+        sync()
         if i >= a.warmup:
             times.append(time.perf_counter() - t)
     med = statistics.median(times)
     print(json.dumps({
         "framework": f"pytorch {torch.__version__}", "arch": a.arch, "loss": a.loss,
-        "batch_size": a.batch_size, "threads": a.threads, "steps": a.steps,
+        "device": a.device, "batch_size": a.batch_size, "threads": a.threads, "steps": a.steps,
         "median_ms": med * 1e3, "images_per_s": a.batch_size / med,
     }))
 

@@ -27,6 +27,8 @@ enum Command {
     Calibrate(cli::calibrate::CalibrateArgs),
     /// Compute calibration metrics (ECE family, NLL, Brier, ...) of logits or of a model.
     Eval(cli::eval::EvalArgs),
+    /// Evaluate the OOD scores of a model on an in-distribution and an OOD dataset.
+    EvalOod(cli::eval_ood::EvalOodArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Command::Predict(a) => cli::predict::run(a),
         Command::Calibrate(a) => cli::calibrate::run(a),
         Command::Eval(a) => cli::eval::run(a),
+        Command::EvalOod(a) => cli::eval_ood::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

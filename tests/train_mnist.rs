@@ -85,8 +85,12 @@ fn lenet_learns_mnist_and_exports_a_consistent_calibrated_model() {
     );
     let (train, test) = dataset::load("mnist", Path::new("data")).expect("MNIST under data/mnist");
     let splits = dataset::split("mnist", &train, test.clone(), 0.1, 0.1, 1.0, 0).unwrap();
+    let feature_splits = export::FeatureSplits {
+        train: splits.train.clone(),
+        val: splits.val.clone(),
+    };
     let trained = fit::train(&cfg, splits, cfg.augment).unwrap();
-    let out = export::export(&cfg, &trained, "test").unwrap();
+    let out = export::export(&cfg, &trained, &feature_splits, "test").unwrap();
 
     // Stated accuracy: >= 85% on the 10k MNIST test images after one short epoch (seen: 90.5%).
     let acc = out.report["test"]["uncalibrated"]["accuracy"]
@@ -101,6 +105,12 @@ fn lenet_learns_mnist_and_exports_a_consistent_calibrated_model() {
     assert_eq!((meta.input.channels, meta.input.height), (1, 28));
     let calib = CalibrationFile::load(&out.calib).unwrap();
     assert_eq!(calib.model_sha256, sha);
+    // The Mahalanobis detector is fitted on LeNet's 128 penultimate features of the training
+    // split, with its threshold from the validation split.
+    let ood = calib.ood.as_ref().expect("an ood section");
+    let m = ood.mahalanobis.as_ref().expect("a Mahalanobis detector");
+    assert_eq!((m.dim(), m.parts().means.len()), (128, 10));
+    assert!(ood.thresholds["mahalanobis"].threshold > 0.0);
     assert!(std::fs::metadata(&out.model).unwrap().len() < 5_000_000);
 
     // Exported logits == the training-step graph's logits (LeNet has no BatchNorm, so

@@ -5,9 +5,14 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use ndarray::Array2;
+
+use super::model_logits;
+use super::npy::{InputArgs, Loaded};
 
 use crate::calibration::{CalibrationFile, FitOptions, FitSummary, Method, Objective, fit};
 use crate::diagram::{panels_from_fit, write_diagram};
+use crate::ood::artifacts::FeatureData;
 
 /// Arguments of `caliper calibrate`.
 #[derive(Debug, clap::Args)]
@@ -57,6 +62,15 @@ pub struct CalibrateArgs {
     /// Also write the validation reliability diagram (before / after) to this .svg or .png.
     #[arg(long, env = "CALIPER_DIAGRAM")]
     pub diagram: Option<PathBuf>,
+    /// The model's training split (spec syntax, e.g. `mnist:train[fit=0.1,seed=0]`): fits the
+    /// Mahalanobis OOD detector (class means and shared covariance of the model's features);
+    /// its threshold comes from --data. Needs --model, --data and a features output.
+    #[arg(long, env = "CALIPER_TRAIN_DATA", requires = "data")]
+    pub train_data: Option<String>,
+    /// OOD score the server decides `is_ood` with (the file's default): msp, max_logit,
+    /// energy, entropy, or mahalanobis (needs --train-data).
+    #[arg(long, env = "CALIPER_OOD_METHOD", default_value = crate::ood::artifacts::DEFAULT_METHOD)]
+    pub ood_method: String,
 }
 
 impl CalibrateArgs {
@@ -75,6 +89,42 @@ impl CalibrateArgs {
     }
 }
 
+/// Features of the validation split (`--data`) and of the training split (`--train-data`).
+struct Features {
+    val: Array2<f64>,
+    train: Array2<f64>,
+    train_labels: Vec<usize>,
+}
+
+/// Runs the model over `--data` (logits and features) and `--train-data` (features).
+fn with_features(
+    input: &InputArgs,
+    train_spec: &str,
+) -> anyhow::Result<(Loaded, Option<Features>)> {
+    let (Some(model), Some(spec)) = (input.model.as_deref(), input.data.as_deref()) else {
+        anyhow::bail!("--train-data needs --model NAME --data SPEC");
+    };
+    let val = model_logits::load_spec(&input.data_dir, spec)?;
+    let v = model_logits::run_on(&input.models_dir, model, &val, spec, true)?;
+    let train = model_logits::load_spec(&input.data_dir, train_spec)?;
+    let t = model_logits::run_on(&input.models_dir, model, &train, train_spec, true)?;
+    let (Some(val_f), Some(train_f)) = (v.features, t.features) else {
+        anyhow::bail!("{model}: the session returned no features");
+    };
+    Ok((
+        Loaded {
+            logits: v.logits,
+            labels: val.labels,
+            source: format!("{model} on {spec}"),
+        },
+        Some(Features {
+            val: val_f,
+            train: train_f,
+            train_labels: train.labels,
+        }),
+    ))
+}
+
 /// Runs `caliper calibrate`.
 pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     let opts = args.options();
@@ -82,7 +132,21 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     if args.bins == 0 {
         anyhow::bail!("--bins must be at least 1");
     }
-    let data = args.input.load()?;
+    // Checked before any model runs; `with_method` checks again against what was fitted.
+    if !crate::ood::artifacts::METHODS.contains(&args.ood_method.as_str()) {
+        anyhow::bail!(
+            "--ood-method {:?}: expected one of {}",
+            args.ood_method,
+            crate::ood::artifacts::METHODS.join(", ")
+        );
+    }
+    if args.ood_method == "mahalanobis" && args.train_data.is_none() {
+        anyhow::bail!("--ood-method mahalanobis needs --train-data SPEC");
+    }
+    let (data, features) = match &args.train_data {
+        None => (args.input.load()?, None),
+        Some(train) => with_features(&args.input, train)?,
+    };
     let started = std::time::Instant::now();
     let calibrator = fit(args.method, &opts, data.logits.view(), &data.labels)
         .with_context(|| format!("fitting {:?} on {}", args.method, data.source))?;
@@ -120,12 +184,18 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         PathBuf::from("calib").join(format!("{stem}.json"))
     });
     let method = calibrator.method();
-    let trust = crate::ood::artifacts::fit_trust_artifacts(
+    let feature_data = features.as_ref().map(|f| FeatureData {
+        val: f.val.view(),
+        train: f.train.view(),
+        train_labels: &f.train_labels,
+    });
+    let mut trust = crate::ood::artifacts::fit_trust_artifacts(
         data.logits.view(),
         &data.labels,
-        None,
+        feature_data,
         &calibrator,
     )?;
+    trust.ood = trust.ood.with_method(&args.ood_method)?;
     let file = CalibrationFile::new(
         &model,
         &sha,

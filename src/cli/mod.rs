@@ -3,7 +3,8 @@
 
 pub mod calibrate;
 pub mod eval;
-mod model_logits;
+pub mod eval_ood;
+pub mod model_logits;
 pub mod npy;
 pub mod predict;
 pub mod serve;

@@ -1,6 +1,7 @@
-//! `--model NAME --data SPEC`: logits of a model in the repository over a dataset split, with
-//! the model's own preprocessing from `model.toml` (the data layer's eval batches, the runtime's
-//! ONNX session). Used by `caliper calibrate` and `caliper eval`.
+//! `--model NAME --data SPEC`: logits (and, on request, penultimate features) of a model in the
+//! repository over a dataset split, with the model's own preprocessing from `model.toml` (the
+//! data layer's eval batches, the runtime's ONNX session). Used by `caliper calibrate`,
+//! `caliper eval` and `caliper eval-ood`.
 
 use std::path::Path;
 
@@ -9,32 +10,61 @@ use ndarray::Array2;
 
 use super::npy::Loaded;
 use crate::data::batch::make_batch;
-use crate::data::{BatchOptions, DatasetSpec, Normalization};
+use crate::data::{BatchOptions, Dataset, DatasetSpec, Normalization};
 use crate::repository::ModelMetadata;
 use crate::runtime::ClassifierSession;
 
 /// Images per ONNX Runtime call.
 const BATCH: usize = 256;
 
+/// What a model produced over a dataset, one row per image in dataset order.
+#[derive(Debug, Clone)]
+pub struct ModelOutputs {
+    /// Raw logits `[N, K]`.
+    pub logits: Array2<f64>,
+    /// Penultimate features `[N, D]`, when asked for.
+    pub features: Option<Array2<f64>>,
+}
+
+/// Loads a dataset spec (e.g. `mnist:test`) from `data_dir`.
+pub fn load_spec(data_dir: &Path, spec: &str) -> anyhow::Result<Dataset> {
+    let parsed: DatasetSpec = spec.parse().map_err(|e| anyhow::anyhow!("{spec}: {e}"))?;
+    parsed
+        .load(data_dir)
+        .with_context(|| format!("loading {spec}"))
+}
+
 /// Runs the model over the dataset split and returns its logits and the split's labels.
 pub fn run(models_dir: &Path, model: &str, data_dir: &Path, spec: &str) -> anyhow::Result<Loaded> {
+    let data = load_spec(data_dir, spec)?;
+    let out = run_on(models_dir, model, &data, spec, false)?;
+    Ok(Loaded {
+        logits: out.logits,
+        labels: data.labels,
+        source: format!("{model} on {spec}"),
+    })
+}
+
+/// Runs the model over `data` (`what` names it in errors). With `features`, also returns the
+/// output model.toml names `output.features`, and errors when it names none.
+pub fn run_on(
+    models_dir: &Path,
+    model: &str,
+    data: &Dataset,
+    what: &str,
+    features: bool,
+) -> anyhow::Result<ModelOutputs> {
     let dir = models_dir.join(model);
     let meta = ModelMetadata::load(&dir.join("model.toml"))?;
-    let parsed: DatasetSpec = spec
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--data {spec}: {e}"))?;
-    let data = parsed
-        .load(data_dir)
-        .with_context(|| format!("loading --data {spec}"))?;
     let i = &meta.input;
     let shape = [i.channels, i.height, i.width];
     let got = [data.shape.channels, data.shape.height, data.shape.width];
     if shape != got {
-        bail!("{model} expects images {shape:?} (C, H, W) but {spec} has {got:?}");
+        bail!("{model} expects images {shape:?} (C, H, W) but {what} has {got:?}");
     }
     if data.num_classes() > meta.labels.len() {
         bail!(
-            "{spec} has {} classes but {model} has {} labels",
+            "{what} has {} classes but {model} has {} labels",
             data.num_classes(),
             meta.labels.len()
         );
@@ -46,6 +76,12 @@ pub fn run(models_dir: &Path, model: &str, data_dir: &Path, spec: &str) -> anyho
         shape,
         2,
     )?;
+    if features {
+        let name = meta.output.features.as_deref().with_context(|| {
+            format!("{model}/model.toml names no features output (output.features)")
+        })?;
+        session = session.with_features(name)?;
+    }
     let norm = Normalization {
         mean: i.mean.clone(),
         std: i.std.clone(),
@@ -53,11 +89,11 @@ pub fn run(models_dir: &Path, model: &str, data_dir: &Path, spec: &str) -> anyho
     let batch = session.fixed_batch().unwrap_or(BATCH);
     let opts = BatchOptions::eval(batch, norm);
     let n = data.len();
-    let mut rows: Vec<f64> = Vec::new();
-    let mut classes = 0;
+    let (mut rows, mut feats): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    let (mut classes, mut dim) = (0, 0);
     let order: Vec<usize> = (0..n).collect();
     for (b, chunk) in order.chunks(batch).enumerate() {
-        let images = make_batch(&data, chunk, &opts, b).images;
+        let images = make_batch(data, chunk, &opts, b).images;
         let mut flat: Vec<f32> = images.iter().copied().collect();
         // A graph with a fixed batch size gets the last batch padded with zeros.
         flat.resize(batch * session.image_len(), 0.0);
@@ -66,14 +102,22 @@ pub fn run(models_dir: &Path, model: &str, data_dir: &Path, spec: &str) -> anyho
         } else {
             chunk.len()
         };
-        let (logits, k) = session.run(&flat[..take * session.image_len()])?;
-        classes = k;
-        rows.extend(logits[..chunk.len() * k].iter().map(|&v| f64::from(v)));
+        let out = session.run_outputs(&flat[..take * session.image_len()])?;
+        classes = out.classes;
+        rows.extend(
+            out.logits[..chunk.len() * classes]
+                .iter()
+                .map(|&v| f64::from(v)),
+        );
+        if let Some((f, d)) = out.features {
+            dim = d;
+            feats.extend(f[..chunk.len() * d].iter().map(|&v| f64::from(v)));
+        }
     }
-    let logits = Array2::from_shape_vec((n, classes), rows)?;
-    Ok(Loaded {
-        logits,
-        labels: data.labels.clone(),
-        source: format!("{model} on {spec}"),
+    Ok(ModelOutputs {
+        logits: Array2::from_shape_vec((n, classes), rows)?,
+        features: features
+            .then(|| Array2::from_shape_vec((n, dim), feats))
+            .transpose()?,
     })
 }

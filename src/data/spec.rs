@@ -1,5 +1,7 @@
 //! Dataset spec strings (`mnist:train`, `folder:PATH`, ...), parsed once and loaded against a
-//! data directory; shared by `caliper-train` and the `caliper` tools. Grammar: docs/DATA.md.
+//! data directory; shared by `caliper-train` and the `caliper` tools. A trailing selector picks
+//! one side of the trainer's validation split (`mnist:train[val=0.1,seed=0]`). Grammar:
+//! docs/DATA.md.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,7 @@ use super::cifar::{CIFAR10_CLASSES, load_cifar10_bin};
 use super::folder::load_folder;
 use super::idx::load_idx_pair;
 use super::npz::load_npz;
+use super::split::TrainValSplit;
 use super::{DataError, Dataset};
 
 /// Fashion-MNIST's classes in label order (Zalando's README).
@@ -48,8 +51,17 @@ impl Split {
     }
 }
 
+/// Which side of the trainer's split a selector picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitPart {
+    /// `[val=F,...]`: the held-out validation images.
+    Val,
+    /// `[fit=F,...]`: the images the trainer trains on (the rest, after `train_fraction`).
+    Fit,
+}
+
 /// Which dataset to load: a bundled set under the data directory or explicit files.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum DatasetSpec {
     /// `mnist:train|test`: `<data-dir>/mnist/` IDX files (raw or .gz).
     Mnist(Split),
@@ -79,6 +91,86 @@ pub enum DatasetSpec {
     },
     /// `cifar10-bin:FILE[,FILE...]`: explicit CIFAR-10 binary batch files, concatenated.
     Cifar10BinFiles(Vec<PathBuf>),
+    /// `SPEC[val=F,seed=S,train_fraction=T,imbalance_ratio=R]` (or `fit=F`): one side of the
+    /// split `caliper-train --val-fraction F --seed S ...` makes of `SPEC`.
+    Selected {
+        /// The dataset the split is made of.
+        base: Box<DatasetSpec>,
+        /// Which side.
+        part: SplitPart,
+        /// The trainer's split options.
+        split: TrainValSplit,
+    },
+}
+
+/// Parses the inside of a `[...]` selector: `val=F` or `fit=F`, then optional `seed=S`
+/// (default 0), `train_fraction=T` (default 1) and `imbalance_ratio=R` (default 1).
+fn parse_selector(sel: &str) -> Result<(SplitPart, TrainValSplit), String> {
+    let mut part = None;
+    let mut split = TrainValSplit {
+        val_fraction: 0.0,
+        train_fraction: 1.0,
+        imbalance_ratio: 1.0,
+        seed: 0,
+    };
+    for item in sel.split(',') {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("selector item {item:?} is not KEY=VALUE"))?;
+        let number = || {
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| format!("{key}={value:?} is not a number"))
+        };
+        match key {
+            "val" | "fit" => {
+                if part.is_some() {
+                    return Err("give exactly one of val=F and fit=F".into());
+                }
+                part = Some(if key == "val" {
+                    SplitPart::Val
+                } else {
+                    SplitPart::Fit
+                });
+                split.val_fraction = number()?;
+            }
+            "seed" => {
+                split.seed = value
+                    .parse()
+                    .map_err(|_| format!("seed={value:?} is not a non-negative integer"))?;
+            }
+            "train_fraction" => split.train_fraction = number()?,
+            "imbalance_ratio" => split.imbalance_ratio = number()?,
+            _ => {
+                return Err(format!(
+                    "unknown selector key {key:?} (val, fit, seed, train_fraction, imbalance_ratio)"
+                ));
+            }
+        }
+    }
+    let part = part.ok_or("the selector needs val=F or fit=F")?;
+    // The ranges of caliper-train's flags, checked here so that a bad spec fails before loading.
+    if !(split.val_fraction > 0.0 && split.val_fraction < 1.0) {
+        return Err(format!(
+            "val/fit fraction must be in (0, 1), got {}",
+            split.val_fraction
+        ));
+    }
+    if !(split.train_fraction > 0.0 && split.train_fraction <= 1.0) {
+        return Err(format!(
+            "train_fraction must be in (0, 1], got {}",
+            split.train_fraction
+        ));
+    }
+    if split.imbalance_ratio < 1.0 {
+        return Err(format!(
+            "imbalance_ratio must be >= 1, got {}",
+            split.imbalance_ratio
+        ));
+    }
+    Ok((part, split))
 }
 
 impl FromStr for DatasetSpec {
@@ -89,6 +181,23 @@ impl FromStr for DatasetSpec {
             spec: s.to_string(),
             reason: reason.to_string(),
         };
+        // A trailing `[...]` holding a `KEY=VALUE` is a selector (so `folder:x[1]` stays a path).
+        if let Some((base, sel)) = s
+            .strip_suffix(']')
+            .and_then(|t| t.rsplit_once('['))
+            .filter(|(_, sel)| sel.contains('='))
+        {
+            let base: DatasetSpec = base.parse()?;
+            if matches!(base, DatasetSpec::Selected { .. }) {
+                return Err(err("only one [...] selector"));
+            }
+            let (part, split) = parse_selector(sel).map_err(|r| err(&r))?;
+            return Ok(DatasetSpec::Selected {
+                base: Box::new(base),
+                part,
+                split,
+            });
+        }
         let (kind, arg) = s
             .split_once(':')
             .ok_or_else(|| err("expected KIND:ARGUMENT, e.g. mnist:train"))?;
@@ -166,6 +275,20 @@ impl fmt::Display for DatasetSpec {
                 let v: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
                 write!(f, "cifar10-bin:{}", v.join(","))
             }
+            DatasetSpec::Selected { base, part, split } => {
+                let key = match part {
+                    SplitPart::Val => "val",
+                    SplitPart::Fit => "fit",
+                };
+                write!(f, "{base}[{key}={},seed={}", split.val_fraction, split.seed)?;
+                if split.train_fraction != 1.0 {
+                    write!(f, ",train_fraction={}", split.train_fraction)?;
+                }
+                if split.imbalance_ratio != 1.0 {
+                    write!(f, ",imbalance_ratio={}", split.imbalance_ratio)?;
+                }
+                write!(f, "]")
+            }
         }
     }
 }
@@ -241,6 +364,14 @@ impl DatasetSpec {
                 let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
                 load_cifar10_bin(&refs)
             }
+            DatasetSpec::Selected { base, part, split } => {
+                let d = base.load(data_dir)?;
+                let (fit, val) = split.indices(&d.labels, d.num_classes())?;
+                Ok(d.subset(match part {
+                    SplitPart::Val => &val,
+                    SplitPart::Fit => &fit,
+                }))
+            }
         }
     }
 }
@@ -274,6 +405,10 @@ mod tests {
             "folder:some/where",
             "npz:x/y.npz:test",
             "npz:C:/odd:path.npz:train",
+            "mnist:train[val=0.1,seed=0]",
+            "cifar10:train[fit=0.1,seed=3,train_fraction=0.5,imbalance_ratio=100]",
+            "folder:a[b][val=0.2,seed=1]",
+            "folder:a[b]",
         ] {
             let spec: DatasetSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
@@ -297,10 +432,40 @@ mod tests {
             ("npz:file.npz", "npz:PATH:SPLIT"),
             ("imagenet:train", "unknown kind"),
             ("folder:", "empty argument"),
+            ("mnist:train[seed=0]", "val=F or fit=F"),
+            ("mnist:train[val=0.1,seed]", "not KEY=VALUE"),
+            ("mnist:train[val=0.1,fit=0.1]", "exactly one"),
+            ("mnist:train[val=1]", "(0, 1)"),
+            ("mnist:train[val=x]", "not a number"),
+            ("mnist:train[val=0.1,seed=-1]", "non-negative"),
+            ("mnist:train[val=0.1,train_fraction=0]", "(0, 1]"),
+            ("mnist:train[val=0.1,imbalance_ratio=0.5]", ">= 1"),
+            ("mnist:train[val=0.1,step=2]", "unknown selector key"),
+            ("mnist:train[val=0.1][fit=0.1]", "only one"),
+            ("mnist:val[val=0.1]", "train, test"),
         ] {
             let e = s.parse::<DatasetSpec>().unwrap_err().to_string();
             assert!(e.contains(why), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn selectors_default_to_the_trainers_options() {
+        let spec: DatasetSpec = "mnist:train[fit=0.25]".parse().unwrap();
+        assert_eq!(
+            spec,
+            DatasetSpec::Selected {
+                base: Box::new(DatasetSpec::Mnist(Split::Train)),
+                part: SplitPart::Fit,
+                split: TrainValSplit {
+                    val_fraction: 0.25,
+                    train_fraction: 1.0,
+                    imbalance_ratio: 1.0,
+                    seed: 0
+                }
+            }
+        );
+        assert_eq!(spec.to_string(), "mnist:train[fit=0.25,seed=0]");
     }
 
     #[test]

@@ -136,6 +136,57 @@ pub fn stratified_fraction(
     Ok(out)
 }
 
+/// The trainer's split of a training set (`caliper-train --val-fraction --train-fraction
+/// --imbalance-ratio --seed`), shared with the dataset spec selector `[val=..]` / `[fit=..]` so
+/// that `caliper calibrate` sees exactly the images the trainer held out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainValSplit {
+    /// Fraction of each class held out for validation, in [0, 1).
+    pub val_fraction: f64,
+    /// Fraction of each class of the rest kept for training, in (0, 1].
+    pub train_fraction: f64,
+    /// Long-tail imbalance ratio applied first (1 = unchanged).
+    pub imbalance_ratio: f64,
+    /// Seed of every selection.
+    pub seed: u64,
+}
+
+impl TrainValSplit {
+    /// (training, validation) indices into `labels`, both sorted: first the long-tailed
+    /// subsample (seed + 2) when the ratio is above 1, then the stratified validation split
+    /// (seed), then the stratified training fraction (seed + 1). Validation is therefore as
+    /// imbalanced as training.
+    pub fn indices(
+        &self,
+        labels: &[usize],
+        classes: usize,
+    ) -> Result<(Vec<usize>, Vec<usize>), DataError> {
+        let base: Vec<usize> = if self.imbalance_ratio > 1.0 {
+            long_tail_indices(
+                labels,
+                classes,
+                self.imbalance_ratio,
+                self.seed.wrapping_add(2),
+            )?
+        } else {
+            (0..labels.len()).collect()
+        };
+        let sub: Vec<usize> = base.iter().map(|&i| labels[i]).collect();
+        let (mut tr, va) = stratified_split(&sub, classes, self.val_fraction, self.seed)?;
+        if self.train_fraction < 1.0 {
+            let tl: Vec<usize> = tr.iter().map(|&i| sub[i]).collect();
+            let keep =
+                stratified_fraction(&tl, classes, self.train_fraction, self.seed.wrapping_add(1))?;
+            tr = keep.iter().map(|&i| tr[i]).collect();
+        }
+        // `base` is sorted, so mapping back keeps both lists sorted.
+        Ok((
+            tr.iter().map(|&i| base[i]).collect(),
+            va.iter().map(|&i| base[i]).collect(),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +222,37 @@ mod tests {
             stratified_split(&l, 3, 0.0, 1).unwrap().1,
             Vec::<usize>::new()
         );
+    }
+
+    #[test]
+    fn trainer_split_composes_long_tail_validation_and_fraction() {
+        let l = labels(&[1000, 1000, 1000]);
+        let plain = TrainValSplit {
+            val_fraction: 0.1,
+            train_fraction: 1.0,
+            imbalance_ratio: 1.0,
+            seed: 3,
+        };
+        assert_eq!(
+            plain.indices(&l, 3).unwrap(),
+            stratified_split(&l, 3, 0.1, 3).unwrap()
+        );
+        let s = TrainValSplit {
+            train_fraction: 0.5,
+            imbalance_ratio: 10.0,
+            ..plain
+        };
+        let (tr, va) = s.indices(&l, 3).unwrap();
+        let count = |idx: &[usize]| class_counts(&idx.iter().map(|&i| l[i]).collect::<Vec<_>>(), 3);
+        // Long tail 1000 / 316 / 100, a tenth of each to validation, half of the rest kept.
+        assert_eq!(count(&va), vec![100, 32, 10]);
+        assert_eq!(count(&tr), vec![450, 142, 45]);
+        assert!(tr.windows(2).all(|w| w[0] < w[1]) && va.windows(2).all(|w| w[0] < w[1]));
+        assert!(tr.iter().all(|i| !va.contains(i)));
+        // Every index points into the long-tailed subsample the trainer takes.
+        let lt = long_tail_indices(&l, 3, 10.0, 5).unwrap();
+        assert!(tr.iter().chain(&va).all(|i| lt.binary_search(i).is_ok()));
+        assert_eq!(s.indices(&l, 3).unwrap(), (tr, va));
     }
 
     #[test]

@@ -167,6 +167,7 @@ impl From<InferError> for ApiError {
             | InferError::Repository(_)
             | InferError::Session(_)
             | InferError::LabelCount { .. }
+            | InferError::FeatureMismatch { .. }
             | InferError::Internal(_)) => ApiError::Internal(e.to_string()),
         }
     }

@@ -11,7 +11,7 @@ mod registry;
 
 use bytes::Bytes;
 
-pub use model::LoadedModel;
+pub use model::{LoadedModel, RowOutput};
 pub use prediction::{
     DEFAULT_TOP_K, Prediction, PredictionList, TopK, build_prediction, new_prediction_id,
 };
@@ -52,6 +52,14 @@ pub enum InferError {
     /// A session could not be built or warmed up.
     #[error(transparent)]
     Session(#[from] RuntimeError),
+    /// The calibration file's Mahalanobis detector does not fit the model's features output.
+    #[error("model {model}: {reason}")]
+    FeatureMismatch {
+        /// The model.
+        model: String,
+        /// What does not fit.
+        reason: String,
+    },
     /// The model has a different number of outputs than labels.
     #[error("model {model}: logits have {outputs} columns but model.toml has {labels} labels")]
     LabelCount {
@@ -69,6 +77,8 @@ pub enum InferError {
 pub struct Scored {
     /// Raw logits, class order.
     pub logits: Vec<f32>,
+    /// Penultimate features, when the model exports them (`output.features` in model.toml).
+    pub features: Option<Vec<f32>>,
     /// The calibrated prediction.
     pub prediction: Prediction,
 }
@@ -107,10 +117,18 @@ pub fn apply_request_policy(
         return Ok(());
     }
     for s in scored {
-        let z: Vec<f64> = s.logits.iter().map(|&v| f64::from(v)).collect();
+        let z = prediction::to_f64(&s.logits);
+        let f = s.features.as_deref().map(prediction::to_f64);
         let labels = &model.files.metadata.labels;
         let calibration = model.files.calibration.as_ref();
-        prediction::apply_policy(&mut s.prediction, &z, labels, calibration, query)?;
+        prediction::apply_policy(
+            &mut s.prediction,
+            &z,
+            f.as_deref(),
+            labels,
+            calibration,
+            query,
+        )?;
     }
     Ok(())
 }
@@ -121,13 +139,17 @@ pub async fn predict_tensors(
     inputs: Vec<Vec<f32>>,
     top_k: usize,
 ) -> Result<Vec<Scored>, InferError> {
-    let rows = model.logits(inputs).await?;
+    let rows = model.outputs(inputs).await?;
     let ctx = model.prediction_context();
     let scored = rows
         .into_iter()
-        .map(|logits| {
-            let prediction = build_prediction(&ctx, &logits, top_k)?;
-            Ok(Scored { logits, prediction })
+        .map(|RowOutput { logits, features }| {
+            let prediction = build_prediction(&ctx, &logits, features.as_deref(), top_k)?;
+            Ok(Scored {
+                logits,
+                features,
+                prediction,
+            })
         })
         .collect::<Result<Vec<_>, InferError>>()?;
     model.count_predictions(scored.len());

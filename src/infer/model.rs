@@ -20,11 +20,20 @@ use crate::repository::ModelFiles;
 use crate::runtime::ClassifierSession;
 use crate::telemetry::Metrics;
 
+/// The model outputs of one input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowOutput {
+    /// Raw logits, class order.
+    pub logits: Vec<f32>,
+    /// Penultimate features, when model.toml names a features output.
+    pub features: Option<Vec<f32>>,
+}
+
 /// One queued image.
 struct Job {
     input: Vec<f32>,
     enqueued: Instant,
-    reply: oneshot::Sender<Result<Vec<f32>, InferError>>,
+    reply: oneshot::Sender<Result<RowOutput, InferError>>,
 }
 
 impl Queued for Job {
@@ -49,7 +58,8 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Builds `sessions_per_model` sessions, runs a warm-up batch through each (which also checks
-    /// that the logits have one column per label), then starts one thread per session.
+    /// that the logits have one column per label and that the features fit the calibration
+    /// file's Mahalanobis detector), then starts one thread per session.
     pub fn start(
         files: ModelFiles,
         config: &Config,
@@ -66,14 +76,18 @@ impl LoadedModel {
                 shape,
                 config.intra_op_threads,
             )?;
-            let (_, k) = s.run(&vec![0.0; s.image_len()])?;
-            if k != files.metadata.labels.len() {
+            if let Some(name) = &files.metadata.output.features {
+                s = s.with_features(name)?;
+            }
+            let out = s.run_outputs(&vec![0.0; s.image_len()])?;
+            if out.classes != files.metadata.labels.len() {
                 return Err(InferError::LabelCount {
                     model: files.name.clone(),
-                    outputs: k,
+                    outputs: out.classes,
                     labels: files.metadata.labels.len(),
                 });
             }
+            check_features(&files, out.features.as_ref().map(|f| f.1))?;
             sessions.push(s);
         }
         // Room for every admitted request to queue a full batch of images; beyond it, 429.
@@ -127,9 +141,9 @@ impl LoadedModel {
         })
     }
 
-    /// Queues preprocessed images (`C * H * W` values each) and returns their logits rows in the
+    /// Queues preprocessed images (`C * H * W` values each) and returns their outputs in the
     /// same order. Dropping the future abandons the entries; the batcher then skips them.
-    pub async fn logits(&self, inputs: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, InferError> {
+    pub async fn outputs(&self, inputs: Vec<Vec<f32>>) -> Result<Vec<RowOutput>, InferError> {
         let mut replies = Vec::with_capacity(inputs.len());
         for input in inputs {
             let (reply, rx) = oneshot::channel();
@@ -190,6 +204,31 @@ impl LoadedModel {
     }
 }
 
+/// A calibration file with a Mahalanobis detector needs features of its dimension `dim`.
+fn check_features(files: &ModelFiles, dim: Option<usize>) -> Result<(), InferError> {
+    let detector = files
+        .calibration
+        .as_ref()
+        .and_then(|c| c.ood.as_ref())
+        .and_then(|o| o.mahalanobis.as_ref());
+    let reason = match (detector, dim) {
+        (None, _) => return Ok(()),
+        (Some(_), None) => "the calibration file has a Mahalanobis detector but model.toml names \
+                            no features output (output.features)"
+            .to_string(),
+        (Some(m), Some(d)) if m.dim() != d => format!(
+            "the calibration file's Mahalanobis detector has {} features, the model's features \
+             output has {d}: refit it (caliper calibrate --train-data)",
+            m.dim()
+        ),
+        (Some(_), Some(_)) => return Ok(()),
+    };
+    Err(InferError::FeatureMismatch {
+        model: files.name.clone(),
+        reason,
+    })
+}
+
 /// The loop of one session thread: form a batch, run it, answer every entry. Ends when the
 /// model is dropped (queue closed).
 fn session_thread(
@@ -218,13 +257,22 @@ fn session_thread(
         }
         batch_h.observe(batch.len() as f64);
         let input: Vec<f32> = batch.iter().flat_map(|j| j.input.iter().copied()).collect();
-        let result = session.run(&input);
+        let result = session.run_outputs(&input);
         infer_h.observe(start.elapsed().as_secs_f64());
         match result {
-            Ok((logits, k)) => {
-                for (job, row) in batch.into_iter().zip(logits.chunks_exact(k)) {
+            Ok(out) => {
+                let k = out.classes;
+                let mut features = out
+                    .features
+                    .as_ref()
+                    .map(|(f, d)| f.chunks_exact(*d).map(<[f32]>::to_vec));
+                for (job, row) in batch.into_iter().zip(out.logits.chunks_exact(k)) {
+                    let features = features.as_mut().and_then(Iterator::next);
                     let answer = if row.iter().all(|v| v.is_finite()) {
-                        Ok(row.to_vec())
+                        Ok(RowOutput {
+                            logits: row.to_vec(),
+                            features,
+                        })
                     } else {
                         nonfinite.inc();
                         Err(InferError::NonFiniteLogits(name.to_string()))

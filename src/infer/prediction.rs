@@ -90,14 +90,17 @@ pub fn new_prediction_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// Builds the prediction for one row of logits. Fails on non-finite logits (never a
-/// probability from NaN) and on a class-count mismatch.
+/// Builds the prediction for one row of logits (and the row's penultimate features, when the
+/// model exports them: they give the Mahalanobis OOD score). Fails on non-finite logits (never
+/// a probability from NaN) and on a class-count mismatch.
 pub fn build_prediction(
     ctx: &PredictionContext<'_>,
     logits: &[f32],
+    features: Option<&[f32]>,
     top_k: usize,
 ) -> Result<Prediction, CalibrationError> {
-    let z: Vec<f64> = logits.iter().map(|&v| f64::from(v)).collect();
+    let z = to_f64(logits);
+    let f = features.map(to_f64);
     if z.len() != ctx.labels.len() {
         return Err(CalibrationError::ClassMismatch {
             expected: ctx.labels.len(),
@@ -141,6 +144,7 @@ pub fn build_prediction(
         apply_policy(
             &mut p,
             &z,
+            f.as_deref(),
             ctx.labels,
             ctx.calibration,
             &TrustQuery::default(),
@@ -150,11 +154,17 @@ pub fn build_prediction(
     })
 }
 
+/// f32 model outputs as the f64 the calibration and OOD code works in.
+pub fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
 /// (Re)applies the trust policy of a request to a prediction: OOD verdict, abstention and the
-/// conformal set. `logits` are the row's raw logits.
+/// conformal set. `logits` are the row's raw logits, `features` its penultimate features.
 pub fn apply_policy(
     p: &mut Prediction,
     logits: &[f64],
+    features: Option<&[f64]>,
     labels: &[String],
     calibration: Option<&CalibrationFile>,
     query: &TrustQuery,
@@ -162,6 +172,7 @@ pub fn apply_policy(
     let d = decide(
         logits,
         &p.probabilities,
+        features,
         calibration.and_then(|c| c.ood.as_ref()),
         calibration.and_then(|c| c.conformal.as_ref()),
         query,
@@ -196,7 +207,7 @@ mod tests {
     fn top_k_is_sorted_and_probabilities_sum_to_one() {
         let labels: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         let c = Calibrator::Ts { temperature: 2.0 };
-        let p = build_prediction(&ctx(&labels, &c), &[0.0, 3.0, 1.0], 2).unwrap();
+        let p = build_prediction(&ctx(&labels, &c), &[0.0, 3.0, 1.0], None, 2).unwrap();
         assert_eq!((p.label.as_str(), p.class_index), ("b", 1));
         assert_eq!(p.top_k.iter().map(|t| t.index).collect::<Vec<_>>(), [1, 2]);
         assert!((p.probabilities.iter().sum::<f64>() - 1.0).abs() < 1e-12);
@@ -212,11 +223,11 @@ mod tests {
         let labels: Vec<String> = ["a", "b"].map(String::from).to_vec();
         let c = Calibrator::Identity;
         assert!(matches!(
-            build_prediction(&ctx(&labels, &c), &[0.0, f32::NAN], 5),
+            build_prediction(&ctx(&labels, &c), &[0.0, f32::NAN], None, 5),
             Err(CalibrationError::NonFinite(_))
         ));
         assert!(matches!(
-            build_prediction(&ctx(&labels, &c), &[0.0, 1.0, 2.0], 5),
+            build_prediction(&ctx(&labels, &c), &[0.0, 1.0, 2.0], None, 5),
             Err(CalibrationError::ClassMismatch { .. })
         ));
     }

@@ -25,6 +25,8 @@ pub const DEFAULT_TPR: f64 = 0.95;
 pub const DEFAULT_ALPHA: f64 = 0.1;
 /// Default OOD score named in the file (the server's `ood.method`).
 pub const DEFAULT_METHOD: &str = "msp";
+/// Every score name, in the order reports list them (`mahalanobis` only with features).
+pub const METHODS: [&str; 5] = ["msp", "max_logit", "energy", "entropy", "mahalanobis"];
 /// Quantile levels of the stored confidence reference.
 pub const REFERENCE_LEVELS: usize = 201;
 /// Relative ridge of the Mahalanobis covariance.
@@ -57,6 +59,38 @@ pub struct OodCalibration {
     /// Class means and shared precision of the training features, when the model exports them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mahalanobis: Option<Mahalanobis>,
+}
+
+impl OodCalibration {
+    /// Makes `method` the score the server decides `is_ood` with; it must have a threshold
+    /// (`mahalanobis` has one only when the file was fitted with features).
+    pub fn with_method(mut self, method: &str) -> Result<Self, OodError> {
+        if !self.thresholds.contains_key(method) {
+            let have: Vec<&str> = self.thresholds.keys().map(String::as_str).collect();
+            return Err(OodError::InvalidOption(format!(
+                "OOD method {method:?} has no fitted threshold (fitted: {})",
+                have.join(", ")
+            )));
+        }
+        self.method = method.to_string();
+        Ok(self)
+    }
+
+    /// Every score of one row: [`named_scores`] plus `mahalanobis` when this file has the
+    /// detector and the row's `features` are given. A feature vector the detector cannot score
+    /// (wrong length, non-finite) scores NaN, which [`Threshold::is_ood`] flags.
+    pub fn scores(
+        &self,
+        logits: &[f64],
+        calibrated: &[f64],
+        features: Option<&[f64]>,
+    ) -> BTreeMap<String, f64> {
+        let mut s = named_scores(logits, calibrated);
+        if let (Some(m), Some(f)) = (&self.mahalanobis, features) {
+            s.insert("mahalanobis".into(), m.score(f).unwrap_or(f64::NAN));
+        }
+        s
+    }
 }
 
 /// The `conformal` section of a calibration file.
@@ -105,6 +139,33 @@ pub fn named_scores(logits: &[f64], calibrated: &[f64]) -> BTreeMap<String, f64>
     ])
 }
 
+/// Every served score of every row, by name: [`named_scores`] of the logits `[N, K]` and their
+/// calibrated probabilities, plus `mahalanobis` of the features `[N, D]` when a detector is
+/// given with them.
+pub fn score_rows(
+    logits: ArrayView2<'_, f64>,
+    calibrated: ArrayView2<'_, f64>,
+    features: Option<(ArrayView2<'_, f64>, &Mahalanobis)>,
+) -> Result<BTreeMap<String, Vec<f64>>, OodError> {
+    let mut per_score: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (z, p) in logits.outer_iter().zip(calibrated.outer_iter()) {
+        for (name, v) in named_scores(&z.to_vec(), &p.to_vec()) {
+            per_score.entry(name).or_default().push(v);
+        }
+    }
+    if let Some((f, m)) = features {
+        if f.nrows() != logits.nrows() {
+            return Err(OodError::Shape(format!(
+                "{} feature rows for {} logit rows",
+                f.nrows(),
+                logits.nrows()
+            )));
+        }
+        per_score.insert("mahalanobis".into(), m.score_rows(f)?);
+    }
+    Ok(per_score)
+}
+
 /// Fits the OOD thresholds, the conformal predictors and the confidence reference on the
 /// validation logits `[N, K]` and labels, after `calibrator`.
 pub fn fit_trust_artifacts(
@@ -114,23 +175,18 @@ pub fn fit_trust_artifacts(
     calibrator: &Calibrator,
 ) -> Result<TrustArtifacts, ArtifactError> {
     let probs = calibrate_rows(calibrator, logits)?;
-    let mut per_score: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut confidences = Vec::with_capacity(labels.len());
-    for (z, p) in logits.outer_iter().zip(probs.outer_iter()) {
-        let p = p.to_vec();
-        confidences.push(p.iter().copied().fold(0.0, f64::max));
-        for (name, v) in named_scores(&z.to_vec(), &p) {
-            per_score.entry(name).or_default().push(v);
-        }
-    }
-    let mahalanobis = match features {
-        Some(f) => {
-            let m = Mahalanobis::fit(f.train, f.train_labels, logits.ncols(), MAHALANOBIS_RIDGE)?;
-            per_score.insert("mahalanobis".into(), m.score_rows(f.val)?);
-            Some(m)
-        }
-        None => None,
-    };
+    let confidences: Vec<f64> = probs
+        .outer_iter()
+        .map(|p| p.iter().copied().fold(0.0, f64::max))
+        .collect();
+    let mahalanobis = features
+        .map(|f| Mahalanobis::fit(f.train, f.train_labels, logits.ncols(), MAHALANOBIS_RIDGE))
+        .transpose()?;
+    let per_score = score_rows(
+        logits,
+        probs.view(),
+        features.map(|f| f.val).zip(mahalanobis.as_ref()),
+    )?;
     let thresholds = per_score
         .iter()
         .map(|(name, v)| Ok((name.clone(), Threshold::fit(v, DEFAULT_TPR)?)))
@@ -218,6 +274,23 @@ mod tests {
         let a = fit_trust_artifacts(z.view(), &y, Some(feats), &Calibrator::Identity).unwrap();
         assert!(a.ood.mahalanobis.is_some());
         assert!(a.ood.thresholds.contains_key("mahalanobis"));
+        let row = [0.5, 0.2, 0.0];
+        let s = a.ood.scores(&row, &[0.4, 0.3, 0.3], Some(&row));
+        assert_eq!(s.len(), 5);
+        assert!(s["mahalanobis"].is_finite() && s["mahalanobis"] >= 0.0);
+        // No features: no Mahalanobis score; features of the wrong width: NaN (flagged).
+        assert!(
+            !a.ood
+                .scores(&row, &[0.4, 0.3, 0.3], None)
+                .contains_key("mahalanobis")
+        );
+        assert!(a.ood.scores(&row, &[0.4, 0.3, 0.3], Some(&row[..2]))["mahalanobis"].is_nan());
+        let m = a.ood.clone().with_method("mahalanobis").unwrap();
+        assert_eq!(m.method, "mahalanobis");
+        let e = a.ood.with_method("odin").unwrap_err().to_string();
+        assert!(e.contains("odin") && e.contains("mahalanobis"), "{e}");
+        let plain = fit_trust_artifacts(z.view(), &y, None, &Calibrator::Identity).unwrap();
+        assert!(plain.ood.with_method("mahalanobis").is_err());
     }
 
     #[test]

@@ -411,13 +411,14 @@ pub fn average_precision(positive: &[f64], negative: &[f64]) -> Result<f64, OodE
     check_scores("positive scores", positive)?;
     check_scores("negative scores", negative)?;
     let (mut tp, mut fp) = (0usize, 0usize);
-    let mut ap = 0.0;
+    let mut sum = 0.0;
     for (p, n) in tie_groups(positive, negative).into_iter().rev() {
         tp += p;
         fp += n;
-        ap += (tp as f64 / (tp + fp) as f64) * (p as f64 / positive.len() as f64);
+        sum += (tp as f64 / (tp + fp) as f64) * p as f64;
     }
-    Ok(ap)
+    // One division at the end: a perfect ranking gives exactly 1, never 1 + rounding.
+    Ok(sum / positive.len() as f64)
 }
 
 /// The OOD evaluation of one score on an ID set and an OOD set.

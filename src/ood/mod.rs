@@ -1,9 +1,11 @@
-//! Out-of-distribution scores. For now only the logit-based ones, computed from the raw
-//! (uncalibrated) logits; every score is oriented so that higher means more out-of-distribution.
-//! Thresholds and feature-based detectors (Mahalanobis) arrive with the OOD issue.
-//! [`fit`] holds the fitted ones: Mahalanobis, thresholds at a target TPR, AUROC / FPR / AUPR.
+//! Out-of-distribution scores, every one oriented so that higher means more out-of-distribution:
+//! here the logit-based ones ([`LogitScores`], on the raw logits); [`fit`] holds the fitted ones
+//! (Mahalanobis on penultimate features, thresholds at a target TPR) and the metrics (AUROC,
+//! FPR at 95% TPR, AUPR); [`artifacts`] what the calibration file stores; [`policy`] the
+//! per-request verdict; [`eval`] the `caliper eval-ood` report. Definitions: docs/OOD.md.
 
 pub mod artifacts;
+pub mod eval;
 pub mod fit;
 pub mod policy;
 
@@ -30,19 +32,22 @@ impl LogitScores {
         let p = softmax_with_temperature(logits, 1.0);
         let max_p = p.iter().copied().fold(0.0, f64::max);
         let max_z = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        // 0 * ln 0 = 0: skip exact zeros that underflowed.
-        let entropy = -p
-            .iter()
-            .filter(|&&q| q > 0.0)
-            .map(|q| q * q.ln())
-            .sum::<f64>();
         Self {
             msp: 1.0 - max_p,
             max_logit: -max_z,
             energy: -log_sum_exp(logits),
-            entropy,
+            entropy: entropy(&p),
         }
     }
+}
+
+/// Shannon entropy of a probability vector, in nats.
+pub fn entropy(p: &[f64]) -> f64 {
+    // 0 * ln 0 = 0: skip exact zeros that underflowed.
+    -p.iter()
+        .filter(|&&q| q > 0.0)
+        .map(|q| q * q.ln())
+        .sum::<f64>()
 }
 
 #[cfg(test)]

@@ -78,10 +78,12 @@ pub enum PolicyError {
 
 /// Decides `ood`, abstention and the prediction set of one row of finite logits and their
 /// calibrated probabilities. Without an OOD section the verdict uses `msp` with no threshold
-/// and is never OOD.
+/// and is never OOD. `features` (the row's penultimate features, when the model exports them)
+/// add the `mahalanobis` score when the OOD section has the detector.
 pub fn decide(
     logits: &[f64],
     calibrated: &[f64],
+    features: Option<&[f64]>,
     ood: Option<&OodCalibration>,
     conformal: Option<&ConformalCalibration>,
     query: &TrustQuery,
@@ -91,7 +93,10 @@ pub fn decide(
     {
         return Err(PolicyError::MinConfidence(m));
     }
-    let scores = named_scores(logits, calibrated);
+    let scores = match ood {
+        Some(o) => o.scores(logits, calibrated, features),
+        None => named_scores(logits, calibrated),
+    };
     let method = ood.map_or("msp", |o| o.method.as_str()).to_string();
     let score = scores.get(&method).copied().unwrap_or(f64::NAN);
     let threshold = ood.and_then(|o| o.thresholds.get(&method));
@@ -170,6 +175,7 @@ mod tests {
         let d = decide(
             &[5.0, 0.0],
             &[0.95, 0.05],
+            None,
             Some(&ood()),
             Some(&conformal()),
             &q,
@@ -188,17 +194,25 @@ mod tests {
             reject_ood: true,
             ..TrustQuery::default()
         };
-        let d = decide(&row.0, &row.1, Some(&ood()), None, &reject).unwrap();
+        let d = decide(&row.0, &row.1, None, Some(&ood()), None, &reject).unwrap();
         assert!(d.ood.is_ood && d.abstained);
         assert_eq!(d.abstain_reason, Some(AbstainReason::OutOfDistribution));
         let low = TrustQuery {
             min_confidence: Some(0.6),
             ..TrustQuery::default()
         };
-        let d = decide(&row.0, &row.1, Some(&ood()), None, &low).unwrap();
+        let d = decide(&row.0, &row.1, None, Some(&ood()), None, &low).unwrap();
         assert_eq!(d.abstain_reason, Some(AbstainReason::LowConfidence));
         // Flagged but not asked to reject: answers anyway.
-        let d = decide(&row.0, &row.1, Some(&ood()), None, &TrustQuery::default()).unwrap();
+        let d = decide(
+            &row.0,
+            &row.1,
+            None,
+            Some(&ood()),
+            None,
+            &TrustQuery::default(),
+        )
+        .unwrap();
         assert!(d.ood.is_ood && !d.abstained);
     }
 
@@ -208,19 +222,29 @@ mod tests {
             min_confidence: Some(1.5),
             ..TrustQuery::default()
         };
-        assert!(decide(&[1.0, 0.0], &[0.7, 0.3], None, None, &bad).is_err());
+        assert!(decide(&[1.0, 0.0], &[0.7, 0.3], None, None, None, &bad).is_err());
         let alpha = TrustQuery {
             alpha: Some(0.1),
             ..TrustQuery::default()
         };
         assert!(matches!(
-            decide(&[1.0, 0.0], &[0.7, 0.3], None, None, &alpha),
+            decide(&[1.0, 0.0], &[0.7, 0.3], None, None, None, &alpha),
             Err(PolicyError::NoConformal)
         ));
         let alpha = TrustQuery {
             alpha: Some(1.5),
             ..TrustQuery::default()
         };
-        assert!(decide(&[1.0, 0.0], &[0.7, 0.3], None, Some(&conformal()), &alpha).is_err());
+        assert!(
+            decide(
+                &[1.0, 0.0],
+                &[0.7, 0.3],
+                None,
+                None,
+                Some(&conformal()),
+                &alpha
+            )
+            .is_err()
+        );
     }
 }

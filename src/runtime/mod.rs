@@ -5,4 +5,4 @@ mod library;
 mod session;
 
 pub use library::{OrtLibraryError, environment, init_onnxruntime, resolve_library_path};
-pub use session::{ClassifierSession, RuntimeError};
+pub use session::{BatchOutput, ClassifierSession, RuntimeError};

@@ -1,5 +1,7 @@
 //! One ONNX Runtime session for an image classifier: built from a file with a bounded intra-op
-//! thread count, fed an `[N, C, H, W]` f32 batch, answering the `[N, K]` logits.
+//! thread count, fed an `[N, C, H, W]` f32 batch, answering the `[N, K]` logits and, when
+//! `model.toml` names one ([`ClassifierSession::with_features`]), the `[N, D]` penultimate
+//! features that the Mahalanobis OOD detector scores.
 //!
 //! `Session::run` needs `&mut self` (ONNX Runtime internals are not thread safe), so a
 //! [`ClassifierSession`] is meant to be owned by exactly one thread (see `infer::worker`).
@@ -43,6 +45,20 @@ pub enum RuntimeError {
     /// The logits output is not `[N, K]` for the batch that was fed.
     #[error("unexpected logits shape {got:?} for a batch of {batch}")]
     OutputShape { got: Vec<i64>, batch: usize },
+    /// The features output is not `[N, ...]` for the batch that was fed.
+    #[error("unexpected features shape {got:?} for a batch of {batch}")]
+    FeatureShape { got: Vec<i64>, batch: usize },
+}
+
+/// The outputs of one batch, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchOutput {
+    /// Logits `[N, K]`.
+    pub logits: Vec<f32>,
+    /// K.
+    pub classes: usize,
+    /// Features `[N, D]` (trailing dimensions flattened) and D, when the session fetches them.
+    pub features: Option<(Vec<f32>, usize)>,
 }
 
 /// A session plus the names and shape it is fed with.
@@ -51,10 +67,14 @@ pub struct ClassifierSession {
     session: Session,
     input_name: String,
     logits_name: String,
+    /// The features output, when it is fetched.
+    features_name: Option<String>,
     /// `[C, H, W]` of one image.
     image_shape: [usize; 3],
     /// The batch size the graph is fixed to, when its first dimension is not dynamic.
     fixed_batch: Option<usize>,
+    /// The model file, for errors.
+    path: PathBuf,
 }
 
 impl ClassifierSession {
@@ -111,8 +131,26 @@ impl ClassifierSession {
             fixed_batch,
             input_name: input_name.to_string(),
             logits_name: logits_name.to_string(),
+            features_name: None,
             image_shape,
+            path: path.to_path_buf(),
         })
+    }
+
+    /// Also fetch the output `name` (penultimate features, `[N, D]` or `[N, D, 1, 1]`) on every
+    /// run. Errors when the graph has no such output. Without this, runs copy only the logits.
+    pub fn with_features(mut self, name: &str) -> Result<Self, RuntimeError> {
+        let names: Vec<&str> = self.session.outputs().iter().map(|o| o.name()).collect();
+        if !names.contains(&name) {
+            return Err(RuntimeError::MissingTensor {
+                path: self.path.clone(),
+                kind: "output",
+                name: name.to_string(),
+                available: names.join(", "),
+            });
+        }
+        self.features_name = Some(name.to_string());
+        Ok(self)
     }
 
     /// The batch size the graph accepts when it is fixed (`None`: any batch size).
@@ -128,6 +166,13 @@ impl ClassifierSession {
     /// Runs a batch of `input.len() / image_len()` images laid out contiguously, returning the
     /// logits row-major and the class count K.
     pub fn run(&mut self, input: &[f32]) -> Result<(Vec<f32>, usize), RuntimeError> {
+        let out = self.run_outputs(input)?;
+        Ok((out.logits, out.classes))
+    }
+
+    /// Like [`run`](Self::run), plus the features when [`with_features`](Self::with_features)
+    /// named them.
+    pub fn run_outputs(&mut self, input: &[f32]) -> Result<BatchOutput, RuntimeError> {
         let per = self.image_len();
         let batch = input.len() / per;
         debug_assert_eq!(batch * per, input.len(), "caller passes whole images");
@@ -138,14 +183,34 @@ impl ClassifierSession {
             .session
             .run(ort::inputs![self.input_name.as_str() => tensor])
             .map_err(|e| RuntimeError::Run(e.to_string()))?;
-        let (shape, data) = outputs[self.logits_name.as_str()]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| RuntimeError::Run(e.to_string()))?;
-        let dims: Vec<i64> = shape.iter().copied().collect();
-        match dims.as_slice() {
-            [n, k] if *n as usize == batch && *k > 0 => Ok((data.to_vec(), *k as usize)),
-            _ => Err(RuntimeError::OutputShape { got: dims, batch }),
-        }
+        let extract = |name: &str| {
+            outputs[name]
+                .try_extract_tensor::<f32>()
+                .map(|(shape, data)| (shape.iter().copied().collect::<Vec<i64>>(), data))
+                .map_err(|e| RuntimeError::Run(e.to_string()))
+        };
+        let (dims, data) = extract(self.logits_name.as_str())?;
+        let (logits, classes) = match dims.as_slice() {
+            [n, k] if *n as usize == batch && *k > 0 => (data.to_vec(), *k as usize),
+            _ => return Err(RuntimeError::OutputShape { got: dims, batch }),
+        };
+        let features = match &self.features_name {
+            None => None,
+            Some(name) => {
+                let (dims, data) = extract(name)?;
+                // [N, D] or [N, D, 1, 1] (a pooled convolution): flatten what follows N.
+                let d: i64 = dims.iter().skip(1).product();
+                if dims.len() < 2 || dims[0] as usize != batch || d <= 0 {
+                    return Err(RuntimeError::FeatureShape { got: dims, batch });
+                }
+                Some((data.to_vec(), d as usize))
+            }
+        };
+        Ok(BatchOutput {
+            logits,
+            classes,
+            features,
+        })
     }
 }
 
@@ -199,6 +264,23 @@ mod tests {
         assert_eq!(logits.len(), 30);
         // Identical images give identical rows.
         assert_eq!(logits[..10], logits[10..20]);
+    }
+
+    #[test]
+    fn fetches_features_only_when_asked() {
+        let mut s = ClassifierSession::new(&fixture(), "input", "logits", [1, 28, 28], 1).unwrap();
+        let plain = s.run_outputs(&vec![0.5; 2 * 784]).unwrap();
+        assert_eq!(plain.features, None);
+        let mut s = s.with_features("features").unwrap();
+        let out = s.run_outputs(&vec![0.5; 2 * 784]).unwrap();
+        assert_eq!(out.logits, plain.logits);
+        let (f, d) = out.features.unwrap();
+        // The fixture MLP is 784-32-10: its penultimate layer has 32 units.
+        assert_eq!((f.len(), d), (2 * 32, 32));
+        assert_eq!(f[..32], f[32..]);
+        let s = ClassifierSession::new(&fixture(), "input", "logits", [1, 28, 28], 1).unwrap();
+        let e = s.with_features("penultimate").unwrap_err();
+        assert!(e.to_string().contains("\"penultimate\""), "{e}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use crate::data::split::{long_tail_indices, stratified_fraction, stratified_split};
+use crate::data::split::TrainValSplit;
 use crate::data::{Augment, BatchOptions, DataError, Dataset, DatasetSpec, Normalization};
 
 /// The splits a run uses.
@@ -43,25 +43,13 @@ pub fn split(
     imbalance_ratio: f64,
     seed: u64,
 ) -> Result<Splits, DataError> {
-    let k = train.num_classes();
-    let lt;
-    let train = if imbalance_ratio > 1.0 {
-        lt = train.subset(&long_tail_indices(
-            &train.labels,
-            k,
-            imbalance_ratio,
-            seed.wrapping_add(2),
-        )?);
-        &lt
-    } else {
-        train
-    };
-    let (mut tr, va) = stratified_split(&train.labels, k, val_fraction, seed)?;
-    if train_fraction < 1.0 {
-        let sub = train.subset(&tr);
-        let keep = stratified_fraction(&sub.labels, k, train_fraction, seed.wrapping_add(1))?;
-        tr = keep.iter().map(|&i| tr[i]).collect();
+    let (tr, va) = TrainValSplit {
+        val_fraction,
+        train_fraction,
+        imbalance_ratio,
+        seed,
     }
+    .indices(&train.labels, train.num_classes())?;
     let tr_set = train.subset(&tr);
     let normalization = tr_set.channel_stats();
     Ok(Splits {

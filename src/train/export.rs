@@ -1,15 +1,21 @@
 //! Export of a trained model to the repository: `models/NAME/model.onnx` (inference graph,
 //! weights baked in), `models/NAME/model.toml` (labels, preprocessing, provenance, sha256),
-//! `calib/NAME.json` (calibrator fitted on the validation split) and `models/NAME/report.json`.
+//! `calib/NAME.json` (calibrator fitted on the validation split, OOD thresholds, the
+//! Mahalanobis detector on the training split's features, conformal predictors) and
+//! `models/NAME/report.json`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
 use super::config::TrainConfig;
-use super::fit::{ECE_BINS, TrainError, Trained, logits_report};
+use super::fit::{ECE_BINS, TrainError, Trained, logits_report, predict_outputs};
+use super::runner::Evaluator;
 use super::step;
 use crate::calibration::{CalibrationFile, Calibrator, FitOptions, FitSummary, Method};
+use crate::data::{Dataset, Normalization};
+use crate::ood::artifacts::FeatureData;
 use crate::repository::{
     InputSpec, METADATA_SCHEMA_VERSION, ModelMetadata, OutputSpec, Provenance, ResizePolicy,
 };
@@ -36,6 +42,16 @@ pub enum ExportError {
     Report(String),
 }
 
+/// The splits whose features the exported model's Mahalanobis OOD detector is fitted on: class
+/// means and covariance from `train`, the threshold from `val` (issue 5).
+#[derive(Debug, Clone)]
+pub struct FeatureSplits {
+    /// The training split the model was trained on.
+    pub train: Dataset,
+    /// The validation split (the one `Trained::val` holds logits of).
+    pub val: Dataset,
+}
+
 /// Paths written by [`export`].
 #[derive(Debug, Clone)]
 pub struct Exported {
@@ -55,7 +71,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
 }
 
 /// Writes the model, its metadata, its calibrator and the report.
-pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported, ExportError> {
+pub fn export(
+    cfg: &TrainConfig,
+    t: &Trained,
+    splits: &FeatureSplits,
+    command: &str,
+) -> Result<Exported, ExportError> {
     let a = &cfg.args;
     let dir = a.models_dir.join(&a.out);
     let model_path = dir.join("model.onnx");
@@ -155,8 +176,14 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
     meta.save(&dir.join("model.toml"))?;
 
     let calib_path = a.calib_dir.join(format!("{}.json", a.out));
-    let trust = crate::ood::artifacts::fit_trust_artifacts(vz.view(), &vy, None, &calibrator)
-        .map_err(|e| ExportError::Report(e.to_string()))?;
+    let features = Features::compute(cfg, &bytes, splits, &t.normalization)?;
+    let trust = crate::ood::artifacts::fit_trust_artifacts(
+        vz.view(),
+        &vy,
+        Some(features.view()),
+        &calibrator,
+    )
+    .map_err(|e| ExportError::Report(e.to_string()))?;
     CalibrationFile::new(&a.out, &sha, k, calibrator.clone(), Some(summary.clone()))
         .with_trust(trust)
         .save(&calib_path)?;
@@ -200,6 +227,49 @@ pub fn export(cfg: &TrainConfig, t: &Trained, command: &str) -> Result<Exported,
         calib: calib_path,
         report,
     })
+}
+
+/// Penultimate features of the exported graph over the training and validation splits.
+struct Features {
+    train: ndarray::Array2<f64>,
+    val: ndarray::Array2<f64>,
+    train_labels: Vec<usize>,
+}
+
+impl Features {
+    /// Runs the exported inference graph (weights baked in, on the training device) over both
+    /// splits.
+    fn compute(
+        cfg: &TrainConfig,
+        model: &[u8],
+        splits: &FeatureSplits,
+        norm: &Normalization,
+    ) -> Result<Self, ExportError> {
+        let report = |e: String| ExportError::Report(format!("features: {e}"));
+        let mut ev = Evaluator::new(model, Vec::new(), cfg.args.threads, cfg.device)
+            .map_err(|e| report(e.to_string()))?;
+        let none = BTreeMap::new();
+        let mut run = |d: &Dataset| {
+            let (_, f) =
+                predict_outputs(&mut ev, &none, d, norm).map_err(|e| report(e.to_string()))?;
+            let dim = f.len() / d.len().max(1);
+            ndarray::Array2::from_shape_vec((d.len(), dim), f.into_iter().map(f64::from).collect())
+                .map_err(|e| report(e.to_string()))
+        };
+        Ok(Features {
+            train: run(&splits.train)?,
+            val: run(&splits.val)?,
+            train_labels: splits.train.labels.clone(),
+        })
+    }
+
+    fn view(&self) -> FeatureData<'_> {
+        FeatureData {
+            val: self.val.view(),
+            train: self.train.view(),
+            train_labels: &self.train_labels,
+        }
+    }
 }
 
 /// Writes the best weights' validation and test logits (`f32 [N, K]`) and labels (`i64 [N]`) as

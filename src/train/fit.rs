@@ -145,10 +145,22 @@ pub fn predict(
     data: &Dataset,
     norm: &Normalization,
 ) -> Result<Vec<f32>, TrainError> {
+    Ok(predict_outputs(ev, state, data, norm)?.0)
+}
+
+/// Logits `[n * K]` and penultimate features `[n * D]` of a whole dataset through the
+/// evaluator (the export fits the Mahalanobis OOD detector on the features).
+pub fn predict_outputs(
+    ev: &mut Evaluator,
+    state: &BTreeMap<String, ort::value::DynValue>,
+    data: &Dataset,
+    norm: &Normalization,
+) -> Result<(Vec<f32>, Vec<f32>), TrainError> {
     const EVAL_BATCH: usize = 500;
     let idx: Vec<usize> = (0..data.len()).collect();
     let opts = BatchOptions::eval(EVAL_BATCH, norm.clone());
     let mut out = Vec::with_capacity(data.len() * 16);
+    let mut features = Vec::new();
     for (i, chunk) in idx.chunks(EVAL_BATCH).enumerate() {
         let b = crate::data::batch::make_batch(data, chunk, &opts, i);
         let shape = b
@@ -158,9 +170,11 @@ pub fn predict(
             .map(|&d| d as i64)
             .collect::<Vec<_>>();
         let (x, _) = b.images.into_raw_vec_and_offset();
-        out.extend(ev.run(x, &shape, state)?.0);
+        let (z, f) = ev.run(x, &shape, state)?;
+        out.extend(z);
+        features.extend(f);
     }
-    Ok(out)
+    Ok((out, features))
 }
 
 fn labels_i64(d: &Dataset) -> Vec<i64> {

@@ -79,8 +79,13 @@ pub fn run(cli: Cli, command: &str) -> anyhow::Result<()> {
                 a.imbalance_ratio,
                 a.seed,
             )?;
+            // The export fits the Mahalanobis OOD detector on the features of these two.
+            let feature_splits = export::FeatureSplits {
+                train: splits.train.clone(),
+                val: splits.val.clone(),
+            };
             let trained = fit::train(&cfg, splits, cfg.augment)?;
-            let out = export::export(&cfg, &trained, command)?;
+            let out = export::export(&cfg, &trained, &feature_splits, command)?;
             println!("{}", serde_json::to_string_pretty(&out.report)?);
             println!("wrote {} and {}", out.model.display(), out.calib.display());
             Ok(())

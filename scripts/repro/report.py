@@ -1,0 +1,341 @@
+#!/usr/bin/env python3
+"""Builds docs/REPRODUCTION.md from the raw results in docs/results/ (issue 6). Standard library only.
+
+    scripts/repro/report.py collect RESULTS_DIR...   # runs/*/results/*.json -> docs/results/<exp>.json
+    scripts/repro/report.py render                   # docs/results/*.json -> docs/REPRODUCTION.md
+
+`collect` keeps, per run, its definition, the device, the wall time, the best epoch, the test metrics
+(raw / TS / ATS at 15 and 20 bins), the per-class test accuracy and a compact epoch log. `render`
+computes every number in the report from those files: means and sample standard deviations over
+seeds, paired t-tests over seeds, and fills the hand-written commentary of
+docs/results/commentary.md (sections keyed by `## key`) under each table. Rerun both after new runs.
+"""
+import glob
+import json
+import math
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "docs" / "results"
+COLLAPSE = 0.2  # test accuracy below this on 10 classes = the run collapsed to a constant answer
+
+
+def collect(dirs):
+    by_exp = {}
+    for d in dirs:
+        for f in sorted(glob.glob(str(pathlib.Path(d) / "*.json"))):
+            r = json.loads(pathlib.Path(f).read_text())
+            r["epochs"] = [{"epoch": e["epoch"], "lr": round(e["lr"], 6),
+                            "train_loss": round(e["train_loss"], 5),
+                            "val_accuracy": round(e["val"]["accuracy"], 5),
+                            "val_ece": round(e["val"]["ece"], 5)} for e in r.get("epochs", [])]
+            by_exp.setdefault(r["exp"], {})[r["id"]] = r
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for exp, runs in by_exp.items():
+        path = RESULTS / f"{exp}.json"
+        old = {r["id"]: r for r in json.loads(path.read_text())["runs"]} if path.exists() else {}
+        old.update(runs)
+        path.write_text(json.dumps({"experiment": exp, "runs": [old[k] for k in sorted(old)]},
+                                   indent=1) + "\n")
+        print(f"{path.relative_to(ROOT)}: {len(old)} runs")
+
+
+# ---- statistics -------------------------------------------------------------------------------
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def sd(xs):
+    if len(xs) < 2:
+        return float("nan")
+    m = mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def betacf(a, b, x):
+    """Continued fraction of the regularised incomplete beta (Numerical Recipes, Lentz)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1, a - 1
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1 + aa * d
+        d = 1 / (d if abs(d) > tiny else tiny)
+        c = 1 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1 + aa * d
+        d = 1 / (d if abs(d) > tiny else tiny)
+        c = 1 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1) < 1e-12:
+            break
+    return h
+
+
+def betainc(a, b, x):
+    if x <= 0 or x >= 1:
+        return 0.0 if x <= 0 else 1.0
+    lbt = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(1 - x)
+    if x < (a + 1) / (a + b + 2):
+        return math.exp(lbt) * betacf(a, b, x) / a
+    return 1 - math.exp(lbt) * betacf(b, a, 1 - x) / b
+
+
+def paired_t(a, b):
+    """Mean of a-b, its sd, t and the two-sided p-value of the paired t-test (n-1 dof)."""
+    d = [x - y for x, y in zip(a, b)]
+    n = len(d)
+    if n < 2:
+        return mean(d), float("nan"), float("nan"), float("nan")
+    s = sd(d)
+    if s == 0:
+        return mean(d), 0.0, float("inf"), 0.0
+    t = mean(d) / (s / math.sqrt(n))
+    dof = n - 1
+    p = betainc(dof / 2, 0.5, dof / (dof + t * t))
+    return mean(d), s, t, p
+
+
+# ---- tables -----------------------------------------------------------------------------------
+
+def load():
+    exps = {}
+    for f in sorted(RESULTS.glob("e*.json")):
+        exps[f.stem] = json.loads(f.read_text())["runs"]
+    return exps
+
+
+def metric(r, key, cal="raw", bins=15):
+    return r["test"][f"bins{bins}"][cal][key]
+
+
+def pm(xs, scale=100, digits=2):
+    if not xs:
+        return "–"
+    if len(xs) == 1:
+        return f"{xs[0] * scale:.{digits}f}"
+    return f"{mean(xs) * scale:.{digits}f} ± {sd(xs) * scale:.{digits}f}"
+
+
+def group(runs, dataset, loss):
+    return sorted((r for r in runs if r["dataset"] == dataset and r["loss"] == loss),
+                  key=lambda r: r["seed"])
+
+
+def collapsed(r):
+    return metric(r, "accuracy") < COLLAPSE and r["test"]["bins15"]["raw"]["classes"] >= 10
+
+
+def main_table(runs, dataset, losses):
+    out = ["| loss | seeds (collapsed) | accuracy % | ECE-15 raw | ECE-15 TS | ECE-15 ATS | "
+           "ECE-20 raw | ECE-20 ATS | NLL raw | NLL ATS |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for loss in losses:
+        g = group(runs, dataset, loss)
+        if not g:
+            continue
+        col = sum(collapsed(r) for r in g)
+        m = lambda k, c="raw", b=15: [metric(r, k, c, b) for r in g]  # noqa: E731
+        out.append(f"| {loss} | {len(g)} ({col}) | {pm(m('accuracy'))} | {pm(m('ece'))} | "
+                   f"{pm(m('ece', 'ts'))} | {pm(m('ece', 'ats'))} | {pm(m('ece', 'raw', 20))} | "
+                   f"{pm(m('ece', 'ats', 20))} | {pm(m('nll'), 1, 3)} | {pm(m('nll', 'ats'), 1, 3)} |")
+    return "\n".join(out)
+
+
+def more_table(runs, dataset, losses):
+    out = ["| loss | AdaECE raw | AdaECE ATS | classwise ECE raw | classwise ECE ATS | Brier raw | "
+           "Brier ATS |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for loss in losses:
+        g = group(runs, dataset, loss)
+        if not g:
+            continue
+        m = lambda k, c="raw": [metric(r, k, c) for r in g]  # noqa: E731
+        out.append(f"| {loss} | {pm(m('adaece'))} | {pm(m('adaece', 'ats'))} | "
+                   f"{pm(m('classwise_ece'))} | {pm(m('classwise_ece', 'ats'))} | "
+                   f"{pm(m('brier'), 1, 4)} | {pm(m('brier', 'ats'), 1, 4)} |")
+    return "\n".join(out)
+
+
+def paired_rows(runs, dataset, a="gce", b="ce", label=""):
+    ga = {r["seed"]: r for r in group(runs, dataset, a)}
+    gb = {r["seed"]: r for r in group(runs, dataset, b)}
+    seeds = sorted(set(ga) & set(gb))
+    rows = []
+    subsets = [("all seeds", seeds),
+               ("seeds where neither collapsed",
+                [s for s in seeds if not collapsed(ga[s]) and not collapsed(gb[s])])]
+    for name, ss in subsets:
+        if len(ss) < 2:
+            rows.append(f"| {label}{dataset} | {name} | {len(ss)} | too few seeds | | |")
+            continue
+        cells = []
+        for key, cal, scale, unit in [("accuracy", "raw", 100, "pp"), ("ece", "raw", 100, "pp"),
+                                      ("ece", "ats", 100, "pp")]:
+            d, s, t, p = paired_t([metric(ga[x], key, cal) * scale for x in ss],
+                                  [metric(gb[x], key, cal) * scale for x in ss])
+            cells.append(f"{d:+.2f} {unit} (sd {s:.2f}, t = {t:.2f}, p = {p:.3f})")
+        rows.append(f"| {label}{dataset} | {name} | {len(ss)} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def paired_table(rows):
+    return "\n".join(["| setting | seeds | n | accuracy GCE − CE | ECE-15 raw GCE − CE | "
+                      "ECE-15 ATS GCE − CE |", "| --- | --- | ---: | --- | --- | --- |", *rows])
+
+
+def rare_table(runs, dataset, losses, k=10, rare=3):
+    out = [f"| loss | seeds | accuracy % | ECE-15 raw | ECE-15 ATS | accuracy of the {rare} rarest "
+           "classes % (each) |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for loss in losses:
+        g = group(runs, dataset, loss)
+        if not g:
+            continue
+        per = [[r["test_per_class_accuracy"][c] for r in g] for c in range(k - rare, k)]
+        out.append(f"| {loss} | {len(g)} | {pm([metric(r, 'accuracy') for r in g])} | "
+                   f"{pm([metric(r, 'ece') for r in g])} | {pm([metric(r, 'ece', 'ats') for r in g])} | "
+                   + ", ".join(f"class {k - rare + i}: {pm(p, 100, 1)}" for i, p in enumerate(per)) + " |")
+    return "\n".join(out)
+
+
+def budget(runs):
+    if not runs:
+        return ""
+    devs = sorted({r.get("device") or "?" for r in runs})
+    epochs = sorted({int(r["args"][r["args"].index("--epochs") + 1]) for r in runs})
+    walls = [r["wall_s"] for r in runs if r.get("wall_s")]
+    return (f"Budget: {len(runs)} runs, {', '.join(map(str, epochs))} epochs each, on "
+            f"{', '.join(devs)}; wall time per run {min(walls):.0f}-{max(walls):.0f} s "
+            f"(several trainers shared the device).")
+
+
+def commentary():
+    path = RESULTS / "commentary.md"
+    sections, key = {}, None
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.startswith("## "):
+                key = line[3:].strip()
+                sections[key] = []
+            elif key:
+                sections[key].append(line)
+    return {k: "\n".join(v).strip() for k, v in sections.items()}
+
+
+def render():
+    exps, notes = load(), commentary()
+    six = ["ce", "gce", "focal", "flsd53", "dual-focal", "label-smoothing"]
+    three = ["ce", "gce", "focal"]
+    parts = ["# Reproducing the GCE paper's claims with caliper",
+             "",
+             "Generated by `scripts/repro/report.py render` from the raw per-run results in "
+             "`docs/results/*.json` (do not edit by hand; the commentary comes from "
+             "`docs/results/commentary.md`). Every run was trained by `caliper-train` and scored by "
+             "`caliper calibrate` / `caliper eval` (`scripts/repro/experiments.py`): TS and ATS are "
+             "fitted on the run's validation split (10% of the training data, stratified, seeded) and "
+             "applied to the test split. Numbers are mean ± sample standard deviation over seeds, in "
+             "percent unless they are NLL or Brier. A run whose test accuracy is below 20% (on ten "
+             "classes) is counted as *collapsed*: it predicts one class for everything.",
+             "", notes.get("summary", ""), ""]
+
+    def section(title, key, body):
+        parts.extend([f"## {title}", "", body, "", notes.get(key, ""), ""])
+
+    if "e1" in exps:
+        r = exps["e1"]
+        body = []
+        for ds in ["mnist", "fashion-mnist"]:
+            body += [f"### {ds} (LeNet, lr 0.05 cosine, no warm-up)", "", budget(group_all(r, ds)), "",
+                     main_table(r, ds, six), "", more_table(r, ds, six), ""]
+        rows = paired_rows(r, "mnist") + paired_rows(r, "fashion-mnist")
+        if "e1w" in exps:
+            w = exps["e1w"]
+            body += ["### mnist again, with one epoch of linear warm-up (CPU)", "", budget(w), "",
+                     main_table(w, "mnist", three), "", more_table(w, "mnist", three), ""]
+            rows += paired_rows(w, "mnist", label="warm-up: ")
+        body += ["### Paired test, GCE vs CE (same seeds)", "", paired_table(rows)]
+        section("1. MNIST and Fashion-MNIST: six losses", "e1", "\n".join(body))
+    if "e2" in exps:
+        r = exps["e2"]
+        body = []
+        for ds in sorted({x["dataset"] for x in r}):
+            body += [f"### {ds}", "", budget(group_all(r, ds)), "", rare_table(r, ds, three), ""]
+        rows = [row for ds in sorted({x["dataset"] for x in r}) for row in paired_rows(r, ds)]
+        body += ["### Paired test, GCE vs CE", "", paired_table(rows)]
+        section("2. Long-tailed data (imbalance ratio 100)", "e2", "\n".join(body))
+    if "e3" in exps:
+        r = exps["e3"]
+        body = [budget(r), "", main_table(r, "cifar10", three), "", more_table(r, "cifar10", three),
+                "", paired_table(paired_rows(r, "cifar10"))]
+        section("3. CIFAR-10, ResNet-20", "e3", "\n".join(body))
+    if "e4" in exps:
+        r = exps["e4"]
+        body = [budget(r), "", main_table(r, "pneumonia", three), "",
+                more_table(r, "pneumonia", three), "", paired_table(paired_rows(r, "pneumonia"))]
+        section("4. Medical: PneumoniaMNIST (binary)", "e4", "\n".join(body))
+    if "e5" in exps:
+        r = exps["e5"]
+        body = []
+        for ds in sorted({x["dataset"] for x in r}):
+            body += [f"### {ds}", "", budget(group_all(r, ds)), "", main_table(r, ds, ["ce", "gce"]), ""]
+        rows = [row for ds in sorted({x["dataset"] for x in r}) for row in paired_rows(r, ds)]
+        body += ["(100% of the data is experiment 1's MNIST rows.)", "", paired_table(rows)]
+        section("5. Data efficiency: 1% and 10% of MNIST", "e5", "\n".join(body))
+    if "e6" in exps:
+        section("6. Out-of-distribution detection: MNIST models on Fashion-MNIST", "e6", ood_table(exps["e6"]))
+    section("7. Cost of GCE", "e7", cost_table())
+    parts.extend(["## Reliability diagrams", "", notes.get("diagrams", ""), ""])
+    for d in sorted((ROOT / "docs" / "reproduction").glob("*-raw.svg")):
+        stem = d.name[:-len("-raw.svg")]
+        parts.append(f"| {stem}: uncalibrated | {stem}: ATS |\n| --- | --- |\n"
+                     f"| ![](reproduction/{stem}-raw.svg) | ![](reproduction/{stem}-ats.svg) |\n")
+    text = "\n".join(parts).replace("\n\n\n", "\n\n").rstrip() + "\n"
+    (ROOT / "docs" / "REPRODUCTION.md").write_text(text)
+    print("wrote docs/REPRODUCTION.md")
+
+
+def group_all(runs, dataset):
+    return [r for r in runs if r["dataset"] == dataset]
+
+
+def ood_table(runs):
+    out = ["| model (loss) | seeds | score | AUROC % | FPR at 95% TPR % | AUPR % |",
+           "| --- | ---: | --- | ---: | ---: | ---: |"]
+    for loss in ["ce", "gce", "focal"]:
+        g = [r for r in runs if r["loss"] == loss]
+        if not g:
+            continue
+        for score in g[0]["scores"]:
+            vals = lambda k: [r["scores"][score][k] for r in g if score in r["scores"]]  # noqa: E731
+            out.append(f"| {loss} | {len(g)} | {score} | {pm(vals('auroc'))} | {pm(vals('fpr95'))} | "
+                       f"{pm(vals('aupr'))} |")
+    return "\n".join(out)
+
+
+def cost_table():
+    out = ["| device | arch | CE ms/step | GCE ms/step | GCE overhead |", "| --- | --- | ---: | ---: | ---: |"]
+    for f in sorted(RESULTS.glob("bench-*.jsonl")):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.startswith("{")]
+        ours = [r for r in rows if str(r.get("framework", "caliper")).startswith("caliper")]
+        for arch in sorted({r["arch"] for r in ours}):
+            ms = {r["loss"]: r["median_ms"] for r in ours if r["arch"] == arch}
+            if "ce" in ms and "gce" in ms:
+                out.append(f"| {f.stem[len('bench-'):]} | {arch} | {ms['ce']:.2f} | {ms['gce']:.2f} | "
+                           f"{(ms['gce'] / ms['ce'] - 1) * 100:+.1f}% |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "collect":
+        collect(sys.argv[2:])
+    elif len(sys.argv) == 2 and sys.argv[1] == "render":
+        render()
+    else:
+        sys.exit(__doc__)
