@@ -105,8 +105,10 @@ fn with_features(
         anyhow::bail!("--train-data needs --model NAME --data SPEC");
     };
     let val = model_logits::load_spec(&input.data_dir, spec)?;
+    model_logits::check_labels(&input.models_dir, model, &val, spec)?;
     let v = model_logits::run_on(&input.models_dir, model, &val, spec, true)?;
     let train = model_logits::load_spec(&input.data_dir, train_spec)?;
+    model_logits::check_labels(&input.models_dir, model, &train, train_spec)?;
     let t = model_logits::run_on(&input.models_dir, model, &train, train_spec, true)?;
     let (Some(val_f), Some(train_f)) = (v.features, t.features) else {
         anyhow::bail!("{model}: the session returned no features");

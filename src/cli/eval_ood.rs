@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use super::model_logits::{ModelOutputs, load_spec, run_on};
+use super::model_logits::{ModelOutputs, check_labels, load_spec, run_on};
 use crate::calibration::{CalibrationFile, Calibrator};
+use crate::data::ImageShape;
 use crate::ood::eval::{OodEvaluation, SetOutputs, evaluate};
 use crate::repository::ModelMetadata;
 
@@ -93,7 +94,20 @@ pub fn run(args: EvalOodArgs) -> anyhow::Result<()> {
     let features =
         meta.output.features.is_some() && ood_file.is_some_and(|o| o.mahalanobis.is_some());
     let id_data = load_spec(&args.data_dir, &args.id)?;
-    let ood_data = load_spec(&args.data_dir, &args.ood)?;
+    check_labels(&args.models_dir, &args.model, &id_data, &args.id)?;
+    let mut ood_data = load_spec(&args.data_dir, &args.ood)?;
+    // An OOD set of another shape is converted the way the server would preprocess its images
+    // (grey to RGB, bilinear resize), so that e.g. a CIFAR-10 model can be scored on MNIST.
+    let input = &meta.input;
+    let want = ImageShape {
+        channels: input.channels,
+        height: input.height,
+        width: input.width,
+    };
+    if ood_data.shape != want {
+        tracing::info!(from = ?ood_data.shape, to = ?want, "converting the OOD set to the model's input shape");
+        ood_data = ood_data.resampled(want);
+    }
     let id = run_on(&args.models_dir, &args.model, &id_data, &args.id, features)?;
     let ood = run_on(
         &args.models_dir,

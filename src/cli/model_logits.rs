@@ -37,12 +37,32 @@ pub fn load_spec(data_dir: &Path, spec: &str) -> anyhow::Result<Dataset> {
 /// Runs the model over the dataset split and returns its logits and the split's labels.
 pub fn run(models_dir: &Path, model: &str, data_dir: &Path, spec: &str) -> anyhow::Result<Loaded> {
     let data = load_spec(data_dir, spec)?;
+    check_labels(models_dir, model, &data, spec)?;
     let out = run_on(models_dir, model, &data, spec, false)?;
     Ok(Loaded {
         logits: out.logits,
         labels: data.labels,
         source: format!("{model} on {spec}"),
     })
+}
+
+/// Errors when `data` has more classes than the model has labels (its labels would index past
+/// the model's classes). Only labelled uses need this: OOD sets may have any classes.
+pub fn check_labels(
+    models_dir: &Path,
+    model: &str,
+    data: &Dataset,
+    what: &str,
+) -> anyhow::Result<()> {
+    let meta = ModelMetadata::load(&models_dir.join(model).join("model.toml"))?;
+    if data.num_classes() > meta.labels.len() {
+        bail!(
+            "{what} has {} classes but {model} has {} labels",
+            data.num_classes(),
+            meta.labels.len()
+        );
+    }
+    Ok(())
 }
 
 /// Runs the model over `data` (`what` names it in errors). With `features`, also returns the
@@ -61,13 +81,6 @@ pub fn run_on(
     let got = [data.shape.channels, data.shape.height, data.shape.width];
     if shape != got {
         bail!("{model} expects images {shape:?} (C, H, W) but {what} has {got:?}");
-    }
-    if data.num_classes() > meta.labels.len() {
-        bail!(
-            "{what} has {} classes but {model} has {} labels",
-            data.num_classes(),
-            meta.labels.len()
-        );
     }
     let mut session = ClassifierSession::new(
         &dir.join("model.onnx"),

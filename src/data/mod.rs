@@ -12,6 +12,7 @@ pub mod cifar;
 pub mod folder;
 pub mod idx;
 pub mod npz;
+mod resample;
 pub mod spec;
 pub mod split;
 
