@@ -65,18 +65,20 @@ impl Drop for InFlight {
 /// Records `caliper_request_duration_seconds`, `caliper_in_flight_requests` and
 /// `caliper_rejected_total` (by the error code the response carries).
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = req.method().as_str().to_string();
+    // Both clones are cheap (a shared string, an enum): no per-request formatting.
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let m = &state.metrics;
     m.in_flight.inc();
     let _guard = InFlight(m.in_flight.clone());
     let start = std::time::Instant::now();
     let resp = next.run(req).await;
     m.request_duration
-        .with_label_values(&[route.as_str(), method.as_str(), resp.status().as_str()])
+        .with_label_values(&[
+            route.as_ref().map_or("unmatched", MatchedPath::as_str),
+            method.as_str(),
+            resp.status().as_str(),
+        ])
         .observe(start.elapsed().as_secs_f64());
     if let Some(ErrorCode(code)) = resp.extensions().get::<ErrorCode>() {
         m.rejected.with_label_values(&[code]).inc();

@@ -1,13 +1,20 @@
-//! Dynamic batching: the pure decision ([`BatchPolicy`]) and the loop that applies it to a queue
-//! ([`collect_batch`]). No model and no I/O besides the channel, so both are unit-tested here.
+//! Dynamic batching: the pure decision ([`BatchPolicy`]) and the queue that applies it
+//! ([`BatchQueue`]). No model and no I/O, so both are unit-tested here.
 //!
 //! Rule (after TGI's queue): a batch closes when it holds `max_batch_size` entries or when its
 //! oldest entry has waited `max_queue_delay` since it was enqueued; until then it takes whatever
 //! is already queued and waits for more only within that budget. With a zero delay batching is
 //! greedy: entries that piled up while the sessions were busy run together, nothing waits.
 //! Entries whose client is gone are dropped before they cost a run.
+//!
+//! Why a queue of our own rather than `std::sync::mpsc`: several session threads consume it. A
+//! shared `Receiver` needs a mutex that one idle thread holds while blocked in `recv`, so every
+//! batch woke two threads (the receiver, then the mutex waiter, which only went back to sleep).
+//! Thread wake-ups dominated the server's profile on a small VM; here a push wakes at most one
+//! idle consumer per entry, and none when all are busy (the common case under load).
 
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// An entry the batcher can schedule.
@@ -41,41 +48,145 @@ impl BatchPolicy {
     }
 }
 
-/// Blocks for the first live entry, then fills a batch by `policy`. Abandoned entries are handed
-/// to `on_abandoned` (for counting) and never returned. `None` when the queue is closed and empty.
-pub fn collect_batch<T: Queued>(
-    rx: &Receiver<T>,
-    policy: &BatchPolicy,
-    mut on_abandoned: impl FnMut(T),
-) -> Option<Vec<T>> {
-    let first = loop {
-        let entry = rx.recv().ok()?;
-        if entry.is_abandoned() {
-            on_abandoned(entry);
-        } else {
-            break entry;
-        }
-    };
-    let oldest = first.enqueued_at();
-    let mut batch = vec![first];
-    while let Some(wait) = policy.wait_budget(batch.len(), oldest, Instant::now()) {
-        let next = match rx.try_recv() {
-            Ok(e) => Some(e),
-            Err(TryRecvError::Empty) if !wait.is_zero() => rx.recv_timeout(wait).ok(),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        };
-        match next {
-            Some(e) if e.is_abandoned() => on_abandoned(e),
-            Some(e) => batch.push(e),
-            None => break,
+/// Why entries were not queued; they are handed back.
+#[derive(Debug)]
+pub enum PushError<T> {
+    /// The queue holds `capacity` entries already.
+    Full(Vec<T>),
+    /// The queue was closed (the model is being dropped).
+    Closed(Vec<T>),
+}
+
+struct State<T> {
+    items: VecDeque<T>,
+    closed: bool,
+    /// Consumers blocked on `ready`: a push notifies only when someone is there to wake.
+    idle: usize,
+}
+
+/// A bounded multi-producer, multi-consumer queue of entries that consumers take in batches.
+pub struct BatchQueue<T> {
+    state: Mutex<State<T>>,
+    ready: Condvar,
+    capacity: usize,
+}
+
+impl<T> std::fmt::Debug for BatchQueue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchQueue")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Queued> BatchQueue<T> {
+    /// An open, empty queue holding at most `capacity` entries.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                items: VecDeque::with_capacity(capacity.min(1024)),
+                closed: false,
+                idle: 0,
+            }),
+            ready: Condvar::new(),
+            capacity,
         }
     }
-    Some(batch)
+
+    // A panic while the lock is held cannot leave `State` half-updated (every update is a
+    // single push, pop or flag write), so a poisoned lock is still consistent.
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues all of `entries` or none of them (a request's images are never split between a
+    /// 429 and a run).
+    pub fn push_all(&self, entries: Vec<T>) -> Result<(), PushError<T>> {
+        let mut s = self.lock();
+        if s.closed {
+            return Err(PushError::Closed(entries));
+        }
+        if s.items.len() + entries.len() > self.capacity {
+            return Err(PushError::Full(entries));
+        }
+        let n = entries.len();
+        s.items.extend(entries);
+        let wake = s.idle.min(n);
+        drop(s);
+        for _ in 0..wake {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Closes the queue: pushes fail, and consumers get `None` once it is drained.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    /// Entries waiting now.
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    /// True when no entry waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Blocks for the first live entry, then fills a batch by `policy`. Abandoned entries are
+    /// handed to `on_abandoned` (for counting) and never returned. `None` when the queue is
+    /// closed and empty. The lock is held only while taking entries, never while waiting.
+    pub fn next_batch(
+        &self,
+        policy: &BatchPolicy,
+        mut on_abandoned: impl FnMut(T),
+    ) -> Option<Vec<T>> {
+        let mut s = self.lock();
+        let first = loop {
+            match s.items.pop_front() {
+                Some(e) if e.is_abandoned() => on_abandoned(e),
+                Some(e) => break e,
+                None if s.closed => return None,
+                None => {
+                    s.idle += 1;
+                    s = self.ready.wait(s).unwrap_or_else(PoisonError::into_inner);
+                    s.idle -= 1;
+                }
+            }
+        };
+        let oldest = first.enqueued_at();
+        let mut batch = Vec::with_capacity(policy.max_batch_size.min(s.items.len() + 1));
+        batch.push(first);
+        loop {
+            while batch.len() < policy.max_batch_size {
+                match s.items.pop_front() {
+                    Some(e) if e.is_abandoned() => on_abandoned(e),
+                    Some(e) => batch.push(e),
+                    None => break,
+                }
+            }
+            match policy.wait_budget(batch.len(), oldest, Instant::now()) {
+                Some(wait) if !wait.is_zero() && !s.closed => {
+                    s.idle += 1;
+                    s = self
+                        .ready
+                        .wait_timeout(s, wait)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                    s.idle -= 1;
+                }
+                _ => break,
+            }
+        }
+        Some(batch)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc::channel;
+    use std::sync::Arc;
 
     use super::*;
 
@@ -103,12 +214,22 @@ mod tests {
         }
     }
 
+    fn ids(b: Vec<Entry>) -> Vec<u32> {
+        b.into_iter().map(|e| e.id).collect()
+    }
+
+    const GREEDY: Duration = Duration::ZERO;
+
+    fn policy(max_batch_size: usize, max_queue_delay: Duration) -> BatchPolicy {
+        BatchPolicy {
+            max_batch_size,
+            max_queue_delay,
+        }
+    }
+
     #[test]
     fn budget_closes_on_size_and_on_age() {
-        let p = BatchPolicy {
-            max_batch_size: 4,
-            max_queue_delay: Duration::from_millis(10),
-        };
+        let p = policy(4, Duration::from_millis(10));
         let t0 = Instant::now();
         assert_eq!(p.wait_budget(4, t0, t0), None);
         assert_eq!(p.wait_budget(1, t0, t0), Some(Duration::from_millis(10)));
@@ -125,51 +246,87 @@ mod tests {
 
     #[test]
     fn greedy_batches_take_what_is_queued_up_to_the_limit() {
-        let (tx, rx) = channel();
-        for i in 0..5 {
-            tx.send(entry(i, false)).unwrap();
-        }
-        let p = BatchPolicy {
-            max_batch_size: 3,
-            max_queue_delay: Duration::ZERO,
-        };
-        let ids = |b: Vec<Entry>| b.into_iter().map(|e| e.id).collect::<Vec<_>>();
-        assert_eq!(ids(collect_batch(&rx, &p, |_| ()).unwrap()), [0, 1, 2]);
-        assert_eq!(ids(collect_batch(&rx, &p, |_| ()).unwrap()), [3, 4]);
-        drop(tx);
-        assert!(collect_batch(&rx, &p, |_| ()).is_none());
+        let q = BatchQueue::new(16);
+        q.push_all((0..5).map(|i| entry(i, false)).collect())
+            .unwrap();
+        let p = policy(3, GREEDY);
+        assert_eq!(ids(q.next_batch(&p, |_| ()).unwrap()), [0, 1, 2]);
+        assert_eq!(ids(q.next_batch(&p, |_| ()).unwrap()), [3, 4]);
+        q.close();
+        assert!(q.next_batch(&p, |_| ()).is_none());
     }
 
     #[test]
     fn abandoned_entries_are_skipped_and_reported() {
-        let (tx, rx) = channel();
-        for (i, gone) in [(0, true), (1, false), (2, true), (3, false)] {
-            tx.send(entry(i, gone)).unwrap();
-        }
-        let p = BatchPolicy {
-            max_batch_size: 8,
-            max_queue_delay: Duration::ZERO,
-        };
+        let q = BatchQueue::new(16);
+        let entries = [(0, true), (1, false), (2, true), (3, false)];
+        q.push_all(entries.map(|(i, gone)| entry(i, gone)).into())
+            .unwrap();
         let mut dropped = Vec::new();
-        let b = collect_batch(&rx, &p, |e| dropped.push(e.id)).unwrap();
-        assert_eq!(b.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 3]);
+        let b = q
+            .next_batch(&policy(8, GREEDY), |e| dropped.push(e.id))
+            .unwrap();
+        assert_eq!(ids(b), [1, 3]);
         assert_eq!(dropped, [0, 2]);
     }
 
     #[test]
+    fn pushes_are_all_or_nothing_within_capacity() {
+        let q = BatchQueue::new(3);
+        q.push_all(vec![entry(0, false), entry(1, false)]).unwrap();
+        match q.push_all(vec![entry(2, false), entry(3, false)]) {
+            Err(PushError::Full(back)) => assert_eq!(ids(back), [2, 3]),
+            other => panic!("expected Full, got {other:?}"),
+        }
+        assert_eq!(q.len(), 2);
+        q.push_all(vec![entry(2, false)]).unwrap();
+        q.close();
+        assert!(matches!(
+            q.push_all(vec![entry(4, false)]),
+            Err(PushError::Closed(_))
+        ));
+        // Closing still lets consumers drain what was queued.
+        assert_eq!(
+            ids(q.next_batch(&policy(8, GREEDY), |_| ()).unwrap()),
+            [0, 1, 2]
+        );
+        assert!(q.is_empty());
+    }
+
+    #[test]
     fn waits_within_the_delay_for_a_late_entry() {
-        let (tx, rx) = channel();
-        tx.send(entry(0, false)).unwrap();
-        let p = BatchPolicy {
-            max_batch_size: 2,
-            // Generous: the late entry is sent right away; the batch closes as soon as it is full.
-            max_queue_delay: Duration::from_secs(30),
+        let q = Arc::new(BatchQueue::new(16));
+        q.push_all(vec![entry(0, false)]).unwrap();
+        // Generous: the late entry is pushed right away; the batch closes as soon as it is full.
+        let p = policy(2, Duration::from_secs(30));
+        let pusher = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || q.push_all(vec![entry(1, false)]).unwrap())
         };
-        let sender = std::thread::spawn(move || tx.send(entry(1, false)).unwrap());
         let started = Instant::now();
-        let b = collect_batch(&rx, &p, |_| ()).unwrap();
-        sender.join().unwrap();
-        assert_eq!(b.len(), 2);
+        let b = q.next_batch(&p, |_| ()).unwrap();
+        pusher.join().unwrap();
+        assert_eq!(ids(b), [0, 1]);
         assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
+    #[test]
+    fn an_idle_consumer_wakes_for_a_push_and_on_close() {
+        let q = Arc::new(BatchQueue::<Entry>::new(16));
+        let consumer = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while let Some(b) = q.next_batch(&policy(4, GREEDY), |_| ()) {
+                    seen.extend(ids(b));
+                }
+                seen
+            })
+        };
+        q.push_all(vec![entry(7, false)]).unwrap();
+        q.push_all(vec![entry(8, false), entry(9, false)]).unwrap();
+        // The consumer drains before it sees the close, whatever the interleaving.
+        q.close();
+        assert_eq!(consumer.join().unwrap(), [7, 8, 9]);
     }
 }

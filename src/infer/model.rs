@@ -2,17 +2,16 @@
 //! drain its queue. Dropping the last handle closes the queue and the threads exit.
 //!
 //! Each ONNX Runtime session is owned by one OS thread (its `run` needs `&mut self`). The threads
-//! share one bounded queue; whichever is free forms the next batch ([`collect_batch`]), so work
-//! spreads over the sessions without a separate dispatcher.
+//! share one bounded queue; whichever is free forms the next batch ([`BatchQueue::next_batch`]),
+//! so work spreads over the sessions without a separate dispatcher.
 
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use super::InferError;
-use super::batcher::{BatchPolicy, Queued, collect_batch};
+use super::batcher::{BatchPolicy, BatchQueue, PushError, Queued};
 use super::prediction::PredictionContext;
 use crate::calibration::Calibrator;
 use crate::config::Config;
@@ -52,8 +51,15 @@ pub struct LoadedModel {
     pub files: ModelFiles,
     /// The calibrator applied to every prediction (identity without a calibration file).
     pub calibrator: Calibrator,
-    queue: SyncSender<Job>,
+    queue: Arc<BatchQueue<Job>>,
     metrics: Arc<Metrics>,
+}
+
+impl Drop for LoadedModel {
+    /// Closes the queue: the session threads finish what is queued, then exit.
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl LoadedModel {
@@ -95,8 +101,7 @@ impl LoadedModel {
             .max_concurrent_requests
             .saturating_mul(config.max_batch_size)
             .clamp(64, 1 << 16);
-        let (queue, rx) = sync_channel::<Job>(capacity);
-        let rx = Arc::new(Mutex::new(rx));
+        let queue = Arc::new(BatchQueue::new(capacity));
         // A graph exported with a fixed batch dimension can only run batches of exactly that size.
         let fixed = sessions.first().and_then(ClassifierSession::fixed_batch);
         if fixed.is_some_and(|b| b != 1) {
@@ -114,11 +119,17 @@ impl LoadedModel {
             max_queue_delay: config.max_queue_delay,
         };
         for (i, session) in sessions.into_iter().enumerate() {
-            let (rx, metrics, name) = (Arc::clone(&rx), Arc::clone(&metrics), files.name.clone());
-            std::thread::Builder::new()
+            let (q, metrics, name) = (Arc::clone(&queue), Arc::clone(&metrics), files.name.clone());
+            let spawned = std::thread::Builder::new()
                 .name(format!("caliper-{name}-{i}"))
-                .spawn(move || session_thread(&name, session, &rx, &policy, &metrics))
-                .map_err(|e| InferError::Internal(format!("cannot spawn a session thread: {e}")))?;
+                .spawn(move || session_thread(&name, session, &q, &policy, &metrics));
+            if let Err(e) = spawned {
+                // Lets the threads already started exit.
+                queue.close();
+                return Err(InferError::Internal(format!(
+                    "cannot spawn a session thread: {e}"
+                )));
+            }
         }
         let calibrator = files
             .calibration
@@ -144,20 +155,23 @@ impl LoadedModel {
     /// Queues preprocessed images (`C * H * W` values each) and returns their outputs in the
     /// same order. Dropping the future abandons the entries; the batcher then skips them.
     pub async fn outputs(&self, inputs: Vec<Vec<f32>>) -> Result<Vec<RowOutput>, InferError> {
-        let mut replies = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            let (reply, rx) = oneshot::channel();
-            let job = Job {
-                input,
-                enqueued: Instant::now(),
-                reply,
-            };
-            self.queue.try_send(job).map_err(|e| match e {
-                TrySendError::Full(_) => InferError::QueueFull,
-                TrySendError::Disconnected(_) => InferError::Unavailable(self.files.name.clone()),
-            })?;
-            replies.push(rx);
-        }
+        let enqueued = Instant::now();
+        let (jobs, replies): (Vec<Job>, Vec<_>) = inputs
+            .into_iter()
+            .map(|input| {
+                let (reply, rx) = oneshot::channel();
+                let job = Job {
+                    input,
+                    enqueued,
+                    reply,
+                };
+                (job, rx)
+            })
+            .unzip();
+        self.queue.push_all(jobs).map_err(|e| match e {
+            PushError::Full(_) => InferError::QueueFull,
+            PushError::Closed(_) => InferError::Unavailable(self.files.name.clone()),
+        })?;
         let mut out = Vec::with_capacity(replies.len());
         for rx in replies {
             out.push(
@@ -234,7 +248,7 @@ fn check_features(files: &ModelFiles, dim: Option<usize>) -> Result<(), InferErr
 fn session_thread(
     name: &str,
     mut session: ClassifierSession,
-    rx: &Mutex<Receiver<Job>>,
+    queue: &BatchQueue<Job>,
     policy: &BatchPolicy,
     metrics: &Metrics,
 ) {
@@ -243,20 +257,19 @@ fn session_thread(
     let infer_h = metrics.inference_duration.with_label_values(&[name]);
     let batch_h = metrics.batch_size.with_label_values(&[name]);
     let nonfinite = metrics.nonfinite_logits.with_label_values(&[name]);
-    loop {
-        // The lock is held only while forming a batch, never while running it, so the other
-        // sessions can form the next one meanwhile. A panic elsewhere cannot corrupt a Receiver.
-        let batch = {
-            let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
-            collect_batch(&rx, policy, |_| gone.inc())
-        };
-        let Some(batch) = batch else { return };
+    // One input buffer for the thread's lifetime: batches are copied into it, never allocated.
+    let mut input: Vec<f32> = Vec::with_capacity(policy.max_batch_size * session.image_len());
+    // The other sessions can form their next batch while this one runs.
+    while let Some(batch) = queue.next_batch(policy, |_| gone.inc()) {
         let start = Instant::now();
         for job in &batch {
             queue_h.observe(start.duration_since(job.enqueued).as_secs_f64());
         }
         batch_h.observe(batch.len() as f64);
-        let input: Vec<f32> = batch.iter().flat_map(|j| j.input.iter().copied()).collect();
+        input.clear();
+        for job in &batch {
+            input.extend_from_slice(&job.input);
+        }
         let result = session.run_outputs(&input);
         infer_h.observe(start.elapsed().as_secs_f64());
         match result {

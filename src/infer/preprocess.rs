@@ -57,17 +57,18 @@ pub fn preprocess(
     Ok(out)
 }
 
-/// Sniffs the format, checks the header's dimensions against the limit, then decodes.
-pub fn decode(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, PreprocessError> {
+fn reader(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>, PreprocessError> {
+    ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| PreprocessError::Corrupt(e.to_string()))
+}
+
+/// Sniffs the format and reads `(width, height)` from the header, without decoding pixels.
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), PreprocessError> {
     if bytes.is_empty() {
         return Err(PreprocessError::Empty);
     }
-    let reader = || {
-        ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| PreprocessError::Corrupt(e.to_string()))
-    };
-    let probe = reader()?;
+    let probe = reader(bytes)?;
     if probe.format().is_none() {
         return Err(PreprocessError::Unsupported(
             "unrecognised data (expected PNG, JPEG, BMP, WebP or GIF)".into(),
@@ -77,6 +78,12 @@ pub fn decode(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, Preproc
     if width == 0 || height == 0 {
         return Err(PreprocessError::Corrupt("zero-sized image".into()));
     }
+    Ok((width, height))
+}
+
+/// Sniffs the format, checks the header's dimensions against the limit, then decodes.
+pub fn decode(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, PreprocessError> {
+    let (width, height) = dimensions(bytes)?;
     if u64::from(width) * u64::from(height) > limits.max_pixels {
         return Err(PreprocessError::TooLarge {
             width,
@@ -84,7 +91,7 @@ pub fn decode(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, Preproc
             max: limits.max_pixels,
         });
     }
-    let mut reader = reader()?;
+    let mut reader = reader(bytes)?;
     let mut lim = image::Limits::default();
     // The largest legitimate buffer: the pixels at 4 channels of 16 bits, plus decoder slack.
     lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(16 << 20));
