@@ -5,6 +5,11 @@
 //! prints one JSON line: images/s of ONNX Runtime alone at batch size BATCH, images/s of
 //! decode + preprocess + ONNX Runtime at that batch size (SESSIONS threads, each owning a
 //! session, as the server does), and the single-image decode + run latency (p50, p99, ms).
+//! Sessions also fetch the features output when model.toml names one, as the server's do.
+//!
+//! It also reports the CPU time per image of decode + ONNX Runtime (`raw_decode_ort_cpu_us`,
+//! from the threads' own run time in /proc), which other processes on a shared machine do not
+//! inflate: the server's CPU time per request is compared with it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -30,22 +35,26 @@ fn main() -> anyhow::Result<()> {
     let limits = ImageLimits {
         max_pixels: 1 << 26,
     };
-    let new_session = || {
-        ClassifierSession::new(
+    let new_session = || -> anyhow::Result<ClassifierSession> {
+        let s = ClassifierSession::new(
             &dir.join("model.onnx"),
             &i.name,
             &meta.output.logits,
             shape,
             intra,
-        )
+        )?;
+        Ok(match &meta.output.features {
+            Some(f) => s.with_features(f)?,
+            None => s,
+        })
     };
 
-    // Runs `work` on SESSIONS threads for SECONDS and returns images per second.
-    let throughput = |with_decode: bool| -> anyhow::Result<f64> {
+    // Runs `work` on SESSIONS threads for SECONDS; returns images per second and CPU us per image.
+    let throughput = |with_decode: bool| -> anyhow::Result<(f64, f64)> {
         let per_thread = std::thread::scope(|s| {
             let handles: Vec<_> = (0..sessions)
                 .map(|_| {
-                    s.spawn(|| -> anyhow::Result<usize> {
+                    s.spawn(|| -> anyhow::Result<(usize, f64)> {
                         let mut session = new_session()?;
                         let one = preprocess(&image, i, limits)?;
                         let input: Vec<f32> = one
@@ -54,21 +63,21 @@ fn main() -> anyhow::Result<()> {
                             .cycle()
                             .take(one.len() * batch)
                             .collect();
-                        session.run(&input)?;
-                        let (start, mut done) = (Instant::now(), 0);
+                        session.run_outputs(&input)?;
+                        let (start, cpu0, mut done) = (Instant::now(), thread_cpu_us()?, 0);
                         while start.elapsed() < Duration::from_secs_f64(secs) {
                             if with_decode {
                                 let mut fresh = Vec::with_capacity(input.len());
                                 for _ in 0..batch {
                                     fresh.extend(preprocess(&image, i, limits)?);
                                 }
-                                session.run(&fresh)?;
+                                session.run_outputs(&fresh)?;
                             } else {
-                                session.run(&input)?;
+                                session.run_outputs(&input)?;
                             }
                             done += batch;
                         }
-                        Ok(done)
+                        Ok((done, thread_cpu_us()? - cpu0))
                     })
                 })
                 .collect();
@@ -77,11 +86,16 @@ fn main() -> anyhow::Result<()> {
                 .map(|h| h.join().expect("bench thread"))
                 .collect::<Vec<_>>()
         });
-        let total: usize = per_thread.into_iter().sum::<anyhow::Result<usize>>()?;
-        Ok(total as f64 / secs)
+        let (mut images, mut cpu_us) = (0, 0.0);
+        for r in per_thread {
+            let (n, us) = r?;
+            images += n;
+            cpu_us += us;
+        }
+        Ok((images as f64 / secs, cpu_us / images as f64))
     };
-    let ort_only = throughput(false)?;
-    let with_decode = throughput(true)?;
+    let (ort_only, ort_cpu_us) = throughput(false)?;
+    let (with_decode, decode_ort_cpu_us) = throughput(true)?;
 
     // Single image, one thread: decode + preprocess + run, as one request would.
     let mut session = new_session()?;
@@ -90,7 +104,7 @@ fn main() -> anyhow::Result<()> {
     while start.elapsed() < Duration::from_secs_f64(secs.min(5.0)) {
         let t = Instant::now();
         let x = preprocess(&image, i, limits)?;
-        session.run(&x)?;
+        session.run_outputs(&x)?;
         lat.push(t.elapsed().as_secs_f64() * 1e3);
     }
     lat.sort_by(f64::total_cmp);
@@ -100,8 +114,20 @@ fn main() -> anyhow::Result<()> {
         serde_json::json!({
             "batch_size": batch, "sessions": sessions, "intra_op_threads": intra,
             "raw_ort_images_per_s": ort_only, "raw_decode_ort_images_per_s": with_decode,
+            "raw_ort_cpu_us": ort_cpu_us, "raw_decode_ort_cpu_us": decode_ort_cpu_us,
             "raw_single_p50_ms": q(0.5), "raw_single_p99_ms": q(0.99), "raw_single_samples": lat.len(),
         })
     );
     Ok(())
+}
+
+/// CPU time this thread has run, in microseconds (the first field of its schedstat, in ns).
+fn thread_cpu_us() -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat")?;
+    let ns: f64 = text
+        .split_whitespace()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("empty /proc/thread-self/schedstat"))?
+        .parse()?;
+    Ok(ns / 1e3)
 }

@@ -11,7 +11,12 @@
 # Usage: scripts/bench-serve.sh [MODEL_DIR] [IMAGE]
 #   MODEL_DIR defaults to models/mnist, else the test fixture tests/data/models/mnist-mlp.
 #   Env: DURATION (s, default 15), CONNS (64), BATCH (32), SESSIONS (2), INTRA (1),
+#        QUEUE_DELAY_US (the server's --max-queue-delay-us, default: the server's default),
+#        PIN (0; 1 = load generator on CPU 0, server, raw baseline and Python on CPU 1, one
+#        session: the fairer split when wrk shares the machine; written to its own section),
 #        PYTHON (a python3 with onnxruntime, Pillow, numpy; default: runs/bench-venv, created).
+# Besides throughput, the CPU time the server spends per request (its threads' run time from
+# /proc, which other processes do not inflate) is compared with raw decode + ONNX Runtime's.
 # Needs wrk (apt-get install wrk).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -29,9 +34,17 @@ CALIB_ROOT="$(dirname "$MODELS_ROOT")/calib"
 DURATION="${DURATION:-15}"
 CONNS="${CONNS:-64}"
 BATCH="${BATCH:-32}"
-SESSIONS="${SESSIONS:-2}"
+PIN="${PIN:-0}"
+if [[ "$PIN" == 1 ]]; then
+  SESSIONS="${SESSIONS:-1}"; ON_SERVER_CPU=(taskset -c 1); ON_LOAD_CPU=(taskset -c 0); WRK_THREADS=1
+  OUT="$ROOT/runs/bench-pinned"
+else
+  SESSIONS="${SESSIONS:-2}"; ON_SERVER_CPU=(); ON_LOAD_CPU=(); WRK_THREADS=2
+  OUT="$ROOT/runs/bench"
+fi
 INTRA="${INTRA:-1}"
-OUT="$ROOT/runs/bench"
+DELAY_ARGS=()
+[[ -n "${QUEUE_DELAY_US:-}" ]] && DELAY_ARGS=(--max-queue-delay-us "$QUEUE_DELAY_US")
 mkdir -p "$OUT"
 
 command -v wrk >/dev/null || { echo "error: wrk not found (apt-get install wrk)" >&2; exit 1; }
@@ -77,26 +90,38 @@ LUA
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+# CPU time (user + system) of a process so far, in microseconds; threads that already exited
+# (Python's per-request threads, idle blocking-pool threads) included.
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+cpu_us() { awk -v t="$TICK_US" '{printf "%d", ($14 + $15) * t}' "/proc/$1/stat"; }
 
 # load NAME URL PID: 64-client and 1-client runs, RSS sampled mid-run and peak.
 load() {
   local name="$1" url="$2" pid="$3"
-  wrk -t2 -c"$CONNS" -d3s -s "$OUT/post.lua" "$url" >/dev/null   # warm-up
+  local wrk=("${ON_LOAD_CPU[@]}" wrk)
+  "${wrk[@]}" -t"$WRK_THREADS" -c"$CONNS" -d3s -s "$OUT/post.lua" "$url" >/dev/null   # warm-up
   (sleep $((DURATION / 2)); rss_kb "$pid" > "$OUT/$name-rss-kb.txt") &
-  local sampler=$!
-  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/post.lua" "$url" > "$OUT/$name-wrk-$CONNS.txt"
+  local sampler=$! cpu0
+  cpu0="$(cpu_us "$pid")"
+  "${wrk[@]}" -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/post.lua" "$url" > "$OUT/$name-wrk-$CONNS.txt"
+  echo $(($(cpu_us "$pid") - cpu0)) > "$OUT/$name-cpu-us.txt"
   wait "$sampler"
   hwm_kb "$pid" > "$OUT/$name-hwm-kb.txt"
-  wrk -t1 -c1 -d"${DURATION}s" --latency -s "$OUT/post.lua" "$url" > "$OUT/$name-wrk-1.txt"
+  "${wrk[@]}" -t1 -c1 -d"${DURATION}s" --latency -s "$OUT/post.lua" "$url" > "$OUT/$name-wrk-1.txt"
 }
 
 echo "1/3 raw ONNX Runtime ($MODEL_DIR, batch $BATCH, $SESSIONS sessions x $INTRA threads)" >&2
-target/release/examples/bench_raw "$MODEL_DIR" "$IMAGE" "$BATCH" "$SESSIONS" "$INTRA" "$DURATION" > "$OUT/raw.json"
+${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_raw "$MODEL_DIR" "$IMAGE" "$BATCH" "$SESSIONS" "$INTRA" "$DURATION" > "$OUT/raw.json"
 
 echo "2/3 caliper serve" >&2
-target/release/caliper serve --addr 127.0.0.1:0 --models "$MODELS_ROOT" --calib "$CALIB_ROOT" \
+# A repository holding only the benchmarked model, so that RSS compares with the Python server's.
+REPO="$OUT/repository"
+rm -rf "$REPO"; mkdir -p "$REPO/models" "$REPO/calib"
+ln -s "$ROOT/$MODELS_ROOT/$NAME" "$REPO/models/$NAME"
+[[ -f "$CALIB_ROOT/$NAME.json" ]] && ln -s "$ROOT/$CALIB_ROOT/$NAME.json" "$REPO/calib/$NAME.json"
+${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/caliper serve --addr 127.0.0.1:0 --models "$REPO/models" --calib "$REPO/calib" \
   --max-batch-size "$BATCH" --sessions-per-model "$SESSIONS" --intra-op-threads "$INTRA" \
-  --max-concurrent-requests 1024 2> "$OUT/server.log" &
+  --max-concurrent-requests 1024 ${DELAY_ARGS[@]+"${DELAY_ARGS[@]}"} 2> "$OUT/server.log" &
 SERVER=$!
 PIDS+=("$SERVER")
 ADDR="$(wait_listening "$OUT/server.log" "$SERVER")"
@@ -106,11 +131,11 @@ kill -TERM "$SERVER"; wait "$SERVER" || true
 
 echo "3/3 Python baseline" >&2
 CALIB_FILE="$CALIB_ROOT/$NAME.json"; [[ -f "$CALIB_FILE" ]] || CALIB_FILE=-
-"$PYTHON" scripts/bench_python_server.py "$MODEL_DIR" "$CALIB_FILE" 0 > "$OUT/python.log" 2>&1 &
+${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} "$PYTHON" scripts/bench_python_server.py "$MODEL_DIR" "$CALIB_FILE" 0 > "$OUT/python.log" 2>&1 &
 PYSERVER=$!
 PIDS+=("$PYSERVER")
 PYADDR="$(wait_listening "$OUT/python.log" "$PYSERVER")"
 load python "http://$PYADDR/" "$PYSERVER"
 kill "$PYSERVER"; wait "$PYSERVER" 2>/dev/null || true
 
-python3 scripts/bench_report.py "$OUT" "$CONNS" "$MODEL_DIR" "$IMAGE" "$DURATION"
+python3 scripts/bench_report.py "$OUT" "$CONNS" "$MODEL_DIR" "$IMAGE" "$DURATION" "$PIN"

@@ -793,11 +793,35 @@ fn maxpool_sends_each_window_gradient_once_even_with_ties() {
         ("x".into(), vec![1, 1, 4, 4], vec![0.5; 16]),
         ("r".into(), vec![1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]),
     ];
-    let dx = &run(&g.to_bytes("ties", &[]), &inputs, None)["dx"];
+    let bytes = g.to_bytes("ties", &[]);
+    let dx = &run(&bytes, &inputs, None)["dx"];
     for (wi, want) in [1.0f32, 2.0, 3.0, 4.0].iter().enumerate() {
         let (r0, c0) = (2 * (wi / 2), 2 * (wi % 2));
         let window: Vec<f32> = (0..4).map(|t| dx[(r0 + t / 2) * 4 + c0 + t % 2]).collect();
         assert_eq!(window.iter().sum::<f32>(), *want, "window {wi}: {window:?}");
         assert_eq!(window.iter().filter(|v| **v != 0.0).count(), 1);
+        // All four tie: the first position in row-major window order, as PyTorch picks.
+        assert_eq!(window[0], *want, "window {wi}: {window:?}");
     }
+    // Partial ties, and the maximum in every window slot: dY goes to the first maximum.
+    #[rustfmt::skip]
+    let x = vec![
+        0.1, 0.9, 0.3, 0.2,
+        0.5, 0.9, 0.7, 0.7,
+        0.4, 0.4, 0.6, 0.1,
+        0.8, 0.8, 0.6, 0.6,
+    ];
+    let inputs: Inputs = vec![
+        ("x".into(), vec![1, 1, 4, 4], x),
+        ("r".into(), vec![1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]),
+    ];
+    let dx = &run(&bytes, &inputs, None)["dx"];
+    #[rustfmt::skip]
+    let want = [
+        0.0, 1.0, 0.0, 0.0,
+        0.0, 0.0, 2.0, 0.0,
+        0.0, 0.0, 4.0, 0.0,
+        3.0, 0.0, 0.0, 0.0,
+    ];
+    assert_eq!(dx, &want);
 }

@@ -64,10 +64,15 @@ pub fn session(bytes: &[u8], threads: usize, device: Device) -> Result<Session, 
         .map_err(ort_err)?
         .with_intra_threads(threads)
         .map_err(ort_err)?
-        // No busy-waiting between ops: on a shared CPU spinning threads steal the cores the
-        // other intra-op thread (and other processes) need.
-        .with_intra_op_spinning(false)
+        // No busy-waiting between ops unless CALIPER_ORT_SPIN is set: on a shared CPU spinning
+        // threads steal the cores the other intra-op thread (and other processes) need.
+        .with_intra_op_spinning(std::env::var_os("CALIPER_ORT_SPIN").is_some())
         .map_err(ort_err)?;
+    // Opt-in ONNX Runtime profile (a JSON trace of every node's time, written when the session
+    // ends) for finding where a step goes; see docs/BENCHMARKS.md.
+    if let Some(prefix) = std::env::var_os("CALIPER_ORT_PROFILE") {
+        b = b.with_profiling(prefix).map_err(ort_err)?;
+    }
     if let Device::Cuda(n) = device {
         // Registration fails (instead of silently falling back to the CPU) when the loaded ONNX
         // Runtime has no CUDA provider: the bundled library is the CPU build of the PyPI wheel;

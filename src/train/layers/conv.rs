@@ -1,5 +1,6 @@
-//! Convolution and pooling: Conv2d (weight gradient by im2col + one Gemm, input gradient by
-//! ConvTranspose), MaxPool2d (Indices + ScatterElements) and global average pooling.
+//! Convolution and pooling: Conv2d (weight gradient by one batched MatMul per kernel tap,
+//! input gradient by ConvTranspose), MaxPool2d (Indices + ScatterElements) and global average
+//! pooling.
 
 use super::{Bwd, Fwd, Init, Layer, Mode, ParamSpec};
 use crate::train::graph::{Graph, attr_i, attr_ints, attr_s, attr_t, tensor_f32};
@@ -40,6 +41,45 @@ impl Conv2d {
             attr_ints("pads", &[self.pad; 4]),
         ]
     }
+    /// Weight gradient tap by tap, without a column matrix: per kernel tap one strided Slice of
+    /// the padded input (`[N, C, P]`, P = OH*OW) times dY transposed once (`[N, P, O]`) in a
+    /// batched MatMul (`[N, C, O]`); the k*k results are stacked and summed over the batch.
+    /// Measured against the im2col column matrix (Pad + k*k Slices + Concat, then one Gemm):
+    /// the Concat of the 9x-sized columns was 10-12% of the resnet20 step and goes away, and
+    /// the step got 5-10% faster (docs/BENCHMARKS.md). An identity-kernel Conv building the
+    /// columns was slower still (ONNX Runtime reorders it to NCHWc and back).
+    fn weight_grad(&self, g: &mut Graph, x: &str, dy: &str, s: &[i64]) -> String {
+        let (c, h, w) = (s[0], s[1], s[2]);
+        let (oh, ow) = (self.out_hw(h), self.out_hw(w));
+        let (k, st, p) = (self.k, self.stride, self.pad);
+        let xp = if p > 0 {
+            let pads = g.const_i64(&[0, 0, p, p, 0, 0, p, p]);
+            g.op("Pad", &[x, &pads], vec![])
+        } else {
+            x.to_string()
+        };
+        let dyr = g.reshape(dy, &[-1, self.cout, oh * ow]);
+        let dyt = g.transpose(&dyr, &[0, 2, 1]);
+        let axes = g.const_i64(&[2, 3]);
+        let steps = g.const_i64(&[st, st]);
+        let two = g.const_i64(&[2]);
+        let mut taps = Vec::with_capacity((k * k) as usize);
+        for ki in 0..k {
+            for kj in 0..k {
+                let starts = g.const_i64(&[ki, kj]);
+                let ends = g.const_i64(&[ki + st * (oh - 1) + 1, kj + st * (ow - 1) + 1]);
+                let sl = g.op("Slice", &[&xp, &starts, &ends, &axes, &steps], vec![]);
+                let sl = g.reshape(&sl, &[-1, c, oh * ow]);
+                let mm = g.op("MatMul", &[&sl, &dyt], vec![]);
+                taps.push(g.op("Unsqueeze", &[&mm, &two], vec![]));
+            }
+        }
+        let tap_refs: Vec<&str> = taps.iter().map(String::as_str).collect();
+        let stacked = g.op("Concat", &tap_refs, vec![attr_i("axis", 2)]);
+        let sum = g.reduce_sum(&stacked, &[0], false);
+        let dw = g.transpose(&sum, &[2, 0, 1]);
+        g.reshape(&dw, &[self.cout, c, k, k])
+    }
 }
 
 impl Layer for Conv2d {
@@ -71,39 +111,10 @@ impl Layer for Conv2d {
     }
     fn backward(&self, g: &mut Graph, f: &Fwd, s: &[i64], dy: &str, need_dx: bool) -> Bwd {
         let x = &f.saved[0];
-        let (c, h, w) = (s[0], s[1], s[2]);
+        let (h, w) = (s[1], s[2]);
         let (oh, ow) = (self.out_hw(h), self.out_hw(w));
         let (k, st, p) = (self.k, self.stride, self.pad);
-        // Weight gradient by im2col: the input, channels first, padded once; one strided Slice
-        // per kernel tap gives [C, N, OH, OW]; stacked they form the [C*k*k, N*OH*OW] column
-        // matrix, and one Gemm with dY as [O, N*OH*OW] gives dW (the fast form measured in
-        // shared/onnxruntime.md; the transposed-Conv form was 3x slower).
-        let xt = g.transpose(x, &[1, 0, 2, 3]);
-        let xp = if p > 0 {
-            let pads = g.const_i64(&[0, 0, p, p, 0, 0, p, p]);
-            g.op("Pad", &[&xt, &pads], vec![])
-        } else {
-            xt
-        };
-        let axes = g.const_i64(&[2, 3]);
-        let steps = g.const_i64(&[st, st]);
-        let one = g.const_i64(&[1]);
-        let mut taps = Vec::with_capacity((k * k) as usize);
-        for ki in 0..k {
-            for kj in 0..k {
-                let starts = g.const_i64(&[ki, kj]);
-                let ends = g.const_i64(&[ki + st * (oh - 1) + 1, kj + st * (ow - 1) + 1]);
-                let sl = g.op("Slice", &[&xp, &starts, &ends, &axes, &steps], vec![]);
-                taps.push(g.op("Unsqueeze", &[&sl, &one], vec![]));
-            }
-        }
-        let tap_refs: Vec<&str> = taps.iter().map(String::as_str).collect();
-        let cols = g.op("Concat", &tap_refs, vec![attr_i("axis", 1)]);
-        let cols = g.reshape(&cols, &[c * k * k, -1]);
-        let dyt = g.transpose(dy, &[1, 0, 2, 3]);
-        let dyr = g.reshape(&dyt, &[self.cout, -1]);
-        let dw = g.op("Gemm", &[&dyr, &cols], vec![attr_i("transB", 1)]);
-        let dw = g.reshape(&dw, &[self.cout, c, k, k]);
+        let dw = self.weight_grad(g, x, dy, s);
         let mut grads = vec![(self.w(), dw)];
         if self.bias {
             grads.push((self.b(), g.reduce_sum(dy, &[0, 2, 3], false)));

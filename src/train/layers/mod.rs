@@ -3,8 +3,10 @@
 //! A layer sees per-sample shapes (`[C, H, W]` or `[D]`; the batch is dynamic). `forward` returns
 //! the output name plus whatever the backward pass needs (`Fwd::saved`); `backward` turns the
 //! output gradient into the input gradient and one gradient per parameter. The formulations are
-//! the ones verified in `shared/onnxruntime.md` (im2col + one Gemm for the convolution weight
-//! gradient, ConvTranspose for the input gradient, MaxPool indices + ScatterElements).
+//! the ones verified in `shared/onnxruntime.md` (ConvTranspose for the input gradient, MaxPool
+//! indices + ScatterElements), tuned by profile (docs/BENCHMARKS.md): the convolution weight
+//! gradient as one batched MatMul per kernel tap, BatchNorm through ONNX Runtime's fused
+//! BatchNormalization kernel.
 
 mod conv;
 mod norm;

@@ -1,8 +1,9 @@
-//! BatchNorm2d written out in elementwise ops, so that its backward pass can reuse the
-//! normalised input and the inverse standard deviation of the forward pass.
+//! BatchNorm2d: batch statistics from reductions, normalisation by ONNX Runtime's fused
+//! BatchNormalization kernel (inference form, fed the batch statistics), and a backward pass
+//! that reuses the centred input and the inverse standard deviation of the forward pass.
 
 use super::{Bwd, Fwd, Init, Layer, Mode, ParamSpec};
-use crate::train::graph::{Graph, attr_f};
+use crate::train::graph::{Graph, attr_f, attr_i, attr_ints};
 
 /// BatchNorm over the channels of `[C, H, W]`: batch statistics in training (and an update of
 /// the running statistics with `momentum`), running statistics in inference.
@@ -60,30 +61,38 @@ impl Layer for BatchNorm2d {
             );
             return Fwd::simple(y, vec![]);
         }
-        // Written out so that the backward pass can reuse xhat and 1/std.
-        let mean = g.reduce_mean(x, &[0, 2, 3], true);
+        // Few passes over the activation, because on the CPU every elementwise node is one
+        // more trip through memory (the written-out form cost ~40% of the resnet20 step):
+        // the mean, the centred input (kept for the backward pass), its sum of squares, and
+        // then ONNX Runtime's fused BatchNormalization kernel with the batch statistics as
+        // its mean and variance inputs.
+        let axes = [0, 2, 3];
+        let mean = g.reduce_mean(x, &axes, true);
         let xc = g.sub(x, &mean);
-        let sq = g.mul(&xc, &xc);
-        let var = g.reduce_mean(&sq, &[0, 2, 3], true);
+        let ssq = g.op(
+            "ReduceSumSquare",
+            &[&xc],
+            vec![attr_ints("axes", &axes), attr_i("keepdims", 0)],
+        );
+        let n = g.batch_size_f32(x);
+        let hw = g.scalar((s[1] * s[2]) as f32);
+        let m = g.mul(&n, &hw);
+        let var = g.div(&ssq, &m);
+        let mean_c = g.reshape(&mean, &[self.c]);
+        let y = g.op(
+            "BatchNormalization",
+            &[x, &gamma, &beta, &mean_c, &var],
+            vec![attr_f("epsilon", self.eps)],
+        );
         let eps = g.scalar(self.eps);
         let ve = g.add(&var, &eps);
         let sd = g.op("Sqrt", &[&ve], vec![]);
         let inv = g.op("Reciprocal", &[&sd], vec![]);
-        let xhat = g.mul(&xc, &inv);
-        let g4 = g.reshape(&gamma, &[1, self.c, 1, 1]);
-        let b4 = g.reshape(&beta, &[1, self.c, 1, 1]);
-        let scaled = g.mul(&xhat, &g4);
-        let y = g.add(&scaled, &b4);
         // Running statistics use the unbiased batch variance, as PyTorch does.
-        let n = g.batch_size_f32(x);
-        let hw = g.scalar((s[1] * s[2]) as f32);
-        let m = g.mul(&n, &hw);
         let one = g.scalar(1.0);
         let m1 = g.sub(&m, &one);
         let unb = g.div(&m, &m1);
-        let var_c = g.reshape(&var, &[self.c]);
-        let var_u = g.mul(&var_c, &unb);
-        let mean_c = g.reshape(&mean, &[self.c]);
+        let var_u = g.mul(&var, &unb);
         let keep = g.scalar(1.0 - self.momentum);
         let take = g.scalar(self.momentum);
         let upd = |g: &mut Graph, old: &str, new: &str| {
@@ -95,24 +104,41 @@ impl Layer for BatchNorm2d {
         let rv = upd(g, &self.n("running_var"), &var_u);
         Fwd {
             y,
-            saved: vec![xhat, inv, g4],
+            saved: vec![xc, inv, m],
             children: vec![],
             buffer_updates: vec![(self.n("running_mean"), rm), (self.n("running_var"), rv)],
         }
     }
     fn backward(&self, g: &mut Graph, f: &Fwd, _s: &[i64], dy: &str, _need_dx: bool) -> Bwd {
-        let (xhat, inv, g4) = (&f.saved[0], &f.saved[1], &f.saved[2]);
-        let dbeta = g.reduce_sum(dy, &[0, 2, 3], false);
-        let dyx = g.mul(dy, xhat);
-        let dgamma = g.reduce_sum(&dyx, &[0, 2, 3], false);
-        // dx = gamma/std * (dy - mean(dy) - xhat * mean(dy * xhat)), means over N, H, W.
-        let mdy = g.reduce_mean(dy, &[0, 2, 3], true);
-        let mdyx = g.reduce_mean(&dyx, &[0, 2, 3], true);
-        let t = g.mul(xhat, &mdyx);
-        let a = g.sub(dy, &mdy);
-        let a = g.sub(&a, &t);
-        let scale = g.mul(g4, inv);
-        let dx = g.mul(&a, &scale);
+        // With xc = x - mean, inv = 1/std, k = gamma * inv, M = N*H*W and sums over N, H, W:
+        //   dbeta = sum(dy), dgamma = inv * sum(dy * xc),
+        //   dx = k (dy - mean(dy) - xhat mean(dy xhat)) = k dy + A xc + B,
+        //   A = -k inv^2 sum(dy xc) / M, B = -k sum(dy) / M (per channel).
+        // A xc + B is one fused BatchNormalization pass (mean 0, variance 1, epsilon 0).
+        let (xc, inv, m) = (&f.saved[0], &f.saved[1], &f.saved[2]);
+        let gamma = self.n("weight");
+        let axes = [0, 2, 3];
+        let dbeta = g.reduce_sum(dy, &axes, false);
+        let dyxc = g.mul(dy, xc);
+        let sdx = g.reduce_sum(&dyxc, &axes, false);
+        let dgamma = g.mul(&sdx, inv);
+        let k = g.mul(&gamma, inv);
+        let km = g.div(&k, m);
+        let neg_km = g.op("Neg", &[&km], vec![]);
+        let inv2 = g.mul(inv, inv);
+        let a = g.mul(&neg_km, &inv2);
+        let a = g.mul(&a, &sdx);
+        let b = g.mul(&neg_km, &dbeta);
+        let zeros = g.const_f32(&[self.c], &vec![0.0; self.c as usize]);
+        let ones = g.const_f32(&[self.c], &vec![1.0; self.c as usize]);
+        let axb = g.op(
+            "BatchNormalization",
+            &[xc, &a, &b, &zeros, &ones],
+            vec![attr_f("epsilon", 0.0)],
+        );
+        let k4 = g.reshape(&k, &[1, self.c, 1, 1]);
+        let dyk = g.mul(dy, &k4);
+        let dx = g.add(&dyk, &axb);
         Bwd {
             dx: Some(dx),
             grads: vec![(self.n("weight"), dgamma), (self.n("bias"), dbeta)],
