@@ -9,7 +9,11 @@
 #           CUDA smoke test and benchmark against PyTorch; starts the GPU experiment queue
 #   stage3: Fashion-MNIST (.gpu3/); starts its runs, waits until DEADLINE_S, packs results to $OUT
 # Everything lives under /tmp/cal on the machine. Made by scripts/repro/gpu-bundle.sh here.
+# Every call must carry .gpu0 (zstd) and its own stage folder: on the device, an ignored path
+# that a call does not name in `carry` is deleted, so stages cannot leave bundles for each other
+# (only what they unpacked under /tmp/cal survives, while the machine stays warm: 30 s).
 set -uo pipefail
+export PATH="$PWD/.gpu0:$PATH"
 W=/tmp/cal
 mkdir -p $W/ort $W/data $W/repro/bin
 export ORT_DYLIB_PATH=$W/ort/libonnxruntime.so.1.31.1
