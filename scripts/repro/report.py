@@ -169,9 +169,10 @@ def paired_rows(runs, dataset, a="gce", b="ce", label=""):
     gb = {r["seed"]: r for r in group(runs, dataset, b)}
     seeds = sorted(set(ga) & set(gb))
     rows = []
-    subsets = [("all seeds", seeds),
-               ("seeds where neither collapsed",
-                [s for s in seeds if not collapsed(ga[s]) and not collapsed(gb[s])])]
+    healthy = [s for s in seeds if not collapsed(ga[s]) and not collapsed(gb[s])]
+    subsets = [("all seeds", seeds)]
+    if healthy != seeds:  # a second row only when some run collapsed
+        subsets.append(("seeds where neither collapsed", healthy))
     for name, ss in subsets:
         if len(ss) < 2:
             rows.append(f"| {label}{dataset} | {name} | {len(ss)} | too few seeds | | |")
