@@ -14,7 +14,11 @@
 #        QUEUE_DELAY_US (the server's --max-queue-delay-us, default: the server's default),
 #        PIN (0; 1 = load generator on CPU 0, server, raw baseline and Python on CPU 1, one
 #        session: the fairer split when wrk shares the machine; written to its own section),
-#        PYTHON (a python3 with onnxruntime, Pillow, numpy; default: runs/bench-venv, created).
+#        PYTHON (a python3 with onnxruntime, Pillow, numpy; default: runs/bench-venv, created),
+#        SECTION (a name: the results go to their own docs section `serve-bench[-pinned]-NAME`
+#        and to runs/bench[-pinned]-NAME/, so that a second model does not replace the first),
+#        CALIPER_BIN (the server binary, default target/release/caliper: to compare two builds).
+#   A second model: SECTION=cifar10 scripts/bench-serve.sh models/cifar10 tests/data/cifar10/ship.png
 # Besides throughput, the CPU time the server spends per request (its threads' run time from
 # /proc, which other processes do not inflate) is compared with raw decode + ONNX Runtime's.
 # Needs wrk (apt-get install wrk).
@@ -43,6 +47,10 @@ else
   OUT="$ROOT/runs/bench"
 fi
 INTRA="${INTRA:-1}"
+SECTION="${SECTION:-}"
+[[ -z "$SECTION" || "$SECTION" =~ ^[a-z0-9-]+$ ]] || { echo "error: SECTION must match [a-z0-9-]+" >&2; exit 1; }
+[[ -n "$SECTION" ]] && OUT="$OUT-$SECTION"
+CALIPER_BIN="${CALIPER_BIN:-target/release/caliper}"
 DELAY_ARGS=()
 [[ -n "${QUEUE_DELAY_US:-}" ]] && DELAY_ARGS=(--max-queue-delay-us "$QUEUE_DELAY_US")
 mkdir -p "$OUT"
@@ -119,7 +127,7 @@ REPO="$OUT/repository"
 rm -rf "$REPO"; mkdir -p "$REPO/models" "$REPO/calib"
 ln -s "$ROOT/$MODELS_ROOT/$NAME" "$REPO/models/$NAME"
 [[ -f "$CALIB_ROOT/$NAME.json" ]] && ln -s "$ROOT/$CALIB_ROOT/$NAME.json" "$REPO/calib/$NAME.json"
-${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/caliper serve --addr 127.0.0.1:0 --models "$REPO/models" --calib "$REPO/calib" \
+${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} "$CALIPER_BIN" serve --addr 127.0.0.1:0 --models "$REPO/models" --calib "$REPO/calib" \
   --max-batch-size "$BATCH" --sessions-per-model "$SESSIONS" --intra-op-threads "$INTRA" \
   --max-concurrent-requests 1024 ${DELAY_ARGS[@]+"${DELAY_ARGS[@]}"} 2> "$OUT/server.log" &
 SERVER=$!
@@ -138,4 +146,4 @@ PYADDR="$(wait_listening "$OUT/python.log" "$PYSERVER")"
 load python "http://$PYADDR/" "$PYSERVER"
 kill "$PYSERVER"; wait "$PYSERVER" 2>/dev/null || true
 
-python3 scripts/bench_report.py "$OUT" "$CONNS" "$MODEL_DIR" "$IMAGE" "$DURATION" "$PIN"
+python3 scripts/bench_report.py "$OUT" "$CONNS" "$MODEL_DIR" "$IMAGE" "$DURATION" "$PIN" "$SECTION"

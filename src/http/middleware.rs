@@ -1,10 +1,12 @@
-//! Cross-cutting request handling: admission control (429), bearer-token checks, and the
-//! request metrics (by matched route template, never by raw path), plus the `/metrics` page.
+//! Cross-cutting request handling: admission control (429), bearer-token checks, request ids,
+//! and the request metrics (by matched route template, never by raw path), plus the `/metrics`
+//! page.
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tower_http::request_id::RequestId;
 
 use super::{ApiError, AppState, ErrorCode};
 
@@ -86,6 +88,38 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     resp
 }
 
+/// Makes the `x-request-id` of requests that come without one: a UUID v4 from the thread's
+/// RNG (`rand::rng()`: ChaCha12 seeded from the OS and reseeded from it every 64 KiB of output).
+/// tower-http's `MakeRequestUuid` asks the OS for every id (`Uuid::new_v4`, a `getrandom`
+/// syscall per request), which showed in the server's profile.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MakeRequestId;
+
+impl tower_http::request_id::MakeRequestId for MakeRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_bytes(&uuid_v4(rand::random()))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// 128 random bits as a version-4 UUID in its hyphenated lower-case text form (RFC 9562: the
+/// version nibble set to 4 and the variant bits to `10`, the other 122 bits kept).
+fn uuid_v4(bits: u128) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = (bits & !(0xF << 76)) | (0x4 << 76);
+    let bits = (bits & !(0x3 << 62)) | (0x2 << 62);
+    let mut out = [b'-'; 36];
+    let mut nibble = 0;
+    for (i, c) in out.iter_mut().enumerate() {
+        if !matches!(i, 8 | 13 | 18 | 23) {
+            *c = HEX[((bits >> (124 - 4 * nibble)) & 0xF) as usize];
+            nibble += 1;
+        }
+    }
+    out
+}
+
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
@@ -113,5 +147,32 @@ mod tests {
         assert!(!bearer_matches(&h, "s3cre"));
         h.insert(header::AUTHORIZATION, "Basic s3cret".parse().unwrap());
         assert!(!bearer_matches(&h, "s3cret"));
+    }
+
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        assert_eq!(&uuid_v4(0), b"00000000-0000-4000-8000-000000000000");
+        assert_eq!(&uuid_v4(u128::MAX), b"ffffffff-ffff-4fff-bfff-ffffffffffff");
+        for bits in [0x0123_4567_89ab_cdef_0123_4567_89ab_cdef, rand::random()] {
+            let reference = uuid::Builder::from_random_bytes(u128::to_be_bytes(bits)).into_uuid();
+            assert_eq!(
+                std::str::from_utf8(&uuid_v4(bits)).unwrap(),
+                reference.hyphenated().to_string()
+            );
+        }
+        let mut make = MakeRequestId;
+        let req = axum::http::Request::new(());
+        let ids: std::collections::HashSet<String> = (0..1000)
+            .map(|_| {
+                use tower_http::request_id::MakeRequestId as _;
+                let id = make.make_request_id(&req).unwrap();
+                id.header_value().to_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(ids.len(), 1000, "ids repeat");
+        assert!(
+            ids.iter()
+                .all(|id| uuid::Uuid::parse_str(id).is_ok_and(|u| u.get_version_num() == 4))
+        );
     }
 }

@@ -16,7 +16,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use tokio::sync::Semaphore;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorCode};
@@ -27,9 +27,14 @@ use crate::infer::{ImageLimits, InferError, ModelRegistry};
 use crate::monitor::{Monitor, TokenSigner};
 use crate::telemetry::Metrics;
 
-/// Shared application state: cheap to clone (all `Arc`s).
+/// Shared application state. One `Arc`, so that a clone (axum makes one per middleware layer
+/// and per `State` extractor, several per request) is a single atomic increment; its fields are
+/// reached through `Deref` (`state.config`, `state.registry`, ...).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// What [`AppState`] shares. Fields that are also handed out on their own stay `Arc`s.
+pub struct Shared {
     /// Validated configuration.
     pub config: Arc<Config>,
     /// Loaded models.
@@ -39,7 +44,15 @@ pub struct AppState {
     /// Admission control: one permit per inference request in flight.
     pub admission: Arc<Semaphore>,
     /// Live calibration monitor (prediction tokens, label feedback).
-    pub monitor: Arc<Monitor>,
+    pub monitor: Monitor,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// Why the application state could not be built.
@@ -82,16 +95,16 @@ impl AppState {
                 "live calibration windows rebuilt from the feedback log"
             );
         }
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             registry: Arc::new(ModelRegistry::new(
                 Arc::clone(&config),
                 Arc::clone(&metrics),
             )),
             admission: Arc::new(Semaphore::new(config.max_concurrent_requests)),
-            monitor: Arc::new(monitor),
+            monitor,
             config,
             metrics,
-        })
+        })))
     }
 
     fn image_limits(&self) -> ImageLimits {
@@ -171,6 +184,6 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(middleware::MakeRequestId))
         .with_state(state)
 }

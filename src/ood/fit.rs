@@ -109,8 +109,33 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// `m v`, bit for bit `m.iter().map(|row| dot(row, v))`, four rows at a time. The serial sum of
+/// one `dot` waits on each addition before the next; four rows give four independent chains, so
+/// the served Mahalanobis score (a 128x128 `P x` per request, the largest caliper item of the
+/// server's profile at 7%) costs a fraction of it. Each row is still summed in `dot`'s order
+/// from `Sum`'s own starting value, so fitted thresholds and served scores do not move.
 fn mat_vec(m: &[Vec<f64>], v: &[f64]) -> Vec<f64> {
-    m.iter().map(|row| dot(row, v)).collect()
+    let start: f64 = std::iter::empty::<f64>().sum();
+    let mut out = Vec::with_capacity(m.len());
+    let mut quads = m.chunks_exact(4);
+    for q in quads.by_ref() {
+        let n = v.len();
+        if q.iter().any(|row| row.len() != n) {
+            out.extend(q.iter().map(|row| dot(row, v)));
+            continue;
+        }
+        let (a, b, c, d) = (&q[0][..n], &q[1][..n], &q[2][..n], &q[3][..n]);
+        let mut s = [start; 4];
+        for k in 0..n {
+            s[0] += a[k] * v[k];
+            s[1] += b[k] * v[k];
+            s[2] += c[k] * v[k];
+            s[3] += d[k] * v[k];
+        }
+        out.extend(s);
+    }
+    out.extend(quads.remainder().iter().map(|row| dot(row, v)));
+    out
 }
 
 /// Checks that every value of a `[N, D]` view is finite.
