@@ -2,6 +2,7 @@
 # Prepares the three transfer bundles of scripts/repro/gpu.sh in .gpu1/ .gpu2/ .gpu3/ (ignored by
 # git through .git/info/exclude): the CUDA provider of onnxruntime-gpu 1.31.1 stripped to sm_90,
 # the ONNX Runtime core, release binaries and the datasets. Needs pip (PyPI), zstd, data/ fetched.
+#   HOST_BIN=path/to/old/caliper-train scripts/repro/gpu-bundle.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 for d in .gpu0 .gpu1 .gpu2 .gpu3; do grep -qx "/$d/" .git/info/exclude || echo "/$d/" >> .git/info/exclude; done
@@ -18,9 +19,20 @@ zstd -q -19 --long=27 -T0 -f "$T/prov.so" -o .gpu1/prov.zst
 zstd -q -19 -T0 -f "$L/libonnxruntime.so.1.31.1" -o .gpu2/core.zst
 cp "$L/libonnxruntime_providers_shared.so" .gpu2/
 cargo build --release --bins
-tar c -C target/release caliper caliper-train | zstd -q -19 -T0 > .gpu2/bins.tar.zst
-tar c -C data mnist | zstd -q -19 -T0 > .gpu2/mnist.tar.zst
-cp data/pneumoniamnist.npz ../shared/data/cifar10-jpg.tar.gz .gpu2/
-cp data/fashion-mnist/*.gz .gpu3/
+# HOST_BIN: optionally a caliper-train from before the device-resident state (IoBinding), which
+# stage2 benchmarks side by side as caliper-train-host and falls back to if the new one fails.
+B=$(mktemp -d)
+cp target/release/caliper target/release/caliper-train "$B"/
+[[ -n ${HOST_BIN:-} ]] && cp "$HOST_BIN" "$B"/caliper-train-host
+tar c -C "$B" . | zstd -q -19 -T0 > .gpu2/bins.tar.zst
+rm -rf "$B"
+# .gpu2 holds the big training sets (Fashion-MNIST, CIFAR-10: 60 MiB with .gpu0, under the
+# 64 MiB a call carries); MNIST and PneumoniaMNIST travel in .gpu3.
+rm -rf .gpu2/mnist.tar.zst .gpu2/pneumoniamnist.npz .gpu3/*.gz
+cp ../shared/data/cifar10-jpg.tar.gz .gpu2/
+mkdir -p .gpu2/fashion-mnist && cp data/fashion-mnist/*.gz .gpu2/fashion-mnist/
+tar c -C data mnist | zstd -q -19 -T0 > .gpu3/mnist.tar.zst
+cp data/pneumoniamnist.npz .gpu3/
 rm -rf "$T"
 du -sh .gpu0 .gpu1 .gpu2 .gpu3
+for a in "0 1" "0 2" "0 3"; do set -- $a; echo "stage carry .gpu$1 + .gpu$2: $(du -cb .gpu$1 .gpu$2 | tail -1 | cut -f1) bytes (limit $((64 << 20)))"; done

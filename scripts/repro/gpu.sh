@@ -5,9 +5,12 @@
 # same warm machine:
 #   stage1: the CUDA execution provider (.gpu1/prov.zst: the onnxruntime-gpu 1.31.1 provider
 #           with every GPU architecture but sm_90 blanked by scripts/repro/strip-fatbin.py)
-#   stage2: ONNX Runtime core, the release binaries, MNIST, PneumoniaMNIST, CIFAR-10 (.gpu2/);
-#           CUDA smoke test and benchmark against PyTorch; starts the GPU experiment queue
-#   stage3: Fashion-MNIST (.gpu3/); starts its runs, waits until DEADLINE_S, packs results to $OUT
+#   stage2: ONNX Runtime core, the release binaries, Fashion-MNIST, CIFAR-10 (.gpu2/); CUDA
+#           smoke test and benchmark against PyTorch; starts the GPU queues (CIFAR_RUNS, with
+#           epochs sized to CIFAR_S seconds; GPU_RUNS) and the CPU queue (CPU_RUNS)
+#   stage3: MNIST, PneumoniaMNIST (.gpu3/); starts STAGE3_RUNS on the CPU; waits until
+#           DEADLINE_S, packs results to $OUT (results every minute, so a call cut short still
+#           returns them)
 # Everything lives under /tmp/cal on the machine. Made by scripts/repro/gpu-bundle.sh here.
 # Every call must carry .gpu0 (zstd) and its own stage folder: on the device, an ignored path
 # that a call does not name in `carry` is deleted, so stages cannot leave bundles for each other
@@ -33,64 +36,82 @@ stage2)
   zstd -q -d -f .gpu2/core.zst -o $W/ort/libonnxruntime.so.1.31.1
   cp .gpu2/libonnxruntime_providers_shared.so $W/ort/
   zstd -q -d -c .gpu2/bins.tar.zst | tar x -C $W/repro/bin
-  zstd -q -d -c .gpu2/mnist.tar.zst | tar x -C $W/data
-  cp .gpu2/pneumoniamnist.npz $W/data/
+  cp -r .gpu2/fashion-mnist $W/data/
   tar xzf .gpu2/cifar10-jpg.tar.gz -C $W/data
   ls $W/data $W/repro/bin
   B=$W/repro/bin/caliper-train
+  # caliper-train with the state on the device (IoBinding), the previous build that copied the
+  # state through host memory every step (caliper-train-host, when bundled), PyTorch eager.
   {
     for spec in "lenet 1,28,28" "resnet20 3,32,32"; do
       set -- $spec
       for loss in ce gce; do
         timeout 120 $B bench --arch $1 --input-shape $2 --loss $loss --device cuda:0 --steps 50 --threads 2 \
           | sed 's/^{/{"framework":"caliper-train cuda:0",/'
+        [[ -x $B-host ]] && timeout 120 $B-host bench --arch $1 --input-shape $2 --loss $loss --device cuda:0 \
+          --steps 50 --threads 2 | sed 's/^{/{"framework":"caliper-train-host cuda:0",/'
         timeout 120 python3 scripts/bench_train_torch.py --arch $1 --input-shape $2 --loss $loss \
           --device cuda --steps 50 --threads 2
       done
     done
   } 2>&1 | tee $W/repro/bench-cuda.jsonl
-  # GPU queue if CUDA trains, else the CPU (16 cores) without the ResNet runs.
-  if grep -q '"framework":"caliper-train cuda:0".*"arch":"resnet20"' $W/repro/bench-cuda.jsonl; then
-    ms=$(grep '"framework":"caliper-train cuda:0".*"arch":"resnet20","loss":"ce"' $W/repro/bench-cuda.jsonl \
-      | sed 's/.*"median_ms":\([0-9.]*\).*/\1/')
-    E=$(python3 -c "print(max(3, min(60, int(420 / (7.7 * 351 * $ms / 1000 * 1.5)))))")
-    echo "cuda resnet20 step $ms ms -> CIFAR epochs $E" | tee $W/repro/plan.txt
-    setsid nohup $REPRO run --device cuda:0 --threads 1 --jobs 7 --cifar-epochs $E \
-      --only e3-cifar10-ce-s0,e3-cifar10-gce-s0,e3-cifar10-focal-s0,e3-cifar10-ce-s1,e3-cifar10-gce-s1,e3-cifar10-focal-s1,e2-cifar10-lt100-ce-s0,e2-cifar10-lt100-gce-s0,e2-cifar10-lt100-focal-s0,e2-cifar10-lt100-ce-s1,e2-cifar10-lt100-gce-s1,e2-cifar10-lt100-focal-s1 \
-      > $W/repro/queue-cifar.log 2>&1 < /dev/null &
+  # If the device-resident trainer fails on CUDA but the host-state build works, train with that.
+  ok() { grep -q "\"framework\":\"$1 cuda:0\".*\"arch\":\"resnet20\"" $W/repro/bench-cuda.jsonl; }
+  if ! ok caliper-train && ok caliper-train-host; then
+    cp $B-host $B; sed -i 's/caliper-train-host cuda:0/caliper-train cuda:0 (fallback)/' $W/repro/bench-cuda.jsonl
+    echo "device-resident trainer failed: training with the host-state build" | tee $W/repro/plan.txt
+  fi
+  if grep -q '"framework":"caliper-train cuda:0.*"arch":"resnet20","loss":"ce"' $W/repro/bench-cuda.jsonl; then
+    ms=$(grep '"framework":"caliper-train cuda:0.*"arch":"resnet20","loss":"ce"' $W/repro/bench-cuda.jsonl \
+      | head -1 | sed 's/.*"median_ms":\([0-9.]*\).*/\1/')
+    # CIFAR budget: ~${CIFAR_S:-480} s of GPU for experiment 3 (9 runs) and CIFAR-10-LT at 100 and 10
+    # (18 runs of 0.28x and 0.46x the data): 15.6 full-run equivalents of 351 steps per epoch.
+    E=$(python3 -c "print(max(4, min(40, int(${CIFAR_S:-480} / ($ms / 1000 * 351 * 15.6)))))")
+    echo "cuda resnet20 step $ms ms -> CIFAR epochs $E" | tee -a $W/repro/plan.txt
+    setsid nohup $REPRO run --device cuda:0 --threads 1 --jobs 9 --cifar-epochs $E \
+      --only ${CIFAR_RUNS:-e3-cifar10,e2-cifar10} > $W/repro/queue-cifar.log 2>&1 < /dev/null &
     DEV=cuda:0
   else
-    echo "CUDA training failed: CPU fallback without ResNet runs" | tee $W/repro/plan.txt
+    echo "CUDA training failed: CPU fallback without ResNet runs" | tee -a $W/repro/plan.txt
     DEV=cpu
   fi
   echo $DEV > $W/repro/device
-  setsid nohup $REPRO run --device $DEV --threads 1 --jobs 8 --only e1-mnist,e4,e5 \
-    > $W/repro/queue-lenet.log 2>&1 < /dev/null &
+  setsid nohup $REPRO run --device $DEV --threads 1 --jobs 6 --only ${GPU_RUNS:-e1-fashion-mnist} \
+    > $W/repro/queue-fashion.log 2>&1 < /dev/null &
+  # The small LeNet runs go to the CPU's 16 cores, leaving the GPU to the big ones.
+  setsid nohup $REPRO run --device cpu --threads 1 --jobs 7 --only ${CPU_RUNS:-e2-fashion-mnist} \
+    > $W/repro/queue-cpu.log 2>&1 < /dev/null &
   sleep 5; cat $W/repro/queue-*.log
   ;;
 stage3)
-  mkdir -p $W/data/fashion-mnist && cp .gpu3/*.gz $W/data/fashion-mnist/
-  DEV=$(cat $W/repro/device)
-  setsid nohup $REPRO run --device $DEV --threads 1 --jobs 6 --only e1-fashion-mnist,e2-fashion-mnist \
-    > $W/repro/queue-fashion.log 2>&1 < /dev/null &
+  zstd -q -d -c .gpu3/mnist.tar.zst | tar x -C $W/data
+  cp .gpu3/pneumoniamnist.npz $W/data/
+  if [[ -n ${STAGE3_RUNS-e4} ]]; then
+    setsid nohup $REPRO run --device cpu --threads 1 --jobs 4 --only ${STAGE3_RUNS-e4} \
+      > $W/repro/queue-stage3.log 2>&1 < /dev/null &
+  fi
+  # Results are small: packed into $OUT every minute, so a call cut off by the device budget
+  # still brings back everything finished by then.
+  pack() { (cd $W/repro && tar c results logs diagrams bench-cuda.jsonl plan.txt queue-*.log 2>/dev/null \
+    | zstd -q -19 -T0 > $OUT/results.tar.zst.tmp && mv $OUT/results.tar.zst.tmp $OUT/results.tar.zst); }
   end=$((SECONDS + ${DEADLINE_S:-420}))
   while (( SECONDS < end )) && pgrep -f experiments.py >/dev/null; do
     sleep 10
     echo "$(date +%T) results: $(ls $W/repro/results 2>/dev/null | wc -l), running: $(pgrep -c -f 'caliper-train train')"
+    (( SECONDS % 60 < 10 )) && pack
   done
   pkill -f experiments.py; pkill -f 'caliper-train train'; sleep 1
   cat $W/repro/plan.txt $W/repro/queue-*.log | grep -v ': done in' | tail -40
+  pack
   cd $W/repro
-  # Results, logs, benchmark and diagrams first; then models and logits by priority, within the
-  # 8 files x 16 MiB the tool returns.
-  tar c results logs diagrams bench-cuda.jsonl plan.txt queue-*.log 2>/dev/null | zstd -q -19 -T0 > $OUT/results.tar.zst
+  # Models and logits by priority, within the 8 files x 16 MiB the tool returns.
   ls models > /tmp/models.txt 2>/dev/null
-  grep -E '^(e1-mnist-(ce|gce)-s[0-4]|e1-fashion-mnist-gce-s0|e4-pneumonia-gce-s0|e3-cifar10-gce-s0)$' /tmp/models.txt \
+  grep -E '^(e3-cifar10-gce-s0|e4-pneumonia-gce-s0|e1-fashion-mnist-gce-s3)$' /tmp/models.txt \
     | sed 's|^|models/|' > /tmp/pick.txt
   sed 's|models/\(.*\)|calib/\1.json|' /tmp/pick.txt >> /tmp/pick.txt
   tar c -T /tmp/pick.txt 2>/dev/null | zstd -q -19 -T0 | split -b 15M - $OUT/models.tar.zst.
-  find runs -name '*_l*.npy' | sort -t- -k1,1 | grep -E -- '-s[01]/' > /tmp/npy.txt
-  tar c -T /tmp/npy.txt 2>/dev/null | zstd -q -19 -T0 | head -c 30M | split -b 15M - $OUT/logits.tar.zst.
+  find runs -name '*_l*.npy' | grep -E -- '-s[0-2]/' | sort > /tmp/npy.txt
+  tar c -T /tmp/npy.txt 2>/dev/null | zstd -q -19 -T0 | head -c 45M | split -b 15M - $OUT/logits.tar.zst.
   ls -la $OUT
   ;;
 esac

@@ -13,7 +13,7 @@ use super::arch::Net;
 use super::checkpoint::{Checkpoint, Position};
 use super::config::TrainConfig;
 use super::dataset::{self, Splits};
-use super::runner::{Evaluator, Trainer};
+use super::runner::{Evaluator, StateMap, Trainer};
 use super::schedule::lr_at;
 use super::step::{self, StateKind};
 use crate::calibration::Calibrator;
@@ -147,7 +147,7 @@ fn config_fingerprint(cfg: &TrainConfig) -> String {
 /// Logits of a whole dataset through the evaluator, in batches, with weights from `state`.
 pub fn predict(
     ev: &mut Evaluator,
-    state: &BTreeMap<String, ort::value::DynValue>,
+    state: &StateMap,
     data: &Dataset,
     norm: &Normalization,
 ) -> Result<Vec<f32>, TrainError> {
@@ -158,7 +158,7 @@ pub fn predict(
 /// evaluator (the export fits the Mahalanobis OOD detector on the features).
 pub fn predict_outputs(
     ev: &mut Evaluator,
-    state: &BTreeMap<String, ort::value::DynValue>,
+    state: &StateMap,
     data: &Dataset,
     norm: &Normalization,
 ) -> Result<(Vec<f32>, Vec<f32>), TrainError> {
@@ -391,10 +391,7 @@ pub fn train(cfg: &TrainConfig, splits: Splits, augment: Augment) -> Result<Trai
     })
 }
 
-fn best_as_values(
-    w: &BTreeMap<String, Vec<f32>>,
-    net: &Net,
-) -> Result<BTreeMap<String, ort::value::DynValue>, TrainError> {
+fn best_as_values(w: &BTreeMap<String, Vec<f32>>, net: &Net) -> Result<StateMap, TrainError> {
     let mut all = net.params();
     all.extend(net.buffers());
     all.iter()
@@ -405,7 +402,7 @@ fn best_as_values(
                 .ok_or_else(|| TrainError::Failed(format!("best checkpoint lacks {}", p.name)))?;
             let t = ort::value::Tensor::from_array((p.shape.clone(), v))
                 .map_err(|e| super::runner::RunError::Ort(e.to_string()))?;
-            Ok((p.name.clone(), t.into_dyn()))
+            Ok((p.name.clone(), t))
         })
         .collect()
 }

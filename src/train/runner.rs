@@ -1,11 +1,13 @@
 //! Running the graphs on ONNX Runtime: the training-step session whose parameters and optimizer
-//! state stay ONNX Runtime values between steps (each step's `next.*` outputs become the next
-//! step's inputs without a copy through Rust), and the inference session used for validation.
+//! state stay ONNX Runtime tensors on the training device between steps (IoBinding: each step's
+//! `next.*` outputs are written into the tensors the next step reads), and the inference session
+//! used for validation.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{IoBinding, Session, SessionInputValue, builder::GraphOptimizationLevel};
 use ort::value::{DynValue, Tensor};
 use rand::Rng;
 
@@ -116,6 +118,45 @@ pub fn to_vec(v: &DynValue) -> Result<Vec<f32>, RunError> {
     Ok(v.try_extract_tensor::<f32>().map_err(ort_err)?.1.to_vec())
 }
 
+/// Named state tensors (parameters, optimizer state, BatchNorm buffers), wherever they live.
+pub type StateMap = BTreeMap<String, Tensor<f32>>;
+
+/// Copies a state tensor to the host (a device tensor goes through a device-to-host copy).
+pub fn state_to_vec(t: &Tensor<f32>) -> Result<Vec<f32>, RunError> {
+    if t.memory_info().is_cpu_accessible() {
+        return Ok(t.extract_tensor().1.to_vec());
+    }
+    let host = t.to(AllocationDevice::CPU, 0).map_err(ort_err)?;
+    Ok(host.extract_tensor().1.to_vec())
+}
+
+/// A state tensor for `session`'s device holding `values` (host state for CPU-only checks).
+pub fn state_tensor(
+    allocator: &Allocator,
+    shape: &[i64],
+    values: &[f32],
+) -> Result<Tensor<f32>, RunError> {
+    let mut t = Tensor::<f32>::new(allocator, shape.to_vec()).map_err(ort_err)?;
+    if t.memory_info().is_cpu_accessible() {
+        t.extract_tensor_mut().1.copy_from_slice(values);
+    } else {
+        let host = Tensor::from_array((shape.to_vec(), values.to_vec())).map_err(ort_err)?;
+        host.copy_into(&mut t).map_err(ort_err)?;
+    }
+    Ok(t)
+}
+
+/// The allocator for state tensors on `device`, from `session`.
+fn state_allocator(session: &Session, device: Device) -> Result<Allocator, RunError> {
+    let (dev, id) = match device {
+        Device::Cpu => (AllocationDevice::CPU, 0),
+        Device::Cuda(n) => (AllocationDevice::CUDA, n),
+    };
+    let info =
+        MemoryInfo::new(dev, id, AllocatorType::Device, MemoryType::Default).map_err(ort_err)?;
+    Allocator::new(session, info).map_err(ort_err)
+}
+
 /// What one step returned.
 #[derive(Debug, Clone)]
 pub struct StepResult {
@@ -126,10 +167,21 @@ pub struct StepResult {
 }
 
 /// The training-step session and its state.
+///
+/// The state lives in two sets of tensors on the training device, bound to the session once
+/// (IoBinding): a step reads one set and writes its `next.*` outputs into the other, then the
+/// roles swap. Parameters and optimizer state therefore never leave the device between steps;
+/// per step only the batch goes in and the loss and logits come out. Two sets, not one updated
+/// in place, because a step still reads a parameter (in the backward pass) after its update
+/// may have been computed.
 pub struct Trainer {
     session: Session,
     specs: Vec<StateSpec>,
-    state: BTreeMap<String, DynValue>,
+    sets: [StateMap; 2],
+    bindings: [IoBinding; 2],
+    /// Which set holds the current state.
+    current: usize,
+    host_output: MemoryInfo<'static>,
     needs_step: bool,
     /// Updates done so far (AdamW's `step` input is this plus one).
     pub updates: u64,
@@ -165,13 +217,14 @@ impl Trainer {
         graph: &StepGraph,
         threads: usize,
         device: Device,
-        mut values: BTreeMap<String, Vec<f32>>,
+        values: BTreeMap<String, Vec<f32>>,
     ) -> Result<Self, RunError> {
         let session = session(&graph.bytes, threads, device)?;
-        let mut state = BTreeMap::new();
+        let allocator = state_allocator(&session, device)?;
+        let (mut live, mut spare) = (StateMap::new(), StateMap::new());
         for s in &graph.state {
             let v = values
-                .remove(&s.spec.name)
+                .get(&s.spec.name)
                 .ok_or_else(|| RunError::State(format!("no value for {}", s.spec.name)))?;
             if v.len() != s.spec.numel() {
                 return Err(RunError::State(format!(
@@ -181,15 +234,48 @@ impl Trainer {
                     s.spec.shape
                 )));
             }
-            state.insert(s.spec.name.clone(), tensor(&s.spec.shape, v)?);
+            live.insert(
+                s.spec.name.clone(),
+                state_tensor(&allocator, &s.spec.shape, v)?,
+            );
+            let empty = Tensor::<f32>::new(&allocator, s.spec.shape.clone()).map_err(ort_err)?;
+            spare.insert(s.spec.name.clone(), empty);
         }
+        let bindings = [
+            Self::bind(&session, &live, &mut spare)?,
+            Self::bind(&session, &spare, &mut live)?,
+        ];
+        let sets = [live, spare];
+        let host_output = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::CPUOutput,
+        )
+        .map_err(ort_err)?;
         Ok(Trainer {
             session,
             specs: graph.state.clone(),
-            state,
+            sets,
+            bindings,
+            current: 0,
+            host_output,
             needs_step: graph.needs_step,
             updates: 0,
         })
+    }
+
+    /// A binding that reads the state from `from` and writes the updated state into `to`.
+    fn bind(session: &Session, from: &StateMap, to: &mut StateMap) -> Result<IoBinding, RunError> {
+        let mut b = session.create_binding().map_err(ort_err)?;
+        for (name, v) in from {
+            b.bind_input(name.as_str(), v).map_err(ort_err)?;
+        }
+        for (name, v) in to.iter_mut() {
+            // The binding keeps a handle on `v`'s memory and the step writes into it.
+            b.bind_output(format!("{NEXT}{name}"), v).map_err(ort_err)?;
+        }
+        Ok(b)
     }
 
     /// One step on a batch: `x` row-major `[n, ...input]`, `y` labels.
@@ -201,57 +287,47 @@ impl Trainer {
         lr: f32,
     ) -> Result<StepResult, RunError> {
         let n = y.len() as i64;
-        let xv = tensor(x_shape, x)?;
-        let yv = Tensor::from_array((vec![n], y)).map_err(ort_err)?;
-        let lrv = Tensor::from_array((Vec::<i64>::new(), vec![lr])).map_err(ort_err)?;
-        let stepv = Tensor::from_array((Vec::<i64>::new(), vec![(self.updates + 1) as f32]))
+        let b = &mut self.bindings[self.current];
+        b.bind_input("x", &tensor(x_shape, x)?).map_err(ort_err)?;
+        b.bind_input("y", &Tensor::from_array((vec![n], y)).map_err(ort_err)?)
             .map_err(ort_err)?;
-        let mut inputs: Vec<(Cow<str>, SessionInputValue)> = vec![
-            ("x".into(), (&xv).into()),
-            ("y".into(), (&yv).into()),
-            ("lr".into(), (&lrv).into()),
-        ];
+        let scalar = |v: f32| Tensor::from_array((Vec::<i64>::new(), vec![v])).map_err(ort_err);
+        b.bind_input("lr", &scalar(lr)?).map_err(ort_err)?;
         if self.needs_step {
-            inputs.push(("step".into(), (&stepv).into()));
+            b.bind_input("step", &scalar((self.updates + 1) as f32)?)
+                .map_err(ort_err)?;
         }
-        for (name, v) in &self.state {
-            inputs.push((Cow::Borrowed(name.as_str()), v.into()));
+        // Rebound every step: the last batch of an epoch may be smaller, and an output bound to
+        // a device keeps the previous run's buffer (and shape) otherwise.
+        for out in ["loss", "logits"] {
+            b.bind_output_to_device(out, &self.host_output)
+                .map_err(ort_err)?;
         }
-        let mut out = self.session.run(inputs).map_err(ort_err)?;
-        let loss = out
-            .get("loss")
-            .ok_or_else(|| RunError::Ort("no loss output".into()))?
-            .try_extract_tensor::<f32>()
-            .map_err(ort_err)?
-            .1[0];
-        let logits = to_vec(
-            out.get("logits")
-                .ok_or_else(|| RunError::Ort("no logits output".into()))?,
-        )?;
-        let mut next = BTreeMap::new();
-        for s in &self.specs {
-            let v = out
-                .remove(format!("{NEXT}{}", s.spec.name))
-                .ok_or_else(|| RunError::Ort(format!("missing output next.{}", s.spec.name)))?;
-            next.insert(s.spec.name.clone(), v);
-        }
+        let out = self.session.run_binding(b).map_err(ort_err)?;
+        let get = |k: &str| {
+            out.get(k)
+                .ok_or_else(|| RunError::Ort(format!("no {k} output")))
+                .and_then(to_vec)
+        };
+        let loss = get("loss")?[0];
+        let logits = get("logits")?;
         drop(out);
-        self.state = next;
+        self.current ^= 1;
         self.updates += 1;
         Ok(StepResult { loss, logits })
     }
 
     /// Copies every state tensor out (for checkpoints and export).
     pub fn values(&self) -> Result<BTreeMap<String, Vec<f32>>, RunError> {
-        self.state
+        self.state()
             .iter()
-            .map(|(k, v)| Ok((k.clone(), to_vec(v)?)))
+            .map(|(k, v)| Ok((k.clone(), state_to_vec(v)?)))
             .collect()
     }
 
     /// The live state values, for feeding the inference session without a copy.
-    pub fn state(&self) -> &BTreeMap<String, DynValue> {
-        &self.state
+    pub fn state(&self) -> &StateMap {
+        &self.sets[self.current]
     }
 }
 
@@ -288,7 +364,7 @@ impl Evaluator {
         &mut self,
         x: Vec<f32>,
         x_shape: &[i64],
-        state: &BTreeMap<String, DynValue>,
+        state: &StateMap,
     ) -> Result<(Vec<f32>, Vec<f32>), RunError> {
         let xv = tensor(x_shape, x)?;
         let mut inputs: Vec<(Cow<str>, SessionInputValue)> = vec![("input".into(), (&xv).into())];
