@@ -41,36 +41,42 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         tracing::info!(loaded, failed = failures.len(), models = ?state.registry.names(), "models ready");
     }
+    // The signal handlers go in before the port opens. Until they exist SIGTERM has its default
+    // action and kills the process, dropping requests already accepted: tokio's `ctrl_c()` and
+    // an un-polled `signal()` future register lazily, and under CPU load the accept loop (on a
+    // worker) could answer requests before this task first polled the shutdown future (the
+    // drain test in tests/serve_socket.rs then saw exit by signal 15 in ~10% of runs).
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     // Tests and scripts read this line to find the port when --addr ends in :0.
     tracing::info!("listening on {}", listener.local_addr()?);
-    let clean = crate::http::serve(listener, state, shutdown_signal(), drain).await?;
+    let clean = crate::http::serve(listener, state, shutdown, drain).await?;
     tracing::info!(clean, "stopped");
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Installs the SIGTERM and SIGINT (Ctrl-C) handlers now and returns a future that resolves on
+/// either. A signal that arrives before the future is first polled is kept, not lost.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    {
+        // Registers on first poll only, so the early-registration guarantee is unix-only.
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
