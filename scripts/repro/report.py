@@ -3,6 +3,7 @@
 
     scripts/repro/report.py collect RESULTS_DIR...   # runs/*/results/*.json -> docs/results/<exp>.json
     scripts/repro/report.py render                   # docs/results/*.json -> docs/REPRODUCTION.md
+    REPORT_DOCS=runs/x/docs scripts/repro/report.py render   # another docs tree (results/ in)
 
 `collect` keeps, per run, its definition, the device, the wall time, the best epoch, the test metrics
 (raw / TS / ATS at 15 and 20 bins), the per-class test accuracy and a compact epoch log. `render`
@@ -13,11 +14,15 @@ docs/results/commentary.md (sections keyed by `## key`) under each table. Rerun 
 import glob
 import json
 import math
+import os
 import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "docs" / "results"
+# REPORT_DOCS points the report at another docs tree (results/ in, REPRODUCTION.md out), e.g. a
+# fabricated one under runs/ to check the rendering of settings that have no results yet.
+DOCS = pathlib.Path(os.environ.get("REPORT_DOCS", ROOT / "docs"))
+RESULTS = DOCS / "results"
 COLLAPSE = 0.2  # test accuracy below this on 10 classes = the run collapsed to a constant answer
 
 
@@ -38,7 +43,7 @@ def collect(dirs):
         old.update(runs)
         path.write_text(json.dumps({"experiment": exp, "runs": [old[k] for k in sorted(old)]},
                                    indent=1) + "\n")
-        print(f"{path.relative_to(ROOT)}: {len(old)} runs")
+        print(f"{path}: {len(old)} runs")
 
 
 # ---- statistics -------------------------------------------------------------------------------
@@ -206,15 +211,52 @@ def rare_table(runs, dataset, losses, k=10, rare=3):
     return "\n".join(out)
 
 
+def option(r, flag, default=None):
+    args = r["args"]
+    return args[args.index(flag) + 1] if flag in args else default
+
+
+def epochs_run(r):
+    """Epochs a run trained, from its epoch log (a stopped or extended run differs from its
+    --epochs), else from its arguments."""
+    if r.get("epochs"):
+        return max(e["epoch"] for e in r["epochs"])
+    return int(option(r, "--epochs"))
+
+
 def budget(runs):
     if not runs:
         return ""
     devs = sorted({r.get("device") or "?" for r in runs})
-    epochs = sorted({int(r["args"][r["args"].index("--epochs") + 1]) for r in runs})
+    epochs = sorted({epochs_run(r) for r in runs})
     walls = [r["wall_s"] for r in runs if r.get("wall_s")]
     return (f"Budget: {len(runs)} runs, {', '.join(map(str, epochs))} epochs each, on "
             f"{', '.join(devs)}; wall time per run {min(walls):.0f}-{max(walls):.0f} s "
             f"(several trainers shared the device).")
+
+
+def validation_note(runs):
+    """Which validation images the runs picked their epoch on and fitted TS / ATS on."""
+    own = sorted({option(r, "--val-split") for r in runs if option(r, "--val-split")})
+    carved = sorted({option(r, "--val-fraction", "0.1") for r in runs if not option(r, "--val-split")})
+    parts = [f"{sum(1 for r in runs if option(r, '--val-split') == s)} runs on the dataset's own "
+             f"`{s}` split (`--val-split {s}`, the whole training split trained on)" for s in own]
+    parts += [f"{sum(1 for r in runs if not option(r, '--val-split') and option(r, '--val-fraction', '0.1') == f)} "
+              f"runs on {float(f) * 100:g}% of the training split (`--val-fraction {f}`, stratified, seeded)"
+              for f in carved]
+    return "Validation and calibration data: " + "; ".join(parts) + "."
+
+
+def ratio(r):
+    return float(option(r, "--imbalance-ratio", "1"))
+
+
+def lt_datasets(runs):
+    """The long-tailed settings, by dataset, the larger imbalance ratio first."""
+    first = {}
+    for r in runs:
+        first.setdefault(r["dataset"], r)
+    return sorted(first, key=lambda d: (first[d]["dataset"].rsplit("-lt", 1)[0], -ratio(first[d])))
 
 
 def commentary():
@@ -240,8 +282,8 @@ def render():
              "`docs/results/*.json` (do not edit by hand; the commentary comes from "
              "`docs/results/commentary.md`). Every run was trained by `caliper-train` and scored by "
              "`caliper calibrate` / `caliper eval` (`scripts/repro/experiments.py`): TS and ATS are "
-             "fitted on the run's validation split (10% of the training data, stratified, seeded) and "
-             "applied to the test split. Numbers are mean ± sample standard deviation over seeds, in "
+             "fitted on the run's validation split (10% of the training data, stratified, seeded, unless "
+             "a section says otherwise) and applied to the test split. Numbers are mean ± sample standard deviation over seeds, in "
              "percent unless they are NLL or Brier. A run whose test accuracy is below 20% (on ten "
              "classes) is counted as *collapsed*: it predicts one class for everything.",
              "", notes.get("summary", ""), ""]
@@ -266,19 +308,23 @@ def render():
     if "e2" in exps:
         r = exps["e2"]
         body = []
-        for ds in sorted({x["dataset"] for x in r}):
-            body += [f"### {ds}", "", budget(group_all(r, ds)), "", rare_table(r, ds, three), ""]
-        rows = [row for ds in sorted({x["dataset"] for x in r}) for row in paired_rows(r, ds)]
+        for ds in lt_datasets(r):
+            g = group_all(r, ds)
+            body += [f"### {ds} (imbalance ratio {ratio(g[0]):g})", "", budget(g), "",
+                     rare_table(r, ds, three), ""]
+        rows = [row for ds in lt_datasets(r) for row in paired_rows(r, ds)]
         body += ["### Paired test, GCE vs CE", "", paired_table(rows)]
-        section("2. Long-tailed data (imbalance ratio 100)", "e2", "\n".join(body))
+        ratios = " and ".join(f"{x:g}" for x in sorted({ratio(x) for x in r}, reverse=True))
+        section(f"2. Long-tailed data (imbalance ratio {ratios})", "e2", "\n".join(body))
     if "e3" in exps:
         r = exps["e3"]
+        epochs = "/".join(str(e) for e in sorted({epochs_run(x) for x in r}))
         body = [budget(r), "", main_table(r, "cifar10", three), "", more_table(r, "cifar10", three),
                 "", paired_table(paired_rows(r, "cifar10"))]
-        section("3. CIFAR-10, ResNet-20", "e3", "\n".join(body))
+        section(f"3. CIFAR-10, ResNet-20 ({epochs} epochs per run)", "e3", "\n".join(body))
     if "e4" in exps:
         r = exps["e4"]
-        body = [budget(r), "", main_table(r, "pneumonia", three), "",
+        body = [budget(r), "", validation_note(r), "", main_table(r, "pneumonia", three), "",
                 more_table(r, "pneumonia", three), "", paired_table(paired_rows(r, "pneumonia"))]
         section("4. Medical: PneumoniaMNIST (binary)", "e4", "\n".join(body))
     if "e5" in exps:
@@ -293,13 +339,13 @@ def render():
         section("6. Out-of-distribution detection: MNIST models on Fashion-MNIST", "e6", ood_table(exps["e6"]))
     section("7. Cost of GCE", "e7", cost_table())
     parts.extend(["## Reliability diagrams", "", notes.get("diagrams", ""), ""])
-    for d in sorted((ROOT / "docs" / "reproduction").glob("*-raw.svg")):
+    for d in sorted((DOCS / "reproduction").glob("*-raw.svg")):
         stem = d.name[:-len("-raw.svg")]
         parts.append(f"| {stem}: uncalibrated | {stem}: ATS |\n| --- | --- |\n"
                      f"| ![](reproduction/{stem}-raw.svg) | ![](reproduction/{stem}-ats.svg) |\n")
     text = "\n".join(parts).replace("\n\n\n", "\n\n").rstrip() + "\n"
-    (ROOT / "docs" / "REPRODUCTION.md").write_text(text)
-    print("wrote docs/REPRODUCTION.md")
+    (DOCS / "REPRODUCTION.md").write_text(text)
+    print(f"wrote {DOCS / 'REPRODUCTION.md'}")
 
 
 def group_all(runs, dataset):

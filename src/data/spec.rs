@@ -41,6 +41,38 @@ pub enum Split {
     Test,
 }
 
+/// The named splits of each bundled dataset kind: what `KIND:SPLIT` accepts, in the order error
+/// messages list them (one table, so the parser and [`datasets_with_split`] cannot disagree).
+const BUNDLED_SPLITS: [(&str, &[Split]); 5] = [
+    ("mnist", &[Split::Train, Split::Test]),
+    ("fashion-mnist", &[Split::Train, Split::Test]),
+    ("cifar10", &[Split::Train, Split::Test]),
+    ("cifar10-bin", &[Split::Train, Split::Test]),
+    ("pneumonia", &[Split::Train, Split::Val, Split::Test]),
+];
+
+/// The dataset names (`caliper-train --dataset`) that have a split called `split`: the bundled
+/// kinds that ship it, then `npz:PATH`, whose archives may hold any `SPLIT_images` /
+/// `SPLIT_labels`. For error messages such as "mnist has no val split; pneumonia has".
+pub fn datasets_with_split(split: &str) -> Vec<String> {
+    BUNDLED_SPLITS
+        .iter()
+        .filter(|(_, splits)| splits.iter().any(|s| s.as_str() == split))
+        .map(|(kind, _)| kind.to_string())
+        .chain([format!("npz:PATH (arrays {split}_images, {split}_labels)")])
+        .collect()
+}
+
+/// Whether bundled dataset `kind` ships a split named `split`; `None` for a kind that is not
+/// bundled (`npz:PATH`, `folder:PATH`, ...: only loading can tell). `cifar10-bin:val` parses as a
+/// list of batch files, so parsing `KIND:SPLIT` is no test for this.
+pub fn bundled_has_split(kind: &str, split: &str) -> Option<bool> {
+    BUNDLED_SPLITS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, splits)| splits.iter().any(|s| s.as_str() == split))
+}
+
 impl Split {
     fn as_str(self) -> &'static str {
         match self {
@@ -204,7 +236,12 @@ impl FromStr for DatasetSpec {
         if arg.is_empty() {
             return Err(err("empty argument after the colon"));
         }
-        let split = |allowed: &[Split]| {
+        // The bundled kind's named split (only called for the kinds of `BUNDLED_SPLITS`).
+        let split = || {
+            let allowed = BUNDLED_SPLITS
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map_or(&[][..], |(_, splits)| *splits);
             allowed
                 .iter()
                 .copied()
@@ -214,18 +251,15 @@ impl FromStr for DatasetSpec {
                     err(&format!("split must be one of {}", names.join(", ")))
                 })
         };
-        use Split::{Test, Train, Val};
         Ok(match kind {
-            "mnist" => DatasetSpec::Mnist(split(&[Train, Test])?),
-            "fashion-mnist" => DatasetSpec::FashionMnist(split(&[Train, Test])?),
-            "cifar10" => DatasetSpec::Cifar10(split(&[Train, Test])?),
-            "cifar10-bin" if arg == "train" || arg == "test" => {
-                DatasetSpec::Cifar10Bin(split(&[Train, Test])?)
-            }
+            "mnist" => DatasetSpec::Mnist(split()?),
+            "fashion-mnist" => DatasetSpec::FashionMnist(split()?),
+            "cifar10" => DatasetSpec::Cifar10(split()?),
+            "cifar10-bin" if arg == "train" || arg == "test" => DatasetSpec::Cifar10Bin(split()?),
             "cifar10-bin" => {
                 DatasetSpec::Cifar10BinFiles(arg.split(',').map(PathBuf::from).collect())
             }
-            "pneumonia" => DatasetSpec::Pneumonia(split(&[Train, Val, Test])?),
+            "pneumonia" => DatasetSpec::Pneumonia(split()?),
             "idx" => {
                 let (images, labels) = arg
                     .split_once(',')
@@ -447,6 +481,30 @@ mod tests {
             let e = s.parse::<DatasetSpec>().unwrap_err().to_string();
             assert!(e.contains(why), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn datasets_with_a_split_follow_the_parser() {
+        assert_eq!(
+            datasets_with_split("val"),
+            ["pneumonia", "npz:PATH (arrays val_images, val_labels)"]
+        );
+        assert_eq!(datasets_with_split("train").len(), 6);
+        assert_eq!(datasets_with_split("dev").len(), 1);
+        for (kind, _) in BUNDLED_SPLITS {
+            for s in ["train", "val", "test"] {
+                let parsed = format!("{kind}:{s}").parse::<DatasetSpec>();
+                let has = bundled_has_split(kind, s).unwrap();
+                if kind == "cifar10-bin" {
+                    // cifar10-bin:val is a batch file named "val", not a split.
+                    let files = matches!(parsed, Ok(DatasetSpec::Cifar10BinFiles(_)));
+                    assert_eq!(files, !has, "{kind}:{s}");
+                } else {
+                    assert_eq!(parsed.is_ok(), has, "{kind}:{s}");
+                }
+            }
+        }
+        assert_eq!(bundled_has_split("npz:x.npz", "val"), None);
     }
 
     #[test]

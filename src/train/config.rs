@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use super::dataset::Validation;
 use super::loss::Loss;
 use super::optim::Optimizer;
 use super::runner::Device;
@@ -149,9 +150,15 @@ pub struct TrainArgs {
     /// Linear warm-up length in epochs (may be fractional).
     #[arg(long, env = "CALIPER_WARMUP_EPOCHS", default_value_t = 0.0)]
     pub warmup_epochs: f64,
-    /// Fraction of the training split held out (seeded) for validation and calibration.
-    #[arg(long, env = "CALIPER_VAL_FRACTION", default_value_t = 0.1)]
-    pub val_fraction: f64,
+    /// Fraction of the training split held out (seeded, stratified) for validation and
+    /// calibration [default: 0.1 without --val-split].
+    #[arg(long, env = "CALIPER_VAL_FRACTION")]
+    pub val_fraction: Option<f64>,
+    /// Validate on the dataset's own split of this name instead of carving one out of the
+    /// training split (e.g. `val` for pneumonia, whose MedMNIST archive ships train / val /
+    /// test); the whole training split is trained on. Excludes --val-fraction.
+    #[arg(long, env = "CALIPER_VAL_SPLIT")]
+    pub val_split: Option<String>,
     /// Use only this fraction of the remaining training samples (seeded), for quick runs.
     #[arg(long, env = "CALIPER_TRAIN_FRACTION", default_value_t = 1.0)]
     pub train_fraction: f64,
@@ -211,6 +218,9 @@ pub struct GraphArgs {
     #[arg(long)]
     pub out: PathBuf,
 }
+
+/// Validation fraction of `train` when neither `--val-fraction` nor `--val-split` is given.
+pub const DEFAULT_VAL_FRACTION: f64 = 0.1;
 
 /// SGD momentum of `train` when `--momentum` is not given.
 pub const DEFAULT_MOMENTUM: f32 = 0.9;
@@ -308,6 +318,8 @@ pub struct TrainConfig {
     pub run_dir: PathBuf,
     /// Training augmentation.
     pub augment: crate::data::Augment,
+    /// Where the validation images come from (`--val-fraction` or `--val-split`).
+    pub validation: Validation,
 }
 
 impl TrainArgs {
@@ -328,9 +340,24 @@ impl TrainArgs {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad("--lr must be > 0");
         }
-        if !(0.0..0.9).contains(&self.val_fraction) || self.val_fraction <= 0.0 {
-            return bad("--val-fraction must be in (0, 0.9)");
-        }
+        let validation = match (&self.val_split, self.val_fraction) {
+            (Some(_), Some(_)) => {
+                return bad(
+                    "--val-split and --val-fraction exclude each other: validate on the \
+                     dataset's own split or on a fraction carved out of its training split",
+                );
+            }
+            (Some(name), None) => {
+                Validation::own_split(&self.dataset, name).map_err(ConfigError)?
+            }
+            (None, f) => {
+                let f = f.unwrap_or(DEFAULT_VAL_FRACTION);
+                if !(f > 0.0 && f < 0.9) {
+                    return bad("--val-fraction must be in (0, 0.9)");
+                }
+                Validation::Carved(f)
+            }
+        };
         if !(self.train_fraction > 0.0 && self.train_fraction <= 1.0) {
             return bad("--train-fraction must be in (0, 1]");
         }
@@ -387,6 +414,7 @@ impl TrainArgs {
             device,
             run_dir,
             augment,
+            validation,
             args: self,
         })
     }
@@ -426,6 +454,7 @@ mod tests {
         assert_eq!(c.device, Device::Cpu);
         assert_eq!(c.run_dir, PathBuf::from("runs/m"));
         assert_eq!(c.augment, crate::data::Augment::NONE);
+        assert_eq!(c.validation, Validation::Carved(0.1));
         let c = train_args(&["--dataset", "cifar10"]).unwrap();
         assert_eq!(c.augment, crate::data::Augment::CIFAR);
         let c = train_args(&["--schedule", "step", "--milestones", "3,6"]).unwrap();
@@ -451,9 +480,60 @@ mod tests {
             (&["--device", "tpu"], "invalid device"),
             (&["--augment", "mixup"], "unknown augmentation"),
             (&["--gce-lambda=-1"], "--gce-lambda"),
+            (&["--val-fraction", "0.95"], "--val-fraction"),
         ] {
             let e = train_args(args).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn validation_comes_from_a_fraction_or_the_datasets_own_split() {
+        let c = train_args(&["--val-fraction", "0.2"]).unwrap();
+        assert_eq!(c.validation, Validation::Carved(0.2));
+        let c = train_args(&["--dataset", "pneumonia", "--val-split", "val"]).unwrap();
+        assert_eq!(c.validation, Validation::Split("val".into()));
+        // Any split name of an npz archive parses; loading checks that it is there.
+        let c = train_args(&["--dataset", "npz:x.npz", "--val-split", "dev"]).unwrap();
+        assert_eq!(c.validation, Validation::Split("dev".into()));
+        for (args, needles) in [
+            (
+                &[
+                    "--dataset",
+                    "pneumonia",
+                    "--val-split",
+                    "val",
+                    "--val-fraction",
+                    "0.1",
+                ][..],
+                &["exclude each other"][..],
+            ),
+            (
+                &["--dataset", "mnist", "--val-split", "val"],
+                &["mnist has no split named \"val\"", "pneumonia", "npz:PATH"],
+            ),
+            (
+                &["--dataset", "cifar10", "--val-split", "val"],
+                &["cifar10 has no split", "--val-fraction"],
+            ),
+            // `cifar10-bin:val` would parse as a batch file: the bundled table decides.
+            (
+                &["--dataset", "cifar10-bin", "--val-split", "val"],
+                &["cifar10-bin has no split"],
+            ),
+            (
+                &["--dataset", "pneumonia", "--val-split", "test"],
+                &["other than train and test"],
+            ),
+            (
+                &["--dataset", "pneumonia", "--val-split", "train"],
+                &["other than train and test"],
+            ),
+        ] {
+            let e = train_args(args).unwrap_err();
+            for n in needles {
+                assert!(e.contains(n), "{args:?}: {e}");
+            }
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The trainer's data plumbing on top of `caliper::data`: loading a bundled dataset's train and
-//! test splits, the seeded stratified validation split and training subset, normalisation from
-//! the training split, and the batch options of training and evaluation.
+//! test splits, the validation images (a seeded stratified split carved out of the training
+//! split, or the dataset's own validation split), the training subset, normalisation from the
+//! training images only, and the batch options of training and evaluation.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use crate::data::spec::{SplitPart, bundled_has_split, datasets_with_split};
 use crate::data::split::TrainValSplit;
 use crate::data::{Augment, BatchOptions, DataError, Dataset, DatasetSpec, Normalization};
 
@@ -15,7 +17,8 @@ pub struct Splits {
     pub name: String,
     /// Training images (the training split minus validation, possibly subsampled).
     pub train: Dataset,
-    /// Validation images (held out from the training split; early stopping and calibration).
+    /// Validation images (early stopping and calibration): held out from the training split, or
+    /// the dataset's own validation split (see [`Validation`]).
     pub val: Dataset,
     /// The test split.
     pub test: Dataset,
@@ -23,11 +26,111 @@ pub struct Splits {
     pub normalization: Normalization,
 }
 
+/// Where a run's validation images come from. They pick the best epoch, and the export fits the
+/// calibrator, the OOD thresholds and the conformal quantiles on them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Validation {
+    /// `--val-fraction F`: a seeded, stratified fraction of the training split.
+    Carved(f64),
+    /// `--val-split NAME`: the dataset's own split `DATASET:NAME` (MedMNIST's `val`, issue 6);
+    /// the whole training split is then trained on.
+    Split(String),
+}
+
+impl Validation {
+    /// `--val-split NAME` for `dataset`, checked without loading anything: the split must not be
+    /// `train` or `test`, a bundled dataset must ship it, and for other kinds (`npz:PATH`)
+    /// `DATASET:NAME` must be a valid spec (loading tells whether the archive holds it). A
+    /// `dataset` that is no spec name at all passes (loading it reports that error).
+    pub fn own_split(dataset: &str, name: &str) -> Result<Self, String> {
+        if name == "train" || name == "test" {
+            return Err(format!(
+                "--val-split must name a split other than train and test, got {name:?} \
+                 (validating on the training or test images would leak them)"
+            ));
+        }
+        let parses = |split: &str| DatasetSpec::from_str(&format!("{dataset}:{split}")).is_ok();
+        let ok =
+            bundled_has_split(dataset, name).unwrap_or_else(|| parses(name) || !parses("train"));
+        if ok {
+            return Ok(Validation::Split(name.into()));
+        }
+        Err(format!(
+            "--val-split {name}: dataset {dataset} has no split named {name:?} (datasets with \
+             one: {}); use --val-fraction to carve validation images out of its training split",
+            datasets_with_split(name).join(", ")
+        ))
+    }
+
+    /// The dataset spec of the validation images of a run on `dataset`: `pneumonia:val`, or
+    /// `mnist:train[val=0.1,seed=0]` for a carved split. `caliper calibrate --data SPEC` loads
+    /// exactly these images; the export records it as the model's provenance.
+    pub fn spec(
+        &self,
+        dataset: &str,
+        train_fraction: f64,
+        imbalance_ratio: f64,
+        seed: u64,
+    ) -> Result<DatasetSpec, DataError> {
+        match self {
+            Validation::Split(name) => DatasetSpec::from_str(&format!("{dataset}:{name}")),
+            Validation::Carved(val_fraction) => Ok(DatasetSpec::Selected {
+                base: Box::new(DatasetSpec::from_str(&format!("{dataset}:train"))?),
+                part: SplitPart::Val,
+                split: TrainValSplit {
+                    val_fraction: *val_fraction,
+                    train_fraction,
+                    imbalance_ratio,
+                    seed,
+                },
+            }),
+        }
+    }
+}
+
 /// Loads `NAME:train` and `NAME:test` (see `caliper::data::DatasetSpec`) from `data_dir`.
 pub fn load(name: &str, data_dir: &Path) -> Result<(Dataset, Dataset), DataError> {
     let train = DatasetSpec::from_str(&format!("{name}:train"))?.load(data_dir)?;
     let test = DatasetSpec::from_str(&format!("{name}:test"))?.load(data_dir)?;
     Ok((train, test))
+}
+
+/// Loads every split of a run on dataset `name`: train and test ([`load`]), and the validation
+/// images per `validation` ([`split`] or [`with_own_validation`]).
+pub fn load_splits(
+    name: &str,
+    data_dir: &Path,
+    validation: &Validation,
+    train_fraction: f64,
+    imbalance_ratio: f64,
+    seed: u64,
+) -> Result<Splits, DataError> {
+    let (train, test) = load(name, data_dir)?;
+    match validation {
+        Validation::Carved(f) => split(
+            name,
+            &train,
+            test,
+            *f,
+            train_fraction,
+            imbalance_ratio,
+            seed,
+        ),
+        Validation::Split(_) => {
+            let val = validation
+                .spec(name, train_fraction, imbalance_ratio, seed)?
+                .load(data_dir)?;
+            with_own_validation(
+                name,
+                &train,
+                val,
+                test,
+                train_fraction,
+                imbalance_ratio,
+                seed,
+            )
+        }
+    }
 }
 
 /// Makes `train` long-tailed with `imbalance_ratio` (1 = unchanged), carves a seeded, stratified
@@ -50,15 +153,65 @@ pub fn split(
         seed,
     }
     .indices(&train.labels, train.num_classes())?;
-    let tr_set = train.subset(&tr);
+    Ok(assemble(name, train, &tr, train.subset(&va), test))
+}
+
+/// Like [`split`], but validates on `val`, the dataset's own validation split: the long tail and
+/// `train_fraction` select the training images (same selections and seeds as [`split`] with no
+/// images held out) and leave `val` as shipped. The normalisation still comes from the training
+/// images only. `val` must have the training images' shape and classes.
+pub fn with_own_validation(
+    name: &str,
+    train: &Dataset,
+    mut val: Dataset,
+    test: Dataset,
+    train_fraction: f64,
+    imbalance_ratio: f64,
+    seed: u64,
+) -> Result<Splits, DataError> {
+    let origin = PathBuf::from(format!("{name} (validation split)"));
+    if val.shape != train.shape {
+        return Err(DataError::ShapeMismatch {
+            path: origin,
+            detail: format!(
+                "validation images are {:?}, training images {:?}",
+                val.shape, train.shape
+            ),
+        });
+    }
+    let k = train.num_classes();
+    if let Some((index, &label)) = val.labels.iter().enumerate().find(|(_, l)| **l >= k) {
+        return Err(DataError::LabelOutOfRange {
+            path: origin,
+            index,
+            label: label as u64,
+            classes: k,
+        });
+    }
+    // Same labels, same classes: name them as training does (an archive without names numbers
+    // only up to its own largest label).
+    val.class_names = train.class_names.clone();
+    let (tr, _) = TrainValSplit {
+        val_fraction: 0.0,
+        train_fraction,
+        imbalance_ratio,
+        seed,
+    }
+    .indices(&train.labels, k)?;
+    Ok(assemble(name, train, &tr, val, test))
+}
+
+/// The training images at `tr`, their normalisation, and the other two splits.
+fn assemble(name: &str, train: &Dataset, tr: &[usize], val: Dataset, test: Dataset) -> Splits {
+    let tr_set = train.subset(tr);
     let normalization = tr_set.channel_stats();
-    Ok(Splits {
+    Splits {
         name: name.into(),
         train: tr_set,
-        val: train.subset(&va),
+        val,
         test,
         normalization,
-    })
+    }
 }
 
 /// Augmentation for a dataset when `--augment auto`: the CIFAR recipe (pad 4, crop, flip) for
@@ -100,4 +253,127 @@ pub fn sample_shape(d: &Dataset) -> Vec<i64> {
         d.shape.height as i64,
         d.shape.width as i64,
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array1, Array3};
+    use ndarray_npy::NpzWriter;
+
+    /// A MedMNIST-style archive: 8 training images of 2x2 (labels 0,1,0,1,...), 3 validation
+    /// images (labels 0 only, so its own class count is 1), 2 test images; `val_hw` sets the
+    /// validation images' size.
+    fn archive(dir: &Path, val_hw: usize) -> PathBuf {
+        let p = dir.join("t.npz");
+        let mut w = NpzWriter::new(std::fs::File::create(&p).unwrap());
+        let images = |n: usize, hw: usize, base: usize| {
+            Array3::from_shape_fn((n, hw, hw), |(i, y, x)| (base + i * 4 + y * 2 + x) as u8)
+        };
+        w.add_array("train_images", &images(8, 2, 0)).unwrap();
+        w.add_array("train_labels", &Array1::from_shape_fn(8, |i| (i % 2) as u8))
+            .unwrap();
+        w.add_array("val_images", &images(3, val_hw, 200)).unwrap();
+        w.add_array("val_labels", &Array1::from(vec![0u8; 3]))
+            .unwrap();
+        w.add_array("test_images", &images(2, 2, 100)).unwrap();
+        w.add_array("test_labels", &Array1::from(vec![1u8, 0]))
+            .unwrap();
+        w.finish().unwrap();
+        p
+    }
+
+    #[test]
+    fn own_validation_split_is_loaded_as_shipped_and_train_is_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("npz:{}", archive(dir.path(), 2).display());
+        let own = Validation::own_split(&name, "val").unwrap();
+        let s = load_splits(&name, dir.path(), &own, 1.0, 1.0, 0).unwrap();
+        assert_eq!((s.train.len(), s.val.len(), s.test.len()), (8, 3, 2));
+        assert_eq!(s.val.image(0), &[200, 201, 202, 203]);
+        // The validation archive numbers only its own labels; it gets the training classes.
+        assert_eq!(s.val.class_names, ["0", "1"]);
+        // Normalisation from the training images only (pixels 0..31, not the val's 200+).
+        assert_eq!(s.normalization, s.train.channel_stats());
+        assert!(s.normalization.mean[0] < 0.1);
+        // train_fraction still subsamples training (stratified), never validation.
+        let half = load_splits(&name, dir.path(), &own, 0.5, 1.0, 0).unwrap();
+        assert_eq!((half.train.class_counts(), half.val.len()), (vec![2, 2], 3));
+        // The carved split of the same archive holds validation images out of train instead.
+        let carved =
+            load_splits(&name, dir.path(), &Validation::Carved(0.25), 1.0, 1.0, 0).unwrap();
+        assert_eq!((carved.train.len(), carved.val.len()), (6, 2));
+    }
+
+    #[test]
+    fn validation_specs_name_the_images_calibrate_would_load() {
+        let own = Validation::Split("val".into());
+        assert_eq!(
+            own.spec("pneumonia", 1.0, 1.0, 3).unwrap().to_string(),
+            "pneumonia:val"
+        );
+        let carved = Validation::Carved(0.1);
+        assert_eq!(
+            carved.spec("mnist", 0.5, 1.0, 3).unwrap().to_string(),
+            "mnist:train[val=0.1,seed=3,train_fraction=0.5]"
+        );
+        assert!(carved.spec("imagenet", 1.0, 1.0, 0).is_err());
+    }
+
+    #[test]
+    fn a_missing_or_mismatched_validation_split_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("npz:{}", archive(dir.path(), 3).display());
+        let error = |split: &str| {
+            let own = Validation::Split(split.into());
+            load_splits(&name, dir.path(), &own, 1.0, 1.0, 0)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = error("val");
+        assert!(
+            e.contains("validation images are") && e.contains("height: 3"),
+            "{e}"
+        );
+        let e = error("dev");
+        assert!(e.contains("no arrays dev_images and dev_labels"), "{e}");
+        // A label the training split does not have.
+        let shape = crate::data::ImageShape {
+            channels: 1,
+            height: 1,
+            width: 1,
+        };
+        let set = |labels: Vec<usize>, k| {
+            let n = labels.len();
+            Dataset::new(
+                Path::new("x"),
+                shape,
+                vec![0; n],
+                labels,
+                crate::data::numbered_classes(k),
+            )
+            .unwrap()
+        };
+        let e = with_own_validation(
+            "bad",
+            &set(vec![0, 1], 2),
+            set(vec![2], 3),
+            set(vec![0], 2),
+            1.0,
+            1.0,
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DataError::LabelOutOfRange {
+                    label: 2,
+                    classes: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::config::TrainConfig;
+use super::dataset::Validation;
 use super::fit::{ECE_BINS, TrainError, Trained, logits_report, predict_outputs};
 use super::runner::Evaluator;
 use super::step;
@@ -90,6 +91,13 @@ pub fn export(
     let sha = crate::fsutil::sha256_file(&model_path).map_err(io(&model_path))?;
 
     let k = t.labels.len();
+    // The validation images as a spec (`pneumonia:val`, `mnist:train[val=0.1,seed=0]`): the
+    // fit summary's source and the provenance say which images fitted the calibrator.
+    let val_data = cfg
+        .validation
+        .spec(&a.dataset, a.train_fraction, a.imbalance_ratio, a.seed)
+        .map_err(|e| ExportError::Report(format!("validation spec: {e}")))?
+        .to_string();
     let method = a.calibrator;
     let opts = FitOptions::default();
     let vz = ndarray::Array2::from_shape_vec(
@@ -100,14 +108,7 @@ pub fn export(
     let vy: Vec<usize> = t.val.1.iter().map(|&l| l as usize).collect();
     let calibrator = crate::calibration::fit(method, &opts, vz.view(), &vy)?;
     let ts = crate::calibration::fit(Method::Ts, &opts, vz.view(), &vy)?;
-    let summary = FitSummary::compute(
-        "validation split",
-        vz.view(),
-        &vy,
-        &calibrator,
-        &opts,
-        ECE_BINS,
-    )?;
+    let summary = FitSummary::compute(&val_data, vz.view(), &vy, &calibrator, &opts, ECE_BINS)?;
     let rep = |logits: &[f32], labels: &[i64], c: &Calibrator| {
         logits_report(logits, labels, k, c)
             .map_err(|e: TrainError| ExportError::Report(e.to_string()))
@@ -135,7 +136,13 @@ pub fn export(
     put("best_epoch", (t.best_epoch as i64).into());
     put("batch_size", (a.batch_size as i64).into());
     put("width", a.model.width.into());
-    put("val_fraction", a.val_fraction.into());
+    // Which validation images picked the epoch and fitted the calibrator (issue 6): the split
+    // options and the spec `caliper calibrate --data` takes to load the same images.
+    match &cfg.validation {
+        Validation::Carved(f) => put("val_fraction", (*f).into()),
+        Validation::Split(name) => put("val_split", name.clone().into()),
+    }
+    put("val_data", val_data.clone().into());
     put("train_fraction", a.train_fraction.into());
     put("imbalance_ratio", a.imbalance_ratio.into());
     put("train_samples", (t.sizes[0] as i64).into());
@@ -197,7 +204,12 @@ pub fn export(
         "best_epoch": t.best_epoch,
         "train_images_per_s": t.images_per_s,
         "calibrator": calibrator,
-        "validation": {"samples": t.val.1.len(), "before": summary.before, "after": summary.after},
+        "validation": {
+            "data": val_data,
+            "samples": t.val.1.len(),
+            "before": summary.before,
+            "after": summary.after,
+        },
         "test": {
             "samples": t.test.1.len(),
             "uncalibrated": test_raw,

@@ -121,6 +121,12 @@ pub struct Trained {
 /// with a cosine schedule that changes the rates, so only a same-length resume is bit-for-bit.
 fn config_fingerprint(cfg: &TrainConfig) -> String {
     let a = &cfg.args;
+    // A carved split prints its fraction alone, as before `--val-split` existed, so that older
+    // checkpoints still resume.
+    let validation = match &cfg.validation {
+        dataset::Validation::Carved(f) => f.to_string(),
+        dataset::Validation::Split(name) => format!("split={name}"),
+    };
     format!(
         "{}|{}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{}",
         a.dataset,
@@ -131,7 +137,7 @@ fn config_fingerprint(cfg: &TrainConfig) -> String {
         a.model.width,
         a.batch_size,
         a.lr,
-        a.val_fraction,
+        validation,
         a.train_fraction,
         a.seed,
         a.imbalance_ratio

@@ -69,12 +69,10 @@ pub fn run(cli: Cli, command: &str) -> anyhow::Result<()> {
             let cfg = (*args).validate()?;
             tracing::info!(config = ?cfg, "starting training");
             let a = &cfg.args;
-            let (train, test) = dataset::load(&a.dataset, &a.data_dir)?;
-            let splits = dataset::split(
+            let splits = dataset::load_splits(
                 &a.dataset,
-                &train,
-                test,
-                a.val_fraction,
+                &a.data_dir,
+                &cfg.validation,
                 a.train_fraction,
                 a.imbalance_ratio,
                 a.seed,
