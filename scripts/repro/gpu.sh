@@ -5,12 +5,13 @@
 # same warm machine:
 #   stage1: the CUDA execution provider (.gpu1/prov.zst: the onnxruntime-gpu 1.31.1 provider
 #           with every GPU architecture but sm_90 blanked by scripts/repro/strip-fatbin.py)
-#   stage2: ONNX Runtime core, the release binaries, Fashion-MNIST, CIFAR-10 (.gpu2/); CUDA
-#           smoke test and benchmark against PyTorch; starts the GPU queues (CIFAR_RUNS, with
-#           epochs sized to CIFAR_S seconds; GPU_RUNS) and the CPU queue (CPU_RUNS)
-#   stage3: MNIST, PneumoniaMNIST (.gpu3/); starts STAGE3_RUNS on the CPU; waits until
-#           DEADLINE_S, packs results to $OUT (results every minute, so a call cut short still
-#           returns them)
+#   stage2: ONNX Runtime core, the release binaries, CIFAR-10 (.gpu2/); CUDA smoke test and
+#           benchmark against PyTorch; starts the GPU queue CIFAR_RUNS (epochs sized to CIFAR_S s)
+#   stage3: Fashion-MNIST, MNIST, PneumoniaMNIST (.gpu3/); starts GPU_RUNS on the training device
+#           and STAGE3_RUNS (if any) on the CPU; waits until DEADLINE_S, packs results to $OUT
+#           (results every minute, so a call cut short still returns them)
+# The device starts with an empty results folder: name seeds in the --only prefixes (e.g.
+# e1-fashion-mnist-ce-s4) or finished runs are trained again.
 # Everything lives under /tmp/cal on the machine. Made by scripts/repro/gpu-bundle.sh here.
 # Every call must carry .gpu0 (zstd) and its own stage folder: on the device, an ignored path
 # that a call does not name in `carry` is deleted, so stages cannot leave bundles for each other
@@ -36,7 +37,6 @@ stage2)
   zstd -q -d -f .gpu2/core.zst -o $W/ort/libonnxruntime.so.1.31.1
   cp .gpu2/libonnxruntime_providers_shared.so $W/ort/
   zstd -q -d -c .gpu2/bins.tar.zst | tar x -C $W/repro/bin
-  cp -r .gpu2/fashion-mnist $W/data/
   tar xzf .gpu2/cifar10-jpg.tar.gz -C $W/data
   ls $W/data $W/repro/bin
   B=$W/repro/bin/caliper-train
@@ -76,18 +76,16 @@ stage2)
     DEV=cpu
   fi
   echo $DEV > $W/repro/device
-  setsid nohup $REPRO run --device $DEV --threads 1 --jobs 6 --only ${GPU_RUNS:-e1-fashion-mnist} \
-    > $W/repro/queue-fashion.log 2>&1 < /dev/null &
-  # The small LeNet runs go to the CPU's 16 cores, leaving the GPU to the big ones.
-  setsid nohup $REPRO run --device cpu --threads 1 --jobs 7 --only ${CPU_RUNS:-e2-fashion-mnist} \
-    > $W/repro/queue-cpu.log 2>&1 < /dev/null &
   sleep 5; cat $W/repro/queue-*.log
   ;;
 stage3)
   zstd -q -d -c .gpu3/mnist.tar.zst | tar x -C $W/data
   cp .gpu3/pneumoniamnist.npz $W/data/
-  if [[ -n ${STAGE3_RUNS-e4} ]]; then
-    setsid nohup $REPRO run --device cpu --threads 1 --jobs 4 --only ${STAGE3_RUNS-e4} \
+  cp -r .gpu3/fashion-mnist $W/data/
+  setsid nohup $REPRO run --device "$(cat $W/repro/device)" --threads 1 --jobs 8 \
+    --only ${GPU_RUNS:-e1-fashion-mnist,e2-fashion-mnist} > $W/repro/queue-fashion.log 2>&1 < /dev/null &
+  if [[ -n ${STAGE3_RUNS:-} ]]; then
+    setsid nohup $REPRO run --device cpu --threads 1 --jobs 4 --only $STAGE3_RUNS \
       > $W/repro/queue-stage3.log 2>&1 < /dev/null &
   fi
   # Results are small: packed into $OUT every minute, so a call cut off by the device budget
