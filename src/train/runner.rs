@@ -122,7 +122,7 @@ pub fn to_vec(v: &DynValue) -> Result<Vec<f32>, RunError> {
 pub type StateMap = BTreeMap<String, Tensor<f32>>;
 
 /// Copies a state tensor to the host (a device tensor goes through a device-to-host copy).
-pub fn state_to_vec(t: &Tensor<f32>) -> Result<Vec<f32>, RunError> {
+fn state_to_vec(t: &Tensor<f32>) -> Result<Vec<f32>, RunError> {
     if t.memory_info().is_cpu_accessible() {
         return Ok(t.extract_tensor().1.to_vec());
     }
@@ -130,8 +130,8 @@ pub fn state_to_vec(t: &Tensor<f32>) -> Result<Vec<f32>, RunError> {
     Ok(host.extract_tensor().1.to_vec())
 }
 
-/// A state tensor for `session`'s device holding `values` (host state for CPU-only checks).
-pub fn state_tensor(
+/// A state tensor from `allocator` (on the training device) holding `values`.
+fn state_tensor(
     allocator: &Allocator,
     shape: &[i64],
     values: &[f32],
