@@ -32,7 +32,7 @@ fn randn(r: &mut impl Rng, n: usize) -> Vec<f32> {
 
 /// Runs a graph; float inputs plus optional int64 labels `y`.
 fn run(bytes: &[u8], inputs: &Inputs, y: Option<&[i64]>) -> BTreeMap<String, Vec<f32>> {
-    let mut s = session(bytes, 1, Device::Cpu).expect("session");
+    let mut s = session(bytes, 1, Device::Cpu, false).expect("session");
     let vals: Vec<(String, DynValue)> = inputs
         .iter()
         .map(|(n, sh, d)| {

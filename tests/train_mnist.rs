@@ -49,7 +49,7 @@ fn config(dir: &Path, extra: &[&str]) -> TrainConfig {
 }
 
 fn run_session(bytes: &[u8], inputs: Vec<(&str, ort::value::DynValue)>) -> Vec<f32> {
-    let mut s = session(bytes, 2, Device::Cpu).unwrap();
+    let mut s = session(bytes, 2, Device::Cpu, false).unwrap();
     let feed: Vec<(Cow<str>, SessionInputValue)> = inputs
         .iter()
         .map(|(n, v)| (Cow::Borrowed(*n), v.into()))

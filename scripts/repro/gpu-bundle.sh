@@ -2,7 +2,7 @@
 # Prepares the three transfer bundles of scripts/repro/gpu.sh in .gpu1/ .gpu2/ .gpu3/ (ignored by
 # git through .git/info/exclude): the CUDA provider of onnxruntime-gpu 1.31.1 stripped to sm_90,
 # the ONNX Runtime core, release binaries and the datasets. Needs pip (PyPI), zstd, data/ fetched.
-#   HOST_BIN=path/to/old/caliper-train scripts/repro/gpu-bundle.sh
+#   scripts/repro/gpu-bundle.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 for d in .gpu0 .gpu1 .gpu2 .gpu3; do grep -qx "/$d/" .git/info/exclude || echo "/$d/" >> .git/info/exclude; done
@@ -19,11 +19,8 @@ zstd -q -19 --long=27 -T0 -f "$T/prov.so" -o .gpu1/prov.zst
 zstd -q -19 -T0 -f "$L/libonnxruntime.so.1.31.1" -o .gpu2/core.zst
 cp "$L/libonnxruntime_providers_shared.so" .gpu2/
 cargo build --release --bins
-# HOST_BIN: optionally a caliper-train from before the device-resident state (IoBinding), which
-# stage2 benchmarks side by side as caliper-train-host and falls back to if the new one fails.
 B=$(mktemp -d)
 cp target/release/caliper target/release/caliper-train "$B"/
-[[ -n ${HOST_BIN:-} ]] && cp "$HOST_BIN" "$B"/caliper-train-host
 tar c -C "$B" . | zstd -q -19 -T0 > .gpu2/bins.tar.zst
 rm -rf "$B"
 # A call carries the working tree (~11 MB) plus its stage folders, at most 64 MiB in all: .gpu2

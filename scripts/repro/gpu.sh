@@ -5,8 +5,10 @@
 # same warm machine:
 #   stage1: the CUDA execution provider (.gpu1/prov.zst: the onnxruntime-gpu 1.31.1 provider
 #           with every GPU architecture but sm_90 blanked by scripts/repro/strip-fatbin.py)
-#   stage2: ONNX Runtime core, the release binaries, CIFAR-10 (.gpu2/); CUDA smoke test and
-#           benchmark against PyTorch; starts the GPU queue CIFAR_RUNS (epochs sized to CIFAR_S s)
+#   stage2: ONNX Runtime core, the release binaries, CIFAR-10 (.gpu2/); CUDA benchmark against
+#           PyTorch (each with and without CUDA graphs), a profile of the ResNet-20 step, a check
+#           that --cuda-graph trains ResNet-20 like the ordinary step (then the CIFAR runs use it);
+#           starts the GPU queue CIFAR_RUNS (epochs sized to CIFAR_S s)
 #   stage3: Fashion-MNIST, MNIST, PneumoniaMNIST (.gpu3/); starts GPU_RUNS on the training device
 #           and STAGE3_RUNS (if any) on the CPU; waits until DEADLINE_S, packs results to $OUT
 #           (results every minute, so a call cut short still returns them)
@@ -40,36 +42,57 @@ stage2)
   tar xzf .gpu2/cifar10-jpg.tar.gz -C $W/data
   ls $W/data $W/repro/bin
   B=$W/repro/bin/caliper-train
-  # caliper-train with the state on the device (IoBinding), the previous build that copied the
-  # state through host memory every step (caliper-train-host, when bundled), PyTorch eager.
+  # caliper-train launching one kernel per node, the same replayed as CUDA graphs (--cuda-graph),
+  # PyTorch eager and PyTorch replaying its whole step as a CUDA graph, side by side.
   {
     for spec in "lenet 1,28,28" "resnet20 3,32,32"; do
       set -- $spec
       for loss in ce gce; do
         timeout 120 $B bench --arch $1 --input-shape $2 --loss $loss --device cuda:0 --steps 50 --threads 2 \
           | sed 's/^{/{"framework":"caliper-train cuda:0",/'
-        [[ -x $B-host ]] && timeout 120 $B-host bench --arch $1 --input-shape $2 --loss $loss --device cuda:0 \
-          --steps 50 --threads 2 | sed 's/^{/{"framework":"caliper-train-host cuda:0",/'
+        timeout 120 $B bench --arch $1 --input-shape $2 --loss $loss --device cuda:0 --steps 50 --threads 2 \
+          --cuda-graph | sed 's/^{/{"framework":"caliper-train cuda:0 cuda-graph",/'
         timeout 120 python3 scripts/bench_train_torch.py --arch $1 --input-shape $2 --loss $loss \
           --device cuda --steps 50 --threads 2
+        timeout 120 python3 scripts/bench_train_torch.py --arch $1 --input-shape $2 --loss $loss \
+          --device cuda --steps 50 --threads 2 --cuda-graph
       done
     done
   } 2>&1 | tee $W/repro/bench-cuda.jsonl
-  # If the device-resident trainer fails on CUDA but the host-state build works, train with that.
-  ok() { grep -q "\"framework\":\"$1 cuda:0\".*\"arch\":\"resnet20\"" $W/repro/bench-cuda.jsonl; }
-  if ! ok caliper-train && ok caliper-train-host; then
-    cp $B-host $B; sed -i 's/caliper-train-host cuda:0/caliper-train cuda:0 (fallback)/' $W/repro/bench-cuda.jsonl
-    echo "device-resident trainer failed: training with the host-state build" | tee $W/repro/plan.txt
-  fi
-  if grep -q '"framework":"caliper-train cuda:0.*"arch":"resnet20","loss":"ce"' $W/repro/bench-cuda.jsonl; then
-    ms=$(grep '"framework":"caliper-train cuda:0.*"arch":"resnet20","loss":"ce"' $W/repro/bench-cuda.jsonl \
-      | head -1 | sed 's/.*"median_ms":\([0-9.]*\).*/\1/')
-    # CIFAR budget: ~${CIFAR_S:-480} s of GPU for experiment 3 (9 runs) and CIFAR-10-LT at 100 and 10
-    # (18 runs of 0.28x and 0.46x the data): 15.6 full-run equivalents of 351 steps per epoch.
-    E=$(python3 -c "print(max(4, min(40, int(${CIFAR_S:-480} / ($ms / 1000 * 351 * 15.6)))))")
+  # Where the per-node step goes: ONNX Runtime's profile of ten ResNet-20 CE steps.
+  mkdir -p $W/prof $W/chk
+  CALIPER_ORT_PROFILE=$W/prof/r20 timeout 120 $B bench --arch resnet20 --input-shape 3,32,32 --loss ce \
+    --device cuda:0 --steps 10 --warmup 2 >/dev/null 2>&1
+  python3 scripts/ort_profile_summary.py $W/prof/r20*.json 2>&1 | head -45 | tee $W/repro/profile-r20.txt
+  # The replayed step must train like the ordinary one: the same short ResNet-20 CIFAR-10 run
+  # (same seed) with and without --cuda-graph, epoch logs compared.
+  check() {
+    for g in plain graph; do
+      timeout 150 $B train --out chk-$1-$g --dataset cifar10 --arch $1 --train-fraction 0.1 --epochs 2 --seed 0 \
+        --device cuda:0 --threads 1 --no-progress --data-dir $W/data --models-dir $W/chk/models \
+        --calib-dir $W/chk/calib --run-dir $W/chk/runs/$1-$g $([[ $g == graph ]] && echo --cuda-graph) \
+        > $W/chk/$1-$g.log 2>&1 || { tail -5 $W/chk/$1-$g.log; return 1; }
+    done
+    python3 scripts/repro/compare-logs.py $W/chk/runs/$1-plain/log.jsonl $W/chk/runs/$1-graph/log.jsonl
+  }
+  echo "== cuda-graph check resnet20" | tee -a $W/repro/graph-check.txt
+  check resnet20 2>&1 | tee -a $W/repro/graph-check.txt
+  GRAPH=false
+  grep -q '^MATCH' $W/repro/graph-check.txt && GRAPH=true
+  echo "train with --cuda-graph: $GRAPH" | tee -a $W/repro/plan.txt
+  echo $GRAPH > $W/repro/cuda-graph
+  export CALIPER_CUDA_GRAPH=$GRAPH
+  mode=$([[ $GRAPH == true ]] && echo " cuda-graph")
+  pat="\"framework\":\"caliper-train cuda:0$mode\",\"arch\":\"resnet20\",\"loss\":\"gce\""
+  if grep -q "$pat" $W/repro/bench-cuda.jsonl; then
+    ms=$(grep "$pat" $W/repro/bench-cuda.jsonl | head -1 | sed 's/.*"median_ms":\([0-9.]*\).*/\1/')
+    # CIFAR budget: ~${CIFAR_S:-480} s of GPU for CIFAR_RUNS, sized as CIFAR_EQ (default 9: experiment 3)
+    # full runs of 351 steps per epoch, at twice the benchmark's step time (the runs share the GPU
+    # and the CPUs, and each epoch ends with a validation pass).
+    E=$(python3 -c "print(max(4, min(60, int(${CIFAR_S:-480} / ($ms / 1000 * 351 * ${CIFAR_EQ:-9} * 2)))))")
     echo "cuda resnet20 step $ms ms -> CIFAR epochs $E" | tee -a $W/repro/plan.txt
     setsid nohup $REPRO run --device cuda:0 --threads 1 --jobs 9 --cifar-epochs $E \
-      --only ${CIFAR_RUNS:-e3-cifar10,e2-cifar10} > $W/repro/queue-cifar.log 2>&1 < /dev/null &
+      --only ${CIFAR_RUNS:-e3-cifar10} > $W/repro/queue-cifar.log 2>&1 < /dev/null &
     DEV=cuda:0
   else
     echo "CUDA training failed: CPU fallback without ResNet runs" | tee -a $W/repro/plan.txt
@@ -82,7 +105,9 @@ stage3)
   zstd -q -d -c .gpu3/mnist.tar.zst | tar x -C $W/data
   cp .gpu3/pneumoniamnist.npz $W/data/
   cp -r .gpu3/fashion-mnist $W/data/
-  setsid nohup $REPRO run --device "$(cat $W/repro/device)" --threads 1 --jobs 8 \
+  # LeNet runs keep the ordinary step: stage2 checks --cuda-graph on ResNet-20 only.
+  export CALIPER_CUDA_GRAPH=false
+  setsid nohup $REPRO run --device "$(cat $W/repro/device)" --threads 1 --jobs ${JOBS:-8} \
     --only ${GPU_RUNS:-e1-fashion-mnist,e2-fashion-mnist} > $W/repro/queue-fashion.log 2>&1 < /dev/null &
   if [[ -n ${STAGE3_RUNS:-} ]]; then
     setsid nohup $REPRO run --device cpu --threads 1 --jobs 4 --only $STAGE3_RUNS \
@@ -90,7 +115,7 @@ stage3)
   fi
   # Results are small: packed into $OUT every minute, so a call cut off by the device budget
   # still brings back everything finished by then.
-  pack() { (cd $W/repro && tar c results logs diagrams bench-cuda.jsonl plan.txt queue-*.log 2>/dev/null \
+  pack() { (cd $W/repro && tar c results logs diagrams bench-cuda.jsonl plan.txt graph-check.txt profile-r20.txt queue-*.log 2>/dev/null \
     | zstd -q -19 -T0 > $OUT/results.tar.zst.tmp && mv $OUT/results.tar.zst.tmp $OUT/results.tar.zst); }
   end=$((SECONDS + ${DEADLINE_S:-420}))
   while (( SECONDS < end )) && pgrep -f experiments.py >/dev/null; do

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::arch::Net;
 use super::config::BenchArgs;
-use super::runner::Trainer;
+use super::runner::{Backend, Trainer};
 use super::step::training_step;
 
 /// One benchmark result.
@@ -44,7 +44,12 @@ pub fn run(b: &BenchArgs) -> anyhow::Result<BenchReport> {
     let graph = training_step(&net, loss, &opt, false);
     let device = b.device.parse().map_err(anyhow::Error::msg)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut trainer = Trainer::new(&graph, b.threads, device, &mut rng)?;
+    let backend = Backend {
+        device,
+        threads: b.threads,
+        cuda_graph: b.cuda_graph,
+    };
+    let mut trainer = Trainer::new(&graph, backend, &mut rng)?;
     let per: usize = b.input_shape.iter().product::<i64>() as usize;
     let shape: Vec<i64> = std::iter::once(b.batch_size as i64)
         .chain(b.input_shape.iter().copied())

@@ -71,6 +71,9 @@ pub struct BenchArgs {
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Replay each step as a captured CUDA graph (CUDA only).
+    #[arg(long)]
+    pub cuda_graph: bool,
 }
 
 /// Model and loss options shared by `train` and `graph`.
@@ -176,6 +179,10 @@ pub struct TrainArgs {
     /// cpu or cuda:N.
     #[arg(long, env = "CALIPER_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// Replay full-size batches as captured CUDA graphs (CUDA only): one launch per step
+    /// instead of one per node.
+    #[arg(long, env = "CALIPER_CUDA_GRAPH")]
+    pub cuda_graph: bool,
     /// Model repository folder.
     #[arg(long, env = "CALIPER_MODELS", default_value = "models")]
     pub models_dir: PathBuf,

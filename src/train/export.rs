@@ -148,6 +148,9 @@ pub fn export(
     put("train_samples", (t.sizes[0] as i64).into());
     put("val_samples", (t.sizes[1] as i64).into());
     put("device", a.device.clone().into());
+    if a.cuda_graph {
+        put("cuda_graph", true.into());
+    }
     for (name, v) in cfg.loss.hyperparameters() {
         put(name, v.into());
     }

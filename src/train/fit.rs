@@ -13,7 +13,7 @@ use super::arch::Net;
 use super::checkpoint::{Checkpoint, Position};
 use super::config::TrainConfig;
 use super::dataset::{self, Splits};
-use super::runner::{Evaluator, StateMap, Trainer};
+use super::runner::{Backend, Evaluator, StateMap, Trainer};
 use super::schedule::lr_at;
 use super::step::{self, StateKind};
 use crate::calibration::Calibrator;
@@ -220,6 +220,11 @@ pub fn train(cfg: &TrainConfig, splits: Splits, augment: Augment) -> Result<Trai
     let log_path = cfg.run_dir.join("log.jsonl");
     let fingerprint = config_fingerprint(cfg);
 
+    let backend = Backend {
+        device: cfg.device,
+        threads: a.threads,
+        cuda_graph: a.cuda_graph,
+    };
     let (mut trainer, mut pos) = if a.resume {
         let ck = Checkpoint::load(&ck_path)?;
         if ck.position.config != fingerprint {
@@ -229,12 +234,12 @@ pub fn train(cfg: &TrainConfig, splits: Splits, augment: Augment) -> Result<Trai
                 ck.position.config
             )));
         }
-        let mut t = Trainer::with_values(&graph, a.threads, cfg.device, ck.values)?;
+        let mut t = Trainer::with_values(&graph, backend, ck.values)?;
         t.updates = ck.position.updates;
         (t, ck.position)
     } else {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
-        let t = Trainer::new(&graph, a.threads, cfg.device, &mut rng)?;
+        let t = Trainer::new(&graph, backend, &mut rng)?;
         // A fresh run starts a fresh log.
         let _ = std::fs::remove_file(&log_path);
         (

@@ -134,6 +134,8 @@ pub struct Graph {
     outputs: Vec<ValueInfoProto>,
     counter: usize,
     doc: String,
+    /// The batch size as a float scalar, once computed (see [`Graph::batch_size_f32`]).
+    batch_size: Option<String>,
 }
 
 impl Graph {
@@ -277,12 +279,33 @@ impl Graph {
         self.op("Transpose", &[x], vec![attr_ints("perm", perm)])
     }
 
-    /// The batch size of `x` as a float scalar (for means over a dynamic batch).
-    pub fn batch_size_f32(&mut self, x: &str) -> String {
-        let s = self.op("Shape", &[x], vec![attr_i("start", 0), attr_i("end", 1)]);
-        let f = self.op("Cast", &[&s], vec![attr_i("to", DT_FLOAT as i64)]);
-        let axes = self.const_i64(&[0]);
-        self.op("Squeeze", &[&f, &axes], vec![])
+    /// The batch size of `x` (of rank `rank`, batch first) as a float scalar, for means over a
+    /// dynamic batch. Computed on the device from one element per sample (Slice, times 0, plus
+    /// 1, ReduceSum), not with `Shape`: a `Shape` output lives in host memory, so on CUDA the
+    /// count would come back through a host-to-device copy, which rules out CUDA graph capture
+    /// (`caliper-train bench --cuda-graph`). Every batched value of one graph has the same
+    /// batch, so the first call's result is reused.
+    pub fn batch_size_f32(&mut self, x: &str, rank: usize) -> String {
+        if let Some(n) = &self.batch_size {
+            return n.clone();
+        }
+        let rest: Vec<i64> = (1..rank as i64).collect();
+        let one_each = if rest.is_empty() {
+            x.to_string()
+        } else {
+            let zeros = self.const_i64(&vec![0; rest.len()]);
+            let ones = self.const_i64(&vec![1; rest.len()]);
+            let axes = self.const_i64(&rest);
+            self.op("Slice", &[x, &zeros, &ones, &axes], vec![])
+        };
+        let zero = self.scalar(0.0);
+        let one = self.scalar(1.0);
+        let z = self.mul(&one_each, &zero);
+        let o = self.add(&z, &one);
+        let all: Vec<i64> = (0..rank as i64).collect();
+        let n = self.reduce_sum(&o, &all, false);
+        self.batch_size = Some(n.clone());
+        n
     }
 
     /// `a * b`.

@@ -82,7 +82,7 @@ fn common(g: &mut Graph, z: &str, y: &str, k: i64) -> Common {
     let depth = g.const_i64(&[k]);
     let values = g.const_f32(&[2], &[0.0, 1.0]);
     let onehot = g.op("OneHot", &[y, &depth, &values], vec![attr_i("axis", -1)]);
-    let n = g.batch_size_f32(z);
+    let n = g.batch_size_f32(z, 2);
     Common { logp, p, onehot, n }
 }
 

@@ -7,7 +7,9 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::{IoBinding, Session, SessionInputValue, builder::GraphOptimizationLevel};
+use ort::session::{
+    IoBinding, RunOptions, Session, SessionInputValue, builder::GraphOptimizationLevel,
+};
 use ort::value::{DynValue, Tensor};
 use rand::Rng;
 
@@ -57,8 +59,25 @@ impl std::str::FromStr for Device {
     }
 }
 
-/// Builds a session for `bytes` with `threads` intra-op threads on `device`.
-pub fn session(bytes: &[u8], threads: usize, device: Device) -> Result<Session, RunError> {
+/// Where and how the training step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend {
+    /// The training device.
+    pub device: Device,
+    /// Intra-op threads.
+    pub threads: usize,
+    /// Replay full-size batches as captured CUDA graphs ([`Replay`]; CUDA only).
+    pub cuda_graph: bool,
+}
+
+/// Builds a session for `bytes` with `threads` intra-op threads on `device`; `cuda_graph` turns
+/// on ONNX Runtime's CUDA graph capture (see [`Replay`]).
+pub fn session(
+    bytes: &[u8],
+    threads: usize,
+    device: Device,
+    cuda_graph: bool,
+) -> Result<Session, RunError> {
     let env = crate::runtime::environment()?;
     let mut b = Session::builder(env)
         .map_err(ort_err)?
@@ -81,6 +100,7 @@ pub fn session(bytes: &[u8], threads: usize, device: Device) -> Result<Session, 
         // point ORT_DYLIB_PATH at the `onnxruntime-gpu` wheel's library for CUDA.
         let cuda = ort::ep::CUDA::default()
             .with_device_id(n)
+            .with_cuda_graph(cuda_graph)
             .build()
             .error_on_failure();
         b = b.with_execution_providers([cuda]).map_err(|e| {
@@ -183,6 +203,8 @@ pub struct Trainer {
     current: usize,
     host_output: MemoryInfo<'static>,
     needs_step: bool,
+    /// CUDA graph replay, when asked for.
+    capture: Capture,
     /// Updates done so far (AdamW's `step` input is this plus one).
     pub updates: u64,
 }
@@ -198,28 +220,25 @@ impl std::fmt::Debug for Trainer {
 
 impl Trainer {
     /// A session for `graph` with freshly initialised state from `rng`.
-    pub fn new(
-        graph: &StepGraph,
-        threads: usize,
-        device: Device,
-        rng: &mut impl Rng,
-    ) -> Result<Self, RunError> {
+    pub fn new(graph: &StepGraph, backend: Backend, rng: &mut impl Rng) -> Result<Self, RunError> {
         let values = graph
             .state
             .iter()
             .map(|s| (s.spec.name.clone(), init_values(s, rng)))
             .collect();
-        Self::with_values(graph, threads, device, values)
+        Self::with_values(graph, backend, values)
     }
 
     /// A session for `graph` with the given state (a checkpoint).
     pub fn with_values(
         graph: &StepGraph,
-        threads: usize,
-        device: Device,
+        backend: Backend,
         values: BTreeMap<String, Vec<f32>>,
     ) -> Result<Self, RunError> {
-        let session = session(&graph.bytes, threads, device)?;
+        let Backend {
+            device, threads, ..
+        } = backend;
+        let session = session(&graph.bytes, threads, device, false)?;
         let allocator = state_allocator(&session, device)?;
         let (mut live, mut spare) = (StateMap::new(), StateMap::new());
         for s in &graph.state {
@@ -253,6 +272,19 @@ impl Trainer {
             MemoryType::CPUOutput,
         )
         .map_err(ort_err)?;
+        let capture = match (backend.cuda_graph, device) {
+            (false, _) => Capture::Off,
+            (true, Device::Cuda(_)) => Capture::Pending {
+                bytes: graph.bytes.clone(),
+                backend,
+                classes: graph.classes,
+            },
+            (true, Device::Cpu) => {
+                return Err(RunError::Device(
+                    "CUDA graphs need a CUDA device (--device cuda:N)".into(),
+                ));
+            }
+        };
         Ok(Trainer {
             session,
             specs: graph.state.clone(),
@@ -261,6 +293,7 @@ impl Trainer {
             current: 0,
             host_output,
             needs_step: graph.needs_step,
+            capture,
             updates: 0,
         })
     }
@@ -286,16 +319,44 @@ impl Trainer {
         y: Vec<i64>,
         lr: f32,
     ) -> Result<StepResult, RunError> {
+        let step = self.needs_step.then_some((self.updates + 1) as f32);
+        if let Capture::Pending {
+            bytes,
+            backend,
+            classes,
+        } = &self.capture
+        {
+            // The first batch fixes the shape the CUDA graphs are captured for.
+            let [a, b] = &mut self.sets;
+            let r = Replay::new(bytes, *backend, [a, b], x_shape, *classes, step.is_some())?;
+            self.capture = Capture::Ready(Box::new(r));
+        }
+        let result = match &mut self.capture {
+            Capture::Ready(r) if r.x_shape == x_shape => r.step(self.current, x, y, lr, step)?,
+            _ => self.plain_step(x, x_shape, y, lr, step)?,
+        };
+        self.current ^= 1;
+        self.updates += 1;
+        Ok(result)
+    }
+
+    /// A step on the ordinary session (any batch size).
+    fn plain_step(
+        &mut self,
+        x: Vec<f32>,
+        x_shape: &[i64],
+        y: Vec<i64>,
+        lr: f32,
+        step: Option<f32>,
+    ) -> Result<StepResult, RunError> {
         let n = y.len() as i64;
         let b = &mut self.bindings[self.current];
         b.bind_input("x", &tensor(x_shape, x)?).map_err(ort_err)?;
         b.bind_input("y", &Tensor::from_array((vec![n], y)).map_err(ort_err)?)
             .map_err(ort_err)?;
-        let scalar = |v: f32| Tensor::from_array((Vec::<i64>::new(), vec![v])).map_err(ort_err);
         b.bind_input("lr", &scalar(lr)?).map_err(ort_err)?;
-        if self.needs_step {
-            b.bind_input("step", &scalar((self.updates + 1) as f32)?)
-                .map_err(ort_err)?;
+        if let Some(step) = step {
+            b.bind_input("step", &scalar(step)?).map_err(ort_err)?;
         }
         // Rebound every step: the last batch of an epoch may be smaller, and an output bound to
         // a device keeps the previous run's buffer (and shape) otherwise.
@@ -309,12 +370,10 @@ impl Trainer {
                 .ok_or_else(|| RunError::Ort(format!("no {k} output")))
                 .and_then(to_vec)
         };
-        let loss = get("loss")?[0];
-        let logits = get("logits")?;
-        drop(out);
-        self.current ^= 1;
-        self.updates += 1;
-        Ok(StepResult { loss, logits })
+        Ok(StepResult {
+            loss: get("loss")?[0],
+            logits: get("logits")?,
+        })
     }
 
     /// Copies every state tensor out (for checkpoints and export).
@@ -328,6 +387,123 @@ impl Trainer {
     /// The live state values, for feeding the inference session without a copy.
     pub fn state(&self) -> &StateMap {
         &self.sets[self.current]
+    }
+}
+
+/// A float scalar tensor on the host.
+fn scalar(v: f32) -> Result<Tensor<f32>, RunError> {
+    Tensor::from_array((Vec::<i64>::new(), vec![v])).map_err(ort_err)
+}
+
+/// Whether and how far the CUDA graph replay of a [`Trainer`] is set up.
+enum Capture {
+    /// Not asked for.
+    Off,
+    /// Asked for; set up on the first step, whose batch shape it needs.
+    Pending {
+        bytes: Vec<u8>,
+        backend: Backend,
+        classes: i64,
+    },
+    /// Replaying batches of one shape.
+    Ready(Box<Replay>),
+}
+
+/// The training step replayed as captured CUDA graphs.
+///
+/// Per step the ordinary session launches one kernel per node (about 2,000 for ResNet-20), and
+/// that launch cost, not the arithmetic, is most of a ResNet-20 step on a large GPU. ONNX
+/// Runtime's CUDA provider can capture a run as a CUDA graph and replay it with one launch, on
+/// two conditions: every input and output stays at the same device address, and the shapes
+/// never change. So this session has its own fixed device tensors for `x`, `y`, `lr` (and
+/// `step`), `loss` and `logits`, the host batch is copied into them before each run, and one
+/// graph is captured per state binding (graph ids 0 and 1: set 0 to set 1 and back). Batches of
+/// another shape (the last, smaller batch of an epoch) go to the ordinary session, which shares
+/// the state tensors.
+struct Replay {
+    session: Session,
+    bindings: [IoBinding; 2],
+    runs: [RunOptions; 2],
+    x_shape: Vec<i64>,
+    x: Tensor<f32>,
+    y: Tensor<i64>,
+    lr: Tensor<f32>,
+    step: Option<Tensor<f32>>,
+    loss: Tensor<f32>,
+    logits: Tensor<f32>,
+}
+
+impl Replay {
+    fn new(
+        bytes: &[u8],
+        backend: Backend,
+        [a, b]: [&mut StateMap; 2],
+        x_shape: &[i64],
+        classes: i64,
+        needs_step: bool,
+    ) -> Result<Self, RunError> {
+        let session = session(bytes, backend.threads, backend.device, true)?;
+        let alloc = state_allocator(&session, backend.device)?;
+        let f32s = |shape: Vec<i64>| Tensor::<f32>::new(&alloc, shape).map_err(ort_err);
+        let n = x_shape[0];
+        let mut r = Replay {
+            bindings: [
+                Trainer::bind(&session, a, b)?,
+                Trainer::bind(&session, b, a)?,
+            ],
+            runs: [
+                RunOptions::new().map_err(ort_err)?,
+                RunOptions::new().map_err(ort_err)?,
+            ],
+            x_shape: x_shape.to_vec(),
+            x: f32s(x_shape.to_vec())?,
+            y: Tensor::<i64>::new(&alloc, vec![n]).map_err(ort_err)?,
+            lr: f32s(vec![])?,
+            step: needs_step.then(|| f32s(vec![])).transpose()?,
+            loss: f32s(vec![])?,
+            logits: f32s(vec![n, classes])?,
+            session,
+        };
+        for (id, (binding, run)) in r.bindings.iter_mut().zip(&mut r.runs).enumerate() {
+            run.set("gpu_graph_id", id.to_string()).map_err(ort_err)?;
+            binding.bind_input("x", &r.x).map_err(ort_err)?;
+            binding.bind_input("y", &r.y).map_err(ort_err)?;
+            binding.bind_input("lr", &r.lr).map_err(ort_err)?;
+            if let Some(step) = &r.step {
+                binding.bind_input("step", step).map_err(ort_err)?;
+            }
+            binding.bind_output("loss", &mut r.loss).map_err(ort_err)?;
+            binding
+                .bind_output("logits", &mut r.logits)
+                .map_err(ort_err)?;
+        }
+        Ok(r)
+    }
+
+    fn step(
+        &mut self,
+        current: usize,
+        x: Vec<f32>,
+        y: Vec<i64>,
+        lr: f32,
+        step: Option<f32>,
+    ) -> Result<StepResult, RunError> {
+        let n = y.len() as i64;
+        let host_x = Tensor::from_array((self.x_shape.clone(), x)).map_err(ort_err)?;
+        host_x.copy_into(&mut self.x).map_err(ort_err)?;
+        let host_y = Tensor::from_array((vec![n], y)).map_err(ort_err)?;
+        host_y.copy_into(&mut self.y).map_err(ort_err)?;
+        scalar(lr)?.copy_into(&mut self.lr).map_err(ort_err)?;
+        if let (Some(t), Some(v)) = (&mut self.step, step) {
+            scalar(v)?.copy_into(t).map_err(ort_err)?;
+        }
+        self.session
+            .run_binding_with_options(&self.bindings[current], &self.runs[current])
+            .map_err(ort_err)?;
+        Ok(StepResult {
+            loss: state_to_vec(&self.loss)?[0],
+            logits: state_to_vec(&self.logits)?,
+        })
     }
 }
 
@@ -354,7 +530,7 @@ impl Evaluator {
         device: Device,
     ) -> Result<Self, RunError> {
         Ok(Evaluator {
-            session: session(bytes, threads, device)?,
+            session: session(bytes, threads, device, false)?,
             names,
         })
     }
@@ -394,7 +570,7 @@ mod tests {
         assert_eq!("cuda:1".parse::<Device>(), Ok(Device::Cuda(1)));
         assert!("gpu".parse::<Device>().is_err() && "cuda:x".parse::<Device>().is_err());
         // The bundled library is the CPU build: registering CUDA must fail loudly, not fall back.
-        let err = session(b"", 1, Device::Cuda(0)).unwrap_err();
+        let err = session(b"", 1, Device::Cuda(0), false).unwrap_err();
         assert!(
             matches!(&err, RunError::Device(m) if m.contains("CUDA execution provider")),
             "{err}"

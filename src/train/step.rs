@@ -53,6 +53,8 @@ pub struct StepGraph {
     pub state: Vec<StateSpec>,
     /// Whether the graph takes the `step` input.
     pub needs_step: bool,
+    /// Number of classes K (the `logits` output is `[N, K]`).
+    pub classes: i64,
 }
 
 /// Prefix of the updated-state outputs.
@@ -156,6 +158,7 @@ pub fn training_step(net: &Net, loss: Loss, opt: &Optimizer, emit_grads: bool) -
         bytes: g.to_bytes("caliper_train_step", &[]),
         state,
         needs_step: opt.needs_step(),
+        classes: net.classes,
     }
 }
 

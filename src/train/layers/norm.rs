@@ -74,7 +74,7 @@ impl Layer for BatchNorm2d {
             &[&xc],
             vec![attr_ints("axes", &axes), attr_i("keepdims", 0)],
         );
-        let n = g.batch_size_f32(x);
+        let n = g.batch_size_f32(x, 4);
         let hw = g.scalar((s[1] * s[2]) as f32);
         let m = g.mul(&n, &hw);
         let var = g.div(&ssq, &m);
