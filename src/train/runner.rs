@@ -576,4 +576,28 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn cuda_graphs_on_the_cpu_are_refused_not_ignored() {
+        use crate::train::{arch::Net, loss::Loss, optim::Optimizer, step::training_step};
+        use rand::SeedableRng;
+        let net = Net::new("linear", &[4], 3, 1.0).unwrap();
+        let opt = Optimizer::Sgd {
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        };
+        let graph = training_step(&net, Loss::Ce, &opt, false);
+        let backend = Backend {
+            device: Device::Cpu,
+            threads: 1,
+            cuda_graph: true,
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let err = Trainer::new(&graph, backend, &mut rng).unwrap_err();
+        assert!(
+            matches!(&err, RunError::Device(m) if m.contains("CUDA graphs need a CUDA device")),
+            "{err}"
+        );
+    }
 }
