@@ -12,6 +12,7 @@
 #   stage3: Fashion-MNIST, MNIST, PneumoniaMNIST (.gpu3/); starts GPU_RUNS on the training device
 #           and STAGE3_RUNS (if any) on the CPU; waits until DEADLINE_S, packs results to $OUT
 #           (results every minute, so a call cut short still returns them)
+#   ship:   (after stage1, instead of stage2) trains the shipped models/cifar10 alone (.gpu2/)
 # The device starts with an empty results folder: name seeds in the --only prefixes (e.g.
 # e1-fashion-mnist-ce-s4) or finished runs are trained again.
 # Everything lives under /tmp/cal on the machine. Made by scripts/repro/gpu-bundle.sh here.
@@ -30,18 +31,36 @@ LD_LIBRARY_PATH=$(find / -xdev \( -name 'libcudart.so.13*' -o -name 'libcudnn.so
 export LD_LIBRARY_PATH
 REPRO="python3 scripts/repro/experiments.py --root $W/repro --data-dir $W/data"
 
-case "$1" in
-stage1)
-  zstd -q -d -f .gpu1/prov.zst -o $W/ort/libonnxruntime_providers_cuda.so && ls -la $W/ort
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  ;;
-stage2)
+# ONNX Runtime core, the binaries and CIFAR-10 from .gpu2/.
+unpack2() {
   zstd -q -d -f .gpu2/core.zst -o $W/ort/libonnxruntime.so.1.31.1
   cp .gpu2/libonnxruntime_providers_shared.so $W/ort/
   zstd -q -d -c .gpu2/bins.tar.zst | tar x -C $W/repro/bin
   tar xzf .gpu2/cifar10-jpg.tar.gz -C $W/data
   ls $W/data $W/repro/bin
-  B=$W/repro/bin/caliper-train
+}
+B=$W/repro/bin/caliper-train
+
+case "$1" in
+ship)
+  # The shipped models/cifar10: experiment 3's recipe (GCE, seed 0) for SHIP_EPOCHS epochs, alone
+  # on the GPU with --cuda-graph (carry .gpu0 and .gpu2 after stage1); the export, its
+  # calibration file and the epoch log come back in $OUT/ship.tar.zst.
+  unpack2
+  mkdir -p $W/ship
+  timeout ${SHIP_TIMEOUT:-330} $B train --out cifar10 --dataset cifar10 --arch resnet20 --batch-size 128 \
+    --lr 0.1 --schedule cosine --weight-decay 5e-4 --val-fraction 0.1 --epochs ${SHIP_EPOCHS:-40} \
+    --loss gce --seed 0 --device cuda:0 --cuda-graph --threads 4 --no-progress --data-dir $W/data \
+    --models-dir $W/ship/models --calib-dir $W/ship/calib --run-dir $W/ship/runs/cifar10 2>&1 | tail -20
+  tar c -C $W/ship models calib runs/cifar10/log.jsonl | zstd -q -19 -T0 > $OUT/ship.tar.zst
+  cut -c1-160 $W/ship/runs/cifar10/log.jsonl | tail -3
+  ;;
+stage1)
+  zstd -q -d -f .gpu1/prov.zst -o $W/ort/libonnxruntime_providers_cuda.so && ls -la $W/ort
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  ;;
+stage2)
+  unpack2
   # caliper-train launching one kernel per node, the same replayed as CUDA graphs (--cuda-graph),
   # PyTorch eager and PyTorch replaying its whole step as a CUDA graph, side by side.
   {
