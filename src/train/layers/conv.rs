@@ -1,8 +1,10 @@
 //! Convolution and pooling: Conv2d (weight gradient by one batched MatMul per kernel tap,
-//! input gradient by ConvTranspose), MaxPool2d (Indices + ScatterElements) and global average
-//! pooling.
+//! input gradient by ConvTranspose), MaxPool2d and global average pooling. MaxPool2d with
+//! windows that tile the input (k == stride, H and W multiples of k: LeNet's pools) runs the
+//! fast single-output MaxPool forward and a backward of strided Slices, first-maximum masks
+//! and two interleaving Concats; overlapping windows keep Indices + ScatterElements.
 
-use super::{Bwd, Fwd, Init, Layer, Mode, ParamSpec};
+use super::{Bwd, Fwd, Init, Layer, Mode, ParamSpec, mask_mul};
 use crate::train::graph::{Graph, attr_i, attr_ints, attr_s, attr_t, tensor_f32};
 
 /// 2-D convolution with square kernel, stride and zero padding; optional bias.
@@ -131,7 +133,8 @@ impl Layer for Conv2d {
     }
 }
 
-/// Max pooling with a square window; the backward pass scatters into the argmax positions.
+/// Max pooling with a square window, no padding; the backward pass routes each window's
+/// gradient to its first maximum in row-major order (as PyTorch does).
 #[derive(Debug, Clone)]
 pub struct MaxPool2d {
     /// Window size.
@@ -140,12 +143,73 @@ pub struct MaxPool2d {
     pub stride: i64,
 }
 
+impl MaxPool2d {
+    /// Whether the windows tile the input exactly (no overlap, nothing left over).
+    fn tiles(&self, s: &[i64]) -> bool {
+        self.k == self.stride && s[1] % self.k == 0 && s[2] % self.k == 0
+    }
+
+    /// The backward pass when the windows tile the input, without Indices: for each window
+    /// position `t` in row-major order, a strided Slice of x equal to y marks where the maximum
+    /// sits, and a running "already taken" mask keeps only the first such position of each
+    /// window (PyTorch's choice on ties, which are common: flat image backgrounds give equal
+    /// conv outputs); the last position needs no comparison (it holds the maximum exactly when
+    /// no earlier one does). dY times each mask gives k*k quarter-size pieces, interleaved back
+    /// to full size by two Concats. Every node is a plain elementwise op or copy, and no value
+    /// comes from `Shape` (CUDA graph capture).
+    fn tiled_backward(&self, g: &mut Graph, x: &str, y: &str, s: &[i64], dy: &str) -> String {
+        let (c, k) = (s[0], self.k);
+        let (h, w, oh, ow) = (s[1], s[2], s[1] / k, s[2] / k);
+        let axes = g.const_i64(&[2, 3]);
+        let steps = g.const_i64(&[k, k]);
+        let ends = g.const_i64(&[h, w]);
+        let mut taken: Option<String> = None;
+        let mut rows = Vec::with_capacity(k as usize);
+        for a in 0..k {
+            let mut cols = Vec::with_capacity(k as usize);
+            for b in 0..k {
+                let last = a + 1 == k && b + 1 == k;
+                let first = match (&taken, last) {
+                    (Some(t), true) => g.op("Not", &[t], vec![]),
+                    _ => {
+                        let starts = g.const_i64(&[a, b]);
+                        let xt = g.op("Slice", &[x, &starts, &ends, &axes, &steps], vec![]);
+                        let at_max = g.op("Equal", &[&xt, y], vec![]);
+                        let first = match &taken {
+                            None => at_max.clone(),
+                            Some(t) => {
+                                let free = g.op("Not", &[t], vec![]);
+                                g.op("And", &[&at_max, &free], vec![])
+                            }
+                        };
+                        if !last {
+                            taken = Some(match &taken {
+                                None => at_max,
+                                Some(t) => g.op("Or", &[t, &at_max], vec![]),
+                            });
+                        }
+                        first
+                    }
+                };
+                let d = mask_mul(g, dy, &first);
+                cols.push(g.reshape(&d, &[-1, c, oh, ow, 1]));
+            }
+            let refs: Vec<&str> = cols.iter().map(String::as_str).collect();
+            let row = g.op("Concat", &refs, vec![attr_i("axis", 4)]);
+            rows.push(g.reshape(&row, &[-1, c, oh, 1, w]));
+        }
+        let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+        let dx = g.op("Concat", &refs, vec![attr_i("axis", 3)]);
+        g.reshape(&dx, &[-1, c, h, w])
+    }
+}
+
 impl Layer for MaxPool2d {
     fn out_shape(&self, s: &[i64]) -> Vec<i64> {
         let o = |h: i64| (h - self.k) / self.stride + 1;
         vec![s[0], o(s[1]), o(s[2])]
     }
-    fn forward(&self, g: &mut Graph, x: &str, _s: &[i64], mode: Mode) -> Fwd {
+    fn forward(&self, g: &mut Graph, x: &str, s: &[i64], mode: Mode) -> Fwd {
         let attrs = vec![
             attr_ints("kernel_shape", &[self.k, self.k]),
             attr_ints("strides", &[self.stride, self.stride]),
@@ -153,13 +217,25 @@ impl Layer for MaxPool2d {
         if mode == Mode::Eval {
             return Fwd::simple(g.op("MaxPool", &[x], attrs), vec![]);
         }
+        if self.tiles(s) {
+            // The single-output MaxPool is ONNX Runtime's fast (MLAS) kernel; asking for
+            // Indices falls back to a generic loop about ten times slower (docs/BENCHMARKS.md).
+            let y = g.op("MaxPool", &[x], attrs);
+            return Fwd::simple(y.clone(), vec![x.to_string(), y]);
+        }
         let mut outs = g.op_n("MaxPool", &[x], 2, attrs);
         let idx = outs.pop().unwrap_or_default();
         let y = outs.pop().unwrap_or_default();
         Fwd::simple(y, vec![x.to_string(), idx])
     }
-    fn backward(&self, g: &mut Graph, f: &Fwd, _s: &[i64], dy: &str, _need_dx: bool) -> Bwd {
-        // Indices are offsets into the whole flattened input (row-major NCHW), so one
+    fn backward(&self, g: &mut Graph, f: &Fwd, s: &[i64], dy: &str, _need_dx: bool) -> Bwd {
+        if self.tiles(s) {
+            return Bwd {
+                dx: Some(self.tiled_backward(g, &f.saved[0], &f.saved[1], s, dy)),
+                grads: vec![],
+            };
+        }
+        // Overlapping windows: Indices are offsets into the whole flattened input (row-major NCHW), so one
         // ScatterElements on the flat tensor routes every gradient to its argmax.
         let (x, idx) = (&f.saved[0], &f.saved[1]);
         let shape = g.op("Shape", &[x], vec![]);

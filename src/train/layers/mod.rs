@@ -6,7 +6,8 @@
 //! the ones verified in `shared/onnxruntime.md` (ConvTranspose for the input gradient, MaxPool
 //! indices + ScatterElements), tuned by profile (docs/BENCHMARKS.md): the convolution weight
 //! gradient as one batched MatMul per kernel tap, BatchNorm through ONNX Runtime's fused
-//! BatchNormalization kernel.
+//! BatchNormalization kernel, MaxPool with non-overlapping windows without Indices, boolean
+//! masks applied as Cast + Mul rather than Where.
 
 mod conv;
 mod norm;
@@ -182,12 +183,20 @@ impl Layer for Relu {
     fn backward(&self, g: &mut Graph, f: &Fwd, _s: &[i64], dy: &str, _need_dx: bool) -> Bwd {
         let zero = g.scalar(0.0);
         let mask = g.op("Greater", &[&f.saved[0], &zero], vec![]);
-        let dx = g.op("Where", &[&mask, dy, &zero], vec![]);
+        let dx = mask_mul(g, dy, &mask);
         Bwd {
             dx: Some(dx),
             grads: vec![],
         }
     }
+}
+
+/// `v * mask` for a boolean mask of v's shape: Cast to float, then Mul. Exact (multiplying by 1
+/// or 0) and, in ONNX Runtime's CPU provider, about twice as fast as `Where(mask, v, 0)`, whose
+/// scalar-broadcast path is not vectorised (docs/BENCHMARKS.md).
+pub(crate) fn mask_mul(g: &mut Graph, v: &str, mask: &str) -> String {
+    let m = g.op("Cast", &[mask], vec![attr_i("to", 1)]);
+    g.mul(v, &m)
 }
 
 /// Flattens everything after the batch dimension.
