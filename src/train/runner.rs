@@ -65,12 +65,12 @@ pub struct Backend {
     pub device: Device,
     /// Intra-op threads.
     pub threads: usize,
-    /// Replay full-size batches as captured CUDA graphs ([`super::replay::Replay`]; CUDA only).
+    /// Replay full-size batches as captured CUDA graphs (`replay::Replay`; CUDA only).
     pub cuda_graph: bool,
 }
 
 /// Builds a session for `bytes` with `threads` intra-op threads on `device`; `cuda_graph` turns
-/// on ONNX Runtime's CUDA graph capture (see [`super::replay::Replay`]).
+/// on ONNX Runtime's CUDA graph capture (see `replay::Replay`).
 pub fn session(
     bytes: &[u8],
     threads: usize,
