@@ -5,6 +5,7 @@ with the caliper binary, and nothing else (no numpy: the standard library only).
 
     scripts/repro/experiments.py list [--only e1,e3]
     scripts/repro/experiments.py run --jobs 4 --device cpu [--only e1] [--cifar-epochs 30]
+        [--cuda-graph]               # ResNet-20 runs on cuda:N replayed as CUDA graphs
         [--bin-dir target/debug]     # binaries (default target/release), linked into ROOT/bin
     scripts/repro/experiments.py score RUN_ID
     scripts/repro/experiments.py ood --only e1w-mnist --ood-data fashion-mnist:test   # experiment 6
@@ -255,6 +256,9 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data-dir", default=str(ROOT / "data"))
     ap.add_argument("--cifar-epochs", type=int, default=30)
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="ResNet-20 runs on a CUDA device replay their step as a CUDA graph "
+                         "(caliper-train --cuda-graph; recorded in each run's args)")
     ap.add_argument("--ood-data", default="fashion-mnist:test")
     ap.add_argument("--bin-dir", default=str(ROOT / "target" / "release"),
                     help="where caliper and caliper-train are (e.g. target/debug for a smoke run); "
@@ -262,6 +266,10 @@ def main():
     a = ap.parse_args()
     root = pathlib.Path(a.root)
     runs = grid(a.cifar_epochs)
+    if a.cuda_graph and a.device.startswith("cuda"):
+        for r in runs:
+            if option(r["args"], "--arch") == "resnet20":
+                r["args"].append("--cuda-graph")
     if a.only:
         prefixes = a.only.split(",")
         runs = [r for r in runs if any(r["id"].startswith(p) for p in prefixes)]

@@ -100,7 +100,6 @@ stage2)
   grep -q '^MATCH' $W/repro/graph-check.txt && GRAPH=true
   echo "train with --cuda-graph: $GRAPH" | tee -a $W/repro/plan.txt
   echo $GRAPH > $W/repro/cuda-graph
-  export CALIPER_CUDA_GRAPH=$GRAPH
   mode=$([[ $GRAPH == true ]] && echo " cuda-graph")
   pat="\"framework\":\"caliper-train cuda:0$mode\",\"arch\":\"resnet20\",\"loss\":\"gce\""
   if grep -q "$pat" $W/repro/bench-cuda.jsonl; then
@@ -110,7 +109,7 @@ stage2)
     # and the CPUs, and each epoch ends with a validation pass).
     E=$(python3 -c "print(max(4, min(60, int(${CIFAR_S:-480} / ($ms / 1000 * 351 * ${CIFAR_EQ:-9} * 2)))))")
     echo "cuda resnet20 step $ms ms -> CIFAR epochs $E" | tee -a $W/repro/plan.txt
-    setsid nohup $REPRO run --device cuda:0 --threads 1 --jobs 9 --cifar-epochs $E \
+    setsid nohup $REPRO run --device cuda:0 --threads 1 --jobs 9 --cifar-epochs $E ${mode:+--cuda-graph} \
       --only ${CIFAR_RUNS:-e3-cifar10} > $W/repro/queue-cifar.log 2>&1 < /dev/null &
     DEV=cuda:0
   else
@@ -124,8 +123,7 @@ stage3)
   zstd -q -d -c .gpu3/mnist.tar.zst | tar x -C $W/data
   cp .gpu3/pneumoniamnist.npz $W/data/
   cp -r .gpu3/fashion-mnist $W/data/
-  # LeNet runs keep the ordinary step: stage2 checks --cuda-graph on ResNet-20 only.
-  export CALIPER_CUDA_GRAPH=false
+  # No --cuda-graph: stage2 checks it on ResNet-20 only, and these are the LeNet runs.
   setsid nohup $REPRO run --device "$(cat $W/repro/device)" --threads 1 --jobs ${JOBS:-8} \
     --only ${GPU_RUNS:-e1-fashion-mnist,e2-fashion-mnist} > $W/repro/queue-fashion.log 2>&1 < /dev/null &
   if [[ -n ${STAGE3_RUNS:-} ]]; then

@@ -2,7 +2,7 @@
 //! against the diagonal, gap bars to the bin's mean confidence, a histogram of confidences and
 //! the ECE in the legend; panels (before / after calibration) side by side.
 //!
-//! One layout ([`scene`]) feeds two backends. PNG is rasterised with the `image` crate and a
+//! One layout (`scene`) feeds two backends. PNG is rasterised with the `image` crate and a
 //! built-in 5x7 bitmap font, so it needs no system fonts and no extra dependency (rendering the
 //! SVG with `resvg` would have pulled in a font stack and its build time for a few labels).
 

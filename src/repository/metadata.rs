@@ -35,7 +35,7 @@ pub enum ResizePolicy {
 }
 
 /// The model's single image input. Pixels are scaled to [0, 1] (divided by the type's maximum,
-/// 255 or 65535), then normalised per channel: (x - mean[c]) / std[c].
+/// 255 or 65535), then normalised per channel: `(x - mean[c]) / std[c]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputSpec {
     /// Name of the ONNX input tensor.

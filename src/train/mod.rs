@@ -4,7 +4,8 @@
 //! Training runs as ordinary ONNX graphs of standard operators (see `shared/onnxruntime.md`: no
 //! training-enabled ONNX Runtime is reachable): [`step::training_step`] builds one graph per
 //! configuration that does forward, loss, backward and the optimizer update, and
-//! [`runner::Trainer`] runs it with the parameters kept as ONNX Runtime values.
+//! [`runner::Trainer`] runs it with the parameters kept as ONNX Runtime values on the training
+//! device (on CUDA optionally replayed as captured CUDA graphs, `replay`).
 
 pub mod arch;
 pub mod bench;
@@ -19,6 +20,7 @@ pub mod loss;
 pub mod onnx;
 pub mod optim;
 pub mod plot;
+mod replay;
 pub mod runner;
 pub mod schedule;
 pub mod step;

@@ -7,13 +7,12 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::{
-    IoBinding, RunOptions, Session, SessionInputValue, builder::GraphOptimizationLevel,
-};
+use ort::session::{IoBinding, Session, SessionInputValue, builder::GraphOptimizationLevel};
 use ort::value::{DynValue, Tensor};
 use rand::Rng;
 
 use super::layers::Init;
+use super::replay::Replay;
 use super::step::{NEXT, StateSpec, StepGraph};
 
 /// Errors from ONNX Runtime while training.
@@ -33,7 +32,7 @@ pub enum RunError {
     State(String),
 }
 
-fn ort_err<E: std::fmt::Display>(e: E) -> RunError {
+pub(super) fn ort_err<E: std::fmt::Display>(e: E) -> RunError {
     RunError::Ort(e.to_string())
 }
 
@@ -66,12 +65,12 @@ pub struct Backend {
     pub device: Device,
     /// Intra-op threads.
     pub threads: usize,
-    /// Replay full-size batches as captured CUDA graphs ([`Replay`]; CUDA only).
+    /// Replay full-size batches as captured CUDA graphs (`replay::Replay`; CUDA only).
     pub cuda_graph: bool,
 }
 
 /// Builds a session for `bytes` with `threads` intra-op threads on `device`; `cuda_graph` turns
-/// on ONNX Runtime's CUDA graph capture (see [`Replay`]).
+/// on ONNX Runtime's CUDA graph capture (see `replay::Replay`).
 pub fn session(
     bytes: &[u8],
     threads: usize,
@@ -142,7 +141,7 @@ pub fn to_vec(v: &DynValue) -> Result<Vec<f32>, RunError> {
 pub type StateMap = BTreeMap<String, Tensor<f32>>;
 
 /// Copies a state tensor to the host (a device tensor goes through a device-to-host copy).
-fn state_to_vec(t: &Tensor<f32>) -> Result<Vec<f32>, RunError> {
+pub(super) fn state_to_vec(t: &Tensor<f32>) -> Result<Vec<f32>, RunError> {
     if t.memory_info().is_cpu_accessible() {
         return Ok(t.extract_tensor().1.to_vec());
     }
@@ -167,7 +166,7 @@ fn state_tensor(
 }
 
 /// The allocator for state tensors on `device`, from `session`.
-fn state_allocator(session: &Session, device: Device) -> Result<Allocator, RunError> {
+pub(super) fn state_allocator(session: &Session, device: Device) -> Result<Allocator, RunError> {
     let (dev, id) = match device {
         Device::Cpu => (AllocationDevice::CPU, 0),
         Device::Cuda(n) => (AllocationDevice::CUDA, n),
@@ -299,7 +298,11 @@ impl Trainer {
     }
 
     /// A binding that reads the state from `from` and writes the updated state into `to`.
-    fn bind(session: &Session, from: &StateMap, to: &mut StateMap) -> Result<IoBinding, RunError> {
+    pub(super) fn bind(
+        session: &Session,
+        from: &StateMap,
+        to: &mut StateMap,
+    ) -> Result<IoBinding, RunError> {
         let mut b = session.create_binding().map_err(ort_err)?;
         for (name, v) in from {
             b.bind_input(name.as_str(), v).map_err(ort_err)?;
@@ -391,7 +394,7 @@ impl Trainer {
 }
 
 /// A float scalar tensor on the host.
-fn scalar(v: f32) -> Result<Tensor<f32>, RunError> {
+pub(super) fn scalar(v: f32) -> Result<Tensor<f32>, RunError> {
     Tensor::from_array((Vec::<i64>::new(), vec![v])).map_err(ort_err)
 }
 
@@ -407,104 +410,6 @@ enum Capture {
     },
     /// Replaying batches of one shape.
     Ready(Box<Replay>),
-}
-
-/// The training step replayed as captured CUDA graphs.
-///
-/// Per step the ordinary session launches one kernel per node (about 2,000 for ResNet-20), and
-/// that launch cost, not the arithmetic, is most of a ResNet-20 step on a large GPU. ONNX
-/// Runtime's CUDA provider can capture a run as a CUDA graph and replay it with one launch, on
-/// two conditions: every input and output stays at the same device address, and the shapes
-/// never change. So this session has its own fixed device tensors for `x`, `y`, `lr` (and
-/// `step`), `loss` and `logits`, the host batch is copied into them before each run, and one
-/// graph is captured per state binding (graph ids 0 and 1: set 0 to set 1 and back). Batches of
-/// another shape (the last, smaller batch of an epoch) go to the ordinary session, which shares
-/// the state tensors.
-struct Replay {
-    session: Session,
-    bindings: [IoBinding; 2],
-    runs: [RunOptions; 2],
-    x_shape: Vec<i64>,
-    x: Tensor<f32>,
-    y: Tensor<i64>,
-    lr: Tensor<f32>,
-    step: Option<Tensor<f32>>,
-    loss: Tensor<f32>,
-    logits: Tensor<f32>,
-}
-
-impl Replay {
-    fn new(
-        bytes: &[u8],
-        backend: Backend,
-        [a, b]: [&mut StateMap; 2],
-        x_shape: &[i64],
-        classes: i64,
-        needs_step: bool,
-    ) -> Result<Self, RunError> {
-        let session = session(bytes, backend.threads, backend.device, true)?;
-        let alloc = state_allocator(&session, backend.device)?;
-        let f32s = |shape: Vec<i64>| Tensor::<f32>::new(&alloc, shape).map_err(ort_err);
-        let n = x_shape[0];
-        let mut r = Replay {
-            bindings: [
-                Trainer::bind(&session, a, b)?,
-                Trainer::bind(&session, b, a)?,
-            ],
-            runs: [
-                RunOptions::new().map_err(ort_err)?,
-                RunOptions::new().map_err(ort_err)?,
-            ],
-            x_shape: x_shape.to_vec(),
-            x: f32s(x_shape.to_vec())?,
-            y: Tensor::<i64>::new(&alloc, vec![n]).map_err(ort_err)?,
-            lr: f32s(vec![])?,
-            step: needs_step.then(|| f32s(vec![])).transpose()?,
-            loss: f32s(vec![])?,
-            logits: f32s(vec![n, classes])?,
-            session,
-        };
-        for (id, (binding, run)) in r.bindings.iter_mut().zip(&mut r.runs).enumerate() {
-            run.set("gpu_graph_id", id.to_string()).map_err(ort_err)?;
-            binding.bind_input("x", &r.x).map_err(ort_err)?;
-            binding.bind_input("y", &r.y).map_err(ort_err)?;
-            binding.bind_input("lr", &r.lr).map_err(ort_err)?;
-            if let Some(step) = &r.step {
-                binding.bind_input("step", step).map_err(ort_err)?;
-            }
-            binding.bind_output("loss", &mut r.loss).map_err(ort_err)?;
-            binding
-                .bind_output("logits", &mut r.logits)
-                .map_err(ort_err)?;
-        }
-        Ok(r)
-    }
-
-    fn step(
-        &mut self,
-        current: usize,
-        x: Vec<f32>,
-        y: Vec<i64>,
-        lr: f32,
-        step: Option<f32>,
-    ) -> Result<StepResult, RunError> {
-        let n = y.len() as i64;
-        let host_x = Tensor::from_array((self.x_shape.clone(), x)).map_err(ort_err)?;
-        host_x.copy_into(&mut self.x).map_err(ort_err)?;
-        let host_y = Tensor::from_array((vec![n], y)).map_err(ort_err)?;
-        host_y.copy_into(&mut self.y).map_err(ort_err)?;
-        scalar(lr)?.copy_into(&mut self.lr).map_err(ort_err)?;
-        if let (Some(t), Some(v)) = (&mut self.step, step) {
-            scalar(v)?.copy_into(t).map_err(ort_err)?;
-        }
-        self.session
-            .run_binding_with_options(&self.bindings[current], &self.runs[current])
-            .map_err(ort_err)?;
-        Ok(StepResult {
-            loss: state_to_vec(&self.loss)?[0],
-            logits: state_to_vec(&self.logits)?,
-        })
-    }
 }
 
 /// The inference graph with weights as inputs: evaluates the live training state.
