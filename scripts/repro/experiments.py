@@ -92,7 +92,7 @@ def grid(cifar_epochs):
             runs.append(run_def("e4", "pneumonia", loss, seed, LENET_OWN_VAL, 20))
     # 5. Data efficiency: 1% and 10% of MNIST's training split (100% is experiment 1).
     for frac, epochs in [("0.01", 60), ("0.1", 20)]:
-        for seed in range(3):
+        for seed in range(5):
             for loss in ["ce", "gce"]:
                 runs.append(run_def("e5", "mnist", loss, seed, LENET, epochs,
                                     ["--train-fraction", frac], f"-{round(float(frac) * 100)}pct"))
