@@ -97,10 +97,10 @@ def grid(cifar_epochs):
                 runs.append(run_def("e5", "mnist", loss, seed, LENET, epochs,
                                     ["--train-fraction", frac], f"-{round(float(frac) * 100)}pct"))
     # 2. Long-tailed: Fashion-MNIST-LT, then CIFAR-10-LT, imbalance 100 and 10.
-    for dataset, recipe, epochs in [("fashion-mnist", LENET_WARMUP, 20),
-                                    ("cifar10", RESNET, cifar_epochs)]:
+    for dataset, recipe, epochs, seeds in [("fashion-mnist", LENET_WARMUP, 20, 5),
+                                           ("cifar10", RESNET, cifar_epochs, 3)]:
         for rho in ["100", "10"]:
-            for seed in range(3):
+            for seed in range(seeds):
                 for loss in ["ce", "gce", "focal"]:
                     runs.append(run_def("e2", dataset, loss, seed, recipe, epochs,
                                         ["--imbalance-ratio", rho], f"-lt{rho}"))
