@@ -181,14 +181,39 @@ impl Graph {
         outputs: &[String],
         attrs: Vec<AttributeProto>,
     ) {
+        self.push_node(op_type, "", inputs, outputs.to_vec(), attrs);
+    }
+
+    /// Adds a node of another operator domain (ONNX Runtime's contrib kernels) with one output.
+    /// The caller adds the domain's opset import to the model.
+    pub fn op_domain(
+        &mut self,
+        op_type: &str,
+        domain: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+    ) -> String {
+        let out = self.fresh(&op_type.to_lowercase());
+        self.push_node(op_type, domain, inputs, vec![out.clone()], attrs);
+        out
+    }
+
+    fn push_node(
+        &mut self,
+        op_type: &str,
+        domain: &str,
+        inputs: &[&str],
+        outputs: Vec<String>,
+        attrs: Vec<AttributeProto>,
+    ) {
         let name = format!("{op_type}_{}", self.nodes.len());
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|s| (*s).to_string()).collect(),
-            output: outputs.to_vec(),
+            output: outputs,
             name,
             op_type: op_type.into(),
             attribute: attrs,
-            domain: String::new(),
+            domain: domain.into(),
         });
     }
 

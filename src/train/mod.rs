@@ -17,6 +17,7 @@ pub mod fit;
 pub mod graph;
 pub mod layers;
 pub mod loss;
+pub mod nchwc;
 pub mod onnx;
 pub mod optim;
 pub mod plot;

@@ -70,8 +70,26 @@ pub struct Backend {
 }
 
 /// Builds a session for `bytes` with `threads` intra-op threads on `device`; `cuda_graph` turns
-/// on ONNX Runtime's CUDA graph capture (see `replay::Replay`).
+/// on ONNX Runtime's CUDA graph capture (see `replay::Replay`). On the CPU the convolutions are
+/// first lowered onto ONNX Runtime's NCHWc kernels (`nchwc`).
 pub fn session(
+    bytes: &[u8],
+    threads: usize,
+    device: Device,
+    cuda_graph: bool,
+) -> Result<Session, RunError> {
+    match (device, super::nchwc::block_size()) {
+        (Device::Cpu, Some(block)) => {
+            let (lowered, _) = super::nchwc::lower(bytes, block).map_err(ort_err)?;
+            session_as_written(&lowered, threads, device, cuda_graph)
+        }
+        _ => session_as_written(bytes, threads, device, cuda_graph),
+    }
+}
+
+/// [`session`] without the CPU lowering: the graph runs exactly as written (the reference the
+/// lowering is tested against).
+pub fn session_as_written(
     bytes: &[u8],
     threads: usize,
     device: Device,
