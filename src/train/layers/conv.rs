@@ -54,6 +54,9 @@ impl Conv2d {
         let (c, h, w) = (s[0], s[1], s[2]);
         let (oh, ow) = (self.out_hw(h), self.out_hw(w));
         let (k, st, p) = (self.k, self.stride, self.pad);
+        if st == 1 && k > 1 && p <= k - 1 {
+            return self.weight_grad_split(g, x, dy, s);
+        }
         let xp = if p > 0 {
             let pads = g.const_i64(&[0, 0, p, p, 0, 0, p, p]);
             g.op("Pad", &[x, &pads], vec![])
@@ -76,6 +79,70 @@ impl Conv2d {
                 taps.push(g.op("Unsqueeze", &[&mm, &two], vec![]));
             }
         }
+        self.stack_taps(g, &taps, c)
+    }
+
+    /// The stride-1 weight gradient with the tap shift split between the two operands: the
+    /// input, padded in height only, gives one row-shifted Slice per kernel row, and dY, padded
+    /// in width, one column-shifted Slice per kernel column; tap (i, j) multiplies row slice i
+    /// by column slice j. That is 2k + 2 copies (two Pads, 2k Slices) where the form above
+    /// makes k*k + 1, and the row slices copy whole planes: the Slices and Pads of the weight
+    /// gradient were a fifth of the ResNet-20 step (docs/BENCHMARKS.md "Session 5").
+    ///
+    /// With the height-padded input `Xh` and dY padded by `l = k - 1 - p` columns on both
+    /// sides (`dYw`): `Xp[h+i, w+j] = Xh[h+i, w+j-p]`, and summing over the input column
+    /// `w' = w+j-p` instead of `w` pairs `Xh[h+i, w']` with `dYw[h, w'-j+p+l]`, zero where `w`
+    /// falls outside dY (the padding).
+    fn weight_grad_split(&self, g: &mut Graph, x: &str, dy: &str, s: &[i64]) -> String {
+        let (c, h, w) = (s[0], s[1], s[2]);
+        let oh = self.out_hw(h);
+        let (k, p, o) = (self.k, self.pad, self.cout);
+        let l = k - 1 - p;
+        let rows = if p > 0 {
+            let pads = g.const_i64(&[0, 0, p, 0, 0, 0, p, 0]);
+            g.op("Pad", &[x, &pads], vec![])
+        } else {
+            x.to_string()
+        };
+        let cols = if l > 0 {
+            let pads = g.const_i64(&[0, 0, 0, l, 0, 0, 0, l]);
+            g.op("Pad", &[dy, &pads], vec![])
+        } else {
+            dy.to_string()
+        };
+        let axis2 = g.const_i64(&[2]);
+        let axis3 = g.const_i64(&[3]);
+        let xrows: Vec<String> = (0..k)
+            .map(|i| {
+                let (a, b) = (g.const_i64(&[i]), g.const_i64(&[i + oh]));
+                let sl = g.op("Slice", &[&rows, &a, &b, &axis2], vec![]);
+                g.reshape(&sl, &[-1, c, oh * w])
+            })
+            .collect();
+        let dcols: Vec<String> = (0..k)
+            .map(|j| {
+                let start = p + l - j;
+                let (a, b) = (g.const_i64(&[start]), g.const_i64(&[start + w]));
+                let sl = g.op("Slice", &[&cols, &a, &b, &axis3], vec![]);
+                let r = g.reshape(&sl, &[-1, o, oh * w]);
+                g.transpose(&r, &[0, 2, 1])
+            })
+            .collect();
+        let two = g.const_i64(&[2]);
+        let mut taps = Vec::with_capacity((k * k) as usize);
+        for xr in &xrows {
+            for dc in &dcols {
+                let mm = g.op("MatMul", &[xr, dc], vec![]);
+                taps.push(g.op("Unsqueeze", &[&mm, &two], vec![]));
+            }
+        }
+        self.stack_taps(g, &taps, c)
+    }
+
+    /// The k*k per-tap `[N, C, O]` products (row-major tap order), summed over the batch, as
+    /// the `[O, C, k, k]` weight gradient.
+    fn stack_taps(&self, g: &mut Graph, taps: &[String], c: i64) -> String {
+        let k = self.k;
         let tap_refs: Vec<&str> = taps.iter().map(String::as_str).collect();
         let stacked = g.op("Concat", &tap_refs, vec![attr_i("axis", 2)]);
         let sum = g.reduce_sum(&stacked, &[0], false);

@@ -1,6 +1,6 @@
 //! Residual blocks and the chain helpers that run a list of layers forward and backward.
 
-use super::{Bwd, Fwd, Layer, Mode, ParamSpec};
+use super::{Bwd, Fwd, Layer, Mode, ParamSpec, mask_mul};
 use crate::train::graph::Graph;
 
 /// A residual block `relu(body(x) + shortcut(x))` (He et al. 2016); `shortcut` empty means
@@ -117,7 +117,7 @@ impl Layer for Residual {
     fn backward(&self, g: &mut Graph, f: &Fwd, s: &[i64], dy: &str, _need_dx: bool) -> Bwd {
         let zero = g.scalar(0.0);
         let mask = g.op("Greater", &[&f.saved[0], &zero], vec![]);
-        let dsum = g.op("Where", &[&mask, dy, &zero], vec![]);
+        let dsum = mask_mul(g, dy, &mask);
         let bshapes = shapes_of(&self.body, s);
         let sshapes = shapes_of(&self.shortcut, s);
         let b = chain_backward(
