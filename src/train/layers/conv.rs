@@ -54,7 +54,7 @@ impl Conv2d {
         let (c, h, w) = (s[0], s[1], s[2]);
         let (oh, ow) = (self.out_hw(h), self.out_hw(w));
         let (k, st, p) = (self.k, self.stride, self.pad);
-        if st == 1 && k > 1 && p <= k - 1 {
+        if st == 1 && k > 1 && p < k {
             return self.weight_grad_split(g, x, dy, s);
         }
         let xp = if p > 0 {
