@@ -378,9 +378,9 @@ fn linear_relu_flatten_match_finite_differences() {
 #[test]
 fn conv2d_matches_finite_differences_with_stride_and_padding() {
     // (cin, cout, k, stride, pad, h, bias): stride 2 with odd and even sizes exercises the
-    // output_padding and the strided im2col slices; stride 1 with as many outputs as inputs
-    // and padding 0, 1 and 2 the split weight gradient (dY padded by 2, 1 and 0 columns), with
-    // more outputs the tap form.
+    // output_padding and the strided im2col slices; stride 1 with padding 0, 1 and 2 the split
+    // weight gradient (row and column shifts that crop on one or both sides), and with more
+    // outputs than inputs the tap form.
     for (i, &(cin, cout, k, st, p, h, bias)) in [
         (2, 3, 3, 1, 1, 5, true),
         (2, 2, 3, 1, 1, 5, true),

@@ -54,11 +54,7 @@ impl Conv2d {
         let (c, h, w) = (s[0], s[1], s[2]);
         let (oh, ow) = (self.out_hw(h), self.out_hw(w));
         let (k, st, p) = (self.k, self.stride, self.pad);
-        // The split form copies k + 1 input-sized and k + 1 dY-sized tensors, the tap form
-        // k*k + 1 input-sized ones: split wins unless dY is much wider than the input (LeNet's
-        // 1 -> 32 and 32 -> 64 layers, where it was 20% slower).
-        let split_cheaper = (k + 1) * (c + self.cout) < (k * k + 1) * c;
-        if st == 1 && k > 1 && p < k && split_cheaper {
+        if st == 1 && k > 1 && p < k && self.split_is_cheaper(c, h, w) {
             return self.weight_grad_split(g, x, dy, s);
         }
         let xp = if p > 0 {
@@ -86,54 +82,71 @@ impl Conv2d {
         self.stack_taps(g, &taps, c)
     }
 
-    /// The stride-1 weight gradient with the tap shift split between the two operands: the
-    /// input, padded in height only, gives one row-shifted Slice per kernel row, and dY, padded
-    /// in width, one column-shifted Slice per kernel column; tap (i, j) multiplies row slice i
-    /// by column slice j. That is 2k + 2 copies (two Pads, 2k Slices) where the form above
-    /// makes k*k + 1, and the row slices copy whole planes: the Slices and Pads of the weight
-    /// gradient were a fifth of the ResNet-20 step (docs/BENCHMARKS.md "Session 5").
-    ///
-    /// With the height-padded input `Xh` and dY padded by `l = k - 1 - p` columns on both
-    /// sides (`dYw`): `Xp[h+i, w+j] = Xh[h+i, w+j-p]`, and summing over the input column
-    /// `w' = w+j-p` instead of `w` pairs `Xh[h+i, w']` with `dYw[h, w'-j+p+l]`, zero where `w`
-    /// falls outside dY (the padding).
+    /// Row shifts of the input (`i - p`, tap row i) and column shifts of dY (`j - p`, tap
+    /// column j) for the split weight gradient, as `(before, after)` Pad amounts on that axis;
+    /// negative amounts crop. `(0, 0)` is no copy at all.
+    fn split_shifts(&self, h: i64, w: i64) -> (Vec<(i64, i64)>, Vec<(i64, i64)>) {
+        let (k, p) = (self.k, self.pad);
+        let (oh, ow) = (self.out_hw(h), self.out_hw(w));
+        // Input rows for tap row i: X[h' + i - p] for h' < OH, zero outside X.
+        let rows = (0..k).map(|i| (p - i, oh - h + i - p)).collect();
+        // dY columns for tap column j: dY[w' - j + p] for w' < W, zero outside dY.
+        let cols = (0..k).map(|j| (j - p, w - ow - j + p)).collect();
+        (rows, cols)
+    }
+
+    /// Whether the split weight gradient copies less than the tap form (in input-sized units,
+    /// dY counting cout/cin of one): with "same" padding it copies 2(k - 1) tensors (the
+    /// middle row and column need none), the tap form k*k + 1 input-sized ones. Measured, it
+    /// pays only where dY is no wider than the input: ResNet-20's layers (as many outputs as
+    /// inputs) gain, LeNet's 32 -> 64 layer was 5% slower (its 1 -> 32 one copies more).
+    fn split_is_cheaper(&self, c: i64, h: i64, w: i64) -> bool {
+        let (rows, cols) = self.split_shifts(h, w);
+        let copies = |v: &[(i64, i64)]| v.iter().filter(|&&s| s != (0, 0)).count() as i64;
+        self.cout <= c && copies(&rows) * c + copies(&cols) * self.cout < (self.k * self.k + 1) * c
+    }
+
+    /// The stride-1 weight gradient with the tap shift split between the two operands: one
+    /// row-shifted copy of the input per kernel row and one column-shifted copy of dY per
+    /// kernel column, each a single Pad with a negative amount on one side (a crop); tap
+    /// (i, j) multiplies row copy i by column copy j. Summing over the input column
+    /// `w' = w + j - p` instead of the output column `w` is what moves the column shift onto
+    /// dY: `Xp[h+i, w+j] dY[h, w] = X[h+i-p, w'] dY[h, w'-j+p]`, zero outside either tensor.
+    /// The tap form makes k*k strided Slices of a padded input; this one 2(k - 1) Pads for
+    /// "same" padding (the copies were a fifth of the ResNet-20 step, docs/BENCHMARKS.md
+    /// "Session 5").
     fn weight_grad_split(&self, g: &mut Graph, x: &str, dy: &str, s: &[i64]) -> String {
         let (c, h, w) = (s[0], s[1], s[2]);
         let oh = self.out_hw(h);
-        let (k, p, o) = (self.k, self.pad, self.cout);
-        let l = k - 1 - p;
-        let rows = if p > 0 {
-            let pads = g.const_i64(&[0, 0, p, 0, 0, 0, p, 0]);
-            g.op("Pad", &[x, &pads], vec![])
-        } else {
-            x.to_string()
+        let o = self.cout;
+        let (rows, cols) = self.split_shifts(h, w);
+        let shifted = |g: &mut Graph, t: &str, axis: usize, (before, after): (i64, i64)| {
+            if (before, after) == (0, 0) {
+                return t.to_string();
+            }
+            let mut pads = [0i64; 8];
+            pads[axis] = before;
+            pads[axis + 4] = after;
+            let pads = g.const_i64(&pads);
+            g.op("Pad", &[t, &pads], vec![])
         };
-        let cols = if l > 0 {
-            let pads = g.const_i64(&[0, 0, 0, l, 0, 0, 0, l]);
-            g.op("Pad", &[dy, &pads], vec![])
-        } else {
-            dy.to_string()
-        };
-        let axis2 = g.const_i64(&[2]);
-        let axis3 = g.const_i64(&[3]);
-        let xrows: Vec<String> = (0..k)
-            .map(|i| {
-                let (a, b) = (g.const_i64(&[i]), g.const_i64(&[i + oh]));
-                let sl = g.op("Slice", &[&rows, &a, &b, &axis2], vec![]);
-                g.reshape(&sl, &[-1, c, oh * w])
+        let xrows: Vec<String> = rows
+            .into_iter()
+            .map(|r| {
+                let t = shifted(g, x, 2, r);
+                g.reshape(&t, &[-1, c, oh * w])
             })
             .collect();
-        let dcols: Vec<String> = (0..k)
-            .map(|j| {
-                let start = p + l - j;
-                let (a, b) = (g.const_i64(&[start]), g.const_i64(&[start + w]));
-                let sl = g.op("Slice", &[&cols, &a, &b, &axis3], vec![]);
-                let r = g.reshape(&sl, &[-1, o, oh * w]);
-                g.transpose(&r, &[0, 2, 1])
+        let dcols: Vec<String> = cols
+            .into_iter()
+            .map(|cs| {
+                let t = shifted(g, dy, 3, cs);
+                let t = g.reshape(&t, &[-1, o, oh * w]);
+                g.transpose(&t, &[0, 2, 1])
             })
             .collect();
         let two = g.const_i64(&[2]);
-        let mut taps = Vec::with_capacity((k * k) as usize);
+        let mut taps = Vec::with_capacity((self.k * self.k) as usize);
         for xr in &xrows {
             for dc in &dcols {
                 let mm = g.op("MatMul", &[xr, dc], vec![]);
