@@ -7,6 +7,9 @@
 use super::{Bwd, Fwd, Init, Layer, Mode, ParamSpec, mask_mul};
 use crate::train::graph::{Graph, attr_i, attr_ints, attr_s, attr_t, tensor_f32};
 
+/// Pad amounts `(before, after)` on one axis; negative amounts crop.
+type Shift = (i64, i64);
+
 /// 2-D convolution with square kernel, stride and zero padding; optional bias.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
@@ -85,7 +88,7 @@ impl Conv2d {
     /// Row shifts of the input (`i - p`, tap row i) and column shifts of dY (`j - p`, tap
     /// column j) for the split weight gradient, as `(before, after)` Pad amounts on that axis;
     /// negative amounts crop. `(0, 0)` is no copy at all.
-    fn split_shifts(&self, h: i64, w: i64) -> (Vec<(i64, i64)>, Vec<(i64, i64)>) {
+    fn split_shifts(&self, h: i64, w: i64) -> (Vec<Shift>, Vec<Shift>) {
         let (k, p) = (self.k, self.pad);
         let (oh, ow) = (self.out_hw(h), self.out_hw(w));
         // Input rows for tap row i: X[h' + i - p] for h' < OH, zero outside X.
@@ -102,7 +105,7 @@ impl Conv2d {
     /// inputs) gain, LeNet's 32 -> 64 layer was 5% slower (its 1 -> 32 one copies more).
     fn split_is_cheaper(&self, c: i64, h: i64, w: i64) -> bool {
         let (rows, cols) = self.split_shifts(h, w);
-        let copies = |v: &[(i64, i64)]| v.iter().filter(|&&s| s != (0, 0)).count() as i64;
+        let copies = |v: &[Shift]| v.iter().filter(|&&s| s != (0, 0)).count() as i64;
         self.cout <= c && copies(&rows) * c + copies(&cols) * self.cout < (self.k * self.k + 1) * c
     }
 
@@ -120,7 +123,7 @@ impl Conv2d {
         let oh = self.out_hw(h);
         let o = self.cout;
         let (rows, cols) = self.split_shifts(h, w);
-        let shifted = |g: &mut Graph, t: &str, axis: usize, (before, after): (i64, i64)| {
+        let shifted = |g: &mut Graph, t: &str, axis: usize, (before, after): Shift| {
             if (before, after) == (0, 0) {
                 return t.to_string();
             }
