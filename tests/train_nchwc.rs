@@ -24,7 +24,11 @@ fn sgd() -> Optimizer {
 }
 
 fn step(arch: &str, input: &[i64]) -> StepGraph {
-    let net = Net::new(arch, input, 10, 1.0).unwrap();
+    step_width(arch, input, 1.0)
+}
+
+fn step_width(arch: &str, input: &[i64], width: f64) -> StepGraph {
+    let net = Net::new(arch, input, 10, width).unwrap();
     training_step(&net, Loss::Gce { lambda: 1.0 }, &sgd(), true)
 }
 
@@ -103,12 +107,12 @@ fn run(s: &mut Session, g: &StepGraph, input: &[i64], seed: u64) -> BTreeMap<Str
         .collect()
 }
 
-fn assert_same_step(arch: &str, input: &[i64]) {
+fn assert_same_step(arch: &str, input: &[i64], width: f64) {
     let Some(block) = nchwc::block_size() else {
         eprintln!("this CPU's ONNX Runtime has no NCHWc kernels: nothing is lowered here");
         return;
     };
-    let g = step(arch, input);
+    let g = step_width(arch, input, width);
     assert!(
         nchwc::lower(&g.bytes, block).unwrap().1 > 0,
         "{arch}: nothing lowered"
@@ -143,11 +147,19 @@ fn assert_same_step(arch: &str, input: &[i64]) {
 
 #[test]
 fn lowered_resnet20_step_matches_the_graph_as_written() {
-    assert_same_step("resnet20", &[3, 16, 16]);
+    assert_same_step("resnet20", &[3, 16, 16], 1.0);
+}
+
+#[test]
+fn lowered_resnet20_steps_of_other_widths_match_the_graph_as_written() {
+    // Width 0.5 (8/16/32 channels: narrow 8-channel inputs into whole-block layers, the rest
+    // left alone at block 16) and 1.5 (24/48/96: 24 is no whole block at 16, 48 and 96 are).
+    assert_same_step("resnet20", &[3, 16, 16], 0.5);
+    assert_same_step("resnet20", &[3, 16, 16], 1.5);
 }
 
 #[test]
 fn lowered_lenet_step_matches_the_graph_as_written() {
     // The narrow-input path (one input channel, OIHWBo weight layout) and a bias.
-    assert_same_step("lenet", &[1, 28, 28]);
+    assert_same_step("lenet", &[1, 28, 28], 1.0);
 }
