@@ -2,10 +2,10 @@
 //! graphs and run by ONNX Runtime (f32), against central finite differences of an independent
 //! float64 reference forward pass written here (all elements, small random shapes).
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use caliper::train::arch::Net;
+use caliper::train::check::run_named;
 use caliper::train::graph::{Graph, batched, fixed};
 use caliper::train::layers::{
     BatchNorm2d, Conv2d, Flatten, GlobalAvgPool, Layer, Linear, MaxPool2d, Mode, Relu, Residual,
@@ -14,8 +14,6 @@ use caliper::train::loss::Loss;
 use caliper::train::optim::Optimizer;
 use caliper::train::runner::{Device, session};
 use caliper::train::step::training_step;
-use ort::session::SessionInputValue;
-use ort::value::{DynValue, Tensor};
 use rand::{Rng, SeedableRng};
 
 type Inputs = Vec<(String, Vec<i64>, Vec<f32>)>;
@@ -33,37 +31,9 @@ fn randn(r: &mut impl Rng, n: usize) -> Vec<f32> {
 /// Runs a graph; float inputs plus optional int64 labels `y`.
 fn run(bytes: &[u8], inputs: &Inputs, y: Option<&[i64]>) -> BTreeMap<String, Vec<f32>> {
     let mut s = session(bytes, 1, Device::Cpu, false).expect("session");
-    let vals: Vec<(String, DynValue)> = inputs
-        .iter()
-        .map(|(n, sh, d)| {
-            (
-                n.clone(),
-                Tensor::from_array((sh.clone(), d.clone()))
-                    .unwrap()
-                    .into_dyn(),
-            )
-        })
-        .collect();
-    let yv = y.map(|y| Tensor::from_array((vec![y.len() as i64], y.to_vec())).unwrap());
-    let mut feed: Vec<(Cow<str>, SessionInputValue)> = vals
-        .iter()
-        .map(|(n, v)| (Cow::Owned(n.clone()), v.into()))
-        .collect();
-    if let Some(yv) = &yv {
-        feed.push(("y".into(), yv.into()));
-    }
-    let out = s.run(feed).expect("run");
-    out.iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                v.try_extract_tensor::<f32>().unwrap().1.to_vec(),
-            )
-        })
-        .collect()
+    run_named(&mut s, inputs, y).expect("run")
 }
 
-/// Central differences of `f` at `x` (f64), all elements.
 fn numgrad(x: &[f64], f: &dyn Fn(&[f64]) -> f64) -> Vec<f64> {
     let h = 1e-5;
     let mut x = x.to_vec();

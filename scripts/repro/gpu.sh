@@ -5,7 +5,8 @@
 # same warm machine:
 #   stage1: the CUDA execution provider (.gpu1/prov.zst: the onnxruntime-gpu 1.31.1 provider
 #           with every GPU architecture but sm_90 blanked by scripts/repro/strip-fatbin.py)
-#   stage2: ONNX Runtime core, the release binaries, CIFAR-10 (.gpu2/); CUDA benchmark against
+#   stage2: ONNX Runtime core, the release binaries, CIFAR-10 (.gpu2/); `check-step` on cuda:0
+#           (the CUDA step against the CPU graph as written), CUDA benchmark against
 #           PyTorch (each with and without CUDA graphs), a profile of the ResNet-20 step, a check
 #           that --cuda-graph trains ResNet-20 like the ordinary step (then the CIFAR runs use it);
 #           starts the GPU queue CIFAR_RUNS (epochs sized to CIFAR_S s)
@@ -78,6 +79,13 @@ stage2)
       done
     done
   } 2>&1 | tee $W/repro/bench-cuda.jsonl
+  # The CUDA step computes what the CPU computes (the graph as written, every output, TF32 off;
+  # it includes the session-5 weight gradient's cropping Pads, not yet run on a GPU).
+  for spec in "resnet20 3,32,32" "lenet 1,28,28"; do
+    set -- $spec
+    timeout 120 $B check-step --arch $1 --input-shape $2 --loss gce --device cuda:0 2>&1 \
+      | cut -c1-400 | tee -a $W/repro/check-step.txt
+  done
   # Where the per-node step goes: ONNX Runtime's profile of ten ResNet-20 CE steps.
   mkdir -p $W/prof $W/chk
   CALIPER_ORT_PROFILE=$W/prof/r20 timeout 120 $B bench --arch resnet20 --input-shape 3,32,32 --loss ce \
@@ -136,7 +144,7 @@ stage3)
   fi
   # Results are small: packed into $OUT every minute, so a call cut off by the device budget
   # still brings back everything finished by then.
-  pack() { (cd $W/repro && tar c results logs diagrams bench-cuda.jsonl plan.txt graph-check.txt profile-r20.txt queue-*.log 2>/dev/null \
+  pack() { (cd $W/repro && tar c results logs diagrams bench-cuda.jsonl plan.txt graph-check.txt check-step.txt profile-r20.txt queue-*.log 2>/dev/null \
     | zstd -q -19 -T0 > $OUT/results.tar.zst.tmp && mv $OUT/results.tar.zst.tmp $OUT/results.tar.zst); }
   end=$((SECONDS + ${DEADLINE_S:-420}))
   while (( SECONDS < end )) && pgrep -f experiments.py >/dev/null; do

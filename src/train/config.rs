@@ -31,6 +31,39 @@ pub enum Command {
     Bench(BenchArgs),
     /// Draw the reliability diagram (validation, before / after) of a calibration file as PNG.
     Plot(PlotArgs),
+    /// Run one training step on random data on a device (as training runs it) and on the CPU
+    /// with the graph exactly as written; compare every output (exit status 1 if they differ).
+    CheckStep(CheckArgs),
+}
+
+/// `caliper-train check-step`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Model options.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Per-sample input shape C,H,W.
+    #[arg(long, value_delimiter = ',', default_value = "1,28,28")]
+    pub input_shape: Vec<i64>,
+    /// Classes K.
+    #[arg(long, default_value_t = 10)]
+    pub classes: i64,
+    /// Batch size.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// cpu (the NCHWc lowering against the graph as written) or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// ONNX Runtime intra-op threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Largest allowed difference per output: the L2 norm of the difference over the
+    /// reference's (float32 sums in another order differ by about 1e-6 to 1e-5).
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f32,
+    /// Seed of the random inputs and state (the next seeds are tried when a ReLU mask flips).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// `caliper-train plot`.

@@ -9,6 +9,7 @@
 
 pub mod arch;
 pub mod bench;
+pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod dataset;
@@ -61,6 +62,19 @@ pub fn run(cli: Cli, command: &str) -> anyhow::Result<()> {
             plot::reliability_png(&[&rel.before, &rel.after])
                 .save(&p.out)
                 .with_context(|| format!("writing {}", p.out.display()))?;
+            Ok(())
+        }
+        Command::CheckStep(c) => {
+            let report = check::run(&c)?;
+            println!("{}", serde_json::to_string(&report)?);
+            anyhow::ensure!(
+                report.ok,
+                "{} differs from the reference: {} by {:.2e} of its scale (tolerance {:.1e})",
+                report.device,
+                report.worst_output,
+                report.worst_relative,
+                report.tolerance
+            );
             Ok(())
         }
         Command::Bench(b) => {

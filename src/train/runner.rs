@@ -78,12 +78,32 @@ pub fn session(
     device: Device,
     cuda_graph: bool,
 ) -> Result<Session, RunError> {
+    lowered_session(bytes, threads, device, cuda_graph, true)
+}
+
+/// [`session`] with CUDA's TF32 math off (convolutions and MatMuls in full float32, as on the
+/// CPU): what `caliper-train check-step` compares against the CPU.
+pub fn session_full_precision(
+    bytes: &[u8],
+    threads: usize,
+    device: Device,
+) -> Result<Session, RunError> {
+    lowered_session(bytes, threads, device, false, false)
+}
+
+fn lowered_session(
+    bytes: &[u8],
+    threads: usize,
+    device: Device,
+    cuda_graph: bool,
+    tf32: bool,
+) -> Result<Session, RunError> {
     match (device, super::nchwc::block_size()) {
         (Device::Cpu, Some(block)) => {
             let (lowered, _) = super::nchwc::lower(bytes, block).map_err(ort_err)?;
-            session_as_written(&lowered, threads, device, cuda_graph)
+            build(&lowered, threads, device, cuda_graph, tf32)
         }
-        _ => session_as_written(bytes, threads, device, cuda_graph),
+        _ => build(bytes, threads, device, cuda_graph, tf32),
     }
 }
 
@@ -94,6 +114,16 @@ pub fn session_as_written(
     threads: usize,
     device: Device,
     cuda_graph: bool,
+) -> Result<Session, RunError> {
+    build(bytes, threads, device, cuda_graph, true)
+}
+
+fn build(
+    bytes: &[u8],
+    threads: usize,
+    device: Device,
+    cuda_graph: bool,
+    tf32: bool,
 ) -> Result<Session, RunError> {
     let env = crate::runtime::environment()?;
     let mut b = Session::builder(env)
@@ -118,6 +148,7 @@ pub fn session_as_written(
         let cuda = ort::ep::CUDA::default()
             .with_device_id(n)
             .with_cuda_graph(cuda_graph)
+            .with_tf32(tf32)
             .build()
             .error_on_failure();
         b = b.with_execution_providers([cuda]).map_err(|e| {

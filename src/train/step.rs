@@ -45,7 +45,7 @@ pub enum StateKind {
 }
 
 /// A built training-step graph.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StepGraph {
     /// Serialised ONNX model.
     pub bytes: Vec<u8>,
