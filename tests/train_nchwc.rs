@@ -9,7 +9,7 @@ use caliper::train::layers::{Conv2d, Layer, Mode};
 use caliper::train::loss::Loss;
 use caliper::train::nchwc;
 use caliper::train::optim::Optimizer;
-use caliper::train::runner::{Device, session, session_as_written};
+use caliper::train::runner::{Device, SessionOptions, open, session};
 use caliper::train::step::{StepGraph, training_step};
 use caliper::train::{Cli, Command};
 use clap::Parser;
@@ -105,7 +105,11 @@ fn assert_conv_lowers_exactly(conv: Conv2d, hw: i64, n: usize, block: i64) {
         nchwc::lower(&bytes, block).unwrap().1 > 0,
         "{what}: nothing lowered"
     );
-    let mut plain = session_as_written(&bytes, 2, Device::Cpu, false).unwrap();
+    let as_written = SessionOptions {
+        lower: false,
+        ..SessionOptions::new(2, Device::Cpu)
+    };
+    let mut plain = open(&bytes, as_written).unwrap();
     let mut lowered = session(&bytes, 2, Device::Cpu, false).unwrap();
     let want = run_named(&mut plain, &inputs, None).unwrap();
     let got = run_named(&mut lowered, &inputs, None).unwrap();

@@ -8,7 +8,6 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::arch::Net;
 use super::config::BenchArgs;
 use super::runner::{Backend, Trainer};
 use super::step::training_step;
@@ -38,9 +37,9 @@ pub fn run(b: &BenchArgs) -> anyhow::Result<BenchReport> {
         b.batch_size >= 2 && b.steps >= 1 && b.threads >= 1,
         "--batch-size >= 2, --steps >= 1 and --threads >= 1 are required"
     );
-    let loss = b.model.loss()?;
-    let opt = b.model.optimizer(super::config::DEFAULT_MOMENTUM)?;
-    let net = Net::new(&b.model.arch, &b.input_shape, b.classes, b.model.width)?;
+    let loss = b.net.model.loss()?;
+    let opt = b.net.model.optimizer(super::config::DEFAULT_MOMENTUM)?;
+    let net = b.net.net()?;
     let graph = training_step(&net, loss, &opt, false);
     let device = b.device.parse().map_err(anyhow::Error::msg)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -50,9 +49,9 @@ pub fn run(b: &BenchArgs) -> anyhow::Result<BenchReport> {
         cuda_graph: b.cuda_graph,
     };
     let mut trainer = Trainer::new(&graph, backend, &mut rng)?;
-    let per: usize = b.input_shape.iter().product::<i64>() as usize;
+    let per: usize = b.net.input_shape.iter().product::<i64>() as usize;
     let shape: Vec<i64> = std::iter::once(b.batch_size as i64)
-        .chain(b.input_shape.iter().copied())
+        .chain(b.net.input_shape.iter().copied())
         .collect();
     let mut times = Vec::with_capacity(b.steps);
     for i in 0..b.warmup + b.steps {
@@ -60,7 +59,7 @@ pub fn run(b: &BenchArgs) -> anyhow::Result<BenchReport> {
             .map(|_| rng.random_range(-1.0..1.0))
             .collect();
         let y: Vec<i64> = (0..b.batch_size)
-            .map(|_| rng.random_range(0..b.classes))
+            .map(|_| rng.random_range(0..b.net.classes))
             .collect();
         let t = Instant::now();
         trainer.step(x, &shape, y, 0.01)?;
@@ -71,7 +70,7 @@ pub fn run(b: &BenchArgs) -> anyhow::Result<BenchReport> {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     Ok(BenchReport {
-        arch: b.model.arch.clone(),
+        arch: b.net.model.arch.clone(),
         loss: loss.name().into(),
         batch_size: b.batch_size,
         threads: b.threads,

@@ -22,11 +22,8 @@ use ort::value::{DynValue, Tensor};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::arch::Net;
 use super::config::CheckArgs;
-use super::runner::{
-    Device, RunError, init_values, ort_err, session_as_written, session_full_precision,
-};
+use super::runner::{Device, RunError, SessionOptions, init_values, open, ort_err};
 use super::step::{StepGraph, training_step};
 
 /// How far one output of the checked session is from the reference.
@@ -244,20 +241,34 @@ pub fn compare(
 pub fn run(a: &CheckArgs) -> anyhow::Result<CheckReport> {
     anyhow::ensure!(a.batch_size >= 2, "--batch-size must be at least 2");
     let device: Device = a.device.parse().map_err(anyhow::Error::msg)?;
-    let net = Net::new(&a.model.arch, &a.input_shape, a.classes, a.model.width)?;
-    let opt = a.model.optimizer(super::config::DEFAULT_MOMENTUM)?;
-    let plain = training_step(&net, a.model.loss()?, &opt, true);
+    let net = a.net.net()?;
+    let opt = a.net.model.optimizer(super::config::DEFAULT_MOMENTUM)?;
+    let plain = training_step(&net, a.net.model.loss()?, &opt, true);
     let lowered_nodes = match (device, super::nchwc::block_size()) {
         (Device::Cpu, Some(block)) => super::nchwc::lower(&plain.bytes, block)?.1,
         _ => 0,
     };
     let (graph, relu_inputs) = with_relu_inputs(&plain)?;
-    let mut reference = session_as_written(&graph.bytes, a.threads, Device::Cpu, false)?;
-    let mut checked = session_full_precision(&graph.bytes, a.threads, device)?;
+    let as_written = SessionOptions {
+        lower: false,
+        ..SessionOptions::new(a.threads, Device::Cpu)
+    };
+    let mut reference = open(&graph.bytes, as_written)?;
+    let full_precision = SessionOptions {
+        tf32: false,
+        ..SessionOptions::new(a.threads, device)
+    };
+    let mut checked = open(&graph.bytes, full_precision)?;
     let mut skipped_seeds = Vec::new();
     for seed in a.seed..a.seed + SEED_TRIES {
-        let mut want = step_outputs(&mut reference, &graph, &a.input_shape, a.batch_size, seed)?;
-        let mut got = step_outputs(&mut checked, &graph, &a.input_shape, a.batch_size, seed)?;
+        let mut want = step_outputs(
+            &mut reference,
+            &graph,
+            &a.net.input_shape,
+            a.batch_size,
+            seed,
+        )?;
+        let mut got = step_outputs(&mut checked, &graph, &a.net.input_shape, a.batch_size, seed)?;
         let flips = mask_flips(&want, &got, &relu_inputs);
         if flips > 0 {
             skipped_seeds.push((seed, flips));

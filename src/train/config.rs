@@ -39,15 +39,9 @@ pub enum Command {
 /// `caliper-train check-step`.
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
-    /// Model options.
+    /// Network options.
     #[command(flatten)]
-    pub model: ModelArgs,
-    /// Per-sample input shape C,H,W.
-    #[arg(long, value_delimiter = ',', default_value = "1,28,28")]
-    pub input_shape: Vec<i64>,
-    /// Classes K.
-    #[arg(long, default_value_t = 10)]
-    pub classes: i64,
+    pub net: NetArgs,
     /// Batch size.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
@@ -58,12 +52,39 @@ pub struct CheckArgs {
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// Largest allowed difference per output: the L2 norm of the difference over the
-    /// reference's (float32 sums in another order differ by about 1e-6 to 1e-5).
-    #[arg(long, default_value_t = 1e-4)]
+    /// reference's (float32 sums in another order differ by 1e-6 to about 5e-5 here, a wrong
+    /// kernel by order 1; the tests hold the CPU lowering to 1e-4).
+    #[arg(long, default_value_t = 1e-3)]
     pub tolerance: f32,
     /// Seed of the random inputs and state (the next seeds are tried when a ReLU mask flips).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// The network of `bench` and `check-step`: model and loss options, input shape, classes.
+#[derive(Debug, Clone, Args)]
+pub struct NetArgs {
+    /// Model options.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Per-sample input shape C,H,W.
+    #[arg(long, value_delimiter = ',', default_value = "1,28,28")]
+    pub input_shape: Vec<i64>,
+    /// Classes K.
+    #[arg(long, default_value_t = 10)]
+    pub classes: i64,
+}
+
+impl NetArgs {
+    /// The network these options describe.
+    pub fn net(&self) -> Result<super::arch::Net, super::arch::ArchError> {
+        super::arch::Net::new(
+            &self.model.arch,
+            &self.input_shape,
+            self.classes,
+            self.model.width,
+        )
+    }
 }
 
 /// `caliper-train plot`.
@@ -80,15 +101,9 @@ pub struct PlotArgs {
 /// `caliper-train bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Model options.
+    /// Network options.
     #[command(flatten)]
-    pub model: ModelArgs,
-    /// Per-sample input shape C,H,W.
-    #[arg(long, value_delimiter = ',', default_value = "1,28,28")]
-    pub input_shape: Vec<i64>,
-    /// Classes K.
-    #[arg(long, default_value_t = 10)]
-    pub classes: i64,
+    pub net: NetArgs,
     /// Batch size.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,

@@ -78,53 +78,62 @@ pub fn session(
     device: Device,
     cuda_graph: bool,
 ) -> Result<Session, RunError> {
-    lowered_session(bytes, threads, device, cuda_graph, true)
+    open(
+        bytes,
+        SessionOptions {
+            cuda_graph,
+            ..SessionOptions::new(threads, device)
+        },
+    )
 }
 
-/// [`session`] with CUDA's TF32 math off (convolutions and MatMuls in full float32, as on the
-/// CPU): what `caliper-train check-step` compares against the CPU.
-pub fn session_full_precision(
-    bytes: &[u8],
-    threads: usize,
-    device: Device,
-) -> Result<Session, RunError> {
-    lowered_session(bytes, threads, device, false, false)
+/// How [`open`] builds a session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    /// Intra-op threads.
+    pub threads: usize,
+    /// Where it runs.
+    pub device: Device,
+    /// ONNX Runtime's CUDA graph capture (see `replay::Replay`).
+    pub cuda_graph: bool,
+    /// CUDA's TF32 math for convolutions and MatMuls (ONNX Runtime's default; off, a CUDA step
+    /// computes in float32 like the CPU: `caliper-train check-step`).
+    pub tf32: bool,
+    /// The NCHWc lowering on the CPU (off: the graph runs exactly as written, the reference the
+    /// lowering is tested against).
+    pub lower: bool,
 }
 
-fn lowered_session(
-    bytes: &[u8],
-    threads: usize,
-    device: Device,
-    cuda_graph: bool,
-    tf32: bool,
-) -> Result<Session, RunError> {
-    match (device, super::nchwc::block_size()) {
-        (Device::Cpu, Some(block)) => {
-            let (lowered, _) = super::nchwc::lower(bytes, block).map_err(ort_err)?;
-            build(&lowered, threads, device, cuda_graph, tf32)
+impl SessionOptions {
+    /// What training uses: no capture, TF32 on, the CPU lowering on.
+    pub fn new(threads: usize, device: Device) -> Self {
+        SessionOptions {
+            threads,
+            device,
+            cuda_graph: false,
+            tf32: true,
+            lower: true,
         }
-        _ => build(bytes, threads, device, cuda_graph, tf32),
     }
 }
 
-/// [`session`] without the CPU lowering: the graph runs exactly as written (the reference the
-/// lowering is tested against).
-pub fn session_as_written(
-    bytes: &[u8],
-    threads: usize,
-    device: Device,
-    cuda_graph: bool,
-) -> Result<Session, RunError> {
-    build(bytes, threads, device, cuda_graph, true)
-}
-
-fn build(
-    bytes: &[u8],
-    threads: usize,
-    device: Device,
-    cuda_graph: bool,
-    tf32: bool,
-) -> Result<Session, RunError> {
+/// Builds a session for `bytes` as `o` says.
+pub fn open(bytes: &[u8], o: SessionOptions) -> Result<Session, RunError> {
+    let SessionOptions {
+        threads,
+        device,
+        cuda_graph,
+        tf32,
+        lower,
+    } = o;
+    let lowered;
+    let bytes = match (lower, device, super::nchwc::block_size()) {
+        (true, Device::Cpu, Some(block)) => {
+            lowered = super::nchwc::lower(bytes, block).map_err(ort_err)?.0;
+            lowered.as_slice()
+        }
+        _ => bytes,
+    };
     let env = crate::runtime::environment()?;
     let mut b = Session::builder(env)
         .map_err(ort_err)?
