@@ -152,8 +152,9 @@ pub fn run_named(
 
 /// Runs one step of `graph` in `session` on seeded random data: a batch of `batch` inputs of
 /// `input` shape, labels cycling over three classes, learning rate 0.1, and the state at its
-/// initial values except that all-zero tensors (momenta, biases) get small random values so
-/// that every update path is exercised. Returns every output by name.
+/// initial values except that all-zero tensors (momenta, AdamW's moments, biases) get small
+/// random values, non-negative because a second moment must be, so that every update path is
+/// exercised. Returns every output by name.
 pub fn step_outputs(
     session: &mut Session,
     graph: &StepGraph,
@@ -177,7 +178,7 @@ pub fn step_outputs(
     for spec in &graph.state {
         let mut v = init_values(spec, &mut r);
         if v.iter().all(|&e| e == 0.0) {
-            v.iter_mut().for_each(|e| *e = r.random_range(-0.1f32..0.1));
+            v.iter_mut().for_each(|e| *e = r.random_range(0.0f32..0.1));
         }
         if spec.spec.name.ends_with("running_var") {
             v.iter_mut().for_each(|e| *e = e.abs() + 0.5);
