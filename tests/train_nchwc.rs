@@ -225,6 +225,8 @@ fn lowered_lenet_step_matches_the_graph_as_written() {
         "--loss",
         "gce",
     ]);
+    // AdamW: its `step` input and two moments (the second one non-negative).
+    assert_same_step(&["--arch", "lenet", "--optimizer", "adamw", "--loss", "focal"]);
 }
 
 #[test]
