@@ -21,8 +21,9 @@
 //!
 //! The block size (16 with AVX-512, 8 with AVX2) belongs to the machine, so it is asked of the
 //! loaded ONNX Runtime once: `ReorderInput` pads 4 channels up to one block. Where that fails
-//! (no NCHWc kernels on this CPU or build) the graph is left as it is. `CALIPER_NCHWC=0` turns the
-//! lowering off (for A/B measurements).
+//! (no NCHWc kernels on this CPU or build) the graph is left as it is, and so it is, with a
+//! warning, when ONNX Runtime refuses the lowered graph (`runner::open`). `CALIPER_NCHWC=0` turns
+//! the lowering off (for A/B measurements).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;

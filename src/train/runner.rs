@@ -119,21 +119,31 @@ impl SessionOptions {
 
 /// Builds a session for `bytes` as `o` says.
 pub fn open(bytes: &[u8], o: SessionOptions) -> Result<Session, RunError> {
+    if let (true, Device::Cpu, Some(block)) = (o.lower, o.device, super::nchwc::block_size()) {
+        let (lowered, n) = super::nchwc::lower(bytes, block).map_err(ort_err)?;
+        if n > 0 {
+            match build(&lowered, o) {
+                Ok(session) => return Ok(session),
+                // An ONNX Runtime that refuses a lowered node still trains, on the graph as
+                // written (slower); the warning says why.
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "ONNX Runtime refused the NCHWc-lowered graph; running it as written"
+                ),
+            }
+        }
+    }
+    build(bytes, o)
+}
+
+fn build(bytes: &[u8], o: SessionOptions) -> Result<Session, RunError> {
     let SessionOptions {
         threads,
         device,
         cuda_graph,
         tf32,
-        lower,
+        ..
     } = o;
-    let lowered;
-    let bytes = match (lower, device, super::nchwc::block_size()) {
-        (true, Device::Cpu, Some(block)) => {
-            lowered = super::nchwc::lower(bytes, block).map_err(ort_err)?.0;
-            lowered.as_slice()
-        }
-        _ => bytes,
-    };
     let env = crate::runtime::environment()?;
     let mut b = Session::builder(env)
         .map_err(ort_err)?
