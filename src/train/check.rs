@@ -199,33 +199,22 @@ pub fn compare(
         .iter()
         .map(|(name, want)| {
             let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-            let max_abs_diff = match got.get(name) {
-                Some(g) if g.len() == want.len() => want
-                    .iter()
-                    .zip(g)
-                    .map(|(a, b)| (a - b).abs())
-                    // NaN anywhere is as far as it gets.
-                    .fold(
-                        0f32,
-                        |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-                    ),
-                _ => f32::INFINITY,
-            };
             let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-6);
-            let relative_l2 = match got.get(name) {
+            // Largest difference and the difference's squared norm, in one pass; a missing
+            // output, one of another length, or NaN anywhere is as far as it gets.
+            let (max_abs_diff, relative_l2) = match got.get(name) {
                 Some(g) if g.len() == want.len() => {
-                    let d = want
-                        .iter()
-                        .zip(g)
-                        .map(|(a, b)| (a - b) * (a - b))
-                        .sum::<f32>();
-                    if d.is_nan() {
-                        f32::INFINITY
+                    let (max, sq) = want.iter().zip(g).fold((0f32, 0f32), |(m, s), (a, b)| {
+                        let d = a - b;
+                        (m.max(d.abs()), s + d * d)
+                    });
+                    if sq.is_nan() {
+                        (f32::INFINITY, f32::INFINITY)
                     } else {
-                        d.sqrt() / norm
+                        (max, sq.sqrt() / norm)
                     }
                 }
-                _ => f32::INFINITY,
+                _ => (f32::INFINITY, f32::INFINITY),
             };
             OutputDiff {
                 name: name.clone(),
