@@ -234,8 +234,9 @@ fn check_step_skips_seeds_whose_relu_masks_flip_and_compares_strictly() {
     if nchwc::block_size().is_none() {
         return;
     }
-    // Seeds 0 and 1 of this small step put one ReLU pre-activation within rounding of zero on
-    // opposite sides in the two runs (measured); the check moves on to seed 2.
+    // Seed 5 of this small step puts one ReLU pre-activation within rounding of zero on
+    // opposite sides in the two runs (measured on this machine's AVX-512 kernels; other
+    // rounding may flip other seeds or none); the check moves on to seed 6.
     let report = check_step(&[
         "--arch",
         "resnet20",
@@ -245,11 +246,13 @@ fn check_step_skips_seeds_whose_relu_masks_flip_and_compares_strictly() {
         "gce",
         "--batch-size",
         "4",
+        "--seed",
+        "5",
     ]);
     assert!(report.ok, "{report:?}");
     assert_eq!(report.lowered_nodes, 37);
     assert!(report.skipped_seeds.iter().all(|&(_, flips)| flips > 0));
-    assert_eq!(report.seed, report.skipped_seeds.len() as u64);
+    assert_eq!(report.seed, 5 + report.skipped_seeds.len() as u64);
 }
 
 #[test]
