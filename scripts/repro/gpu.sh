@@ -13,6 +13,8 @@
 #   stage3: Fashion-MNIST, MNIST, PneumoniaMNIST (.gpu3/); starts GPU_RUNS on the training device
 #           and STAGE3_RUNS (if any) on the CPU; waits until DEADLINE_S, packs results to $OUT
 #           (results every minute, so a call cut short still returns them)
+#   verify: (after stage1, instead of stage2) check-step, benchmark (against the previous build
+#           in .gpu2/bins-prev.tar.zst, when there) and --cuda-graph check; results in $OUT
 #   ship:   (after stage1, instead of stage2) trains the shipped models/cifar10 alone (.gpu2/)
 # The device starts with an empty results folder: name seeds in the --only prefixes (e.g.
 # e1-fashion-mnist-ce-s4) or finished runs are trained again.
@@ -41,6 +43,46 @@ unpack2() {
   ls $W/data $W/repro/bin
 }
 B=$W/repro/bin/caliper-train
+# caliper-train BIN (labelled LABEL) launching one kernel per node, the same replayed as CUDA
+# graphs (--cuda-graph), PyTorch eager and PyTorch replaying its whole step as a CUDA graph, side
+# by side, for each "arch C,H,W" given; NO_TORCH=1 leaves PyTorch out.
+bench_cuda() {
+  local bin=$1 label=$2; shift 2
+  for spec in "$@"; do
+    set -- $spec
+    for loss in ce gce; do
+      for g in "" --cuda-graph; do
+        timeout 120 $bin bench --arch $1 --input-shape $2 --loss $loss --device cuda:0 --steps 50 --threads 2 \
+          $g | sed "s/^{/{\"framework\":\"$label cuda:0${g:+ cuda-graph}\",/"
+      done
+      [[ ${NO_TORCH:-0} == 1 ]] && continue
+      for g in "" --cuda-graph; do
+        timeout 120 python3 scripts/bench_train_torch.py --arch $1 --input-shape $2 --loss $loss \
+          --device cuda --steps 50 --threads 2 $g
+      done
+    done
+  done
+}
+# The CUDA step computes what the CPU computes (the graph as written, every output, TF32 off).
+check_steps() {
+  for spec in "resnet20 3,32,32" "lenet 1,28,28"; do
+    set -- $spec
+    timeout 120 $B check-step --arch $1 --input-shape $2 --loss gce --device cuda:0 2>&1 | cut -c1-400
+  done
+}
+# The replayed step must train like the ordinary one: the same short CIFAR-10 run (same seed)
+# with and without --cuda-graph, epoch logs compared; ResNet-20 decides whether the CIFAR runs
+# use it.
+graph_check() {
+  mkdir -p $W/chk
+  for g in plain graph; do
+    timeout 150 $B train --out chk-$1-$g --dataset cifar10 --arch $1 --train-fraction 0.1 --epochs 2 --seed 0 \
+      --device cuda:0 --threads 1 --no-progress --data-dir $W/data --models-dir $W/chk/models \
+      --calib-dir $W/chk/calib --run-dir $W/chk/runs/$1-$g $([[ $g == graph ]] && echo --cuda-graph) \
+      > $W/chk/$1-$g.log 2>&1 || { tail -5 $W/chk/$1-$g.log; return 1; }
+  done
+  python3 scripts/repro/compare-logs.py $W/chk/runs/$1-plain/log.jsonl $W/chk/runs/$1-graph/log.jsonl
+}
 
 case "$1" in
 ship)
@@ -56,60 +98,43 @@ ship)
   tar c -C $W/ship models calib runs/cifar10/log.jsonl | zstd -q -19 -T0 > $OUT/ship.tar.zst
   cut -c1-160 $W/ship/runs/cifar10/log.jsonl | tail -3
   ;;
+verify)
+  # After stage1, instead of stage2 (carry .gpu0 and .gpu2): the current binaries on CUDA against
+  # the CPU graph (check-step), against the previous build (.gpu2/bins-prev.tar.zst, when there)
+  # and PyTorch side by side, and --cuda-graph against the ordinary step; results in $OUT.
+  unpack2
+  mkdir -p $W/prev
+  {
+    bench_cuda $B caliper-train "resnet20 3,32,32" "lenet 1,28,28"
+    if [[ -f .gpu2/bins-prev.tar.zst ]]; then
+      zstd -q -d -c .gpu2/bins-prev.tar.zst | tar x -C $W/prev
+      NO_TORCH=1 bench_cuda $W/prev/caliper-train caliper-train-prev "resnet20 3,32,32" "lenet 1,28,28"
+    fi
+  } 2>&1 | tee $OUT/bench-cuda.jsonl
+  check_steps 2>&1 | tee $OUT/check-step.txt
+  graph_check resnet20 2>&1 | tee $OUT/graph-check.txt
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/device.txt
+  ;;
 stage1)
   zstd -q -d -f .gpu1/prov.zst -o $W/ort/libonnxruntime_providers_cuda.so && ls -la $W/ort
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   ;;
 stage2)
   unpack2
-  # caliper-train launching one kernel per node, the same replayed as CUDA graphs (--cuda-graph),
-  # PyTorch eager and PyTorch replaying its whole step as a CUDA graph, side by side.
-  {
-    for spec in "lenet 1,28,28" "resnet20 3,32,32"; do
-      set -- $spec
-      for loss in ce gce; do
-        timeout 120 $B bench --arch $1 --input-shape $2 --loss $loss --device cuda:0 --steps 50 --threads 2 \
-          | sed 's/^{/{"framework":"caliper-train cuda:0",/'
-        timeout 120 $B bench --arch $1 --input-shape $2 --loss $loss --device cuda:0 --steps 50 --threads 2 \
-          --cuda-graph | sed 's/^{/{"framework":"caliper-train cuda:0 cuda-graph",/'
-        timeout 120 python3 scripts/bench_train_torch.py --arch $1 --input-shape $2 --loss $loss \
-          --device cuda --steps 50 --threads 2
-        timeout 120 python3 scripts/bench_train_torch.py --arch $1 --input-shape $2 --loss $loss \
-          --device cuda --steps 50 --threads 2 --cuda-graph
-      done
-    done
-  } 2>&1 | tee $W/repro/bench-cuda.jsonl
-  # The CUDA step computes what the CPU computes (the graph as written, every output, TF32 off;
-  # it includes the session-5 weight gradient's cropping Pads, not yet run on a GPU).
-  for spec in "resnet20 3,32,32" "lenet 1,28,28"; do
-    set -- $spec
-    timeout 120 $B check-step --arch $1 --input-shape $2 --loss gce --device cuda:0 2>&1 \
-      | cut -c1-400 | tee -a $W/repro/check-step.txt
-  done
+  bench_cuda $B caliper-train "lenet 1,28,28" "resnet20 3,32,32" 2>&1 | tee $W/repro/bench-cuda.jsonl
+  check_steps 2>&1 | tee -a $W/repro/check-step.txt
   # Where the per-node step goes: ONNX Runtime's profile of ten ResNet-20 CE steps.
   mkdir -p $W/prof $W/chk
   CALIPER_ORT_PROFILE=$W/prof/r20 timeout 120 $B bench --arch resnet20 --input-shape 3,32,32 --loss ce \
     --device cuda:0 --steps 10 --warmup 2 >/dev/null 2>&1
   python3 scripts/ort_profile_summary.py $W/prof/r20*.json 2>&1 | head -45 | tee $W/repro/profile-r20.txt
-  # The replayed step must train like the ordinary one: the same short CIFAR-10 run (same seed)
-  # with and without --cuda-graph, epoch logs compared; ResNet-20 decides whether the CIFAR runs
-  # use it.
-  check() {
-    for g in plain graph; do
-      timeout 150 $B train --out chk-$1-$g --dataset cifar10 --arch $1 --train-fraction 0.1 --epochs 2 --seed 0 \
-        --device cuda:0 --threads 1 --no-progress --data-dir $W/data --models-dir $W/chk/models \
-        --calib-dir $W/chk/calib --run-dir $W/chk/runs/$1-$g $([[ $g == graph ]] && echo --cuda-graph) \
-        > $W/chk/$1-$g.log 2>&1 || { tail -5 $W/chk/$1-$g.log; return 1; }
-    done
-    python3 scripts/repro/compare-logs.py $W/chk/runs/$1-plain/log.jsonl $W/chk/runs/$1-graph/log.jsonl
-  }
   echo "== cuda-graph check resnet20" | tee -a $W/repro/graph-check.txt
-  check resnet20 2>&1 | tee -a $W/repro/graph-check.txt
+  graph_check resnet20 2>&1 | tee -a $W/repro/graph-check.txt
   GRAPH=false
   grep -q '^MATCH' $W/repro/graph-check.txt && GRAPH=true
   # LeNet (on CIFAR-10's 3x32x32 images) for the record only: the LeNet queue does not use it.
   echo "== cuda-graph check lenet (record only)" | tee -a $W/repro/graph-check.txt
-  check lenet 2>&1 | tee -a $W/repro/graph-check.txt
+  graph_check lenet 2>&1 | tee -a $W/repro/graph-check.txt
   echo "train with --cuda-graph: $GRAPH" | tee -a $W/repro/plan.txt
   echo $GRAPH > $W/repro/cuda-graph
   mode=$([[ $GRAPH == true ]] && echo " cuda-graph")
