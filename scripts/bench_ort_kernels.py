@@ -8,6 +8,14 @@ tooling, not part of the product; the figures are in docs/BENCHMARKS.md, "Sessio
    as src/train/nchwc.rs writes it), and the `ConvTranspose` input gradient. Checks that the
    lowered form gives the plain one's output.
 2. Batch norm's per-channel sum(dy * xc): Mul + ReduceSum against a batched dot-product MatMul.
+3. The stride-1 3x3 weight gradient of each ResNet-20 stage (batch 128), with the caches flushed
+   before each call (a 64 MB pass, timed alone and subtracted): the split form as
+   src/train/layers/conv.rs writes it (row-shifted copies of x, column-shifted copies of dY,
+   nine batched MatMuls, each summed over the batch), the same in 8 batch chunks (a Split, then
+   per-chunk work that stays in cache), all nine taps stacked into one MatMul (Concat of the
+   three shifts of each operand), and the weight gradient as an NCHWc Conv of the transposed
+   operands (batch as channels, dY as a 32x32 kernel). Each is checked against a float64
+   reference.
 
     pip install onnx onnxruntime==1.31.1 numpy      # e.g. into .venv-bench
     .venv-bench/bin/python scripts/bench_ort_kernels.py
@@ -109,6 +117,95 @@ def batch_norm_sum():
               f"{median_ms(lambda: dot.run(None, feed), 30):.2f}")
 
 
+def split_wgrad(nodes, consts, x, dy, n, c, hw, tag, stacked=False):
+    """The split weight gradient of a 3x3 "same" layer (c -> c channels, batch n) appended to
+    nodes; returns the name of dW laid out [3, 3, O, C]."""
+    mk = helper.make_node
+    t = lambda v: f"{tag}_{v}"
+    consts.update({"pr0": [0, 0, hw, 0, 0, -hw], "pr2": [0, 0, -hw, 0, 0, hw],
+                   "pc0": [0, 0, 0, -1, 0, 0, 0, 1], "pc2": [0, 0, 0, 1, 0, 0, 0, -1],
+                   "ax0": [0], "s33": [3, 3, c, c], f"f{n}": [n, c, hw * hw]})
+    nodes += [mk("Reshape", [x, f"f{n}"], [t("x1")]),
+              mk("Pad", [t("x1"), "pr0"], [t("x0")]), mk("Pad", [t("x1"), "pr2"], [t("x2")]),
+              mk("Pad", [dy, "pc0"], [t("e0")]), mk("Pad", [dy, "pc2"], [t("e2")])]
+    nodes += [mk("Reshape", [v, f"f{n}"], [t(f"d{i}")]) for i, v in enumerate([t("e0"), dy, t("e2")])]
+    xs, ds = [t("x0"), t("x1"), t("x2")], [t("d0"), t("d1"), t("d2")]
+    if stacked:
+        consts["s3c"] = [3, c, 3, c]
+        nodes += [mk("Concat", xs, [t("xs")], axis=1), mk("Concat", ds, [t("ds")], axis=1),
+                  mk("Transpose", [t("xs")], [t("xst")], perm=[0, 2, 1]),
+                  mk("MatMul", [t("ds"), t("xst")], [t("m")]),
+                  mk("ReduceSum", [t("m"), "ax0"], [t("r")], keepdims=0),
+                  mk("Reshape", [t("r"), "s3c"], [t("r4")]),
+                  mk("Transpose", [t("r4")], [t("dw")], perm=[2, 0, 1, 3])]
+        return t("dw")
+    taps = []
+    for a in range(3):
+        for b in range(3):
+            nodes += [mk("Transpose", [xs[a]], [t(f"t{a}{b}")], perm=[0, 2, 1]),
+                      mk("MatMul", [ds[b], t(f"t{a}{b}")], [t(f"m{a}{b}")]),
+                      mk("ReduceSum", [t(f"m{a}{b}"), "ax0"], [t(f"r{a}{b}")], keepdims=1)]
+            taps.append(t(f"r{a}{b}"))
+    nodes += [mk("Concat", taps, [t("cat")], axis=0), mk("Reshape", [t("cat"), "s33"], [t("dw")])]
+    return t("dw")
+
+
+def conv_wgrad(nodes, consts, block, n, c, hw):
+    """dW as an NCHWc Conv: x transposed to [C, N, H, W] (batch as channels, blocked), dY
+    transposed to a [O, N, H, W] kernel (OIHWBiBo), "same" padding, output [C, O, 3, 3]."""
+    mk = helper.make_node
+    consts.update({"cx": [n // block, block, c, hw, hw], "cxb": [c, n, hw, hw],
+                   "cd": [n // block, block, c // block, block, hw, hw], "ck": [c, n, hw, hw]})
+    nodes += [mk("Reshape", ["x", "cx"], ["cx1"]),
+              mk("Transpose", ["cx1"], ["cx2"], perm=[2, 0, 3, 4, 1]),
+              mk("Reshape", ["cx2", "cxb"], ["cxb1"]),
+              mk("Reshape", ["dy", "cd"], ["cd1"]),
+              mk("Transpose", ["cd1"], ["cd2"], perm=[2, 0, 4, 5, 1, 3]),
+              mk("Reshape", ["cd2", "ck"], ["ck1"]),
+              mk("Conv", ["cxb1", "ck1"], ["co"], domain="com.microsoft.nchwc",
+                 kernel_shape=[hw, hw], pads=[1] * 4),
+              mk("ReorderOutput", ["co"], ["co1"], domain="com.microsoft.nchwc", channels=c),
+              mk("Transpose", ["co1"], ["dw"], perm=[2, 3, 1, 0])]
+    return "dw"
+
+
+def weight_gradients(block):
+    mk = helper.make_node
+    print("stride-1 3x3 weight gradient, batch 128, ms per call after a cache flush")
+    print("C, HxW | split (as written) | split, 8 batch chunks | 9 taps stacked | NCHWc Conv")
+    big = np.random.randn(16 << 20).astype(np.float32)
+    flush = session([mk("Neg", ["big"], ["bigo"])], ["big"], ["bigo"], {})
+    t_flush = median_ms(lambda: flush.run(None, {"big": big}))
+    for c, hw in [(16, 32), (32, 16), (64, 8)]:
+        n = 128
+        x = np.random.randn(n, c, hw, hw).astype(np.float32)
+        dy = np.random.randn(n, c, hw, hw).astype(np.float32)
+        xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+        ref = np.stack([np.stack([np.einsum("nohw,nihw->oi", dy, xp[:, :, a:a + hw, b:b + hw])
+                                  for b in range(3)]) for a in range(3)])
+        row = f"{c}, {hw}x{hw}"
+        for form in ["split", "chunks", "stacked", "conv"]:
+            nodes, consts = [mk("Neg", ["big"], ["bigo"])], {}
+            if form == "chunks":
+                k = 8
+                nodes += [mk("Split", [v], [f"{v}{i}" for i in range(k)], axis=0) for v in ["x", "dy"]]
+                parts = [split_wgrad(nodes, consts, f"x{i}", f"dy{i}", n // k, c, hw, f"c{i}")
+                         for i in range(k)]
+                nodes.append(mk("Sum", parts, ["dw"]))
+            elif form == "conv":
+                conv_wgrad(nodes, consts, block, n, c, hw)
+            else:
+                out = split_wgrad(nodes, consts, "x", "dy", n, c, hw, "c", stacked=form == "stacked")
+                nodes.append(mk("Identity", [out], ["dw"]))
+            sess = session(nodes, ["x", "dy", "big"], ["dw", "bigo"], consts)
+            feed = {"x": x, "dy": dy, "big": big}
+            err = np.abs(sess.run(None, feed)[0] - ref).max() / np.abs(ref).max()
+            assert err < 1e-4, (form, err)
+            row += f" | {median_ms(lambda: sess.run(None, feed)) - t_flush:.2f}"
+        print(row, flush=True)
+
+
 if __name__ == "__main__":
     convolutions(block_size())
     batch_norm_sum()
+    weight_gradients(block_size())

@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 
 import torch
@@ -74,6 +75,19 @@ def gce_loss(z, y, lam=1.0):
     return (-logp.gather(1, y[:, None]).squeeze(1) + lam * lse[y]).mean() - lam * math.log(n)
 
 
+def profile_ops(step, n):
+    """Self CPU time per operator, in ms per step over n steps, largest first (stderr)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            step()
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops) / n / 1e3
+    print(f"torch.profiler, {n} steps: {total:.1f} ms self CPU per step", file=sys.stderr)
+    for e in ops[:15]:
+        print(f"  {e.self_cpu_time_total / n / 1e3:8.2f} ms  {e.key}", file=sys.stderr)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="lenet")
@@ -88,6 +102,10 @@ def main():
     ap.add_argument("--cuda-graph", action="store_true",
                     help="capture the whole step as one CUDA graph (PyTorch's whole-network "
                          "capture recipe) and replay it, like caliper-train --cuda-graph")
+    ap.add_argument("--profile", action="store_true",
+                    help="after timing, print torch.profiler's self CPU time per operator "
+                         "(ms per step over 10 steps) to stderr: where PyTorch's step goes, "
+                         "for comparison with caliper-train's ONNX Runtime profile")
     a = ap.parse_args()
     dev = torch.device(a.device)
     # CUDA kernels run asynchronously: time only after the step's work has finished.
@@ -143,6 +161,8 @@ def main():
         sync()
         if i >= a.warmup:
             times.append(time.perf_counter() - t)
+    if a.profile:
+        profile_ops(lambda: run(*batch()).item(), 10)
     med = statistics.median(times)
     print(json.dumps({
         "framework": f"pytorch {torch.__version__}" + (" cuda-graph" if a.cuda_graph else ""), "arch": a.arch, "loss": a.loss,
