@@ -112,16 +112,17 @@ impl Conv2d {
 
     /// The stride-1 weight gradient with the tap shift split between the two operands: one
     /// row-shifted copy of the input per kernel row and one column-shifted copy of dY per
-    /// kernel column, each a single Pad with a negative amount on one side (a crop); tap
+    /// kernel column (a Pad of the flattened planes; a MatMul with a shift matrix, see
+    /// `shift_cols`), each cropping on one side what it shifts in on the other; tap
     /// (i, j) multiplies row copy i by column copy j. Summing over the input column
     /// `w' = w + j - p` instead of the output column `w` is what moves the column shift onto
     /// dY: `Xp[h+i, w+j] dY[h, w] = X[h+i-p, w'] dY[h, w'-j+p]`, zero outside either tensor.
-    /// The tap form makes k*k strided Slices of a padded input; this one 2(k - 1) Pads for
+    /// The tap form makes k*k strided Slices of a padded input; this one 2(k - 1) copies for
     /// "same" padding (the copies were a fifth of the ResNet-20 step, docs/BENCHMARKS.md
     /// "Session 5").
     fn weight_grad_split(&self, g: &mut Graph, x: &str, dy: &str, s: &[i64]) -> String {
         let (c, h, w) = (s[0], s[1], s[2]);
-        let oh = self.out_hw(h);
+        let (oh, ow) = (self.out_hw(h), self.out_hw(w));
         let o = self.cout;
         let (rows, cols) = self.split_shifts(h, w);
         // A row shift moves whole rows, so it is a shift of each flattened `H*W` plane by a
@@ -144,8 +145,7 @@ impl Conv2d {
                 let t = if (before, after) == (0, 0) {
                     dy.to_string()
                 } else {
-                    let pads = g.const_i64(&[0, 0, 0, before, 0, 0, 0, after]);
-                    g.op("Pad", &[dy, &pads], vec![])
+                    shift_cols(g, dy, ow, before, after)
                 };
                 let t = g.reshape(&t, &[-1, o, oh * w]);
                 g.transpose(&t, &[0, 2, 1])
@@ -180,6 +180,24 @@ impl Conv2d {
         let dw = g.transpose(&stacked, &[2, 0, 1]);
         g.reshape(&dw, &[self.cout, c, k, k])
     }
+}
+
+/// `t` (`[.., W_in]`) shifted along its last axis as Pad would with `(before, after)` (zeros
+/// shifted in, negative amounts crop), by a MatMul with a constant 0/1 matrix `[W_in, W_out]`.
+/// Exact (each output is one input times 1 plus zeros), and one pass at memory speed: ONNX
+/// Runtime's CPU Pad copies row by row, which for rows of 8-16 floats cost 2-4x as much
+/// (docs/BENCHMARKS.md, "Session 6").
+fn shift_cols(g: &mut Graph, t: &str, w_in: i64, before: i64, after: i64) -> String {
+    let w_out = w_in + before + after;
+    let mut m = vec![0.0f32; (w_in * w_out) as usize];
+    for j in 0..w_out {
+        let i = j - before;
+        if (0..w_in).contains(&i) {
+            m[(i * w_out + j) as usize] = 1.0;
+        }
+    }
+    let shift = g.const_f32(&[w_in, w_out], &m);
+    g.op("MatMul", &[t, &shift], vec![])
 }
 
 impl Layer for Conv2d {
