@@ -136,6 +136,8 @@ pub struct Graph {
     doc: String,
     /// The batch size as a float scalar, once computed (see [`Graph::batch_size_f32`]).
     batch_size: Option<String>,
+    /// One 1.0 per sample, `[N, 1, ..]`, once computed (see [`Graph::batch_ones`]).
+    batch_ones: Option<String>,
 }
 
 impl Graph {
@@ -314,6 +316,19 @@ impl Graph {
         if let Some(n) = &self.batch_size {
             return n.clone();
         }
+        let o = self.batch_ones(x, rank);
+        let n = self.reduce_sum(&o, &[0, 1], false);
+        self.batch_size = Some(n.clone());
+        n
+    }
+
+    /// A `[1, N]` row of ones, N the batch of `x` (of rank `rank`, batch first), made on the
+    /// device like [`Graph::batch_size_f32`]: `ones × t` sums `t` (`[N, M]`) over the batch
+    /// as one small MatMul, several times faster on the CPU than ReduceSum over axis 0.
+    pub fn batch_ones(&mut self, x: &str, rank: usize) -> String {
+        if let Some(o) = &self.batch_ones {
+            return o.clone();
+        }
         let rest: Vec<i64> = (1..rank as i64).collect();
         let one_each = if rest.is_empty() {
             x.to_string()
@@ -327,10 +342,9 @@ impl Graph {
         let one = self.scalar(1.0);
         let z = self.mul(&one_each, &zero);
         let o = self.add(&z, &one);
-        let all: Vec<i64> = (0..rank as i64).collect();
-        let n = self.reduce_sum(&o, &all, false);
-        self.batch_size = Some(n.clone());
-        n
+        let row = self.reshape(&o, &[1, -1]);
+        self.batch_ones = Some(row.clone());
+        row
     }
 
     /// `a * b`.
