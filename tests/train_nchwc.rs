@@ -277,4 +277,13 @@ fn compare_measures_each_output_and_flags_nan_and_missing_ones() {
     assert!(compare(&want, &got)[1].relative_l2.is_infinite());
     got.remove("a");
     assert!(compare(&want, &got)[0].relative.is_infinite());
+    // A loss near zero is measured against 1 (GCE's is a difference of O(log K) terms), a
+    // large one against itself.
+    let loss = |v: f32| -> std::collections::BTreeMap<String, Vec<f32>> {
+        [("loss".to_string(), vec![v])].into()
+    };
+    let near_zero = compare(&loss(0.005), &loss(0.005 + 5e-7))[0].relative_l2;
+    assert!((near_zero - 5e-7).abs() < 1e-8, "{near_zero}");
+    let large = compare(&loss(4.0), &loss(4.04))[0].relative_l2;
+    assert!((large - 0.01).abs() < 1e-5, "{large}");
 }

@@ -238,7 +238,7 @@ impl Layer for Conv2d {
         let dw = self.weight_grad(g, x, dy, s);
         let mut grads = vec![(self.w(), dw)];
         if self.bias {
-            grads.push((self.b(), g.reduce_sum(dy, &[0, 2, 3], false)));
+            grads.push((self.b(), g.channel_sum(dy, false)));
         }
         let dx = need_dx.then(|| {
             let wname = self.w();

@@ -3,7 +3,7 @@
 //! that reuses the centred input and the inverse standard deviation of the forward pass.
 
 use super::{Bwd, Fwd, Init, Layer, Mode, ParamSpec};
-use crate::train::graph::{Graph, attr_f, attr_i, attr_ints};
+use crate::train::graph::{Graph, attr_f};
 
 /// BatchNorm over the channels of `[C, H, W]`: batch statistics in training (and an update of
 /// the running statistics with `momentum`), running statistics in inference.
@@ -66,19 +66,15 @@ impl Layer for BatchNorm2d {
         // the mean, the centred input (kept for the backward pass), its sum of squares, and
         // then ONNX Runtime's fused BatchNormalization kernel with the batch statistics as
         // its mean and variance inputs.
-        let axes = [0, 2, 3];
-        let mean = g.reduce_mean(x, &axes, true);
-        let xc = g.sub(x, &mean);
-        let ssq = g.op(
-            "ReduceSumSquare",
-            &[&xc],
-            vec![attr_ints("axes", &axes), attr_i("keepdims", 0)],
-        );
         let n = g.batch_size_f32(x, 4);
         let hw = g.scalar((s[1] * s[2]) as f32);
         let m = g.mul(&n, &hw);
+        let sum = g.channel_sum(x, false);
+        let mean_c = g.div(&sum, &m);
+        let mean = g.reshape(&mean_c, &[1, self.c, 1, 1]);
+        let xc = g.sub(x, &mean);
+        let ssq = g.channel_sum(&xc, true);
         let var = g.div(&ssq, &m);
-        let mean_c = g.reshape(&mean, &[self.c]);
         let y = g.op(
             "BatchNormalization",
             &[x, &gamma, &beta, &mean_c, &var],
@@ -117,10 +113,9 @@ impl Layer for BatchNorm2d {
         // A xc + B is one fused BatchNormalization pass (mean 0, variance 1, epsilon 0).
         let (xc, inv, m) = (&f.saved[0], &f.saved[1], &f.saved[2]);
         let gamma = self.n("weight");
-        let axes = [0, 2, 3];
-        let dbeta = g.reduce_sum(dy, &axes, false);
+        let dbeta = g.channel_sum(dy, false);
         let dyxc = g.mul(dy, xc);
-        let sdx = g.reduce_sum(&dyxc, &axes, false);
+        let sdx = g.channel_sum(&dyxc, false);
         let dgamma = g.mul(&sdx, inv);
         let k = g.mul(&gamma, inv);
         let km = g.div(&k, m);
