@@ -16,6 +16,12 @@ tooling, not part of the product; the figures are in docs/BENCHMARKS.md, "Sessio
    three shifts of each operand), and the weight gradient as an NCHWc Conv of the transposed
    operands (batch as channels, dY as a 32x32 kernel). Each is checked against a float64
    reference.
+4. dY's column shift by one (zeros shifted in) at each stage's shape, caches flushed: a cropping
+   Pad, Slice + Pad, a MatMul with a 0/1 shift matrix (what conv.rs writes now), a masked copy
+   + a Pad of the flattened planes. All must equal the shift exactly.
+5. Reductions, each over 8 different tensors so that none is in cache: per-channel sums of
+   squares and sums over N, H, W at once against over H, W then N (`Graph::channel_sum`), and
+   a weight-gradient tap summed over the batch by ReduceSum against a ones-row MatMul.
 
     pip install onnx onnxruntime==1.31.1 numpy      # e.g. into .venv-bench
     .venv-bench/bin/python scripts/bench_ort_kernels.py
@@ -205,7 +211,83 @@ def weight_gradients(block):
         print(row, flush=True)
 
 
+def column_shift():
+    mk = helper.make_node
+    print("dY shifted one column right, ms per call after a cache flush")
+    print("C, HxW | Pad [1, -1] | Slice + Pad | shift MatMul | mask Mul + flat Pad")
+    big = np.random.randn(16 << 20).astype(np.float32)
+    flush = session([mk("Neg", ["big"], ["bigo"])], ["big"], ["bigo"], {})
+    t_flush = median_ms(lambda: flush.run(None, {"big": big}))
+    for c, hw in [(16, 32), (32, 16), (64, 8)]:
+        n = 128
+        dy = np.random.randn(n, c, hw, hw).astype(np.float32)
+        want = np.zeros_like(dy)
+        want[..., 1:] = dy[..., :-1]
+        shift = np.eye(hw, k=1, dtype=np.float32)
+        mask = np.ones((1, 1, hw, hw), np.float32)
+        mask[..., -1] = 0
+        forms = [
+            ([mk("Pad", ["dy", "p"], ["y"])], {"p": [0, 0, 0, 1, 0, 0, 0, -1]}),
+            ([mk("Slice", ["dy", "st", "en", "ax"], ["s"]), mk("Pad", ["s", "p"], ["y"])],
+             {"st": [0], "en": [hw - 1], "ax": [3], "p": [0, 0, 0, 1, 0, 0, 0, 0]}),
+            ([mk("MatMul", ["dy", "S"], ["y"])], {}),
+            ([mk("Mul", ["dy", "M"], ["d1"]), mk("Reshape", ["d1", "f"], ["d2"]),
+              mk("Pad", ["d2", "p"], ["d3"]), mk("Reshape", ["d3", "s4"], ["y"])],
+             {"f": [n, c, hw * hw], "p": [0, 0, 1, 0, 0, -1], "s4": [n, c, hw, hw]}),
+        ]
+        row = f"{c}, {hw}x{hw}"
+        for nodes, consts in forms:
+            sess = session([mk("Neg", ["big"], ["bigo"])] + nodes, ["dy", "S", "M", "big"],
+                           ["y", "bigo"], consts)
+            feed = {"dy": dy, "S": shift, "M": mask, "big": big}
+            assert np.array_equal(sess.run(None, feed)[0], want)
+            row += f" | {median_ms(lambda: sess.run(None, feed)) - t_flush:.2f}"
+        print(row, flush=True)
+
+
+def reductions():
+    mk = helper.make_node
+    k = 8
+    print(f"reductions, ms per node (each of {k} nodes on its own tensor)")
+    print("C, HxW | sum sq. (0,2,3) | sum sq. (2,3) then 0 | sum (0,2,3) | sum (2,3) then 0 "
+          "| tap batch sum: ReduceSum | ones-row MatMul")
+    names = [f"x{i}" for i in range(k)]
+    for c, hw in [(16, 32), (32, 16), (64, 8)]:
+        xs = dict(zip(names, (np.random.randn(128, c, hw, hw).astype(np.float32) for _ in names)))
+        ref = (xs["x0"].astype(np.float64) ** 2).sum(axis=(0, 2, 3))
+        consts = {"a023": [0, 2, 3], "a23": [2, 3], "a0": [0], "f": [128, c * c]}
+        def two(op, i):
+            first = (mk(op, [f"x{i}"], [f"p{i}"], axes=[2, 3], keepdims=0) if op == "ReduceSumSquare"
+                     else mk(op, [f"x{i}", "a23"], [f"p{i}"], keepdims=0))
+            return [first, mk("ReduceSum", [f"p{i}", "a0"], [f"y{i}"], keepdims=0)]
+        forms = [
+            lambda i: [mk("ReduceSumSquare", [f"x{i}"], [f"y{i}"], axes=[0, 2, 3], keepdims=0)],
+            lambda i: two("ReduceSumSquare", i),
+            lambda i: [mk("ReduceSum", [f"x{i}", "a023"], [f"y{i}"], keepdims=0)],
+            lambda i: two("ReduceSum", i),
+        ]
+        row = f"{c}, {hw}x{hw}"
+        for j, form in enumerate(forms):
+            sess = session(sum((form(i) for i in range(k)), []), names,
+                           [f"y{i}" for i in range(k)], consts)
+            if j < 2:
+                assert np.allclose(sess.run(None, xs)[0], ref, rtol=1e-4)
+            row += f" | {median_ms(lambda: sess.run(None, xs), 10) / k:.3f}"
+        taps = {n: np.random.randn(128, c, c).astype(np.float32) for n in names}
+        ones = {"ones": np.ones((1, 128), np.float32)}
+        red = session([mk("ReduceSum", [n, "a0"], [n + "r"], keepdims=0) for n in names],
+                      names, [n + "r" for n in names], consts)
+        mm = session(sum(([mk("Reshape", [n, "f"], [n + "f"]),
+                           mk("MatMul", ["ones", n + "f"], [n + "r"])] for n in names), []),
+                     names + ["ones"], [n + "r" for n in names], consts)
+        row += f" | {median_ms(lambda: red.run(None, taps)) / k:.3f}"
+        row += f" | {median_ms(lambda: mm.run(None, {**taps, **ones})) / k:.3f}"
+        print(row, flush=True)
+
+
 if __name__ == "__main__":
     convolutions(block_size())
     batch_norm_sum()
     weight_gradients(block_size())
+    column_shift()
+    reductions()
