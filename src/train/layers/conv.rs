@@ -62,6 +62,9 @@ impl Conv2d {
         if st == 1 && k > 1 && p < k && self.split_is_cheaper(c, h, w) {
             return self.weight_grad_split(g, x, dy, s);
         }
+        if st > 1 && h % st == 0 && w % st == 0 && oh == h / st && ow == w / st {
+            return self.weight_grad_strided(g, x, dy, s);
+        }
         let xp = if p > 0 {
             let pads = g.const_i64(&[0, 0, p, p, 0, 0, p, p]);
             g.op("Pad", &[x, &pads], vec![])
@@ -81,6 +84,55 @@ impl Conv2d {
                 let sl = g.reshape(&sl, &[-1, c, oh * ow]);
                 let mm = g.op("MatMul", &[&sl, &dyt], vec![]);
                 taps.push(mm);
+            }
+        }
+        self.stack_taps(g, &taps, c)
+    }
+
+    /// The strided weight gradient without strided Slices (which ONNX Runtime copies element
+    /// by element: 0.6 ms for each 2 MB tap of ResNet-20's first stride-2 layer). Viewing x as
+    /// `[N, C, H/s, s*W]` puts rows `s*i .. s*i + s` side by side, so one MatMul with a 0/1
+    /// matrix picks, for a row phase r and kernel column b, rows `s*i + r` and columns
+    /// `s*j + b - p` (zero outside x) at once: `T[r][b]`, `[N, C, OH*OW]`. Kernel row a reads
+    /// rows `s*i + a - p = s*(i + q) + r`, i.e. `T[r][b]` moved by q rows (a Pad of the flat
+    /// planes by q*OW, zeros shifted in). For 3x3, stride 2, padding 1: 6 picks and 3 shifts
+    /// instead of a Pad and 9 strided Slices. Needs OH = H/s and OW = W/s (ResNet-20's layers).
+    fn weight_grad_strided(&self, g: &mut Graph, x: &str, dy: &str, s: &[i64]) -> String {
+        let (c, h, w) = (s[0], s[1], s[2]);
+        let (k, st, p) = (self.k, self.stride, self.pad);
+        let (oh, ow) = (h / st, w / st);
+        let rows = g.reshape(x, &[-1, c, oh, st * w]);
+        let dyr = g.reshape(dy, &[-1, self.cout, oh * ow]);
+        let dyt = g.transpose(&dyr, &[0, 2, 1]);
+        let mut picked: std::collections::HashMap<(i64, i64), String> = Default::default();
+        let mut taps = Vec::with_capacity((k * k) as usize);
+        for a in 0..k {
+            let (q, r) = ((a - p).div_euclid(st), (a - p).rem_euclid(st));
+            for b in 0..k {
+                let t = match picked.get(&(r, b)) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let src = |j: i64| {
+                            let col = st * j + b - p;
+                            if (0..w).contains(&col) {
+                                r * w + col
+                            } else {
+                                -1
+                            }
+                        };
+                        let t = pick_cols(g, &rows, st * w, ow, src);
+                        let t = g.reshape(&t, &[-1, c, oh * ow]);
+                        picked.insert((r, b), t.clone());
+                        t
+                    }
+                };
+                let t = if q == 0 {
+                    t
+                } else {
+                    let pads = g.const_i64(&[0, 0, -q * ow, 0, 0, q * ow]);
+                    g.op("Pad", &[&t, &pads], vec![])
+                };
+                taps.push(g.op("MatMul", &[&t, &dyt], vec![]));
             }
         }
         self.stack_taps(g, &taps, c)
@@ -191,16 +243,21 @@ impl Conv2d {
 /// Runtime's CPU Pad copies row by row, which for rows of 8-16 floats cost 2-4x as much
 /// (docs/BENCHMARKS.md, "Session 6").
 fn shift_cols(g: &mut Graph, t: &str, w_in: i64, before: i64, after: i64) -> String {
-    let w_out = w_in + before + after;
+    pick_cols(g, t, w_in, w_in + before + after, |j| j - before)
+}
+
+/// Output column j of `t` (`[.., w_in]`) is input column `src(j)`, or zero where that is
+/// outside `0..w_in`: a MatMul with a constant 0/1 matrix `[w_in, w_out]`, exact.
+fn pick_cols(g: &mut Graph, t: &str, w_in: i64, w_out: i64, src: impl Fn(i64) -> i64) -> String {
     let mut m = vec![0.0f32; (w_in * w_out) as usize];
     for j in 0..w_out {
-        let i = j - before;
+        let i = src(j);
         if (0..w_in).contains(&i) {
             m[(i * w_out + j) as usize] = 1.0;
         }
     }
-    let shift = g.const_f32(&[w_in, w_out], &m);
-    g.op("MatMul", &[t, &shift], vec![])
+    let pick = g.const_f32(&[w_in, w_out], &m);
+    g.op("MatMul", &[t, &pick], vec![])
 }
 
 impl Layer for Conv2d {
