@@ -136,7 +136,7 @@ pub struct Graph {
     doc: String,
     /// The batch size as a float scalar, once computed (see [`Graph::batch_size_f32`]).
     batch_size: Option<String>,
-    /// One 1.0 per sample, `[N, 1, ..]`, once computed (see [`Graph::batch_ones`]).
+    /// A `[1, N]` row of ones, once computed (see [`Graph::batch_ones`]).
     batch_ones: Option<String>,
 }
 
