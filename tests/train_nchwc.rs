@@ -13,6 +13,7 @@ use caliper::train::runner::{Device, SessionOptions, open, session};
 use caliper::train::step::{StepGraph, training_step};
 use caliper::train::{Cli, Command};
 use clap::Parser;
+use prost::Message;
 use rand::{Rng, SeedableRng};
 
 fn sgd() -> Optimizer {
@@ -38,8 +39,20 @@ fn lowering_rewrites_every_eligible_convolution() {
     // and the 16 stride-1 input gradients; the 4 strided input gradients stay ConvTranspose.
     let r20 = step("resnet20", &[3, 32, 32]);
     for block in [8, 16] {
-        let (_, n) = nchwc::lower(&r20.bytes, block).unwrap();
+        let (lowered, n) = nchwc::lower(&r20.bytes, block).unwrap();
         assert_eq!(n, 37, "resnet20, block {block}");
+        // Every lowered convolution but the 3-channel first one reads a blocked input, made
+        // once per activation: the two stride-2 blocks' inputs each feed a 3x3 convolution and
+        // a projection, so 36 - 2 reorders.
+        let model = caliper::train::onnx::ModelProto::decode(lowered.as_slice()).unwrap();
+        let reorders = model
+            .graph
+            .unwrap()
+            .node
+            .iter()
+            .filter(|n| n.op_type == "ReorderInput")
+            .count();
+        assert_eq!(reorders, 34, "resnet20, block {block}");
     }
     // LeNet (1 -> 32 -> 64 channels): both forward convolutions (the first from a one-channel
     // input, narrower than a block) and the second one's input gradient.

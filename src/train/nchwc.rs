@@ -125,6 +125,7 @@ fn lower_model(model: &mut ModelProto, block: i64) -> usize {
         consts: Vec::new(),
         block,
         count: 0,
+        blocked: HashMap::new(),
     };
     for node in std::mem::take(&mut graph.node) {
         match conv_spec(&node, &shapes, block) {
@@ -212,6 +213,9 @@ struct Lowering {
     consts: Vec<TensorProto>,
     block: i64,
     count: usize,
+    /// Each activation's blocked copy, made once: a stride-2 block's input feeds both its
+    /// first convolution and its projection shortcut.
+    blocked: HashMap<String, String>,
 }
 
 impl Lowering {
@@ -304,9 +308,15 @@ impl Lowering {
         let base = node.output[0].clone();
         let w = self.weight(&node.input[1], s, &base);
         let x = if s.cin % self.block == 0 {
-            let xb = self.value(&base, "x");
-            self.push("ReorderInput", DOMAIN, &[&node.input[0]], &xb, vec![]);
-            xb
+            match self.blocked.get(&node.input[0]) {
+                Some(xb) => xb.clone(),
+                None => {
+                    let xb = self.value(&base, "x");
+                    self.push("ReorderInput", DOMAIN, &[&node.input[0]], &xb, vec![]);
+                    self.blocked.insert(node.input[0].clone(), xb.clone());
+                    xb
+                }
+            }
         } else {
             node.input[0].clone()
         };
