@@ -11,9 +11,10 @@
 //! - every stride-1 `ConvTranspose` (the input gradient of a stride-1 convolution) that is the
 //!   same as a `Conv` with the kernel transposed and flipped, with the same channel conditions
 //!
-//! into `ReorderInput` (NCHW to blocked; skipped for inputs narrower than a block), the NCHWc
-//! `Conv` fed the weight reordered in the graph (OIHW to `OIHWBiBo`, or `OIHWBo` for narrow
-//! inputs, the layouts MLAS documents for `MlasReorderFilterOIHWBiBo`/`OIHWBo`), and
+//! into `ReorderInput` (NCHW to blocked, once per activation; skipped for inputs narrower than a
+//! block), the NCHWc `Conv` fed the weight reordered in the graph (OIHW to `OIHWBiBo`, or
+//! `OIHWBo` for narrow inputs, the layouts MLAS documents for
+//! `MlasReorderFilterOIHWBiBo`/`OIHWBo`), and
 //! `ReorderOutput` back to NCHW. Every other node, and the graph's meaning, is unchanged; the
 //! graph `caliper-train graph` writes stays plain ONNX. ONNX Runtime's `ConvTranspose` was the
 //! largest single cost of the ResNet-20 step (28% of it on the quiet 2-core machine, twice the
