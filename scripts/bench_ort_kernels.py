@@ -22,6 +22,9 @@ tooling, not part of the product; the figures are in docs/BENCHMARKS.md, "Sessio
 5. Reductions, each over 8 different tensors so that none is in cache: per-channel sums of
    squares and sums over N, H, W at once against over H, W then N (`Graph::channel_sum`), and
    a weight-gradient tap summed over the batch by ReduceSum against a ones-row MatMul.
+6. Two elementwise alternatives, likewise over 6 tensors: batch norm's per-channel affine by
+   the BatchNormalization kernel against Mul + Add, and the ReLU backward mask by
+   Greater + Cast + Mul against Greater + Where.
 
     pip install onnx onnxruntime==1.31.1 numpy      # e.g. into .venv-bench
     .venv-bench/bin/python scripts/bench_ort_kernels.py
@@ -289,9 +292,40 @@ def reductions():
         print(row, flush=True)
 
 
+def elementwise():
+    mk = helper.make_node
+    k = 6
+    print(f"elementwise, ms per node group (each of {k} on its own tensors)")
+    print("C, HxW | BatchNormalization | Mul + Add | Greater + Cast + Mul | Greater + Where")
+    for c, hw in [(16, 32), (32, 16), (64, 8)]:
+        xs = {f"x{i}": np.random.randn(128, c, hw, hw).astype(np.float32) for i in range(k)}
+        gs = {f"g{i}": np.random.randn(128, c, hw, hw).astype(np.float32) for i in range(k)}
+        p = {"s": np.random.rand(c).astype(np.float32) + 0.5, "b": np.random.randn(c).astype(np.float32),
+             "mean0": np.zeros(c, np.float32), "var1": np.ones(c, np.float32), "z": np.zeros(1, np.float32)}
+        p["s4"], p["b4"] = p["s"].reshape(1, c, 1, 1), p["b"].reshape(1, c, 1, 1)
+        feed = {**xs, **gs, **p}
+        outs = [f"y{i}" for i in range(k)]
+        forms = [
+            lambda i: [mk("BatchNormalization", [f"x{i}", "s", "b", "mean0", "var1"], [f"y{i}"], epsilon=0.0)],
+            lambda i: [mk("Mul", [f"x{i}", "s4"], [f"t{i}"]), mk("Add", [f"t{i}", "b4"], [f"y{i}"])],
+            lambda i: [mk("Greater", [f"x{i}", "z"], [f"m{i}"]),
+                       mk("Cast", [f"m{i}"], [f"f{i}"], to=TensorProto.FLOAT),
+                       mk("Mul", [f"g{i}", f"f{i}"], [f"y{i}"])],
+            lambda i: [mk("Greater", [f"x{i}", "z"], [f"m{i}"]), mk("Where", [f"m{i}", f"g{i}", "z"], [f"y{i}"])],
+        ]
+        results, row = [], f"{c}, {hw}x{hw}"
+        for form in forms:
+            sess = session(sum((form(i) for i in range(k)), []), list(feed), outs, {})
+            results.append(sess.run(None, feed)[0])
+            row += f" | {median_ms(lambda: sess.run(None, feed), 10) / k:.3f}"
+        assert np.array_equal(results[0], results[1]) and np.array_equal(results[2], results[3])
+        print(row, flush=True)
+
+
 if __name__ == "__main__":
     convolutions(block_size())
     batch_norm_sum()
     weight_gradients(block_size())
     column_shift()
     reductions()
+    elementwise()
