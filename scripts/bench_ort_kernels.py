@@ -20,11 +20,12 @@ tooling, not part of the product; the figures are in docs/BENCHMARKS.md, "Sessio
    Pad, Slice + Pad, a MatMul with a 0/1 shift matrix (what conv.rs writes now), a masked copy
    + a Pad of the flattened planes. All must equal the shift exactly.
 5. Reductions, each over 8 different tensors so that none is in cache: per-channel sums of
-   squares and sums over N, H, W at once against over H, W then N (`Graph::channel_sum`), and
-   a weight-gradient tap summed over the batch by ReduceSum against a ones-row MatMul.
+   squares and sums over N, H, W at once against over H, W then N (`Graph::channel_sum`),
+   ReduceSumSquare against a Mul and two plain ReduceSums (what batch norm writes since session
+   7), and a weight-gradient tap summed over the batch by ReduceSum against a ones-row MatMul.
 6. Two elementwise alternatives, likewise over 6 tensors: batch norm's per-channel affine by
-   the BatchNormalization kernel against Mul + Add, and the ReLU backward mask by
-   Greater + Cast + Mul against Greater + Where.
+   the BatchNormalization kernel against Mul + Add, and the ReLU backward mask (of a ReLU
+   output) by Greater + Cast + Mul against Greater + Where and Sign + Mul.
 
     pip install onnx onnxruntime==1.31.1 numpy      # e.g. into .venv-bench
     .venv-bench/bin/python scripts/bench_ort_kernels.py
@@ -264,8 +265,8 @@ def reductions():
     mk = helper.make_node
     k = 8
     print(f"reductions, ms per node (each of {k} nodes on its own tensor)")
-    print("C, HxW | sum sq. (0,2,3) | sum sq. (2,3) then 0 | sum (0,2,3) | sum (2,3) then 0 "
-          "| tap batch sum: ReduceSum | ones-row MatMul")
+    print("C, HxW | sum sq. (0,2,3) | sum sq. (2,3) then 0 | Mul, sum (2,3) then 0 | sum (0,2,3) "
+          "| sum (2,3) then 0 | tap batch sum: ReduceSum | ones-row MatMul")
     names = [f"x{i}" for i in range(k)]
     for c, hw in [(16, 32), (32, 16), (64, 8)]:
         xs = dict(zip(names, (np.random.randn(128, c, hw, hw).astype(np.float32) for _ in names)))
@@ -278,13 +279,17 @@ def reductions():
         forms = [
             lambda i: [mk("ReduceSumSquare", [f"x{i}"], [f"y{i}"], axes=[0, 2, 3], keepdims=0)],
             lambda i: two("ReduceSumSquare", i),
+            # What norm.rs writes since session 7: the squares, then the two plain sums.
+            lambda i: [mk("Mul", [f"x{i}", f"x{i}"], [f"q{i}"]),
+                       mk("ReduceSum", [f"q{i}", "a23"], [f"p{i}"], keepdims=0),
+                       mk("ReduceSum", [f"p{i}", "a0"], [f"y{i}"], keepdims=0)],
             lambda i: [mk("ReduceSum", [f"x{i}", "a023"], [f"y{i}"], keepdims=0)],
             lambda i: two("ReduceSum", i),
         ]
         row = f"{c}, {hw}x{hw}"
         for j, form in enumerate(forms):
             y, ms = per_copy(form, k, xs, consts)
-            if j < 2:
+            if j < 3:
                 assert np.allclose(y, ref, rtol=1e-4)
             row += f" | {ms:.3f}"
         taps = {n: np.random.randn(128, c, c).astype(np.float32) for n in names}
@@ -303,21 +308,25 @@ def elementwise():
     mk = helper.make_node
     k = 6
     print(f"elementwise, ms per node group (each of {k} on its own tensors)")
-    print("C, HxW | BatchNormalization | Mul + Add | Greater + Cast + Mul | Greater + Where")
+    print("C, HxW | BatchNormalization | Mul + Add | Greater + Cast + Mul | Greater + Where "
+          "| Sign + Mul")
     for c, hw in [(16, 32), (32, 16), (64, 8)]:
         xs = {f"x{i}": np.random.randn(128, c, hw, hw).astype(np.float32) for i in range(k)}
         gs = {f"g{i}": np.random.randn(128, c, hw, hw).astype(np.float32) for i in range(k)}
+        # The ReLU masks are taken of a ReLU's output, as in the step graph (y >= 0).
+        rs = {f"r{i}": np.maximum(xs[f"x{i}"], 0) for i in range(k)}
         p = {"s": np.random.rand(c).astype(np.float32) + 0.5, "b": np.random.randn(c).astype(np.float32),
              "mean0": np.zeros(c, np.float32), "var1": np.ones(c, np.float32), "z": np.zeros(1, np.float32)}
         p["s4"], p["b4"] = p["s"].reshape(1, c, 1, 1), p["b"].reshape(1, c, 1, 1)
-        feed = {**xs, **gs, **p}
+        feed = {**xs, **gs, **rs, **p}
         forms = [
             lambda i: [mk("BatchNormalization", [f"x{i}", "s", "b", "mean0", "var1"], [f"y{i}"], epsilon=0.0)],
             lambda i: [mk("Mul", [f"x{i}", "s4"], [f"t{i}"]), mk("Add", [f"t{i}", "b4"], [f"y{i}"])],
-            lambda i: [mk("Greater", [f"x{i}", "z"], [f"m{i}"]),
+            lambda i: [mk("Greater", [f"r{i}", "z"], [f"m{i}"]),
                        mk("Cast", [f"m{i}"], [f"f{i}"], to=TensorProto.FLOAT),
                        mk("Mul", [f"g{i}", f"f{i}"], [f"y{i}"])],
-            lambda i: [mk("Greater", [f"x{i}", "z"], [f"m{i}"]), mk("Where", [f"m{i}", f"g{i}", "z"], [f"y{i}"])],
+            lambda i: [mk("Greater", [f"r{i}", "z"], [f"m{i}"]), mk("Where", [f"m{i}", f"g{i}", "z"], [f"y{i}"])],
+            lambda i: [mk("Sign", [f"r{i}"], [f"f{i}"]), mk("Mul", [f"g{i}", f"f{i}"], [f"y{i}"])],
         ]
         results, row = [], f"{c}, {hw}x{hw}"
         for form in forms:
@@ -325,6 +334,7 @@ def elementwise():
             results.append(y)
             row += f" | {ms:.3f}"
         assert np.array_equal(results[0], results[1]) and np.array_equal(results[2], results[3])
+        assert np.array_equal(results[2], results[4])
         print(row, flush=True)
 
 

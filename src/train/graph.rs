@@ -286,19 +286,11 @@ impl Graph {
         )
     }
 
-    /// The per-channel sum (or, with `square`, sum of squares) of an `[N, C, H, W]` tensor, as
-    /// `[C]`: over H and W first, then over N. ONNX Runtime's CPU reductions over axes 0, 2
-    /// and 3 at once take 2-4x as long as these two (docs/BENCHMARKS.md, "Session 6").
-    pub fn channel_sum(&mut self, x: &str, square: bool) -> String {
-        let per_sample = if square {
-            self.op(
-                "ReduceSumSquare",
-                &[x],
-                vec![attr_ints("axes", &[2, 3]), attr_i("keepdims", 0)],
-            )
-        } else {
-            self.reduce_sum(x, &[2, 3], false)
-        };
+    /// The per-channel sum of an `[N, C, H, W]` tensor, as `[C]`: over H and W first, then over
+    /// N. ONNX Runtime's CPU reductions over axes 0, 2 and 3 at once take 2-4x as long as these
+    /// two (docs/BENCHMARKS.md, "Session 6").
+    pub fn channel_sum(&mut self, x: &str) -> String {
+        let per_sample = self.reduce_sum(x, &[2, 3], false);
         self.reduce_sum(&per_sample, &[0], false)
     }
 

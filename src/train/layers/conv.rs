@@ -296,7 +296,7 @@ impl Layer for Conv2d {
         let dw = self.weight_grad(g, x, dy, s);
         let mut grads = vec![(self.w(), dw)];
         if self.bias {
-            grads.push((self.b(), g.channel_sum(dy, false)));
+            grads.push((self.b(), g.channel_sum(dy)));
         }
         let dx = need_dx.then(|| {
             let wname = self.w();

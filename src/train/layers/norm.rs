@@ -69,11 +69,14 @@ impl Layer for BatchNorm2d {
         let n = g.batch_size_f32(x, 4);
         let hw = g.scalar((s[1] * s[2]) as f32);
         let m = g.mul(&n, &hw);
-        let sum = g.channel_sum(x, false);
+        let sum = g.channel_sum(x);
         let mean_c = g.div(&sum, &m);
         let mean = g.reshape(&mean_c, &[1, self.c, 1, 1]);
         let xc = g.sub(x, &mean);
-        let ssq = g.channel_sum(&xc, true);
+        // Squares, then a plain sum: ONNX Runtime's ReduceSumSquare is not vectorised like
+        // ReduceSum and took twice as long as both nodes (docs/BENCHMARKS.md, "Session 7").
+        let sq = g.mul(&xc, &xc);
+        let ssq = g.channel_sum(&sq);
         let var = g.div(&ssq, &m);
         let y = g.op(
             "BatchNormalization",
@@ -113,9 +116,9 @@ impl Layer for BatchNorm2d {
         // A xc + B is one fused BatchNormalization pass (mean 0, variance 1, epsilon 0).
         let (xc, inv, m) = (&f.saved[0], &f.saved[1], &f.saved[2]);
         let gamma = self.n("weight");
-        let dbeta = g.channel_sum(dy, false);
+        let dbeta = g.channel_sum(dy);
         let dyxc = g.mul(dy, xc);
-        let sdx = g.channel_sum(&dyxc, false);
+        let sdx = g.channel_sum(&dyxc);
         let dgamma = g.mul(&sdx, inv);
         let k = g.mul(&gamma, inv);
         let km = g.div(&k, m);
