@@ -349,13 +349,16 @@ fn linear_relu_flatten_match_finite_differences() {
 fn conv2d_matches_finite_differences_with_stride_and_padding() {
     // (cin, cout, k, stride, pad, h, bias): stride 2 with odd and even sizes exercises the
     // output_padding and the strided im2col slices; stride 1 with padding 0, 1 and 2 the split
-    // weight gradient (row and column shifts that crop on one or both sides), and with more
-    // outputs than inputs the tap form.
+    // weight gradient (row and column shifts that crop on one or both sides; from 32x32 planes
+    // up with the row copies stacked by one MatMul), and with more outputs than inputs the tap
+    // form.
     for (i, &(cin, cout, k, st, p, h, bias)) in [
         (2, 3, 3, 1, 1, 5, true),
         (2, 2, 3, 1, 1, 5, true),
         (2, 2, 3, 1, 0, 6, false),
         (2, 2, 3, 1, 2, 4, false),
+        (2, 2, 3, 1, 1, 32, false),
+        (3, 2, 3, 1, 0, 32, true),
         (2, 2, 3, 2, 1, 7, false),
         (3, 2, 3, 2, 1, 6, false),
         (2, 3, 1, 2, 0, 6, false),

@@ -177,6 +177,21 @@ impl Conv2d {
         let (oh, ow) = (self.out_hw(h), self.out_hw(w));
         let o = self.cout;
         let (rows, cols) = self.split_shifts(h, w);
+        let dcols: Vec<String> = cols
+            .into_iter()
+            .map(|(before, after)| {
+                let t = if (before, after) == (0, 0) {
+                    dy.to_string()
+                } else {
+                    shift_cols(g, dy, ow, before, after)
+                };
+                let t = g.reshape(&t, &[-1, o, oh * w]);
+                g.transpose(&t, &[0, 2, 1])
+            })
+            .collect();
+        if h * w >= STACKED_ROWS_MIN_PLANE {
+            return self.weight_grad_stacked_rows(g, x, &dcols, s, &rows);
+        }
         // A row shift moves whole rows, so it is a shift of each flattened `H*W` plane by a
         // multiple of W: one Pad over N*C long runs instead of N*C*H rows of W floats (the
         // Pads of a ResNet-20 step went from 37 to 30 ms).
@@ -191,18 +206,6 @@ impl Conv2d {
                 g.op("Pad", &[&planes, &pads], vec![])
             })
             .collect();
-        let dcols: Vec<String> = cols
-            .into_iter()
-            .map(|(before, after)| {
-                let t = if (before, after) == (0, 0) {
-                    dy.to_string()
-                } else {
-                    shift_cols(g, dy, ow, before, after)
-                };
-                let t = g.reshape(&t, &[-1, o, oh * w]);
-                g.transpose(&t, &[0, 2, 1])
-            })
-            .collect();
         let mut taps = Vec::with_capacity((self.k * self.k) as usize);
         for xr in &xrows {
             for dc in &dcols {
@@ -213,30 +216,82 @@ impl Conv2d {
         self.stack_taps(g, &taps, c)
     }
 
+    /// The split weight gradient with the k row copies of the input made by one MatMul with a
+    /// constant 0/1 matrix `S` (`[k*OH, H]`, row `(i, h')` picks input row `h' + i - p`, zero
+    /// outside) applied from the left: `S x` is `[N, C, k*OH, W]`, i.e. `[N, C*k, OH*W]` with
+    /// rows `(c, i)`, so each of the k column copies of dY meets all row copies in one MatMul
+    /// (`[N, C*k, O]`): k products instead of k*k, each reading the input part once instead
+    /// of k times. Used for planes of at least 32x32 (ResNet-20's stage 1), where the step got
+    /// ~2% faster; alone it also won at 16x16 but not in the step, and on 8x8 planes the left
+    /// MatMul is N*C tiny GEMMs and loses even alone (`scripts/bench_ort_kernels.py` section 7,
+    /// docs/BENCHMARKS.md "Session 7").
+    fn weight_grad_stacked_rows(
+        &self,
+        g: &mut Graph,
+        x: &str,
+        dcols: &[String],
+        s: &[i64],
+        rows: &[Shift],
+    ) -> String {
+        let (c, h, w) = (s[0], s[1], s[2]);
+        let (k, o, oh) = (self.k, self.cout, self.out_hw(h));
+        let mut pick = vec![0.0f32; (k * oh * h) as usize];
+        for (i, &(before, _)) in rows.iter().enumerate() {
+            for r in 0..oh {
+                // Output row r of copy i is input row r - before (the Pad amounts' meaning).
+                let src = r - before;
+                if (0..h).contains(&src) {
+                    pick[((i as i64 * oh + r) * h + src) as usize] = 1.0;
+                }
+            }
+        }
+        let pick = g.const_f32(&[k * oh, h], &pick);
+        let stacked = g.op("MatMul", &[&pick, x], vec![]);
+        let stacked = g.reshape(&stacked, &[-1, c * k, oh * w]);
+        let products: Vec<String> = dcols
+            .iter()
+            .map(|dc| g.op("MatMul", &[&stacked, dc], vec![]))
+            .collect();
+        // One `[1, C*k*O]` row per dY column copy j, index (c, i, o): `[j, C, i, O]`.
+        let sums = self.batch_sums(g, &products, c * k * o);
+        let sums = g.reshape(&sums, &[k, c, k, o]);
+        g.transpose(&sums, &[3, 1, 2, 0])
+    }
+
     /// The k*k per-tap `[N, C, O]` products (row-major tap order), summed over the batch, as
-    /// the `[O, C, k, k]` weight gradient. Each tap is summed before the stacking, so the
-    /// Concat moves k*k `[C, O]` matrices instead of k*k `[N, C, O]` tensors in runs of O
-    /// floats (it was 9 ms of the ResNet-20 step). The sums are stacked as they come, `[1, C*O]`
-    /// rows, and reshaped once: on CUDA every node is a dispatch on the host.
+    /// the `[O, C, k, k]` weight gradient.
     fn stack_taps(&self, g: &mut Graph, taps: &[String], c: i64) -> String {
         let (k, o) = (self.k, self.cout);
-        let sums: Vec<String> = taps
-            .iter()
-            .map(|t| {
-                // The batch sum as `[1, N] x [N, C*O]`: ReduceSum over the leading axis cost
-                // 30-60 us per tap in the step, the MatMul a third of that.
-                let ones = g.batch_ones(t, 3);
-                let flat = g.reshape(t, &[-1, c * o]);
-                g.op("MatMul", &[&ones, &flat], vec![])
-            })
-            .collect();
-        let refs: Vec<&str> = sums.iter().map(String::as_str).collect();
-        let stacked = g.op("Concat", &refs, vec![attr_i("axis", 0)]);
+        let stacked = self.batch_sums(g, taps, c * o);
         let stacked = g.reshape(&stacked, &[k * k, c, o]);
         let dw = g.transpose(&stacked, &[2, 1, 0]);
         g.reshape(&dw, &[self.cout, c, k, k])
     }
+
+    /// Each product (`[N, ..]`, `len` values per sample) summed over the batch, stacked as
+    /// `[products, len]`. Each is summed before the stacking, so the Concat moves `[len]` rows
+    /// instead of `[N, len]` tensors in short runs (it was 9 ms of the ResNet-20 step). The
+    /// sums are stacked as they come and reshaped once by the caller: on CUDA every node is a
+    /// dispatch on the host.
+    fn batch_sums(&self, g: &mut Graph, products: &[String], len: i64) -> String {
+        let sums: Vec<String> = products
+            .iter()
+            .map(|t| {
+                // The batch sum as `[1, N] x [N, len]`: ReduceSum over the leading axis cost
+                // 30-60 us per tap in the step, the MatMul a third of that.
+                let ones = g.batch_ones(t, 3);
+                let flat = g.reshape(t, &[-1, len]);
+                g.op("MatMul", &[&ones, &flat], vec![])
+            })
+            .collect();
+        let refs: Vec<&str> = sums.iter().map(String::as_str).collect();
+        g.op("Concat", &refs, vec![attr_i("axis", 0)])
+    }
 }
+
+/// The smallest input plane (H*W) whose split weight gradient stacks the row copies
+/// (`Conv2d::weight_grad_stacked_rows`); measured boundary, see there.
+const STACKED_ROWS_MIN_PLANE: i64 = 32 * 32;
 
 /// `t` (`[.., W_in]`) shifted along its last axis as Pad would with `(before, after)` (zeros
 /// shifted in, negative amounts crop), by a MatMul with a constant 0/1 matrix `[W_in, W_out]`.
