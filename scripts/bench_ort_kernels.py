@@ -27,8 +27,9 @@ tooling, not part of the product; the figures are in docs/BENCHMARKS.md, "Sessio
    the BatchNormalization kernel against Mul + Add, and the ReLU backward mask (of a ReLU
    output) by Greater + Cast + Mul against Greater + Where and Sign + Mul.
 7. The split weight gradient with the input's row copies made by two Pads (nine products)
-   against stacked by one MatMul from the left (three wider products), per ResNet-20 stage,
-   caches flushed.
+   against stacked first (three wider products) by a Gather of rows (what conv.rs writes for
+   32x32 planes) or by a MatMul with a 0/1 matrix from the left, per ResNet-20 stage, caches
+   flushed.
 
     pip install onnx onnxruntime==1.31.1 numpy      # e.g. into .venv-bench
     .venv-bench/bin/python scripts/bench_ort_kernels.py
@@ -343,13 +344,15 @@ def elementwise():
 
 def stacked_rows():
     """Section 7: the split weight gradient as conv.rs writes it for planes under 32x32 (two
-    row-shift Pads of x, nine batched products) against the row copies stacked by one MatMul
-    with a 0/1 matrix from the left (`Conv2d::weight_grad_stacked_rows`: three wider products);
-    both take dY's column copies from the shift MatMuls and sum each product over the batch
-    with a ones row. Caches flushed before each call; checked against a float64 reference."""
+    row-shift Pads of x, nine batched products) against the row copies stacked first, so that
+    three wider products do (`Conv2d::weight_grad_stacked_rows`): by a Gather of rows from the
+    zero-padded planes (as written) or by a MatMul with a 0/1 matrix from the left. All take
+    dY's column copies from the shift MatMuls and sum each product over the batch with a ones
+    row. Caches flushed before each call; checked against a float64 reference."""
     mk = helper.make_node
     print("stride-1 3x3 weight gradient, ms per call after a cache flush")
-    print("C, HxW | Pads + 9 products | rows stacked by a MatMul + 3 products")
+    print("C, HxW | Pads + 9 products | rows stacked by Gather + 3 products "
+          "| rows stacked by a left MatMul + 3 products")
     big, t_flush = cache_flush()
     for c, hw in [(16, 32), (32, 16), (64, 8)]:
         n = 128
@@ -367,9 +370,11 @@ def stacked_rows():
         feed = {"x": x, "dy": dy, "big": big, "ones": np.ones((1, n), np.float32),
                 "P0": shift[0], "P2": shift[2], "S": rows}
         consts = {"f": [n, c, hw * hw], "f3": [n, 3 * c, hw * hw], "pr0": [0, 0, hw, 0, 0, -hw],
-                  "pr2": [0, 0, -hw, 0, 0, hw], "fo": [n, c * c], "fo3": [n, 3 * c * c]}
+                  "pr2": [0, 0, -hw, 0, 0, hw], "fo": [n, c * c], "fo3": [n, 3 * c * c],
+                  "pp": [0, 0, hw, 0, 0, hw], "fp": [n, c, hw + 2, hw],
+                  "src": [h + a for a in range(3) for h in range(hw)]}
         head = [mk("Neg", ["big"], ["bigo"]), mk("MatMul", ["dy", "P0"], ["e0"]),
-                mk("MatMul", ["dy", "P2"], ["e2"])]
+                mk("MatMul", ["dy", "P2"], ["e2"]), mk("Reshape", ["x", "f"], ["x1"])]
         head += [mk("Reshape", [v, "f"], [f"d{b}"]) for b, v in enumerate(["e0", "dy", "e2"])]
 
         def products(pairs, flat):
@@ -380,15 +385,18 @@ def stacked_rows():
                           mk("MatMul", ["ones", f"mf{i}"], [f"r{i}"])]
                 sums.append(f"r{i}")
             return nodes + [mk("Concat", sums, ["dw"], axis=0)]
-        split = head + [mk("Reshape", ["x", "f"], ["x1"]), mk("Pad", ["x1", "pr0"], ["x0"]),
-                        mk("Pad", ["x1", "pr2"], ["x2"])]
+        split = head + [mk("Pad", ["x1", "pr0"], ["x0"]), mk("Pad", ["x1", "pr2"], ["x2"])]
         split += products([(f"x{a}", b) for a in range(3) for b in range(3)], "fo")
-        stacked = head + [mk("MatMul", ["S", "x"], ["xs"]), mk("Reshape", ["xs", "f3"], ["xs3"])]
-        stacked += products([("xs3", b) for b in range(3)], "fo3")
+        gather = head + [mk("Pad", ["x1", "pp"], ["xp"]), mk("Reshape", ["xp", "fp"], ["xp4"]),
+                         mk("Gather", ["xp4", "src"], ["xs"], axis=2), mk("Reshape", ["xs", "f3"], ["xs3"])]
+        gather += products([("xs3", b) for b in range(3)], "fo3")
+        left = head + [mk("MatMul", ["S", "x"], ["xs"]), mk("Reshape", ["xs", "f3"], ["xs3"])]
+        left += products([("xs3", b) for b in range(3)], "fo3")
         row = f"{c}, {hw}x{hw}"
         # split: [a, b, C, O]; stacked: [b, C, a, O] (the stacked rows are (c, a)).
+        stacked_ref = lambda d: d.reshape(3, c, 3, c).transpose(2, 0, 3, 1)
         for nodes, to_ref in [(split, lambda d: d.reshape(3, 3, c, c).transpose(0, 1, 3, 2)),
-                              (stacked, lambda d: d.reshape(3, c, 3, c).transpose(2, 0, 3, 1))]:
+                              (gather, stacked_ref), (left, stacked_ref)]:
             sess = session(nodes, list(feed), ["dw", "bigo"], consts)
             err = np.abs(to_ref(sess.run(None, feed)[0]) - ref).max() / np.abs(ref).max()
             assert err < 1e-4, err

@@ -216,15 +216,16 @@ impl Conv2d {
         self.stack_taps(g, &taps, c)
     }
 
-    /// The split weight gradient with the k row copies of the input made by one MatMul with a
-    /// constant 0/1 matrix `S` (`[k*OH, H]`, row `(i, h')` picks input row `h' + i - p`, zero
-    /// outside) applied from the left: `S x` is `[N, C, k*OH, W]`, i.e. `[N, C*k, OH*W]` with
-    /// rows `(c, i)`, so each of the k column copies of dY meets all row copies in one MatMul
-    /// (`[N, C*k, O]`): k products instead of k*k, each reading the input part once instead
-    /// of k times. Used for planes of at least 32x32 (ResNet-20's stage 1), where the step got
-    /// ~2% faster; alone it also won at 16x16 but not in the step, and on 8x8 planes the left
-    /// MatMul is N*C tiny GEMMs and loses even alone (`scripts/bench_ort_kernels.py` section 7,
-    /// docs/BENCHMARKS.md "Session 7").
+    /// The split weight gradient with the k row copies of the input stacked by one Gather:
+    /// the planes padded with zero rows (one flat Pad), then Gather on the row axis with the
+    /// k*OH source rows (copy i, row r: input row `r + i - p`) makes `[N, C, k*OH, W]`, i.e.
+    /// `[N, C*k, OH*W]` with rows `(c, i)`. So each of the k column copies of dY meets all row
+    /// copies in one MatMul (`[N, C*k, O]`): k products instead of k*k, each reading the
+    /// input part once instead of k times. Used for planes of at least 32x32 (ResNet-20's
+    /// stage 1), where the step got ~4% faster; alone it also won at 16x16 but not in the
+    /// step, and at 8x8 it loses even alone (`scripts/bench_ort_kernels.py` section 7,
+    /// docs/BENCHMARKS.md "Session 7"). A MatMul with a 0/1 matrix from the left stacked the
+    /// rows too, but at 1/H density it did 1.5x the Gather's time in wasted multiplications.
     fn weight_grad_stacked_rows(
         &self,
         g: &mut Graph,
@@ -235,18 +236,30 @@ impl Conv2d {
     ) -> String {
         let (c, h, w) = (s[0], s[1], s[2]);
         let (k, o, oh) = (self.k, self.cout, self.out_hw(h));
-        let mut pick = vec![0.0f32; (k * oh * h) as usize];
-        for (i, &(before, _)) in rows.iter().enumerate() {
-            for r in 0..oh {
-                // Output row r of copy i is input row r - before (the Pad amounts' meaning).
-                let src = r - before;
-                if (0..h).contains(&src) {
-                    pick[((i as i64 * oh + r) * h + src) as usize] = 1.0;
-                }
-            }
-        }
-        let pick = g.const_f32(&[k * oh, h], &pick);
-        let stacked = g.op("MatMul", &[&pick, x], vec![]);
+        // Output row r of copy i is input row r - before (the Pad amounts' meaning); pad the
+        // planes so that every such row exists, zero where it is outside the input.
+        let top = rows
+            .iter()
+            .map(|&(before, _)| before)
+            .max()
+            .unwrap_or(0)
+            .max(0);
+        let bottom = rows
+            .iter()
+            .map(|&(before, _)| oh - 1 - before - (h - 1))
+            .max()
+            .unwrap_or(0)
+            .max(0);
+        let planes = g.reshape(x, &[-1, c, h * w]);
+        let pads = g.const_i64(&[0, 0, top * w, 0, 0, bottom * w]);
+        let padded = g.op("Pad", &[&planes, &pads], vec![]);
+        let padded = g.reshape(&padded, &[-1, c, h + top + bottom, w]);
+        let src: Vec<i64> = rows
+            .iter()
+            .flat_map(|&(before, _)| (0..oh).map(move |r| r - before + top))
+            .collect();
+        let src = g.const_i64(&src);
+        let stacked = g.op("Gather", &[&padded, &src], vec![attr_i("axis", 2)]);
         let stacked = g.reshape(&stacked, &[-1, c * k, oh * w]);
         let products: Vec<String> = dcols
             .iter()
