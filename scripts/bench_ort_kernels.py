@@ -191,18 +191,24 @@ def cache_flush():
     return big, median_ms(lambda: flush.run(None, {"big": big}))
 
 
+def wgrad_case(c, hw, n=128):
+    """Random x and dY of a stride-1 3x3 "same" layer (c -> c channels, hw x hw, batch n) and
+    its weight gradient in float64, laid out `[a, b, O, C]` (kernel row, column)."""
+    x = np.random.randn(n, c, hw, hw).astype(np.float32)
+    dy = np.random.randn(n, c, hw, hw).astype(np.float32)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ref = np.stack([np.stack([np.einsum("nohw,nihw->oi", dy, xp[:, :, a:a + hw, b:b + hw])
+                              for b in range(3)]) for a in range(3)])
+    return n, x, dy, ref
+
+
 def weight_gradients(block):
     mk = helper.make_node
     print("stride-1 3x3 weight gradient, batch 128, ms per call after a cache flush")
     print("C, HxW | split (as written) | split, 8 batch chunks | 9 taps stacked | NCHWc Conv")
     big, t_flush = cache_flush()
     for c, hw in [(16, 32), (32, 16), (64, 8)]:
-        n = 128
-        x = np.random.randn(n, c, hw, hw).astype(np.float32)
-        dy = np.random.randn(n, c, hw, hw).astype(np.float32)
-        xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
-        ref = np.stack([np.stack([np.einsum("nohw,nihw->oi", dy, xp[:, :, a:a + hw, b:b + hw])
-                                  for b in range(3)]) for a in range(3)])
+        n, x, dy, ref = wgrad_case(c, hw)
         row = f"{c}, {hw}x{hw}"
         for form in ["split", "chunks", "stacked", "conv"]:
             nodes, consts = [mk("Neg", ["big"], ["bigo"])], {}
@@ -355,12 +361,7 @@ def stacked_rows():
           "| rows stacked by a left MatMul + 3 products")
     big, t_flush = cache_flush()
     for c, hw in [(16, 32), (32, 16), (64, 8)]:
-        n = 128
-        x = np.random.randn(n, c, hw, hw).astype(np.float32)
-        dy = np.random.randn(n, c, hw, hw).astype(np.float32)
-        xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
-        ref = np.stack([np.stack([np.einsum("nohw,nihw->oi", dy, xp[:, :, a:a + hw, b:b + hw])
-                                  for b in range(3)]) for a in range(3)])  # [a, b, O, C]
+        n, x, dy, ref = wgrad_case(c, hw)
         shift = {b: np.eye(hw, k=b - 1, dtype=np.float32) for b in (0, 2)}  # dY col j-b+1
         rows = np.zeros((3 * hw, hw), np.float32)
         for a in range(3):
