@@ -350,7 +350,7 @@ fn conv2d_matches_finite_differences_with_stride_and_padding() {
     // (cin, cout, k, stride, pad, h, bias): stride 2 with odd and even sizes exercises the
     // output_padding and the strided im2col slices; stride 1 with padding 0, 1 and 2 the split
     // weight gradient (row and column shifts that crop on one or both sides; from 32x32 planes
-    // up with the row copies stacked by one MatMul), and with more outputs than inputs the tap
+    // up with the row copies stacked by one Gather), and with more outputs than inputs the tap
     // form.
     for (i, &(cin, cout, k, st, p, h, bias)) in [
         (2, 3, 3, 1, 1, 5, true),

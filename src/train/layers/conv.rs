@@ -1,5 +1,6 @@
-//! Convolution and pooling: Conv2d (weight gradient by one batched MatMul per kernel tap, its
-//! operands shifted copies of the input and dY; input gradient by ConvTranspose; on the CPU
+//! Convolution and pooling: Conv2d (weight gradient by batched MatMuls of shifted copies of the
+//! input and dY, one per kernel tap or, on large planes, one per kernel column with the input's
+//! row copies stacked; input gradient by ConvTranspose; on the CPU
 //! both convolutions later run on NCHWc kernels, see `train::nchwc`), MaxPool2d and global
 //! average pooling. MaxPool2d with
 //! windows that tile the input (k == stride, H and W multiples of k: LeNet's pools) runs the
@@ -222,7 +223,7 @@ impl Conv2d {
     /// `[N, C*k, OH*W]` with rows `(c, i)`. So each of the k column copies of dY meets all row
     /// copies in one MatMul (`[N, C*k, O]`): k products instead of k*k, each reading the
     /// input part once instead of k times. Used for planes of at least 32x32 (ResNet-20's
-    /// stage 1), where the step got ~4% faster; alone it also won at 16x16 but not in the
+    /// stage 1), where the step got 2-4% faster; alone it also won at 16x16 but not in the
     /// step, and at 8x8 it loses even alone (`scripts/bench_ort_kernels.py` section 7,
     /// docs/BENCHMARKS.md "Session 7"). A MatMul with a 0/1 matrix from the left stacked the
     /// rows too, but at 1/H density it did 1.5x the Gather's time in wasted multiplications.
