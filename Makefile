@@ -4,7 +4,13 @@ CARGO ?= cargo
 ADDR ?= 127.0.0.1:8080
 ORT_LIB := third_party/onnxruntime/lib/libonnxruntime.so
 
-.PHONY: build run test lint fmt fetch fetch-data deps clean check-models
+.PHONY: build run test lint fmt fetch fetch-data deps bench-deps bench bench-train bench-calibration clean check-models
+
+# Where scripts/fetch-data.sh finds CIFAR-10 and PneumoniaMNIST (docs/DATA.md): a folder holding
+# cifar10-jpg.tar.gz and pneumoniamnist.npz (default ../shared/data when it exists), else the
+# publishers' downloads; CALIPER_DATA_OFFLINE=1 forbids downloads. Passed through to the scripts
+# and the tests whether set in the environment or on the command line (make test CALIPER_DATA_MIRROR=...).
+export CALIPER_DATA_MIRROR CALIPER_DATA_OFFLINE
 
 $(ORT_LIB):
 	scripts/fetch-onnxruntime.sh
@@ -30,6 +36,22 @@ run: build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+## bench-deps: Debian packages the benchmarks use (wrk, curl, python3-venv, time)
+bench-deps:
+	scripts/install-bench-deps.sh
+
+## bench: the serving benchmark (docs/BENCHMARKS.md); its last stdout line is one JSON object
+bench: bench-deps build
+	scripts/bench-serve.sh
+
+## bench-train: caliper-train against PyTorch on the CPU (installs torch into .venv-bench)
+bench-train: bench-deps fetch
+	scripts/bench-train.sh
+
+## bench-calibration: calibrator fits and metrics against netcal and NumPy/SciPy
+bench-calibration: bench-deps fetch
+	scripts/bench-calibration.sh
 
 ## test: fetch, build, lint and run every test
 test: deps fetch fetch-data build lint

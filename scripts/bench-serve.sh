@@ -5,8 +5,9 @@
 #   2. the server under 64 concurrent clients posting a PNG (wrk), and at 1 client (p50/p99);
 #   3. the same load against a plain Python server (scripts/bench_python_server.py: stdlib HTTP +
 #      onnxruntime + Pillow), the baseline a user would otherwise write.
-# The last output line is one JSON object with every figure and the ratios; the results are also
-# written to docs/BENCHMARKS.md.
+# The last output line is one JSON object with every figure and the ratios, also when a section
+# fails: then "ok" is false and "failures" names the section and the error (scripts/bench-lib.sh);
+# the results are also written to docs/BENCHMARKS.md. `make bench` installs what this needs first.
 #
 # Usage: scripts/bench-serve.sh [MODEL_DIR] [IMAGE]
 #   MODEL_DIR defaults to models/mnist, else the test fixture tests/data/models/mnist-mlp.
@@ -17,14 +18,18 @@
 #        PYTHON (a python3 with onnxruntime, Pillow, numpy; default: runs/bench-venv, created),
 #        SECTION (a name: the results go to their own docs section `serve-bench[-pinned]-NAME`
 #        and to runs/bench[-pinned]-NAME/, so that a second model does not replace the first),
-#        CALIPER_BIN (the server binary, default target/release/caliper: to compare two builds).
+#        CALIPER_BIN (the server binary, default target/release/caliper: to compare two builds),
+#        WRK (the load generator, default wrk on PATH).
 #   A second model: SECTION=cifar10 scripts/bench-serve.sh models/cifar10 tests/data/cifar10/ship.png
 # Besides throughput, the CPU time the server spends per request (its threads' run time from
 # /proc, which other processes do not inflate) is compared with raw decode + ONNX Runtime's.
-# Needs wrk (apt-get install wrk).
+# Needs wrk (apt-get install wrk; `make bench` installs it), curl and python3.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
+source scripts/bench-lib.sh
+bench_init serve setup raw server python report
+bench_section setup
 
 MODEL_DIR="${1:-}"
 if [[ -z "$MODEL_DIR" ]]; then
@@ -48,30 +53,37 @@ else
 fi
 INTRA="${INTRA:-1}"
 SECTION="${SECTION:-}"
-[[ -z "$SECTION" || "$SECTION" =~ ^[a-z0-9-]+$ ]] || { echo "error: SECTION must match [a-z0-9-]+" >&2; exit 1; }
+[[ -z "$SECTION" || "$SECTION" =~ ^[a-z0-9-]+$ ]] || bench_fail "SECTION must match [a-z0-9-]+"
 [[ -n "$SECTION" ]] && OUT="$OUT-$SECTION"
 CALIPER_BIN="${CALIPER_BIN:-target/release/caliper}"
 DELAY_ARGS=()
 [[ -n "${QUEUE_DELAY_US:-}" ]] && DELAY_ARGS=(--max-queue-delay-us "$QUEUE_DELAY_US")
 mkdir -p "$OUT"
 
-command -v wrk >/dev/null || { echo "error: wrk not found (apt-get install wrk)" >&2; exit 1; }
+WRK="${WRK:-wrk}"
+command -v "$WRK" >/dev/null || bench_fail "wrk not found (apt-get install wrk, or run make bench)"
+command -v curl >/dev/null || bench_fail "curl not found (apt-get install curl)"
+command -v python3 >/dev/null || bench_fail "python3 not found (apt-get install python3 python3-venv)"
+[[ "$PIN" != 1 ]] || command -v taskset >/dev/null || bench_fail "taskset not found (apt-get install util-linux), needed by PIN=1"
+[[ -f "$IMAGE" ]] || bench_fail "image $IMAGE not found"
+[[ -f "$MODEL_DIR/model.onnx" ]] || bench_fail "model $MODEL_DIR/model.onnx not found"
 if [[ -z "${PYTHON:-}" ]]; then
   PYTHON="$ROOT/runs/bench-venv/bin/python"
   if ! "$PYTHON" -c "import onnxruntime, PIL, numpy" 2>/dev/null; then
     echo "creating runs/bench-venv (onnxruntime, Pillow, numpy; benchmark only)" >&2
-    python3 -m venv "$ROOT/runs/bench-venv"
-    "$ROOT/runs/bench-venv/bin/pip" install --quiet onnxruntime==1.31.1 pillow numpy
+    python3 -m venv "$ROOT/runs/bench-venv" >&2 || bench_fail "python3 -m venv failed (apt-get install python3-venv)"
+    "$ROOT/runs/bench-venv/bin/pip" install --quiet onnxruntime==1.31.1 pillow numpy >&2 ||
+      bench_fail "pip install onnxruntime==1.31.1 pillow numpy into runs/bench-venv failed"
   fi
 fi
 
-scripts/fetch-onnxruntime.sh
+scripts/fetch-onnxruntime.sh >&2
 echo "building release binaries (LTO; slow the first time)" >&2
 cargo build --release --locked --bins --example bench_raw >&2
 
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+# Run by bench-lib's EXIT trap before it writes the JSON line.
+bench_cleanup() { for p in ${PIDS[@]+"${PIDS[@]}"}; do kill "$p" 2>/dev/null || true; done; }
 
 # Waits for "listening on HOST:PORT" in a log file and prints HOST:PORT.
 wait_listening() {
@@ -81,11 +93,10 @@ wait_listening() {
       grep -o "listening on [0-9.:]*" "$log" | head -1 | cut -d' ' -f3
       return
     fi
-    kill -0 "$pid" 2>/dev/null || { echo "error: server exited; see $log" >&2; exit 1; }
+    kill -0 "$pid" 2>/dev/null || bench_fail "server exited: $(tail -1 "$log" 2>/dev/null) (see $log)"
     sleep 0.1
   done
-  echo "error: server did not start; see $log" >&2
-  exit 1
+  bench_fail "server did not start within 60 s; see $log"
 }
 
 cat > "$OUT/post.lua" <<LUA
@@ -106,7 +117,7 @@ cpu_us() { awk -v t="$TICK_US" '{printf "%d", ($14 + $15) * t}' "/proc/$1/stat";
 # load NAME URL PID: 64-client and 1-client runs, RSS sampled mid-run and peak.
 load() {
   local name="$1" url="$2" pid="$3"
-  local wrk=("${ON_LOAD_CPU[@]}" wrk)
+  local wrk=(${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK")
   "${wrk[@]}" -t"$WRK_THREADS" -c"$CONNS" -d3s -s "$OUT/post.lua" "$url" >/dev/null   # warm-up
   (sleep $((DURATION / 2)); rss_kb "$pid" > "$OUT/$name-rss-kb.txt") &
   local sampler=$! cpu0
@@ -118,9 +129,12 @@ load() {
   "${wrk[@]}" -t1 -c1 -d"${DURATION}s" --latency -s "$OUT/post.lua" "$url" > "$OUT/$name-wrk-1.txt"
 }
 
+bench_section raw
 echo "1/3 raw ONNX Runtime ($MODEL_DIR, batch $BATCH, $SESSIONS sessions x $INTRA threads)" >&2
 ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_raw "$MODEL_DIR" "$IMAGE" "$BATCH" "$SESSIONS" "$INTRA" "$DURATION" > "$OUT/raw.json"
+bench_record raw "$(<"$OUT/raw.json")"
 
+bench_section server
 echo "2/3 caliper serve" >&2
 # A repository holding only the benchmarked model, so that RSS compares with the Python server's.
 REPO="$OUT/repository"
@@ -137,6 +151,7 @@ load server "http://$ADDR/v1/models/$NAME/predict" "$SERVER"
 curl -s "http://$ADDR/metrics" > "$OUT/server-metrics.txt"
 kill -TERM "$SERVER"; wait "$SERVER" || true
 
+bench_section python
 echo "3/3 Python baseline" >&2
 CALIB_FILE="$CALIB_ROOT/$NAME.json"; [[ -f "$CALIB_FILE" ]] || CALIB_FILE=-
 ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} "$PYTHON" scripts/bench_python_server.py "$MODEL_DIR" "$CALIB_FILE" 0 > "$OUT/python.log" 2>&1 &
@@ -146,4 +161,10 @@ PYADDR="$(wait_listening "$OUT/python.log" "$PYSERVER")"
 load python "http://$PYADDR/" "$PYSERVER"
 kill "$PYSERVER"; wait "$PYSERVER" 2>/dev/null || true
 
-python3 scripts/bench_report.py "$OUT" "$CONNS" "$MODEL_DIR" "$IMAGE" "$DURATION" "$PIN" "$SECTION"
+bench_section report
+if ! report="$(python3 scripts/bench_report.py "$OUT" "$CONNS" "$MODEL_DIR" "$IMAGE" "$DURATION" "$PIN" "$SECTION" 2> "$OUT/report.err")"; then
+  cat "$OUT/report.err" >&2
+  bench_fail "bench_report.py: $(head -1 "$OUT/report.err")"
+fi
+# bench_report.py's figures stay at the top level of the last line, as before.
+bench_figures "$report"

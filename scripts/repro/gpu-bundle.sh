@@ -27,7 +27,7 @@ rm -rf "$B"
 # holds CIFAR-10 (with the libraries and binaries, ~33 MB), .gpu3 Fashion-MNIST, MNIST and
 # PneumoniaMNIST (~46 MB).
 rm -rf .gpu2/mnist.tar.zst .gpu2/pneumoniamnist.npz .gpu2/fashion-mnist .gpu3/*.gz
-cp ../shared/data/cifar10-jpg.tar.gz .gpu2/
+cp "${CALIPER_DATA_MIRROR:-../shared/data}/cifar10-jpg.tar.gz" .gpu2/
 mkdir -p .gpu3/fashion-mnist && cp data/fashion-mnist/*.gz .gpu3/fashion-mnist/
 tar c -C data mnist | zstd -q -19 -T0 > .gpu3/mnist.tar.zst
 cp data/pneumoniamnist.npz .gpu3/
