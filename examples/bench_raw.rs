@@ -14,9 +14,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use caliper::infer::{ImageLimits, preprocess};
 use caliper::repository::ModelMetadata;
 use caliper::runtime::ClassifierSession;
+use caliper::serve::infer::{ImageLimits, preprocess};
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().skip(1).collect();

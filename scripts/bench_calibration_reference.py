@@ -9,7 +9,7 @@
   ats OUT_DIR CALIPER_ATS.json
                               time a NumPy/SciPy ATS written the way a user would write it
                               (there is no Python ATS package): the same definition as
-                              shared/method.md and caliper's defaults, one temperature per
+                              docs/METHOD.md and caliper's defaults, one temperature per
                               equal-mass piece by scipy.optimize, and compare its temperatures
                               with caliper's fitted file (must agree to 1e-6 relative).
 """
@@ -79,7 +79,7 @@ def ref(out, caliper_json):
 
 
 def ats_numpy(logits, labels, pieces=15, shrinkage=10.0, t_min=0.05, t_max=10.0):
-    """ATS as shared/method.md defines it, with caliper's defaults, in plain NumPy/SciPy:
+    """ATS as docs/METHOD.md defines it, with caliper's defaults, in plain NumPy/SciPy:
     NLL in beta = 1/T minimised by scipy's bounded scalar search, per-piece NLL plus
     tau * (beta - beta_global)^2 with tau = shrinkage * mean per-sample curvature at the
     global optimum. Returns (global temperature, per-piece temperatures)."""

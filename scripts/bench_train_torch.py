@@ -3,7 +3,7 @@
 
 Times one training step (forward, loss, backward, SGD momentum 0.9 + weight decay 5e-4 update) of
 the same architectures caliper-train builds (`lenet`, `resnet20` with 1x1 projection shortcuts),
-at the same batch size, thread count and loss (CE or GCE, method.md section 1), on random data.
+at the same batch size, thread count and loss (CE or GCE, docs/METHOD.md#gce-loss), on random data.
 Prints one JSON line like `caliper-train bench`.
 """
 import argparse
@@ -68,7 +68,7 @@ class ResNet20(nn.Module):
 
 
 def gce_loss(z, y, lam=1.0):
-    """Stable GCE (method.md): mean(-logp[i,y_i] + lam * lse_{y_i}) - lam * log n."""
+    """Stable GCE (docs/METHOD.md#gce-loss): mean(-logp[i,y_i] + lam * lse_{y_i}) - lam * log n."""
     logp = F.log_softmax(z, dim=1)
     lse = torch.logsumexp(logp, dim=0)
     n = z.shape[0]

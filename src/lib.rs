@@ -1,26 +1,25 @@
 //! caliper: calibrated probabilities from ONNX image classifiers.
 //!
 //! The library holds all the code; the binaries `caliper` (server and tools) and
-//! `caliper-train` (the trainer) only parse arguments and call into it.
+//! `caliper-train` (the trainer) only parse arguments and call into it. Three parts, and the
+//! shared pieces below them (see `docs/ARCHITECTURE.md`):
 //!
-//! Layers point one way: `http` -> `infer` -> {`runtime`, `calibration`, ...}, with the shared
-//! numeric code (`numeric`, `metrics`) below them. The trainer (`train`) reuses `data`,
-//! `calibration` and `metrics`.
+//! - [`serve`]: the HTTP server, the request path (`infer`), the live monitor, Prometheus;
+//! - [`trust`]: the science of trustworthy probabilities: calibrators, metrics, OOD scores,
+//!   conformal sets, reliability diagrams;
+//! - [`train`]: the trainer on ONNX Runtime and its export.
+//!
+//! Layers point one way: `cli` -> {`serve`, `train`} -> `repository` -> `trust` -> `numeric`;
+//! `runtime` (ONNX Runtime), `data` (datasets) and `fsutil` are shared below `serve` and
+//! `train`. `tests/architecture.rs` checks that no import runs back up.
 
-pub mod calibration;
 pub mod cli;
-pub mod config;
-pub mod conformal;
 pub mod data;
-pub mod diagram;
 pub mod fsutil;
-pub mod http;
-pub mod infer;
-pub mod metrics;
-pub mod monitor;
+pub mod logging;
 pub mod numeric;
-pub mod ood;
 pub mod repository;
 pub mod runtime;
-pub mod telemetry;
+pub mod serve;
 pub mod train;
+pub mod trust;

@@ -33,7 +33,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    caliper::telemetry::init_tracing(cli.log_json);
+    caliper::logging::init_tracing(cli.log_json);
     let result = match cli.command {
         Command::Serve(a) => cli::serve::run(a),
         Command::Predict(a) => cli::predict::run(a),

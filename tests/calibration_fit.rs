@@ -2,12 +2,12 @@
 //! optimum, temperature-type calibrators keep the argmax, ATS beats TS when the miscalibration
 //! depends on the confidence, and bad input is refused with a clear error.
 
-use caliper::calibration::{
-    CalibrationError, CalibrationFile, Calibrator, FitOptions, FitSummary, Method, calibrate_rows,
-    fit,
-};
-use caliper::metrics::evaluate;
 use caliper::numeric::{argmax, softmax_with_temperature};
+use caliper::repository::{CalibrationFile, FitSummary};
+use caliper::trust::calibration::{
+    CalibrationError, Calibrator, FitOptions, Method, calibrate_rows, fit,
+};
+use caliper::trust::metrics::evaluate;
 use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

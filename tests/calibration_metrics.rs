@@ -2,8 +2,8 @@
 //! (made by `scripts/make-metric-reference.py`), and the streaming accumulator against the
 //! whole-set computation.
 
-use caliper::calibration::{Calibrator, FitOptions, Method, calibrate_rows, fit};
-use caliper::metrics::{BinnedAccumulator, evaluate};
+use caliper::trust::calibration::{Calibrator, FitOptions, Method, calibrate_rows, fit};
+use caliper::trust::metrics::{BinnedAccumulator, evaluate};
 use ndarray::Array2;
 use serde_json::Value;
 

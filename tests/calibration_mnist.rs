@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use caliper::calibration::{FitOptions, Method, calibrate_rows, fit};
-use caliper::cli::npy::InputArgs;
+use caliper::cli::input::InputArgs;
+use caliper::trust::calibration::{FitOptions, Method, calibrate_rows, fit};
 
 #[test]
 fn ats_is_no_worse_than_ts_on_held_out_mnist_logits() {

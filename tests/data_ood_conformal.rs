@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use caliper::conformal::{ScoreKind, SplitConformal, coverage_and_size};
 use caliper::data::split::{stratified_fraction, stratified_split};
 use caliper::data::{Dataset, DatasetSpec};
 use caliper::numeric::softmax_with_temperature;
-use caliper::ood::fit::{Mahalanobis, ood_metrics, threshold_at_tpr};
+use caliper::trust::conformal::{ScoreKind, SplitConformal, coverage_and_size};
+use caliper::trust::ood::fit::{Mahalanobis, ood_metrics, threshold_at_tpr};
 use ndarray::Array2;
 
 fn load(spec: &str) -> Dataset {

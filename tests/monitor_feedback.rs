@@ -4,8 +4,8 @@
 
 mod common;
 
-use caliper::http::AppState;
-use caliper::monitor::{PredictionToken, TokenSigner};
+use caliper::serve::http::AppState;
+use caliper::serve::monitor::{PredictionToken, TokenSigner};
 use common::*;
 use serde_json::{Value, json};
 
@@ -85,7 +85,7 @@ async fn labels_are_scored_once_counted_and_survive_a_restart() {
         .zip(files)
         .map(|(p, f)| p["label"].as_str().unwrap() == &f[..1])
         .collect();
-    let mut acc = caliper::metrics::BinnedAccumulator::new(15).unwrap();
+    let mut acc = caliper::trust::metrics::BinnedAccumulator::new(15).unwrap();
     for (c, ok) in confs.iter().zip(&correct) {
         acc.add(*c, *ok).unwrap();
     }
@@ -192,7 +192,7 @@ async fn bad_feedback_gets_a_clear_error_and_changes_nothing() {
             probabilities: None,
         })
     };
-    let now = caliper::monitor::now_s();
+    let now = caliper::serve::monitor::now_s();
     let (status, _) = feedback(
         &s,
         json!({"prediction_id": token(b"other", now), "label": 7}),
@@ -257,7 +257,8 @@ async fn bad_feedback_gets_a_clear_error_and_changes_nothing() {
 #[tokio::test]
 async fn the_shipped_model_serves_its_validation_reliability_diagram() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut c = caliper::config::Config::with_repository(root.join("models"), root.join("calib"));
+    let mut c =
+        caliper::serve::config::Config::with_repository(root.join("models"), root.join("calib"));
     c.sessions_per_model = 1;
     let s = state(c);
     let (status, svg, headers) = send(&s, get("/v1/models/mnist/reliability.svg")).await;

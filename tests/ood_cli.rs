@@ -7,8 +7,8 @@ mod common;
 
 use std::path::Path;
 
-use caliper::calibration::CalibrationFile;
 use caliper::data::DatasetSpec;
+use caliper::repository::CalibrationFile;
 use caliper::train::dataset;
 use common::caliper_json;
 

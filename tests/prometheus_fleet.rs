@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use caliper::metrics::BinnedAccumulator;
+use caliper::trust::metrics::BinnedAccumulator;
 use common::process::Server;
 use common::{MODEL, data, repo};
 use serde_json::{Value, json};

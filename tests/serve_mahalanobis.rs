@@ -9,12 +9,12 @@
 
 mod common;
 
-use caliper::calibration::CalibrationFile;
 use caliper::cli::model_logits::{load_spec, run_on};
-use caliper::http::AppState;
-use caliper::infer::InferError;
-use caliper::ood::artifacts::{FeatureData, OodCalibration, fit_trust_artifacts};
-use caliper::ood::fit::{Mahalanobis, auroc};
+use caliper::repository::CalibrationFile;
+use caliper::serve::http::AppState;
+use caliper::serve::infer::InferError;
+use caliper::trust::ood::artifacts::{FeatureData, OodCalibration, fit_trust_artifacts};
+use caliper::trust::ood::fit::{Mahalanobis, auroc};
 use common::png;
 use common::process::Server;
 use ndarray::Array2;

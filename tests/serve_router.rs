@@ -323,12 +323,14 @@ async fn kserve_v2_metadata_and_infer_with_tensors_and_bytes() {
         &r.path().join("models").join(MODEL).join("model.toml"),
     )
     .unwrap();
-    let limits = caliper::infer::ImageLimits {
+    let limits = caliper::serve::infer::ImageLimits {
         max_pixels: 1 << 20,
     };
     let tensor: Vec<f32> = files
         .iter()
-        .flat_map(|f| caliper::infer::preprocess(&digit(f), &meta_spec.input, limits).unwrap())
+        .flat_map(|f| {
+            caliper::serve::infer::preprocess(&digit(f), &meta_spec.input, limits).unwrap()
+        })
         .collect();
     let uri = format!("/v2/models/{MODEL}/infer");
     let fp32 = json!({"id": "req-1", "inputs": [{"name": "input", "shape": [2, 1, 28, 28], "datatype": "FP32", "data": tensor}],

@@ -7,10 +7,10 @@
 mod common;
 
 use base64::Engine;
-use caliper::calibration::CalibrationFile;
 use caliper::data::{Dataset, DatasetSpec};
-use caliper::http::AppState;
-use caliper::ood::artifacts::fit_trust_artifacts;
+use caliper::repository::CalibrationFile;
+use caliper::serve::http::AppState;
+use caliper::trust::ood::artifacts::fit_trust_artifacts;
 use common::*;
 use ndarray::Array2;
 use serde_json::{Value, json};

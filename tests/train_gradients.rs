@@ -170,7 +170,7 @@ fn softmax_rows(z: &[f64], k: usize) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// Each loss by its textbook definition (method.md), mean over the batch.
+/// Each loss by its textbook definition (docs/METHOD.md#gce-loss), mean over the batch.
 fn ref_loss(loss: Loss, z: &[f64], y: &[i64], k: usize) -> f64 {
     let p = softmax_rows(z, k);
     let n = y.len();
@@ -179,7 +179,7 @@ fn ref_loss(loss: Loss, z: &[f64], y: &[i64], k: usize) -> f64 {
     match loss {
         Loss::Ce => (0..n).map(|i| -pt(i).ln()).sum::<f64>() / nf,
         Loss::Gce { lambda } => {
-            // CE + lambda * sum_k pi_k log qbar_k (method.md §1, without log n).
+            // CE + lambda * sum_k pi_k log qbar_k (docs/METHOD.md#gce-loss, without log n).
             let ce = ref_loss(Loss::Ce, z, y, k);
             let mut reg = 0.0;
             #[allow(clippy::needless_range_loop)] // c indexes columns of the rows of p
@@ -573,7 +573,7 @@ fn every_loss_gradient_matches_finite_differences() {
 
 #[test]
 fn gce_equals_its_stable_form_and_the_per_sample_definition() {
-    // method.md §1: L_GCE = -(1/n) sum_i log(p_iy / sum_j p_jy) = CE + sum_k pi_k log qbar_k
+    // docs/METHOD.md#gce-loss: L_GCE = -(1/n) sum_i log(p_iy / sum_j p_jy) = CE + sum_k pi_k log qbar_k
     // + log n; the graph reports it without log n.
     let (n, k) = (16usize, 4usize);
     let mut r = rng(7);

@@ -5,14 +5,15 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use caliper::calibration::CalibrationFile;
+use caliper::cli::train::{Cli, Command};
 use caliper::data::BatchOptions;
 use caliper::data::batch::make_batch;
+use caliper::repository::CalibrationFile;
 use caliper::repository::ModelMetadata;
 use caliper::train::config::TrainConfig;
 use caliper::train::runner::{Device, session};
 use caliper::train::step::training_step;
-use caliper::train::{Cli, Command, dataset, export, fit};
+use caliper::train::{dataset, export, fit};
 use clap::Parser;
 use ort::session::SessionInputValue;
 use ort::value::Tensor;
@@ -168,14 +169,14 @@ fn lenet_learns_mnist_and_exports_a_consistent_calibrated_model() {
     }
 
     // The server loads the exported repository, calibrator included.
-    let mut c = caliper::config::Config::with_repository(
+    let mut c = caliper::serve::config::Config::with_repository(
         dir.path().join("models"),
         dir.path().join("calib"),
     );
     c.sessions_per_model = 1;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let s = caliper::http::AppState::new(c).unwrap();
+        let s = caliper::serve::http::AppState::new(c).unwrap();
         assert_eq!(s.registry.load_all().unwrap(), 1);
         assert!(s.registry.get("t").unwrap().is_calibrated());
     });
@@ -234,11 +235,12 @@ fn bundled_mnist_model_serves_and_reads_real_digits() {
         meta.provenance.sha256,
         caliper::fsutil::sha256_file(&root.join("models/mnist/model.onnx")).unwrap()
     );
-    let mut c = caliper::config::Config::with_repository(root.join("models"), root.join("calib"));
+    let mut c =
+        caliper::serve::config::Config::with_repository(root.join("models"), root.join("calib"));
     c.sessions_per_model = 1;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let s = caliper::http::AppState::new(c).unwrap();
+        let s = caliper::serve::http::AppState::new(c).unwrap();
         s.registry.load_all().unwrap();
         assert!(s.registry.get("mnist").unwrap().is_calibrated());
         let digits = root.join("tests/data/digits");
@@ -255,7 +257,10 @@ fn bundled_mnist_model_serves_and_reads_real_digits() {
                 .header(header::CONTENT_TYPE, ctype)
                 .body(Body::from(std::fs::read(&p).unwrap()))
                 .unwrap();
-            let resp = caliper::http::router(s.clone()).oneshot(req).await.unwrap();
+            let resp = caliper::serve::http::router(s.clone())
+                .oneshot(req)
+                .await
+                .unwrap();
             assert_eq!(resp.status(), StatusCode::OK, "{name}");
             let body: serde_json::Value =
                 serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes())

@@ -2,6 +2,7 @@
 //! nodes it rewrites, and that a lowered training step computes what the graph as written
 //! computes (loss, logits, every gradient and every updated state tensor).
 
+use caliper::cli::train::{Cli, Command};
 use caliper::train::arch::Net;
 use caliper::train::check::{CheckReport, compare, run_named};
 use caliper::train::graph::{Graph, batched, fixed};
@@ -11,7 +12,6 @@ use caliper::train::nchwc;
 use caliper::train::optim::Optimizer;
 use caliper::train::runner::{Device, SessionOptions, open, session};
 use caliper::train::step::{StepGraph, training_step};
-use caliper::train::{Cli, Command};
 use clap::Parser;
 use prost::Message;
 use rand::{Rng, SeedableRng};

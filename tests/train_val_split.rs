@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use caliper::calibration::CalibrationFile;
 use caliper::data::DatasetSpec;
+use caliper::repository::CalibrationFile;
 use caliper::repository::ModelMetadata;
 
 fn data_dir() -> std::path::PathBuf {

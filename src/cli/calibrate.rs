@@ -7,18 +7,19 @@ use std::path::PathBuf;
 use anyhow::Context;
 use ndarray::Array2;
 
+use super::input::{InputArgs, Loaded};
 use super::model_logits;
-use super::npy::{InputArgs, Loaded};
 
-use crate::calibration::{CalibrationFile, FitOptions, FitSummary, Method, Objective, fit};
-use crate::diagram::{panels_from_fit, write_diagram};
-use crate::ood::artifacts::FeatureData;
+use crate::repository::{CalibrationFile, FitSummary};
+use crate::trust::calibration::{FitOptions, Method, Objective, fit};
+use crate::trust::diagram::{panels_from_fit, write_diagram};
+use crate::trust::ood::artifacts::FeatureData;
 
 /// Arguments of `caliper calibrate`.
 #[derive(Debug, clap::Args)]
 pub struct CalibrateArgs {
     #[command(flatten)]
-    pub input: super::npy::InputArgs,
+    pub input: super::input::InputArgs,
     /// Calibration method.
     #[arg(long, env = "CALIPER_METHOD", value_enum, default_value_t = Method::Ats)]
     pub method: Method,
@@ -57,7 +58,7 @@ pub struct CalibrateArgs {
     #[arg(long, env = "CALIPER_VECTOR_L2", default_value_t = FitOptions::default().vector_l2)]
     pub vector_l2: f64,
     /// Bins of the ECE family in the recorded validation metrics.
-    #[arg(long, env = "CALIPER_BINS", default_value_t = crate::metrics::DEFAULT_BINS)]
+    #[arg(long, env = "CALIPER_BINS", default_value_t = crate::trust::metrics::DEFAULT_BINS)]
     pub bins: usize,
     /// Also write the validation reliability diagram (before / after) to this .svg or .png.
     #[arg(long, env = "CALIPER_DIAGRAM")]
@@ -69,7 +70,7 @@ pub struct CalibrateArgs {
     pub train_data: Option<String>,
     /// OOD score the server decides `is_ood` with (the file's default): msp, max_logit,
     /// energy, entropy, or mahalanobis (needs --train-data).
-    #[arg(long, env = "CALIPER_OOD_METHOD", default_value = crate::ood::artifacts::DEFAULT_METHOD)]
+    #[arg(long, env = "CALIPER_OOD_METHOD", default_value = crate::trust::ood::artifacts::DEFAULT_METHOD)]
     pub ood_method: String,
 }
 
@@ -135,11 +136,11 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         anyhow::bail!("--bins must be at least 1");
     }
     // Checked before any model runs; `with_method` checks again against what was fitted.
-    if !crate::ood::artifacts::METHODS.contains(&args.ood_method.as_str()) {
+    if !crate::trust::ood::artifacts::METHODS.contains(&args.ood_method.as_str()) {
         anyhow::bail!(
             "--ood-method {:?}: expected one of {}",
             args.ood_method,
-            crate::ood::artifacts::METHODS.join(", ")
+            crate::trust::ood::artifacts::METHODS.join(", ")
         );
     }
     if args.ood_method == "mahalanobis" && args.train_data.is_none() {
@@ -191,7 +192,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         train: f.train.view(),
         train_labels: &f.train_labels,
     });
-    let mut trust = crate::ood::artifacts::fit_trust_artifacts(
+    let mut trust = crate::trust::ood::artifacts::fit_trust_artifacts(
         data.logits.view(),
         &data.labels,
         feature_data,

@@ -7,20 +7,21 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use serde_json::{Map, Value, json};
 
-use crate::calibration::{CalibrationFile, Calibrator, calibrate_rows};
-use crate::diagram::{ReliabilityPanel, write_diagram};
-use crate::metrics::{BootstrapOptions, MetricReport, Samples, bootstrap};
+use crate::repository::CalibrationFile;
+use crate::trust::calibration::{Calibrator, calibrate_rows};
+use crate::trust::diagram::{ReliabilityPanel, write_diagram};
+use crate::trust::metrics::{BootstrapOptions, MetricReport, Samples, bootstrap};
 
 /// Arguments of `caliper eval`.
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
     #[command(flatten)]
-    pub input: super::npy::InputArgs,
+    pub input: super::input::InputArgs,
     /// Calibration file to apply (also compares against the uncalibrated softmax).
     #[arg(long, env = "CALIPER_CALIB")]
     pub calib: Option<PathBuf>,
     /// Bins of the ECE family (15 as Guo et al.; the paper reports 20).
-    #[arg(long, env = "CALIPER_BINS", default_value_t = crate::metrics::DEFAULT_BINS)]
+    #[arg(long, env = "CALIPER_BINS", default_value_t = crate::trust::metrics::DEFAULT_BINS)]
     pub bins: usize,
     /// Print JSON (fractions, not percent) instead of a table.
     #[arg(long, env = "CALIPER_JSON")]
@@ -52,7 +53,7 @@ fn evaluate_column(
     key: &'static str,
     title: String,
     calibrator: &Calibrator,
-    data: &super::npy::Loaded,
+    data: &super::input::Loaded,
     args: &EvalArgs,
 ) -> anyhow::Result<Column> {
     let probs = calibrate_rows(calibrator, data.logits.view())?;

@@ -10,10 +10,11 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use super::model_logits::{ModelOutputs, check_labels, load_spec, run_on};
-use crate::calibration::{CalibrationFile, Calibrator};
 use crate::data::ImageShape;
-use crate::ood::eval::{OodEvaluation, SetOutputs, evaluate};
+use crate::repository::CalibrationFile;
 use crate::repository::ModelMetadata;
+use crate::trust::calibration::Calibrator;
+use crate::trust::ood::eval::{OodEvaluation, SetOutputs, evaluate};
 
 /// Arguments of `caliper eval-ood`.
 #[derive(Debug, clap::Args)]

@@ -1,10 +1,12 @@
-//! The `caliper` subcommands. Each submodule owns its clap arguments and a `run` function;
-//! `src/main.rs` only dispatches.
+//! The subcommands of both binaries: `caliper` (serve, predict, calibrate, eval, eval-ood) and
+//! `caliper-train` (`train`). Each submodule owns its clap arguments and a `run` function; the
+//! binaries only dispatch.
 
 pub mod calibrate;
 pub mod eval;
 pub mod eval_ood;
+pub mod input;
 pub mod model_logits;
-pub mod npy;
 pub mod predict;
 pub mod serve;
+pub mod train;

@@ -8,7 +8,6 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use ndarray::Array2;
 
-use super::npy::Loaded;
 use crate::data::batch::make_batch;
 use crate::data::{BatchOptions, Dataset, DatasetSpec, Normalization};
 use crate::repository::ModelMetadata;
@@ -32,18 +31,6 @@ pub fn load_spec(data_dir: &Path, spec: &str) -> anyhow::Result<Dataset> {
     parsed
         .load(data_dir)
         .with_context(|| format!("loading {spec}"))
-}
-
-/// Runs the model over the dataset split and returns its logits and the split's labels.
-pub fn run(models_dir: &Path, model: &str, data_dir: &Path, spec: &str) -> anyhow::Result<Loaded> {
-    let data = load_spec(data_dir, spec)?;
-    check_labels(models_dir, model, &data, spec)?;
-    let out = run_on(models_dir, model, &data, spec, false)?;
-    Ok(Loaded {
-        logits: out.logits,
-        labels: data.labels,
-        source: format!("{model} on {spec}"),
-    })
 }
 
 /// Errors when `data` has more classes than the model has labels (its labels would index past

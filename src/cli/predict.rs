@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::config::Config;
-use crate::infer::{DEFAULT_TOP_K, ImageLimits, LoadedModel, PredictionList, predict_images};
 use crate::repository::load_model_files;
-use crate::telemetry::Metrics;
+use crate::serve::config::Config;
+use crate::serve::infer::{
+    DEFAULT_TOP_K, ImageLimits, LoadedModel, PredictionList, RequestOptions, predict_images,
+};
+use crate::serve::prometheus::ServerMetrics;
 
 /// Arguments of `caliper predict`.
 #[derive(Debug, clap::Args)]
@@ -47,8 +49,8 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         &args.model,
         config.allow_stale_calibration,
     )?;
-    let metrics = Arc::new(Metrics::new()?);
-    let model = LoadedModel::start(files, &config, metrics)?;
+    let metrics = Arc::new(ServerMetrics::new()?);
+    let model = LoadedModel::start(files, &config.model_options(), metrics)?;
     let images = args
         .images
         .iter()
@@ -65,9 +67,17 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let scored = runtime
-        .block_on(predict_images(&model, images, limits, args.top_k))
+        .block_on(predict_images(
+            &model,
+            images,
+            limits,
+            &RequestOptions {
+                top_k: args.top_k,
+                ..RequestOptions::default()
+            },
+        ))
         .map_err(|e| match e {
-            crate::infer::InferError::Image { index, source } => {
+            crate::serve::infer::InferError::Image { index, source } => {
                 anyhow::anyhow!("{}: {source}", args.images[index].display())
             }
             other => other.into(),

@@ -3,9 +3,9 @@
 
 use anyhow::Context;
 
-use crate::config::Config;
-pub use crate::config::ServeArgs;
-use crate::http::AppState;
+use crate::serve::config::Config;
+pub use crate::serve::config::ServeArgs;
+use crate::serve::http::AppState;
 
 /// Runs `caliper serve`.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -52,7 +52,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     // Tests and scripts read this line to find the port when --addr ends in :0.
     tracing::info!("listening on {}", listener.local_addr()?);
-    let clean = crate::http::serve(listener, state, shutdown, drain).await?;
+    let clean = crate::serve::http::serve(listener, state, shutdown, drain).await?;
     tracing::info!(clean, "stopped");
     Ok(())
 }

@@ -2,9 +2,11 @@
 //! `calib/<name>.json`. Scanning and validation live here (the served, reloadable set of models
 //! is `infer::ModelRegistry`); the file formats are documented in `docs/FORMATS.md`.
 
+mod bundle;
 mod metadata;
 mod scan;
 
+pub use bundle::{CalibrationFile, FitSummary, ReliabilitySummary, SCHEMA_VERSION};
 pub use metadata::{
     InputSpec, METADATA_SCHEMA_VERSION, MetadataError, ModelMetadata, OutputSpec, Provenance,
     ResizePolicy,

@@ -7,7 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::calibration::{CalibrationError, CalibrationFile};
+use crate::repository::CalibrationFile;
+use crate::trust::calibration::CalibrationError;
 
 use super::{MetadataError, ModelMetadata};
 

@@ -234,7 +234,7 @@ mod tests {
     #[test]
     fn parameter_counts_match_the_textbook_networks() {
         let count = |n: &Net| n.params().iter().map(ParamSpec::numel).sum::<usize>();
-        // LeNet of shared/onnxruntime.md: 320 + 18496 + 401536 + 1290.
+        // LeNet of docs/METHOD.md#training-on-onnx-runtime: 320 + 18496 + 401536 + 1290.
         let lenet = Net::new("lenet", &[1, 28, 28], 10, 1.0).unwrap();
         assert_eq!(count(&lenet), 421_642);
         // ResNet-20 with 1x1 projection shortcuts: 0.27M parameters (He et al. report 0.27M).

@@ -1,40 +1,15 @@
-//! `caliper-train` arguments (clap derive) and their validation into a [`TrainConfig`].
+//! `caliper-train`'s subcommand arguments (clap derive) and their validation into a
+//! [`TrainConfig`]; the command itself is `crate::cli::train`.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 
 use super::dataset::Validation;
 use super::loss::Loss;
 use super::optim::Optimizer;
 use super::runner::Device;
 use super::schedule::Schedule;
-
-/// caliper-train: train an image classifier with GCE (or a baseline loss) on ONNX Runtime and
-/// export it, calibrated, to the model repository.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Train a model and export `models/NAME/` and `calib/NAME.json`.
-    Train(Box<TrainArgs>),
-    /// Write the training-step graph to a file (for inspection or outside checks).
-    Graph(GraphArgs),
-    /// Time training steps on random data (throughput only; see scripts/bench-train.sh).
-    Bench(BenchArgs),
-    /// Draw the reliability diagram (validation, before / after) of a calibration file as PNG.
-    Plot(PlotArgs),
-    /// Run one training step on random data on a device (as training runs it) and on the CPU
-    /// with the graph exactly as written; compare every output (exit status 1 if they differ).
-    CheckStep(CheckArgs),
-}
 
 /// `caliper-train check-step`.
 #[derive(Debug, Clone, Args)]
@@ -247,8 +222,8 @@ pub struct TrainArgs {
     #[arg(long, env = "CALIPER_AUGMENT", default_value = "auto")]
     pub augment: String,
     /// Calibrator fitted on the validation split and written to calib/NAME.json.
-    #[arg(long, env = "CALIPER_CALIBRATOR", value_enum, default_value_t = crate::calibration::Method::Ats)]
-    pub calibrator: crate::calibration::Method,
+    #[arg(long, env = "CALIPER_CALIBRATOR", value_enum, default_value_t = crate::trust::calibration::Method::Ats)]
+    pub calibrator: crate::trust::calibration::Method,
     /// Hide the progress bar (logs still go to the JSONL file).
     #[arg(long, env = "CALIPER_NO_PROGRESS")]
     pub no_progress: bool,
@@ -478,6 +453,8 @@ impl TrainArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::train::{Cli, Command};
+    use clap::Parser;
 
     fn train_args(extra: &[&str]) -> Result<TrainConfig, String> {
         let argv = ["caliper-train", "train", "--out", "m"]

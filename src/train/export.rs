@@ -14,12 +14,13 @@ use super::dataset::Validation;
 use super::fit::{ECE_BINS, TrainError, Trained, logits_report, predict_outputs};
 use super::runner::Evaluator;
 use super::step;
-use crate::calibration::{CalibrationFile, Calibrator, FitOptions, FitSummary, Method};
 use crate::data::{Dataset, Normalization};
-use crate::ood::artifacts::FeatureData;
+use crate::repository::{CalibrationFile, FitSummary};
 use crate::repository::{
     InputSpec, METADATA_SCHEMA_VERSION, ModelMetadata, OutputSpec, Provenance, ResizePolicy,
 };
+use crate::trust::calibration::{Calibrator, FitOptions, Method};
+use crate::trust::ood::artifacts::FeatureData;
 
 /// Errors writing the export.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +38,7 @@ pub enum ExportError {
     Metadata(#[from] crate::repository::MetadataError),
     /// The calibrator could not be fitted or written.
     #[error(transparent)]
-    Calibration(#[from] crate::calibration::CalibrationError),
+    Calibration(#[from] crate::trust::calibration::CalibrationError),
     /// Scoring the calibrated model failed.
     #[error("scoring the exported model: {0}")]
     Report(String),
@@ -106,8 +107,8 @@ pub fn export(
     )
     .map_err(|e| ExportError::Report(e.to_string()))?;
     let vy: Vec<usize> = t.val.1.iter().map(|&l| l as usize).collect();
-    let calibrator = crate::calibration::fit(method, &opts, vz.view(), &vy)?;
-    let ts = crate::calibration::fit(Method::Ts, &opts, vz.view(), &vy)?;
+    let calibrator = crate::trust::calibration::fit(method, &opts, vz.view(), &vy)?;
+    let ts = crate::trust::calibration::fit(Method::Ts, &opts, vz.view(), &vy)?;
     let summary = FitSummary::compute(&val_data, vz.view(), &vy, &calibrator, &opts, ECE_BINS)?;
     let rep = |logits: &[f32], labels: &[i64], c: &Calibrator| {
         logits_report(logits, labels, k, c)
@@ -187,7 +188,7 @@ pub fn export(
 
     let calib_path = a.calib_dir.join(format!("{}.json", a.out));
     let features = Features::compute(cfg, &bytes, splits, &t.normalization)?;
-    let trust = crate::ood::artifacts::fit_trust_artifacts(
+    let trust = crate::trust::ood::artifacts::fit_trust_artifacts(
         vz.view(),
         &vy,
         Some(features.view()),

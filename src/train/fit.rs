@@ -16,9 +16,9 @@ use super::dataset::{self, Splits};
 use super::runner::{Backend, Evaluator, StateMap, Trainer};
 use super::schedule::lr_at;
 use super::step::{self, StateKind};
-use crate::calibration::Calibrator;
 use crate::data::{Augment, BatchIter, BatchOptions, Dataset, Normalization};
-use crate::metrics::MetricReport;
+use crate::trust::calibration::Calibrator;
+use crate::trust::metrics::MetricReport;
 
 /// Errors of a training run (the layers' errors, wrapped).
 #[derive(Debug, thiserror::Error)]
@@ -38,15 +38,12 @@ pub enum TrainError {
     /// A checkpoint could not be read or written.
     #[error(transparent)]
     Checkpoint(#[from] super::checkpoint::CheckpointError),
-    /// Export failed.
-    #[error(transparent)]
-    Export(#[from] super::export::ExportError),
     /// Calibrating or scoring failed.
     #[error(transparent)]
-    Calibration(#[from] crate::calibration::CalibrationError),
+    Calibration(#[from] crate::trust::calibration::CalibrationError),
     /// Scoring failed.
     #[error(transparent)]
-    Metrics(#[from] crate::metrics::MetricsError),
+    Metrics(#[from] crate::trust::metrics::MetricsError),
     /// Writing the log failed.
     #[error("{path}: {source}")]
     Io {
@@ -63,7 +60,7 @@ pub enum TrainError {
 /// Bins of the ECE family in every report (Guo et al.'s 15).
 pub const ECE_BINS: usize = 15;
 
-/// All metrics (`caliper::metrics`) of `[n * k]` logits after `calibrator`.
+/// All metrics (`caliper::trust::metrics`) of `[n * k]` logits after `calibrator`.
 pub fn logits_report(
     logits: &[f32],
     labels: &[i64],
@@ -75,9 +72,9 @@ pub fn logits_report(
         logits.iter().map(|&v| v as f64).collect(),
     )
     .map_err(|e| TrainError::Failed(e.to_string()))?;
-    let probs = crate::calibration::calibrate_rows(calibrator, z.view())?;
+    let probs = crate::trust::calibration::calibrate_rows(calibrator, z.view())?;
     let y: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
-    Ok(crate::metrics::evaluate(probs.view(), &y, ECE_BINS)?)
+    Ok(crate::trust::metrics::evaluate(probs.view(), &y, ECE_BINS)?)
 }
 
 /// One line of the JSONL epoch log.

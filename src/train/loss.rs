@@ -1,6 +1,7 @@
 //! Training losses as graph fragments: each emits the scalar mean loss and its gradient with
 //! respect to the logits, `dL/dz` already divided by the batch size. Definitions follow
-//! `shared/method.md` (GCE in its numerically stable form, §1; the baselines, §3).
+//! `docs/METHOD.md` (GCE in its numerically stable form, #gce-loss; the baselines,
+//! #baseline-losses).
 
 use super::graph::{Graph, attr_i, attr_ints};
 
@@ -148,7 +149,7 @@ pub fn emit(g: &mut Graph, loss: Loss, z: &str, y: &str, k: i64) -> LossOut {
 
 /// GCE, stable form: `L = mean_i(-logp[i,y_i] + lambda * lse_{y_i}) - lambda * log n`, with
 /// `lse_k = logsumexp_j logp[j,k]` (so the reported value is `CE + lambda sum_k pi_k log
-/// qbar_k`, without the constant `log n`, method.md §1). Gradient:
+/// qbar_k`, without the constant `log n`, docs/METHOD.md#gce-loss). Gradient:
 /// `dz = (1/n) [(p - onehot) + lambda (A - p * rowsum(A))]`, `A[j,c] = n_c softmax_j(logp)[j,c]`
 /// `= p_{j,c} w_c`: written with a softmax over the batch so that no `1 / S_k` can overflow.
 fn gce(g: &mut Graph, c: &Common, nll: &str, lambda: f32) -> LossOut {

@@ -4,7 +4,7 @@
 
 use image::{Rgb, RgbImage};
 
-use crate::metrics::Bin;
+use crate::trust::metrics::Bin;
 
 const PANEL: u32 = 240;
 const MARGIN: u32 = 20;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use caliper::config::Config;
-use caliper::http::{AppState, router};
+use caliper::serve::config::Config;
+use caliper::serve::http::{AppState, router};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;

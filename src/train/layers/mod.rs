@@ -3,7 +3,7 @@
 //! A layer sees per-sample shapes (`[C, H, W]` or `[D]`; the batch is dynamic). `forward` returns
 //! the output name plus whatever the backward pass needs (`Fwd::saved`); `backward` turns the
 //! output gradient into the input gradient and one gradient per parameter. The formulations are
-//! the ones verified in `shared/onnxruntime.md` (ConvTranspose for the input gradient, MaxPool
+//! the ones verified in `docs/METHOD.md#training-on-onnx-runtime` (ConvTranspose for the input gradient, MaxPool
 //! indices + ScatterElements), tuned by profile (docs/BENCHMARKS.md): the convolution weight
 //! gradient as one batched MatMul per kernel tap, BatchNorm through ONNX Runtime's fused
 //! BatchNormalization kernel, MaxPool with non-overlapping windows without Indices, boolean

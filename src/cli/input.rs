@@ -1,0 +1,294 @@
+//! Where `caliper calibrate` and `caliper eval` get logits and labels: a model run over a
+//! dataset split, or files: NumPy `.npy` (logits f32 or f64 `[N, K]`; labels of any integer
+//! type `[N]` or `[N, 1]`) and plain CSV (one row of K numbers per line; one integer label per
+//! line; a non-numeric first line is a header).
+//! Every failure names the file and what was wrong with it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use ndarray::{Array1, Array2, Ix1, Ix2};
+use ndarray_npy::ReadNpyExt;
+
+use super::model_logits;
+
+/// Where `calibrate` and `eval` get logits and labels: files, or a model run over a dataset.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InputArgs {
+    /// Logits `[N, K]`: `.npy` (float32 or float64) or `.csv`.
+    #[arg(
+        long,
+        env = "CALIPER_LOGITS",
+        requires = "labels",
+        conflicts_with = "data"
+    )]
+    pub logits: Option<PathBuf>,
+    /// Labels `[N]`: `.npy` of any integer type or `.csv` with one label per line.
+    #[arg(long, env = "CALIPER_LABELS", requires = "logits")]
+    pub labels: Option<PathBuf>,
+    /// Model name (a folder of --models-dir). With --data, its logits are computed by running
+    /// the model; with --logits, it names the model the calibrator belongs to.
+    #[arg(long, env = "CALIPER_MODEL")]
+    pub model: Option<String>,
+    /// Dataset split to run the model over, in the trainer's spec syntax (e.g. `mnist:test`).
+    #[arg(long, env = "CALIPER_DATA", requires = "model")]
+    pub data: Option<String>,
+    /// Folder holding one folder per model (`<name>/model.onnx`, `<name>/model.toml`).
+    #[arg(long, env = "CALIPER_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Folder the dataset specs are resolved in.
+    #[arg(long, env = "CALIPER_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
+/// Logits, labels and a human-readable description of where they came from.
+pub struct Loaded {
+    pub logits: Array2<f64>,
+    pub labels: Vec<usize>,
+    pub source: String,
+}
+
+impl InputArgs {
+    /// Reads the files, or runs the model over the dataset.
+    pub fn load(&self) -> anyhow::Result<Loaded> {
+        match (&self.logits, &self.labels, &self.data) {
+            (Some(z), Some(y), None) => {
+                let logits = read_logits(z)?;
+                let labels = read_labels(y)?;
+                if labels.len() != logits.nrows() {
+                    bail!(
+                        "{} has {} rows but {} has {} labels",
+                        z.display(),
+                        logits.nrows(),
+                        y.display(),
+                        labels.len()
+                    );
+                }
+                if let Some((i, &l)) = labels
+                    .iter()
+                    .enumerate()
+                    .find(|(_, l)| **l >= logits.ncols())
+                {
+                    bail!(
+                        "{}: label {i} is {l}, but the logits have only {} classes",
+                        y.display(),
+                        logits.ncols()
+                    );
+                }
+                Ok(Loaded {
+                    logits,
+                    labels,
+                    source: format!("{} + {}", z.display(), y.display()),
+                })
+            }
+            (None, None, Some(spec)) => {
+                let model = self.model.as_deref().unwrap_or_default();
+                let data = model_logits::load_spec(&self.data_dir, spec)?;
+                model_logits::check_labels(&self.models_dir, model, &data, spec)?;
+                let out = model_logits::run_on(&self.models_dir, model, &data, spec, false)?;
+                Ok(Loaded {
+                    logits: out.logits,
+                    labels: data.labels,
+                    source: format!("{model} on {spec}"),
+                })
+            }
+            _ => bail!("give either --logits FILE --labels FILE, or --model NAME --data SPEC"),
+        }
+    }
+
+    /// The model's directory when --model names one that exists.
+    pub fn model_dir(&self) -> Option<PathBuf> {
+        let dir = self.models_dir.join(self.model.as_deref()?);
+        dir.is_dir().then_some(dir)
+    }
+}
+
+/// Logits `[N, K]` from a `.npy` or `.csv` file, converted to f64.
+pub fn read_logits(path: &Path) -> anyhow::Result<Array2<f64>> {
+    let shown = path.display();
+    let z = if is_csv(path) {
+        let rows = read_csv_rows(path)?;
+        let k = rows.first().map_or(0, Vec::len);
+        if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != k) {
+            bail!(
+                "{shown}: row {} has {} values, the first row has {k}",
+                i + 1,
+                r.len()
+            );
+        }
+        let n = rows.len();
+        Array2::from_shape_vec((n, k), rows.into_iter().flatten().collect())
+            .with_context(|| format!("{shown}: cannot form a [{n}, {k}] array"))?
+    } else {
+        let bytes = read(path)?;
+        if let Ok(a) = Array2::<f64>::read_npy(&bytes[..]) {
+            a
+        } else if let Ok(a) = Array2::<f32>::read_npy(&bytes[..]) {
+            a.mapv(f64::from)
+        } else {
+            bail!(
+                "{shown}: expected a 2-D float32 or float64 .npy array of logits [N, K] ({})",
+                npy_error::<f64, Ix2>(&bytes)
+            );
+        }
+    };
+    if z.nrows() == 0 || z.ncols() == 0 {
+        bail!("{shown}: no logits (shape {:?})", z.dim());
+    }
+    if let Some(((r, c), v)) = z.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        bail!("{shown}: logit at row {r}, column {c} is {v}; logits must be finite");
+    }
+    Ok(z)
+}
+
+/// Integer class labels `[N]` from a `.npy` (any integer type, or floats holding integers) or
+/// a `.csv` file with one label per line.
+pub fn read_labels(path: &Path) -> anyhow::Result<Vec<usize>> {
+    let shown = path.display();
+    let values: Vec<f64> = if is_csv(path) {
+        read_csv_rows(path)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| match r.as_slice() {
+                [v] => Ok(*v),
+                _ => bail!("{shown}: line {} must hold exactly one label", i + 1),
+            })
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        let bytes = read(path)?;
+        read_integer_npy(&bytes).with_context(|| {
+            format!(
+                "{shown}: expected a 1-D integer .npy array of labels [N] ({})",
+                npy_error::<i64, Ix1>(&bytes)
+            )
+        })?
+    };
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if v.fract() == 0.0 && v >= 0.0 && v < usize::MAX as f64 {
+                Ok(v as usize)
+            } else {
+                bail!("{shown}: label {i} is {v}; labels must be non-negative integers")
+            }
+        })
+        .collect()
+}
+
+fn is_csv(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv") || e.eq_ignore_ascii_case("txt"))
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The reader's own message for why `bytes` is not an array of `T` with dimension `D`.
+fn npy_error<T: ndarray_npy::ReadableElement, D: ndarray::Dimension>(bytes: &[u8]) -> String {
+    match ndarray::Array::<T, D>::read_npy(bytes) {
+        Ok(_) => "unsupported element type".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Tries every integer (and float) element type NumPy writes, as `[N]` or `[N, 1]`.
+fn read_integer_npy(bytes: &[u8]) -> anyhow::Result<Vec<f64>> {
+    macro_rules! try_types {
+        ($($t:ty),*) => {$(
+            if let Ok(a) = Array1::<$t>::read_npy(bytes) {
+                return Ok(a.iter().map(|&v| v as f64).collect());
+            }
+            if let Ok(a) = Array2::<$t>::read_npy(bytes) {
+                if a.ncols() == 1 {
+                    return Ok(a.iter().map(|&v| v as f64).collect());
+                }
+                bail!("labels must be [N] or [N, 1], got {:?}", a.dim());
+            }
+        )*};
+    }
+    try_types!(i64, i32, i16, i8, u64, u32, u16, u8, f64, f32);
+    bail!("unsupported element type or shape")
+}
+
+/// Numeric rows of a CSV file (commas and/or whitespace separate values).
+fn read_csv_rows(path: &Path) -> anyhow::Result<Vec<Vec<f64>>> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {shown}"))?;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let parsed: Result<Vec<f64>, _> = line
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(str::parse::<f64>)
+            .collect();
+        match parsed {
+            Ok(r) => rows.push(r),
+            Err(_) if rows.is_empty() && i == 0 => {} // a header line
+            Err(e) => bail!("{shown}: line {}: {e}", i + 1),
+        }
+    }
+    if rows.is_empty() {
+        bail!("{shown}: no data rows");
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+    use ndarray_npy::WriteNpyExt;
+
+    fn write_npy<T: WriteNpyExt>(dir: &Path, name: &str, a: &T) -> std::path::PathBuf {
+        let p = dir.join(name);
+        a.write_npy(std::fs::File::create(&p).unwrap()).unwrap();
+        p
+    }
+
+    #[test]
+    fn reads_f32_f64_logits_and_any_integer_labels() {
+        let d = tempfile::tempdir().unwrap();
+        let z32 = write_npy(d.path(), "a.npy", &array![[1.0f32, 2.0], [3.0, 4.5]]);
+        assert_eq!(read_logits(&z32).unwrap(), array![[1.0, 2.0], [3.0, 4.5]]);
+        let z64 = write_npy(d.path(), "b.npy", &array![[1.0f64, -2.0]]);
+        assert_eq!(read_logits(&z64).unwrap()[[0, 1]], -2.0);
+        let y8 = write_npy(d.path(), "y8.npy", &array![1u8, 0, 2]);
+        assert_eq!(read_labels(&y8).unwrap(), vec![1, 0, 2]);
+        let y64 = write_npy(d.path(), "y64.npy", &array![[4i64], [5]]);
+        assert_eq!(read_labels(&y64).unwrap(), vec![4, 5]);
+    }
+
+    #[test]
+    fn reads_csv_with_a_header() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("z.csv");
+        std::fs::write(&p, "a,b,c\n1,2,3\n4, 5, 6\n\n").unwrap();
+        assert_eq!(read_logits(&p).unwrap().dim(), (2, 3));
+        let y = d.path().join("y.csv");
+        std::fs::write(&y, "2\n0\n").unwrap();
+        assert_eq!(read_labels(&y).unwrap(), vec![2, 0]);
+    }
+
+    #[test]
+    fn explains_bad_files() {
+        let d = tempfile::tempdir().unwrap();
+        let msg = |r: anyhow::Result<_>| format!("{:#}", r.err().unwrap());
+        assert!(msg(read_logits(&d.path().join("none.npy")).map(|_| ())).contains("cannot read"));
+        let y = write_npy(d.path(), "y.npy", &array![1i32, -1]);
+        assert!(msg(read_labels(&y).map(|_| ())).contains("non-negative"));
+        let z1 = write_npy(d.path(), "z1.npy", &array![1.0f64, 2.0]);
+        assert!(msg(read_logits(&z1).map(|_| ())).contains("2-D"));
+        let ragged = d.path().join("r.csv");
+        std::fs::write(&ragged, "1,2\n3\n").unwrap();
+        assert!(msg(read_logits(&ragged).map(|_| ())).contains("row 2"));
+        let nan = d.path().join("n.csv");
+        std::fs::write(&nan, "1,NaN\n").unwrap();
+        assert!(msg(read_logits(&nan).map(|_| ())).contains("finite"));
+    }
+}

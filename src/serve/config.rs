@@ -1,0 +1,377 @@
+//! `caliper serve` arguments (clap) and the validated [`Config`] the server runs with.
+//! Arguments are checked once, before any port is bound; the rest of the code takes `&Config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Invalid configuration values.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A numeric flag is out of its range.
+    #[error("--{flag} must be {rule}, got {value}")]
+    OutOfRange {
+        flag: &'static str,
+        rule: &'static str,
+        value: u64,
+    },
+    /// A secret flag was given but empty.
+    #[error("--{0} must not be empty when given")]
+    EmptySecret(&'static str),
+}
+
+/// Arguments of `caliper serve`. Every flag can also come from its `CALIPER_*` variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is logged).
+    #[arg(long, env = "CALIPER_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Model repository: one folder per model holding model.onnx and model.toml.
+    #[arg(long, env = "CALIPER_MODELS", default_value = "models")]
+    pub models: PathBuf,
+    /// Calibration files: calib/<model>.json.
+    #[arg(long, env = "CALIPER_CALIB", default_value = "calib")]
+    pub calib: PathBuf,
+    /// Bearer token required on every endpoint except health and metrics.
+    #[arg(long, env = "CALIPER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Bearer token required by the repository (reload) endpoint; without it, the API key applies.
+    #[arg(long, env = "CALIPER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Largest request body in bytes (413 above).
+    #[arg(long, env = "CALIPER_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest image in pixels (width x height), checked from the header before decoding.
+    #[arg(long, env = "CALIPER_MAX_IMAGE_PIXELS", default_value_t = 4096 * 4096)]
+    pub max_image_pixels: u64,
+    /// Inference requests handled at once; more are refused with 429 and Retry-After.
+    #[arg(long, env = "CALIPER_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
+    pub max_concurrent_requests: usize,
+    /// Most images per ONNX Runtime run.
+    #[arg(long, env = "CALIPER_MAX_BATCH_SIZE", default_value_t = 32)]
+    pub max_batch_size: usize,
+    /// How long the oldest queued image may wait for a batch to fill, in microseconds. 0 batches
+    /// greedily: whatever queued while the sessions were busy, never waiting for more.
+    #[arg(long, env = "CALIPER_MAX_QUEUE_DELAY_US", default_value_t = 0)]
+    pub max_queue_delay_us: u64,
+    /// ONNX Runtime sessions (each owned by one thread) per model.
+    #[arg(long, env = "CALIPER_SESSIONS_PER_MODEL", default_value_t = 2)]
+    pub sessions_per_model: usize,
+    /// Intra-op threads of each session.
+    #[arg(long, env = "CALIPER_INTRA_OP_THREADS", default_value_t = 1)]
+    pub intra_op_threads: usize,
+    /// Time budget of one inference request in milliseconds (504 after).
+    #[arg(long, env = "CALIPER_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// Serve a calibration file fitted on another model file (its sha256 differs) instead of
+    /// refusing to load the model.
+    #[arg(long, env = "CALIPER_ALLOW_STALE_CALIBRATION")]
+    pub allow_stale_calibration: bool,
+    /// On SIGTERM or Ctrl-C, how long in-flight requests may take to finish, in milliseconds.
+    #[arg(long, env = "CALIPER_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+    /// Live calibration monitoring (label feedback).
+    #[command(flatten)]
+    pub monitor: MonitorArgs,
+}
+
+/// Flags of the live calibration monitor (issue 5).
+#[derive(Debug, Clone, clap::Args)]
+pub struct MonitorArgs {
+    /// HMAC key that signs prediction ids. Give every replica the same key so that any of them
+    /// accepts any label; without it each process draws a random key (and warns).
+    #[arg(long, env = "CALIPER_FEEDBACK_KEY", hide_env_values = true)]
+    pub feedback_key: Option<String>,
+    /// How long after a prediction its label is accepted, in seconds.
+    #[arg(long, alias = "feedback-max-age", env = "CALIPER_FEEDBACK_MAX_AGE_S", default_value_t = 7 * 24 * 3600)]
+    pub feedback_max_age_s: u64,
+    /// Labelled predictions per model in the live calibration window.
+    #[arg(long, env = "CALIPER_MONITOR_WINDOW", default_value_t = 10_000)]
+    pub monitor_window: usize,
+    /// Directory of the durable feedback log.
+    #[arg(long, env = "CALIPER_STATE_DIR", default_value = "state")]
+    pub state_dir: PathBuf,
+}
+
+/// Validated server configuration.
+#[derive(Clone)]
+pub struct Config {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// `models/` folder.
+    pub models_dir: PathBuf,
+    /// `calib/` folder.
+    pub calib_dir: PathBuf,
+    /// API key (bearer), if any.
+    pub api_key: Option<String>,
+    /// Admin token (bearer) for reloads, if any.
+    pub admin_token: Option<String>,
+    /// Body limit in bytes.
+    pub max_body_bytes: usize,
+    /// Pixel limit per image.
+    pub max_image_pixels: u64,
+    /// Admission limit.
+    pub max_concurrent_requests: usize,
+    /// Batch size limit.
+    pub max_batch_size: usize,
+    /// Longest wait for a batch to fill.
+    pub max_queue_delay: Duration,
+    /// Sessions per model.
+    pub sessions_per_model: usize,
+    /// Intra-op threads per session.
+    pub intra_op_threads: usize,
+    /// Per-request time budget.
+    pub request_timeout: Duration,
+    /// Load stale calibrations instead of refusing the model.
+    pub allow_stale_calibration: bool,
+    /// Drain bound at shutdown.
+    pub shutdown_timeout: Duration,
+    /// Live monitor settings.
+    pub monitor: crate::serve::monitor::MonitorConfig,
+    /// HMAC key of prediction ids; None draws a random key per process.
+    pub feedback_key: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    /// Secrets are redacted so that the configuration can be logged at start.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("models_dir", &self.models_dir)
+            .field("calib_dir", &self.calib_dir)
+            .field("api_key", &redact(&self.api_key))
+            .field("admin_token", &redact(&self.admin_token))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_image_pixels", &self.max_image_pixels)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("max_batch_size", &self.max_batch_size)
+            .field("max_queue_delay", &self.max_queue_delay)
+            .field("sessions_per_model", &self.sessions_per_model)
+            .field("intra_op_threads", &self.intra_op_threads)
+            .field("request_timeout", &self.request_timeout)
+            .field("allow_stale_calibration", &self.allow_stale_calibration)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("monitor", &self.monitor)
+            .field("feedback_key", &redact(&self.feedback_key))
+            .finish()
+    }
+}
+
+fn range(
+    flag: &'static str,
+    value: u64,
+    lo: u64,
+    hi: u64,
+    rule: &'static str,
+) -> Result<(), ConfigError> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange { flag, rule, value })
+    }
+}
+
+impl TryFrom<ServeArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
+        range(
+            "max-body-bytes",
+            a.max_body_bytes as u64,
+            1,
+            1 << 32,
+            "in 1..=4 GiB",
+        )?;
+        range(
+            "max-image-pixels",
+            a.max_image_pixels,
+            1,
+            1 << 32,
+            "in 1..=2^32",
+        )?;
+        range(
+            "max-concurrent-requests",
+            a.max_concurrent_requests as u64,
+            1,
+            1 << 20,
+            "in 1..=1048576",
+        )?;
+        range(
+            "max-batch-size",
+            a.max_batch_size as u64,
+            1,
+            4096,
+            "in 1..=4096",
+        )?;
+        range(
+            "max-queue-delay-us",
+            a.max_queue_delay_us,
+            0,
+            10_000_000,
+            "at most 10 s",
+        )?;
+        range(
+            "sessions-per-model",
+            a.sessions_per_model as u64,
+            1,
+            256,
+            "in 1..=256",
+        )?;
+        range(
+            "intra-op-threads",
+            a.intra_op_threads as u64,
+            1,
+            1024,
+            "in 1..=1024",
+        )?;
+        range(
+            "request-timeout-ms",
+            a.request_timeout_ms,
+            1,
+            3_600_000,
+            "in 1..=3600000",
+        )?;
+        range(
+            "shutdown-timeout-ms",
+            a.shutdown_timeout_ms,
+            0,
+            3_600_000,
+            "at most 3600000",
+        )?;
+        range(
+            "monitor-window",
+            a.monitor.monitor_window as u64,
+            1,
+            10_000_000,
+            "in 1..=10000000",
+        )?;
+        for (flag, v) in [
+            ("api-key", &a.api_key),
+            ("admin-token", &a.admin_token),
+            ("feedback-key", &a.monitor.feedback_key),
+        ] {
+            if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
+                return Err(ConfigError::EmptySecret(flag));
+            }
+        }
+        Ok(Config {
+            addr: a.addr,
+            models_dir: a.models,
+            calib_dir: a.calib,
+            api_key: a.api_key,
+            admin_token: a.admin_token,
+            max_body_bytes: a.max_body_bytes,
+            max_image_pixels: a.max_image_pixels,
+            max_concurrent_requests: a.max_concurrent_requests,
+            max_batch_size: a.max_batch_size,
+            max_queue_delay: Duration::from_micros(a.max_queue_delay_us),
+            sessions_per_model: a.sessions_per_model,
+            intra_op_threads: a.intra_op_threads,
+            request_timeout: Duration::from_millis(a.request_timeout_ms),
+            allow_stale_calibration: a.allow_stale_calibration,
+            shutdown_timeout: Duration::from_millis(a.shutdown_timeout_ms),
+            monitor: crate::serve::monitor::MonitorConfig {
+                window: a.monitor.monitor_window,
+                max_age_s: a.monitor.feedback_max_age_s,
+                state_dir: Some(a.monitor.state_dir),
+                bins: crate::trust::metrics::DEFAULT_BINS,
+            },
+            feedback_key: a.monitor.feedback_key,
+        })
+    }
+}
+
+impl Config {
+    /// What the model registry needs: where the models are and how to run them.
+    pub fn registry_options(&self) -> crate::serve::infer::RegistryOptions {
+        crate::serve::infer::RegistryOptions {
+            models_dir: self.models_dir.clone(),
+            calib_dir: self.calib_dir.clone(),
+            allow_stale_calibration: self.allow_stale_calibration,
+            model: self.model_options(),
+        }
+    }
+
+    /// How each model runs.
+    pub fn model_options(&self) -> crate::serve::infer::ModelOptions {
+        crate::serve::infer::ModelOptions {
+            sessions_per_model: self.sessions_per_model,
+            intra_op_threads: self.intra_op_threads,
+            max_batch_size: self.max_batch_size,
+            max_queue_delay: self.max_queue_delay,
+            max_concurrent_requests: self.max_concurrent_requests,
+        }
+    }
+
+    /// The configuration `caliper serve` would use with only these folders given (every other
+    /// flag at its default). Used by `caliper predict` and by tests.
+    pub fn with_repository(models_dir: PathBuf, calib_dir: PathBuf) -> Self {
+        use clap::{Args, FromArgMatches};
+        let cmd = ServeArgs::augment_args(clap::Command::new("serve"));
+        // Parsing an empty argument list only applies defaults; it cannot fail.
+        let matches = cmd
+            .no_binary_name(true)
+            .get_matches_from(Vec::<String>::new());
+        let mut args = ServeArgs::from_arg_matches(&matches).expect("defaults parse");
+        args.models = models_dir;
+        args.calib = calib_dir;
+        let mut config = Config::try_from(args).expect("defaults are valid");
+        // No feedback log unless a caller asks for one: tests and `caliper predict` must not
+        // create a state/ folder wherever they run.
+        config.monitor.state_dir = None;
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_secrets_are_redacted() {
+        let mut c = Config::with_repository("m".into(), "c".into());
+        assert_eq!(c.max_batch_size, 32);
+        c.api_key = Some("hunter2".into());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn rejects_out_of_range_values() {
+        let c = Config::with_repository("m".into(), "c".into());
+        let mut a = ServeArgs {
+            addr: c.addr,
+            models: "m".into(),
+            calib: "c".into(),
+            api_key: None,
+            admin_token: None,
+            max_body_bytes: 10,
+            max_image_pixels: 10,
+            max_concurrent_requests: 1,
+            max_batch_size: 0,
+            max_queue_delay_us: 0,
+            sessions_per_model: 1,
+            intra_op_threads: 1,
+            request_timeout_ms: 1,
+            allow_stale_calibration: false,
+            shutdown_timeout_ms: 0,
+            monitor: MonitorArgs {
+                feedback_key: None,
+                feedback_max_age_s: 60,
+                monitor_window: 10,
+                state_dir: "state".into(),
+            },
+        };
+        let e = Config::try_from(a.clone()).unwrap_err();
+        assert!(e.to_string().contains("--max-batch-size"), "{e}");
+        a.max_batch_size = 1;
+        a.api_key = Some(" ".into());
+        assert!(matches!(
+            Config::try_from(a.clone()),
+            Err(ConfigError::EmptySecret("api-key"))
+        ));
+        a.api_key = None;
+        assert!(Config::try_from(a).is_ok());
+    }
+}

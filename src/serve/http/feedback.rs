@@ -1,0 +1,266 @@
+//! Label feedback, the live monitor and the model's calibration: `POST /v1/feedback`,
+//! `GET /v1/models/{model}/monitor` (+ `/monitor/reliability.svg`) and
+//! `GET /v1/models/{model}/calibration` (+ `/reliability.svg`). Wire shapes are documented in
+//! `docs/MONITORING.md` and `docs/API.md`.
+
+use axum::Json;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::v1::bytes_error;
+use super::{ApiError, AppState};
+use crate::serve::monitor::{FeedbackItem, LabelRef};
+use crate::trust::diagram::{ReliabilityPanel, panels_from_fit, reliability_svg};
+use crate::trust::metrics::BootstrapOptions;
+
+/// Most items in one feedback batch.
+pub const MAX_FEEDBACK_ITEMS: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LabelValue {
+    Index(u64),
+    Name(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    prediction_id: String,
+    label: LabelValue,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FeedbackBody {
+    Batch { feedback: Vec<Entry> },
+    Single(Entry),
+}
+
+/// Outcome of one item of a batch.
+#[derive(Serialize)]
+struct ItemResult {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+}
+
+fn item(e: Entry) -> FeedbackItem {
+    FeedbackItem {
+        prediction_id: e.prediction_id,
+        label: match e.label {
+            LabelValue::Index(i) => LabelRef::Index(i),
+            LabelValue::Name(n) => LabelRef::Name(n),
+        },
+    }
+}
+
+/// `POST /v1/feedback`: one `{"prediction_id", "label"}` or `{"feedback": [...]}`.
+pub async fn submit(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| bytes_error(e, state.config.max_body_bytes))?;
+    let parsed: FeedbackBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected {{\"prediction_id\": ..., \"label\": ...}} or {{\"feedback\": [...]}}: {e}"
+        ))
+    })?;
+    let (items, single) = match parsed {
+        FeedbackBody::Single(e) => (vec![item(e)], true),
+        FeedbackBody::Batch { feedback } => {
+            if feedback.is_empty() || feedback.len() > MAX_FEEDBACK_ITEMS {
+                return Err(ApiError::BadRequest(format!(
+                    "a feedback batch holds 1 to {MAX_FEEDBACK_ITEMS} items, got {}",
+                    feedback.len()
+                )));
+            }
+            (feedback.into_iter().map(item).collect(), false)
+        }
+    };
+    // The log append fsyncs: keep it off the async executor.
+    let s = state.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        crate::serve::infer::feedback::submit(&s.monitor, &s.registry, &s.metrics, &items)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("feedback task failed: {e}")))?;
+
+    if single {
+        let r = results
+            .into_iter()
+            .next()
+            .expect("one item in, one result out");
+        let a = r?;
+        let status = if a.new { "accepted" } else { "duplicate" };
+        return Ok(
+            Json(serde_json::json!({ "status": status, "model": a.record.model })).into_response(),
+        );
+    }
+    // A failed write refuses the whole batch: nothing of it was acknowledged.
+    if let Some(Err(crate::serve::monitor::FeedbackError::Log(detail))) = results
+        .iter()
+        .find(|r| matches!(r, Err(crate::serve::monitor::FeedbackError::Log(_))))
+    {
+        return Err(ApiError::FeedbackNotStored(detail.clone()));
+    }
+    let mut counts = [0usize; 3];
+    let items: Vec<ItemResult> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(a) => {
+                counts[usize::from(!a.new)] += 1;
+                let status = if a.new { "accepted" } else { "duplicate" };
+                ItemResult {
+                    status,
+                    model: Some(a.record.model),
+                    error: None,
+                    code: None,
+                }
+            }
+            Err(e) => {
+                counts[2] += 1;
+                let err = ApiError::from(e);
+                let code = err.status_and_code().1;
+                ItemResult {
+                    status: "rejected",
+                    model: None,
+                    error: Some(err.to_string()),
+                    code: Some(code),
+                }
+            }
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "accepted": counts[0],
+        "duplicates": counts[1],
+        "rejected": counts[2],
+        "results": items,
+    }))
+    .into_response())
+}
+
+/// Query of the monitor endpoint.
+#[derive(Debug, Deserialize)]
+pub struct MonitorQuery {
+    /// Bootstrap resamples for confidence intervals (0 = none, at most 2000).
+    #[serde(default)]
+    bootstrap: usize,
+}
+
+/// `GET /v1/models/{model}/monitor`: every live figure and the per-bin statistics.
+pub async fn monitor(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<MonitorQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if q.bootstrap > 2000 {
+        return Err(ApiError::BadRequest(
+            "bootstrap must be at most 2000".into(),
+        ));
+    }
+    let model = state.model(&name)?;
+    let boot = (q.bootstrap >= 2).then_some(BootstrapOptions {
+        resamples: q.bootstrap,
+        seed: 0,
+        level: 0.95,
+    });
+    let reference = model
+        .files
+        .calibration
+        .as_ref()
+        .and_then(|c| c.reference.clone());
+    let s = state.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        s.monitor.report(&name, reference.as_ref(), boot.as_ref())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("monitor task failed: {e}")))?;
+    Ok(Json(serde_json::json!({
+        "model": model.files.name,
+        "model_version": model.files.metadata.version,
+        "window": state.config.monitor.window,
+        "bins": state.config.monitor.bins,
+        "live": report,
+    }))
+    .into_response())
+}
+
+fn svg(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "image/svg+xml")], body).into_response()
+}
+
+/// `GET /v1/models/{model}/monitor/reliability.svg`: the live reliability diagram, beside the
+/// validation diagram of the calibration file when it has one.
+pub async fn monitor_svg(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let model = state.model(&name)?;
+    let mut panels = Vec::new();
+    if let Some(file) = &model.files.calibration
+        && let Some(mut fit) = file
+            .fit
+            .as_ref()
+            .and_then(|f| panels_from_fit(f, file.calibrator.method()))
+    {
+        panels.push(fit.remove(1));
+    }
+    let acc = state.monitor.accumulator(&name).unwrap_or_else(|| {
+        crate::trust::metrics::BinnedAccumulator::new(state.config.monitor.bins).expect("bins >= 1")
+    });
+    let title = format!("Live: last {} labelled", acc.count());
+    panels.push(ReliabilityPanel::from_accumulator(&title, &acc));
+    Ok(svg(reliability_svg(&panels)))
+}
+
+/// `GET /v1/models/{model}/calibration`: the calibrator, its parameters and validation metrics.
+pub async fn calibration(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let model = state.model(&name)?;
+    Ok(Json(match &model.files.calibration {
+        Some(file) => serde_json::json!({
+            "model": model.files.name,
+            "calibrated": true,
+            "stale": model.files.stale_calibration,
+            "method": file.calibrator.method(),
+            "calibration": file,
+        }),
+        None => serde_json::json!({
+            "model": model.files.name,
+            "calibrated": false,
+            "method": "identity",
+        }),
+    }))
+}
+
+/// `GET /v1/models/{model}/reliability.svg`: the validation reliability diagram (before and after
+/// calibration) stored in the calibration file.
+pub async fn calibration_svg(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let model = state.model(&name)?;
+    let panels = model
+        .files
+        .calibration
+        .as_ref()
+        .and_then(|f| panels_from_fit(f.fit.as_ref()?, f.calibrator.method()))
+        .ok_or_else(|| {
+            ApiError::NotFoundDetail(format!(
+                "model {name:?} has no calibration file with a validation reliability summary"
+            ))
+        })?;
+    Ok(svg(reliability_svg(&panels)))
+}

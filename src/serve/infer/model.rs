@@ -1,0 +1,319 @@
+//! A loaded, servable model: its checked files, its calibrator, and the session threads that
+//! drain its queue. Dropping the last handle closes the queue and the threads exit.
+//!
+//! Each ONNX Runtime session is owned by one OS thread (its `run` needs `&mut self`). The threads
+//! share one bounded queue; whichever is free forms the next batch ([`BatchQueue::next_batch`]),
+//! so work spreads over the sessions without a separate dispatcher.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::InferError;
+use super::batcher::{BatchPolicy, BatchQueue, PushError, Queued};
+use super::prediction::PredictionContext;
+use crate::repository::ModelFiles;
+use crate::runtime::ClassifierSession;
+use crate::serve::prometheus::ServerMetrics;
+use crate::trust::calibration::Calibrator;
+
+/// The model outputs of one input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowOutput {
+    /// Raw logits, class order.
+    pub logits: Vec<f32>,
+    /// Penultimate features, when model.toml names a features output.
+    pub features: Option<Vec<f32>>,
+}
+
+/// One queued image.
+struct Job {
+    input: Vec<f32>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<RowOutput, InferError>>,
+}
+
+impl Queued for Job {
+    fn enqueued_at(&self) -> Instant {
+        self.enqueued
+    }
+    fn is_abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// A model ready to serve.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The checked files (metadata, sha256, calibration file).
+    pub files: ModelFiles,
+    /// The calibrator applied to every prediction (identity without a calibration file).
+    pub calibrator: Calibrator,
+    queue: Arc<BatchQueue<Job>>,
+    metrics: Arc<ServerMetrics>,
+}
+
+impl Drop for LoadedModel {
+    /// Closes the queue: the session threads finish what is queued, then exit.
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+/// How a model is run: the part of the server configuration the request path needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelOptions {
+    /// ONNX Runtime sessions (one thread each) per model.
+    pub sessions_per_model: usize,
+    /// Intra-op threads per session.
+    pub intra_op_threads: usize,
+    /// Most images per ONNX Runtime run.
+    pub max_batch_size: usize,
+    /// Longest wait for a batch to fill.
+    pub max_queue_delay: std::time::Duration,
+    /// The server's admission limit: the queue has room for this many full batches.
+    pub max_concurrent_requests: usize,
+}
+
+impl LoadedModel {
+    /// Builds `sessions_per_model` sessions, runs a warm-up batch through each (which also checks
+    /// that the logits have one column per label and that the features fit the calibration
+    /// file's Mahalanobis detector), then starts one thread per session.
+    pub fn start(
+        files: ModelFiles,
+        config: &ModelOptions,
+        metrics: Arc<ServerMetrics>,
+    ) -> Result<Self, InferError> {
+        let spec = &files.metadata.input;
+        let shape = [spec.channels, spec.height, spec.width];
+        let mut sessions = Vec::with_capacity(config.sessions_per_model);
+        for _ in 0..config.sessions_per_model {
+            let mut s = ClassifierSession::new(
+                &files.onnx_path,
+                &spec.name,
+                &files.metadata.output.logits,
+                shape,
+                config.intra_op_threads,
+            )?;
+            if let Some(name) = &files.metadata.output.features {
+                s = s.with_features(name)?;
+            }
+            let out = s.run_outputs(&vec![0.0; s.image_len()])?;
+            if out.classes != files.metadata.labels.len() {
+                return Err(InferError::LabelCount {
+                    model: files.name.clone(),
+                    outputs: out.classes,
+                    labels: files.metadata.labels.len(),
+                });
+            }
+            check_features(&files, out.features.as_ref().map(|f| f.1))?;
+            sessions.push(s);
+        }
+        // Room for every admitted request to queue a full batch of images; beyond it, 429.
+        let capacity = config
+            .max_concurrent_requests
+            .saturating_mul(config.max_batch_size)
+            .clamp(64, 1 << 16);
+        let queue = Arc::new(BatchQueue::new(capacity));
+        // A graph exported with a fixed batch dimension can only run batches of exactly that size.
+        let fixed = sessions.first().and_then(ClassifierSession::fixed_batch);
+        if fixed.is_some_and(|b| b != 1) {
+            return Err(InferError::Internal(format!(
+                "model {}: the graph's batch dimension is fixed to {fixed:?}; export it with a dynamic or unit batch",
+                files.name
+            )));
+        }
+        let policy = BatchPolicy {
+            max_batch_size: if fixed.is_some() {
+                1
+            } else {
+                config.max_batch_size
+            },
+            max_queue_delay: config.max_queue_delay,
+        };
+        for (i, session) in sessions.into_iter().enumerate() {
+            let (q, metrics, name) = (Arc::clone(&queue), Arc::clone(&metrics), files.name.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("caliper-{name}-{i}"))
+                .spawn(move || session_thread(&name, session, &q, &policy, &metrics));
+            if let Err(e) = spawned {
+                // Lets the threads already started exit.
+                queue.close();
+                return Err(InferError::Internal(format!(
+                    "cannot spawn a session thread: {e}"
+                )));
+            }
+        }
+        let calibrator = files
+            .calibration
+            .as_ref()
+            .map_or(Calibrator::Identity, |c| c.calibrator.clone());
+        metrics
+            .model_info
+            .with_label_values(&[
+                files.name.as_str(),
+                files.metadata.version.as_str(),
+                files.sha256.as_str(),
+                calibrator.method(),
+            ])
+            .set(1);
+        Ok(Self {
+            files,
+            calibrator,
+            queue,
+            metrics,
+        })
+    }
+
+    /// Queues preprocessed images (`C * H * W` values each) and returns their outputs in the
+    /// same order. Dropping the future abandons the entries; the batcher then skips them.
+    pub async fn outputs(&self, inputs: Vec<Vec<f32>>) -> Result<Vec<RowOutput>, InferError> {
+        let enqueued = Instant::now();
+        let (jobs, replies): (Vec<Job>, Vec<_>) = inputs
+            .into_iter()
+            .map(|input| {
+                let (reply, rx) = oneshot::channel();
+                let job = Job {
+                    input,
+                    enqueued,
+                    reply,
+                };
+                (job, rx)
+            })
+            .unzip();
+        self.queue.push_all(jobs).map_err(|e| match e {
+            PushError::Full(_) => InferError::QueueFull,
+            PushError::Closed(_) => InferError::Unavailable(self.files.name.clone()),
+        })?;
+        let mut out = Vec::with_capacity(replies.len());
+        for rx in replies {
+            out.push(
+                rx.await
+                    .map_err(|_| InferError::Unavailable(self.files.name.clone()))??,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The context every prediction of this model is built with.
+    pub fn prediction_context(&self) -> PredictionContext<'_> {
+        PredictionContext {
+            model: &self.files.name,
+            version: &self.files.metadata.version,
+            labels: &self.files.metadata.labels,
+            calibrator: &self.calibrator,
+            calibrated: self.is_calibrated(),
+            calibration: self.files.calibration.as_ref(),
+        }
+    }
+
+    /// Counts `n` predictions returned to clients.
+    pub fn count_predictions(&self, n: usize) {
+        self.metrics
+            .predictions
+            .with_label_values(&[self.files.name.as_str()])
+            .inc_by(n as u64);
+    }
+
+    /// The `caliper_model_info` labels of this model.
+    pub fn info_labels(&self) -> [&str; 4] {
+        [
+            self.files.name.as_str(),
+            self.files.metadata.version.as_str(),
+            self.files.sha256.as_str(),
+            self.calibrator.method(),
+        ]
+    }
+
+    /// Whether a calibration file was loaded.
+    pub fn is_calibrated(&self) -> bool {
+        self.files.calibration.is_some()
+    }
+}
+
+/// A calibration file with a Mahalanobis detector needs features of its dimension `dim`.
+fn check_features(files: &ModelFiles, dim: Option<usize>) -> Result<(), InferError> {
+    let detector = files
+        .calibration
+        .as_ref()
+        .and_then(|c| c.ood.as_ref())
+        .and_then(|o| o.mahalanobis.as_ref());
+    let reason = match (detector, dim) {
+        (None, _) => return Ok(()),
+        (Some(_), None) => "the calibration file has a Mahalanobis detector but model.toml names \
+                            no features output (output.features)"
+            .to_string(),
+        (Some(m), Some(d)) if m.dim() != d => format!(
+            "the calibration file's Mahalanobis detector has {} features, the model's features \
+             output has {d}: refit it (caliper calibrate --train-data)",
+            m.dim()
+        ),
+        (Some(_), Some(_)) => return Ok(()),
+    };
+    Err(InferError::FeatureMismatch {
+        model: files.name.clone(),
+        reason,
+    })
+}
+
+/// The loop of one session thread: form a batch, run it, answer every entry. Ends when the
+/// model is dropped (queue closed).
+fn session_thread(
+    name: &str,
+    mut session: ClassifierSession,
+    queue: &BatchQueue<Job>,
+    policy: &BatchPolicy,
+    metrics: &ServerMetrics,
+) {
+    let gone = metrics.rejected.with_label_values(&["client_gone"]);
+    let queue_h = metrics.queue_duration.with_label_values(&[name]);
+    let infer_h = metrics.inference_duration.with_label_values(&[name]);
+    let batch_h = metrics.batch_size.with_label_values(&[name]);
+    let nonfinite = metrics.nonfinite_logits.with_label_values(&[name]);
+    // One input buffer for the thread's lifetime: batches are copied into it, never allocated.
+    let mut input: Vec<f32> = Vec::with_capacity(policy.max_batch_size * session.image_len());
+    // The other sessions can form their next batch while this one runs.
+    while let Some(batch) = queue.next_batch(policy, |_| gone.inc()) {
+        let start = Instant::now();
+        for job in &batch {
+            queue_h.observe(start.duration_since(job.enqueued).as_secs_f64());
+        }
+        batch_h.observe(batch.len() as f64);
+        input.clear();
+        for job in &batch {
+            input.extend_from_slice(&job.input);
+        }
+        let result = session.run_outputs(&input);
+        infer_h.observe(start.elapsed().as_secs_f64());
+        match result {
+            Ok(out) => {
+                let k = out.classes;
+                let mut features = out
+                    .features
+                    .as_ref()
+                    .map(|(f, d)| f.chunks_exact(*d).map(<[f32]>::to_vec));
+                for (job, row) in batch.into_iter().zip(out.logits.chunks_exact(k)) {
+                    let features = features.as_mut().and_then(Iterator::next);
+                    let answer = if row.iter().all(|v| v.is_finite()) {
+                        Ok(RowOutput {
+                            logits: row.to_vec(),
+                            features,
+                        })
+                    } else {
+                        nonfinite.inc();
+                        Err(InferError::NonFiniteLogits(name.to_string()))
+                    };
+                    // A receiver that left in the meantime is fine to ignore.
+                    let _ = job.reply.send(answer);
+                }
+            }
+            Err(e) => {
+                tracing::error!(model = name, error = %e, batch = batch.len(), "batch failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(InferError::Runtime(e.to_string())));
+                }
+            }
+        }
+    }
+}

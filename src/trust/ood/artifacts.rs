@@ -1,0 +1,301 @@
+//! What the calibration file carries for trust decisions, fitted in one place so that the
+//! trainer's export and `caliper calibrate` write identical artifacts: one OOD threshold per
+//! score at 95% TPR of the in-distribution validation data (plus the Mahalanobis detector when
+//! features are given), split-conformal LAC and APS predictors on the calibrated validation
+//! probabilities, and the confidence reference of the live monitor's drift test.
+//!
+//! MSP is taken on the *calibrated* probabilities (issue 5: "MSP (on calibrated
+//! probabilities)"), so the served `msp` score and its threshold agree with the served
+//! confidence; max-logit, energy and entropy are computed on the raw logits.
+
+use std::collections::BTreeMap;
+
+use ndarray::ArrayView2;
+use serde::{Deserialize, Serialize};
+
+use super::LogitScores;
+use super::fit::{Mahalanobis, OodError, Threshold};
+use crate::trust::calibration::{CalibrationError, Calibrator, calibrate_rows};
+use crate::trust::conformal::{ConformalError, ScoreKind, SplitConformal};
+use crate::trust::metrics::ConfidenceReference;
+
+/// True-positive rate of in-distribution validation data the thresholds keep.
+pub const DEFAULT_TPR: f64 = 0.95;
+/// Default miscoverage level of the conformal predictors.
+pub const DEFAULT_ALPHA: f64 = 0.1;
+/// Default OOD score named in the file (the server's `ood.method`).
+pub const DEFAULT_METHOD: &str = "msp";
+/// Every score name, in the order reports list them (`mahalanobis` only with features).
+pub const METHODS: [&str; 5] = ["msp", "max_logit", "energy", "entropy", "mahalanobis"];
+/// Quantile levels of the stored confidence reference.
+pub const REFERENCE_LEVELS: usize = 201;
+/// Relative ridge of the Mahalanobis covariance.
+const MAHALANOBIS_RIDGE: f64 = 1e-6;
+
+/// Errors of fitting the trust artifacts.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// Calibrating the validation logits failed.
+    #[error("calibrating validation logits: {0}")]
+    Calibration(#[from] CalibrationError),
+    /// An OOD threshold or detector could not be fitted.
+    #[error("fitting OOD thresholds: {0}")]
+    Ood(#[from] OodError),
+    /// A conformal predictor could not be fitted.
+    #[error("fitting conformal predictors: {0}")]
+    Conformal(#[from] ConformalError),
+    /// No finite calibrated confidence to build the reference from.
+    #[error("no finite validation confidence for the drift reference")]
+    EmptyReference,
+}
+
+/// The `ood` section of a calibration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OodCalibration {
+    /// Score the server reports as `ood.method` and decides `is_ood` with.
+    pub method: String,
+    /// One threshold per score name (`msp`, `max_logit`, `energy`, `entropy`, `mahalanobis`).
+    pub thresholds: BTreeMap<String, Threshold>,
+    /// Class means and shared precision of the training features, when the model exports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mahalanobis: Option<Mahalanobis>,
+}
+
+impl OodCalibration {
+    /// Makes `method` the score the server decides `is_ood` with; it must have a threshold
+    /// (`mahalanobis` has one only when the file was fitted with features).
+    pub fn with_method(mut self, method: &str) -> Result<Self, OodError> {
+        if !self.thresholds.contains_key(method) {
+            let have: Vec<&str> = self.thresholds.keys().map(String::as_str).collect();
+            return Err(OodError::InvalidOption(format!(
+                "OOD method {method:?} has no fitted threshold (fitted: {})",
+                have.join(", ")
+            )));
+        }
+        self.method = method.to_string();
+        Ok(self)
+    }
+
+    /// Every score of one row: [`named_scores`] plus `mahalanobis` when this file has the
+    /// detector and the row's `features` are given. A feature vector the detector cannot score
+    /// (wrong length, non-finite) scores NaN, which [`Threshold::is_ood`] flags.
+    pub fn scores(
+        &self,
+        logits: &[f64],
+        calibrated: &[f64],
+        features: Option<&[f64]>,
+    ) -> BTreeMap<String, f64> {
+        let mut s = named_scores(logits, calibrated);
+        if let (Some(m), Some(f)) = (&self.mahalanobis, features) {
+            s.insert("mahalanobis".into(), m.score(f).unwrap_or(f64::NAN));
+        }
+        s
+    }
+}
+
+/// The `conformal` section of a calibration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConformalCalibration {
+    /// Default miscoverage level (a request's `?alpha=` overrides it).
+    pub alpha: f64,
+    /// Least-ambiguous set-valued classifier (score `1 - p_y`).
+    pub lac: SplitConformal,
+    /// Adaptive prediction sets.
+    pub aps: SplitConformal,
+}
+
+/// Penultimate features for the Mahalanobis detector: validation rows (to fit its threshold)
+/// and training rows with labels (to fit the class means and covariance).
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureData<'a> {
+    /// Validation features `[N_val, D]`, in the order of the validation logits.
+    pub val: ArrayView2<'a, f64>,
+    /// Training features `[N_train, D]`.
+    pub train: ArrayView2<'a, f64>,
+    /// Training labels.
+    pub train_labels: &'a [usize],
+}
+
+/// Everything [`fit_trust_artifacts`] returns.
+#[derive(Debug, Clone)]
+pub struct TrustArtifacts {
+    /// OOD thresholds and detector.
+    pub ood: OodCalibration,
+    /// Conformal predictors.
+    pub conformal: ConformalCalibration,
+    /// Quantiles of the calibrated validation confidence.
+    pub reference: ConfidenceReference,
+}
+
+/// Named OOD scores of one row: the logit scores, MSP replaced by its calibrated value.
+pub fn named_scores(logits: &[f64], calibrated: &[f64]) -> BTreeMap<String, f64> {
+    let s = LogitScores::from_logits(logits);
+    let max_p = calibrated.iter().copied().fold(0.0, f64::max);
+    BTreeMap::from([
+        ("msp".to_string(), 1.0 - max_p),
+        ("max_logit".to_string(), s.max_logit),
+        ("energy".to_string(), s.energy),
+        ("entropy".to_string(), s.entropy),
+    ])
+}
+
+/// Every served score of every row, by name: [`named_scores`] of the logits `[N, K]` and their
+/// calibrated probabilities, plus `mahalanobis` of the features `[N, D]` when a detector is
+/// given with them.
+pub fn score_rows(
+    logits: ArrayView2<'_, f64>,
+    calibrated: ArrayView2<'_, f64>,
+    features: Option<(ArrayView2<'_, f64>, &Mahalanobis)>,
+) -> Result<BTreeMap<String, Vec<f64>>, OodError> {
+    let mut per_score: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (z, p) in logits.outer_iter().zip(calibrated.outer_iter()) {
+        for (name, v) in named_scores(&z.to_vec(), &p.to_vec()) {
+            per_score.entry(name).or_default().push(v);
+        }
+    }
+    if let Some((f, m)) = features {
+        if f.nrows() != logits.nrows() {
+            return Err(OodError::Shape(format!(
+                "{} feature rows for {} logit rows",
+                f.nrows(),
+                logits.nrows()
+            )));
+        }
+        per_score.insert("mahalanobis".into(), m.score_rows(f)?);
+    }
+    Ok(per_score)
+}
+
+/// Fits the OOD thresholds, the conformal predictors and the confidence reference on the
+/// validation logits `[N, K]` and labels, after `calibrator`.
+pub fn fit_trust_artifacts(
+    logits: ArrayView2<'_, f64>,
+    labels: &[usize],
+    features: Option<FeatureData<'_>>,
+    calibrator: &Calibrator,
+) -> Result<TrustArtifacts, ArtifactError> {
+    let probs = calibrate_rows(calibrator, logits)?;
+    let confidences: Vec<f64> = probs
+        .outer_iter()
+        .map(|p| p.iter().copied().fold(0.0, f64::max))
+        .collect();
+    let mahalanobis = features
+        .map(|f| Mahalanobis::fit(f.train, f.train_labels, logits.ncols(), MAHALANOBIS_RIDGE))
+        .transpose()?;
+    let per_score = score_rows(
+        logits,
+        probs.view(),
+        features.map(|f| f.val).zip(mahalanobis.as_ref()),
+    )?;
+    let thresholds = per_score
+        .iter()
+        .map(|(name, v)| Ok((name.clone(), Threshold::fit(v, DEFAULT_TPR)?)))
+        .collect::<Result<BTreeMap<_, _>, OodError>>()?;
+    let conformal = ConformalCalibration {
+        alpha: DEFAULT_ALPHA,
+        lac: SplitConformal::fit(probs.view(), labels, ScoreKind::Lac, DEFAULT_ALPHA)?,
+        aps: SplitConformal::fit(probs.view(), labels, ScoreKind::Aps, DEFAULT_ALPHA)?,
+    };
+    let reference = ConfidenceReference::from_confidences(&confidences, REFERENCE_LEVELS)
+        .ok_or(ArtifactError::EmptyReference)?;
+    Ok(TrustArtifacts {
+        ood: OodCalibration {
+            method: DEFAULT_METHOD.to_string(),
+            thresholds,
+            mahalanobis,
+        },
+        conformal,
+        reference,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    fn data() -> (Array2<f64>, Vec<usize>) {
+        // 200 rows, 3 classes: a confident diagonal with a deterministic spread of margins.
+        let n = 200;
+        let mut z = Array2::zeros((n, 3));
+        let mut y = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = i % 3;
+            z[[i, c]] = 0.5 + (i as f64) * 0.03;
+            z[[i, (c + 1) % 3]] = 0.2 * ((i * 7 % 5) as f64);
+            y.push(if i % 10 == 0 { (c + 1) % 3 } else { c });
+        }
+        (z, y)
+    }
+
+    #[test]
+    fn thresholds_keep_95_percent_of_validation_and_sets_cover() {
+        let (z, y) = data();
+        let t = Calibrator::Ts { temperature: 1.5 };
+        let a = fit_trust_artifacts(z.view(), &y, None, &t).unwrap();
+        let probs = calibrate_rows(&t, z.view()).unwrap();
+        assert_eq!(a.ood.thresholds.len(), 4);
+        for (name, th) in &a.ood.thresholds {
+            let kept = z
+                .outer_iter()
+                .zip(probs.outer_iter())
+                .filter(|(zr, pr)| {
+                    !th.is_ood(named_scores(&zr.to_vec(), &pr.to_vec())[name.as_str()])
+                })
+                .count();
+            assert!(kept as f64 >= 0.95 * 200.0, "{name} kept {kept}");
+        }
+        // In-sample coverage of the conformal sets is at least 1 - alpha.
+        for c in [&a.conformal.lac, &a.conformal.aps] {
+            let sets = c.predict_sets(probs.view(), 0.1).unwrap();
+            let (cov, _) = crate::trust::conformal::coverage_and_size(&sets, &y);
+            assert!(cov >= 0.9, "coverage {cov}");
+        }
+        assert_eq!(a.reference.n, 200);
+        assert_eq!(a.reference.quantiles.len(), REFERENCE_LEVELS);
+    }
+
+    #[test]
+    fn msp_is_taken_on_calibrated_probabilities() {
+        let s = named_scores(&[3.0, 0.0], &[0.6, 0.4]);
+        assert!((s["msp"] - 0.4).abs() < 1e-12);
+        assert!((s["max_logit"] + 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn mahalanobis_is_fitted_when_features_are_given() {
+        let (z, y) = data();
+        let f = z.clone();
+        let feats = FeatureData {
+            val: f.view(),
+            train: f.view(),
+            train_labels: &y,
+        };
+        let a = fit_trust_artifacts(z.view(), &y, Some(feats), &Calibrator::Identity).unwrap();
+        assert!(a.ood.mahalanobis.is_some());
+        assert!(a.ood.thresholds.contains_key("mahalanobis"));
+        let row = [0.5, 0.2, 0.0];
+        let s = a.ood.scores(&row, &[0.4, 0.3, 0.3], Some(&row));
+        assert_eq!(s.len(), 5);
+        assert!(s["mahalanobis"].is_finite() && s["mahalanobis"] >= 0.0);
+        // No features: no Mahalanobis score; features of the wrong width: NaN (flagged).
+        assert!(
+            !a.ood
+                .scores(&row, &[0.4, 0.3, 0.3], None)
+                .contains_key("mahalanobis")
+        );
+        assert!(a.ood.scores(&row, &[0.4, 0.3, 0.3], Some(&row[..2]))["mahalanobis"].is_nan());
+        let m = a.ood.clone().with_method("mahalanobis").unwrap();
+        assert_eq!(m.method, "mahalanobis");
+        let e = a.ood.with_method("odin").unwrap_err().to_string();
+        assert!(e.contains("odin") && e.contains("mahalanobis"), "{e}");
+        let plain = fit_trust_artifacts(z.view(), &y, None, &Calibrator::Identity).unwrap();
+        assert!(plain.ood.with_method("mahalanobis").is_err());
+    }
+
+    #[test]
+    fn mismatched_labels_are_an_error() {
+        let (z, y) = data();
+        assert!(fit_trust_artifacts(z.view(), &y[..10], None, &Calibrator::Identity).is_err());
+    }
+}

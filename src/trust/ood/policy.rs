@@ -1,0 +1,250 @@
+//! Per-request trust policy: given one row's logits, its calibrated probabilities and the
+//! calibration file's `ood` and `conformal` sections, decide the response's `ood` object,
+//! whether to abstain (`?min_confidence=`, `?reject_ood=true`) and the conformal prediction set
+//! (`?alpha=`). Plain data in, plain data out, so the HTTP handler stays thin.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::artifacts::{ConformalCalibration, OodCalibration, named_scores};
+use crate::trust::conformal::ConformalError;
+
+/// What a request asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TrustQuery {
+    /// Abstain when the calibrated confidence is below this.
+    pub min_confidence: Option<f64>,
+    /// Abstain when the default OOD score is above its threshold.
+    pub reject_ood: bool,
+    /// Miscoverage level of the prediction set (`None`: the file's default, when it has one).
+    pub alpha: Option<f64>,
+}
+
+/// The response's `ood` object.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct OodVerdict {
+    /// The score the decision used.
+    pub method: String,
+    /// Its value for this input (higher = more out-of-distribution).
+    pub score: f64,
+    /// Its fitted threshold (`None` when the calibration file has no OOD section).
+    pub threshold: Option<f64>,
+    /// Whether `score > threshold`.
+    pub is_ood: bool,
+    /// Every score of this input by name.
+    #[serde(flatten)]
+    pub scores: BTreeMap<String, f64>,
+}
+
+/// Why a response abstained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbstainReason {
+    /// Calibrated confidence below `min_confidence`.
+    LowConfidence,
+    /// Flagged out-of-distribution with `reject_ood=true`.
+    OutOfDistribution,
+}
+
+/// The policy's decision for one row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrustDecision {
+    /// OOD scores and verdict.
+    pub ood: OodVerdict,
+    /// Whether the response abstains.
+    pub abstained: bool,
+    /// Why, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abstain_reason: Option<AbstainReason>,
+    /// Class indices of the LAC prediction set, when requested or defaulted by the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prediction_set: Option<Vec<usize>>,
+}
+
+/// Errors of the policy (all caused by the request).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// `min_confidence` outside [0, 1].
+    #[error("min_confidence must be in [0, 1], got {0}")]
+    MinConfidence(f64),
+    /// A prediction set was asked for but the calibration file has no conformal section.
+    #[error("the calibration file has no conformal predictor, so alpha cannot be served")]
+    NoConformal,
+    /// The conformal predictor refused the request (e.g. alpha outside (0, 1)).
+    #[error(transparent)]
+    Conformal(#[from] ConformalError),
+}
+
+/// Decides `ood`, abstention and the prediction set of one row of finite logits and their
+/// calibrated probabilities. Without an OOD section the verdict uses `msp` with no threshold
+/// and is never OOD. `features` (the row's penultimate features, when the model exports them)
+/// add the `mahalanobis` score when the OOD section has the detector.
+pub fn decide(
+    logits: &[f64],
+    calibrated: &[f64],
+    features: Option<&[f64]>,
+    ood: Option<&OodCalibration>,
+    conformal: Option<&ConformalCalibration>,
+    query: &TrustQuery,
+) -> Result<TrustDecision, PolicyError> {
+    if let Some(m) = query.min_confidence
+        && !(0.0..=1.0).contains(&m)
+    {
+        return Err(PolicyError::MinConfidence(m));
+    }
+    let scores = match ood {
+        Some(o) => o.scores(logits, calibrated, features),
+        None => named_scores(logits, calibrated),
+    };
+    let method = ood.map_or("msp", |o| o.method.as_str()).to_string();
+    let score = scores.get(&method).copied().unwrap_or(f64::NAN);
+    let threshold = ood.and_then(|o| o.thresholds.get(&method));
+    let verdict = OodVerdict {
+        is_ood: threshold.is_some_and(|t| t.is_ood(score)),
+        threshold: threshold.map(|t| t.threshold),
+        method,
+        score,
+        scores,
+    };
+    let confidence = calibrated.iter().copied().fold(0.0, f64::max);
+    let abstain_reason = if query.reject_ood && verdict.is_ood {
+        Some(AbstainReason::OutOfDistribution)
+    } else if query.min_confidence.is_some_and(|m| confidence < m) {
+        Some(AbstainReason::LowConfidence)
+    } else {
+        None
+    };
+    let prediction_set = match (query.alpha, conformal) {
+        (Some(_), None) => return Err(PolicyError::NoConformal),
+        (alpha, Some(c)) => Some(c.lac.predict_set(calibrated, alpha.unwrap_or(c.alpha))?),
+        (None, None) => None,
+    };
+    Ok(TrustDecision {
+        ood: verdict,
+        abstained: abstain_reason.is_some(),
+        abstain_reason,
+        prediction_set,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::conformal::{ScoreKind, SplitConformal};
+    use crate::trust::ood::fit::Threshold;
+
+    fn ood() -> OodCalibration {
+        OodCalibration {
+            method: "msp".into(),
+            thresholds: BTreeMap::from([(
+                "msp".to_string(),
+                Threshold {
+                    tpr: 0.95,
+                    threshold: 0.3,
+                },
+            )]),
+            mahalanobis: None,
+        }
+    }
+
+    fn conformal() -> ConformalCalibration {
+        let lac = SplitConformal {
+            score: ScoreKind::Lac,
+            alpha: 0.1,
+            scores: (0..100).map(|i| i as f64 / 200.0).collect(),
+        };
+        let aps = SplitConformal {
+            score: ScoreKind::Aps,
+            ..lac.clone()
+        };
+        ConformalCalibration {
+            alpha: 0.1,
+            lac,
+            aps,
+        }
+    }
+
+    #[test]
+    fn a_confident_row_is_accepted_with_a_singleton_set() {
+        let q = TrustQuery {
+            min_confidence: Some(0.9),
+            reject_ood: true,
+            alpha: None,
+        };
+        let d = decide(
+            &[5.0, 0.0],
+            &[0.95, 0.05],
+            None,
+            Some(&ood()),
+            Some(&conformal()),
+            &q,
+        )
+        .unwrap();
+        assert!(!d.abstained && !d.ood.is_ood);
+        assert_eq!(d.ood.threshold, Some(0.3));
+        assert_eq!(d.prediction_set, Some(vec![0]));
+        assert_eq!(d.ood.scores.len(), 4);
+    }
+
+    #[test]
+    fn ood_and_low_confidence_abstain_with_their_reason() {
+        let row = ([0.1, 0.0], [0.55, 0.45]);
+        let reject = TrustQuery {
+            reject_ood: true,
+            ..TrustQuery::default()
+        };
+        let d = decide(&row.0, &row.1, None, Some(&ood()), None, &reject).unwrap();
+        assert!(d.ood.is_ood && d.abstained);
+        assert_eq!(d.abstain_reason, Some(AbstainReason::OutOfDistribution));
+        let low = TrustQuery {
+            min_confidence: Some(0.6),
+            ..TrustQuery::default()
+        };
+        let d = decide(&row.0, &row.1, None, Some(&ood()), None, &low).unwrap();
+        assert_eq!(d.abstain_reason, Some(AbstainReason::LowConfidence));
+        // Flagged but not asked to reject: answers anyway.
+        let d = decide(
+            &row.0,
+            &row.1,
+            None,
+            Some(&ood()),
+            None,
+            &TrustQuery::default(),
+        )
+        .unwrap();
+        assert!(d.ood.is_ood && !d.abstained);
+    }
+
+    #[test]
+    fn bad_requests_are_errors() {
+        let bad = TrustQuery {
+            min_confidence: Some(1.5),
+            ..TrustQuery::default()
+        };
+        assert!(decide(&[1.0, 0.0], &[0.7, 0.3], None, None, None, &bad).is_err());
+        let alpha = TrustQuery {
+            alpha: Some(0.1),
+            ..TrustQuery::default()
+        };
+        assert!(matches!(
+            decide(&[1.0, 0.0], &[0.7, 0.3], None, None, None, &alpha),
+            Err(PolicyError::NoConformal)
+        ));
+        let alpha = TrustQuery {
+            alpha: Some(1.5),
+            ..TrustQuery::default()
+        };
+        assert!(
+            decide(
+                &[1.0, 0.0],
+                &[0.7, 0.3],
+                None,
+                None,
+                Some(&conformal()),
+                &alpha
+            )
+            .is_err()
+        );
+    }
+}
