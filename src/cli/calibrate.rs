@@ -12,7 +12,7 @@ use super::model_logits;
 
 use crate::repository::{CalibrationFile, FitSummary};
 use crate::trust::calibration::{FitOptions, Method, Objective, fit};
-use crate::trust::diagram::{panels_from_fit, write_diagram};
+use crate::trust::diagram::write_diagram;
 use crate::trust::ood::artifacts::FeatureData;
 
 /// Arguments of `caliper calibrate`.
@@ -208,7 +208,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     )
     .with_trust(trust);
     file.save(&out)?;
-    if let (Some(path), Some(panels)) = (&args.diagram, panels_from_fit(&summary, method)) {
+    if let (Some(path), Some(panels)) = (&args.diagram, summary.reliability_panels(method)) {
         write_diagram(path, &panels)?;
     }
     if let (Some(b), Some(a)) = (&summary.before, &summary.after) {

@@ -8,6 +8,7 @@ use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 
 use crate::trust::calibration::{CalibrationError, Calibrator, FitOptions, calibrate_rows};
+use crate::trust::diagram::ReliabilityPanel;
 use crate::trust::metrics::{Bin, MetricReport, Samples};
 
 /// The schema version this build reads and writes.
@@ -80,6 +81,16 @@ pub struct ReliabilitySummary {
 }
 
 impl FitSummary {
+    /// The validation reliability diagram (before / after), if the summary has its bins. This
+    /// is what `GET /v1/models/{model}/reliability.svg` serves.
+    pub fn reliability_panels(&self, method: &str) -> Option<Vec<ReliabilityPanel>> {
+        let r = self.reliability.as_ref()?;
+        Some(vec![
+            ReliabilityPanel::from_bins("Uncalibrated (validation)", &r.before),
+            ReliabilityPanel::from_bins(&format!("Calibrated: {method} (validation)"), &r.after),
+        ])
+    }
+
     /// Summarises a fit: label counts and the metrics (with `bins` bins) of the validation
     /// logits before and after `calibrator`.
     pub fn compute(

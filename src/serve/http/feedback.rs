@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::v1::bytes_error;
 use super::{ApiError, AppState};
 use crate::serve::monitor::{FeedbackItem, LabelRef};
-use crate::trust::diagram::{ReliabilityPanel, panels_from_fit, reliability_svg};
+use crate::trust::diagram::{ReliabilityPanel, reliability_svg};
 use crate::trust::metrics::BootstrapOptions;
 
 /// Most items in one feedback batch.
@@ -211,7 +211,7 @@ pub async fn monitor_svg(
         && let Some(mut fit) = file
             .fit
             .as_ref()
-            .and_then(|f| panels_from_fit(f, file.calibrator.method()))
+            .and_then(|f| f.reliability_panels(file.calibrator.method()))
     {
         panels.push(fit.remove(1));
     }
@@ -256,7 +256,7 @@ pub async fn calibration_svg(
         .files
         .calibration
         .as_ref()
-        .and_then(|f| panels_from_fit(f.fit.as_ref()?, f.calibrator.method()))
+        .and_then(|f| f.fit.as_ref()?.reliability_panels(f.calibrator.method()))
         .ok_or_else(|| {
             ApiError::NotFoundDetail(format!(
                 "model {name:?} has no calibration file with a validation reliability summary"

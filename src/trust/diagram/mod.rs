@@ -13,7 +13,6 @@ mod svg;
 
 use std::path::Path;
 
-use crate::repository::FitSummary;
 use crate::trust::metrics::{Bin, BinnedAccumulator};
 
 /// Errors writing a diagram.
@@ -75,16 +74,6 @@ impl ReliabilityPanel {
             samples,
         }
     }
-}
-
-/// The validation diagram of a calibration file's fit summary (before / after), if it has one.
-/// This is what `GET /v1/models/{model}/reliability.svg` serves.
-pub fn panels_from_fit(fit: &FitSummary, method: &str) -> Option<Vec<ReliabilityPanel>> {
-    let r = fit.reliability.as_ref()?;
-    Some(vec![
-        ReliabilityPanel::from_bins("Uncalibrated (validation)", &r.before),
-        ReliabilityPanel::from_bins(&format!("Calibrated: {method} (validation)"), &r.after),
-    ])
 }
 
 /// The diagram as an SVG document.
