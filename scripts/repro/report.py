@@ -109,6 +109,183 @@ def paired_t(a, b):
     return mean(d), s, t, p
 
 
+
+# ---- the computed summary ---------------------------------------------------------------------
+
+def settings(exps):
+    """(experiment, dataset) of every setting with a GCE run, in report order."""
+    out = []
+    for exp in ["e1", "e1w", "e2", "e3", "e4", "e5"]:
+        for ds in sorted({r["dataset"] for r in exps.get(exp, [])}):
+            if group(exps[exp], ds, "gce"):
+                out.append((exp, ds))
+    return out
+
+
+SETTING_NAMES = {"e1": "", "e1w": " (warm-up)", "e2": "", "e3": "", "e4": "", "e5": ""}
+
+
+def setting_name(exp, ds):
+    return ds + SETTING_NAMES.get(exp, "") + (" (no warm-up)" if exp == "e1" and ds == "mnist" else "")
+
+
+def verdict(tests, lower_is_better):
+    """Counts settings where GCE is significantly better / worse after Holm, and says so."""
+    better = [n for n, t in tests if t and t["p_holm"] < ALPHA and (t["diff"] < 0) == lower_is_better]
+    worse = [n for n, t in tests if t and t["p_holm"] < ALPHA and (t["diff"] < 0) != lower_is_better]
+    none = [n for n, t in tests if t and t["p_holm"] >= ALPHA]
+    parts = []
+    if better:
+        parts.append(f"GCE significantly better in {len(better)} ({', '.join(better)})")
+    if worse:
+        parts.append(f"significantly worse in {len(worse)} ({', '.join(worse)})")
+    if none:
+        parts.append(f"no significant difference in {len(none)}")
+    return "; ".join(parts) + f" of {len(better) + len(worse) + len(none)} settings (Holm, α = {ALPHA})"
+
+
+def claim_row(exps, claim, b, key, cal, bins, lower_is_better, only_lt=False):
+    tests = []
+    for exp, ds in settings(exps):
+        if only_lt and "-lt" not in ds:
+            continue
+        t = FAMILY.get((exp, ds, "gce", b, key, cal, bins, False))
+        if t is not None:
+            tests.append((setting_name(exp, ds), t))
+    here = "; ".join(f"{n}: {cell(t)}" for n, t in tests)
+    return f"| {claim} | {here} | {verdict(tests, lower_is_better)} |"
+
+
+def ranking(runs, ds, cal, bins):
+    losses = sorted({r["loss"] for r in runs if r["dataset"] == ds})
+    means = {loss: mean([metric(r, "ece", cal, bins) for r in group(runs, ds, loss)]) for loss in losses}
+    return sorted(losses, key=lambda loss: means[loss])
+
+
+def ranking_row(exps):
+    """Settings whose loss ranking by mean ECE differs between 15 and 20 bins."""
+    changed, total = [], 0
+    for exp, ds in settings(exps):
+        runs = exps[exp]
+        for cal in ["raw", "ats"]:
+            total += 1
+            r15, r20 = ranking(runs, ds, cal, 15), ranking(runs, ds, cal, 20)
+            if r15 != r20:
+                changed.append(f"{setting_name(exp, ds)} {cal}: {' < '.join(r15)} at 15 bins, "
+                               f"{' < '.join(r20)} at 20")
+    verdict_text = (f"the ranking changes in {len(changed)} of {total} (setting, raw/ATS) cases"
+                    if changed else f"the same ranking in all {total} cases")
+    return (f"| ECE with 15 and 20 bins rank the losses the same way | "
+            f"{'; '.join(changed) or '–'} | {verdict_text} |")
+
+
+def ts_vs_ats_row(exps):
+    """Settings and losses where ATS's mean test ECE-15 is below TS's, and where it is not."""
+    better, worse = [], []
+    for exp, ds in settings(exps):
+        runs = exps[exp]
+        for loss in sorted({r["loss"] for r in runs if r["dataset"] == ds}):
+            g = group(runs, ds, loss)
+            ats, ts = mean([metric(r, "ece", "ats") for r in g]), mean([metric(r, "ece", "ts") for r in g])
+            (better if ats < ts else worse).append(f"{setting_name(exp, ds)} {loss} "
+                                                   f"({ats * 100:.2f} vs {ts * 100:.2f})")
+    return (f"| ATS calibrates better than TS (test ECE-15, mean over seeds) | ATS lower: "
+            f"{'; '.join(better) or '–'}. TS lower or equal: {'; '.join(worse) or '–'} | "
+            f"ATS lower in {len(better)} of {len(better) + len(worse)} (setting, loss) pairs; "
+            "not tested for significance |")
+
+
+def cost_rows():
+    """GCE's step-time overhead over CE per benchmark file, framework variant and architecture."""
+    rows = []
+    for f in sorted(RESULTS.glob("bench-*.jsonl")):
+        for r in cost_records(f):
+            rows.append(r)
+    return rows
+
+
+def cost_records(f):
+    records = [json.loads(line) for line in f.read_text().splitlines() if line.startswith("{")]
+    out = []
+    for fw in sorted({r.get("framework", "caliper") for r in records}):
+        if not fw.startswith("caliper"):
+            continue
+        for arch in sorted({r["arch"] for r in records if r.get("framework", "caliper") == fw}):
+            ms = {r["loss"]: r["median_ms"] for r in records
+                  if r.get("framework", "caliper") == fw and r["arch"] == arch}
+            if "ce" in ms and "gce" in ms:
+                out.append({"file": f.stem[len("bench-"):], "framework": fw, "arch": arch,
+                            "ce": ms["ce"], "gce": ms["gce"], "overhead": ms["gce"] / ms["ce"] - 1})
+    return out
+
+
+def cost_row():
+    rows = [r for r in cost_rows() if not r["framework"].startswith("caliper-train-prev")]
+    if not rows:
+        return "| GCE costs little | no benchmark files | – |"
+    by = {}
+    for r in rows:
+        key = ("CUDA graph" if "cuda-graph" in r["framework"] else
+               "CUDA eager" if "cuda" in r["framework"] else "CPU", r["arch"])
+        by.setdefault(key, []).append(r["overhead"] * 100)
+    here = "; ".join(f"{dev} {arch}: {min(v):+.0f}% to {max(v):+.0f}% ({len(v)} runs)"
+                     for (dev, arch), v in sorted(by.items()))
+    worst = max(max(v) for v in by.values())
+    return (f"| GCE costs little (step time vs CE) | {here} | overhead up to {worst:+.0f}% per step "
+            "in the recorded GPU runs; see section 7 |")
+
+
+def summary_table(exps):
+    rows = [
+        "| claim | here (GCE − CE unless said; pp; n seeds; paired t-test p and Holm p) | verdict (computed) |",
+        "| --- | --- | --- |",
+        claim_row(exps, "GCE beats CE in accuracy", "ce", "accuracy", "raw", 15, False),
+        claim_row(exps, "GCE beats CE in raw ECE-15", "ce", "ece", "raw", 15, True),
+        claim_row(exps, "GCE beats CE in raw ECE-20 (the paper's bins)", "ce", "ece", "raw", 20, True),
+        claim_row(exps, "GCE beats CE in ECE-15 after ATS", "ce", "ece", "ats", 15, True),
+        claim_row(exps, "GCE beats CE in ECE-20 after ATS", "ce", "ece", "ats", 20, True),
+        claim_row(exps, "gains clearest on long-tailed data: accuracy", "ce", "accuracy", "raw", 15,
+                  False, only_lt=True),
+        claim_row(exps, "GCE + ATS reaches focal + ATS calibration (ECE-15 ATS, GCE − focal)", "focal",
+                  "ece", "ats", 15, True),
+        claim_row(exps, "... without focal's accuracy loss (accuracy, GCE − focal)", "focal", "accuracy",
+                  "raw", 15, False),
+        claim_row(exps, "raw GCE ECE worse than focal's (reviewers; raw ECE-15, GCE − focal)", "focal",
+                  "ece", "raw", 15, True),
+        ts_vs_ats_row(exps),
+        ranking_row(exps),
+        cost_row(),
+    ]
+    return "\n".join(rows)
+
+
+def protocol_notes(exps):
+    """Facts about the runs that qualify what the tables measure, read from their arguments."""
+    notes = []
+    gammas = {}
+    for runs in exps.values():
+        for r in runs:
+            if r["loss"] in ("focal", "dual-focal", "flsd53"):
+                gammas.setdefault(r["loss"], set()).add(option(r, "--focal-gamma", "3"))
+    if gammas:
+        notes.append("Focal-family gamma as run: " + "; ".join(
+            f"{loss}: {', '.join(sorted(g))}" for loss, g in sorted(gammas.items())) +
+            ". Dual focal's paper uses gamma 5; these runs used the trainer's shared `--focal-gamma` "
+            "default.")
+    lt = [r for r in exps.get("e2", [])]
+    if lt and all(not option(r, "--val-split") for r in lt):
+        notes.append("Long-tailed settings (section 2): validation (checkpoint choice and the TS/ATS "
+                     "fit) was carved from the long-tailed training split, so it is as imbalanced as "
+                     "training, while the test split is balanced: ECE after TS/ATS there measures "
+                     "calibration transferred across a label shift, not in-distribution calibration.")
+    de = [r for r in exps.get("e5", [])]
+    if de and all(option(r, "--train-fraction") for r in de):
+        notes.append("Data efficiency (section 5): validation was carved (10% of the full training "
+                     "split) before `--train-fraction` subsampled the rest, so at 1% the models trained "
+                     "on about 540 images and chose checkpoints and fitted calibrators on about 6,000.")
+    return "\n".join(f"- {n}" for n in notes)
+
+
 # ---- tables -----------------------------------------------------------------------------------
 
 def load():
@@ -169,32 +346,110 @@ def more_table(runs, dataset, losses):
     return "\n".join(out)
 
 
-def paired_rows(runs, dataset, a="gce", b="ce", label=""):
+PAIRED_METRICS = [("accuracy", "raw", 15, "accuracy"), ("ece", "raw", 15, "ECE-15 raw"),
+                  ("ece", "raw", 20, "ECE-20 raw"), ("ece", "ats", 15, "ECE-15 ATS"),
+                  ("ece", "ats", 20, "ECE-20 ATS")]
+
+
+def paired_test(runs, dataset, a, b, key, cal, bins, healthy_only=False):
+    """Paired t-test of a - b (in percentage points) over the seeds both losses ran; with
+    `healthy_only`, only seeds where neither run collapsed. None when fewer than 2 pairs."""
     ga = {r["seed"]: r for r in group(runs, dataset, a)}
     gb = {r["seed"]: r for r in group(runs, dataset, b)}
     seeds = sorted(set(ga) & set(gb))
+    if healthy_only:
+        seeds = [x for x in seeds if not collapsed(ga[x]) and not collapsed(gb[x])]
+    if len(seeds) < 2:
+        return None
+    d, sdev, t, pval = paired_t([metric(ga[x], key, cal, bins) * 100 for x in seeds],
+                                [metric(gb[x], key, cal, bins) * 100 for x in seeds])
+    return {"diff": d, "sd": sdev, "t": t, "p": pval, "n": len(seeds)}
+
+
+def holm(pvalues):
+    """Holm's step-down adjustment: adjusted p-values in the input order."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    m, running, out = len(pvalues), 0.0, [1.0] * len(pvalues)
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+class Family:
+    """Every paired test the report states, so that one Holm correction covers them all. Tests
+    are registered first (by `register`), adjusted once (`adjust`), then looked up."""
+
+    def __init__(self):
+        self.tests, self.adjusted = {}, None
+
+    def register(self, key, test):
+        if test is not None and not math.isnan(test["p"]):
+            self.tests[key] = test
+
+    def adjust(self):
+        keys = sorted(self.tests)
+        for k, q in zip(keys, holm([self.tests[k]["p"] for k in keys])):
+            self.tests[k]["p_holm"] = q
+        self.adjusted = True
+
+    def get(self, key):
+        return self.tests.get(key)
+
+
+FAMILY = Family()
+ALPHA = 0.05
+
+
+def cell(test, unit="pp"):
+    if test is None:
+        return "too few seeds"
+    return (f"{test['diff']:+.2f} {unit} (n = {test['n']}, p = {test['p']:.3f}, "
+            f"Holm p = {test['p_holm']:.3f})")
+
+
+def paired_rows(runs, dataset, a="gce", b="ce", label="", exp=""):
+    ga = {r["seed"]: r for r in group(runs, dataset, a)}
+    gb = {r["seed"]: r for r in group(runs, dataset, b)}
+    seeds = sorted(set(ga) & set(gb))
+    healthy = [x for x in seeds if not collapsed(ga[x]) and not collapsed(gb[x])]
     rows = []
-    healthy = [s for s in seeds if not collapsed(ga[s]) and not collapsed(gb[s])]
-    subsets = [("all seeds", seeds)]
-    if healthy != seeds:  # a second row only when some run collapsed
-        subsets.append(("seeds where neither collapsed", healthy))
-    for name, ss in subsets:
-        if len(ss) < 2:
-            rows.append(f"| {label}{dataset} | {name} | {len(ss)} | too few seeds | | |")
+    for name, only in [("all seeds", False)] + ([("seeds where neither collapsed", True)]
+                                                if healthy != seeds else []):
+        tests = [FAMILY.get((exp, dataset, a, b, k, c, bins, only)) for k, c, bins, _ in PAIRED_METRICS]
+        if all(t is None for t in tests):
+            rows.append(f"| {label}{dataset} | {name} | too few seeds | | | | | |")
             continue
-        cells = []
-        for key, cal, scale, unit in [("accuracy", "raw", 100, "pp"), ("ece", "raw", 100, "pp"),
-                                      ("ece", "ats", 100, "pp")]:
-            d, s, t, p = paired_t([metric(ga[x], key, cal) * scale for x in ss],
-                                  [metric(gb[x], key, cal) * scale for x in ss])
-            cells.append(f"{d:+.2f} {unit} (sd {s:.2f}, t = {t:.2f}, p = {p:.3f})")
-        rows.append(f"| {label}{dataset} | {name} | {len(ss)} | " + " | ".join(cells) + " |")
+        n = next(t["n"] for t in tests if t)
+        rows.append(f"| {label}{dataset} | {name} | {n} | " + " | ".join(
+            cell(t) if t else "–" for t in tests) + " |")
     return rows
 
 
-def paired_table(rows):
-    return "\n".join(["| setting | seeds | n | accuracy GCE − CE | ECE-15 raw GCE − CE | "
-                      "ECE-15 ATS GCE − CE |", "| --- | --- | ---: | --- | --- | --- |", *rows])
+def register_pairs(exps):
+    """Registers every GCE-vs-CE and GCE-vs-focal test of every setting (all seeds and, where a
+    run collapsed, the healthy seeds) in the Holm family."""
+    for exp, ds in settings(exps):
+        runs = exps[exp]
+        for b in ["ce", "focal"]:
+            if not group(runs, ds, b) or not group(runs, ds, "gce"):
+                continue
+            for only in [False, True]:
+                for k, c, bins, _ in PAIRED_METRICS:
+                    FAMILY.register((exp, ds, "gce", b, k, c, bins, only),
+                                    paired_test(runs, ds, "gce", b, k, c, bins, only))
+    FAMILY.adjust()
+
+
+def paired_table(rows, b="CE"):
+    head = " | ".join(f"{name} GCE − {b}" for *_, name in PAIRED_METRICS)
+    return "\n".join([f"| setting | seeds | n | {head} |",
+                      "| --- | --- | ---: | " + " | ".join("---" for _ in PAIRED_METRICS) + " |",
+                      *rows,
+                      "",
+                      "Differences in percentage points, paired over seeds; p from the paired t-test, "
+                      f"Holm p adjusted over all {len(FAMILY.tests)} paired tests of this report "
+                      "(every setting, metric and comparison in the summary)."])
 
 
 def rare_table(runs, dataset, losses, k=10, rare=3):
@@ -212,7 +467,7 @@ def rare_table(runs, dataset, losses, k=10, rare=3):
 
 
 def option(r, flag, default=None):
-    args = r["args"]
+    args = r.get("args", [])
     return args[args.index(flag) + 1] if flag in args else default
 
 
@@ -274,6 +529,7 @@ def commentary():
 
 def render():
     exps, notes = load(), commentary()
+    register_pairs(exps)
     six = ["ce", "gce", "focal", "flsd53", "dual-focal", "label-smoothing"]
     three = ["ce", "gce", "focal"]
     parts = ["# Reproducing the GCE paper's claims with caliper",
@@ -286,6 +542,16 @@ def render():
              "a section says otherwise) and applied to the test split. Numbers are mean ± sample standard deviation over seeds, in "
              "percent unless they are NLL or Brier. A run whose test accuracy is below 20% (on ten "
              "classes) is counted as *collapsed*: it predicts one class for everything.",
+             "",
+             "## Summary (computed)",
+             "",
+             "Every comparison in this table is computed from the JSON by `report.py`: the paired "
+             "t-test over seeds of each setting, with Holm's correction over every paired test in "
+             "this report. A verdict counts a setting only where the Holm-adjusted p is below 0.05.",
+             "",
+             summary_table(exps),
+             "",
+             protocol_notes(exps),
              "", notes.get("summary", ""), ""]
 
     def section(title, key, body):
@@ -297,12 +563,12 @@ def render():
         for ds in ["mnist", "fashion-mnist"]:
             body += [f"### {ds} (LeNet, lr 0.05 cosine, no warm-up)", "", budget(group_all(r, ds)), "",
                      main_table(r, ds, six), "", more_table(r, ds, six), ""]
-        rows = paired_rows(r, "mnist") + paired_rows(r, "fashion-mnist")
+        rows = paired_rows(r, "mnist", exp="e1") + paired_rows(r, "fashion-mnist", exp="e1")
         if "e1w" in exps:
             w = exps["e1w"]
             body += ["### mnist again, with one epoch of linear warm-up (CPU)", "", budget(w), "",
                      main_table(w, "mnist", three), "", more_table(w, "mnist", three), ""]
-            rows += paired_rows(w, "mnist", label="warm-up: ")
+            rows += paired_rows(w, "mnist", label="warm-up: ", exp="e1w")
         body += ["### Paired test, GCE vs CE (same seeds)", "", paired_table(rows)]
         section("1. MNIST and Fashion-MNIST: six losses", "e1", "\n".join(body))
     if "e2" in exps:
@@ -312,7 +578,7 @@ def render():
             g = group_all(r, ds)
             body += [f"### {ds} (imbalance ratio {ratio(g[0]):g})", "", budget(g), "",
                      rare_table(r, ds, three), ""]
-        rows = [row for ds in lt_datasets(r) for row in paired_rows(r, ds)]
+        rows = [row for ds in lt_datasets(r) for row in paired_rows(r, ds, exp="e2")]
         body += ["### Paired test, GCE vs CE", "", paired_table(rows)]
         ratios = " and ".join(f"{x:g}" for x in sorted({ratio(x) for x in r}, reverse=True))
         section(f"2. Long-tailed data (imbalance ratio {ratios})", "e2", "\n".join(body))
@@ -320,19 +586,19 @@ def render():
         r = exps["e3"]
         epochs = "/".join(str(e) for e in sorted({epochs_run(x) for x in r}))
         body = [budget(r), "", main_table(r, "cifar10", three), "", more_table(r, "cifar10", three),
-                "", paired_table(paired_rows(r, "cifar10"))]
+                "", paired_table(paired_rows(r, "cifar10", exp="e3"))]
         section(f"3. CIFAR-10, ResNet-20 ({epochs} epochs per run)", "e3", "\n".join(body))
     if "e4" in exps:
         r = exps["e4"]
         body = [budget(r), "", validation_note(r), "", main_table(r, "pneumonia", three), "",
-                more_table(r, "pneumonia", three), "", paired_table(paired_rows(r, "pneumonia"))]
+                more_table(r, "pneumonia", three), "", paired_table(paired_rows(r, "pneumonia", exp="e4"))]
         section("4. Medical: PneumoniaMNIST (binary)", "e4", "\n".join(body))
     if "e5" in exps:
         r = exps["e5"]
         body = []
         for ds in sorted({x["dataset"] for x in r}):
             body += [f"### {ds}", "", budget(group_all(r, ds)), "", main_table(r, ds, ["ce", "gce"]), ""]
-        rows = [row for ds in sorted({x["dataset"] for x in r}) for row in paired_rows(r, ds)]
+        rows = [row for ds in sorted({x["dataset"] for x in r}) for row in paired_rows(r, ds, exp="e5")]
         body += ["(100% of the data is experiment 1's MNIST rows.)", "", paired_table(rows)]
         section("5. Data efficiency: 1% and 10% of MNIST", "e5", "\n".join(body))
     if "e6" in exps:
@@ -367,15 +633,14 @@ def ood_table(runs):
 
 
 def cost_table():
-    out = ["| device | arch | CE ms/step | GCE ms/step | GCE overhead |", "| --- | --- | ---: | ---: | ---: |"]
-    for f in sorted(RESULTS.glob("bench-*.jsonl")):
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.startswith("{")]
-        ours = [r for r in rows if str(r.get("framework", "caliper")).startswith("caliper")]
-        for arch in sorted({r["arch"] for r in ours}):
-            ms = {r["loss"]: r["median_ms"] for r in ours if r["arch"] == arch}
-            if "ce" in ms and "gce" in ms:
-                out.append(f"| {f.stem[len('bench-'):]} | {arch} | {ms['ce']:.2f} | {ms['gce']:.2f} | "
-                           f"{(ms['gce'] / ms['ce'] - 1) * 100:+.1f}% |")
+    out = ["| file | trainer | arch | CE ms/step | GCE ms/step | GCE overhead |",
+           "| --- | --- | --- | ---: | ---: | ---: |"]
+    for r in cost_rows():
+        out.append(f"| {r['file']} | {r['framework']} | {r['arch']} | {r['ce']:.2f} | {r['gce']:.2f} | "
+                   f"{r['overhead'] * 100:+.1f}% |")
+    out += ["", "One row per benchmark file, trainer variant (eager or CUDA graph; "
+            "`caliper-train-prev` is the previous trainer build timed in the same run) and "
+            "architecture; median of 50 steps each."]
     return "\n".join(out)
 
 
