@@ -9,6 +9,7 @@ use anyhow::Context;
 
 use crate::repository::load_model_files;
 use crate::serve::config::Config;
+use crate::serve::monitor::TokenSigner;
 use crate::serve::infer::{
     DEFAULT_TOP_K, ImageLimits, LoadedModel, PredictionList, RequestOptions, predict_images,
 };
@@ -29,6 +30,11 @@ pub struct PredictArgs {
     /// Use a calibration file fitted on another model file.
     #[arg(long, env = "CALIPER_ALLOW_STALE_CALIBRATION")]
     pub allow_stale_calibration: bool,
+    /// HMAC key of the printed `prediction_id`s: give the serving replicas' `--feedback-key` and
+    /// labels for these predictions can be posted to them. Default: a random key (the ids then
+    /// verify nowhere, but every output has the server's shape).
+    #[arg(long, env = "CALIPER_FEEDBACK_KEY", hide_env_values = true)]
+    pub feedback_key: Option<String>,
     /// Number of classes listed in top_k.
     #[arg(long, default_value_t = DEFAULT_TOP_K)]
     pub top_k: usize,
@@ -82,7 +88,20 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
             }
             other => other.into(),
         })?;
+    let signer = match &args.feedback_key {
+        Some(key) => TokenSigner::new(key.as_bytes()),
+        None => TokenSigner::random(),
+    };
     let mut predictions: Vec<_> = scored.into_iter().map(|s| s.prediction).collect();
+    for p in &mut predictions {
+        p.prediction_id = signer.issue(
+            &p.model,
+            &p.model_version,
+            p.class_index,
+            p.confidence,
+            &p.probabilities,
+        );
+    }
     let json = if predictions.len() == 1 {
         serde_json::to_string_pretty(&predictions.remove(0))?
     } else {

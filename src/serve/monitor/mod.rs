@@ -167,16 +167,8 @@ impl Monitor {
         confidence: f64,
         probabilities: &[f64],
     ) -> String {
-        let embed = probabilities.len() <= MAX_EMBEDDED_CLASSES;
-        self.signer.sign(&PredictionToken {
-            nonce: rand::random(),
-            issued_at_s: now_s(),
-            model: model.to_string(),
-            model_version: model_version.to_string(),
-            class_index: class_index as u16,
-            confidence,
-            probabilities: embed.then(|| probabilities.to_vec()),
-        })
+        self.signer
+            .issue(model, model_version, class_index, confidence, probabilities)
     }
 
     /// Records a served confidence for the label-free figures (mean confidence, drift).

@@ -90,6 +90,28 @@ impl TokenSigner {
         out
     }
 
+    /// The signed `prediction_id` of a prediction made now: a fresh nonce, the time, the model
+    /// and the prediction (probabilities embedded up to [`MAX_EMBEDDED_CLASSES`] classes).
+    pub fn issue(
+        &self,
+        model: &str,
+        model_version: &str,
+        class_index: usize,
+        confidence: f64,
+        probabilities: &[f64],
+    ) -> String {
+        let embed = probabilities.len() <= MAX_EMBEDDED_CLASSES;
+        self.sign(&PredictionToken {
+            nonce: rand::random(),
+            issued_at_s: super::now_s(),
+            model: model.to_string(),
+            model_version: model_version.to_string(),
+            class_index: class_index as u16,
+            confidence,
+            probabilities: embed.then(|| probabilities.to_vec()),
+        })
+    }
+
     /// Encodes and signs a token.
     pub fn sign(&self, t: &PredictionToken) -> String {
         let mut buf = Vec::with_capacity(64);
