@@ -3,7 +3,7 @@
 
 Writes tests/data/metric_reference.json: seeded logits and labels, and for several bin counts
 the metrics `caliper eval` reports, plus the NLL-optimal temperature. The Rust test
-tests/calibration_metrics.rs recomputes them and must agree to 1e-10.
+tests/trust/calibration_metrics.rs recomputes them and must agree to 1e-10.
 
 The implementations below are deliberately different from the Rust ones (vectorised numpy,
 np.digitize for the bins, all-pairs comparison for AUROC, bisection for the temperature), so a

@@ -11,7 +11,7 @@
 //!
 //! Layers point one way: `cli` -> {`serve`, `train`} -> `repository` -> `trust` -> `numeric`;
 //! `runtime` (ONNX Runtime), `data` (datasets) and `fsutil` are shared below `serve` and
-//! `train`. `tests/architecture.rs` checks that no import runs back up.
+//! `train`. `tests/tooling/architecture.rs` checks that no import runs back up.
 
 pub mod cli;
 pub mod data;

@@ -45,7 +45,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // action and kills the process, dropping requests already accepted: tokio's `ctrl_c()` and
     // an un-polled `signal()` future register lazily, and under CPU load the accept loop (on a
     // worker) could answer requests before this task first polled the shutdown future (the
-    // drain test in tests/serve_socket.rs then saw exit by signal 15 in ~10% of runs).
+    // drain test in tests/serve/socket.rs then saw exit by signal 15 in ~10% of runs).
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -1,9 +1,12 @@
-//! Helpers shared by the integration tests: a private copy of the fixture repository in
+//! Helpers of the serving tests (`tests/serve`): a private copy of the fixture repository in
 //! tests/data (a 784-32-10 MLP fitted on MNIST by scripts/make-test-model.py, with its
-//! calibration file), real MNIST digits, and one-shot requests through `router(state)`.
-#![allow(dead_code)] // each test binary uses a different subset
+//! calibration file), real MNIST digits, and one-shot requests through `router(state)`. The other
+//! test binaries include only the submodules they use (`cli`), so nothing here goes unused.
 
+pub mod cli;
 pub mod process;
+
+pub use cli::caliper_json;
 
 use std::path::{Path, PathBuf};
 
@@ -54,24 +57,6 @@ pub fn state(c: Config) -> AppState {
 /// Bytes of a real MNIST digit from tests/data/digits.
 pub fn digit(name: &str) -> Vec<u8> {
     std::fs::read(data().join("digits").join(name)).unwrap()
-}
-
-/// Runs the real `caliper` binary with `args`, asserts success and parses its stdout as JSON.
-pub fn caliper_json<I, S>(args: I) -> Value
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_caliper"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The `label` of each prediction of a `{"predictions": [...]}` answer, in order.

@@ -2,7 +2,7 @@
 //! answers for good, duplicate, tampered, expired, malformed and unknown-label feedback, the live
 //! monitor report, the Prometheus counters, and restart durability of the feedback log.
 
-mod common;
+use crate::common;
 
 use caliper::serve::http::AppState;
 use caliper::serve::monitor::{PredictionToken, TokenSigner};

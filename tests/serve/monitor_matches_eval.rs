@@ -5,7 +5,7 @@
 //! through `/v1/feedback`; their logits come from the KServe V2 endpoint, one image per request
 //! as well, so that both paths run ONNX Runtime on identical single-image batches.
 
-mod common;
+use crate::common;
 
 use base64::Engine;
 use caliper::data::DatasetSpec;

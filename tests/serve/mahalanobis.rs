@@ -7,7 +7,7 @@
 //! a weak detector here, AUROC 0.855 on the full test sets: see docs/OOD.md). A detector that
 //! does not fit the model's features output refuses the model at load.
 
-mod common;
+use crate::common;
 
 use caliper::cli::model_logits::{load_spec, run_on};
 use caliper::repository::CalibrationFile;

@@ -6,7 +6,7 @@
 //! Needs the `prometheus` binary (Debian package `prometheus`; `make test` and `.ci/run`
 //! install it through scripts/install-test-deps.sh).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

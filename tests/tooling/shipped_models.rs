@@ -3,7 +3,7 @@
 //! docs/results/shipped-models.json (written by scripts/shipped-models.sh) must give the same
 //! numbers. Also `make check-models`.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 

@@ -2,7 +2,7 @@
 //! HTTP, SIGTERM ending in exit 0, an empty repository, and `caliper predict` printing the
 //! same JSON as the server.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! reproducing the committed calibration file from the trainer's split selectors, and those
 //! selectors picking exactly the trainer's validation images.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

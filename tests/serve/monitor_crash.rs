@@ -3,7 +3,7 @@
 //! the same live window and still refuses to count those predictions twice. A torn half-written
 //! line at the end of the log (what a crash mid-append leaves) is skipped, not fatal.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 

@@ -4,7 +4,7 @@
 //! rewritten and the model reloaded over HTTP; then 1,000 other test images are served through
 //! the caliper API with `?alpha=0.1`, and the empirical coverage of the sets is checked.
 
-mod common;
+use crate::common;
 
 use base64::Engine;
 use caliper::data::{Dataset, DatasetSpec};

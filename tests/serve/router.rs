@@ -2,7 +2,7 @@
 //! reload, metrics and every error path, against the real fixture model in tests/data
 //! (a 784-32-10 MLP fitted on MNIST by scripts/make-test-model.py) and real MNIST digits.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
