@@ -9,10 +9,10 @@ use anyhow::Context;
 
 use crate::repository::load_model_files;
 use crate::serve::config::Config;
-use crate::serve::monitor::TokenSigner;
 use crate::serve::infer::{
     DEFAULT_TOP_K, ImageLimits, LoadedModel, PredictionList, RequestOptions, predict_images,
 };
+use crate::serve::monitor::TokenSigner;
 use crate::serve::prometheus::ServerMetrics;
 
 /// Arguments of `caliper predict`.
