@@ -233,12 +233,7 @@ pub struct FittedBundle {
 /// (dead) feature columns dropped from the Mahalanobis distance, OOD thresholds that flag no
 /// validation sample. Each warning is logged with `tracing::warn!` and returned.
 pub fn fit_bundle(input: &BundleInput<'_>) -> Result<FittedBundle, FitBundleError> {
-    let plan = plan_fit(
-        input.method,
-        input.options,
-        input.labels.len(),
-        input.adapt,
-    )?;
+    let plan = plan_fit(input.method, input.options, input.labels.len(), input.adapt)?;
     let mut warnings = plan.warnings.clone();
     let fit_err = |error| FitBundleError::Fit {
         method: plan.method,
@@ -388,12 +383,18 @@ mod tests {
         assert!(exact.warnings.is_empty());
         let fewer = plan_fit(Method::Ats, &o, 90, Adapt::ToData).unwrap();
         assert_eq!((fewer.method, fewer.options.pieces), (Method::Ats, 9));
-        assert!(fewer.warnings[0].contains("90 validation samples"), "{fewer:?}");
+        assert!(
+            fewer.warnings[0].contains("90 validation samples"),
+            "{fewer:?}"
+        );
         let ts = plan_fit(Method::Ats, &o, 19, Adapt::ToData).unwrap();
         assert_eq!(ts.method, Method::Ts);
         assert!(ts.warnings[0].contains("temperature scaling"), "{ts:?}");
         let bins = plan_fit(Method::Histogram, &o, 40, Adapt::ToData).unwrap();
-        assert_eq!((bins.method, bins.options.histogram_bins), (Method::Histogram, 4));
+        assert_eq!(
+            (bins.method, bins.options.histogram_bins),
+            (Method::Histogram, 4)
+        );
         // Never adapted: the fit itself refuses, as `caliper calibrate` always has.
         let asked = plan_fit(Method::Ats, &o, 90, Adapt::Never).unwrap();
         assert_eq!((asked.method, asked.options.pieces), (Method::Ats, 15));
@@ -455,7 +456,11 @@ mod tests {
         let o = FitOptions::default();
         let b = fit_bundle(&input(&z, &y, &o, Adapt::ToData)).unwrap();
         assert_eq!(b.calibrator.method(), "ats");
-        assert!(b.warnings.iter().any(|w| w.contains("6 pieces")), "{:?}", b.warnings);
+        assert!(
+            b.warnings.iter().any(|w| w.contains("6 pieces")),
+            "{:?}",
+            b.warnings
+        );
         let e = fit_bundle(&input(&z, &y, &o, Adapt::Never)).unwrap_err();
         assert!(e.to_string().contains("--pieces"), "{e}");
     }

@@ -256,7 +256,11 @@ mod tests {
         std::fs::copy(m.join("mnist-mlp/model.onnx"), m.join("half/model.onnx")).unwrap();
         // A staged export is hidden, not a model.
         std::fs::create_dir_all(m.join(".x.partial.1")).unwrap();
-        std::fs::copy(m.join("mnist-mlp/model.onnx"), m.join(".x.partial.1/model.onnx")).unwrap();
+        std::fs::copy(
+            m.join("mnist-mlp/model.onnx"),
+            m.join(".x.partial.1/model.onnx"),
+        )
+        .unwrap();
         assert_eq!(list_models(&m).unwrap(), ["half", "mnist-mlp"]);
         let e = load_model_files(&m, &d.path().join("calib"), "half", false).unwrap_err();
         assert!(matches!(e, RepositoryError::MissingMetadata { .. }), "{e}");

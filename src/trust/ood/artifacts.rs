@@ -328,7 +328,11 @@ mod tests {
         };
         let e = fit_trust_artifacts(z.view(), &y, Some(f), &Calibrator::Identity).unwrap_err();
         let shown = format!("{:#}", anyhow::Error::from(e));
-        assert_eq!(shown.matches("has no training samples").count(), 1, "{shown}");
+        assert_eq!(
+            shown.matches("has no training samples").count(),
+            1,
+            "{shown}"
+        );
     }
 
     #[test]
