@@ -3,8 +3,8 @@
 
 use super::graph::Graph;
 use super::layers::{
-    BatchNorm2d, Conv2d, Flatten, Fwd, GlobalAvgPool, Layer, Linear, LinearInit, MaxPool2d, Mode,
-    ParamSpec, Relu, Residual, chain_backward, chain_forward,
+    BatchNorm2d, Conv2d, Flatten, Fwd, GlobalAvgPool, Layer, Linear, MaxPool2d, Mode, ParamSpec,
+    Relu, Residual, chain_backward, chain_forward,
 };
 
 /// Errors building a network.
@@ -71,7 +71,6 @@ fn linear(name: &str, inp: i64, out: i64) -> Linear {
         name: name.into(),
         inp,
         out,
-        init: LinearInit::He,
     }
 }
 
@@ -172,11 +171,7 @@ impl Net {
             input: input.to_vec(),
             classes,
             body,
-            // PyTorch's nn.Linear start for the head (docs/TRAINING.md#initialisation).
-            head: Linear {
-                init: LinearInit::PyTorch,
-                ..linear("fc", feat, classes)
-            },
+            head: linear("fc", feat, classes),
         })
     }
 

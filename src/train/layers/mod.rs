@@ -36,14 +36,6 @@ pub enum Init {
         /// Inputs feeding one output unit.
         fan_in: i64,
     },
-    /// Uniform(-b, b) with b = 1 / sqrt(fan_in): PyTorch's `nn.Linear` default for weight and
-    /// bias (`kaiming_uniform_(a = sqrt(5))` gives exactly this bound), used for the classifier
-    /// head so that the starting logits match the PyTorch recipes the reproduction compares
-    /// against (He's bound is sqrt(6) = 2.45 times wider).
-    LinearDefault {
-        /// Inputs feeding one output unit.
-        fan_in: i64,
-    },
     /// All zeros.
     Zeros,
     /// All ones.
@@ -131,18 +123,6 @@ pub struct Linear {
     pub inp: i64,
     /// Output features.
     pub out: i64,
-    /// Initialisation of weight and bias.
-    pub init: LinearInit,
-}
-
-/// How a [`Linear`] layer starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinearInit {
-    /// He-uniform weights, zero bias: hidden layers followed by a ReLU.
-    He,
-    /// PyTorch's `nn.Linear` default for weight and bias ([`Init::LinearDefault`]): the
-    /// classifier head, which no ReLU follows.
-    PyTorch,
 }
 
 impl Linear {
@@ -156,17 +136,13 @@ impl Linear {
 
 impl Layer for Linear {
     fn params(&self) -> Vec<ParamSpec> {
-        let fan_in = self.inp;
-        let (weight, bias) = match self.init {
-            LinearInit::He => (Init::HeUniform { fan_in }, Init::Zeros),
-            LinearInit::PyTorch => (
-                Init::LinearDefault { fan_in },
-                Init::LinearDefault { fan_in },
-            ),
-        };
         vec![
-            ParamSpec::new(self.w(), vec![self.out, self.inp], weight),
-            ParamSpec::new(self.b(), vec![self.out], bias),
+            ParamSpec::new(
+                self.w(),
+                vec![self.out, self.inp],
+                Init::HeUniform { fan_in: self.inp },
+            ),
+            ParamSpec::new(self.b(), vec![self.out], Init::Zeros),
         ]
     }
     fn out_shape(&self, _s: &[i64]) -> Vec<i64> {
