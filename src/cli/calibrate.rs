@@ -10,8 +10,8 @@ use ndarray::Array2;
 use super::input::{InputArgs, Loaded};
 use super::model_logits;
 
-use crate::repository::{CalibrationFile, FitSummary};
-use crate::trust::calibration::{FitOptions, Method, Objective, fit};
+use crate::repository::{Adapt, BundleInput, FitArgs, fit_bundle};
+use crate::trust::calibration::Method;
 use crate::trust::diagram::write_diagram;
 use crate::trust::ood::artifacts::FeatureData;
 
@@ -30,33 +30,9 @@ pub struct CalibrateArgs {
     /// <models-dir>/<model>/model.onnx when it exists).
     #[arg(long, env = "CALIPER_MODEL_SHA256")]
     pub model_sha256: Option<String>,
-    /// ATS: number of equal-mass pieces of the uncalibrated confidence.
-    #[arg(long, env = "CALIPER_ATS_PIECES", default_value_t = FitOptions::default().pieces)]
-    pub pieces: usize,
-    /// ATS: what each piece's temperature minimises.
-    #[arg(long, env = "CALIPER_ATS_OBJECTIVE", value_enum, default_value_t = Objective::Nll)]
-    pub objective: Objective,
-    /// ATS: pull of each piece toward the global temperature, in pseudo-samples (0 = none).
-    #[arg(long, env = "CALIPER_ATS_SHRINKAGE", default_value_t = FitOptions::default().shrinkage)]
-    pub shrinkage: f64,
-    /// ATS: interpolate 1/T linearly between piece centres (continuous confidences).
-    #[arg(long, env = "CALIPER_ATS_SMOOTH")]
-    pub smooth: bool,
-    /// ATS and histogram: minimum samples per piece or bin.
-    #[arg(long, env = "CALIPER_MIN_PIECE_SAMPLES", default_value_t = FitOptions::default().min_piece_samples)]
-    pub min_piece_samples: usize,
-    /// Histogram binning: number of equal-mass bins.
-    #[arg(long, env = "CALIPER_HISTOGRAM_BINS", default_value_t = FitOptions::default().histogram_bins)]
-    pub histogram_bins: usize,
-    /// Smallest temperature searched.
-    #[arg(long, env = "CALIPER_T_MIN", default_value_t = FitOptions::default().t_min)]
-    pub t_min: f64,
-    /// Largest temperature searched.
-    #[arg(long, env = "CALIPER_T_MAX", default_value_t = FitOptions::default().t_max)]
-    pub t_max: f64,
-    /// Vector scaling: ridge toward the temperature-scaling solution.
-    #[arg(long, env = "CALIPER_VECTOR_L2", default_value_t = FitOptions::default().vector_l2)]
-    pub vector_l2: f64,
+    /// Calibrator options (shared with `caliper-train train`).
+    #[command(flatten)]
+    pub fit: FitArgs,
     /// Bins of the ECE family in the recorded validation metrics.
     #[arg(long, env = "CALIPER_BINS", default_value_t = crate::trust::metrics::DEFAULT_BINS)]
     pub bins: usize,
@@ -68,26 +44,6 @@ pub struct CalibrateArgs {
     /// its threshold comes from --data. Needs --model, --data and a features output.
     #[arg(long, env = "CALIPER_TRAIN_DATA", requires = "data")]
     pub train_data: Option<String>,
-    /// OOD score the server decides `is_ood` with (the file's default): msp, max_logit,
-    /// energy, entropy, or mahalanobis (needs --train-data).
-    #[arg(long, env = "CALIPER_OOD_METHOD", default_value = crate::trust::ood::artifacts::DEFAULT_METHOD)]
-    pub ood_method: String,
-}
-
-impl CalibrateArgs {
-    fn options(&self) -> FitOptions {
-        FitOptions {
-            pieces: self.pieces,
-            objective: self.objective,
-            shrinkage: self.shrinkage,
-            smooth: self.smooth,
-            min_piece_samples: self.min_piece_samples,
-            histogram_bins: self.histogram_bins,
-            t_min: self.t_min,
-            t_max: self.t_max,
-            vector_l2: self.vector_l2,
-        }
-    }
 }
 
 /// Features of the validation split (`--data`) and of the training split (`--train-data`).
@@ -130,38 +86,26 @@ fn with_features(
 
 /// Runs `caliper calibrate`.
 pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
-    let opts = args.options();
+    let opts = args.fit.options();
     opts.validate()?;
     if args.bins == 0 {
         anyhow::bail!("--bins must be at least 1");
     }
     // Checked before any model runs; `with_method` checks again against what was fitted.
-    if !crate::trust::ood::artifacts::METHODS.contains(&args.ood_method.as_str()) {
+    if !crate::trust::ood::artifacts::METHODS.contains(&args.fit.ood_method.as_str()) {
         anyhow::bail!(
             "--ood-method {:?}: expected one of {}",
-            args.ood_method,
+            args.fit.ood_method,
             crate::trust::ood::artifacts::METHODS.join(", ")
         );
     }
-    if args.ood_method == "mahalanobis" && args.train_data.is_none() {
+    if args.fit.ood_method == "mahalanobis" && args.train_data.is_none() {
         anyhow::bail!("--ood-method mahalanobis needs --train-data SPEC");
     }
     let (data, features) = match &args.train_data {
         None => (args.input.load()?, None),
         Some(train) => with_features(&args.input, train)?,
     };
-    let started = std::time::Instant::now();
-    let calibrator = fit(args.method, &opts, data.logits.view(), &data.labels)
-        .with_context(|| format!("fitting {:?} on {}", args.method, data.source))?;
-    let fit_ms = started.elapsed().as_secs_f64() * 1e3;
-    let summary = FitSummary::compute(
-        &data.source,
-        data.logits.view(),
-        &data.labels,
-        &calibrator,
-        &opts,
-        args.bins,
-    )?;
     let sha = match (&args.model_sha256, args.input.model_dir()) {
         (Some(s), _) => s.clone(),
         (None, Some(dir)) => {
@@ -186,28 +130,27 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         };
         PathBuf::from("calib").join(format!("{stem}.json"))
     });
-    let method = calibrator.method();
     let feature_data = features.as_ref().map(|f| FeatureData {
         val: f.val.view(),
         train: f.train.view(),
         train_labels: &f.train_labels,
     });
-    let mut trust = crate::trust::ood::artifacts::fit_trust_artifacts(
-        data.logits.view(),
-        &data.labels,
-        feature_data,
-        &calibrator,
-    )?;
-    trust.ood = trust.ood.with_method(&args.ood_method)?;
-    let file = CalibrationFile::new(
-        &model,
-        &sha,
-        data.logits.ncols(),
-        calibrator,
-        Some(summary.clone()),
-    )
-    .with_trust(trust);
-    file.save(&out)?;
+    let fitted = fit_bundle(&BundleInput {
+        model: &model,
+        model_sha256: &sha,
+        source: &data.source,
+        logits: data.logits.view(),
+        labels: &data.labels,
+        features: feature_data,
+        method: args.method,
+        options: &opts,
+        bins: args.bins,
+        ood_method: &args.fit.ood_method,
+        adapt: Adapt::Never,
+    })?;
+    fitted.file.save(&out)?;
+    let (summary, fit_ms) = (&fitted.summary, fitted.fit_ms);
+    let method = fitted.calibrator.method();
     if let (Some(path), Some(panels)) = (&args.diagram, summary.reliability_panels(method)) {
         write_diagram(path, &panels)?;
     }

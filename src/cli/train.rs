@@ -102,6 +102,11 @@ pub fn run(cli: Cli, command: &str) -> anyhow::Result<()> {
                 train: splits.train.clone(),
                 val: splits.val.clone(),
             };
+            // Everything the export needs is checked now, not after the last epoch.
+            let pre = train::export::preflight(&cfg, &feature_splits)?;
+            for w in pre.fit.warnings.iter().chain(&pre.warnings) {
+                tracing::warn!(model = %a.out, "{w}");
+            }
             let trained = train::fit::train(&cfg, splits, cfg.augment)?;
             let out = train::export::export(&cfg, &trained, &feature_splits, command)?;
             println!("{}", serde_json::to_string_pretty(&out.report)?);

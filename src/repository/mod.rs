@@ -1,12 +1,15 @@
 //! The model repository on disk: `models/<name>/model.onnx` + `model.toml`, and
-//! `calib/<name>.json`. Scanning and validation live here (the served, reloadable set of models
-//! is `infer::ModelRegistry`); the file formats are documented in `docs/FORMATS.md`.
+//! `calib/<name>.json` with the one function that fits it (`fit_bundle`). Scanning and
+//! validation live here (the served, reloadable set of models is `infer::ModelRegistry`); the
+//! file formats are documented in `docs/FORMATS.md`.
 
 mod bundle;
+pub mod fit_bundle;
 mod metadata;
 mod scan;
 
 pub use bundle::{CalibrationFile, FitSummary, ReliabilitySummary, SCHEMA_VERSION};
+pub use fit_bundle::{Adapt, BundleInput, FitArgs, FitBundleError, FittedBundle, fit_bundle};
 pub use metadata::{
     InputSpec, METADATA_SCHEMA_VERSION, MetadataError, ModelMetadata, OutputSpec, Provenance,
     ResizePolicy,

@@ -21,6 +21,13 @@ pub enum RepositoryError {
     /// No `models/<name>/model.toml`.
     #[error("model {name:?} not found (no {path})")]
     NotFound { name: String, path: String },
+    /// A model folder holds `model.onnx` but no `model.toml` (an interrupted copy, or an
+    /// export from before exports were atomic): listed, so that the server reports it.
+    #[error(
+        "{path} is missing: models/{name} has a model.onnx but no metadata, so it cannot be \
+         served; re-export it or write model.toml (docs/FORMATS.md)"
+    )]
+    MissingMetadata { name: String, path: String },
     /// The models folder itself could not be listed.
     #[error("cannot list {path}: {source}")]
     List {
@@ -99,8 +106,11 @@ pub fn validate_name(name: &str) -> Result<(), RepositoryError> {
     }
 }
 
-/// Names of the models under `models_dir` (folders holding a `model.toml`), sorted. A missing
-/// folder is an empty repository, not an error, so that a fresh checkout can start the server.
+/// Names of the models under `models_dir` (folders holding a `model.toml` or a `model.onnx`:
+/// one without its metadata is listed so that loading it reports why it cannot be served, not
+/// skipped in silence), sorted. Hidden folders (`.NAME...`, an export being staged) are not
+/// models. A missing folder is an empty repository, not an error, so that a fresh checkout can
+/// start the server.
 pub fn list_models(models_dir: &Path) -> Result<Vec<String>, RepositoryError> {
     let entries = match std::fs::read_dir(models_dir) {
         Ok(e) => e,
@@ -114,9 +124,12 @@ pub fn list_models(models_dir: &Path) -> Result<Vec<String>, RepositoryError> {
     };
     let mut names: Vec<String> = entries
         .filter_map(Result::ok)
-        .filter(|e| e.path().join("model.toml").is_file())
+        .filter(|e| {
+            let p = e.path();
+            p.join("model.toml").is_file() || p.join("model.onnx").is_file()
+        })
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| validate_name(n).is_ok())
+        .filter(|n| !n.starts_with('.') && validate_name(n).is_ok())
         .collect();
     names.sort();
     Ok(names)
@@ -132,6 +145,12 @@ pub fn load_model_files(
     validate_name(name)?;
     let dir = models_dir.join(name);
     let toml_path = dir.join("model.toml");
+    if !toml_path.is_file() && dir.join("model.onnx").is_file() {
+        return Err(RepositoryError::MissingMetadata {
+            name: name.to_string(),
+            path: toml_path.display().to_string(),
+        });
+    }
     if !toml_path.is_file() {
         return Err(RepositoryError::NotFound {
             name: name.to_string(),
@@ -227,6 +246,25 @@ mod tests {
         assert_eq!(f.metadata.labels.len(), 10);
         assert!(f.calibration.is_some() && !f.stale_calibration);
         assert!(list_models(&d.path().join("nope")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_model_without_metadata_is_listed_and_refused_with_the_reason() {
+        let d = fixture_copy();
+        let m = d.path().join("models");
+        std::fs::create_dir_all(m.join("half")).unwrap();
+        std::fs::copy(m.join("mnist-mlp/model.onnx"), m.join("half/model.onnx")).unwrap();
+        // A staged export is hidden, not a model.
+        std::fs::create_dir_all(m.join(".x.partial.1")).unwrap();
+        std::fs::copy(
+            m.join("mnist-mlp/model.onnx"),
+            m.join(".x.partial.1/model.onnx"),
+        )
+        .unwrap();
+        assert_eq!(list_models(&m).unwrap(), ["half", "mnist-mlp"]);
+        let e = load_model_files(&m, &d.path().join("calib"), "half", false).unwrap_err();
+        assert!(matches!(e, RepositoryError::MissingMetadata { .. }), "{e}");
+        assert!(e.to_string().contains("no metadata"), "{e}");
     }
 
     #[test]

@@ -224,6 +224,11 @@ pub struct TrainArgs {
     /// Calibrator fitted on the validation split and written to calib/NAME.json.
     #[arg(long, env = "CALIPER_CALIBRATOR", value_enum, default_value_t = crate::trust::calibration::Method::Ats)]
     pub calibrator: crate::trust::calibration::Method,
+    /// Calibrator and OOD options, as `caliper calibrate` takes them. When the validation
+    /// split is too small for the pieces asked for, the export fits fewer, then plain TS, and
+    /// says so.
+    #[command(flatten)]
+    pub fit: crate::repository::FitArgs,
     /// Hide the progress bar (logs still go to the JSONL file).
     #[arg(long, env = "CALIPER_NO_PROGRESS")]
     pub no_progress: bool,
@@ -422,6 +427,18 @@ impl TrainArgs {
                 )));
             }
         };
+        self.fit
+            .options()
+            .validate()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        let ood = crate::trust::ood::artifacts::METHODS;
+        if !ood.contains(&self.fit.ood_method.as_str()) {
+            return Err(ConfigError(format!(
+                "--ood-method {:?}: expected one of {}",
+                self.fit.ood_method,
+                ood.join(", ")
+            )));
+        }
         let device = self.device.parse().map_err(ConfigError)?;
         let augment = match self.augment.as_str() {
             "auto" => super::dataset::auto_augment(&self.dataset),
@@ -513,6 +530,8 @@ mod tests {
             (&["--augment", "mixup"], "unknown augmentation"),
             (&["--gce-lambda=-1"], "--gce-lambda"),
             (&["--val-fraction", "0.95"], "--val-fraction"),
+            (&["--pieces", "0"], "--pieces"),
+            (&["--ood-method", "odin"], "--ood-method"),
         ] {
             let e = train_args(args).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");

@@ -32,21 +32,41 @@ pub const REFERENCE_LEVELS: usize = 201;
 /// Relative ridge of the Mahalanobis covariance.
 const MAHALANOBIS_RIDGE: f64 = 1e-6;
 
-/// Errors of fitting the trust artifacts.
+/// Errors of fitting the trust artifacts. Each message already carries its cause, so the
+/// cause is not also exposed as `source()`: an error chain printed with `{:#}` (the binaries'
+/// `error: ...` line) would otherwise say it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     /// Calibrating the validation logits failed.
     #[error("calibrating validation logits: {0}")]
-    Calibration(#[from] CalibrationError),
+    Calibration(CalibrationError),
     /// An OOD threshold or detector could not be fitted.
     #[error("fitting OOD thresholds: {0}")]
-    Ood(#[from] OodError),
+    Ood(OodError),
     /// A conformal predictor could not be fitted.
     #[error("fitting conformal predictors: {0}")]
-    Conformal(#[from] ConformalError),
+    Conformal(ConformalError),
     /// No finite calibrated confidence to build the reference from.
     #[error("no finite validation confidence for the drift reference")]
     EmptyReference,
+}
+
+impl From<CalibrationError> for ArtifactError {
+    fn from(e: CalibrationError) -> Self {
+        ArtifactError::Calibration(e)
+    }
+}
+
+impl From<OodError> for ArtifactError {
+    fn from(e: OodError) -> Self {
+        ArtifactError::Ood(e)
+    }
+}
+
+impl From<ConformalError> for ArtifactError {
+    fn from(e: ConformalError) -> Self {
+        ArtifactError::Conformal(e)
+    }
 }
 
 /// The `ood` section of a calibration file.
@@ -180,7 +200,10 @@ pub fn fit_trust_artifacts(
         .map(|p| p.iter().copied().fold(0.0, f64::max))
         .collect();
     let mahalanobis = features
-        .map(|f| Mahalanobis::fit(f.train, f.train_labels, logits.ncols(), MAHALANOBIS_RIDGE))
+        .map(|f| {
+            Mahalanobis::fit_varying(f.train, f.train_labels, logits.ncols(), MAHALANOBIS_RIDGE)
+                .map(|(m, _)| m)
+        })
         .transpose()?;
     let per_score = score_rows(
         logits,
@@ -291,6 +314,25 @@ mod tests {
         assert!(e.contains("odin") && e.contains("mahalanobis"), "{e}");
         let plain = fit_trust_artifacts(z.view(), &y, None, &Calibrator::Identity).unwrap();
         assert!(plain.ood.with_method("mahalanobis").is_err());
+    }
+
+    #[test]
+    fn a_missing_class_is_named_once_in_the_error_chain() {
+        let (z, y) = data();
+        let train = Array2::from_shape_vec((4, 2), vec![0., 1., 1., 0., 2., 3., 3., 2.]).unwrap();
+        let val = Array2::<f64>::zeros((z.nrows(), 2));
+        let f = FeatureData {
+            val: val.view(),
+            train: train.view(),
+            train_labels: &[0, 0, 1, 1],
+        };
+        let e = fit_trust_artifacts(z.view(), &y, Some(f), &Calibrator::Identity).unwrap_err();
+        let shown = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(
+            shown.matches("has no training samples").count(),
+            1,
+            "{shown}"
+        );
     }
 
     #[test]

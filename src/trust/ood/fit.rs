@@ -272,6 +272,53 @@ impl Mahalanobis {
         })
     }
 
+    /// [`Mahalanobis::fit`] on the feature columns that vary over the training split; columns
+    /// constant there (ReLU units that never fire) are dropped from the distance: their rows
+    /// and columns of the precision are zero and their means the constant, so the detector
+    /// still takes full `[D]` feature vectors. Without this a dead unit's variance is the ridge
+    /// alone and any activation of it at serving time swamps every other feature. Returns the
+    /// detector and the dropped columns.
+    pub fn fit_varying(
+        features: ArrayView2<'_, f64>,
+        labels: &[usize],
+        classes: usize,
+        relative_ridge: f64,
+    ) -> Result<(Self, Vec<usize>), OodError> {
+        let dead = constant_features(features);
+        if dead.is_empty() {
+            return Ok((Self::fit(features, labels, classes, relative_ridge)?, dead));
+        }
+        let d = features.ncols();
+        let live: Vec<usize> = (0..d).filter(|j| dead.binary_search(j).is_err()).collect();
+        if live.is_empty() {
+            return Err(OodError::Empty("training features that vary"));
+        }
+        let reduced = features.select(ndarray::Axis(1), &live);
+        let fitted = Self::fit(reduced.view(), labels, classes, relative_ridge)?;
+        let first = features.row(0);
+        let mut means = vec![vec![0.0; d]; classes];
+        for (full, part) in means.iter_mut().zip(&fitted.parts.means) {
+            for &j in &dead {
+                full[j] = first[j];
+            }
+            for (&j, &v) in live.iter().zip(part) {
+                full[j] = v;
+            }
+        }
+        let mut precision = vec![vec![0.0; d]; d];
+        for (&i, row) in live.iter().zip(&fitted.parts.precision) {
+            for (&j, &v) in live.iter().zip(row) {
+                precision[i][j] = v;
+            }
+        }
+        let m = Mahalanobis::try_from(MahalanobisParts {
+            means,
+            precision,
+            ridge: fitted.parts.ridge,
+        })?;
+        Ok((m, dead))
+    }
+
     /// Feature dimension D.
     pub fn dim(&self) -> usize {
         self.parts.precision.len()
@@ -325,6 +372,21 @@ impl Mahalanobis {
             .map(|r| self.score(&r.to_vec()))
             .collect()
     }
+}
+
+/// Columns of `[N, D]` features that take one value on every row (dead or constant units), in
+/// increasing order.
+pub fn constant_features(features: ArrayView2<'_, f64>) -> Vec<usize> {
+    if features.nrows() == 0 {
+        return Vec::new();
+    }
+    features
+        .columns()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, c)| c.iter().all(|v| *v == c[0]))
+        .map(|(j, _)| j)
+        .collect()
 }
 
 fn check_scores(what: &'static str, s: &[f64]) -> Result<(), OodError> {

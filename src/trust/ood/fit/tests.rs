@@ -213,3 +213,33 @@ fn mat_vec_is_bit_for_bit_the_row_by_row_dot() {
     let ragged = vec![vec![1.0, 2.0], vec![3.0], vec![4.0, 5.0], vec![6.0, 7.0]];
     assert_eq!(mat_vec(&ragged, &[1.0, 1.0]), [3.0, 3.0, 9.0, 13.0]);
 }
+
+#[test]
+fn constant_feature_columns_are_dropped_from_the_distance() {
+    // Column 1 is a dead unit (always 0); columns 0 and 2 are the hand-computed case above.
+    let x = Array2::from_shape_vec(
+        (8, 3),
+        vec![
+            0., 0., 0., 2., 0., 0., 0., 0., 2., 2., 0., 2., 10., 0., 0., 12., 0., 0., 10., 0., 2.,
+            12., 0., 2.,
+        ],
+    )
+    .unwrap();
+    let y = [0, 0, 0, 0, 1, 1, 1, 1];
+    assert_eq!(constant_features(x.view()), vec![1]);
+    let (m, dropped) = Mahalanobis::fit_varying(x.view(), &y, 2, 0.0).unwrap();
+    assert_eq!(dropped, vec![1]);
+    assert_eq!(m.dim(), 3);
+    // The live columns give the hand-computed distances; the dead one counts for nothing,
+    // however far a served vector moves along it.
+    assert!((m.score(&[1.0, 0.0, 3.0]).unwrap() - 4.0).abs() < 1e-12);
+    assert!((m.score(&[1.0, 1e6, 3.0]).unwrap() - 4.0).abs() < 1e-12);
+    // With the plain fit, the dead unit's variance is the ridge alone and it swamps the rest.
+    let plain = Mahalanobis::fit(x.view(), &y, 2, 1e-6).unwrap();
+    assert!(plain.score(&[1.0, 1.0, 3.0]).unwrap() > 1e5);
+    // Nothing to drop: the same detector as the plain fit.
+    let x2 = x.select(ndarray::Axis(1), &[0, 2]);
+    let (same, none) = Mahalanobis::fit_varying(x2.view(), &y, 2, 0.5).unwrap();
+    assert!(none.is_empty());
+    assert_eq!(same, Mahalanobis::fit(x2.view(), &y, 2, 0.5).unwrap());
+}
