@@ -6,6 +6,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::trust::metrics::BinnedAccumulator;
+
 /// Latency buckets in seconds: 100 us to 30 s, roughly x2.5 per step.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -65,6 +67,39 @@ pub struct CalibrationMetrics {
 }
 
 impl CalibrationMetrics {
+    /// Sets the window gauges of `model` from its labelled window. An empty window publishes
+    /// `window_samples = 0` and no ECE or accuracy (there is none: 0 would read as "perfect").
+    pub fn set_window(&self, model: &str, window: &BinnedAccumulator) {
+        self.window_samples
+            .with_label_values(&[model])
+            .set(i64::try_from(window.count()).unwrap_or(i64::MAX));
+        match (window.ece(), window.accuracy()) {
+            (Some(ece), Some(accuracy)) => {
+                self.ece.with_label_values(&[model]).set(ece);
+                self.accuracy.with_label_values(&[model]).set(accuracy);
+            }
+            _ => {
+                // Absent series are what "no labelled window" means; removing one never seen fails.
+                let _ = self.ece.remove_label_values(&[model]);
+                let _ = self.accuracy.remove_label_values(&[model]);
+            }
+        }
+    }
+
+    /// Creates the three per-bin counters of `model` at 0 for every bin. They start from 0 in
+    /// each process (standard counter semantics; `increase()` sees the reset), and exporting them
+    /// before the first label makes `increase()` count that label too: Prometheus cannot see the
+    /// increase that brings a series into existence.
+    pub fn zero_bins(&self, model: &str, bins: usize) {
+        for b in 0..bins {
+            let bin = b.to_string();
+            let labels = [model, bin.as_str()];
+            self.bin_samples.with_label_values(&labels);
+            self.bin_confidence.with_label_values(&labels);
+            self.bin_correct.with_label_values(&labels);
+        }
+    }
+
     fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         fn reg<T: prometheus::core::Collector + Clone + 'static>(
             r: &Registry,
