@@ -297,4 +297,38 @@ mod tests {
         assert!(text.contains("caliper_rejected_total{reason=\"overloaded\"} 1"));
         assert!(text.contains("caliper_in_flight_requests 0"));
     }
+
+    #[test]
+    fn window_gauges_follow_the_window_and_bins_start_at_zero() {
+        let m = ServerMetrics::new().unwrap();
+        let mut acc = BinnedAccumulator::new(15).unwrap();
+        acc.add(0.9, true).unwrap();
+        acc.add(0.7, false).unwrap();
+        m.calibration.set_window("m", &acc);
+        let text = m.render();
+        let want_ece = acc.ece().unwrap();
+        assert!(text.contains(&format!("caliper_calibration_ece{{model=\"m\"}} {want_ece}")));
+        assert!(text.contains("caliper_calibration_accuracy{model=\"m\"} 0.5"));
+        assert!(text.contains("caliper_calibration_window_samples{model=\"m\"} 2"));
+        // An empty window: no ECE or accuracy (0 would read as perfect), zero samples.
+        m.calibration
+            .set_window("m", &BinnedAccumulator::new(15).unwrap());
+        let text = m.render();
+        assert!(!text.contains("caliper_calibration_ece{"), "{text}");
+        assert!(!text.contains("caliper_calibration_accuracy{"), "{text}");
+        assert!(text.contains("caliper_calibration_window_samples{model=\"m\"} 0"));
+
+        m.calibration.zero_bins("m", 15);
+        let text = m.render();
+        for name in [
+            "caliper_calibration_bin_samples_total",
+            "caliper_calibration_bin_confidence_total",
+            "caliper_calibration_bin_correct_total",
+        ] {
+            let zeros = (0..15)
+                .filter(|b| text.contains(&format!("{name}{{model=\"m\",bin=\"{b}\"}} 0\n")))
+                .count();
+            assert_eq!(zeros, 15, "{name}: {text}");
+        }
+    }
 }
