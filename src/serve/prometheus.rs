@@ -307,7 +307,9 @@ mod tests {
         m.calibration.set_window("m", &acc);
         let text = m.render();
         let want_ece = acc.ece().unwrap();
-        assert!(text.contains(&format!("caliper_calibration_ece{{model=\"m\"}} {want_ece}")));
+        assert!(text.contains(&format!(
+            "caliper_calibration_ece{{model=\"m\"}} {want_ece}"
+        )));
         assert!(text.contains("caliper_calibration_accuracy{model=\"m\"} 0.5"));
         assert!(text.contains("caliper_calibration_window_samples{model=\"m\"} 2"));
         // An empty window: no ECE or accuracy (0 would read as perfect), zero samples.

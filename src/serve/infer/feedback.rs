@@ -88,8 +88,6 @@ pub fn publish_gauges(monitor: &Monitor, metrics: &ServerMetrics, model: &str) {
 pub fn publish_restored(monitor: &Monitor, metrics: &ServerMetrics) {
     for model in monitor.models() {
         publish_gauges(monitor, metrics, &model);
-        metrics
-            .calibration
-            .zero_bins(&model, monitor.config().bins);
+        metrics.calibration.zero_bins(&model, monitor.config().bins);
     }
 }
