@@ -6,6 +6,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::trust::metrics::BinnedAccumulator;
+
 /// Latency buckets in seconds: 100 us to 30 s, roughly x2.5 per step.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -65,6 +67,39 @@ pub struct CalibrationMetrics {
 }
 
 impl CalibrationMetrics {
+    /// Sets the window gauges of `model` from its labelled window. An empty window publishes
+    /// `window_samples = 0` and no ECE or accuracy (there is none: 0 would read as "perfect").
+    pub fn set_window(&self, model: &str, window: &BinnedAccumulator) {
+        self.window_samples
+            .with_label_values(&[model])
+            .set(i64::try_from(window.count()).unwrap_or(i64::MAX));
+        match (window.ece(), window.accuracy()) {
+            (Some(ece), Some(accuracy)) => {
+                self.ece.with_label_values(&[model]).set(ece);
+                self.accuracy.with_label_values(&[model]).set(accuracy);
+            }
+            _ => {
+                // Absent series are what "no labelled window" means; removing one never seen fails.
+                let _ = self.ece.remove_label_values(&[model]);
+                let _ = self.accuracy.remove_label_values(&[model]);
+            }
+        }
+    }
+
+    /// Creates the three per-bin counters of `model` at 0 for every bin. They start from 0 in
+    /// each process (standard counter semantics; `increase()` sees the reset), and exporting them
+    /// before the first label makes `increase()` count that label too: Prometheus cannot see the
+    /// increase that brings a series into existence.
+    pub fn zero_bins(&self, model: &str, bins: usize) {
+        for b in 0..bins {
+            let bin = b.to_string();
+            let labels = [model, bin.as_str()];
+            self.bin_samples.with_label_values(&labels);
+            self.bin_confidence.with_label_values(&labels);
+            self.bin_correct.with_label_values(&labels);
+        }
+    }
+
     fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         fn reg<T: prometheus::core::Collector + Clone + 'static>(
             r: &Registry,
@@ -261,5 +296,41 @@ mod tests {
         );
         assert!(text.contains("caliper_rejected_total{reason=\"overloaded\"} 1"));
         assert!(text.contains("caliper_in_flight_requests 0"));
+    }
+
+    #[test]
+    fn window_gauges_follow_the_window_and_bins_start_at_zero() {
+        let m = ServerMetrics::new().unwrap();
+        let mut acc = BinnedAccumulator::new(15).unwrap();
+        acc.add(0.9, true).unwrap();
+        acc.add(0.7, false).unwrap();
+        m.calibration.set_window("m", &acc);
+        let text = m.render();
+        let want_ece = acc.ece().unwrap();
+        assert!(text.contains(&format!(
+            "caliper_calibration_ece{{model=\"m\"}} {want_ece}"
+        )));
+        assert!(text.contains("caliper_calibration_accuracy{model=\"m\"} 0.5"));
+        assert!(text.contains("caliper_calibration_window_samples{model=\"m\"} 2"));
+        // An empty window: no ECE or accuracy (0 would read as perfect), zero samples.
+        m.calibration
+            .set_window("m", &BinnedAccumulator::new(15).unwrap());
+        let text = m.render();
+        assert!(!text.contains("caliper_calibration_ece{"), "{text}");
+        assert!(!text.contains("caliper_calibration_accuracy{"), "{text}");
+        assert!(text.contains("caliper_calibration_window_samples{model=\"m\"} 0"));
+
+        m.calibration.zero_bins("m", 15);
+        let text = m.render();
+        for name in [
+            "caliper_calibration_bin_samples_total",
+            "caliper_calibration_bin_confidence_total",
+            "caliper_calibration_bin_correct_total",
+        ] {
+            let zeros = (0..15)
+                .filter(|b| text.contains(&format!("{name}{{model=\"m\",bin=\"{b}\"}} 0\n")))
+                .count();
+            assert_eq!(zeros, 15, "{name}: {text}");
+        }
     }
 }

@@ -95,6 +95,8 @@ impl AppState {
                 "live calibration windows rebuilt from the feedback log"
             );
         }
+        // Without this the gauges stay absent until the next label (issue 17).
+        crate::serve::infer::feedback::publish_restored(&monitor, &metrics);
         Ok(Self(Arc::new(Shared {
             registry: Arc::new(ModelRegistry::new(
                 config.registry_options(),

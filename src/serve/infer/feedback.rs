@@ -67,17 +67,27 @@ pub fn submit(
         }
     }
     for model in touched {
-        if let Some(acc) = monitor.accumulator(model) {
-            m.ece
-                .with_label_values(&[model])
-                .set(acc.ece().unwrap_or(0.0));
-            m.accuracy
-                .with_label_values(&[model])
-                .set(acc.accuracy().unwrap_or(0.0));
-            m.window_samples
-                .with_label_values(&[model])
-                .set(acc.count() as i64);
-        }
+        publish_gauges(monitor, metrics, model);
     }
     results
+}
+
+/// Publishes the window gauges of `model` (ECE, accuracy, window samples) from the monitor's
+/// current labelled window: after each accepted label, and at start-up from the rebuilt window.
+pub fn publish_gauges(monitor: &Monitor, metrics: &ServerMetrics, model: &str) {
+    if let Some(window) = monitor.accumulator(model) {
+        metrics.calibration.set_window(model, &window);
+    }
+}
+
+/// Publishes what a (re)started process knows before any new label: the gauges of every window
+/// rebuilt from the feedback log, and its per-bin counters at 0. The counters are not replayed
+/// from the rebuilt window: they count labels received by this process, and a counter that came
+/// back at the window's content would read to `increase()` as that many new labels (see
+/// docs/MONITORING.md, "After a restart").
+pub fn publish_restored(monitor: &Monitor, metrics: &ServerMetrics) {
+    for model in monitor.models() {
+        publish_gauges(monitor, metrics, &model);
+        metrics.calibration.zero_bins(&model, monitor.config().bins);
+    }
 }
