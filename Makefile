@@ -59,7 +59,7 @@ test: deps fetch fetch-data build lint
 
 ## check-models: the shipped models reproduce docs/results/shipped-models.json (README's table)
 check-models: fetch fetch-data build
-	$(CARGO) test --locked --release --test tooling shipped_models::
+	$(CARGO) test --locked --release --test serve shipped_models::
 
 fmt:
 	$(CARGO) fmt --all

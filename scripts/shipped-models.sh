@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scores every shipped model (models/NAME with calib/NAME.json) on its dataset's test split with
 # `caliper eval --json` and writes the figures to docs/results/shipped-models.json, the single
-# source of README's model table; tests/tooling/shipped_models.rs (`make check-models`) recomputes
+# source of README's model table; tests/serve/shipped_models.rs (`make check-models`) recomputes
 # them and fails on any difference. Run after replacing a model or its calibrator.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,7 @@
 //! The serving integration tests, one binary: the router in process (`router`, `trust`,
 //! `mahalanobis`, `monitor_feedback`, `monitor_matches_eval`) and real `caliper serve` processes
-//! on a socket (`socket`, `monitor_crash`, `prometheus_fleet`), all over the fixture repository
+//! on a socket (`socket`, `monitor_crash`, `monitor_restart_gauges`, `prometheus_fleet`, and
+//! `shipped_models`: every bundled model's figures and its OOD threshold through the server), all over the fixture repository
 //! in tests/data and the bundled models.
 
 #[path = "../common/mod.rs"]
@@ -10,7 +11,9 @@ mod mahalanobis;
 mod monitor_crash;
 mod monitor_feedback;
 mod monitor_matches_eval;
+mod monitor_restart_gauges;
 mod prometheus_fleet;
 mod router;
+mod shipped_models;
 mod socket;
 mod trust;

@@ -5,7 +5,7 @@
 //! 0 (exported from start-up, so `increase()` counts the first new label) and count only the
 //! labels this process receives.
 
-mod common;
+use crate::common;
 
 use common::process::Server;
 use common::{MODEL, data, repo};
