@@ -6,11 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
-use ndarray::{Array1, Array2, Ix1, Ix2};
+use anyhow::{Context, anyhow, bail};
+use ndarray::{Array2, Ix2};
 use ndarray_npy::ReadNpyExt;
 
 use super::model_logits;
+use crate::data::npz::{self, LabelError};
 
 /// Where `calibrate` and `eval` get logits and labels: files, or a model run over a dataset.
 #[derive(Debug, Clone, clap::Args)]
@@ -145,35 +146,23 @@ pub fn read_logits(path: &Path) -> anyhow::Result<Array2<f64>> {
 /// a `.csv` file with one label per line.
 pub fn read_labels(path: &Path) -> anyhow::Result<Vec<usize>> {
     let shown = path.display();
-    let values: Vec<f64> = if is_csv(path) {
-        read_csv_rows(path)?
+    let labels = if is_csv(path) {
+        let values: Vec<f64> = read_csv_rows(path)?
             .into_iter()
             .enumerate()
             .map(|(i, r)| match r.as_slice() {
                 [v] => Ok(*v),
                 _ => bail!("{shown}: line {} must hold exactly one label", i + 1),
             })
-            .collect::<anyhow::Result<_>>()?
+            .collect::<anyhow::Result<_>>()?;
+        npz::class_labels(&values)
     } else {
-        let bytes = read(path)?;
-        read_integer_npy(&bytes).with_context(|| {
-            format!(
-                "{shown}: expected a 1-D integer .npy array of labels [N] ({})",
-                npy_error::<i64, Ix1>(&bytes)
-            )
-        })?
+        npz::read_npy_labels(&read(path)?)
     };
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            if v.fract() == 0.0 && v >= 0.0 && v < usize::MAX as f64 {
-                Ok(v as usize)
-            } else {
-                bail!("{shown}: label {i} is {v}; labels must be non-negative integers")
-            }
-        })
-        .collect()
+    labels.map_err(|e| match e {
+        LabelError::NotAClass { .. } => anyhow!("{shown}: {e}"),
+        _ => anyhow!("{shown}: expected a 1-D integer .npy array of labels [N] ({e})"),
+    })
 }
 
 fn is_csv(path: &Path) -> bool {
@@ -191,25 +180,6 @@ fn npy_error<T: ndarray_npy::ReadableElement, D: ndarray::Dimension>(bytes: &[u8
         Ok(_) => "unsupported element type".into(),
         Err(e) => e.to_string(),
     }
-}
-
-/// Tries every integer (and float) element type NumPy writes, as `[N]` or `[N, 1]`.
-fn read_integer_npy(bytes: &[u8]) -> anyhow::Result<Vec<f64>> {
-    macro_rules! try_types {
-        ($($t:ty),*) => {$(
-            if let Ok(a) = Array1::<$t>::read_npy(bytes) {
-                return Ok(a.iter().map(|&v| v as f64).collect());
-            }
-            if let Ok(a) = Array2::<$t>::read_npy(bytes) {
-                if a.ncols() == 1 {
-                    return Ok(a.iter().map(|&v| v as f64).collect());
-                }
-                bail!("labels must be [N] or [N, 1], got {:?}", a.dim());
-            }
-        )*};
-    }
-    try_types!(i64, i32, i16, i8, u64, u32, u16, u8, f64, f32);
-    bail!("unsupported element type or shape")
 }
 
 /// Numeric rows of a CSV file (commas and/or whitespace separate values).

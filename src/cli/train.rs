@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::train;
 use crate::train::config::{BenchArgs, CheckArgs, GraphArgs, PlotArgs, TrainArgs};
+use crate::trust::diagram;
 
 /// caliper-train: train an image classifier with GCE (or a baseline loss) on ONNX Runtime and
 /// export it, calibrated, to the model repository.
@@ -58,12 +59,13 @@ pub fn run(cli: Cli, command: &str) -> anyhow::Result<()> {
         }
         Command::Plot(p) => {
             let file = crate::repository::CalibrationFile::load(&p.calib)?;
-            let rel = file
+            let panels = file
                 .fit
-                .and_then(|f| f.reliability)
+                .as_ref()
+                .and_then(|f| diagram::panels_from_fit(f, file.calibrator.method()))
                 .with_context(|| format!("{} has no reliability bins", p.calib.display()))?;
-            train::plot::reliability_png(&[&rel.before, &rel.after])
-                .save(&p.out)
+            let png = diagram::reliability_png(&panels)?;
+            crate::fsutil::write_atomic(&p.out, &png)
                 .with_context(|| format!("writing {}", p.out.display()))?;
             Ok(())
         }

@@ -1,10 +1,12 @@
 //! NumPy `.npz` archives with MedMNIST keys: `{split}_images` (`[N, H, W]` grey or
-//! `[N, H, W, C]` colour, u8) and `{split}_labels` (`[N]` or `[N, 1]`, any integer type).
+//! `[N, H, W, C]` colour, u8) and `{split}_labels` (`[N]` or `[N, 1]`, any integer type), and
+//! the one reader of NumPy class labels, shared with the CLI's `.npy` label files.
 
+use std::io::{Read, Seek};
 use std::path::Path;
 
 use ndarray::{ArrayD, Axis, IxDyn};
-use ndarray_npy::{NpzReader, ReadNpzError};
+use ndarray_npy::{NpzReader, ReadNpyError, ReadNpyExt, ReadNpzError, ReadableElement};
 
 use super::{DataError, Dataset, ImageShape, numbered_classes};
 
@@ -32,7 +34,11 @@ pub fn load_npz(
     let images: ArrayD<u8> = npz
         .by_name(&ki)
         .map_err(|e| decode(format!("{ki}: {e} (images must be u8)")))?;
-    let labels = read_labels(&mut npz, &kl).map_err(|e| decode(format!("{kl}: {e}")))?;
+    let labels = read_labels(&mut NpzArray {
+        npz: &mut npz,
+        name: &kl,
+    })
+    .map_err(|e| decode(format!("{kl}: {e}")))?;
 
     let dims = images.shape().to_vec();
     let (shape, pixels) = match dims.as_slice() {
@@ -69,53 +75,110 @@ pub fn load_npz(
             detail: format!("{} labels for {} images in {split}", labels.len(), dims[0]),
         });
     }
-    let mut out = Vec::with_capacity(labels.len());
-    for (index, &l) in labels.iter().enumerate() {
-        if l < 0 {
-            return Err(DataError::LabelOutOfRange {
-                path: path.to_path_buf(),
-                index,
-                label: l as u64,
-                classes: class_names.as_ref().map_or(0, Vec::len),
-            });
-        }
-        out.push(l as usize);
-    }
     let class_names = class_names
-        .unwrap_or_else(|| numbered_classes(out.iter().copied().max().map_or(0, |m| m + 1)));
-    Dataset::new(path, shape, pixels, out, class_names)
+        .unwrap_or_else(|| numbered_classes(labels.iter().copied().max().map_or(0, |m| m + 1)));
+    Dataset::new(path, shape, pixels, labels, class_names)
 }
 
-/// Reads a label array of any common integer type, flattening `[N, 1]` to `[N]`.
-fn read_labels(npz: &mut NpzReader<std::fs::File>, name: &str) -> Result<Vec<i64>, String> {
-    fn flat<T: Copy + Into<i64>>(a: ArrayD<T>) -> Result<Vec<i64>, String> {
-        if a.ndim() == 1 || (a.ndim() == 2 && a.len_of(Axis(1)) == 1) {
-            Ok(a.iter().map(|&v| v.into()).collect())
-        } else {
-            Err(format!(
-                "labels have shape {:?}, expected [N] or [N, 1]",
-                a.shape()
-            ))
+/// Why a NumPy array does not hold class labels.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LabelError {
+    /// Neither `[N]` nor `[N, 1]`.
+    #[error("labels have shape {0:?}, expected [N] or [N, 1]")]
+    Shape(Vec<usize>),
+    /// An element type that is neither an integer nor a float (the NumPy descriptor).
+    #[error("labels must be an integer array (or floats holding whole numbers), got {0}")]
+    ElementType(String),
+    /// The array could not be read at all (the reader's message).
+    #[error("{0}")]
+    Read(String),
+    /// A value that is not a class index.
+    #[error("label {index} is {value}; labels must be non-negative integers")]
+    NotAClass { index: usize, value: f64 },
+}
+
+impl From<ReadNpyError> for LabelError {
+    fn from(e: ReadNpyError) -> Self {
+        match e {
+            ReadNpyError::WrongDescriptor(d) => LabelError::ElementType(d.to_string()),
+            e => LabelError::Read(e.to_string()),
         }
     }
-    // Try each integer type in turn; only a wrong element type moves on to the next one.
-    macro_rules! try_type {
-        ($t:ty) => {
-            match npz.by_name::<ndarray::OwnedRepr<$t>, IxDyn>(name) {
-                Ok(a) => return flat(a),
-                Err(ReadNpzError::Npy(ndarray_npy::ReadNpyError::WrongDescriptor(_))) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        };
+}
+
+/// One NumPy array that can be read as any element type.
+trait NpyArray {
+    fn read_as<T: ReadableElement>(&mut self) -> Result<ArrayD<T>, LabelError>;
+}
+
+/// A `.npy` file's bytes.
+impl NpyArray for &[u8] {
+    fn read_as<T: ReadableElement>(&mut self) -> Result<ArrayD<T>, LabelError> {
+        Ok(ArrayD::<T>::read_npy(*self)?)
     }
-    try_type!(u8);
-    try_type!(i64);
-    try_type!(i32);
-    try_type!(u32);
-    try_type!(u16);
-    try_type!(i16);
-    try_type!(i8);
-    Err("labels must be an integer array".into())
+}
+
+/// One array of a `.npz` archive, by name.
+struct NpzArray<'a, R: Read + Seek> {
+    npz: &'a mut NpzReader<R>,
+    name: &'a str,
+}
+
+impl<R: Read + Seek> NpyArray for NpzArray<'_, R> {
+    fn read_as<T: ReadableElement>(&mut self) -> Result<ArrayD<T>, LabelError> {
+        match self.npz.by_name(self.name) {
+            Ok(a) => Ok(a),
+            Err(ReadNpzError::Npy(e)) => Err(e.into()),
+            Err(e) => Err(LabelError::Read(e.to_string())),
+        }
+    }
+}
+
+/// Class labels `[N]` or `[N, 1]` from the bytes of a `.npy` file: any integer type, or floats
+/// holding whole numbers.
+pub fn read_npy_labels(bytes: &[u8]) -> Result<Vec<usize>, LabelError> {
+    read_labels(&mut &bytes[..])
+}
+
+/// Tries every integer (and float) element type NumPy writes; only a wrong element type moves
+/// on to the next one, and the last one's error names the array's own type.
+fn read_labels(array: &mut impl NpyArray) -> Result<Vec<usize>, LabelError> {
+    macro_rules! try_types {
+        ($($t:ty),*) => {$(
+            match array.read_as::<$t>() {
+                Ok(a) => return flat_labels(a.mapv(|v| v as f64)),
+                Err(LabelError::ElementType(_)) => {}
+                Err(e) => return Err(e),
+            }
+        )*};
+    }
+    try_types!(i64, i32, i16, i8, u64, u32, u16, u8, f64);
+    flat_labels(array.read_as::<f32>()?.mapv(f64::from))
+}
+
+/// `[N]` or `[N, 1]` values as class indices.
+fn flat_labels(a: ArrayD<f64>) -> Result<Vec<usize>, LabelError> {
+    if a.ndim() == 1 || (a.ndim() == 2 && a.len_of(Axis(1)) == 1) {
+        class_labels(&a.iter().copied().collect::<Vec<_>>())
+    } else {
+        Err(LabelError::Shape(a.shape().to_vec()))
+    }
+}
+
+/// Class indices from numbers that must be non-negative whole numbers (labels read from `.npy`
+/// or text).
+pub fn class_labels(values: &[f64]) -> Result<Vec<usize>, LabelError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(index, &value)| {
+            if value.fract() == 0.0 && value >= 0.0 && value < usize::MAX as f64 {
+                Ok(value as usize)
+            } else {
+                Err(LabelError::NotAClass { index, value })
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -160,5 +223,73 @@ mod tests {
             load_npz(&p, "test", None),
             Err(DataError::ShapeMismatch { .. })
         ));
+    }
+
+    fn npy<T: ndarray_npy::WritableElement, D: ndarray::Dimension>(
+        a: &ndarray::Array<T, D>,
+    ) -> Vec<u8> {
+        use ndarray_npy::WriteNpyExt;
+        let mut bytes = Vec::new();
+        a.write_npy(&mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn npy_labels_of_any_integer_type_or_whole_floats() {
+        assert_eq!(
+            read_npy_labels(&npy(&Array1::from(vec![3u16, 0]))),
+            Ok(vec![3, 0])
+        );
+        assert_eq!(
+            read_npy_labels(&npy(&Array2::from_elem((2, 1), 7u64))),
+            Ok(vec![7, 7])
+        );
+        assert_eq!(
+            read_npy_labels(&npy(&Array1::from(vec![2.0f32]))),
+            Ok(vec![2])
+        );
+        assert_eq!(
+            read_npy_labels(&npy(&Array1::from(vec![1i8, -1]))),
+            Err(LabelError::NotAClass {
+                index: 1,
+                value: -1.0
+            })
+        );
+        assert_eq!(
+            read_npy_labels(&npy(&Array1::from(vec![0.5f64]))),
+            Err(LabelError::NotAClass {
+                index: 0,
+                value: 0.5
+            })
+        );
+        assert_eq!(
+            read_npy_labels(&npy(&Array2::from_elem((2, 3), 1i32))),
+            Err(LabelError::Shape(vec![2, 3]))
+        );
+        assert!(matches!(
+            read_npy_labels(&npy(&Array1::from(vec![true]))),
+            Err(LabelError::ElementType(_))
+        ));
+        assert!(matches!(
+            read_npy_labels(b"not npy"),
+            Err(LabelError::Read(_))
+        ));
+    }
+
+    #[test]
+    fn npz_labels_must_be_class_indices() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.npz");
+        let mut w = NpzWriter::new(std::fs::File::create(&p).unwrap());
+        w.add_array("train_images", &Array3::<u8>::zeros((2, 1, 1)))
+            .unwrap();
+        w.add_array("train_labels", &Array1::from(vec![0i16, -3]))
+            .unwrap();
+        w.finish().unwrap();
+        let err = load_npz(&p, "train", None).unwrap_err().to_string();
+        assert!(
+            err.contains("train_labels: label 1 is -3; labels must be non-negative"),
+            "{err}"
+        );
     }
 }

@@ -109,8 +109,8 @@ impl Net {
                 // Pool before ReLU: relu(maxpool(x)) = maxpool(relu(x)) since both are
                 // monotone, and the gradients agree too (a window's gradient goes to its first
                 // maximum either way, and passes exactly when that maximum is positive), but the
-                // ReLU and its backward mask then run on a quarter of the elements (LeNet step
-                // 5% faster, docs/BENCHMARKS.md). PyTorch's reference keeps conv-relu-pool.
+                // ReLU and its backward mask then run on a quarter of the elements (a faster
+                // LeNet step, docs/BENCHMARKS.md). PyTorch's reference keeps conv-relu-pool.
                 body.push(conv("conv1", *c, 32, 3, 1, true));
                 body.push(Box::new(MaxPool2d { k: 2, stride: 2 }));
                 body.push(Box::new(Relu));

@@ -7,8 +7,8 @@
 //! ReLU has a kink: two correct implementations that round differently can put a pre-activation
 //! within rounding of zero on opposite sides, and that one element's gradient then passes in
 //! one run and not in the other, which moves every gradient below it by up to a few percent at
-//! small batches (measured: one flipped element among ~10^5 in the failing seeds, none in the
-//! others). So the check also fetches every ReLU's input, counts the elements whose sign
+//! small batches (docs/BENCHMARKS.md, CUDA training step). So the check also fetches every
+//! ReLU's input, counts the elements whose sign
 //! differs, and draws new random data (the next seed, up to 5) until no mask flipped; only that
 //! step's outputs are compared. A wrong kernel gives differences of order 1 whatever the seed.
 

@@ -287,8 +287,8 @@ impl Graph {
     }
 
     /// The per-channel sum of an `[N, C, H, W]` tensor, as `[C]`: over H and W first, then over
-    /// N. ONNX Runtime's CPU reductions over axes 0, 2 and 3 at once take 2-4x as long as these
-    /// two (docs/BENCHMARKS.md, "Session 6").
+    /// N. ONNX Runtime's CPU reduction over axes 0, 2 and 3 at once is slower than these two
+    /// (docs/BENCHMARKS.md, training step on the CPU).
     pub fn channel_sum(&mut self, x: &str) -> String {
         let per_sample = self.reduce_sum(x, &[2, 3], false);
         self.reduce_sum(&per_sample, &[0], false)
@@ -332,7 +332,7 @@ impl Graph {
 
     /// A `[1, N]` row of ones, N the batch of `x` (of rank `rank`, batch first), made on the
     /// device like [`Graph::batch_size_f32`]: `ones × t` sums `t` (`[N, M]`) over the batch
-    /// as one small MatMul, several times faster on the CPU than ReduceSum over axis 0.
+    /// as one small MatMul, faster on the CPU than ReduceSum over axis 0 (docs/BENCHMARKS.md).
     pub fn batch_ones(&mut self, x: &str, rank: usize) -> String {
         if let Some(o) = &self.batch_ones {
             return o.clone();

@@ -3,7 +3,7 @@
 //! ONNX Runtime runs a plain `Conv` whose weight is a runtime value (a training graph's weights
 //! are graph inputs) through MLAS im2col + SGEMM. Its blocked-layout direct convolution
 //! (`com.microsoft.nchwc` `Conv`, the kernel its optimizer picks for inference models with
-//! constant weights) is 1.5-2.4x faster on ResNet-20's shapes, and it reads the weight at run
+//! constant weights) is faster on ResNet-20's shapes, and it reads the weight at run
 //! time, so a graph may feed it a weight it reorders itself. This pass, applied to a serialised
 //! model just before a CPU session is built, rewrites
 //! - every `Conv` (2-D, group 1) whose output channels are a multiple of the block size and whose
@@ -16,9 +16,8 @@
 //! `OIHWBo` for narrow inputs, the layouts MLAS documents for
 //! `MlasReorderFilterOIHWBiBo`/`OIHWBo`), and
 //! `ReorderOutput` back to NCHW. Every other node, and the graph's meaning, is unchanged; the
-//! graph `caliper-train graph` writes stays plain ONNX. ONNX Runtime's `ConvTranspose` was the
-//! largest single cost of the ResNet-20 step (28% of it on the quiet 2-core machine, twice the
-//! forward `Conv`), see docs/BENCHMARKS.md "Session 5".
+//! graph `caliper-train graph` writes stays plain ONNX. ONNX Runtime's `ConvTranspose` is the
+//! largest single cost of the ResNet-20 step without this pass (docs/BENCHMARKS.md).
 //!
 //! The block size (16 with AVX-512, 8 with AVX2) belongs to the machine, so it is asked of the
 //! loaded ONNX Runtime once: `ReorderInput` pads 4 channels up to one block. Where that fails

@@ -52,10 +52,10 @@ impl Conv2d {
     /// Weight gradient tap by tap, without a column matrix: per kernel tap one strided Slice of
     /// the padded input (`[N, C, P]`, P = OH*OW) times dY transposed once (`[N, P, O]`) in a
     /// batched MatMul (`[N, C, O]`); the k*k results are stacked and summed over the batch.
-    /// Measured against the im2col column matrix (Pad + k*k Slices + Concat, then one Gemm):
-    /// the Concat of the 9x-sized columns was 10-12% of the resnet20 step and goes away, and
-    /// the step got 5-10% faster (docs/BENCHMARKS.md). An identity-kernel Conv building the
-    /// columns was slower still (ONNX Runtime reorders it to NCHWc and back).
+    /// Against the im2col column matrix (Pad + k*k Slices + Concat, then one Gemm) this drops
+    /// the Concat of the 9x-sized columns, a large share of the step (docs/BENCHMARKS.md). An
+    /// identity-kernel Conv building the columns was slower still (ONNX Runtime reorders it to
+    /// NCHWc and back).
     fn weight_grad(&self, g: &mut Graph, x: &str, dy: &str, s: &[i64]) -> String {
         let (c, h, w) = (s[0], s[1], s[2]);
         let (oh, ow) = (self.out_hw(h), self.out_hw(w));
@@ -91,7 +91,7 @@ impl Conv2d {
     }
 
     /// The strided weight gradient without strided Slices (which ONNX Runtime copies element
-    /// by element: 0.6 ms for each 2 MB tap of ResNet-20's first stride-2 layer). Viewing x as
+    /// by element, docs/BENCHMARKS.md). Viewing x as
     /// `[N, C, H/s, s*W]` puts rows `s*i .. s*i + s` side by side, so one MatMul with a 0/1
     /// matrix picks, for a row phase r and kernel column b, rows `s*i + r` and columns
     /// `s*j + b - p` (zero outside x) at once: `T[r][b]`, `[N, C, OH*OW]`. Kernel row a reads
@@ -154,9 +154,9 @@ impl Conv2d {
 
     /// Whether the split weight gradient copies less than the tap form (in input-sized units,
     /// dY counting cout/cin of one): with "same" padding it copies 2(k - 1) tensors (the
-    /// middle row and column need none), the tap form k*k + 1 input-sized ones. Measured, it
-    /// pays only where dY is no wider than the input: ResNet-20's layers (as many outputs as
-    /// inputs) gain, LeNet's 32 -> 64 layer was 5% slower (its 1 -> 32 one copies more).
+    /// middle row and column need none), the tap form k*k + 1 input-sized ones. It pays only
+    /// where dY is no wider than the input: ResNet-20's layers (as many outputs as inputs)
+    /// gain, LeNet's 32 -> 64 layer loses (its 1 -> 32 one copies more; docs/BENCHMARKS.md).
     fn split_is_cheaper(&self, c: i64, h: i64, w: i64) -> bool {
         let (rows, cols) = self.split_shifts(h, w);
         let copies = |v: &[Shift]| v.iter().filter(|&&s| s != (0, 0)).count() as i64;
@@ -171,8 +171,7 @@ impl Conv2d {
     /// `w' = w + j - p` instead of the output column `w` is what moves the column shift onto
     /// dY: `Xp[h+i, w+j] dY[h, w] = X[h+i-p, w'] dY[h, w'-j+p]`, zero outside either tensor.
     /// The tap form makes k*k strided Slices of a padded input; this one 2(k - 1) copies for
-    /// "same" padding (the copies were a fifth of the ResNet-20 step, docs/BENCHMARKS.md
-    /// "Session 5").
+    /// "same" padding (the copies are a large part of the ResNet-20 step, docs/BENCHMARKS.md).
     fn weight_grad_split(&self, g: &mut Graph, x: &str, dy: &str, s: &[i64]) -> String {
         let (c, h, w) = (s[0], s[1], s[2]);
         let (oh, ow) = (self.out_hw(h), self.out_hw(w));
@@ -194,8 +193,8 @@ impl Conv2d {
             return self.weight_grad_stacked_rows(g, x, &dcols, s, &rows);
         }
         // A row shift moves whole rows, so it is a shift of each flattened `H*W` plane by a
-        // multiple of W: one Pad over N*C long runs instead of N*C*H rows of W floats (the
-        // Pads of a ResNet-20 step went from 37 to 30 ms).
+        // multiple of W: one Pad over N*C long runs instead of N*C*H rows of W floats, which
+        // ONNX Runtime copies row by row.
         let planes = g.reshape(x, &[-1, c, h * w]);
         let xrows: Vec<String> = rows
             .into_iter()
@@ -223,10 +222,10 @@ impl Conv2d {
     /// `[N, C*k, OH*W]` with rows `(c, i)`. So each of the k column copies of dY meets all row
     /// copies in one MatMul (`[N, C*k, O]`): k products instead of k*k, each reading the
     /// input part once instead of k times. Used for planes of at least 32x32 (ResNet-20's
-    /// stage 1), where the step got 2-4% faster; alone it also won at 16x16 but not in the
-    /// step, and at 8x8 it loses even alone (`scripts/bench_ort_kernels.py` section 7,
-    /// docs/BENCHMARKS.md "Session 7"). A MatMul with a 0/1 matrix from the left stacked the
-    /// rows too, but at 1/H density it did 1.5x the Gather's time in wasted multiplications.
+    /// stage 1), where the step gains; alone it also wins at 16x16 but not in the step, and at
+    /// 8x8 it loses even alone (`scripts/bench_ort_kernels.py` section 7, docs/BENCHMARKS.md).
+    /// A MatMul with a 0/1 matrix from the left stacked the rows too, but at 1/H density most
+    /// of its multiplications are wasted.
     fn weight_grad_stacked_rows(
         &self,
         g: &mut Graph,
@@ -284,15 +283,15 @@ impl Conv2d {
 
     /// Each product (`[N, ..]`, `len` values per sample) summed over the batch, stacked as
     /// `[products, len]`. Each is summed before the stacking, so the Concat moves `[len]` rows
-    /// instead of `[N, len]` tensors in short runs (it was 9 ms of the ResNet-20 step). The
+    /// instead of `[N, len]` tensors in short runs. The
     /// sums are stacked as they come and reshaped once by the caller: on CUDA every node is a
     /// dispatch on the host.
     fn batch_sums(&self, g: &mut Graph, products: &[String], len: i64) -> String {
         let sums: Vec<String> = products
             .iter()
             .map(|t| {
-                // The batch sum as `[1, N] x [N, len]`: ReduceSum over the leading axis cost
-                // 30-60 us per tap in the step, the MatMul a third of that.
+                // The batch sum as `[1, N] x [N, len]`: cheaper than ReduceSum over the
+                // leading axis (docs/BENCHMARKS.md).
                 let ones = g.batch_ones(t, 3);
                 let flat = g.reshape(t, &[-1, len]);
                 g.op("MatMul", &[&ones, &flat], vec![])
@@ -310,8 +309,8 @@ const STACKED_ROWS_MIN_PLANE: i64 = 32 * 32;
 /// `t` (`[.., W_in]`) shifted along its last axis as Pad would with `(before, after)` (zeros
 /// shifted in, negative amounts crop), by a MatMul with a constant 0/1 matrix `[W_in, W_out]`.
 /// Exact (each output is one input times 1 plus zeros), and one pass at memory speed: ONNX
-/// Runtime's CPU Pad copies row by row, which for rows of 8-16 floats cost 2-4x as much
-/// (docs/BENCHMARKS.md, "Session 6").
+/// Runtime's CPU Pad copies row by row, which for short rows costs a multiple of a plain copy
+/// (docs/BENCHMARKS.md).
 fn shift_cols(g: &mut Graph, t: &str, w_in: i64, before: i64, after: i64) -> String {
     pick_cols(g, t, w_in, w_in + before + after, |j| j - before)
 }
@@ -465,7 +464,7 @@ impl Layer for MaxPool2d {
         }
         if self.tiles(s) {
             // The single-output MaxPool is ONNX Runtime's fast (MLAS) kernel; asking for
-            // Indices falls back to a generic loop about ten times slower (docs/BENCHMARKS.md).
+            // Indices falls back to a much slower generic loop (docs/BENCHMARKS.md).
             let y = g.op("MaxPool", &[x], attrs);
             return Fwd::simple(y.clone(), vec![x.to_string(), y]);
         }

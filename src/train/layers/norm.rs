@@ -62,7 +62,7 @@ impl Layer for BatchNorm2d {
             return Fwd::simple(y, vec![]);
         }
         // Few passes over the activation, because on the CPU every elementwise node is one
-        // more trip through memory (the written-out form cost ~40% of the resnet20 step):
+        // more trip through memory (docs/BENCHMARKS.md):
         // the mean, the centred input (kept for the backward pass), its sum of squares, and
         // then ONNX Runtime's fused BatchNormalization kernel with the batch statistics as
         // its mean and variance inputs.
@@ -74,7 +74,7 @@ impl Layer for BatchNorm2d {
         let mean = g.reshape(&mean_c, &[1, self.c, 1, 1]);
         let xc = g.sub(x, &mean);
         // Squares, then a plain sum: ONNX Runtime's ReduceSumSquare is not vectorised like
-        // ReduceSum and took twice as long as both nodes (docs/BENCHMARKS.md, "Session 7").
+        // ReduceSum and is slower than both nodes together (docs/BENCHMARKS.md).
         let sq = g.mul(&xc, &xc);
         let ssq = g.channel_sum(&sq);
         let var = g.div(&ssq, &m);

@@ -118,28 +118,15 @@ impl Layer for Residual {
         let zero = g.scalar(0.0);
         let mask = g.op("Greater", &[&f.saved[0], &zero], vec![]);
         let dsum = mask_mul(g, dy, &mask);
-        let bshapes = shapes_of(&self.body, s);
-        let sshapes = shapes_of(&self.shortcut, s);
-        let b = chain_backward(
-            &self.body,
-            g,
-            &f.children[0].children,
-            &bshapes,
-            &dsum,
-            true,
-        );
-        let sc = chain_backward(
-            &self.shortcut,
-            g,
-            &f.children[1].children,
-            &sshapes,
-            &dsum,
-            true,
-        );
-        let mut grads = b.grads;
-        grads.extend(sc.grads);
-        let db = b.dx.unwrap_or_else(|| dsum.clone());
-        let ds = sc.dx.unwrap_or_else(|| dsum.clone());
+        // Both branches see the gradient of the sum; an empty branch (identity shortcut) passes
+        // it through unchanged.
+        let branch = |g: &mut Graph, layers: &[Box<dyn Layer>], fwd: &Fwd| {
+            let b = chain_backward(layers, g, &fwd.children, &shapes_of(layers, s), &dsum, true);
+            (b.grads, b.dx.unwrap_or_else(|| dsum.clone()))
+        };
+        let (mut grads, db) = branch(g, &self.body, &f.children[0]);
+        let (shortcut_grads, ds) = branch(g, &self.shortcut, &f.children[1]);
+        grads.extend(shortcut_grads);
         Bwd {
             dx: Some(g.add(&db, &ds)),
             grads,

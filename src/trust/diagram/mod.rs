@@ -86,6 +86,11 @@ pub fn reliability_png(panels: &[ReliabilityPanel]) -> Result<Vec<u8>, DiagramEr
     Ok(raster::render_png(&scene::layout(panels))?)
 }
 
+/// The diagram as an RGB image (what [`reliability_png`] encodes).
+pub fn reliability_image(panels: &[ReliabilityPanel]) -> image::RgbImage {
+    raster::rasterise(&scene::layout(panels))
+}
+
 /// Writes the diagram to `path` as SVG or PNG according to its extension.
 pub fn write_diagram(path: &Path, panels: &[ReliabilityPanel]) -> Result<(), DiagramError> {
     let shown = path.display().to_string();

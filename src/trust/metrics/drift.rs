@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::percentile;
+
 /// The validation reference: quantiles of the calibrated confidence at evenly spaced levels
 /// 0, 1/(q-1), ..., 1, and how many validation samples they summarise.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,15 +44,8 @@ impl ConfidenceReference {
             return None;
         }
         v.sort_by(f64::total_cmp);
-        let last = (v.len() - 1) as f64;
         let quantiles = (0..levels)
-            .map(|i| {
-                // Linear interpolation between order statistics (numpy's default "linear").
-                let pos = last * i as f64 / (levels - 1) as f64;
-                let (lo, frac) = (pos.floor() as usize, pos - pos.floor());
-                let hi = (lo + 1).min(v.len() - 1);
-                v[lo] + frac * (v[hi] - v[lo])
-            })
+            .map(|i| percentile(&v, i as f64 / (levels - 1) as f64))
             .collect();
         Some(ConfidenceReference {
             n: v.len(),

@@ -5,11 +5,13 @@
 mod binned;
 mod bootstrap;
 mod drift;
+mod ranking;
 mod scores;
 
 pub use binned::{Bin, BinnedAccumulator};
 pub use bootstrap::{BootstrapOptions, Interval, bootstrap, percentile};
 pub use drift::{ConfidenceReference, DriftTest};
+pub use ranking::{auroc, average_precision};
 pub use scores::{
     MetricReport, Samples, accuracy, adaece, brier, classwise_ece, ece, evaluate, mce, nll,
 };

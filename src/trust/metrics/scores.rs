@@ -247,33 +247,16 @@ impl<'a> Samples<'a> {
         sum / order.len() as f64
     }
 
-    /// AUROC (Mann-Whitney with average ranks for ties) of confidence, correct = positive.
+    /// AUROC of confidence for telling correct (positive) from wrong predictions.
     fn auroc(&self, idx: &[usize]) -> Option<f64> {
-        let order = self.sorted_by_confidence(idx);
-        let positives = idx.iter().filter(|&&i| self.correct[i]).count();
-        let negatives = idx.len() - positives;
-        if positives == 0 || negatives == 0 {
-            return None;
-        }
-        let mut rank_sum = 0.0;
-        let mut start = 0;
-        while start < order.len() {
-            let c = self.confidence[order[start]];
-            let mut end = start;
-            while end < order.len() && self.confidence[order[end]] == c {
-                end += 1;
-            }
-            // Ranks start..end (0-based) share the average 1-based rank.
-            let avg = (start + end + 1) as f64 / 2.0;
-            let pos = order[start..end]
-                .iter()
-                .filter(|&&i| self.correct[i])
-                .count();
-            rank_sum += avg * pos as f64;
-            start = end;
-        }
-        let p = positives as f64;
-        Some((rank_sum - p * (p + 1.0) / 2.0) / (p * negatives as f64))
+        let (correct, wrong): (Vec<usize>, Vec<usize>) =
+            idx.iter().copied().partition(|&i| self.correct[i]);
+        let conf = |v: Vec<usize>| {
+            v.into_iter()
+                .map(|i| self.confidence[i])
+                .collect::<Vec<_>>()
+        };
+        super::ranking::auroc(&conf(correct), &conf(wrong))
     }
 }
 

@@ -8,6 +8,8 @@
 use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 
+use crate::trust::metrics;
+
 /// Errors of fitting or evaluating OOD detectors.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum OodError {
@@ -112,8 +114,9 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 /// `m v`, bit for bit `m.iter().map(|row| dot(row, v))`, four rows at a time. The serial sum of
 /// one `dot` waits on each addition before the next; four rows give four independent chains, so
 /// the served Mahalanobis score (a 128x128 `P x` per request, the largest caliper item of the
-/// server's profile at 7%) costs a fraction of it. Each row is still summed in `dot`'s order
-/// from `Sum`'s own starting value, so fitted thresholds and served scores do not move.
+/// server's profile, docs/BENCHMARKS.md) costs a fraction of it. Each row is still summed in
+/// `dot`'s order from `Sum`'s own starting value, so fitted thresholds and served scores do not
+/// move.
 fn mat_vec(m: &[Vec<f64>], v: &[f64]) -> Vec<f64> {
     let start: f64 = std::iter::empty::<f64>().sum();
     let mut out = Vec::with_capacity(m.len());
@@ -449,63 +452,20 @@ pub fn fpr_at_tpr(id_scores: &[f64], ood_scores: &[f64], tpr: f64) -> Result<f64
     Ok(ood_scores.iter().filter(|&&s| s <= t).count() as f64 / ood_scores.len() as f64)
 }
 
-/// Scores tagged with their class, sorted by score, grouped into runs of equal scores; each
-/// group gives (positives, negatives) in ascending score order.
-fn tie_groups(positive: &[f64], negative: &[f64]) -> Vec<(usize, usize)> {
-    let mut all: Vec<(f64, bool)> = positive
-        .iter()
-        .map(|&s| (s, true))
-        .chain(negative.iter().map(|&s| (s, false)))
-        .collect();
-    all.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut groups = Vec::new();
-    let mut i = 0;
-    while i < all.len() {
-        let mut j = i;
-        let (mut p, mut q) = (0, 0);
-        while j < all.len() && all[j].0 == all[i].0 {
-            if all[j].1 {
-                p += 1
-            } else {
-                q += 1
-            }
-            j += 1;
-        }
-        groups.push((p, q));
-        i = j;
-    }
-    groups
-}
-
-/// AUROC of telling OOD from ID by the score: P(s_ood > s_id) + P(s_ood = s_id) / 2 (the
-/// Mann-Whitney statistic; ties count one half).
+/// AUROC of telling OOD from ID by the score (OOD positive): [`metrics::auroc`] on checked
+/// scores.
 pub fn auroc(id_scores: &[f64], ood_scores: &[f64]) -> Result<f64, OodError> {
     check_scores("in-distribution scores", id_scores)?;
     check_scores("OOD scores", ood_scores)?;
-    let mut id_below = 0usize;
-    let mut wins = 0.0;
-    for (ood, id) in tie_groups(ood_scores, id_scores) {
-        wins += ood as f64 * (id_below as f64 + 0.5 * id as f64);
-        id_below += id;
-    }
-    Ok(wins / (id_scores.len() as f64 * ood_scores.len() as f64))
+    metrics::auroc(ood_scores, id_scores).ok_or(OodError::Empty("OOD scores"))
 }
 
-/// Average precision of `positive` against `negative` scores (higher = more positive), with tied
-/// scores forming one threshold: AP = sum over distinct thresholds of precision x recall gain
-/// (scikit-learn's `average_precision_score`, no interpolation).
+/// Average precision of `positive` against `negative` scores (higher = more positive):
+/// [`metrics::average_precision`] on checked scores.
 pub fn average_precision(positive: &[f64], negative: &[f64]) -> Result<f64, OodError> {
     check_scores("positive scores", positive)?;
     check_scores("negative scores", negative)?;
-    let (mut tp, mut fp) = (0usize, 0usize);
-    let mut sum = 0.0;
-    for (p, n) in tie_groups(positive, negative).into_iter().rev() {
-        tp += p;
-        fp += n;
-        sum += (tp as f64 / (tp + fp) as f64) * p as f64;
-    }
-    // One division at the end: a perfect ranking gives exactly 1, never 1 + rounding.
-    Ok(sum / positive.len() as f64)
+    metrics::average_precision(positive, negative).ok_or(OodError::Empty("positive scores"))
 }
 
 /// The OOD evaluation of one score on an ID set and an OOD set.
