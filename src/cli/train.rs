@@ -62,7 +62,7 @@ pub fn run(cli: Cli, command: &str) -> anyhow::Result<()> {
             let panels = file
                 .fit
                 .as_ref()
-                .and_then(|f| diagram::panels_from_fit(f, file.calibrator.method()))
+                .and_then(|f| f.reliability_panels(file.calibrator.method()))
                 .with_context(|| format!("{} has no reliability bins", p.calib.display()))?;
             let png = diagram::reliability_png(&panels)?;
             crate::fsutil::write_atomic(&p.out, &png)

@@ -407,15 +407,10 @@ pub fn export(
         "warnings": warnings,
         "command": command,
     });
-    if let Some(rel) = &summary.reliability {
+    if let Some(panels) = summary.reliability_panels(calibrator.method()) {
         let png = stage.dir.join("reliability.png");
-        let img = super::plot::reliability_png(&[&rel.before, &rel.after]);
-        let mut bytes = Vec::new();
-        img.write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .map_err(|e| ExportError::Report(e.to_string()))?;
+        let bytes = crate::trust::diagram::reliability_png(&panels)
+            .map_err(|e| ExportError::Report(e.to_string()))?;
         crate::fsutil::write_atomic(&png, &bytes).map_err(io(&png))?;
     }
     let rp = stage.dir.join("report.json");

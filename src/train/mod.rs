@@ -21,7 +21,6 @@ pub mod loss;
 pub mod nchwc;
 pub mod onnx;
 pub mod optim;
-pub mod plot;
 
 pub mod runner;
 pub mod schedule;

@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use caliper::repository::CalibrationFile;
-use caliper::trust::diagram::{panels_from_fit, reliability_png};
+use caliper::trust::diagram::reliability_png;
 
 #[test]
 fn train_plot_writes_the_diagram_modules_png_of_the_shipped_bins() {
@@ -21,7 +21,12 @@ fn train_plot_writes_the_diagram_modules_png_of_the_shipped_bins() {
     let written = std::fs::read(&out).unwrap();
 
     let file = CalibrationFile::load(&calib).unwrap();
-    let panels = panels_from_fit(file.fit.as_ref().unwrap(), file.calibrator.method()).unwrap();
+    let panels = file
+        .fit
+        .as_ref()
+        .unwrap()
+        .reliability_panels(file.calibrator.method())
+        .unwrap();
     assert_eq!(panels.len(), 2, "before and after");
     assert_eq!(written, reliability_png(&panels).unwrap());
     let img = image::load_from_memory(&written).unwrap();
