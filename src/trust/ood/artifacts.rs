@@ -295,6 +295,27 @@ mod tests {
     }
 
     #[test]
+    fn a_conformal_section_from_before_randomised_aps_and_raps_still_loads() {
+        let old = r#"{"alpha": 0.1,
+            "lac": {"score": "lac", "alpha": 0.1, "scores": [0.1, 0.2]},
+            "aps": {"score": "aps", "alpha": 0.1, "scores": [0.5, 0.9]}}"#;
+        let c: ConformalCalibration = serde_json::from_str(old).unwrap();
+        assert_eq!(c.default_score, ScoreKind::Lac);
+        assert!(c.predictor(ScoreKind::Aps).is_some());
+        assert!(c.predictor(ScoreKind::ApsRandomized).is_none());
+        assert!(c.predictor(ScoreKind::Raps).is_none());
+        // A new fit has every score and round-trips.
+        let (z, y) = data();
+        let a = fit_trust_artifacts(z.view(), &y, None, &Calibrator::Identity).unwrap();
+        let json = serde_json::to_string(&a.conformal).unwrap();
+        assert!(json.contains("\"default_score\":\"lac\"") && json.contains("\"raps\""));
+        assert_eq!(
+            serde_json::from_str::<ConformalCalibration>(&json).unwrap(),
+            a.conformal
+        );
+    }
+
+    #[test]
     fn msp_is_taken_on_calibrated_probabilities() {
         let s = named_scores(&[3.0, 0.0], &[0.6, 0.4]);
         assert!((s["msp"] - 0.4).abs() < 1e-12);
