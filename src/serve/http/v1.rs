@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::{ApiError, AppState};
 use crate::serve::infer::{DEFAULT_TOP_K, PredictionList, RequestOptions, predict_images};
+use crate::trust::conformal::ScoreKind;
 use crate::trust::ood::policy::TrustQuery;
 
 /// Query parameters of the predict endpoint.
@@ -26,6 +27,9 @@ pub struct PredictQuery {
     reject_ood: bool,
     /// Miscoverage of the conformal prediction set (default from the calibration file).
     alpha: Option<f64>,
+    /// Conformal score of the set: `lac`, `aps`, `aps_randomized` or `raps` (default from the
+    /// calibration file); parsed here so an unknown name is a 400 naming the choices.
+    conformal: Option<String>,
 }
 
 /// Maps a body-reading failure: a body over the limit is 413, anything else 400.
@@ -50,6 +54,12 @@ pub async fn predict(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let top_k = q.top_k.unwrap_or(DEFAULT_TOP_K);
+    let conformal_score = q
+        .conformal
+        .as_deref()
+        .map(str::parse::<ScoreKind>)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
     let model = state.model(&name)?;
     let content_type = req
         .headers()
@@ -103,6 +113,7 @@ pub async fn predict(
             min_confidence: q.min_confidence,
             reject_ood: q.reject_ood,
             alpha: q.alpha,
+            conformal: conformal_score,
         },
     };
     let scored = state

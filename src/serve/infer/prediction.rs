@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::numeric::argmax;
 use crate::repository::CalibrationFile;
 use crate::trust::calibration::{CalibrationError, Calibrator};
+use crate::trust::conformal::ScoreKind;
 use crate::trust::ood::policy::{AbstainReason, OodVerdict, PolicyError, TrustQuery, decide};
 
 /// Default `top_k` when the client does not ask.
@@ -88,10 +89,13 @@ pub struct Prediction {
     /// Why it abstained.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abstain_reason: Option<AbstainReason>,
-    /// Split-conformal (LAC) prediction set at `?alpha` (default from the calibration file),
-    /// when the calibration file has a conformal predictor.
+    /// Split-conformal prediction set at `?alpha` with the score `?conformal` (defaults from
+    /// the calibration file), when the calibration file has a conformal predictor.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prediction_set: Option<Vec<String>>,
+    /// The conformal score `prediction_set` was built with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conformal: Option<ScoreKind>,
 }
 
 /// The answer for several images: `{"predictions": [...]}` in upload order.
@@ -162,6 +166,8 @@ pub fn build_prediction(
         ctx.calibration.and_then(|c| c.ood.as_ref()),
         ctx.calibration.and_then(|c| c.conformal.as_ref()),
         &options.trust,
+        // A fresh uniform per row for the randomised conformal scores.
+        rand::random::<f64>(),
     )?;
     let prediction_set = d.prediction_set.map(|set| {
         set.into_iter()
@@ -183,6 +189,7 @@ pub fn build_prediction(
         abstained: d.abstained,
         abstain_reason: d.abstain_reason,
         prediction_set,
+        conformal: d.conformal,
     })
 }
 

@@ -1,8 +1,9 @@
 //! What the calibration file carries for trust decisions, fitted in one place so that the
 //! trainer's export and `caliper calibrate` write identical artifacts: one OOD threshold per
 //! score at 95% TPR of the in-distribution validation data (plus the Mahalanobis detector when
-//! features are given), split-conformal LAC and APS predictors on the calibrated validation
-//! probabilities, and the confidence reference of the live monitor's drift test.
+//! features are given), split-conformal LAC, APS, randomised APS and RAPS predictors on the
+//! calibrated validation probabilities, and the confidence reference of the live monitor's
+//! drift test.
 //!
 //! MSP is taken on the *calibrated* probabilities (issue 5: "MSP (on calibrated
 //! probabilities)"), so the served `msp` score and its threshold agree with the served
@@ -118,10 +119,50 @@ impl OodCalibration {
 pub struct ConformalCalibration {
     /// Default miscoverage level (a request's `?alpha=` overrides it).
     pub alpha: f64,
+    /// Score served when a request names none (`?conformal=` overrides it); files written
+    /// before it existed served LAC.
+    #[serde(default)]
+    pub default_score: ScoreKind,
     /// Least-ambiguous set-valued classifier (score `1 - p_y`).
     pub lac: SplitConformal,
-    /// Adaptive prediction sets.
+    /// Adaptive prediction sets, non-randomised.
     pub aps: SplitConformal,
+    /// Randomised APS (absent from files fitted before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aps_randomized: Option<SplitConformal>,
+    /// RAPS (absent from files fitted before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raps: Option<SplitConformal>,
+}
+
+impl ConformalCalibration {
+    /// Fits every score on calibrated validation probabilities `[N, K]`, with the fixed seed
+    /// of [`SplitConformal::fit`] so a refit of the same data writes the same file.
+    pub fn fit(
+        probs: ArrayView2<'_, f64>,
+        labels: &[usize],
+        alpha: f64,
+    ) -> Result<Self, ConformalError> {
+        let fit = |score| SplitConformal::fit(probs, labels, score, alpha);
+        Ok(ConformalCalibration {
+            alpha,
+            default_score: ScoreKind::default(),
+            lac: fit(ScoreKind::Lac)?,
+            aps: fit(ScoreKind::Aps)?,
+            aps_randomized: Some(fit(ScoreKind::ApsRandomized)?),
+            raps: Some(fit(ScoreKind::Raps)?),
+        })
+    }
+
+    /// The predictor of `score`, when this file has it.
+    pub fn predictor(&self, score: ScoreKind) -> Option<&SplitConformal> {
+        match score {
+            ScoreKind::Lac => Some(&self.lac),
+            ScoreKind::Aps => Some(&self.aps),
+            ScoreKind::ApsRandomized => self.aps_randomized.as_ref(),
+            ScoreKind::Raps => self.raps.as_ref(),
+        }
+    }
 }
 
 /// Penultimate features for the Mahalanobis detector: validation rows (to fit its threshold)
@@ -214,11 +255,7 @@ pub fn fit_trust_artifacts(
         .iter()
         .map(|(name, v)| Ok((name.clone(), Threshold::fit(v, DEFAULT_TPR)?)))
         .collect::<Result<BTreeMap<_, _>, OodError>>()?;
-    let conformal = ConformalCalibration {
-        alpha: DEFAULT_ALPHA,
-        lac: SplitConformal::fit(probs.view(), labels, ScoreKind::Lac, DEFAULT_ALPHA)?,
-        aps: SplitConformal::fit(probs.view(), labels, ScoreKind::Aps, DEFAULT_ALPHA)?,
-    };
+    let conformal = ConformalCalibration::fit(probs.view(), labels, DEFAULT_ALPHA)?;
     let reference = ConfidenceReference::from_confidences(&confidences, REFERENCE_LEVELS)
         .ok_or(ArtifactError::EmptyReference)?;
     Ok(TrustArtifacts {
@@ -269,13 +306,36 @@ mod tests {
             assert!(kept as f64 >= 0.95 * 200.0, "{name} kept {kept}");
         }
         // In-sample coverage of the conformal sets is at least 1 - alpha.
-        for c in [&a.conformal.lac, &a.conformal.aps] {
+        for score in ScoreKind::ALL {
+            let c = a.conformal.predictor(score).unwrap();
+            assert_eq!(c.score, score);
             let sets = c.predict_sets(probs.view(), 0.1).unwrap();
             let (cov, _) = crate::trust::conformal::coverage_and_size(&sets, &y);
             assert!(cov >= 0.9, "coverage {cov}");
         }
         assert_eq!(a.reference.n, 200);
         assert_eq!(a.reference.quantiles.len(), REFERENCE_LEVELS);
+    }
+
+    #[test]
+    fn a_conformal_section_from_before_randomised_aps_and_raps_still_loads() {
+        let old = r#"{"alpha": 0.1,
+            "lac": {"score": "lac", "alpha": 0.1, "scores": [0.1, 0.2]},
+            "aps": {"score": "aps", "alpha": 0.1, "scores": [0.5, 0.9]}}"#;
+        let c: ConformalCalibration = serde_json::from_str(old).unwrap();
+        assert_eq!(c.default_score, ScoreKind::Lac);
+        assert!(c.predictor(ScoreKind::Aps).is_some());
+        assert!(c.predictor(ScoreKind::ApsRandomized).is_none());
+        assert!(c.predictor(ScoreKind::Raps).is_none());
+        // A new fit has every score and round-trips.
+        let (z, y) = data();
+        let a = fit_trust_artifacts(z.view(), &y, None, &Calibrator::Identity).unwrap();
+        let json = serde_json::to_string(&a.conformal).unwrap();
+        assert!(json.contains("\"default_score\":\"lac\"") && json.contains("\"raps\""));
+        assert_eq!(
+            serde_json::from_str::<ConformalCalibration>(&json).unwrap(),
+            a.conformal
+        );
     }
 
     #[test]

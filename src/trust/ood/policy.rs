@@ -1,14 +1,14 @@
 //! Per-request trust policy: given one row's logits, its calibrated probabilities and the
 //! calibration file's `ood` and `conformal` sections, decide the response's `ood` object,
 //! whether to abstain (`?min_confidence=`, `?reject_ood=true`) and the conformal prediction set
-//! (`?alpha=`). Plain data in, plain data out, so the HTTP handler stays thin.
+//! (`?alpha=`, `?conformal=`). Plain data in, plain data out, so the HTTP handler stays thin.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::artifacts::{ConformalCalibration, OodCalibration, named_scores};
-use crate::trust::conformal::ConformalError;
+use crate::trust::conformal::{ConformalError, ScoreKind};
 
 /// What a request asked for.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -19,6 +19,8 @@ pub struct TrustQuery {
     pub reject_ood: bool,
     /// Miscoverage level of the prediction set (`None`: the file's default, when it has one).
     pub alpha: Option<f64>,
+    /// Conformal score of the prediction set (`None`: the file's `default_score`).
+    pub conformal: Option<ScoreKind>,
 }
 
 /// The response's `ood` object.
@@ -57,9 +59,12 @@ pub struct TrustDecision {
     /// Why, when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abstain_reason: Option<AbstainReason>,
-    /// Class indices of the LAC prediction set, when requested or defaulted by the file.
+    /// Class indices of the conformal prediction set, when requested or defaulted by the file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prediction_set: Option<Vec<usize>>,
+    /// The score that set was built with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conformal: Option<ScoreKind>,
 }
 
 /// Errors of the policy (all caused by the request).
@@ -69,8 +74,16 @@ pub enum PolicyError {
     #[error("min_confidence must be in [0, 1], got {0}")]
     MinConfidence(f64),
     /// A prediction set was asked for but the calibration file has no conformal section.
-    #[error("the calibration file has no conformal predictor, so alpha cannot be served")]
+    #[error(
+        "the calibration file has no conformal predictor, so alpha or conformal cannot be served"
+    )]
     NoConformal,
+    /// The calibration file predates this conformal score.
+    #[error(
+        "the calibration file has no {0} conformal predictor (it was fitted before {0} existed); \
+         re-run `caliper calibrate` for this model to fit it"
+    )]
+    MissingScore(ScoreKind),
     /// The conformal predictor refused the request (e.g. alpha outside (0, 1)).
     #[error(transparent)]
     Conformal(#[from] ConformalError),
@@ -79,7 +92,8 @@ pub enum PolicyError {
 /// Decides `ood`, abstention and the prediction set of one row of finite logits and their
 /// calibrated probabilities. Without an OOD section the verdict uses `msp` with no threshold
 /// and is never OOD. `features` (the row's penultimate features, when the model exports them)
-/// add the `mahalanobis` score when the OOD section has the detector.
+/// add the `mahalanobis` score when the OOD section has the detector. `u` in [0, 1] is this
+/// row's uniform draw for the randomised conformal scores (the server draws one per row).
 pub fn decide(
     logits: &[f64],
     calibrated: &[f64],
@@ -87,6 +101,7 @@ pub fn decide(
     ood: Option<&OodCalibration>,
     conformal: Option<&ConformalCalibration>,
     query: &TrustQuery,
+    u: f64,
 ) -> Result<TrustDecision, PolicyError> {
     if let Some(m) = query.min_confidence
         && !(0.0..=1.0).contains(&m)
@@ -115,16 +130,25 @@ pub fn decide(
     } else {
         None
     };
-    let prediction_set = match (query.alpha, conformal) {
-        (Some(_), None) => return Err(PolicyError::NoConformal),
-        (alpha, Some(c)) => Some(c.lac.predict_set(calibrated, alpha.unwrap_or(c.alpha))?),
-        (None, None) => None,
+    let (prediction_set, conformal) = match conformal {
+        None if query.alpha.is_some() || query.conformal.is_some() => {
+            return Err(PolicyError::NoConformal);
+        }
+        None => (None, None),
+        Some(c) => {
+            let score = query.conformal.unwrap_or(c.default_score);
+            let predictor = c.predictor(score).ok_or(PolicyError::MissingScore(score))?;
+            let alpha = query.alpha.unwrap_or(c.alpha);
+            let set = predictor.predict_set(calibrated, alpha, u)?;
+            (Some(set), Some(score))
+        }
     };
     Ok(TrustDecision {
         ood: verdict,
         abstained: abstain_reason.is_some(),
         abstain_reason,
         prediction_set,
+        conformal,
     })
 }
 
@@ -153,6 +177,7 @@ mod tests {
             score: ScoreKind::Lac,
             alpha: 0.1,
             scores: (0..100).map(|i| i as f64 / 200.0).collect(),
+            regularization: None,
         };
         let aps = SplitConformal {
             score: ScoreKind::Aps,
@@ -160,8 +185,11 @@ mod tests {
         };
         ConformalCalibration {
             alpha: 0.1,
+            default_score: ScoreKind::Lac,
             lac,
             aps,
+            aps_randomized: None,
+            raps: None,
         }
     }
 
@@ -171,6 +199,7 @@ mod tests {
             min_confidence: Some(0.9),
             reject_ood: true,
             alpha: None,
+            conformal: None,
         };
         let d = decide(
             &[5.0, 0.0],
@@ -179,6 +208,7 @@ mod tests {
             Some(&ood()),
             Some(&conformal()),
             &q,
+            0.5,
         )
         .unwrap();
         assert!(!d.abstained && !d.ood.is_ood);
@@ -194,14 +224,14 @@ mod tests {
             reject_ood: true,
             ..TrustQuery::default()
         };
-        let d = decide(&row.0, &row.1, None, Some(&ood()), None, &reject).unwrap();
+        let d = decide(&row.0, &row.1, None, Some(&ood()), None, &reject, 0.5).unwrap();
         assert!(d.ood.is_ood && d.abstained);
         assert_eq!(d.abstain_reason, Some(AbstainReason::OutOfDistribution));
         let low = TrustQuery {
             min_confidence: Some(0.6),
             ..TrustQuery::default()
         };
-        let d = decide(&row.0, &row.1, None, Some(&ood()), None, &low).unwrap();
+        let d = decide(&row.0, &row.1, None, Some(&ood()), None, &low, 0.5).unwrap();
         assert_eq!(d.abstain_reason, Some(AbstainReason::LowConfidence));
         // Flagged but not asked to reject: answers anyway.
         let d = decide(
@@ -211,6 +241,7 @@ mod tests {
             Some(&ood()),
             None,
             &TrustQuery::default(),
+            0.5,
         )
         .unwrap();
         assert!(d.ood.is_ood && !d.abstained);
@@ -222,13 +253,13 @@ mod tests {
             min_confidence: Some(1.5),
             ..TrustQuery::default()
         };
-        assert!(decide(&[1.0, 0.0], &[0.7, 0.3], None, None, None, &bad).is_err());
+        assert!(decide(&[1.0, 0.0], &[0.7, 0.3], None, None, None, &bad, 0.5).is_err());
         let alpha = TrustQuery {
             alpha: Some(0.1),
             ..TrustQuery::default()
         };
         assert!(matches!(
-            decide(&[1.0, 0.0], &[0.7, 0.3], None, None, None, &alpha),
+            decide(&[1.0, 0.0], &[0.7, 0.3], None, None, None, &alpha, 0.5),
             Err(PolicyError::NoConformal)
         ));
         let alpha = TrustQuery {
@@ -242,9 +273,55 @@ mod tests {
                 None,
                 None,
                 Some(&conformal()),
-                &alpha
+                &alpha,
+                0.5
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn the_query_selects_the_conformal_score_and_a_missing_one_names_the_fix() {
+        let mut c = conformal();
+        // LAC at q = 0.495 keeps p >= 0.505: none of [0.45, 0.35, 0.2]; APS keeps the top class
+        // (the mass crosses q there).
+        let row = ([1.0, 0.5, 0.0], [0.45, 0.35, 0.2]);
+        let run = |c: &ConformalCalibration, conformal| {
+            let q = TrustQuery {
+                conformal,
+                ..TrustQuery::default()
+            };
+            decide(&row.0, &row.1, None, None, Some(c), &q, 0.5)
+        };
+        let d = run(&c, None).unwrap();
+        assert_eq!(
+            (d.prediction_set, d.conformal),
+            (Some(vec![]), Some(ScoreKind::Lac))
+        );
+        let d = run(&c, Some(ScoreKind::Aps)).unwrap();
+        assert_eq!(
+            (d.prediction_set, d.conformal),
+            (Some(vec![0]), Some(ScoreKind::Aps))
+        );
+        // The file's default applies when the request names none.
+        c.default_score = ScoreKind::Aps;
+        assert_eq!(run(&c, None).unwrap().conformal, Some(ScoreKind::Aps));
+        // An old file has no RAPS: a request error that says how to fix it.
+        let e = run(&c, Some(ScoreKind::Raps)).unwrap_err();
+        assert!(matches!(e, PolicyError::MissingScore(ScoreKind::Raps)));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("raps") && msg.contains("caliper calibrate"),
+            "{msg}"
+        );
+        // No conformal section at all: naming a score is an error too.
+        let q = TrustQuery {
+            conformal: Some(ScoreKind::Lac),
+            ..TrustQuery::default()
+        };
+        assert!(matches!(
+            decide(&row.0, &row.1, None, None, None, &q, 0.5),
+            Err(PolicyError::NoConformal)
+        ));
     }
 }
