@@ -1,12 +1,13 @@
 //! The serving integration tests, one binary: the router in process (`router`, `trust`,
-//! `mahalanobis`, `monitor_feedback`, `monitor_matches_eval`) and real `caliper serve` processes
-//! on a socket (`socket`, `monitor_crash`, `monitor_restart_gauges`, `prometheus_fleet`, and
-//! `shipped_models`: every bundled model's figures and its OOD threshold through the server), all over the fixture repository
-//! in tests/data and the bundled models.
+//! `conformal_methods`, `mahalanobis`, `monitor_feedback`, `monitor_matches_eval`) and real
+//! `caliper serve` processes on a socket (`socket`, `monitor_crash`, `monitor_restart_gauges`,
+//! `prometheus_fleet`, and `shipped_models`: every bundled model's figures and its OOD threshold
+//! through the server), over the fixture repository in tests/data and the bundled models.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod conformal_methods;
 mod mahalanobis;
 mod monitor_crash;
 mod monitor_feedback;

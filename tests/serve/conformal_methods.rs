@@ -6,7 +6,7 @@
 //! the model reloaded. Coverage of each score is measured on the test half, and the sets the
 //! server answers agree with the library's.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
