@@ -4,7 +4,7 @@ CARGO ?= cargo
 ADDR ?= 127.0.0.1:8080
 ORT_LIB := third_party/onnxruntime/lib/libonnxruntime.so
 
-.PHONY: build run test lint fmt fetch fetch-data deps clean check-models
+.PHONY: build run test lint fmt fetch fetch-data fetch-test-models deps clean check-models
 
 $(ORT_LIB):
 	scripts/fetch-onnxruntime.sh
@@ -13,6 +13,10 @@ fetch: $(ORT_LIB)
 
 fetch-data:
 	scripts/fetch-data.sh
+
+## fetch-test-models: a third-party ImageNet classifier, its labels and real photos (tests/own_model.rs)
+fetch-test-models:
+	scripts/fetch-test-models.sh
 
 ## deps: Debian packages the integration tests use (a real Prometheus server)
 deps:
@@ -32,7 +36,7 @@ lint:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 ## test: fetch, build, lint and run every test
-test: deps fetch fetch-data build lint
+test: deps fetch fetch-data fetch-test-models build lint
 	$(CARGO) test --locked --all-targets
 
 ## check-models: the shipped models reproduce docs/results/shipped-models.json (README's table)

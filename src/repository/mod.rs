@@ -3,6 +3,7 @@
 //! is `infer::ModelRegistry`); the file formats are documented in `docs/FORMATS.md`.
 
 mod bundle;
+pub mod import;
 mod metadata;
 mod scan;
 

@@ -169,6 +169,7 @@ pub fn export(
             mean: t.normalization.mean.clone(),
             std: t.normalization.std.clone(),
             resize: ResizePolicy::Stretch,
+            resize_shorter: None,
         },
         output: OutputSpec {
             logits: "logits".into(),
@@ -182,6 +183,7 @@ pub fn export(
             seed: a.seed,
             command: command.into(),
             hyperparameters: hp,
+            ..Default::default()
         },
     };
     meta.save(&dir.join("model.toml"))?;
