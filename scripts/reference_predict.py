@@ -28,12 +28,15 @@ def preprocess(path, h, w, shorter, mean, std):
     # docs/IMPORT.md: one scale for both sides, the shorter side to `shorter`, never below the crop.
     s = max(shorter / min(iw, ih), w / iw, h / ih)
     rw, rh = max(half_up(iw * s), w), max(half_up(ih * s), h)
-    img = img.resize((rw, rh), Image.BILINEAR)
     left, top = (rw - w) // 2, (rh - h) // 2
-    img = img.crop((left, top, left + w, top + h))
-    x = np.asarray(img, dtype=np.float32) / 255.0
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return x.transpose(2, 0, 1)
+    planes = []
+    for band, m, sd in zip(img.split(), mean, std):
+        # Scaled to [0, 1] first, then resized as 32-bit floats (Pillow's mode "F"), as documented;
+        # an 8-bit resize would round every pixel to 1/255.
+        f = Image.fromarray(np.asarray(band, dtype=np.float32) / 255.0, mode="F")
+        f = f.resize((rw, rh), Image.BILINEAR).crop((left, top, left + w, top + h))
+        planes.append((np.asarray(f, dtype=np.float32) - m) / sd)
+    return np.stack(planes)
 
 
 def main():

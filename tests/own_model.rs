@@ -139,8 +139,7 @@ async fn imported_model_serves_real_photos_like_an_independent_pipeline() {
     let root = tempfile::tempdir().unwrap();
     let said = import(root.path(), "effnet", &[]);
     assert!(said.contains("1000 classes"), "{said}");
-    let toml =
-        std::fs::read_to_string(root.path().join("models/effnet/model.toml")).unwrap();
+    let toml = std::fs::read_to_string(root.path().join("models/effnet/model.toml")).unwrap();
     assert!(toml.contains("resize_shorter = 256"), "{toml}");
     assert!(toml.contains("source_sha256"), "{toml}");
 
@@ -166,10 +165,20 @@ async fn imported_model_serves_real_photos_like_an_independent_pipeline() {
             .collect();
         let mut a: Vec<&str> = ours.iter().map(|c| c.0.as_str()).collect();
         let mut b: Vec<&str> = theirs.iter().map(|c| c.0.as_str()).collect();
-        assert_eq!(a[0], b[0], "{}: top-1 differs: {ours:?} vs {theirs:?}", photo.display());
+        assert_eq!(
+            a[0],
+            b[0],
+            "{}: top-1 differs: {ours:?} vs {theirs:?}",
+            photo.display()
+        );
         a.sort_unstable();
         b.sort_unstable();
-        assert_eq!(a, b, "{}: top-5 differs: {ours:?} vs {theirs:?}", photo.display());
+        assert_eq!(
+            a,
+            b,
+            "{}: top-5 differs: {ours:?} vs {theirs:?}",
+            photo.display()
+        );
         let diff = (ours[0].1 - theirs[0].1).abs();
         eprintln!(
             "{}: top-1 {} caliper {:.4} reference {:.4} |diff| {diff:.4}",
@@ -178,7 +187,11 @@ async fn imported_model_serves_real_photos_like_an_independent_pipeline() {
             ours[0].1,
             theirs[0].1
         );
-        assert!(diff <= TOP1_TOLERANCE, "{}: {ours:?} vs {theirs:?}", photo.display());
+        assert!(
+            diff <= TOP1_TOLERANCE,
+            "{}: {ours:?} vs {theirs:?}",
+            photo.display()
+        );
         assert_eq!(got["label"], ours[0].0.as_str());
 
         // `caliper predict` prints what the server answers, apart from the prediction id.
@@ -202,8 +215,16 @@ async fn imported_model_serves_real_photos_like_an_independent_pipeline() {
         assert_eq!(strip(printed), strip(got.clone()), "{}", photo.display());
     }
     // The cat photo is a cat to both (a sanity check that the model is a real classifier).
-    assert!(reference[0]["top5"][0]["label"].as_str().unwrap().contains("Mau")
-        || reference[0]["top5"][0]["label"].as_str().unwrap().contains("cat"));
+    assert!(
+        reference[0]["top5"][0]["label"]
+            .as_str()
+            .unwrap()
+            .contains("Mau")
+            || reference[0]["top5"][0]["label"]
+                .as_str()
+                .unwrap()
+                .contains("cat")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -212,10 +233,9 @@ async fn features_auto_exposes_the_penultimate_layer_and_the_server_loads_it() {
     let said = import(root.path(), "effnet", &["--features", "auto"]);
     assert!(said.contains("(1280 values)"), "{said}");
     assert!(said.contains("added graph outputs"), "{said}");
-    let meta = caliper::repository::ModelMetadata::load(
-        &root.path().join("models/effnet/model.toml"),
-    )
-    .unwrap();
+    let meta =
+        caliper::repository::ModelMetadata::load(&root.path().join("models/effnet/model.toml"))
+            .unwrap();
     let features = meta.output.features.clone().expect("a features output");
     // The source graph had only the logits; the imported one also answers the features.
     let mut s = caliper::runtime::ClassifierSession::new(
@@ -236,6 +256,16 @@ async fn features_auto_exposes_the_penultimate_layer_and_the_server_loads_it() {
     let server = Server::with_repository(&root.path().join("models"), &calib, &[]);
     let got = post_photo(&server, "effnet", &photos()[1]).await;
     assert_eq!(got["label"], "espresso", "{got}");
+    // The feedback loop works on an imported model: the true label, by name, for that answer.
+    let resp = reqwest::Client::new()
+        .post(server.url("/v1/feedback"))
+        .json(&serde_json::json!({"prediction_id": got["prediction_id"], "label": "espresso"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["status"], "accepted", "{v}");
 }
 
 #[test]
@@ -243,7 +273,8 @@ fn import_refuses_wrong_labels_and_non_image_models_with_the_reason() {
     let root = tempfile::tempdir().unwrap();
     let models = root.path().join("models");
     // 999 labels for a 1000-way output.
-    let all: Vec<String> = serde_json::from_str(&std::fs::read_to_string(labels()).unwrap()).unwrap();
+    let all: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(labels()).unwrap()).unwrap();
     let short = root.path().join("short.txt");
     std::fs::write(&short, all[..999].join("\n")).unwrap();
     let e = refused(caliper([
@@ -290,6 +321,9 @@ fn import_refuses_wrong_labels_and_non_image_models_with_the_reason() {
         models.as_os_str(),
     ]));
     assert!(e.contains("cannot serve this model"), "{e}");
-    assert!(e.contains("[?, 150528]") && e.contains("4-D [N, C, H, W]"), "{e}");
+    assert!(
+        e.contains("[?, 150528]") && e.contains("4-D [N, C, H, W]"),
+        "{e}"
+    );
     assert!(!models.join("flat").exists());
 }

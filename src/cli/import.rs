@@ -6,10 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 
-use crate::repository::import::{
-    FeatureChoice, ImportOptions, Preprocessing, import, read_labels,
-};
 use crate::repository::ResizePolicy;
+use crate::repository::import::{FeatureChoice, ImportOptions, Preprocessing, import, read_labels};
 
 /// Arguments of `caliper import`.
 #[derive(Debug, clap::Args)]

@@ -313,7 +313,9 @@ fn graph_facts(model: ModelProto) -> Result<GraphFacts, ImportError> {
 
 impl GraphFacts {
     fn producer(&self, tensor: &str) -> Option<&NodeProto> {
-        self.nodes.iter().find(|n| n.output.iter().any(|o| o == tensor))
+        self.nodes
+            .iter()
+            .find(|n| n.output.iter().any(|o| o == tensor))
     }
 
     fn has_tensor(&self, name: &str) -> bool {
@@ -517,10 +519,7 @@ pub fn import(opts: &ImportOptions) -> Result<Imported, ImportError> {
             resize: p.resize,
             resize_shorter: p.resize_shorter,
         },
-        output: OutputSpec {
-            logits,
-            features,
-        },
+        output: OutputSpec { logits, features },
         provenance: Provenance {
             sha256,
             arch: "imported".into(),
@@ -573,7 +572,9 @@ fn blank_run(
         )));
     }
     if out.logits.iter().any(|v| !v.is_finite()) {
-        return Err(ImportError::Run("non-finite logits on a blank batch".into()));
+        return Err(ImportError::Run(
+            "non-finite logits on a blank batch".into(),
+        ));
     }
     Ok(out.features.map(|(_, d)| d))
 }

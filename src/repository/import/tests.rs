@@ -82,9 +82,18 @@ fn features_auto_adds_the_final_gemm_input_as_an_output() {
     assert_eq!(&written[..bytes.len()], bytes.as_slice());
     let meta = ModelMetadata::load(&done.dir.join("model.toml")).unwrap();
     assert_eq!(meta, done.metadata);
-    assert_eq!(meta.provenance.source_sha256, hex::encode(Sha256::digest(&bytes)));
-    assert_eq!(meta.provenance.sha256, hex::encode(Sha256::digest(&written)));
-    assert_eq!((meta.input.height, meta.input.width, meta.input.channels), (28, 28, 1));
+    assert_eq!(
+        meta.provenance.source_sha256,
+        hex::encode(Sha256::digest(&bytes))
+    );
+    assert_eq!(
+        meta.provenance.sha256,
+        hex::encode(Sha256::digest(&written))
+    );
+    assert_eq!(
+        (meta.input.height, meta.input.width, meta.input.channels),
+        (28, 28, 1)
+    );
     // The same features the original fixture exports, on a real input.
     let mut orig = ClassifierSession::new(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/mnist-mlp/model.onnx"),
@@ -96,10 +105,16 @@ fn features_auto_adds_the_final_gemm_input_as_an_output() {
     .unwrap()
     .with_features("features")
     .unwrap();
-    let mut ours = ClassifierSession::new(&done.dir.join("model.onnx"), "input", "logits", [1, 28, 28], 1)
-        .unwrap()
-        .with_features("features")
-        .unwrap();
+    let mut ours = ClassifierSession::new(
+        &done.dir.join("model.onnx"),
+        "input",
+        "logits",
+        [1, 28, 28],
+        1,
+    )
+    .unwrap()
+    .with_features("features")
+    .unwrap();
     let x: Vec<f32> = (0..784).map(|i| (i % 17) as f32 / 17.0).collect();
     assert_eq!(orig.run_outputs(&x).unwrap(), ours.run_outputs(&x).unwrap());
     // A second import to the same name is refused.
@@ -112,7 +127,9 @@ fn a_label_count_that_differs_from_the_outputs_writes_nothing() {
     let src = write(dir.path(), "m.onnx", &model_with(|_| {}));
     let e = import(&opts(dir.path(), &src, 9)).unwrap_err();
     assert!(e.to_string().contains("9 labels for 10 outputs"), "{e}");
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("models")).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("models"))
+        .unwrap()
+        .collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -128,7 +145,10 @@ fn refuses_what_the_server_cannot_feed_with_the_reason() {
             model_with(|g| set_input(g, 2, &[-1, 1, 28, 28])),
             "is uint8; caliper feeds float32",
         ),
-        (model_with(|g| set_input(g, DT_FLOAT, &[-1, 28, 28, 3])), "NHWC"),
+        (
+            model_with(|g| set_input(g, DT_FLOAT, &[-1, 28, 28, 3])),
+            "NHWC",
+        ),
         (
             model_with(|g| set_input(g, DT_FLOAT, &[-1, 1, -1, -1])),
             "--input-size H,W",
@@ -177,7 +197,17 @@ fn labels_from_lines_or_json_unique_and_non_empty() {
     let e = read_labels(&p).unwrap_err().to_string();
     assert!(e.contains("\"cat\" at 0 and 2"), "{e}");
     let p = write(dir.path(), "e.txt", b"cat\n\ndog\n");
-    assert!(read_labels(&p).unwrap_err().to_string().contains("label 1 is empty"));
+    assert!(
+        read_labels(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("label 1 is empty")
+    );
     let p = write(dir.path(), "b.json", br#"[1, 2]"#);
-    assert!(read_labels(&p).unwrap_err().to_string().contains("JSON array"));
+    assert!(
+        read_labels(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("JSON array")
+    );
 }

@@ -115,7 +115,12 @@ fn classify(e: ImageError) -> PreprocessError {
 }
 
 /// Brings an image to exactly `w` x `h` with the model's resize policy.
-fn fit<P>(buf: ImageBuffer<P, Vec<f32>>, w: u32, h: u32, spec: &InputSpec) -> ImageBuffer<P, Vec<f32>>
+fn fit<P>(
+    buf: ImageBuffer<P, Vec<f32>>,
+    w: u32,
+    h: u32,
+    spec: &InputSpec,
+) -> ImageBuffer<P, Vec<f32>>
 where
     P: Pixel<Subpixel = f32> + 'static,
 {
@@ -236,12 +241,21 @@ mod tests {
     #[test]
     fn center_crop_resizes_the_shorter_side_then_crops() {
         // ImageNet's 256 -> 224: a 512x384 photo becomes 341x256 (384 -> 256), then 224x224.
-        assert_eq!(crop_resize_size((512, 384), (224, 224), Some(256)), (341, 256));
-        assert_eq!(crop_resize_size((384, 512), (224, 224), Some(256)), (256, 341));
+        assert_eq!(
+            crop_resize_size((512, 384), (224, 224), Some(256)),
+            (341, 256)
+        );
+        assert_eq!(
+            crop_resize_size((384, 512), (224, 224), Some(256)),
+            (256, 341)
+        );
         // Without resize_shorter the shorter side just covers the crop.
         assert_eq!(crop_resize_size((512, 384), (224, 224), None), (299, 224));
         // An input already at the resize size is not resized, only cropped.
-        assert_eq!(crop_resize_size((256, 256), (224, 224), Some(256)), (256, 256));
+        assert_eq!(
+            crop_resize_size((256, 256), (224, 224), Some(256)),
+            (256, 256)
+        );
 
         // A 6x4 image, shorter side to 6 (so 9x6), centre crop 4x4 at offset (2, 1): a vertical
         // white bar at x = 5 (x = 4 once resized) lands at column 2 of the crop.
