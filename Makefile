@@ -4,7 +4,7 @@ CARGO ?= cargo
 ADDR ?= 127.0.0.1:8080
 ORT_LIB := third_party/onnxruntime/lib/libonnxruntime.so
 
-.PHONY: build run test lint fmt fetch fetch-data deps bench-deps bench bench-train bench-calibration clean check-models
+.PHONY: build run test lint fmt fetch fetch-data fetch-test-models deps bench-deps bench bench-train bench-calibration clean check-models
 
 # Where scripts/fetch-data.sh finds CIFAR-10 and PneumoniaMNIST (docs/DATA.md): a folder holding
 # cifar10-jpg.tar.gz and pneumoniamnist.npz (default ../shared/data when it exists), else the
@@ -19,6 +19,10 @@ fetch: $(ORT_LIB)
 
 fetch-data:
 	scripts/fetch-data.sh
+
+## fetch-test-models: a third-party ImageNet classifier, its labels and real photos (tests/own_model.rs)
+fetch-test-models:
+	scripts/fetch-test-models.sh
 
 ## deps: Debian packages the integration tests use (a real Prometheus server)
 deps:
@@ -54,7 +58,7 @@ bench-calibration: bench-deps fetch
 	scripts/bench-calibration.sh
 
 ## test: fetch, build, lint and run every test
-test: deps fetch fetch-data build lint
+test: deps fetch fetch-data fetch-test-models build lint
 	$(CARGO) test --locked --all-targets
 
 ## check-models: the shipped models reproduce docs/results/shipped-models.json (README's table)

@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the integration tests need when they are missing:
-# prometheus (the fleet-ECE test scrapes two caliper replicas with a real Prometheus server).
+# Installs what the integration tests need when it is missing:
+# - prometheus, a Debian package (the fleet-ECE test scrapes two caliper replicas with a real
+#   Prometheus server);
+# - onnxruntime, pillow and numpy for python3, from PyPI (tests/own_model.rs checks caliper
+#   against the independent pipeline scripts/reference_predict.py).
 set -euo pipefail
+if ! python3 -c 'import onnxruntime, PIL, numpy' 2>/dev/null; then
+  echo "installing onnxruntime, pillow, numpy for $(command -v python3)" >&2
+  python3 -m pip install --quiet onnxruntime==1.32.0 pillow==13.0.0 numpy==2.4.6 >&2
+fi
 missing=()
 command -v prometheus >/dev/null || missing+=(prometheus)
 ((${#missing[@]})) || exit 0

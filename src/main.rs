@@ -29,6 +29,8 @@ enum Command {
     Eval(cli::eval::EvalArgs),
     /// Evaluate the OOD scores of a model on an in-distribution and an OOD dataset.
     EvalOod(cli::eval_ood::EvalOodArgs),
+    /// Import a third-party ONNX classifier into the model repository (writes model.toml).
+    Import(cli::import::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Calibrate(a) => cli::calibrate::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::EvalOod(a) => cli::eval_ood::run(a),
+        Command::Import(a) => cli::import::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

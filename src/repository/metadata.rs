@@ -30,7 +30,8 @@ pub enum ResizePolicy {
     /// Resize to exactly height x width, ignoring the aspect ratio (what MNIST-style models expect).
     #[default]
     Stretch,
-    /// Resize the shorter side to the target, then crop the centre.
+    /// Resize the shorter side (to `resize_shorter`, else to just cover the target), keeping the
+    /// aspect ratio, then crop the centre.
     CenterCrop,
 }
 
@@ -55,6 +56,10 @@ pub struct InputSpec {
     /// How other image sizes are resized.
     #[serde(default)]
     pub resize: ResizePolicy,
+    /// With `resize = "center-crop"`: the length the shorter side is resized to before the crop
+    /// (ImageNet's usual 256 for a 224 crop). Absent: just enough to cover the input size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize_shorter: Option<u32>,
 }
 
 /// Names of the ONNX outputs.
@@ -87,6 +92,12 @@ pub struct Provenance {
     /// The command that produced the model.
     #[serde(default)]
     pub command: String,
+    /// The file the model was imported from (`caliper import`); empty for trained models.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+    /// sha256 (hex) of that file as it was imported (before any added output).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source_sha256: String,
     /// Any further hyperparameters, free-form.
     #[serde(default)]
     pub hyperparameters: toml::Table,
@@ -165,6 +176,17 @@ impl ModelMetadata {
         if i.height == 0 || i.width == 0 {
             return Err("input.height and input.width must be > 0".into());
         }
+        if let Some(s) = i.resize_shorter {
+            if i.resize != ResizePolicy::CenterCrop {
+                return Err("input.resize_shorter needs resize = \"center-crop\"".into());
+            }
+            if (s as usize) < i.height.min(i.width) {
+                return Err(format!(
+                    "input.resize_shorter {s} is smaller than the input ({}x{})",
+                    i.height, i.width
+                ));
+            }
+        }
         if i.mean.len() != i.channels || i.std.len() != i.channels {
             return Err("input.mean and input.std need one value per channel".into());
         }
@@ -195,6 +217,7 @@ mod tests {
                 mean: vec![0.1307],
                 std: vec![0.3081],
                 resize: ResizePolicy::Stretch,
+                resize_shorter: None,
             },
             output: OutputSpec {
                 logits: "logits".into(),
@@ -223,6 +246,20 @@ mod tests {
                 .to_string()
                 .contains("std")
         );
+        let mut bad = sample();
+        bad.input.resize_shorter = Some(32);
+        bad.save(&p).unwrap();
+        let e = ModelMetadata::load(&p).unwrap_err().to_string();
+        assert!(e.contains("center-crop"), "{e}");
+        bad.input.resize = ResizePolicy::CenterCrop;
+        bad.input.resize_shorter = Some(20);
+        bad.save(&p).unwrap();
+        let e = ModelMetadata::load(&p).unwrap_err().to_string();
+        assert!(e.contains("smaller than the input"), "{e}");
+        bad.input.resize_shorter = Some(32);
+        bad.provenance.source = "m.onnx".into();
+        bad.save(&p).unwrap();
+        assert_eq!(ModelMetadata::load(&p).unwrap(), bad);
         std::fs::write(&p, "labels = 3").unwrap();
         assert!(matches!(
             ModelMetadata::load(&p),

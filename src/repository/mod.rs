@@ -5,6 +5,7 @@
 
 mod bundle;
 pub mod fit_bundle;
+pub mod import;
 mod metadata;
 mod scan;
 

@@ -2,6 +2,7 @@
 //! is the only place besides the trainer's graph runner that touches `ort`.
 
 mod library;
+pub mod onnx_proto;
 mod session;
 
 pub use library::{OrtLibraryError, environment, init_onnxruntime, resolve_library_path};

@@ -71,7 +71,7 @@ const SEED_TRIES: u64 = 5;
 /// names.
 fn with_relu_inputs(graph: &StepGraph) -> anyhow::Result<(StepGraph, Vec<String>)> {
     use prost::Message;
-    let mut model = super::onnx::ModelProto::decode(graph.bytes.as_slice())?;
+    let mut model = crate::runtime::onnx_proto::ModelProto::decode(graph.bytes.as_slice())?;
     let g = model
         .graph
         .as_mut()
@@ -83,7 +83,7 @@ fn with_relu_inputs(graph: &StepGraph) -> anyhow::Result<(StepGraph, Vec<String>
         .map(|n| n.input[0].clone())
         .collect();
     for name in &names {
-        g.output.push(super::onnx::ValueInfoProto {
+        g.output.push(crate::runtime::onnx_proto::ValueInfoProto {
             name: name.clone(),
             ..Default::default()
         });

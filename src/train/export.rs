@@ -364,6 +364,7 @@ pub fn export(
             mean: t.normalization.mean.clone(),
             std: t.normalization.std.clone(),
             resize: ResizePolicy::Stretch,
+            resize_shorter: None,
         },
         output: OutputSpec {
             logits: "logits".into(),
@@ -377,6 +378,7 @@ pub fn export(
             seed: a.seed,
             command: command.into(),
             hyperparameters: hp,
+            ..Default::default()
         },
     };
     meta.save(&stage.dir.join("model.toml"))?;

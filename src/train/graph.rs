@@ -6,7 +6,7 @@
 
 use prost::Message;
 
-use super::onnx::{
+use crate::runtime::onnx_proto::{
     AttributeProto, DT_FLOAT, DT_INT64, DimValue, Dimension, GraphProto, IR_VERSION, ModelProto,
     NodeProto, OPSET, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto,
     TypeProto, TypeProtoTensor, ValueInfoProto, attr_type,

@@ -19,7 +19,6 @@ pub mod graph;
 pub mod layers;
 pub mod loss;
 pub mod nchwc;
-pub mod onnx;
 pub mod optim;
 
 pub mod runner;

@@ -31,7 +31,7 @@ use std::sync::OnceLock;
 use prost::Message;
 
 use super::graph::{attr_i, attr_ints};
-use super::onnx::{
+use crate::runtime::onnx_proto::{
     AttributeProto, DT_INT64, DimValue, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
 };
 

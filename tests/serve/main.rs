@@ -1,7 +1,8 @@
 //! The serving integration tests, one binary: the router in process (`router`, `trust`,
 //! `conformal_methods`, `mahalanobis`, `monitor_feedback`, `monitor_matches_eval`) and real
 //! `caliper serve` processes on a socket (`socket`, `monitor_crash`, `monitor_restart_gauges`,
-//! `prometheus_fleet`, and `shipped_models`: every bundled model's figures and its OOD threshold
+//! `prometheus_fleet`, `own_model`: a third-party ImageNet model imported and served, against an
+//! independent Python pipeline, and `shipped_models`: every bundled model's figures and its OOD threshold
 //! through the server), over the fixture repository in tests/data and the bundled models.
 
 #[path = "../common/mod.rs"]
@@ -13,6 +14,7 @@ mod monitor_crash;
 mod monitor_feedback;
 mod monitor_matches_eval;
 mod monitor_restart_gauges;
+mod own_model;
 mod prometheus_fleet;
 mod router;
 mod shipped_models;

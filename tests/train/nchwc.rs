@@ -44,7 +44,7 @@ fn lowering_rewrites_every_eligible_convolution() {
         // Every lowered convolution but the 3-channel first one reads a blocked input, made
         // once per activation: the two stride-2 blocks' inputs each feed a 3x3 convolution and
         // a projection, so 36 - 2 reorders.
-        let model = caliper::train::onnx::ModelProto::decode(lowered.as_slice()).unwrap();
+        let model = caliper::runtime::onnx_proto::ModelProto::decode(lowered.as_slice()).unwrap();
         let reorders = model
             .graph
             .unwrap()

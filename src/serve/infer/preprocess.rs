@@ -6,6 +6,13 @@
 //! (decompression bombs), and the decoder runs with an allocation limit as a second guard.
 //! Alpha is dropped (the colour channels are kept, as Pillow's `convert` does); 16-bit images
 //! are scaled by 65535, 8-bit ones by 255; then `(x - mean[c]) / std[c]`.
+//!
+//! Resizing (`docs/IMPORT.md#preprocessing` states it exactly, for independent re-implementations):
+//! `stretch` resizes to H x W; `center-crop` scales both sides by
+//! `s = max(resize_shorter / min(w, h), W / w, H / h)` (without `resize_shorter`, the last two),
+//! resizes to `round(w * s) x round(h * s)` and crops H x W at offset `floor((size - crop) / 2)`.
+//! Both resize with a triangle (bilinear) filter widened by the scale when shrinking, as Pillow's
+//! `BILINEAR` does, on the f32 pixels.
 
 use std::io::Cursor;
 
@@ -48,10 +55,10 @@ pub fn preprocess(
     let (w, h) = (spec.width as u32, spec.height as u32);
     let mut out = Vec::with_capacity(spec.channels * spec.height * spec.width);
     if spec.channels == 1 {
-        let buf = fit(img.to_luma32f(), w, h, spec.resize);
+        let buf = fit(img.to_luma32f(), w, h, spec);
         push_normalised(&buf, spec, &mut out);
     } else {
-        let buf = fit(img.to_rgb32f(), w, h, spec.resize);
+        let buf = fit(img.to_rgb32f(), w, h, spec);
         push_normalised(&buf, spec, &mut out);
     }
     Ok(out)
@@ -112,25 +119,37 @@ fn fit<P>(
     buf: ImageBuffer<P, Vec<f32>>,
     w: u32,
     h: u32,
-    policy: ResizePolicy,
+    spec: &InputSpec,
 ) -> ImageBuffer<P, Vec<f32>>
 where
     P: Pixel<Subpixel = f32> + 'static,
 {
-    if buf.dimensions() == (w, h) {
-        return buf;
-    }
-    match policy {
+    let (bw, bh) = buf.dimensions();
+    match spec.resize {
+        _ if (bw, bh) == (w, h) && spec.resize_shorter.is_none() => buf,
         ResizePolicy::Stretch => imageops::resize(&buf, w, h, FilterType::Triangle),
         ResizePolicy::CenterCrop => {
-            let (bw, bh) = buf.dimensions();
-            let scale = f64::max(f64::from(w) / f64::from(bw), f64::from(h) / f64::from(bh));
-            let rw = ((f64::from(bw) * scale).round() as u32).max(w);
-            let rh = ((f64::from(bh) * scale).round() as u32).max(h);
-            let resized = imageops::resize(&buf, rw, rh, FilterType::Triangle);
+            let (rw, rh) = crop_resize_size((bw, bh), (w, h), spec.resize_shorter);
+            let resized = if (rw, rh) == (bw, bh) {
+                buf
+            } else {
+                imageops::resize(&buf, rw, rh, FilterType::Triangle)
+            };
             imageops::crop_imm(&resized, (rw - w) / 2, (rh - h) / 2, w, h).to_image()
         }
     }
+}
+
+/// The size an image of `(bw, bh)` is resized to before the centre crop of `(w, h)`: both sides
+/// scaled by one factor, the shorter one to `shorter` (when given), never below the crop.
+fn crop_resize_size((bw, bh): (u32, u32), (w, h): (u32, u32), shorter: Option<u32>) -> (u32, u32) {
+    let (bw, bh) = (f64::from(bw), f64::from(bh));
+    let cover = f64::max(f64::from(w) / bw, f64::from(h) / bh);
+    let scale = shorter.map_or(cover, |s| f64::max(f64::from(s) / bw.min(bh), cover));
+    (
+        ((bw * scale).round() as u32).max(w),
+        ((bh * scale).round() as u32).max(h),
+    )
 }
 
 /// Appends the image channel-major, normalised per channel.
@@ -161,6 +180,7 @@ mod tests {
             mean: vec![0.5; channels],
             std: vec![0.5; channels],
             resize,
+            resize_shorter: None,
         }
     }
 
@@ -216,6 +236,45 @@ mod tests {
                 assert!(v.iter().all(|x| x.is_finite() && (-1.0..=1.0).contains(x)));
             }
         }
+    }
+
+    #[test]
+    fn center_crop_resizes_the_shorter_side_then_crops() {
+        // ImageNet's 256 -> 224: a 512x384 photo becomes 341x256 (384 -> 256), then 224x224.
+        assert_eq!(
+            crop_resize_size((512, 384), (224, 224), Some(256)),
+            (341, 256)
+        );
+        assert_eq!(
+            crop_resize_size((384, 512), (224, 224), Some(256)),
+            (256, 341)
+        );
+        // Without resize_shorter the shorter side just covers the crop.
+        assert_eq!(crop_resize_size((512, 384), (224, 224), None), (299, 224));
+        // An input already at the resize size is not resized, only cropped.
+        assert_eq!(
+            crop_resize_size((256, 256), (224, 224), Some(256)),
+            (256, 256)
+        );
+
+        // A 6x4 image, shorter side to 6 (so 9x6), centre crop 4x4 at offset (2, 1): a vertical
+        // white bar at x = 5 (x = 4 once resized) lands at column 2 of the crop.
+        let img = ImageBuffer::from_fn(12, 8, |x, _| Luma([if x == 5 { 255u8 } else { 0 }]));
+        let bytes = encode(DynamicImage::ImageLuma8(img), ImageFormat::Png);
+        let mut s = spec(1, ResizePolicy::CenterCrop);
+        s.resize_shorter = Some(6);
+        let v = preprocess(&bytes, &s, BIG).unwrap();
+        assert_eq!(v.len(), 16);
+        let row: Vec<f32> = v[4..8].to_vec();
+        let brightest = (0..4).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        assert_eq!(brightest, 2, "{row:?}");
+        // The same image at exactly the input size: with resize_shorter it is still resized and
+        // cropped (the crop is a fixed fraction of the image, as the documented pipeline does).
+        let img = ImageBuffer::from_fn(4, 4, |x, y| Luma([(x * 60 + y) as u8]));
+        let bytes = encode(DynamicImage::ImageLuma8(img), ImageFormat::Png);
+        let cropped = preprocess(&bytes, &s, BIG).unwrap();
+        let plain = preprocess(&bytes, &spec(1, ResizePolicy::CenterCrop), BIG).unwrap();
+        assert_ne!(cropped, plain);
     }
 
     #[test]

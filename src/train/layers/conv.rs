@@ -42,7 +42,7 @@ impl Conv2d {
     fn out_hw(&self, h: i64) -> i64 {
         (h + 2 * self.pad - self.k) / self.stride + 1
     }
-    fn attrs(&self) -> Vec<crate::train::onnx::AttributeProto> {
+    fn attrs(&self) -> Vec<crate::runtime::onnx_proto::AttributeProto> {
         vec![
             attr_ints("kernel_shape", &[self.k, self.k]),
             attr_ints("strides", &[self.stride, self.stride]),

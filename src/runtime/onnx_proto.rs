@@ -1,6 +1,8 @@
-//! The subset of `onnx.proto` (ONNX IR) that the trainer writes, as hand-written `prost`
-//! messages. Field numbers follow onnx/onnx.proto3 exactly; fields the trainer never sets are
-//! left out (protobuf readers skip absent fields, so ONNX Runtime and Netron read these files).
+//! The subset of `onnx.proto` (ONNX IR) that the trainer writes and `caliper import` reads, as
+//! hand-written `prost` messages. Field numbers follow onnx/onnx.proto3 exactly; fields the
+//! trainer never sets are left out (protobuf readers skip absent fields, so ONNX Runtime and
+//! Netron read these files). Decoding a third-party model with these types drops what they leave
+//! out, so such a model is only read with them, never re-encoded (see `repository::import`).
 //! No `protoc` at build time: the messages are plain derives.
 
 /// `TensorProto.DataType.FLOAT`.
