@@ -47,6 +47,7 @@ fn assert_peak_rss(server: &Server) -> u64 {
         hwm < PEAK_RSS_BOUND_KB,
         "peak RSS {hwm} kB over the bound {PEAK_RSS_BOUND_KB} kB"
     );
+    eprintln!("peak RSS {hwm} kB");
     hwm
 }
 
@@ -89,6 +90,7 @@ impl ReadyWatch {
     async fn finish(self) {
         self.stop.store(true, Ordering::Relaxed);
         let (slowest, failures, probes) = self.handle.await.unwrap();
+        eprintln!("readiness: {probes} probes, slowest {slowest:?}");
         assert!(probes >= 5, "only {probes} readiness probes ran");
         assert!(
             failures.is_empty() && slowest < Duration::from_secs(1),
@@ -118,7 +120,7 @@ fn digits_form(n: usize) -> reqwest::multipart::Form {
 /// Row 3: connections that send their body at 1 byte/s. They are answered 408 once they fall
 /// behind the minimum rate, and since a body is read before the admission permit is taken, they
 /// never hold one: every normal request meanwhile gets 200, none 429.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_bodies_time_out_and_never_hold_admission_slots() {
     let server = server(&[
         "--max-concurrent-requests",
@@ -208,7 +210,7 @@ fn open_fds(pid: u32) -> usize {
 /// Row 4: 100 connections that send one byte and go quiet, against a cap of 64. Open
 /// connections stay at the cap (the newest evicts the oldest idle one), every quiet one is
 /// closed once the header timeout passes, and readiness and predictions keep answering.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_capped_and_closed() {
     let server = server(&[
         "--max-connections",
@@ -338,13 +340,18 @@ async fn a_full_disk_loses_no_acknowledged_label() {
     let _unmount = Unmount(state.path().to_path_buf());
     let filler = state.path().join("filler");
     std::fs::write(&filler, vec![0u8; 200 * 1024]).unwrap();
+    let (models, calib) = (data().join("models"), data().join("calib"));
     let flags = [
+        "--models",
+        models.to_str().unwrap(),
+        "--calib",
+        calib.to_str().unwrap(),
         "--state-dir",
         state.path().to_str().unwrap(),
         "--feedback-key",
         "hostile-test-key",
     ];
-    let s = server(&flags);
+    let s = Server::start(flags);
     let ids = predictions(&s, 600).await;
     let (mut acked, mut refused) = (0usize, 0usize);
     for chunk in ids[..500].chunks(25) {
@@ -366,7 +373,7 @@ async fn a_full_disk_loses_no_acknowledged_label() {
     }
     assert_peak_rss(&s);
     drop(s); // kill -9
-    let s = server(&flags);
+    let s = Server::start(flags);
     let v: Value = reqwest::get(s.url(&format!("/v1/models/{MODEL}/monitor")))
         .await
         .unwrap()
@@ -395,7 +402,7 @@ fn big_png() -> Vec<u8> {
 
 /// Row 6: SIGTERM with --shutdown-timeout-ms 3000 while a request decodes 96 large images: the
 /// process exits within the timeout + 1 s, not when the decode ends.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_within_the_shutdown_timeout_during_a_long_decode() {
     let server = server(&[
         "--shutdown-timeout-ms",
@@ -445,6 +452,7 @@ async fn sigterm_exits_within_the_shutdown_timeout_during_a_long_decode() {
         .await
         .unwrap();
     let took = t.elapsed();
+    eprintln!("exited {took:?} after SIGTERM");
     assert!(
         took < Duration::from_secs(4),
         "exited {took:?} after SIGTERM (timeout 3 s)"
@@ -457,9 +465,9 @@ async fn sigterm_exits_within_the_shutdown_timeout_during_a_long_decode() {
 }
 
 /// Row 7: eight concurrent monitor reports with 2000 bootstrap resamples on a full window while
-/// predictions run. Beyond --max-concurrent-reports they get 429; predictions and readiness never
+/// predictions run (6 clients). Beyond --max-concurrent-reports they get 429; predictions and readiness never
 /// wait on a report (it is computed on a snapshot, outside the monitor lock).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_reports_do_not_stall_predictions_or_readiness() {
     let server = server(&["--monitor-window", "3000", "--max-concurrent-reports", "2"]);
     let ids = predictions(&server, 3000).await;
@@ -468,7 +476,7 @@ async fn bootstrap_reports_do_not_stall_predictions_or_readiness() {
     }
     let watch = ReadyWatch::start(&server);
     let stop = Arc::new(AtomicBool::new(false));
-    let predictors: Vec<_> = (0..4)
+    let predictors: Vec<_> = (0..6)
         .map(|_| {
             let (url, stop) = (predict_url(&server), Arc::clone(&stop));
             tokio::spawn(async move {
@@ -519,6 +527,7 @@ async fn bootstrap_reports_do_not_stall_predictions_or_readiness() {
         slowest = slowest.max(p.await.unwrap());
     }
     watch.finish().await;
+    eprintln!("reports {statuses:?}, slowest prediction {slowest:?}");
     assert!(
         statuses.contains(&200) && statuses.contains(&429),
         "report statuses {statuses:?}"
@@ -546,11 +555,14 @@ async fn v2_infer(server: &Server, body: &Value) -> (u16, Value) {
 #[tokio::test]
 async fn an_overflowing_v2_shape_is_refused() {
     let server = server(&[]);
-    let pixels: Vec<f32> = digit("7.png")
-        .iter()
-        .take(784)
-        .map(|&b| f32::from(b) / 255.0)
+    let pixels: Vec<f32> = image::load_from_memory(&digit("7.png"))
+        .unwrap()
+        .to_luma8()
+        .into_raw()
+        .into_iter()
+        .map(|b| f32::from(b) / 255.0)
         .collect();
+    assert_eq!(pixels.len(), 784);
     let (status, body) = v2_infer(
         &server,
         &json!({"inputs": [{"name": "input", "shape": [1152921504606846977u64, 1, 28, 28],

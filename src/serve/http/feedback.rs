@@ -96,11 +96,15 @@ pub async fn submit(
         .collect();
     // The log append fsyncs: keep it off the async executor.
     let s = state.clone();
-    let recorded = tokio::task::spawn_blocking(move || {
-        crate::serve::infer::feedback::submit(&s.monitor, &s.registry, &s.metrics, &valid)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("feedback task failed: {e}")))?;
+    let recorded = if valid.is_empty() {
+        Vec::new()
+    } else {
+        tokio::task::spawn_blocking(move || {
+            crate::serve::infer::feedback::submit(&s.monitor, &s.registry, &s.metrics, &valid)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("feedback task failed: {e}")))?
+    };
     // A failed write refuses the whole batch: nothing of it was acknowledged.
     if let Some(Err(crate::serve::monitor::FeedbackError::Log(detail))) = recorded
         .iter()

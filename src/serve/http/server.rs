@@ -249,7 +249,7 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = stop.wait_for(|s| *s) => return,
+            () = stopped(&mut stop) => return,
         };
         let Some((id, conn)) = conns.admit(limits.max_connections) else {
             // Refused without a task: one non-blocking write, then the descriptor is closed.
@@ -322,7 +322,7 @@ async fn serve_connection(
             () = conn.wake.notified(), if closing.is_none() => {
                 conn.evicted.load(Ordering::Acquire).then_some(CLOSE_GRACE)
             }
-            _ = stop.wait_for(|s| *s), if closing.is_none() => {
+            () = stopped(&mut stop), if closing.is_none() => {
                 // The request in progress (if any) finishes; the drain deadline bounds it.
                 Some(Duration::from_secs(24 * 3600))
             }
@@ -337,6 +337,11 @@ async fn serve_connection(
             closing = Some(Instant::now() + grace);
         }
     }
+}
+
+/// Resolves once the stop signal is set (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
