@@ -1,5 +1,8 @@
-//! `caliper serve`: validate the arguments, load ONNX Runtime and every model (warm-up included),
-//! bind, and serve until SIGTERM or Ctrl-C, then drain within `--shutdown-timeout-ms`.
+//! `caliper serve`: validate the arguments, raise the descriptor limit, load ONNX Runtime and
+//! every model (warm-up included), bind, and serve until SIGTERM or Ctrl-C, then drain within
+//! `--shutdown-timeout-ms` and exit, whatever work is still running.
+
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -11,6 +14,7 @@ use crate::serve::http::AppState;
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::try_from(args)?;
     tracing::info!(?config, "starting");
+    raise_descriptor_limit(config.max_connections);
     let lib = crate::runtime::init_onnxruntime()?;
     tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -18,8 +22,51 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .thread_name("caliper-http")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    let result = runtime.block_on(serve(config));
+    // Dropping the runtime would wait for every blocking task (a long decode) to finish; past the
+    // drain deadline nothing is worth waiting for, so they are abandoned and the process exits.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
+
+/// Descriptors the server needs besides its connections (models, logs, runtime, listener).
+const RESERVED_DESCRIPTORS: u64 = 128;
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (allowed without privileges) and logs what
+/// it is, warning when `--max-connections` cannot fit under it.
+#[cfg(unix)]
+fn raise_descriptor_limit(max_connections: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let before = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: before.maximum,
+        maximum: before.maximum,
+    };
+    if before.current != before.maximum
+        && let Err(e) = setrlimit(Resource::Nofile, raised)
+    {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
+    let now = getrlimit(Resource::Nofile);
+    let soft = now.current.unwrap_or(u64::MAX);
+    tracing::info!(
+        soft = ?now.current,
+        hard = ?now.maximum,
+        was = ?before.current,
+        "open-file limit (RLIMIT_NOFILE)"
+    );
+    if (max_connections as u64).saturating_add(RESERVED_DESCRIPTORS) > soft {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = soft,
+            "--max-connections does not fit under the open-file limit: accepts may fail with \
+             'Too many open files'; lower --max-connections or raise the limit (ulimit -n)"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_descriptor_limit(_max_connections: usize) {}
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = config.addr;

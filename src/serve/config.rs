@@ -70,9 +70,37 @@ pub struct ServeArgs {
     /// On SIGTERM or Ctrl-C, how long in-flight requests may take to finish, in milliseconds.
     #[arg(long, env = "CALIPER_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
+    /// Connection and body limits against slow or idle clients.
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
     /// Live calibration monitoring (label feedback).
     #[command(flatten)]
     pub monitor: MonitorArgs,
+}
+
+/// Flags that bound what a client can hold without doing work (issue 23).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionArgs {
+    /// Open connections at most. At the cap a new connection closes the oldest idle one; when
+    /// every connection has a request in progress the newcomer gets 503 and is closed.
+    #[arg(long, env = "CALIPER_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// How long a new connection may take to send its first complete request head, in ms.
+    #[arg(long, env = "CALIPER_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// How long a connection may stay idle between requests (keep-alive), in ms.
+    #[arg(long, env = "CALIPER_KEEP_ALIVE_TIMEOUT_MS", default_value_t = 75_000)]
+    pub keep_alive_timeout_ms: u64,
+    /// Time a request body may take before the minimum rate applies, in ms: a body must have
+    /// arrived within grace + bytes / --body-min-bytes-per-s (408 after).
+    #[arg(long, env = "CALIPER_BODY_READ_GRACE_MS", default_value_t = 10_000)]
+    pub body_read_grace_ms: u64,
+    /// Minimum average transfer rate of a request body after the grace period, bytes/s.
+    #[arg(long, env = "CALIPER_BODY_MIN_BYTES_PER_S", default_value_t = 1024)]
+    pub body_min_bytes_per_s: u64,
+    /// Heavy monitor reports (with bootstrap intervals) computed at once; more get 429.
+    #[arg(long, env = "CALIPER_MAX_CONCURRENT_REPORTS", default_value_t = 2)]
+    pub max_concurrent_reports: usize,
 }
 
 /// Flags of the live calibration monitor (issue 5).
@@ -126,6 +154,18 @@ pub struct Config {
     pub allow_stale_calibration: bool,
     /// Drain bound at shutdown.
     pub shutdown_timeout: Duration,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Deadline of a new connection's first request head.
+    pub header_read_timeout: Duration,
+    /// Idle time allowed between requests on one connection.
+    pub keep_alive_timeout: Duration,
+    /// Body read time before the minimum rate applies.
+    pub body_read_grace: Duration,
+    /// Minimum body transfer rate after the grace period, bytes/s.
+    pub body_min_bytes_per_s: u64,
+    /// Heavy monitor reports at once.
+    pub max_concurrent_reports: usize,
     /// Live monitor settings.
     pub monitor: crate::serve::monitor::MonitorConfig,
     /// HMAC key of prediction ids; None draws a random key per process.
@@ -152,6 +192,12 @@ impl std::fmt::Debug for Config {
             .field("request_timeout", &self.request_timeout)
             .field("allow_stale_calibration", &self.allow_stale_calibration)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("keep_alive_timeout", &self.keep_alive_timeout)
+            .field("body_read_grace", &self.body_read_grace)
+            .field("body_min_bytes_per_s", &self.body_min_bytes_per_s)
+            .field("max_concurrent_reports", &self.max_concurrent_reports)
             .field("monitor", &self.monitor)
             .field("feedback_key", &redact(&self.feedback_key))
             .finish()
@@ -246,6 +292,35 @@ impl TryFrom<ServeArgs> for Config {
             10_000_000,
             "in 1..=10000000",
         )?;
+        let c = &a.connections;
+        range(
+            "max-connections",
+            c.max_connections as u64,
+            1,
+            1 << 20,
+            "in 1..=1048576",
+        )?;
+        for (flag, v) in [
+            ("header-read-timeout-ms", c.header_read_timeout_ms),
+            ("keep-alive-timeout-ms", c.keep_alive_timeout_ms),
+            ("body-read-grace-ms", c.body_read_grace_ms),
+        ] {
+            range(flag, v, 1, 3_600_000, "in 1..=3600000")?;
+        }
+        range(
+            "body-min-bytes-per-s",
+            c.body_min_bytes_per_s,
+            1,
+            1 << 40,
+            "in 1..=2^40",
+        )?;
+        range(
+            "max-concurrent-reports",
+            c.max_concurrent_reports as u64,
+            1,
+            1024,
+            "in 1..=1024",
+        )?;
         for (flag, v) in [
             ("api-key", &a.api_key),
             ("admin-token", &a.admin_token),
@@ -271,6 +346,12 @@ impl TryFrom<ServeArgs> for Config {
             request_timeout: Duration::from_millis(a.request_timeout_ms),
             allow_stale_calibration: a.allow_stale_calibration,
             shutdown_timeout: Duration::from_millis(a.shutdown_timeout_ms),
+            max_connections: a.connections.max_connections,
+            header_read_timeout: Duration::from_millis(a.connections.header_read_timeout_ms),
+            keep_alive_timeout: Duration::from_millis(a.connections.keep_alive_timeout_ms),
+            body_read_grace: Duration::from_millis(a.connections.body_read_grace_ms),
+            body_min_bytes_per_s: a.connections.body_min_bytes_per_s,
+            max_concurrent_reports: a.connections.max_concurrent_reports,
             monitor: crate::serve::monitor::MonitorConfig {
                 window: a.monitor.monitor_window,
                 max_age_s: a.monitor.feedback_max_age_s,
@@ -356,6 +437,14 @@ mod tests {
             request_timeout_ms: 1,
             allow_stale_calibration: false,
             shutdown_timeout_ms: 0,
+            connections: ConnectionArgs {
+                max_connections: 1,
+                header_read_timeout_ms: 1,
+                keep_alive_timeout_ms: 1,
+                body_read_grace_ms: 1,
+                body_min_bytes_per_s: 1,
+                max_concurrent_reports: 1,
+            },
             monitor: MonitorArgs {
                 feedback_key: None,
                 feedback_max_age_s: 60,
@@ -372,6 +461,9 @@ mod tests {
             Err(ConfigError::EmptySecret("api-key"))
         ));
         a.api_key = None;
-        assert!(Config::try_from(a).is_ok());
+        assert!(Config::try_from(a.clone()).is_ok());
+        a.connections.max_connections = 0;
+        let e = Config::try_from(a).unwrap_err();
+        assert!(e.to_string().contains("--max-connections"), "{e}");
     }
 }

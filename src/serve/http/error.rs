@@ -39,6 +39,16 @@ pub enum ApiError {
     /// The image data is corrupt.
     #[error("{0}")]
     CorruptImage(String),
+    /// One request holds more images than the server could ever queue at once: retrying
+    /// cannot help, so this is not a 429.
+    #[error("{0}")]
+    TooManyImages(String),
+    /// The body did not arrive at the minimum transfer rate (`--body-min-bytes-per-s`).
+    #[error("the request body arrived too slowly")]
+    BodyTimeout,
+    /// A feedback label that is neither a class index (non-negative integer) nor a class name.
+    #[error("{0}")]
+    InvalidLabel(String),
     /// Too many requests in flight or a full queue.
     #[error("server overloaded, retry later")]
     Overloaded,
@@ -93,6 +103,9 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::CorruptImage(_) => (StatusCode::BAD_REQUEST, "corrupt_image"),
+            ApiError::TooManyImages(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_images"),
+            ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            ApiError::InvalidLabel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_label"),
             ApiError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             ApiError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

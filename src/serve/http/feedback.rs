@@ -21,17 +21,12 @@ use crate::trust::metrics::BootstrapOptions;
 pub const MAX_FEEDBACK_ITEMS: usize = 1000;
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum LabelValue {
-    Index(u64),
-    Name(String),
-}
-
-#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Entry {
     prediction_id: String,
-    label: LabelValue,
+    /// Any JSON value: one that is neither a class index nor a name is refused per item (422),
+    /// not as a malformed body.
+    label: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -53,14 +48,22 @@ struct ItemResult {
     code: Option<&'static str>,
 }
 
-fn item(e: Entry) -> FeedbackItem {
-    FeedbackItem {
+fn item(e: Entry) -> Result<FeedbackItem, ApiError> {
+    let label = match e.label {
+        serde_json::Value::String(name) => LabelRef::Name(name),
+        serde_json::Value::Number(n) if n.as_u64().is_some() => {
+            LabelRef::Index(n.as_u64().expect("checked"))
+        }
+        other => {
+            return Err(ApiError::InvalidLabel(format!(
+                "label must be a class index (an integer >= 0) or a class name, got {other}"
+            )));
+        }
+    };
+    Ok(FeedbackItem {
         prediction_id: e.prediction_id,
-        label: match e.label {
-            LabelValue::Index(i) => LabelRef::Index(i),
-            LabelValue::Name(n) => LabelRef::Name(n),
-        },
-    }
+        label,
+    })
 }
 
 /// `POST /v1/feedback`: one `{"prediction_id", "label"}` or `{"feedback": [...]}`.
@@ -74,8 +77,8 @@ pub async fn submit(
             "expected {{\"prediction_id\": ..., \"label\": ...}} or {{\"feedback\": [...]}}: {e}"
         ))
     })?;
-    let (items, single) = match parsed {
-        FeedbackBody::Single(e) => (vec![item(e)], true),
+    let (entries, single) = match parsed {
+        FeedbackBody::Single(e) => (vec![e], true),
         FeedbackBody::Batch { feedback } => {
             if feedback.is_empty() || feedback.len() > MAX_FEEDBACK_ITEMS {
                 return Err(ApiError::BadRequest(format!(
@@ -83,16 +86,44 @@ pub async fn submit(
                     feedback.len()
                 )));
             }
-            (feedback.into_iter().map(item).collect(), false)
+            (feedback, false)
         }
     };
+    let parsed: Vec<Result<FeedbackItem, ApiError>> = entries.into_iter().map(item).collect();
+    let valid: Vec<FeedbackItem> = parsed
+        .iter()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
     // The log append fsyncs: keep it off the async executor.
     let s = state.clone();
-    let results = tokio::task::spawn_blocking(move || {
-        crate::serve::infer::feedback::submit(&s.monitor, &s.registry, &s.metrics, &items)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("feedback task failed: {e}")))?;
+    let recorded = if valid.is_empty() {
+        Vec::new()
+    } else {
+        tokio::task::spawn_blocking(move || {
+            crate::serve::infer::feedback::submit(&s.monitor, &s.registry, &s.metrics, &valid)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("feedback task failed: {e}")))?
+    };
+    // A failed write refuses the whole batch: nothing of it was acknowledged.
+    if let Some(Err(crate::serve::monitor::FeedbackError::Log(detail))) = recorded
+        .iter()
+        .find(|r| matches!(r, Err(crate::serve::monitor::FeedbackError::Log(_))))
+    {
+        return Err(ApiError::FeedbackNotStored(detail.clone()));
+    }
+    // Back in request order: the recorded results fill the places of the valid items.
+    let mut recorded = recorded.into_iter();
+    let results: Vec<Result<crate::serve::monitor::Accepted, ApiError>> = parsed
+        .into_iter()
+        .map(|p| match p {
+            Ok(_) => recorded
+                .next()
+                .expect("one result per valid item")
+                .map_err(ApiError::from),
+            Err(e) => Err(e),
+        })
+        .collect();
 
     if single {
         let r = results
@@ -104,13 +135,6 @@ pub async fn submit(
         return Ok(
             Json(serde_json::json!({ "status": status, "model": a.record.model })).into_response(),
         );
-    }
-    // A failed write refuses the whole batch: nothing of it was acknowledged.
-    if let Some(Err(crate::serve::monitor::FeedbackError::Log(detail))) = results
-        .iter()
-        .find(|r| matches!(r, Err(crate::serve::monitor::FeedbackError::Log(_))))
-    {
-        return Err(ApiError::FeedbackNotStored(detail.clone()));
     }
     let mut counts = [0usize; 3];
     let items: Vec<ItemResult> = results
@@ -126,9 +150,8 @@ pub async fn submit(
                     code: None,
                 }
             }
-            Err(e) => {
+            Err(err) => {
                 counts[2] += 1;
-                let err = ApiError::from(e);
                 let code = err.status_and_code().1;
                 ItemResult {
                     status: "rejected",
@@ -179,8 +202,18 @@ pub async fn monitor(
         .calibration
         .as_ref()
         .and_then(|c| c.reference.clone());
+    // Bootstrap intervals cost seconds of CPU each: a few at a time, 429 beyond.
+    let permit = match boot {
+        Some(_) => Some(
+            std::sync::Arc::clone(&state.reports)
+                .try_acquire_owned()
+                .map_err(|_| ApiError::Overloaded)?,
+        ),
+        None => None,
+    };
     let s = state.clone();
     let report = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         s.monitor.report(&name, reference.as_ref(), boot.as_ref())
     })
     .await

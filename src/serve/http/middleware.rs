@@ -1,21 +1,123 @@
-//! Cross-cutting request handling: admission control (429), bearer-token checks, request ids,
-//! and the request metrics (by matched route template, never by raw path), plus the `/metrics`
-//! page.
+//! Cross-cutting request handling: the body transfer-rate limit (408), admission control (429),
+//! bearer-token checks, request ids, and the request metrics (by matched route template, never
+//! by raw path), plus the `/metrics` page.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use tower_http::request_id::RequestId;
 
 use super::{ApiError, AppState, ErrorCode};
 
-/// Takes an admission permit for the duration of the request, or answers 429 at once.
+/// The body arrived too slowly (see [`limit_body_rate`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body arrived too slowly")]
+struct BodyTooSlow;
+
+/// Bounds the time a client may take to send its body: after `--body-read-grace-ms`, each byte
+/// buys `1 / --body-min-bytes-per-s` seconds, so a body must have fully arrived within
+/// `grace + len / rate`. A body that falls behind fails its read and the request is answered 408,
+/// whatever the handler made of the read error.
+pub async fn limit_body_rate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    // Requests that announce no body (health probes, GETs) pay nothing.
+    let h = req.headers();
+    let no_body = !h.contains_key(header::TRANSFER_ENCODING)
+        && h.get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0");
+    if no_body {
+        return next.run(req).await;
+    }
+    let grace = state.config.body_read_grace;
+    let rate = state.config.body_min_bytes_per_s as f64;
+    let slow = Arc::new(AtomicBool::new(false));
+    let (parts, body) = req.into_parts();
+    let start = tokio::time::Instant::now();
+    let flag = Arc::clone(&slow);
+    let chunks = futures::stream::unfold(
+        (body.into_data_stream(), 0u64, false),
+        move |(mut inner, received, done)| {
+            let flag = Arc::clone(&flag);
+            async move {
+                if done {
+                    return None;
+                }
+                let deadline = start + grace + Duration::from_secs_f64(received as f64 / rate);
+                match tokio::time::timeout_at(deadline, inner.next()).await {
+                    Ok(Some(Ok(chunk))) => {
+                        let n = received + chunk.len() as u64;
+                        Some((Ok(chunk), (inner, n, false)))
+                    }
+                    Ok(Some(Err(e))) => {
+                        Some((Err(axum::BoxError::from(e)), (inner, received, true)))
+                    }
+                    Ok(None) => None,
+                    Err(_) => {
+                        flag.store(true, Ordering::Release);
+                        Some((
+                            Err(axum::BoxError::from(BodyTooSlow)),
+                            (inner, received, true),
+                        ))
+                    }
+                }
+            }
+        },
+    );
+    let resp = next
+        .run(Request::from_parts(parts, Body::from_stream(chunks)))
+        .await;
+    if slow.load(Ordering::Acquire) {
+        let mut resp = ApiError::BodyTimeout.into_response();
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    resp
+}
+
+/// Reads the whole body (at most `--max-body-bytes`, under the rate limit), then takes an
+/// admission permit for the rest of the request or answers 429 at once. Reading first means a
+/// slow client holds a connection for a bounded time but never an admission slot.
 pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match std::sync::Arc::clone(&state.admission).try_acquire_owned() {
-        Ok(_permit) => next.run(req).await,
+    let limit = state.config.max_body_bytes;
+    let (parts, body) = req.into_parts();
+    let hint = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if hint.is_some_and(|n| n > limit) {
+        return ApiError::PayloadTooLarge(limit).into_response();
+    }
+    let body = match read_body(body, limit, hint.unwrap_or(0)).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    match Arc::clone(&state.admission).try_acquire_owned() {
+        Ok(_permit) => next.run(Request::from_parts(parts, Body::from(body))).await,
         Err(_) => ApiError::Overloaded.into_response(),
     }
+}
+
+/// Collects a body of at most `limit` bytes (413 above).
+async fn read_body(body: Body, limit: usize, hint: usize) -> Result<Bytes, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::with_capacity(hint.min(limit));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 /// Constant-time comparison so that response timing does not leak how much of a token matched.

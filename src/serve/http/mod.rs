@@ -43,6 +43,8 @@ pub struct Shared {
     pub metrics: Arc<ServerMetrics>,
     /// Admission control: one permit per inference request in flight.
     pub admission: Arc<Semaphore>,
+    /// Heavy monitor reports (bootstrap intervals) computed at once.
+    pub reports: Arc<Semaphore>,
     /// Live calibration monitor (prediction tokens, label feedback).
     pub monitor: Monitor,
 }
@@ -103,6 +105,7 @@ impl AppState {
                 Arc::clone(&metrics),
             )),
             admission: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            reports: Arc::new(Semaphore::new(config.max_concurrent_reports)),
             monitor,
             config,
             metrics,
@@ -180,6 +183,10 @@ pub fn router(state: AppState) -> Router {
         .merge(admin)
         .fallback(|| async { ApiError::BadRequest("no such route".into()) })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::limit_body_rate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::track,

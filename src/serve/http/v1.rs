@@ -45,6 +45,15 @@ pub(super) fn bytes_error(e: BytesRejection, limit: usize) -> ApiError {
     body_error(e.status(), e.body_text(), limit)
 }
 
+/// A request with more images than the model's queue holds: it could never be queued, so it is
+/// refused as too large (413), not as overload (429 would invite a retry that cannot succeed).
+pub(super) fn too_many_images(most: usize) -> ApiError {
+    ApiError::TooManyImages(format!(
+        "a request may hold at most {most} images (the model's queue: \
+         --max-concurrent-requests x --max-batch-size); split it into smaller requests"
+    ))
+}
+
 /// `POST /v1/models/{model}/predict`.
 pub async fn predict(
     State(state): State<AppState>,
@@ -74,6 +83,7 @@ pub async fn predict(
             .await
             .map_err(|e| ApiError::BadRequest(e.body_text()))?;
         let mut files = Vec::new();
+        let most = model.queue_capacity();
         while let Some(field) = form
             .next_field()
             .await
@@ -89,6 +99,9 @@ pub async fn predict(
                 .await
                 .map_err(|e| body_error(e.status(), e.body_text(), limit))?;
             if is_file {
+                if files.len() == most {
+                    return Err(too_many_images(most));
+                }
                 files.push(data);
             }
         }

@@ -144,13 +144,23 @@ pub async fn model_metadata(
 fn flatten<T>(
     v: &Value,
     out: &mut Vec<T>,
-    leaf: &impl Fn(&Value) -> Option<T>,
+    leaf: &impl Fn(&Value) -> Result<T, String>,
 ) -> Result<(), String> {
     match v {
         Value::Array(items) => items.iter().try_for_each(|x| flatten(x, out, leaf)),
-        other => leaf(other)
-            .map(|x| out.push(x))
-            .ok_or_else(|| format!("unexpected element {other}")),
+        other => leaf(other).map(|x| out.push(x)),
+    }
+}
+
+/// An FP32 element: a JSON number that is finite as a 32-bit float (1e300 is not: it would
+/// reach the model as infinity).
+fn fp32(v: &Value) -> Result<f32, String> {
+    match v.as_f64().map(|x| x as f32) {
+        Some(x) if x.is_finite() => Ok(x),
+        Some(_) => Err(format!(
+            "element {v} is outside the range of a 32-bit float"
+        )),
+        None => Err(format!("unexpected element {v}")),
     }
 }
 
@@ -163,6 +173,7 @@ enum Batch {
 fn parse_input(model: &LoadedModel, input: &RequestInput) -> Result<Batch, ApiError> {
     let bad = |m: String| ApiError::BadRequest(format!("input {:?}: {m}", input.name));
     let spec = &model.files.metadata.input;
+    let most = model.queue_capacity();
     match (input.name.as_str(), input.datatype.as_str()) {
         (name, "FP32") if name == spec.name => {
             let want = [spec.channels, spec.height, spec.width];
@@ -175,13 +186,22 @@ fn parse_input(model: &LoadedModel, input: &RequestInput) -> Result<Batch, ApiEr
                     )));
                 }
             };
+            // Checked: a batch dimension near 2^64 / per would wrap to a small product.
+            let per = want
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| bad("the model's input size overflows".into()))?;
+            let expected = n
+                .checked_mul(per)
+                .ok_or_else(|| bad(format!("shape {:?} holds too many elements", input.shape)))?;
+            if n > most {
+                return Err(super::v1::too_many_images(most));
+            }
             let mut data = Vec::new();
-            flatten(&input.data, &mut data, &|v| v.as_f64().map(|x| x as f32)).map_err(bad)?;
-            let per: usize = want.iter().product();
-            if n == 0 || data.len() != n * per {
+            flatten(&input.data, &mut data, &fp32).map_err(bad)?;
+            if n == 0 || data.len() != expected {
                 return Err(bad(format!(
-                    "expected {} values for shape {:?}, got {}",
-                    n * per,
+                    "expected {expected} values for shape {:?}, got {}",
                     input.shape,
                     data.len()
                 )));
@@ -192,8 +212,16 @@ fn parse_input(model: &LoadedModel, input: &RequestInput) -> Result<Batch, ApiEr
         }
         (IMAGE_INPUT, "BYTES") => {
             let mut data = Vec::new();
-            flatten(&input.data, &mut data, &|v| v.as_str().map(str::to_string)).map_err(bad)?;
+            flatten(&input.data, &mut data, &|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("unexpected element {v}"))
+            })
+            .map_err(bad)?;
             let n = data.len();
+            if n > most {
+                return Err(super::v1::too_many_images(most));
+            }
             if n == 0 || input.shape.as_slice() != [n as i64] {
                 return Err(bad(format!(
                     "shape {:?} does not match {n} base64 strings",
@@ -292,11 +320,16 @@ pub async fn infer(
         ..RequestOptions::default()
     };
     let mut scored = match parse_input(&model, input)? {
-        Batch::Tensors(t) => {
-            state
-                .within_budget(predict_tensors(&model, t, &options))
-                .await?
-        }
+        Batch::Tensors(t) => state
+            .within_budget(predict_tensors(&model, t, &options))
+            .await
+            .map_err(|e| match e {
+                // The client chose the values: outputs they drive to infinity are its error.
+                ApiError::NonFiniteOutput => ApiError::BadRequest(
+                    "the model produced non-finite outputs for these input values".into(),
+                ),
+                e => e,
+            })?,
         Batch::Images(i) => {
             state
                 .within_budget(predict_images(&model, i, state.image_limits(), &options))
@@ -326,7 +359,9 @@ pub async fn infer(
 }
 
 /// `POST /v2/repository/models/{model}/load`: re-reads the model and its calibrator and swaps
-/// them in; on failure the previous version keeps serving.
+/// them in; on failure the previous version keeps serving. A model whose folder is gone from
+/// the repository is unloaded and answered 404: the repository on disk is what a load makes the
+/// server serve, and a model that exists nowhere but in memory would vanish at the next restart.
 pub async fn load_model(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -343,9 +378,19 @@ pub async fn load_model(
             "calibration_method": m.calibrator.method(),
             "loaded": true,
         }))),
-        Err(InferError::Repository(
-            RepositoryError::NotFound { name, .. } | RepositoryError::InvalidName(name),
-        )) => Err(ApiError::ModelNotFound(name)),
+        Err(InferError::Repository(RepositoryError::NotFound { name, .. })) => {
+            if state.registry.unload(&name) {
+                tracing::warn!(model = %name, "model folder removed from the repository: unloaded");
+                Err(ApiError::NotFoundDetail(format!(
+                    "model {name:?} is no longer in the repository; it was unloaded"
+                )))
+            } else {
+                Err(ApiError::ModelNotFound(name))
+            }
+        }
+        Err(InferError::Repository(RepositoryError::InvalidName(name))) => {
+            Err(ApiError::ModelNotFound(name))
+        }
         Err(e) => {
             tracing::warn!(error = %e, "reload failed; previous version keeps serving");
             Err(ApiError::ReloadFailed(e.to_string()))

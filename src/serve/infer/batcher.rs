@@ -125,6 +125,11 @@ impl<T: Queued> BatchQueue<T> {
         self.ready.notify_all();
     }
 
+    /// Most entries the queue holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Entries waiting now.
     pub fn len(&self) -> usize {
         self.lock().items.len()

@@ -196,6 +196,11 @@ impl LoadedModel {
         Ok(out)
     }
 
+    /// Most images the queue holds: a request with more can never be queued.
+    pub fn queue_capacity(&self) -> usize {
+        self.queue.capacity()
+    }
+
     /// The context every prediction of this model is built with.
     pub fn prediction_context(&self) -> PredictionContext<'_> {
         PredictionContext {

@@ -95,6 +95,30 @@ impl ModelRegistry {
         Ok(model)
     }
 
+    /// Stops serving `name` (requests in flight finish on the model they hold). Returns whether
+    /// it was loaded.
+    pub fn unload(&self, name: &str) -> bool {
+        let old = self
+            .models
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+        self.failed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+        match old {
+            Some(old) => {
+                let _ = self
+                    .metrics
+                    .model_info
+                    .remove_label_values(&old.info_labels());
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The model called `name`, if loaded.
     pub fn get(&self, name: &str) -> Option<Arc<LoadedModel>> {
         self.models

@@ -5,6 +5,11 @@
 //! checksum or JSON does not verify are skipped and reported, never fatal; a torn last line (a
 //! crash mid-append) is cut off so that later appends start on a clean line. The log is bounded by
 //! compaction: the monitor rewrites it atomically with only the records it still needs.
+//!
+//! A failed append (a full disk: part of the batch written, then ENOSPC) truncates the file back
+//! to its last good length before it reports the error, so a torn record is never followed by an
+//! acknowledged one. If even the truncation fails, every later append retries it first and is
+//! refused until it succeeds.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -64,6 +69,58 @@ pub struct FeedbackLog {
     path: PathBuf,
     file: File,
     lines: usize,
+    /// Length of the file up to its last acknowledged record.
+    good_len: u64,
+    /// A failed append could not be cut off: the file is longer than `good_len`.
+    torn: bool,
+}
+
+/// What an append needs of the file; a trait so that tests can inject a full disk.
+trait AppendFile {
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()>;
+    fn sync_data(&mut self) -> std::io::Result<()>;
+    fn set_len(&mut self, len: u64) -> std::io::Result<()>;
+}
+
+impl AppendFile for File {
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        Write::write_all(self, buf)
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        File::sync_data(self)
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        File::set_len(self, len)
+    }
+}
+
+/// Appends `bytes` at `*good_len` all or nothing: on any failure the file is cut back to
+/// `*good_len` (and `*torn` records whether that too failed).
+fn append_all_or_nothing(
+    file: &mut impl AppendFile,
+    good_len: &mut u64,
+    torn: &mut bool,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    if *torn {
+        file.set_len(*good_len)?;
+        file.sync_data()?;
+        *torn = false;
+    }
+    match file.write_all(bytes).and_then(|()| file.sync_data()) {
+        Ok(()) => {
+            *good_len += bytes.len() as u64;
+            Ok(())
+        }
+        Err(e) => {
+            // Shrinking needs no free space, so this normally succeeds even on a full disk.
+            *torn = file
+                .set_len(*good_len)
+                .and_then(|()| file.sync_data())
+                .is_err();
+            Err(e)
+        }
+    }
 }
 
 fn encode_line(r: &FeedbackRecord) -> String {
@@ -111,7 +168,14 @@ impl FeedbackLog {
         // Make the file's creation durable too.
         File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
         let lines = records.len() + report.corrupt_lines;
-        Ok((FeedbackLog { path, file, lines }, records, report))
+        let log = FeedbackLog {
+            path,
+            file,
+            lines,
+            good_len,
+            torn: false,
+        };
+        Ok((log, records, report))
     }
 
     /// Appends records and fsyncs before returning: once this returns Ok they survive a crash.
@@ -124,8 +188,13 @@ impl FeedbackLog {
             path: self.path.display().to_string(),
             source,
         };
-        self.file.write_all(text.as_bytes()).map_err(err)?;
-        self.file.sync_data().map_err(err)?;
+        append_all_or_nothing(
+            &mut self.file,
+            &mut self.good_len,
+            &mut self.torn,
+            text.as_bytes(),
+        )
+        .map_err(err)?;
         self.lines += records.len();
         Ok(())
     }
@@ -148,6 +217,8 @@ impl FeedbackLog {
             .open(&self.path)
             .map_err(err)?;
         self.lines = keep.len();
+        self.good_len = text.len() as u64;
+        self.torn = false;
         Ok(())
     }
 }
@@ -229,6 +300,140 @@ mod tests {
         let (_, recs, rep) = FeedbackLog::open(dir.path()).unwrap();
         assert_eq!(recs.last(), Some(&rec(4)));
         assert_eq!(rep.truncated_tail_bytes, 0);
+    }
+
+    /// A file on a disk with `room` bytes left; `set_len` can be made to fail too.
+    struct FullDisk {
+        data: Vec<u8>,
+        room: usize,
+        truncate_fails: bool,
+    }
+
+    impl AppendFile for FullDisk {
+        fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+            let n = buf.len().min(self.room);
+            self.data.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            if n < buf.len() {
+                return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+            }
+            Ok(())
+        }
+        fn sync_data(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+            if self.truncate_fails {
+                return Err(std::io::Error::other("injected"));
+            }
+            let len = len as usize;
+            self.room += self.data.len().saturating_sub(len);
+            self.data.truncate(len);
+            Ok(())
+        }
+    }
+
+    fn lines(recs: &[FeedbackRecord]) -> Vec<u8> {
+        recs.iter()
+            .map(encode_line)
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_failed_append_on_a_full_disk_leaves_the_log_as_it_was() {
+        let first = lines(&[rec(1)]);
+        let mut disk = FullDisk {
+            data: Vec::new(),
+            room: first.len() + 10,
+            truncate_fails: false,
+        };
+        let (mut good, mut torn) = (0u64, false);
+        append_all_or_nothing(&mut disk, &mut good, &mut torn, &first).unwrap();
+        // Ten bytes of the next batch fit: the error comes after a partial write.
+        let err = append_all_or_nothing(&mut disk, &mut good, &mut torn, &lines(&[rec(2), rec(3)]))
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(disk.data, first, "the torn tail was cut off");
+        assert!(!torn);
+        // Space freed: the next acknowledged label starts on a clean line and reads back.
+        disk.room = 1 << 20;
+        append_all_or_nothing(&mut disk, &mut good, &mut torn, &lines(&[rec(4)])).unwrap();
+        let (recs, report, _) = parse(&disk.data);
+        assert_eq!(recs, vec![rec(1), rec(4)]);
+        assert_eq!((report.corrupt_lines, report.truncated_tail_bytes), (0, 0));
+    }
+
+    #[test]
+    fn a_tail_that_cannot_be_cut_blocks_appends_until_it_can() {
+        let first = lines(&[rec(1)]);
+        let mut disk = FullDisk {
+            data: Vec::new(),
+            room: first.len() + 5,
+            truncate_fails: true,
+        };
+        let (mut good, mut torn) = (0u64, false);
+        append_all_or_nothing(&mut disk, &mut good, &mut torn, &first).unwrap();
+        assert!(append_all_or_nothing(&mut disk, &mut good, &mut torn, &lines(&[rec(2)])).is_err());
+        assert!(torn);
+        disk.room = 1 << 20;
+        // Still cannot cut: refused, nothing appended after the torn bytes.
+        let before = disk.data.clone();
+        assert!(append_all_or_nothing(&mut disk, &mut good, &mut torn, &lines(&[rec(3)])).is_err());
+        assert_eq!(disk.data, before);
+        disk.truncate_fails = false;
+        append_all_or_nothing(&mut disk, &mut good, &mut torn, &lines(&[rec(3)])).unwrap();
+        assert_eq!(parse(&disk.data).0, vec![rec(1), rec(3)]);
+    }
+
+    /// The same on a real 64 KiB tmpfs, when this process may mount one (root, or a user
+    /// namespace); skipped with a message otherwise.
+    #[test]
+    fn a_full_tmpfs_loses_no_acknowledged_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!(
+                "skipped: cannot mount a tmpfs here (needs root); the FullDisk tests cover it"
+            );
+            return;
+        }
+        let result = std::panic::catch_unwind(|| {
+            let filler = dir.path().join("filler");
+            std::fs::write(&filler, vec![0u8; 40 * 1024]).unwrap();
+            let (mut log, _, _) = FeedbackLog::open(dir.path()).unwrap();
+            let mut acked = Vec::new();
+            let mut failures = 0;
+            for n in 0..2000 {
+                match log.append(&[rec(n), rec(n + 100_000)]) {
+                    Ok(()) => acked.extend([rec(n), rec(n + 100_000)]),
+                    Err(_) => failures += 1,
+                }
+                if failures == 3 {
+                    break;
+                }
+            }
+            assert!(failures > 0 && !acked.is_empty(), "the tmpfs never filled");
+            // Space freed: the next label is appended on a clean line.
+            std::fs::remove_file(&filler).unwrap();
+            log.append(&[rec(9999)]).unwrap();
+            acked.push(rec(9999));
+            drop(log);
+            let (_, recs, report) = FeedbackLog::open(dir.path()).unwrap();
+            assert_eq!((report.corrupt_lines, report.truncated_tail_bytes), (0, 0));
+            assert_eq!(recs, acked, "every acknowledged record, nothing else");
+        });
+        let _ = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
+        if let Err(p) = result {
+            std::panic::resume_unwind(p);
+        }
     }
 
     #[test]

@@ -266,10 +266,16 @@ impl Monitor {
         reference: Option<&ConfidenceReference>,
         bootstrap: Option<&BootstrapOptions>,
     ) -> Option<LiveReport> {
+        // A copy taken under the lock, computed on after it is released: a report (a bootstrap
+        // takes seconds) never holds up the predictions and labels that need the lock.
+        let window = self.window_snapshot(model)?;
+        Some(window.report(self.config.bins, reference, bootstrap))
+    }
+
+    /// A copy of one model's windows, or None when it has seen neither predictions nor labels.
+    pub fn window_snapshot(&self, model: &str) -> Option<ModelWindow> {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.windows
-            .get(model)
-            .map(|w| w.report(self.config.bins, reference, bootstrap))
+        st.windows.get(model).cloned()
     }
 
     /// The equal-width binned statistics of one model's labelled window (for the gauges).
