@@ -1,7 +1,7 @@
 //! The serving integration tests, one binary: the router in process (`router`, `trust`,
 //! `conformal_methods`, `mahalanobis`, `monitor_feedback`, `monitor_matches_eval`) and real
 //! `caliper serve` processes on a socket (`socket`, `monitor_crash`, `monitor_restart_gauges`,
-//! `prometheus_fleet`, `own_model`: a third-party ImageNet model imported and served, against an
+//! `prometheus_fleet`, `hostile`: limits, timeouts and faults, `own_model`: a third-party ImageNet model imported and served, against an
 //! independent Python pipeline, and `shipped_models`: every bundled model's figures and its OOD threshold
 //! through the server), over the fixture repository in tests/data and the bundled models.
 
@@ -9,6 +9,7 @@
 mod common;
 
 mod conformal_methods;
+mod hostile;
 mod mahalanobis;
 mod monitor_crash;
 mod monitor_feedback;

@@ -5,7 +5,7 @@
 //! while the attack runs (rows 3, 4, 7) and the server's peak RSS (VmHWM) under a stated bound.
 //! docs/RELIABILITY.md lists what each test guarantees.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
