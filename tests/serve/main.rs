@@ -1,9 +1,9 @@
 //! The serving integration tests, one binary: the router in process (`router`, `trust`,
 //! `conformal_methods`, `mahalanobis`, `monitor_feedback`, `monitor_matches_eval`) and real
-//! `caliper serve` processes on a socket (`socket`, `monitor_crash`, `monitor_restart_gauges`,
-//! `prometheus_fleet`, `hostile`: limits, timeouts and faults, `own_model`: a third-party ImageNet model imported and served, against an
-//! independent Python pipeline, and `shipped_models`: every bundled model's figures and its OOD threshold
-//! through the server), over the fixture repository in tests/data and the bundled models.
+//! `caliper serve` processes on a socket: `socket`, `monitor_crash`, `monitor_restart_gauges`,
+//! `prometheus_fleet`, `hostile` (limits, timeouts and faults), `own_model` (a third-party
+//! ImageNet model imported and served, against an independent Python pipeline) and
+//! `shipped_models` (every bundled model's figures and its OOD threshold through the server).
 
 #[path = "../common/mod.rs"]
 mod common;
