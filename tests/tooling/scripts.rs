@@ -15,14 +15,13 @@ fn root() -> PathBuf {
 }
 
 /// The folder holding the real archives: `CALIPER_DATA_MIRROR`, else `../shared/data` beside the
-/// repository, else `/work/shared/data`.
+/// repository (the same default as `scripts/fetch-data.sh`).
 fn archives() -> PathBuf {
     let mut candidates = Vec::new();
     if let Some(m) = std::env::var_os("CALIPER_DATA_MIRROR").filter(|m| !m.is_empty()) {
         candidates.push(PathBuf::from(m));
     }
     candidates.push(root().join("../shared/data"));
-    candidates.push(PathBuf::from("/work/shared/data"));
     candidates
         .iter()
         .find(|d| d.join(CIFAR10).is_file() && d.join(PNEUMONIA).is_file())
