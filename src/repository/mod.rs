@@ -1,9 +1,12 @@
 //! The model repository on disk: `models/<name>/model.onnx` + `model.toml`, and
 //! `calib/<name>.json`. Scanning and validation live here (the served, reloadable set of models
 //! is `infer::ModelRegistry`); the file formats are documented in `docs/FORMATS.md`.
+//! [`preprocess`] turns image bytes into a model's input as its `model.toml` says; it lives here,
+//! beside the [`InputSpec`] it follows, so that the server, the CLI tools and the trainer share it.
 
 mod bundle;
 mod metadata;
+pub mod preprocess;
 mod scan;
 
 pub use bundle::{CalibrationFile, FitSummary, ReliabilitySummary, SCHEMA_VERSION};
