@@ -107,8 +107,7 @@ fn with_features(
     };
     let val = model_logits::open_labelled(&input.models_dir, model, &input.data_dir, spec)?;
     let v = model_logits::run_on(&input.models_dir, model, &val.images, spec, true)?;
-    let train =
-        model_logits::open_labelled(&input.models_dir, model, &input.data_dir, train_spec)?;
+    let train = model_logits::open_labelled(&input.models_dir, model, &input.data_dir, train_spec)?;
     let t = model_logits::run_on(&input.models_dir, model, &train.images, train_spec, true)?;
     let (Some(val_f), Some(train_f)) = (v.features, t.features) else {
         anyhow::bail!("{model}: the session returned no features");

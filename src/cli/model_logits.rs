@@ -231,7 +231,8 @@ pub fn run_on<S: ImageSet + ?Sized>(
     let mut flat: Vec<f32> = Vec::with_capacity(batch * session.image_len());
     for start in (0..n).step_by(batch) {
         let end = (start + batch).min(n);
-        let inputs = prepare(data, start..end, i).with_context(|| format!("preprocessing {what}"))?;
+        let inputs =
+            prepare(data, start..end, i).with_context(|| format!("preprocessing {what}"))?;
         flat.clear();
         for x in &inputs {
             flat.extend_from_slice(x);

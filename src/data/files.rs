@@ -285,7 +285,13 @@ mod tests {
     #[test]
     fn lists_class_folders_and_detects_split_folders() {
         let d = tempfile::tempdir().unwrap();
-        for f in ["b/1.png", "b/0.JPG", "a/x.jpeg", "a/.hidden.png", "a/notes.txt"] {
+        for f in [
+            "b/1.png",
+            "b/0.JPG",
+            "a/x.jpeg",
+            "a/.hidden.png",
+            "a/notes.txt",
+        ] {
             touch(&d.path().join(f));
         }
         let l = list_class_folder(d.path()).unwrap();
@@ -296,21 +302,32 @@ mod tests {
         touch(&d.path().join("train/a/1.png"));
         touch(&d.path().join("test/a/1.png"));
         let s = split_folders(d.path()).unwrap();
-        assert_eq!(s.iter().map(|(n, _)| *n).collect::<Vec<_>>(), ["train", "test"]);
+        assert_eq!(
+            s.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            ["train", "test"]
+        );
     }
 
     #[test]
     fn manifests_of_names_and_of_indices() {
         let d = tempfile::tempdir().unwrap();
         let csv = d.path().join("m.csv");
-        std::fs::write(&csv, "path,label\nimg/a,1.png,ship\n\"c.png\",cat\nd.png,ship\n").unwrap();
+        std::fs::write(
+            &csv,
+            "path,label\nimg/a,1.png,ship\n\"c.png\",cat\nd.png,ship\n",
+        )
+        .unwrap();
         let m = read_manifest(&csv).unwrap();
         assert_eq!(m.class_names, ["cat", "ship"]);
         assert_eq!(m.labels, [1, 0, 1]);
         assert_eq!(m.paths[0], d.path().join("img/a,1.png"));
         assert!(!m.indexed);
         let jsonl = d.path().join("m.jsonl");
-        std::fs::write(&jsonl, "{\"path\": \"a.png\", \"label\": 3}\n{\"path\": \"b.png\", \"label\": 0}\n").unwrap();
+        std::fs::write(
+            &jsonl,
+            "{\"path\": \"a.png\", \"label\": 3}\n{\"path\": \"b.png\", \"label\": 0}\n",
+        )
+        .unwrap();
         let m = read_manifest(&jsonl).unwrap();
         assert!(m.indexed);
         assert_eq!((m.labels.clone(), m.class_names.len()), (vec![3, 0], 4));
@@ -318,7 +335,12 @@ mod tests {
         assert_eq!(labels_by_name(&m, &classes, "m").unwrap(), [3, 0]);
         assert!(labels_by_name(&m, &classes[..3], "m").is_err());
         std::fs::write(&jsonl, "{\"file\": \"a.png\"}\n").unwrap();
-        assert!(read_manifest(&jsonl).unwrap_err().to_string().contains("line 1"));
+        assert!(
+            read_manifest(&jsonl)
+                .unwrap_err()
+                .to_string()
+                .contains("line 1")
+        );
     }
 
     #[test]

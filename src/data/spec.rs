@@ -433,8 +433,13 @@ impl DatasetSpec {
                     reason: format!(
                         "{} holds split folders ({}): name one, e.g. folder:{}",
                         dir.display(),
-                        splits.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-                        dir.join(splits.last().map_or("test", |(n, _)| *n)).display()
+                        splits
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        dir.join(splits.last().map_or("test", |(n, _)| *n))
+                            .display()
                     ),
                 }),
                 None => list_class_folder(dir),

@@ -398,8 +398,7 @@ impl TrainArgs {
             if super::dataset::file_dataset(&self.dataset).is_none() {
                 return bad("--input-size applies to folder: and manifest: datasets only");
             }
-            if self.input_size.len() != 2 || self.input_size.iter().any(|&v| v == 0 || v % 4 != 0)
-            {
+            if self.input_size.len() != 2 || self.input_size.iter().any(|&v| v == 0 || v % 4 != 0) {
                 return bad("--input-size must be H,W, each a positive multiple of 4");
             }
         }

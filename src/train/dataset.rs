@@ -190,7 +190,12 @@ pub fn load_splits(
             train = %train_spec, test = %test_spec, ?shape,
             "image files decoded at the model's input size"
         );
-        let train = decode_files(&train_files, &train_files.labels, &train_files.class_names, shape)?;
+        let train = decode_files(
+            &train_files,
+            &train_files.labels,
+            &train_files.class_names,
+            shape,
+        )?;
         let test = decode_named(&listed(&test_spec)?, &train.class_names, shape, "test")?;
         (train, test, Some(shape))
     } else {
@@ -210,7 +215,9 @@ pub fn load_splits(
         Validation::Split(_) => {
             let spec = validation.spec(name, train_fraction, imbalance_ratio, seed)?;
             let val = match shape {
-                Some(shape) => decode_named(&listed(&spec)?, &train.class_names, shape, "validation")?,
+                Some(shape) => {
+                    decode_named(&listed(&spec)?, &train.class_names, shape, "validation")?
+                }
                 None => spec.load(data_dir)?,
             };
             with_own_validation(
@@ -316,7 +323,8 @@ fn decode_files(
                 s.spawn(move || -> Result<(), DataError> {
                     for (path, dst) in paths.iter().zip(out.chunks_exact_mut(per)) {
                         let img = decode_path(path)?;
-                        let px = resize_to_u8(&img, shape.channels, shape.height, shape.width, RESIZE);
+                        let px =
+                            resize_to_u8(&img, shape.channels, shape.height, shape.width, RESIZE);
                         dst.copy_from_slice(&px);
                     }
                     Ok(())
@@ -327,7 +335,13 @@ fn decode_files(
             .into_iter()
             .try_for_each(|w| w.join().expect("image decoding thread panicked"))
     })?;
-    Dataset::new(&files.origin, shape, images, labels.to_vec(), classes.to_vec())
+    Dataset::new(
+        &files.origin,
+        shape,
+        images,
+        labels.to_vec(),
+        classes.to_vec(),
+    )
 }
 
 /// Makes `train` long-tailed with `imbalance_ratio` (1 = unchanged), carves a seeded, stratified
@@ -497,8 +511,16 @@ mod tests {
         let half = load_splits(&name, dir.path(), &own, 0.5, 1.0, 0, None).unwrap();
         assert_eq!((half.train.class_counts(), half.val.len()), (vec![2, 2], 3));
         // The carved split of the same archive holds validation images out of train instead.
-        let carved =
-            load_splits(&name, dir.path(), &Validation::Carved(0.25), 1.0, 1.0, 0, None).unwrap();
+        let carved = load_splits(
+            &name,
+            dir.path(),
+            &Validation::Carved(0.25),
+            1.0,
+            1.0,
+            0,
+            None,
+        )
+        .unwrap();
         assert_eq!((carved.train.len(), carved.val.len()), (6, 2));
     }
 
@@ -515,6 +537,37 @@ mod tests {
             "mnist:train[val=0.1,seed=3,train_fraction=0.5]"
         );
         assert!(carved.spec("imagenet", 1.0, 1.0, 0).is_err());
+    }
+
+    #[test]
+    fn image_folders_name_their_splits_as_specs() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        // A folder of classes: the test split and the validation split are seeded carve-outs.
+        let name = format!("folder:{d}");
+        let (train, test) = train_test_specs(&name, 3).unwrap();
+        assert_eq!(train.to_string(), format!("folder:{d}[fit=0.2,seed=3]"));
+        assert_eq!(test.to_string(), format!("folder:{d}[val=0.2,seed=3]"));
+        assert_eq!(
+            Validation::Carved(0.1)
+                .spec(&name, 1.0, 1.0, 3)
+                .unwrap()
+                .to_string(),
+            format!("folder:{d}[fit=0.2,seed=3][val=0.1,seed=3]")
+        );
+        // Split folders are used as they are.
+        std::fs::create_dir_all(dir.path().join("train")).unwrap();
+        std::fs::create_dir_all(dir.path().join("test")).unwrap();
+        let (train, test) = train_test_specs(&name, 3).unwrap();
+        assert_eq!(train.to_string(), format!("folder:{d}/train"));
+        assert_eq!(test.to_string(), format!("folder:{d}/test"));
+        let own = Validation::own_split(&name, "val").unwrap();
+        assert_eq!(
+            own.spec(&name, 1.0, 1.0, 0).unwrap().to_string(),
+            format!("folder:{d}/val")
+        );
+        assert_eq!(median_rounded(&mut [31, 50, 33]), 32);
+        assert_eq!(median_rounded(&mut [1]), 4);
     }
 
     #[test]
