@@ -61,12 +61,10 @@ fn with_features(
     let (Some(model), Some(spec)) = (input.model.as_deref(), input.data.as_deref()) else {
         anyhow::bail!("--train-data needs --model NAME --data SPEC");
     };
-    let val = model_logits::load_spec(&input.data_dir, spec)?;
-    model_logits::check_labels(&input.models_dir, model, &val, spec)?;
-    let v = model_logits::run_on(&input.models_dir, model, &val, spec, true)?;
-    let train = model_logits::load_spec(&input.data_dir, train_spec)?;
-    model_logits::check_labels(&input.models_dir, model, &train, train_spec)?;
-    let t = model_logits::run_on(&input.models_dir, model, &train, train_spec, true)?;
+    let val = model_logits::open_labelled(&input.models_dir, model, &input.data_dir, spec)?;
+    let v = model_logits::run_on(&input.models_dir, model, &val.images, spec, true)?;
+    let train = model_logits::open_labelled(&input.models_dir, model, &input.data_dir, train_spec)?;
+    let t = model_logits::run_on(&input.models_dir, model, &train.images, train_spec, true)?;
     let (Some(val_f), Some(train_f)) = (v.features, t.features) else {
         anyhow::bail!("{model}: the session returned no features");
     };

@@ -9,8 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use super::model_logits::{ModelOutputs, check_labels, load_spec, run_on};
-use crate::data::ImageShape;
+use super::model_logits::{ImageSet, ModelOutputs, open_labelled, open_spec, run_on};
 use crate::repository::CalibrationFile;
 use crate::repository::ModelMetadata;
 use crate::trust::calibration::Calibrator;
@@ -94,22 +93,18 @@ pub fn run(args: EvalOodArgs) -> anyhow::Result<()> {
     // Features cost a copy per image: fetch them only when there is a detector to score them.
     let features =
         meta.output.features.is_some() && ood_file.is_some_and(|o| o.mahalanobis.is_some());
-    let id_data = load_spec(&args.data_dir, &args.id)?;
-    check_labels(&args.models_dir, &args.model, &id_data, &args.id)?;
-    let mut ood_data = load_spec(&args.data_dir, &args.ood)?;
-    // An OOD set of another shape is converted the way the server would preprocess its images
-    // (grey to RGB, bilinear resize), so that e.g. a CIFAR-10 model can be scored on MNIST.
-    let input = &meta.input;
-    let want = ImageShape {
-        channels: input.channels,
-        height: input.height,
-        width: input.width,
-    };
-    if ood_data.shape != want {
-        tracing::info!(from = ?ood_data.shape, to = ?want, "converting the OOD set to the model's input shape");
-        ood_data = ood_data.resampled(want);
-    }
-    let id = run_on(&args.models_dir, &args.model, &id_data, &args.id, features)?;
+    let id_data = open_labelled(&args.models_dir, &args.model, &args.data_dir, &args.id)?;
+    // The OOD set's classes mean nothing to the model; any image size or channel count is
+    // brought to the model's input by the server's preprocessing (e.g. MNIST digits for a
+    // CIFAR-10 model).
+    let ood_data = open_spec(&args.data_dir, &args.ood)?;
+    let id = run_on(
+        &args.models_dir,
+        &args.model,
+        &id_data.images,
+        &args.id,
+        features,
+    )?;
     let ood = run_on(
         &args.models_dir,
         &args.model,
@@ -153,9 +148,9 @@ pub fn run(args: EvalOodArgs) -> anyhow::Result<()> {
             args.model,
             report.calibration,
             args.id,
-            id_data.len(),
+            id_data.labels.len(),
             args.ood,
-            ood_data.len()
+            ood_data.count()
         )?;
     }
     Ok(())

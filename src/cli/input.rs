@@ -31,7 +31,9 @@ pub struct InputArgs {
     /// the model; with --logits, it names the model the calibrator belongs to.
     #[arg(long, env = "CALIPER_MODEL")]
     pub model: Option<String>,
-    /// Dataset split to run the model over, in the trainer's spec syntax (e.g. `mnist:test`).
+    /// Dataset to run the model over, in the spec syntax of docs/DATA.md (e.g. `mnist:test`,
+    /// `folder:DIR` with `DIR/<class>/<image>`, `manifest:FILE.csv`); image-file classes are
+    /// matched to the model's labels by name.
     #[arg(long, env = "CALIPER_DATA", requires = "model")]
     pub data: Option<String>,
     /// Folder holding one folder per model (`<name>/model.onnx`, `<name>/model.toml`).
@@ -84,9 +86,9 @@ impl InputArgs {
             }
             (None, None, Some(spec)) => {
                 let model = self.model.as_deref().unwrap_or_default();
-                let data = model_logits::load_spec(&self.data_dir, spec)?;
-                model_logits::check_labels(&self.models_dir, model, &data, spec)?;
-                let out = model_logits::run_on(&self.models_dir, model, &data, spec, false)?;
+                let data =
+                    model_logits::open_labelled(&self.models_dir, model, &self.data_dir, spec)?;
+                let out = model_logits::run_on(&self.models_dir, model, &data.images, spec, false)?;
                 Ok(Loaded {
                     logits: out.logits,
                     labels: data.labels,

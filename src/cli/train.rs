@@ -98,6 +98,7 @@ pub fn run(cli: Cli, command: &str) -> anyhow::Result<()> {
                 a.train_fraction,
                 a.imbalance_ratio,
                 a.seed,
+                <[usize; 2]>::try_from(a.input_size.as_slice()).ok(),
             )?;
             // The export fits the Mahalanobis OOD detector on the features of these two.
             let feature_splits = train::export::FeatureSplits {

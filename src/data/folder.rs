@@ -1,5 +1,8 @@
-//! Image folders: one subfolder per class (`ROOT/<class>/*.jpg|png|...`), classes in sorted
-//! name order (the CIFAR-10 archive's alphabetical order is the standard label order).
+//! Image folders of one image size decoded into memory: one subfolder per class
+//! (`ROOT/<class>/*.jpg|png|...`), classes in sorted name order (the CIFAR-10 archive's
+//! alphabetical order is the standard label order). This is how the bundled `cifar10:` splits
+//! load; user folders of any image sizes are listed by [`super::files`] and preprocessed per file
+//! for the model.
 //!
 //! Decoding 60,000 JPEGs takes a while on two cores, so images are decoded on all cores and the
 //! decoded array is cached under `<data-dir>/cache/`. The cache is keyed by the folder's
@@ -13,8 +16,6 @@ use sha2::{Digest, Sha256};
 
 use super::{DataError, Dataset, ImageShape};
 
-/// File name extensions read as images (compared case-insensitively).
-const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "webp", "gif"];
 /// First bytes of a cache file; bump the version when the layout changes.
 const CACHE_MAGIC: &[u8] = b"CALIPER-FOLDER-CACHE-1\n";
 
@@ -48,11 +49,7 @@ fn list(root: &Path) -> Result<Listing, DataError> {
         class_names.push(name.clone());
         for f in read_dir(&path)? {
             let fname = f.file_name().to_string_lossy().into_owned();
-            let is_image = Path::new(&fname)
-                .extension()
-                .map(|e| e.to_string_lossy().to_ascii_lowercase())
-                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()));
-            if !is_image || fname.starts_with('.') {
+            if !super::files::is_image_name(&fname) {
                 continue;
             }
             let meta = f.metadata().map_err(|e| DataError::io(&f.path(), e))?;

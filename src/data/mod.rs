@@ -1,4 +1,4 @@
-//! Datasets: IDX, NPZ, image folders and CIFAR-10 binaries; seeded splits, long-tailed
+//! Datasets: IDX, NPZ, image folders, image-file lists (folders, manifests) and CIFAR-10 binaries; seeded splits, long-tailed
 //! subsampling, augmentation and the dataset specs shared by the trainer and the CLI.
 //!
 //! Every reader produces the same in-memory [`Dataset`] (u8 images in NCHW order, one label per
@@ -9,16 +9,17 @@
 
 pub mod batch;
 pub mod cifar;
+pub mod files;
 pub mod folder;
 pub mod idx;
 pub mod npz;
-mod resample;
 pub mod spec;
 pub mod split;
 
 use std::path::{Path, PathBuf};
 
 pub use batch::{Augment, Batch, BatchIter, BatchOptions, Normalization};
+pub use files::ImageFiles;
 pub use spec::DatasetSpec;
 
 /// Everything that can go wrong while reading or preparing a dataset.
@@ -220,6 +221,28 @@ impl Dataset {
         &self.images[i * n..(i + 1) * n]
     }
 
+    /// Image `i` as a decoded image (grey for one channel, RGB for three; any other count: the
+    /// first channel as grey), for the model's preprocessing. Panics if `i >= len()`.
+    pub fn to_image(&self, i: usize) -> image::DynamicImage {
+        let (h, w) = (self.shape.height as u32, self.shape.width as u32);
+        let px = self.image(i);
+        let plane = self.shape.height * self.shape.width;
+        if self.shape.channels == 3 {
+            let hwc: Vec<u8> = (0..plane)
+                .flat_map(|p| [px[p], px[plane + p], px[2 * plane + p]])
+                .collect();
+            image::RgbImage::from_raw(w, h, hwc).map_or_else(
+                || image::DynamicImage::new_rgb8(w, h),
+                image::DynamicImage::ImageRgb8,
+            )
+        } else {
+            image::GrayImage::from_raw(w, h, px[..plane].to_vec()).map_or_else(
+                || image::DynamicImage::new_luma8(w, h),
+                image::DynamicImage::ImageLuma8,
+            )
+        }
+    }
+
     /// Number of images of each class.
     pub fn class_counts(&self) -> Vec<usize> {
         split::class_counts(&self.labels, self.num_classes())
@@ -310,6 +333,25 @@ mod tests {
         // ch0 values 0,1,1,1: mean 0.75, var 0.1875; ch1 values 0.2,0.2,0,0.4: mean 0.2, var 0.02
         assert!((s.mean[0] - 0.75).abs() < 1e-6 && (s.std[0] - 0.1875f32.sqrt()).abs() < 1e-6);
         assert!((s.mean[1] - 0.2).abs() < 1e-6 && (s.std[1] - 0.02f32.sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn to_image_interleaves_the_planes() {
+        let shape = ImageShape {
+            channels: 3,
+            height: 1,
+            width: 2,
+        };
+        let d = Dataset::new(
+            Path::new("x"),
+            shape,
+            vec![1, 2, 3, 4, 5, 6],
+            vec![0],
+            numbered_classes(1),
+        )
+        .unwrap();
+        assert_eq!(d.to_image(0).to_rgb8().into_raw(), vec![1, 3, 5, 2, 4, 6]);
+        assert_eq!(tiny().to_image(1).to_luma8().into_raw(), vec![255, 255]);
     }
 
     #[test]

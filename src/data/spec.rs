@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use super::cifar::{CIFAR10_CLASSES, load_cifar10_bin};
+use super::files::{ImageFiles, list_class_folder, read_manifest, split_folders};
 use super::folder::load_folder;
 use super::idx::load_idx_pair;
 use super::npz::load_npz;
@@ -112,8 +113,11 @@ pub enum DatasetSpec {
         /// Label file `[N]`.
         labels: PathBuf,
     },
-    /// `folder:PATH`: an image folder with one subfolder per class.
+    /// `folder:PATH`: an image folder with one subfolder per class (`PATH/<class>/*`), or, for
+    /// the trainer, split folders `PATH/{train,val,test}/<class>/*`.
     Folder(PathBuf),
+    /// `manifest:FILE`: a `.csv` or `.jsonl` list of `path,label` (see [`super::files`]).
+    Manifest(PathBuf),
     /// `npz:PATH:SPLIT`: a MedMNIST-style archive with `SPLIT_images` / `SPLIT_labels`.
     Npz {
         /// The archive.
@@ -219,10 +223,9 @@ impl FromStr for DatasetSpec {
             .and_then(|t| t.rsplit_once('['))
             .filter(|(_, sel)| sel.contains('='))
         {
+            // Selectors nest: `folder:D[fit=0.2,seed=0][val=0.1,seed=0]` is the trainer's
+            // validation split of a folder whose test images it carved out first.
             let base: DatasetSpec = base.parse()?;
-            if matches!(base, DatasetSpec::Selected { .. }) {
-                return Err(err("only one [...] selector"));
-            }
             let (part, split) = parse_selector(sel).map_err(|r| err(&r))?;
             return Ok(DatasetSpec::Selected {
                 base: Box::new(base),
@@ -271,6 +274,7 @@ impl FromStr for DatasetSpec {
                 }
             }
             "folder" => DatasetSpec::Folder(arg.into()),
+            "manifest" => DatasetSpec::Manifest(arg.into()),
             "npz" => {
                 let (path, split) = arg
                     .rsplit_once(':')
@@ -284,7 +288,7 @@ impl FromStr for DatasetSpec {
             _ => {
                 return Err(err(
                     "unknown kind (mnist, fashion-mnist, cifar10, cifar10-bin, pneumonia, idx, \
-                     folder, npz)",
+                     folder, manifest, npz)",
                 ));
             }
         })
@@ -304,6 +308,7 @@ impl fmt::Display for DatasetSpec {
                 write!(f, "idx:{},{}", images.display(), labels.display())
             }
             DatasetSpec::Folder(p) => write!(f, "folder:{}", p.display()),
+            DatasetSpec::Manifest(p) => write!(f, "manifest:{}", p.display()),
             DatasetSpec::Npz { path, split } => write!(f, "npz:{}:{split}", path.display()),
             DatasetSpec::Cifar10BinFiles(files) => {
                 let v: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
@@ -393,6 +398,12 @@ impl DatasetSpec {
             ),
             DatasetSpec::Idx { images, labels } => load_idx_pair(images, labels, None),
             DatasetSpec::Folder(p) => load_folder(p, Some(&cache)),
+            DatasetSpec::Manifest(p) => Err(DataError::Spec {
+                spec: format!("manifest:{}", p.display()),
+                reason: "a manifest lists image files of any size: read it with \
+                         DatasetSpec::files and preprocess each file for the model"
+                    .into(),
+            }),
             DatasetSpec::Npz { path, split } => load_npz(path, split, None),
             DatasetSpec::Cifar10BinFiles(files) => {
                 let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
@@ -406,6 +417,45 @@ impl DatasetSpec {
                     SplitPart::Fit => &fit,
                 }))
             }
+        }
+    }
+}
+
+impl DatasetSpec {
+    /// The image files of a file-based spec (`folder:`, `manifest:`, and selectors over them),
+    /// listed but not decoded; `None` for the array datasets. A folder of split folders
+    /// (`DIR/{train,val,test}`) is refused here: the tools need one split (`folder:DIR/val`).
+    pub fn files(&self) -> Option<Result<ImageFiles, DataError>> {
+        match self {
+            DatasetSpec::Folder(dir) => Some(match split_folders(dir) {
+                Some(splits) => Err(DataError::Spec {
+                    spec: self.to_string(),
+                    reason: format!(
+                        "{} holds split folders ({}): name one, e.g. folder:{}",
+                        dir.display(),
+                        splits
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        dir.join(splits.last().map_or("test", |(n, _)| *n))
+                            .display()
+                    ),
+                }),
+                None => list_class_folder(dir),
+            }),
+            DatasetSpec::Manifest(path) => Some(read_manifest(path)),
+            DatasetSpec::Selected { base, part, split } => {
+                let files = base.files()?;
+                Some(files.and_then(|f| {
+                    let (fit, val) = split.indices(&f.labels, f.class_names.len())?;
+                    Ok(f.subset(match part {
+                        SplitPart::Val => &val,
+                        SplitPart::Fit => &fit,
+                    }))
+                }))
+            }
+            _ => None,
         }
     }
 }
@@ -443,6 +493,8 @@ mod tests {
             "cifar10:train[fit=0.1,seed=3,train_fraction=0.5,imbalance_ratio=100]",
             "folder:a[b][val=0.2,seed=1]",
             "folder:a[b]",
+            "manifest:x/m.csv",
+            "folder:d[fit=0.2,seed=0][val=0.1,seed=0]",
         ] {
             let spec: DatasetSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
@@ -475,7 +527,6 @@ mod tests {
             ("mnist:train[val=0.1,train_fraction=0]", "(0, 1]"),
             ("mnist:train[val=0.1,imbalance_ratio=0.5]", ">= 1"),
             ("mnist:train[val=0.1,step=2]", "unknown selector key"),
-            ("mnist:train[val=0.1][fit=0.1]", "only one"),
             ("mnist:val[val=0.1]", "train, test"),
         ] {
             let e = s.parse::<DatasetSpec>().unwrap_err().to_string();

@@ -2,11 +2,14 @@
 //! `calib/<name>.json` with the one function that fits it (`fit_bundle`). Scanning and
 //! validation live here (the served, reloadable set of models is `infer::ModelRegistry`); the
 //! file formats are documented in `docs/FORMATS.md`.
+//! [`preprocess`] turns image bytes into a model's input as its `model.toml` says; it lives here,
+//! beside the [`InputSpec`] it follows, so that the server, the CLI tools and the trainer share it.
 
 mod bundle;
 pub mod fit_bundle;
 pub mod import;
 mod metadata;
+pub mod preprocess;
 mod scan;
 
 pub use bundle::{CalibrationFile, FitSummary, ReliabilitySummary, SCHEMA_VERSION};

@@ -140,10 +140,16 @@ pub struct TrainArgs {
     /// Model name: writes models/NAME/ and calib/NAME.json.
     #[arg(long, env = "CALIPER_OUT")]
     pub out: String,
-    /// Dataset with train and test splits (caliper::data specs): mnist, fashion-mnist, cifar10,
-    /// cifar10-bin, pneumonia.
+    /// Dataset with train and test splits (caliper::data specs, docs/DATA.md): mnist,
+    /// fashion-mnist, cifar10, cifar10-bin, pneumonia, npz:PATH, or your images:
+    /// `folder:DIR` (`DIR/<class>/*`, or `DIR/{train,val,test}/<class>/*`) or
+    /// `manifest:FILE.csv|.jsonl` (`path,label`); their classes become the model's labels.
     #[arg(long, env = "CALIPER_DATASET", default_value = "mnist")]
     pub dataset: String,
+    /// Model input size `H,W` for `folder:` and `manifest:` datasets (images are resized to it
+    /// as the server will) [default: the median image size, rounded to a multiple of 4].
+    #[arg(long, env = "CALIPER_INPUT_SIZE", value_delimiter = ',')]
+    pub input_size: Vec<usize>,
     /// Folder holding the datasets (`<dir>/mnist/...`).
     #[arg(long, env = "CALIPER_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -393,6 +399,14 @@ impl TrainArgs {
                 Validation::Carved(f)
             }
         };
+        if !self.input_size.is_empty() {
+            if super::dataset::file_dataset(&self.dataset).is_none() {
+                return bad("--input-size applies to folder: and manifest: datasets only");
+            }
+            if self.input_size.len() != 2 || self.input_size.iter().any(|&v| v == 0 || v % 4 != 0) {
+                return bad("--input-size must be H,W, each a positive multiple of 4");
+            }
+        }
         if !(self.train_fraction > 0.0 && self.train_fraction <= 1.0) {
             return bad("--train-fraction must be in (0, 1]");
         }

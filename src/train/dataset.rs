@@ -2,13 +2,32 @@
 //! test splits, the validation images (a seeded stratified split carved out of the training
 //! split, or the dataset's own validation split), the training subset, normalisation from the
 //! training images only, and the batch options of training and evaluation.
+//!
+//! Image-file datasets (`folder:DIR`, `manifest:FILE`) define their own classes (folder names or
+//! manifest labels) and are decoded at the model's input size (`--input-size H,W`, default the
+//! median training image size) by the server's preprocessing (`repository::preprocess`), so
+//! the images trained on are the images served. `DIR/{train,val,test}/<class>/*` gives the
+//! splits; a folder of classes (or a manifest) gets a seeded, stratified test carve-out of
+//! [`TEST_FRACTION`], then the validation carve-out like any dataset.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use crate::data::files::labels_by_name;
 use crate::data::spec::{SplitPart, bundled_has_split, datasets_with_split};
 use crate::data::split::TrainValSplit;
-use crate::data::{Augment, BatchOptions, DataError, Dataset, DatasetSpec, Normalization};
+use crate::data::{
+    Augment, BatchOptions, DataError, Dataset, DatasetSpec, ImageFiles, ImageShape, Normalization,
+};
+use crate::repository::ResizePolicy;
+use crate::repository::preprocess::{ImageLimits, decode, file_dimensions, resize_to_u8};
+
+/// Fraction of a single-split image folder or manifest held out (seeded, stratified) as the test
+/// split.
+pub const TEST_FRACTION: f64 = 0.2;
+
+/// The resize policy the export writes to `model.toml`: training images are resized the same way.
+const RESIZE: ResizePolicy = ResizePolicy::Stretch;
 
 /// The splits a run uses.
 #[derive(Debug, Clone)]
@@ -73,9 +92,9 @@ impl Validation {
         seed: u64,
     ) -> Result<DatasetSpec, DataError> {
         match self {
-            Validation::Split(name) => DatasetSpec::from_str(&format!("{dataset}:{name}")),
+            Validation::Split(name) => split_spec(dataset, name),
             Validation::Carved(val_fraction) => Ok(DatasetSpec::Selected {
-                base: Box::new(DatasetSpec::from_str(&format!("{dataset}:train"))?),
+                base: Box::new(train_test_specs(dataset, seed)?.0),
                 part: SplitPart::Val,
                 split: TrainValSplit {
                     val_fraction: *val_fraction,
@@ -88,6 +107,62 @@ impl Validation {
     }
 }
 
+/// The image-file spec `dataset` names (`folder:DIR`, `manifest:FILE`), if it names one.
+pub fn file_dataset(dataset: &str) -> Option<DatasetSpec> {
+    DatasetSpec::from_str(dataset)
+        .ok()
+        .filter(|s| matches!(s, DatasetSpec::Folder(_) | DatasetSpec::Manifest(_)))
+}
+
+/// The split `name` of `dataset` as a spec: `DATASET:NAME`, or `folder:DIR/NAME` for a folder of
+/// split folders.
+fn split_spec(dataset: &str, name: &str) -> Result<DatasetSpec, DataError> {
+    match file_dataset(dataset) {
+        Some(DatasetSpec::Folder(dir)) => Ok(DatasetSpec::Folder(dir.join(name))),
+        Some(_) => Err(DataError::Spec {
+            spec: dataset.into(),
+            reason: format!("a manifest has no split {name:?}: use --val-fraction"),
+        }),
+        None => DatasetSpec::from_str(&format!("{dataset}:{name}")),
+    }
+}
+
+/// The training and test images of `dataset` as specs: `NAME:train` and `NAME:test`; for a folder
+/// of split folders `folder:DIR/train` and `folder:DIR/test`; for a folder of classes (or a
+/// manifest, or split folders without `test`) the two sides of a seeded [`TEST_FRACTION`]
+/// carve-out.
+pub fn train_test_specs(dataset: &str, seed: u64) -> Result<(DatasetSpec, DatasetSpec), DataError> {
+    let carve = |base: DatasetSpec| {
+        let split = TrainValSplit {
+            val_fraction: TEST_FRACTION,
+            train_fraction: 1.0,
+            imbalance_ratio: 1.0,
+            seed,
+        };
+        let side = |part| DatasetSpec::Selected {
+            base: Box::new(base.clone()),
+            part,
+            split,
+        };
+        (side(SplitPart::Fit), side(SplitPart::Val))
+    };
+    Ok(match file_dataset(dataset) {
+        Some(DatasetSpec::Folder(dir)) if dir.join("train").is_dir() => {
+            let train = DatasetSpec::Folder(dir.join("train"));
+            if dir.join("test").is_dir() {
+                (train, DatasetSpec::Folder(dir.join("test")))
+            } else {
+                carve(train)
+            }
+        }
+        Some(spec) => carve(spec),
+        None => (
+            DatasetSpec::from_str(&format!("{dataset}:train"))?,
+            DatasetSpec::from_str(&format!("{dataset}:test"))?,
+        ),
+    })
+}
+
 /// Loads `NAME:train` and `NAME:test` (see `caliper::data::DatasetSpec`) from `data_dir`.
 pub fn load(name: &str, data_dir: &Path) -> Result<(Dataset, Dataset), DataError> {
     let train = DatasetSpec::from_str(&format!("{name}:train"))?.load(data_dir)?;
@@ -95,8 +170,9 @@ pub fn load(name: &str, data_dir: &Path) -> Result<(Dataset, Dataset), DataError
     Ok((train, test))
 }
 
-/// Loads every split of a run on dataset `name`: train and test ([`load`]), and the validation
-/// images per `validation` ([`split`] or [`with_own_validation`]).
+/// Loads every split of a run on dataset `name`: train and test ([`load`], or the image files of
+/// [`train_test_specs`] decoded at `input_size` (`[H, W]`, default the median training image
+/// size)), and the validation images per `validation` ([`split`] or [`with_own_validation`]).
 pub fn load_splits(
     name: &str,
     data_dir: &Path,
@@ -104,8 +180,28 @@ pub fn load_splits(
     train_fraction: f64,
     imbalance_ratio: f64,
     seed: u64,
+    input_size: Option<[usize; 2]>,
 ) -> Result<Splits, DataError> {
-    let (train, test) = load(name, data_dir)?;
+    let (train, test, shape) = if file_dataset(name).is_some() {
+        let (train_spec, test_spec) = train_test_specs(name, seed)?;
+        let train_files = listed(&train_spec)?;
+        let shape = input_shape(&train_files, input_size)?;
+        tracing::info!(
+            train = %train_spec, test = %test_spec, ?shape,
+            "image files decoded at the model's input size"
+        );
+        let train = decode_files(
+            &train_files,
+            &train_files.labels,
+            &train_files.class_names,
+            shape,
+        )?;
+        let test = decode_named(&listed(&test_spec)?, &train.class_names, shape, "test")?;
+        (train, test, Some(shape))
+    } else {
+        let (train, test) = load(name, data_dir)?;
+        (train, test, None)
+    };
     match validation {
         Validation::Carved(f) => split(
             name,
@@ -117,9 +213,13 @@ pub fn load_splits(
             seed,
         ),
         Validation::Split(_) => {
-            let val = validation
-                .spec(name, train_fraction, imbalance_ratio, seed)?
-                .load(data_dir)?;
+            let spec = validation.spec(name, train_fraction, imbalance_ratio, seed)?;
+            let val = match shape {
+                Some(shape) => {
+                    decode_named(&listed(&spec)?, &train.class_names, shape, "validation")?
+                }
+                None => spec.load(data_dir)?,
+            };
             with_own_validation(
                 name,
                 &train,
@@ -131,6 +231,117 @@ pub fn load_splits(
             )
         }
     }
+}
+
+/// The files of a file-based spec.
+fn listed(spec: &DatasetSpec) -> Result<ImageFiles, DataError> {
+    spec.files().unwrap_or_else(|| {
+        Err(DataError::Spec {
+            spec: spec.to_string(),
+            reason: "not an image-file dataset".into(),
+        })
+    })
+}
+
+/// The model input of an image-file dataset: grey if its first image is grey, else RGB; `size`
+/// `[H, W]`, or the median height and width of the images (from their headers), each rounded to
+/// a multiple of 4 (the architectures pool twice by 2).
+fn input_shape(files: &ImageFiles, size: Option<[usize; 2]>) -> Result<ImageShape, DataError> {
+    let first = &files.paths[0];
+    let channels = if decode_path(first)?.color().has_color() {
+        3
+    } else {
+        1
+    };
+    let [height, width] = match size {
+        Some(s) => s,
+        None => {
+            let mut hs = Vec::with_capacity(files.len());
+            let mut ws = Vec::with_capacity(files.len());
+            for p in &files.paths {
+                let (w, h) = file_dimensions(p).map_err(|e| DataError::Decode {
+                    path: p.clone(),
+                    detail: e.to_string(),
+                })?;
+                hs.push(h as usize);
+                ws.push(w as usize);
+            }
+            [median_rounded(&mut hs), median_rounded(&mut ws)]
+        }
+    };
+    Ok(ImageShape {
+        channels,
+        height,
+        width,
+    })
+}
+
+/// The median (upper one of an even count), rounded to the nearest multiple of 4, at least 4.
+fn median_rounded(v: &mut [usize]) -> usize {
+    v.sort_unstable();
+    let m = v.get(v.len() / 2).copied().unwrap_or(4);
+    ((m + 2) / 4 * 4).max(4)
+}
+
+fn decode_path(path: &Path) -> Result<image::DynamicImage, DataError> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    decode(&bytes, ImageLimits::default()).map_err(|e| DataError::Decode {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
+}
+
+/// Decodes `files` whose class names are matched to `classes` by name.
+fn decode_named(
+    files: &ImageFiles,
+    classes: &[String],
+    shape: ImageShape,
+    what: &str,
+) -> Result<Dataset, DataError> {
+    let labels = labels_by_name(files, classes, what)?;
+    decode_files(files, &labels, classes, shape)
+}
+
+/// Decodes every file (on all cores) with the server's decoder, resized to `shape` with the
+/// policy the export records.
+fn decode_files(
+    files: &ImageFiles,
+    labels: &[usize],
+    classes: &[String],
+    shape: ImageShape,
+) -> Result<Dataset, DataError> {
+    let per = shape.len();
+    let mut images = vec![0u8; files.len() * per];
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = files.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = files
+            .paths
+            .chunks(chunk)
+            .zip(images.chunks_mut(chunk * per))
+            .map(|(paths, out)| {
+                s.spawn(move || -> Result<(), DataError> {
+                    for (path, dst) in paths.iter().zip(out.chunks_exact_mut(per)) {
+                        let img = decode_path(path)?;
+                        let px =
+                            resize_to_u8(&img, shape.channels, shape.height, shape.width, RESIZE);
+                        dst.copy_from_slice(&px);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("image decoding thread panicked"))
+    })?;
+    Dataset::new(
+        &files.origin,
+        shape,
+        images,
+        labels.to_vec(),
+        classes.to_vec(),
+    )
 }
 
 /// Makes `train` long-tailed with `imbalance_ratio` (1 = unchanged), carves a seeded, stratified
@@ -288,7 +499,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let name = format!("npz:{}", archive(dir.path(), 2).display());
         let own = Validation::own_split(&name, "val").unwrap();
-        let s = load_splits(&name, dir.path(), &own, 1.0, 1.0, 0).unwrap();
+        let s = load_splits(&name, dir.path(), &own, 1.0, 1.0, 0, None).unwrap();
         assert_eq!((s.train.len(), s.val.len(), s.test.len()), (8, 3, 2));
         assert_eq!(s.val.image(0), &[200, 201, 202, 203]);
         // The validation archive numbers only its own labels; it gets the training classes.
@@ -297,11 +508,19 @@ mod tests {
         assert_eq!(s.normalization, s.train.channel_stats());
         assert!(s.normalization.mean[0] < 0.1);
         // train_fraction still subsamples training (stratified), never validation.
-        let half = load_splits(&name, dir.path(), &own, 0.5, 1.0, 0).unwrap();
+        let half = load_splits(&name, dir.path(), &own, 0.5, 1.0, 0, None).unwrap();
         assert_eq!((half.train.class_counts(), half.val.len()), (vec![2, 2], 3));
         // The carved split of the same archive holds validation images out of train instead.
-        let carved =
-            load_splits(&name, dir.path(), &Validation::Carved(0.25), 1.0, 1.0, 0).unwrap();
+        let carved = load_splits(
+            &name,
+            dir.path(),
+            &Validation::Carved(0.25),
+            1.0,
+            1.0,
+            0,
+            None,
+        )
+        .unwrap();
         assert_eq!((carved.train.len(), carved.val.len()), (6, 2));
     }
 
@@ -321,12 +540,43 @@ mod tests {
     }
 
     #[test]
+    fn image_folders_name_their_splits_as_specs() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        // A folder of classes: the test split and the validation split are seeded carve-outs.
+        let name = format!("folder:{d}");
+        let (train, test) = train_test_specs(&name, 3).unwrap();
+        assert_eq!(train.to_string(), format!("folder:{d}[fit=0.2,seed=3]"));
+        assert_eq!(test.to_string(), format!("folder:{d}[val=0.2,seed=3]"));
+        assert_eq!(
+            Validation::Carved(0.1)
+                .spec(&name, 1.0, 1.0, 3)
+                .unwrap()
+                .to_string(),
+            format!("folder:{d}[fit=0.2,seed=3][val=0.1,seed=3]")
+        );
+        // Split folders are used as they are.
+        std::fs::create_dir_all(dir.path().join("train")).unwrap();
+        std::fs::create_dir_all(dir.path().join("test")).unwrap();
+        let (train, test) = train_test_specs(&name, 3).unwrap();
+        assert_eq!(train.to_string(), format!("folder:{d}/train"));
+        assert_eq!(test.to_string(), format!("folder:{d}/test"));
+        let own = Validation::own_split(&name, "val").unwrap();
+        assert_eq!(
+            own.spec(&name, 1.0, 1.0, 0).unwrap().to_string(),
+            format!("folder:{d}/val")
+        );
+        assert_eq!(median_rounded(&mut [31, 50, 33]), 32);
+        assert_eq!(median_rounded(&mut [1]), 4);
+    }
+
+    #[test]
     fn a_missing_or_mismatched_validation_split_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let name = format!("npz:{}", archive(dir.path(), 3).display());
         let error = |split: &str| {
             let own = Validation::Split(split.into());
-            load_splits(&name, dir.path(), &own, 1.0, 1.0, 0)
+            load_splits(&name, dir.path(), &own, 1.0, 1.0, 0, None)
                 .unwrap_err()
                 .to_string()
         };
