@@ -328,7 +328,7 @@ mod tests {
             "caliper_calibration_bin_correct_total",
         ] {
             let zeros = (0..15)
-                .filter(|b| text.contains(&format!("{name}{{model=\"m\",bin=\"{b}\"}} 0\n")))
+                .filter(|b| text.contains(&format!("{name}{{bin=\"{b}\",model=\"m\"}} 0\n")))
                 .count();
             assert_eq!(zeros, 15, "{name}: {text}");
         }
