@@ -17,8 +17,9 @@ use common::process::Server;
 use common::{MODEL, data, digit};
 use serde_json::{Value, json};
 
-/// Peak RSS allowed to the fixture server in any of these tests (it idles at well under half).
-const PEAK_RSS_BOUND_KB: u64 = 768 * 1024;
+/// Peak RSS allowed to the fixture server in any of these tests (docs/RELIABILITY.md says what
+/// they reach).
+const PEAK_RSS_BOUND_KB: u64 = 384 * 1024;
 
 /// The fixture repository (models/ + calib/ of tests/data) with `flags`.
 fn server(flags: &[&str]) -> Server {
@@ -254,7 +255,8 @@ async fn idle_connections_are_capped_and_closed() {
             .unwrap();
         let mut buf = [0u8; 64];
         match s.read(&mut buf) {
-            Ok(_) => {}
+            // Closed silently, or after the fixed 503 of a refused connection.
+            Ok(n) => assert!(n == 0 || buf.starts_with(b"HTTP/1.1 503"), "{n} bytes"),
             Err(e) => assert_ne!(
                 e.kind(),
                 std::io::ErrorKind::WouldBlock,
