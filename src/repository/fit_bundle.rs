@@ -19,6 +19,9 @@ use crate::trust::calibration::{
 use crate::trust::ood::artifacts::{ArtifactError, FeatureData, fit_trust_artifacts, score_rows};
 use crate::trust::ood::fit::{OodError, constant_features};
 
+/// Most penultimate features the trainer's export fits a Mahalanobis detector on.
+pub const MAX_MAHALANOBIS_DIM: usize = 2048;
+
 /// Share of validation predictions on one class above which the model is called a constant
 /// predictor (issue 16: "one class > 95% of validation predictions").
 pub const CONSTANT_PREDICTOR_SHARE: f64 = 0.95;
@@ -265,6 +268,21 @@ pub fn fit_bundle(input: &BundleInput<'_>) -> Result<FittedBundle, FitBundleErro
 
     warnings.extend(constant_predictor(input.logits));
     let mut features = input.features;
+    // The detector inverts a D x D covariance (O(D^3)) and stores D^2 numbers: beyond a
+    // ResNet-50's 2048 features it costs minutes and gigabytes, which a trainer's export (whose
+    // `linear` net has the input itself as features) must not spend unasked.
+    if let Some(f) = features
+        && input.adapt == Adapt::ToData
+        && f.train.ncols() > MAX_MAHALANOBIS_DIM
+    {
+        warnings.push(format!(
+            "no Mahalanobis detector: the model has {} features, more than the {} the \
+             detector fits (its covariance grows with the square of the dimension)",
+            f.train.ncols(),
+            MAX_MAHALANOBIS_DIM
+        ));
+        features = None;
+    }
     if let Some(f) = features {
         let dead = constant_features(f.train);
         if !dead.is_empty() {
@@ -485,6 +503,29 @@ mod tests {
         let b = fit_bundle(&i).unwrap();
         assert!(
             !b.warnings.iter().any(|w| w.contains("flags none")),
+            "{:?}",
+            b.warnings
+        );
+    }
+
+    #[test]
+    fn the_trainer_skips_a_detector_too_wide_to_fit() {
+        let (z, y) = data(200);
+        let o = FitOptions::default();
+        let d = MAX_MAHALANOBIS_DIM + 1;
+        let val = Array2::from_shape_fn((200, d), |(i, j)| ((i * 31 + j * 7) % 13) as f64);
+        let train = val.clone();
+        let mut i = input(&z, &y, &o, Adapt::ToData);
+        i.method = Method::Ts;
+        i.features = Some(FeatureData {
+            val: val.view(),
+            train: train.view(),
+            train_labels: &y,
+        });
+        let b = fit_bundle(&i).unwrap();
+        assert!(b.file.ood.as_ref().unwrap().mahalanobis.is_none());
+        assert!(
+            b.warnings.iter().any(|w| w.contains("no Mahalanobis detector")),
             "{:?}",
             b.warnings
         );
