@@ -525,7 +525,9 @@ mod tests {
         let b = fit_bundle(&i).unwrap();
         assert!(b.file.ood.as_ref().unwrap().mahalanobis.is_none());
         assert!(
-            b.warnings.iter().any(|w| w.contains("no Mahalanobis detector")),
+            b.warnings
+                .iter()
+                .any(|w| w.contains("no Mahalanobis detector")),
             "{:?}",
             b.warnings
         );
