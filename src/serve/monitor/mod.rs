@@ -243,7 +243,10 @@ impl Monitor {
                 LabelRef::Name(n) => format!("{n:?}"),
             },
             model: t.model.clone(),
-            classes: classes.join(", "),
+            // A few names, not all of a 1000-class model's.
+            classes: crate::data::files::few(
+                &classes.iter().map(String::as_str).collect::<Vec<_>>(),
+            ),
         })?;
         Ok(FeedbackRecord {
             model: t.model,
