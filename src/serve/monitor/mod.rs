@@ -435,7 +435,7 @@ mod tests {
                 .as_ref()
                 .unwrap_err()
                 .to_string()
-                .contains("cat, dog, eel")
+                .contains(r#""cat", "dog", "eel""#)
         );
         assert!(matches!(out[3], Err(FeedbackError::UnknownModel(_))));
         let late = m.record(&[item(&good, LabelRef::Index(1))], &labels, now + 101);
