@@ -1,7 +1,8 @@
 //! The serving integration tests, one binary: the router in process (`router`, `trust`,
-//! `conformal_methods`, `mahalanobis`, `monitor_feedback`, `monitor_matches_eval`) and real
-//! `caliper serve` processes on a socket: `socket`, `folder_datasets` (your own images: calibrate,
-//! eval, train and serve from image folders), `monitor_crash`, `monitor_restart_gauges`,
+//! `conformal_methods`, `mahalanobis`, `large_labels`, `monitor_feedback`,
+//! `monitor_matches_eval`) and real `caliper serve` processes on a socket: `socket`,
+//! `folder_datasets` (your own images: calibrate, eval, train and serve from image folders),
+//! `monitor_crash`, `monitor_restart_gauges`,
 //! `prometheus_fleet`, `hostile` (limits, timeouts and faults), `own_model` (a third-party
 //! ImageNet model imported and served, against an independent Python pipeline) and
 //! `shipped_models` (every bundled model's figures and its OOD threshold through the server).
@@ -12,6 +13,7 @@ mod common;
 mod conformal_methods;
 mod folder_datasets;
 mod hostile;
+mod large_labels;
 mod mahalanobis;
 mod monitor_crash;
 mod monitor_feedback;

@@ -218,7 +218,7 @@ async fn bad_feedback_gets_a_clear_error_and_changes_nothing() {
         "{v}"
     );
     assert!(
-        v["error"].as_str().unwrap().contains("0, 1, 2"),
+        v["error"].as_str().unwrap().contains(r#""0", "1", "2""#),
         "lists the classes: {v}"
     );
     let (status, _) = feedback(&s, json!({"prediction_id": id, "label": 10})).await;

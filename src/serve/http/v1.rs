@@ -30,6 +30,8 @@ pub struct PredictQuery {
     /// Conformal score of the set: `lac`, `aps`, `aps_randomized` or `raps` (default from the
     /// calibration file); parsed here so an unknown name is a 400 naming the choices.
     conformal: Option<String>,
+    /// Whether the answer carries the full `probabilities` vector (default true).
+    probabilities: Option<bool>,
 }
 
 /// Maps a body-reading failure: a body over the limit is 413, anything else 400.
@@ -128,6 +130,7 @@ pub async fn predict(
             alpha: q.alpha,
             conformal: conformal_score,
         },
+        probabilities: q.probabilities.unwrap_or(true),
     };
     let scored = state
         .within_budget(predict_images(
@@ -139,6 +142,7 @@ pub async fn predict(
         .await?;
     let mut predictions: Vec<_> = scored.into_iter().map(|s| s.prediction).collect();
     crate::serve::infer::feedback::stamp(&state.monitor, &state.metrics, &mut predictions);
+    predictions.iter_mut().for_each(|p| p.finish(&options));
     let capacity = prediction_len_hint(&model) * predictions.len();
     if multipart {
         json_response(&PredictionList { predictions }, capacity)

@@ -67,6 +67,9 @@ struct InferResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
     outputs: Vec<OutputTensor>,
+    /// What a V2 client needs for label feedback (`POST /v1/feedback`) and the OOD verdict,
+    /// one entry per input row: see `feedback_parameters`.
+    parameters: Value,
 }
 
 /// `GET /v2`: server metadata.
@@ -130,6 +133,9 @@ pub async fn model_metadata(
             {"name": "logits", "datatype": "FP32", "shape": [-1, k]},
             {"name": "label", "datatype": "BYTES", "shape": [-1]},
             {"name": "confidence", "datatype": "FP32", "shape": [-1]},
+            {"name": "prediction_id", "datatype": "BYTES", "shape": [-1]},
+            {"name": "ood_score", "datatype": "FP32", "shape": [-1]},
+            {"name": "is_ood", "datatype": "BOOL", "shape": [-1]},
         ],
         "parameters": {
             "labels": meta.labels,
@@ -284,7 +290,46 @@ fn output(name: &str, scored: &[Scored]) -> Result<OutputTensor, ApiError> {
                 .map(|s| s.prediction.confidence as f32)
                 .collect(),
         },
+        "prediction_id" => OutputTensor {
+            name: "prediction_id",
+            datatype: "BYTES",
+            shape: vec![n],
+            data: scored
+                .iter()
+                .map(|s| s.prediction.prediction_id.clone())
+                .collect(),
+        },
+        "ood_score" => OutputTensor {
+            name: "ood_score",
+            datatype: "FP32",
+            shape: vec![n],
+            data: scored
+                .iter()
+                .map(|s| s.prediction.ood.score as f32)
+                .collect(),
+        },
+        "is_ood" => OutputTensor {
+            name: "is_ood",
+            datatype: "BOOL",
+            shape: vec![n],
+            data: scored.iter().map(|s| s.prediction.ood.is_ood).collect(),
+        },
         other => return Err(ApiError::BadRequest(format!("unknown output {other:?}"))),
+    })
+}
+
+/// The response-level `parameters` of an inference answer: the rows' signed prediction ids
+/// (what `POST /v1/feedback` takes), the OOD method, its per-row scores and verdicts, and its
+/// threshold (null without an OOD section in the calibration file). Always present, whatever
+/// the requested outputs, so that any V2 client can send label feedback.
+fn feedback_parameters(scored: &[Scored]) -> Value {
+    let first = scored.first().map(|s| &s.prediction.ood);
+    json!({
+        "prediction_ids": scored.iter().map(|s| s.prediction.prediction_id.as_str()).collect::<Vec<_>>(),
+        "ood_method": first.map(|o| o.method.as_str()),
+        "ood_threshold": first.and_then(|o| o.threshold),
+        "ood_scores": scored.iter().map(|s| s.prediction.ood.score).collect::<Vec<_>>(),
+        "is_ood": scored.iter().map(|s| s.prediction.ood.is_ood).collect::<Vec<_>>(),
     })
 }
 
@@ -336,8 +381,8 @@ pub async fn infer(
                 .await?
         }
     };
-    // V2 outputs carry no prediction id yet, but the served confidences feed the label-free
-    // monitor.
+    // Each row gets its signed prediction id (returned in `parameters` and as the
+    // `prediction_id` output) and feeds the label-free monitor.
     for s in &mut scored {
         crate::serve::infer::feedback::stamp(
             &state.monitor,
@@ -353,6 +398,7 @@ pub async fn infer(
         model_name: model.files.name.clone(),
         model_version: model.files.metadata.version.clone(),
         id: request.id,
+        parameters: feedback_parameters(&scored),
         outputs,
     })
     .into_response())

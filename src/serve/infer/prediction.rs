@@ -21,6 +21,9 @@ pub struct RequestOptions {
     pub top_k: usize,
     /// Abstention thresholds and the conformal set.
     pub trust: TrustQuery,
+    /// Whether the answer carries the full `probabilities` vector (`?probabilities=false`
+    /// drops it: a 1000-class answer is mostly that vector). See `Prediction::finish`.
+    pub probabilities: bool,
 }
 
 impl Default for RequestOptions {
@@ -28,6 +31,7 @@ impl Default for RequestOptions {
         Self {
             top_k: DEFAULT_TOP_K,
             trust: TrustQuery::default(),
+            probabilities: true,
         }
     }
 }
@@ -72,7 +76,9 @@ pub struct Prediction {
     pub class_index: usize,
     /// Calibrated probability of that class.
     pub confidence: f64,
-    /// Calibrated probabilities in class order (sum to 1).
+    /// Calibrated probabilities in class order (sum to 1); empty, and not serialised, once
+    /// `finish` dropped them for `?probabilities=false`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub probabilities: Vec<f64>,
     /// The `k` most probable classes, most probable first.
     pub top_k: Vec<TopK>,
@@ -96,6 +102,17 @@ pub struct Prediction {
     /// The conformal score `prediction_set` was built with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conformal: Option<ScoreKind>,
+}
+
+impl Prediction {
+    /// Applies what the request asked of the wire form once the prediction id is issued: the
+    /// signed id embeds the probabilities (the monitor's label feedback needs them), so they are
+    /// computed regardless and dropped only here.
+    pub fn finish(&mut self, options: &RequestOptions) {
+        if !options.probabilities {
+            self.probabilities = Vec::new();
+        }
+    }
 }
 
 /// The answer for several images: `{"predictions": [...]}` in upload order.

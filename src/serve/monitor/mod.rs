@@ -243,7 +243,10 @@ impl Monitor {
                 LabelRef::Name(n) => format!("{n:?}"),
             },
             model: t.model.clone(),
-            classes: classes.join(", "),
+            // A few names, not all of a 1000-class model's.
+            classes: crate::data::files::few(
+                &classes.iter().map(String::as_str).collect::<Vec<_>>(),
+            ),
         })?;
         Ok(FeedbackRecord {
             model: t.model,
@@ -432,7 +435,7 @@ mod tests {
                 .as_ref()
                 .unwrap_err()
                 .to_string()
-                .contains("cat, dog, eel")
+                .contains(r#""cat", "dog", "eel""#)
         );
         assert!(matches!(out[3], Err(FeedbackError::UnknownModel(_))));
         let late = m.record(&[item(&good, LabelRef::Index(1))], &labels, now + 101);
