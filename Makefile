@@ -20,7 +20,7 @@ fetch: $(ORT_LIB)
 fetch-data:
 	scripts/fetch-data.sh
 
-## fetch-test-models: a third-party ImageNet classifier, its labels and real photos (tests/own_model.rs)
+## fetch-test-models: a third-party ImageNet classifier, its labels and real photos (tests/serve/own_model.rs)
 fetch-test-models:
 	scripts/fetch-test-models.sh
 

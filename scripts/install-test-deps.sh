@@ -2,7 +2,7 @@
 # Installs what the integration tests need when it is missing:
 # - prometheus, a Debian package (the fleet-ECE test scrapes two caliper replicas with a real
 #   Prometheus server);
-# - onnxruntime, pillow and numpy for python3, from PyPI (tests/own_model.rs checks caliper
+# - onnxruntime, pillow and numpy for python3, from PyPI (tests/serve/own_model.rs checks caliper
 #   against the independent pipeline scripts/reference_predict.py).
 set -euo pipefail
 if ! python3 -c 'import onnxruntime, PIL, numpy' 2>/dev/null; then

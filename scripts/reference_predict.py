@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """An independent prediction pipeline for an imported classifier: ONNX Runtime + Pillow + numpy,
 following the preprocessing that docs/IMPORT.md documents (not caliper's code). Used by
-tests/own_model.rs to check `caliper import` + `caliper serve` end to end.
+tests/serve/own_model.rs to check `caliper import` + `caliper serve` end to end.
 
     reference_predict.py MODEL.onnx LABELS.json --input NAME --size H,W --resize-shorter S \
         --mean M,M,M --std S,S,S IMAGE...

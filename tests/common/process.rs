@@ -91,6 +91,28 @@ impl Server {
         server
     }
 
+    /// Serves a repository folder (`models/` + `calib/`) with its feedback log in `state` and a
+    /// fixed `--feedback-key`, so that a restarted process over the same `state` accepts the
+    /// first one's prediction ids (the crash and restart tests).
+    pub fn with_state_dir(repo: &Path, state: &Path, feedback_key: &str) -> Self {
+        Self::start([
+            "--models".as_ref(),
+            repo.join("models").as_os_str(),
+            "--calib".as_ref(),
+            repo.join("calib").as_os_str(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+            "--feedback-key".as_ref(),
+            OsStr::new(feedback_key),
+        ])
+    }
+
+    /// `GET /v1/models/{model}/monitor` as JSON.
+    pub async fn monitor(&self, client: &reqwest::Client, model: &str) -> serde_json::Value {
+        let url = self.url(&format!("/v1/models/{model}/monitor"));
+        client.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
     /// `http://host:port` + path.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)

@@ -12,21 +12,7 @@ use common::{MODEL, data, repo};
 use serde_json::{Value, json};
 
 fn start(repo: &std::path::Path, state: &std::path::Path) -> Server {
-    Server::start([
-        "--models".as_ref(),
-        repo.join("models").as_os_str(),
-        "--calib".as_ref(),
-        repo.join("calib").as_os_str(),
-        "--state-dir".as_ref(),
-        state.as_os_str(),
-        "--feedback-key".as_ref(),
-        "crash-test-key".as_ref(),
-    ])
-}
-
-async fn monitor(client: &reqwest::Client, s: &Server) -> Value {
-    let url = s.url(&format!("/v1/models/{MODEL}/monitor"));
-    client.get(url).send().await.unwrap().json().await.unwrap()
+    Server::with_state_dir(repo, state, "crash-test-key")
 }
 
 #[tokio::test]
@@ -60,7 +46,7 @@ async fn acknowledged_feedback_survives_kill_9_and_a_torn_tail() {
             .unwrap();
         assert_eq!(resp.status(), 200);
     }
-    let before = monitor(&client, &server).await;
+    let before = server.monitor(&client, MODEL).await;
     server.child.kill().unwrap(); // SIGKILL
     server.child.wait().unwrap();
     drop(server);
@@ -75,7 +61,7 @@ async fn acknowledged_feedback_survives_kill_9_and_a_torn_tail() {
         .unwrap();
 
     let server = start(repo.path(), state.path());
-    let after = monitor(&client, &server).await;
+    let after = server.monitor(&client, MODEL).await;
     assert_eq!(after["live"]["labelled"], 8, "{after}");
     assert_eq!(after["live"]["ece"], before["live"]["ece"]);
     assert_eq!(after["live"]["bins"], before["live"]["bins"]);

@@ -12,21 +12,7 @@ use common::{MODEL, data, repo};
 use serde_json::{Value, json};
 
 fn start(repo: &std::path::Path, state: &std::path::Path) -> Server {
-    Server::start([
-        "--models".as_ref(),
-        repo.join("models").as_os_str(),
-        "--calib".as_ref(),
-        repo.join("calib").as_os_str(),
-        "--state-dir".as_ref(),
-        state.as_os_str(),
-        "--feedback-key".as_ref(),
-        "restart-gauges-key".as_ref(),
-    ])
-}
-
-async fn monitor(client: &reqwest::Client, s: &Server) -> Value {
-    let url = s.url(&format!("/v1/models/{MODEL}/monitor"));
-    client.get(url).send().await.unwrap().json().await.unwrap()
+    Server::with_state_dir(repo, state, "restart-gauges-key")
 }
 
 async fn metrics(client: &reqwest::Client, s: &Server) -> String {
@@ -125,7 +111,7 @@ async fn gauges_are_published_from_the_rebuilt_window_after_kill_9() {
         )
         .await;
     }
-    let before = monitor(&client, &server).await;
+    let before = server.monitor(&client, MODEL).await;
     assert_eq!(before["live"]["labelled"], 10, "{before}");
     assert_gauges_match(&metrics(&client, &server).await, &before["live"]);
     server.child.kill().unwrap(); // SIGKILL
@@ -133,7 +119,7 @@ async fn gauges_are_published_from_the_rebuilt_window_after_kill_9() {
     drop(server);
 
     let server = start(repo.path(), state.path());
-    let after = monitor(&client, &server).await;
+    let after = server.monitor(&client, MODEL).await;
     assert_eq!(after["live"]["labelled"], 10, "{after}");
     assert_eq!(after["live"]["ece"], before["live"]["ece"]);
     // No label has reached this process: the gauges come from the rebuilt window alone.
@@ -160,7 +146,7 @@ async fn gauges_are_published_from_the_rebuilt_window_after_kill_9() {
         &json!({"prediction_id": p["prediction_id"], "label": 4}),
     )
     .await;
-    let live = monitor(&client, &server).await;
+    let live = server.monitor(&client, MODEL).await;
     assert_eq!(live["live"]["labelled"], 11);
     let page = metrics(&client, &server).await;
     assert_gauges_match(&page, &live["live"]);
