@@ -20,9 +20,11 @@ use crate::trust::ood::artifacts::FeatureData;
 pub struct CalibrateArgs {
     #[command(flatten)]
     pub input: super::input::InputArgs,
-    /// Calibration method.
-    #[arg(long, env = "CALIPER_METHOD", value_enum, default_value_t = Method::Ats)]
-    pub method: Method,
+    /// Calibration method. Without it: ATS, adapted to the data (fewer pieces, then plain
+    /// temperature scaling when the validation set is too small, each with a warning); with it,
+    /// the method and its options are taken as given (too little data is an error).
+    #[arg(long, env = "CALIPER_METHOD", value_enum)]
+    pub method: Option<Method>,
     /// Output file (default: calib/<model>.json, or calib/calibrator.json without --model).
     #[arg(long, env = "CALIPER_CALIB_OUT")]
     pub out: Option<PathBuf>,
@@ -140,11 +142,15 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         logits: data.logits.view(),
         labels: &data.labels,
         features: feature_data,
-        method: args.method,
+        method: args.method.unwrap_or(Method::Ats),
         options: &opts,
         bins: args.bins,
         ood_method: &args.fit.ood_method,
-        adapt: Adapt::Never,
+        adapt: if args.method.is_some() {
+            Adapt::Never
+        } else {
+            Adapt::ToData
+        },
     })?;
     fitted.file.save(&out)?;
     let (summary, fit_ms) = (&fitted.summary, fitted.fit_ms);

@@ -23,7 +23,8 @@ pub struct ImportArgs {
     /// Model repository.
     #[arg(long, env = "CALIPER_MODELS", default_value = "models")]
     pub models_dir: PathBuf,
-    /// Named preprocessing (imagenet: shorter side to 256, centre crop, ImageNet mean/std).
+    /// Named preprocessing: imagenet (shorter side to 256, centre crop, ImageNet mean/std),
+    /// inception (pixels to [-1, 1], stretched), raw255 (0..255 pixels, stretched).
     /// The flags below override its values.
     #[arg(long)]
     pub preset: Option<String>,
@@ -67,8 +68,9 @@ fn preprocessing(args: &ImportArgs) -> anyhow::Result<Preprocessing> {
         None => {
             if args.mean.is_none() || args.std.is_none() {
                 bail!(
-                    "say how the model expects its pixels: --preset imagenet, or --mean and --std \
-                     (see docs/IMPORT.md)"
+                    "say how the model expects its pixels: --preset {}, or --mean and --std \
+                     (see docs/IMPORT.md)",
+                    crate::repository::import::PRESETS.join("|")
                 );
             }
             Preprocessing {
@@ -123,15 +125,19 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         command,
     })
     .with_context(|| format!("importing {}", args.model.display()))?;
+    for note in &done.notes {
+        eprintln!("note: {note}");
+    }
     let m = &done.metadata;
     println!(
-        "imported {} as {}: input {:?} [N, {}, {}, {}], {} classes, logits {:?}{}{}",
+        "imported {} as {}: input {:?} {}, {} classes, logits {:?}{}{}",
         args.model.display(),
         done.dir.display(),
         m.input.name,
-        m.input.channels,
-        m.input.height,
-        m.input.width,
+        match m.input.image_shape() {
+            [c, h, w] if m.input.channels_last() => format!("[N, {h}, {w}, {c}] (NHWC)"),
+            [c, h, w] => format!("[N, {c}, {h}, {w}]"),
+        },
         m.labels.len(),
         m.output.logits,
         match (&m.output.features, done.features_dim) {

@@ -1,7 +1,8 @@
 //! Where `caliper calibrate` and `caliper eval` get logits and labels: a model run over a
 //! dataset split, or files: NumPy `.npy` (logits f32 or f64 `[N, K]`; labels of any integer
-//! type `[N]` or `[N, 1]`) and plain CSV (one row of K numbers per line; one integer label per
-//! line; a non-numeric first line is a header).
+//! type `[N]` or `[N, 1]`) and plain CSV (one row of K numbers per line; one label per line,
+//! an index or, when `--model` names a model, one of its class names; a first line that is
+//! neither is a header).
 //! Every failure names the file and what was wrong with it.
 
 use std::path::{Path, PathBuf};
@@ -24,7 +25,8 @@ pub struct InputArgs {
         conflicts_with = "data"
     )]
     pub logits: Option<PathBuf>,
-    /// Labels `[N]`: `.npy` of any integer type or `.csv` with one label per line.
+    /// Labels `[N]`: `.npy` of any integer type, or `.csv`/`.txt` with one label per line (an
+    /// index, or a class name of --model).
     #[arg(long, env = "CALIPER_LABELS", requires = "logits")]
     pub labels: Option<PathBuf>,
     /// Model name (a folder of --models-dir). With --data, its logits are computed by running
@@ -57,7 +59,8 @@ impl InputArgs {
         match (&self.logits, &self.labels, &self.data) {
             (Some(z), Some(y), None) => {
                 let logits = read_logits(z)?;
-                let labels = read_labels(y)?;
+                let classes = self.class_names()?;
+                let labels = read_labels(y, classes.as_deref())?;
                 if labels.len() != logits.nrows() {
                     bail!(
                         "{} has {} rows but {} has {} labels",
@@ -97,6 +100,18 @@ impl InputArgs {
             }
             _ => bail!("give either --logits FILE --labels FILE, or --model NAME --data SPEC"),
         }
+    }
+
+    /// The class names of --model, when it names a model with a `model.toml`.
+    fn class_names(&self) -> anyhow::Result<Option<Vec<String>>> {
+        let Some(dir) = self.model_dir() else {
+            return Ok(None);
+        };
+        let toml = dir.join("model.toml");
+        if !toml.is_file() {
+            return Ok(None);
+        }
+        Ok(Some(crate::repository::ModelMetadata::load(&toml)?.labels))
     }
 
     /// The model's directory when --model names one that exists.
@@ -144,20 +159,15 @@ pub fn read_logits(path: &Path) -> anyhow::Result<Array2<f64>> {
     Ok(z)
 }
 
-/// Integer class labels `[N]` from a `.npy` (any integer type, or floats holding integers) or
-/// a `.csv` file with one label per line.
-pub fn read_labels(path: &Path) -> anyhow::Result<Vec<usize>> {
+/// Class labels `[N]` from a `.npy` (any integer type, or floats holding integers) or a `.csv`
+/// or `.txt` file with one label per line: an index, or one of `classes` by name (the whole
+/// line, so names with commas need no quoting; surrounding double quotes are dropped). A first
+/// line that is neither is a header.
+pub fn read_labels(path: &Path, classes: Option<&[String]>) -> anyhow::Result<Vec<usize>> {
     let shown = path.display();
     let labels = if is_csv(path) {
-        let values: Vec<f64> = read_csv_rows(path)?
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| match r.as_slice() {
-                [v] => Ok(*v),
-                _ => bail!("{shown}: line {} must hold exactly one label", i + 1),
-            })
-            .collect::<anyhow::Result<_>>()?;
-        npz::class_labels(&values)
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {shown}"))?;
+        return label_lines(&text, classes).map_err(|e| anyhow!("{shown}: {e}"));
     } else {
         npz::read_npy_labels(&read(path)?)
     };
@@ -165,6 +175,48 @@ pub fn read_labels(path: &Path) -> anyhow::Result<Vec<usize>> {
         LabelError::NotAClass { .. } => anyhow!("{shown}: {e}"),
         _ => anyhow!("{shown}: expected a 1-D integer .npy array of labels [N] ({e})"),
     })
+}
+
+/// The labels of a one-label-per-line text; see [`read_labels`].
+fn label_lines(text: &str, classes: Option<&[String]>) -> Result<Vec<usize>, String> {
+    let position = |name: &str| classes.and_then(|c| c.iter().position(|n| n == name));
+    // A line is an index (f64, checked by `class_labels`) or a name (matched below).
+    let mut lines: Vec<Result<f64, &str>> = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let name = line
+            .strip_prefix('"')
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap_or(line);
+        match (position(name), line.parse::<f64>()) {
+            (Some(k), _) => lines.push(Ok(k as f64)),
+            (None, Ok(v)) => lines.push(Ok(v)),
+            (None, Err(_)) if lines.is_empty() => {} // a header line
+            (None, Err(_)) => lines.push(Err(name)),
+        }
+    }
+    let mut unknown: Vec<&str> = lines.iter().filter_map(|l| l.err()).collect();
+    if let Some(first) = unknown.first() {
+        let Some(classes) = classes else {
+            return Err(format!(
+                "label {first:?} is not a class index; pass --model so that names can be \
+                 matched to its labels"
+            ));
+        };
+        unknown.sort_unstable();
+        unknown.dedup();
+        return Err(format!(
+            "{} unknown class name{} {}; the model's labels are {}",
+            unknown.len(),
+            if unknown.len() == 1 { "" } else { "s" },
+            crate::data::files::few(&unknown),
+            crate::data::files::few(&classes.iter().map(String::as_str).collect::<Vec<_>>()),
+        ));
+    }
+    if lines.is_empty() {
+        return Err("no labels".into());
+    }
+    let values: Vec<f64> = lines.into_iter().flatten().collect();
+    npz::class_labels(&values).map_err(|e| e.to_string())
 }
 
 fn is_csv(path: &Path) -> bool {
@@ -231,9 +283,9 @@ mod tests {
         let z64 = write_npy(d.path(), "b.npy", &array![[1.0f64, -2.0]]);
         assert_eq!(read_logits(&z64).unwrap()[[0, 1]], -2.0);
         let y8 = write_npy(d.path(), "y8.npy", &array![1u8, 0, 2]);
-        assert_eq!(read_labels(&y8).unwrap(), vec![1, 0, 2]);
+        assert_eq!(read_labels(&y8, None).unwrap(), vec![1, 0, 2]);
         let y64 = write_npy(d.path(), "y64.npy", &array![[4i64], [5]]);
-        assert_eq!(read_labels(&y64).unwrap(), vec![4, 5]);
+        assert_eq!(read_labels(&y64, None).unwrap(), vec![4, 5]);
     }
 
     #[test]
@@ -244,7 +296,7 @@ mod tests {
         assert_eq!(read_logits(&p).unwrap().dim(), (2, 3));
         let y = d.path().join("y.csv");
         std::fs::write(&y, "2\n0\n").unwrap();
-        assert_eq!(read_labels(&y).unwrap(), vec![2, 0]);
+        assert_eq!(read_labels(&y, None).unwrap(), vec![2, 0]);
     }
 
     #[test]
@@ -253,7 +305,7 @@ mod tests {
         let msg = |r: anyhow::Result<_>| format!("{:#}", r.err().unwrap());
         assert!(msg(read_logits(&d.path().join("none.npy")).map(|_| ())).contains("cannot read"));
         let y = write_npy(d.path(), "y.npy", &array![1i32, -1]);
-        assert!(msg(read_labels(&y).map(|_| ())).contains("non-negative"));
+        assert!(msg(read_labels(&y, None).map(|_| ())).contains("non-negative"));
         let z1 = write_npy(d.path(), "z1.npy", &array![1.0f64, 2.0]);
         assert!(msg(read_logits(&z1).map(|_| ())).contains("2-D"));
         let ragged = d.path().join("r.csv");
@@ -262,5 +314,29 @@ mod tests {
         let nan = d.path().join("n.csv");
         std::fs::write(&nan, "1,NaN\n").unwrap();
         assert!(msg(read_logits(&nan).map(|_| ())).contains("finite"));
+    }
+
+    #[test]
+    fn reads_label_names_against_the_model_classes() {
+        let classes: Vec<String> = ["tabby, tabby cat", "espresso", "7"]
+            .map(String::from)
+            .to_vec();
+        let got = label_lines(
+            "label\nespresso\n\"tabby, tabby cat\"\n1\n7\n",
+            Some(&classes),
+        );
+        // "7" is a class name here, so it names class 2 rather than index 7.
+        assert_eq!(got.unwrap(), vec![1, 0, 1, 2]);
+        let e = label_lines("espresso\nmocha\nlatte\nmocha\n", Some(&classes)).unwrap_err();
+        assert!(
+            e.contains("2 unknown class names \"latte\", \"mocha\""),
+            "{e}"
+        );
+        let e = label_lines("0\nespresso\n", None).unwrap_err();
+        assert!(
+            e.contains("\"espresso\" is not a class index") && e.contains("--model"),
+            "{e}"
+        );
+        assert_eq!(label_lines("y\n3\n1\n", None).unwrap(), vec![3, 1]);
     }
 }

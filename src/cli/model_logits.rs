@@ -210,14 +210,14 @@ pub fn run_on<S: ImageSet + ?Sized>(
     let dir = models_dir.join(model);
     let meta = ModelMetadata::load(&dir.join("model.toml"))?;
     let i = &meta.input;
-    let shape = [i.channels, i.height, i.width];
     let mut session = ClassifierSession::new(
         &dir.join("model.onnx"),
         &i.name,
         &meta.output.logits,
-        shape,
+        i.image_shape(),
         2,
-    )?;
+    )?
+    .channels_last(i.channels_last())?;
     if features {
         let name = meta.output.features.as_deref().with_context(|| {
             format!("{model}/model.toml names no features output (output.features)")

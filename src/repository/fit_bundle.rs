@@ -7,8 +7,9 @@
 //! The trainer asks for [`Adapt::ToData`]: a validation split too small for the requested
 //! pieces gets fewer pieces, then plain temperature scaling, each with a warning, so that an
 //! export never fails after training for want of data ([`plan_fit`] is checked before the
-//! first epoch). `caliper calibrate` keeps [`Adapt::Never`]: a user who asked for 15 pieces
-//! gets an error, not a silently different calibrator.
+//! first epoch). `caliper calibrate` adapts the same way when no `--method` is given, and keeps
+//! [`Adapt::Never`] when one is: a user who asked for ATS with 15 pieces gets an error, not a
+//! silently different calibrator.
 
 use ndarray::ArrayView2;
 

@@ -76,6 +76,9 @@ pub struct Preprocessing {
     pub resize_shorter: Option<u32>,
 }
 
+/// The names [`Preprocessing::preset`] knows.
+pub const PRESETS: [&str; 3] = ["imagenet", "inception", "raw255"];
+
 impl Preprocessing {
     /// A named preset (docs/IMPORT.md lists them and what each sets).
     pub fn preset(name: &str) -> Result<Self, ImportError> {
@@ -87,8 +90,25 @@ impl Preprocessing {
                 resize: ResizePolicy::CenterCrop,
                 resize_shorter: Some(256),
             }),
+            // Keras/TensorFlow "tf" mode (Inception, MobileNet, EfficientNetV2 without its
+            // built-in rescaling): x / 127.5 - 1, i.e. [-1, 1]; the image stretched to the input.
+            "inception" => Ok(Self {
+                mean: vec![0.5; 3],
+                std: vec![0.5; 3],
+                resize: ResizePolicy::Stretch,
+                resize_shorter: None,
+            }),
+            // Graphs that rescale inside (Keras EfficientNet, ConvNeXt, many TF Hub exports) take
+            // raw 0..255 pixels: (x / 255 - 0) / (1 / 255) = x.
+            "raw255" => Ok(Self {
+                mean: vec![0.0; 3],
+                std: vec![1.0 / 255.0; 3],
+                resize: ResizePolicy::Stretch,
+                resize_shorter: None,
+            }),
             other => Err(ImportError::Options(format!(
-                "unknown preset {other:?} (known: imagenet)"
+                "unknown preset {other:?} (known: {})",
+                PRESETS.join(", ")
             ))),
         }
     }
@@ -142,6 +162,8 @@ pub struct Imported {
     pub features_dim: Option<usize>,
     /// Outputs added to the graph.
     pub added_outputs: Vec<String>,
+    /// Choices the import made that the user did not spell out (printed by the CLI).
+    pub notes: Vec<String>,
 }
 
 /// Reads labels: a JSON array of strings, or one label per line (trailing blank lines ignored).
@@ -196,6 +218,8 @@ pub fn read_labels(path: &Path) -> Result<Vec<String>, ImportError> {
 #[derive(Debug, Clone, PartialEq)]
 struct GraphFacts {
     input: String,
+    /// The input is `[N, H, W, C]`.
+    channels_last: bool,
     channels: usize,
     size: (Option<usize>, Option<usize>),
     outputs: Vec<String>,
@@ -287,24 +311,26 @@ fn graph_facts(model: ModelProto) -> Result<GraphFacts, ImportError> {
             shown()
         )));
     }
+    // Channels first (PyTorch) when dimension 1 holds 1 or 3; else channels last (Keras, TF).
     let is_channels = |d: Option<usize>| matches!(d, Some(1 | 3));
-    if !is_channels(dims[1]) {
-        let why = if is_channels(dims[3]) {
-            "looks channels-last (NHWC); caliper feeds NCHW: re-export with channels first \
-             (tf2onnx: --inputs-as-nchw)"
-        } else {
-            "needs 1 (grayscale) or 3 (RGB) channels in dimension 1 (NCHW)"
-        };
-        return Err(ImportError::Unservable(format!(
-            "input {:?} has shape {}: it {why}",
-            input.name,
-            shown()
-        )));
-    }
+    let channels_last = match (is_channels(dims[1]), is_channels(dims[3])) {
+        (true, _) => false,
+        (false, true) => true,
+        (false, false) => {
+            return Err(ImportError::Unservable(format!(
+                "input {:?} has shape {}: it needs 1 (grayscale) or 3 (RGB) channels in \
+                 dimension 1 (NCHW) or 3 (NHWC)",
+                input.name,
+                shown()
+            )));
+        }
+    };
+    let (c, h, w) = if channels_last { (3, 1, 2) } else { (1, 2, 3) };
     Ok(GraphFacts {
         input: input.name.clone(),
-        channels: dims[1].unwrap_or(0),
-        size: (dims[2], dims[3]),
+        channels_last,
+        channels: dims[c].unwrap_or(0),
+        size: (dims[h], dims[w]),
         outputs: graph.output.iter().map(|o| o.name.clone()).collect(),
         nodes: graph.node,
         initializers,
@@ -428,7 +454,15 @@ pub fn import(opts: &ImportOptions) -> Result<Imported, ImportError> {
         }
     };
 
-    let p = &opts.preprocessing;
+    // A channel-uniform preset (inception, raw255) fits grayscale models too.
+    let mut p = opts.preprocessing.clone();
+    for v in [&mut p.mean, &mut p.std] {
+        if v.len() > 1 && v.iter().all(|x| *x == v[0]) {
+            v.resize(facts.channels, v[0]);
+            v.truncate(facts.channels);
+        }
+    }
+    let p = &p;
     if p.mean.len() != facts.channels || p.std.len() != facts.channels {
         return Err(ImportError::Options(format!(
             "the model takes {} channel(s) but the preprocessing gives {} mean and {} std values",
@@ -438,9 +472,22 @@ pub fn import(opts: &ImportOptions) -> Result<Imported, ImportError> {
         )));
     }
 
+    let mut notes = Vec::new();
     let logits = match (&opts.logits, facts.outputs.as_slice()) {
         (Some(name), _) => name.clone(),
-        (None, [one]) => one.clone(),
+        // A final Softmax (Keras' default head) gives probabilities; serving them as logits
+        // would apply softmax twice. Its input is the logits.
+        (None, [one]) => match facts.producer(one) {
+            Some(node) if node.op_type == "Softmax" && facts.has_tensor(&node.input[0]) => {
+                notes.push(format!(
+                    "output {one:?} is a Softmax (probabilities): serving its input {:?} as the \
+                     logits (pass --logits to choose another tensor)",
+                    node.input[0]
+                ));
+                node.input[0].clone()
+            }
+            _ => one.clone(),
+        },
         (None, many) => {
             return Err(ImportError::Options(format!(
                 "the graph has {} outputs ({}); say which are the logits with --logits NAME",
@@ -495,12 +542,13 @@ pub fn import(opts: &ImportOptions) -> Result<Imported, ImportError> {
     std::fs::write(&onnx_path, &out_bytes).map_err(io(&onnx_path))?;
     let sha256 = hex::encode(Sha256::digest(&out_bytes));
 
+    let layout = if facts.channels_last { "NHWC" } else { "NCHW" };
     let features_dim = blank_run(
         &onnx_path,
         &facts.input,
         &logits,
         features.as_deref(),
-        [facts.channels, height, width],
+        ([facts.channels, height, width], facts.channels_last),
         opts.labels.len(),
     )?;
 
@@ -510,7 +558,7 @@ pub fn import(opts: &ImportOptions) -> Result<Imported, ImportError> {
         labels: opts.labels.clone(),
         input: InputSpec {
             name: facts.input.clone(),
-            layout: "NCHW".into(),
+            layout: layout.into(),
             channels: facts.channels,
             height,
             width,
@@ -542,6 +590,7 @@ pub fn import(opts: &ImportOptions) -> Result<Imported, ImportError> {
         metadata,
         features_dim,
         added_outputs: added,
+        notes,
     })
 }
 
@@ -552,11 +601,13 @@ fn blank_run(
     input: &str,
     logits: &str,
     features: Option<&str>,
-    shape: [usize; 3],
+    (shape, channels_last): ([usize; 3], bool),
     labels: usize,
 ) -> Result<Option<usize>, ImportError> {
     let run = |e: crate::runtime::RuntimeError| ImportError::Run(e.to_string());
-    let mut session = ClassifierSession::new(path, input, logits, shape, 1).map_err(run)?;
+    let mut session = ClassifierSession::new(path, input, logits, shape, 1)
+        .and_then(|s| s.channels_last(channels_last))
+        .map_err(run)?;
     if let Some(f) = features {
         session = session.with_features(f).map_err(run)?;
     }

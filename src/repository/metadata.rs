@@ -41,7 +41,8 @@ pub enum ResizePolicy {
 pub struct InputSpec {
     /// Name of the ONNX input tensor.
     pub name: String,
-    /// Always "NCHW" for now (the only layout the trainer exports).
+    /// "NCHW" (channels first: PyTorch, and what the trainer exports) or "NHWC" (channels last:
+    /// Keras and TensorFlow). Preprocessing is the same; only the tensor fed to the graph differs.
     pub layout: String,
     /// 1 (grayscale) or 3 (RGB).
     pub channels: usize,
@@ -60,6 +61,28 @@ pub struct InputSpec {
     /// (ImageNet's usual 256 for a 224 crop). Absent: just enough to cover the input size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize_shorter: Option<u32>,
+}
+
+impl InputSpec {
+    /// Whether the graph takes `[N, H, W, C]`.
+    pub fn channels_last(&self) -> bool {
+        self.layout == "NHWC"
+    }
+
+    /// The `[C, H, W]` of one preprocessed image.
+    pub fn image_shape(&self) -> [usize; 3] {
+        [self.channels, self.height, self.width]
+    }
+
+    /// One image's dimensions as the graph takes them (and V2 clients send them): `[C, H, W]`,
+    /// or `[H, W, C]` for NHWC.
+    pub fn tensor_dims(&self) -> [usize; 3] {
+        if self.channels_last() {
+            [self.height, self.width, self.channels]
+        } else {
+            self.image_shape()
+        }
+    }
 }
 
 /// Names of the ONNX outputs.
@@ -164,9 +187,9 @@ impl ModelMetadata {
         if self.labels.len() < 2 {
             return Err("a classifier needs at least 2 labels".into());
         }
-        if i.layout != "NCHW" {
+        if i.layout != "NCHW" && i.layout != "NHWC" {
             return Err(format!(
-                "input.layout {:?} is not supported (only NCHW)",
+                "input.layout {:?} is not supported (NCHW or NHWC)",
                 i.layout
             ));
         }

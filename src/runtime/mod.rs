@@ -6,4 +6,4 @@ pub mod onnx_proto;
 mod session;
 
 pub use library::{OrtLibraryError, environment, init_onnxruntime, resolve_library_path};
-pub use session::{BatchOutput, ClassifierSession, RuntimeError};
+pub use session::{BatchOutput, ClassifierSession, RuntimeError, to_channels_first};

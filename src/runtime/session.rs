@@ -1,5 +1,6 @@
 //! One ONNX Runtime session for an image classifier: built from a file with a bounded intra-op
-//! thread count, fed an `[N, C, H, W]` f32 batch, answering the `[N, K]` logits and, when
+//! thread count, fed an `[N, C, H, W]` f32 batch (transposed here to `[N, H, W, C]` for a
+//! channels-last graph, [`ClassifierSession::channels_last`]), answering the `[N, K]` logits and, when
 //! `model.toml` names one ([`ClassifierSession::with_features`]), the `[N, D]` penultimate
 //! features that the Mahalanobis OOD detector scores.
 //!
@@ -32,12 +33,13 @@ pub enum RuntimeError {
         available: String,
     },
     /// The model's declared input shape contradicts `model.toml`.
-    #[error("{path}: input {name:?} is declared {declared:?} but model.toml says [N, {c}, {h}, {w}]", c = expected[0], h = expected[1], w = expected[2])]
+    #[error("{path}: input {name:?} is declared {declared:?} but model.toml says {expected}")]
     InputShape {
         path: PathBuf,
         name: String,
         declared: Vec<i64>,
-        expected: [usize; 3],
+        /// The shape model.toml implies, e.g. `[N, 3, 224, 224]`.
+        expected: String,
     },
     /// ONNX Runtime failed during `run`.
     #[error("inference failed: {0}")]
@@ -71,6 +73,12 @@ pub struct ClassifierSession {
     features_name: Option<String>,
     /// `[C, H, W]` of one image.
     image_shape: [usize; 3],
+    /// The graph takes `[N, H, W, C]`: `run` transposes each `[C, H, W]` image into `scratch`.
+    channels_last: bool,
+    /// The graph's declared input dimensions (`<= 0`: dynamic), when it declares them.
+    declared: Option<Vec<i64>>,
+    /// Reused buffer for the channels-last transpose.
+    scratch: Vec<f32>,
     /// The batch size the graph is fixed to, when its first dimension is not dynamic.
     fixed_batch: Option<usize>,
     /// The model file, for errors.
@@ -125,16 +133,38 @@ impl ClassifierSession {
             logits_name,
             session.outputs().iter().map(|o| o.name()).collect(),
         )?;
-        let fixed_batch = check_input_shape(&session, path, input_name, image_shape)?;
-        Ok(Self {
+        let declared = declared_input(&session, input_name);
+        let mut s = Self {
             session,
-            fixed_batch,
+            fixed_batch: None,
             input_name: input_name.to_string(),
             logits_name: logits_name.to_string(),
             features_name: None,
             image_shape,
+            channels_last: false,
+            declared,
+            scratch: Vec::new(),
             path: path.to_path_buf(),
-        })
+        };
+        // A graph whose declared shape only fits channels-last is fed that way; model.toml's
+        // layout then confirms it (`channels_last`).
+        s.fixed_batch = match s.check_input_shape() {
+            Ok(b) => b,
+            Err(e) => {
+                s.channels_last = true;
+                s.check_input_shape().map_err(|_| e)?
+            }
+        };
+        Ok(s)
+    }
+
+    /// Feed the graph `[N, H, W, C]` (model.toml's `layout = "NHWC"`, what Keras and TensorFlow
+    /// export) or `[N, C, H, W]`: callers always pass `[C, H, W]` images and `run` transposes
+    /// them. Errors when the graph's declared shape contradicts that layout.
+    pub fn channels_last(mut self, yes: bool) -> Result<Self, RuntimeError> {
+        self.channels_last = yes;
+        self.fixed_batch = self.check_input_shape()?;
+        Ok(self)
     }
 
     /// Also fetch the output `name` (penultimate features, `[N, D]` or `[N, D, 1, 1]`) on every
@@ -177,8 +207,13 @@ impl ClassifierSession {
         let batch = input.len() / per;
         debug_assert_eq!(batch * per, input.len(), "caller passes whole images");
         let [c, h, w] = self.image_shape;
-        let tensor = TensorRef::from_array_view(([batch, c, h, w], input))
-            .map_err(|e| RuntimeError::Run(e.to_string()))?;
+        let tensor = if self.channels_last {
+            to_channels_last(input, self.image_shape, &mut self.scratch);
+            TensorRef::from_array_view(([batch, h, w, c], self.scratch.as_slice()))
+        } else {
+            TensorRef::from_array_view(([batch, c, h, w], input))
+        }
+        .map_err(|e| RuntimeError::Run(e.to_string()))?;
         let outputs = self
             .session
             .run(ort::inputs![self.input_name.as_str() => tensor])
@@ -214,38 +249,75 @@ impl ClassifierSession {
     }
 }
 
-/// Compares the graph's declared input shape (where it is static) with the metadata, so that a
-/// mismatch is a clear load-time error instead of a failure on every request. Returns the fixed
-/// batch size, if the first dimension is static.
-fn check_input_shape(
-    session: &Session,
-    path: &Path,
-    name: &str,
-    expected: [usize; 3],
-) -> Result<Option<usize>, RuntimeError> {
-    let Some(shape) = session
+/// The declared dimensions of input `name` (`<= 0` where dynamic), if the graph declares them.
+fn declared_input(session: &Session, name: &str) -> Option<Vec<i64>> {
+    session
         .inputs()
         .iter()
         .find(|o| o.name() == name)
         .and_then(|o| o.dtype().tensor_shape())
-    else {
-        return Ok(None);
-    };
-    let dims: Vec<i64> = shape.iter().copied().collect();
-    let static_ok = dims.len() == 4
-        && dims[1..]
-            .iter()
-            .zip(expected)
-            .all(|(&d, e)| d <= 0 || d as usize == e);
-    if !static_ok {
-        return Err(RuntimeError::InputShape {
-            path: path.to_path_buf(),
-            name: name.to_string(),
-            declared: dims,
-            expected,
-        });
+        .map(|shape| shape.iter().copied().collect())
+}
+
+impl ClassifierSession {
+    /// Compares the graph's declared input shape (where it is static) with the metadata's, in
+    /// this session's layout, so that a mismatch is a clear load-time error instead of a failure
+    /// on every request. Returns the fixed batch size, if the first dimension is static.
+    fn check_input_shape(&self) -> Result<Option<usize>, RuntimeError> {
+        let Some(dims) = &self.declared else {
+            return Ok(None);
+        };
+        let [c, h, w] = self.image_shape;
+        let (expected, shown) = if self.channels_last {
+            ([h, w, c], format!("[N, {h}, {w}, {c}] (NHWC)"))
+        } else {
+            ([c, h, w], format!("[N, {c}, {h}, {w}]"))
+        };
+        let static_ok = dims.len() == 4
+            && dims[1..]
+                .iter()
+                .zip(expected)
+                .all(|(&d, e)| d <= 0 || d as usize == e);
+        if !static_ok {
+            return Err(RuntimeError::InputShape {
+                path: self.path.clone(),
+                name: self.input_name.clone(),
+                declared: dims.clone(),
+                expected: shown,
+            });
+        }
+        Ok((dims[0] > 0).then_some(dims[0] as usize))
     }
-    Ok((dims[0] > 0).then_some(dims[0] as usize))
+}
+
+/// One `[H, W, C]` image (a channels-last client tensor) as `[C, H, W]`, the layout every
+/// preprocessed image has inside caliper.
+pub fn to_channels_first(image: &[f32], [h, w, c]: [usize; 3]) -> Vec<f32> {
+    let plane = h * w;
+    let mut out = vec![0.0; image.len()];
+    for (p, pixel) in image.chunks_exact(c).enumerate().take(plane) {
+        for (ch, &v) in pixel.iter().enumerate() {
+            out[ch * plane + p] = v;
+        }
+    }
+    out
+}
+
+/// Writes the `[C, H, W]` images of `input` as `[H, W, C]` into `out`.
+fn to_channels_last(input: &[f32], [c, h, w]: [usize; 3], out: &mut Vec<f32>) {
+    let plane = h * w;
+    out.clear();
+    out.resize(input.len(), 0.0);
+    for (src, dst) in input
+        .chunks_exact(c * plane)
+        .zip(out.chunks_exact_mut(c * plane))
+    {
+        for (ch, channel) in src.chunks_exact(plane).enumerate() {
+            for (p, &v) in channel.iter().enumerate() {
+                dst[p * c + ch] = v;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -304,5 +376,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, RuntimeError::Load { .. }));
+    }
+
+    #[test]
+    fn transposes_images_to_channels_last() {
+        // Two 2-channel 1x3 images: channel planes [a0 a1 a2][b0 b1 b2] become pixel-major.
+        let input = [1., 2., 3., 10., 20., 30., 4., 5., 6., 40., 50., 60.];
+        let mut out = Vec::new();
+        to_channels_last(&input, [2, 1, 3], &mut out);
+        assert_eq!(out, [1., 10., 2., 20., 3., 30., 4., 40., 5., 50., 6., 60.]);
+        assert_eq!(to_channels_first(&out[..6], [1, 3, 2]), input[..6]);
+    }
+
+    #[test]
+    fn checks_the_declared_shape_in_the_chosen_layout() {
+        // The fixture declares [N, 1, 28, 28]: as channels-last it would need [N, 28, 28, 1].
+        let s = ClassifierSession::new(&fixture(), "input", "logits", [1, 28, 28], 1).unwrap();
+        let e = s.channels_last(true).unwrap_err();
+        assert!(e.to_string().contains("[N, 28, 28, 1] (NHWC)"), "{e}");
     }
 }

@@ -327,3 +327,203 @@ fn import_refuses_wrong_labels_and_non_image_models_with_the_reason() {
     );
     assert!(!models.join("flat").exists());
 }
+
+/// EfficientNet-Lite0 rewrapped the way Keras and tf2onnx export classifiers: a channels-last
+/// `[N, 224, 224, 3]` input (transposed to NCHW inside the graph) and a final Softmax, so the
+/// graph answers probabilities. Same network, so the same answers are expected.
+fn keras_style_variant(dir: &Path) -> PathBuf {
+    use caliper::runtime::onnx_proto::{AttributeProto, NodeProto, attr_type};
+    let mut m = ModelProto::decode(std::fs::read(model()).unwrap().as_slice()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let nchw = g.input[0].name.clone();
+    let logits = g.output[0].name.clone();
+    let shape = g.input[0]
+        .r#type
+        .as_mut()
+        .unwrap()
+        .tensor_type
+        .as_mut()
+        .unwrap()
+        .shape
+        .as_mut()
+        .unwrap();
+    let channels = shape.dim.remove(1);
+    shape.dim.push(channels);
+    g.input[0].name = "image_hwc".into();
+    let node = |op: &str, input: &str, output: &str, attribute| NodeProto {
+        input: vec![input.into()],
+        output: vec![output.into()],
+        name: format!("keras_{op}"),
+        op_type: op.into(),
+        attribute,
+        ..Default::default()
+    };
+    let perm = AttributeProto {
+        name: "perm".into(),
+        ints: vec![0, 3, 1, 2],
+        r#type: attr_type::INTS,
+        ..Default::default()
+    };
+    g.node
+        .insert(0, node("Transpose", "image_hwc", &nchw, vec![perm]));
+    g.node
+        .push(node("Softmax", &logits, "probabilities", vec![]));
+    g.output[0].name = "probabilities".into();
+    let path = dir.join("effnet-keras.onnx");
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_channels_last_softmax_graph_is_imported_and_served_like_the_original() {
+    let root = tempfile::tempdir().unwrap();
+    import(root.path(), "effnet", &[]);
+    let keras = keras_style_variant(root.path());
+    let out = caliper([
+        "import".as_ref(),
+        keras.as_os_str(),
+        "--name".as_ref(),
+        "keras".as_ref(),
+        "--preset".as_ref(),
+        "imagenet".as_ref(),
+        "--labels".as_ref(),
+        labels().as_os_str(),
+        "--models-dir".as_ref(),
+        root.path().join("models").as_os_str(),
+    ]);
+    let said = ok_with_stderr(out);
+    assert!(said.contains("[N, 224, 224, 3] (NHWC)"), "{said}");
+    // The Softmax is noticed and its input served as the logits, with a note saying so.
+    assert!(
+        said.contains("is a Softmax (probabilities): serving its input"),
+        "{said}"
+    );
+    let meta =
+        caliper::repository::ModelMetadata::load(&root.path().join("models/keras/model.toml"))
+            .unwrap();
+    assert_eq!(meta.input.layout, "NHWC");
+    assert_ne!(meta.output.logits, "probabilities");
+
+    let calib = root.path().join("calib");
+    std::fs::create_dir_all(&calib).unwrap();
+    let server = Server::with_repository(&root.path().join("models"), &calib, &[]);
+    for photo in photos() {
+        let a = top5(&post_photo(&server, "effnet", &photo).await);
+        let b = top5(&post_photo(&server, "keras", &photo).await);
+        for ((la, pa), (lb, pb)) in a.iter().zip(&b) {
+            assert_eq!(la, lb, "{}: {a:?} vs {b:?}", photo.display());
+            // Not softmax applied twice (which would flatten them towards 1/1000).
+            assert!(
+                (pa - pb).abs() < 1e-5,
+                "{}: {a:?} vs {b:?}",
+                photo.display()
+            );
+        }
+    }
+    // V2 clients see the channels-last shape they must send.
+    let v: Value = reqwest::get(server.url("/v2/models/keras"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["inputs"][0]["shape"],
+        serde_json::json!([-1, 224, 224, 3])
+    );
+}
+
+/// stdout and stderr of a command that must succeed.
+fn ok_with_stderr(out: Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    format!("{}{err}", ok(out))
+}
+
+/// The labels a person would give the photos (astronaut.png has no ImageNet class): the
+/// EfficientNet does not agree with all of them, so the accuracy below is not trivially 1.
+const PHOTO_LABELS: [(&str, &str); 3] = [
+    ("chelsea.png", "tabby cat"),
+    ("coffee.png", "espresso"),
+    ("rocket.jpg", "missile"),
+];
+
+/// README's "Bring your own model": `caliper calibrate --model effnet --data folder:my-photos`
+/// with subfolders named after some of the model's 1000 labels, run as written (from the folder
+/// that holds `models/`), fits on the right labels: the accuracy it reports equals the one the
+/// independent pipeline gives on the same files; the server then answers calibrated.
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_calibrate_from_a_labelled_folder_uses_the_models_labels() {
+    let root = tempfile::tempdir().unwrap();
+    import(root.path(), "effnet", &["--features", "auto"]);
+    // Each photo, its mirror image and four crops: 18 real-photo images in three classes.
+    let mut files: Vec<(PathBuf, &str)> = Vec::new();
+    for (photo, label) in PHOTO_LABELS {
+        let dir = root.path().join("my-photos").join(label);
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = image::open(third_party().join("photos").join(photo)).unwrap();
+        let (w, h) = (img.width(), img.height());
+        let variants = [
+            img.clone(),
+            img.fliph(),
+            img.crop_imm(0, 0, w * 3 / 4, h * 3 / 4),
+            img.crop_imm(w / 4, 0, w * 3 / 4, h * 3 / 4),
+            img.crop_imm(0, h / 4, w * 3 / 4, h * 3 / 4),
+            img.crop_imm(w / 4, h / 4, w * 3 / 4, h * 3 / 4),
+        ];
+        for (i, v) in variants.iter().enumerate() {
+            let f = dir.join(format!("{i}-{photo}.png"));
+            v.to_rgb8().save(&f).unwrap();
+            files.push((f, label));
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_caliper"))
+        .current_dir(root.path())
+        .args([
+            "calibrate",
+            "--model",
+            "effnet",
+            "--data",
+            "folder:my-photos",
+        ])
+        .output()
+        .unwrap();
+    let said = ok_with_stderr(out);
+    let json = root.path().join("calib/effnet.json");
+    assert!(json.is_file(), "no {}: {said}", json.display());
+
+    // The independent pipeline's top-1 on the same files, against the folder names.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference_predict.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(model())
+        .arg(labels())
+        .args(files.iter().map(|f| &f.0))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let right = v["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&files)
+        .filter(|(p, f)| p["top5"][0]["label"] == f.1)
+        .count();
+    let accuracy = 100.0 * right as f64 / files.len() as f64;
+    assert!(
+        right > 0 && right < files.len(),
+        "{right} of {}",
+        files.len()
+    );
+    let want = format!("accuracy {accuracy:.2}% ->");
+    assert!(said.contains(&want), "expected {want:?} in: {said}");
+
+    let server =
+        Server::with_repository(&root.path().join("models"), &root.path().join("calib"), &[]);
+    let got = post_photo(&server, "effnet", &photos()[1]).await;
+    assert_eq!(got["calibrated"], true, "{got}");
+}

@@ -248,8 +248,9 @@ fn bad_input_gets_a_clear_error() {
             "calibrate --logits missing.npy --labels a_labels.npy",
             &["missing.npy"],
         ),
+        // Asked for ATS explicitly: too little data is an error (without --method it adapts).
         (
-            "calibrate --logits a.npy --labels a_labels.npy",
+            "calibrate --logits a.npy --labels a_labels.npy --method ats",
             &["too few", "--pieces"],
         ),
         ("eval --logits a_labels.npy --labels a_labels.npy", &["2-D"]),

@@ -133,6 +133,53 @@ fn a_label_count_that_differs_from_the_outputs_writes_nothing() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// Appends a Softmax after the logits and makes its output the graph's only output.
+fn with_softmax(g: &mut GraphProto) {
+    g.node.push(NodeProto {
+        input: vec!["logits".into()],
+        output: vec!["probs".into()],
+        op_type: "Softmax".into(),
+        ..Default::default()
+    });
+    g.output = vec![ValueInfoProto {
+        name: "probs".into(),
+        ..Default::default()
+    }];
+}
+
+#[test]
+fn a_channels_last_graph_with_a_softmax_head_is_served_from_its_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    // One channel: [N, 28, 28, 1] flattens to the same 784 values as [N, 1, 28, 28].
+    let src = write(
+        dir.path(),
+        "keras.onnx",
+        &model_with(|g| {
+            set_input(g, DT_FLOAT, &[-1, 28, 28, 1]);
+            with_softmax(g);
+        }),
+    );
+    let done = import(&opts(dir.path(), &src, 10)).unwrap();
+    let m = &done.metadata;
+    assert_eq!((m.input.layout.as_str(), m.input.channels), ("NHWC", 1));
+    assert_eq!(m.output.logits, "logits");
+    assert!(done.notes[0].contains("is a Softmax"), "{:?}", done.notes);
+    let image: Vec<f32> = (0..784).map(|i| (i % 7) as f32 / 7.0).collect();
+    let run = |path: &Path, channels_last: bool| {
+        ClassifierSession::new(path, "input", "logits", [1, 28, 28], 1)
+            .and_then(|s| s.channels_last(channels_last))
+            .unwrap()
+            .run(&image)
+            .unwrap()
+    };
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/mnist-mlp/model.onnx");
+    assert_eq!(
+        run(&done.dir.join("model.onnx"), true),
+        run(&fixture, false)
+    );
+}
+
 #[test]
 fn refuses_what_the_server_cannot_feed_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -146,27 +193,12 @@ fn refuses_what_the_server_cannot_feed_with_the_reason() {
             "is uint8; caliper feeds float32",
         ),
         (
-            model_with(|g| set_input(g, DT_FLOAT, &[-1, 28, 28, 3])),
-            "NHWC",
+            model_with(|g| set_input(g, DT_FLOAT, &[-1, 28, 28, 5])),
+            "channels in dimension 1 (NCHW) or 3 (NHWC)",
         ),
         (
             model_with(|g| set_input(g, DT_FLOAT, &[-1, 1, -1, -1])),
             "--input-size H,W",
-        ),
-        (
-            model_with(|g| {
-                g.node.push(NodeProto {
-                    input: vec!["logits".into()],
-                    output: vec!["probs".into()],
-                    op_type: "Softmax".into(),
-                    ..Default::default()
-                });
-                g.output = vec![ValueInfoProto {
-                    name: "probs".into(),
-                    ..Default::default()
-                }];
-            }),
-            "add --logits \"logits\"",
         ),
         (b"not a model".to_vec(), "not an ONNX model"),
     ];
@@ -175,6 +207,12 @@ fn refuses_what_the_server_cannot_feed_with_the_reason() {
         let e = import(&opts(dir.path(), &src, 10)).unwrap_err().to_string();
         assert!(e.contains(want), "case {i}: {e}");
     }
+    // Probabilities named as the logits: refused, naming the tensor to use instead.
+    let src = write(dir.path(), "softmax.onnx", &model_with(with_softmax));
+    let mut o = opts(dir.path(), &src, 10);
+    o.logits = Some("probs".into());
+    let e = import(&o).unwrap_err().to_string();
+    assert!(e.contains("add --logits \"logits\""), "{e}");
     // With the size given, the dynamic graph imports.
     let src = write(
         dir.path(),

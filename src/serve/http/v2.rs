@@ -119,13 +119,14 @@ pub async fn model_metadata(
     let m = state.model(&name)?;
     let meta = &m.files.metadata;
     let i = &meta.input;
+    let t = i.tensor_dims();
     let k = meta.labels.len() as i64;
     Ok(Json(json!({
         "name": m.files.name,
         "versions": [meta.version],
         "platform": "onnxruntime_onnx",
         "inputs": [
-            {"name": i.name, "datatype": "FP32", "shape": [-1, i.channels, i.height, i.width]},
+            {"name": i.name, "datatype": "FP32", "shape": [-1, t[0], t[1], t[2]]},
             {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
         ],
         "outputs": [
@@ -182,7 +183,7 @@ fn parse_input(model: &LoadedModel, input: &RequestInput) -> Result<Batch, ApiEr
     let most = model.queue_capacity();
     match (input.name.as_str(), input.datatype.as_str()) {
         (name, "FP32") if name == spec.name => {
-            let want = [spec.channels, spec.height, spec.width];
+            let want = spec.tensor_dims();
             let n = match input.shape.as_slice() {
                 [n, c, h, w] if *n >= 0 && [*c, *h, *w] == want.map(|d| d as i64) => *n as usize,
                 _ => {
@@ -212,8 +213,14 @@ fn parse_input(model: &LoadedModel, input: &RequestInput) -> Result<Batch, ApiEr
                     data.len()
                 )));
             }
+            // Inside caliper every image is [C, H, W]; a channels-last client sent [H, W, C].
             Ok(Batch::Tensors(
-                data.chunks_exact(per).map(<[f32]>::to_vec).collect(),
+                data.chunks_exact(per)
+                    .map(|img| match spec.channels_last() {
+                        true => crate::runtime::to_channels_first(img, want),
+                        false => img.to_vec(),
+                    })
+                    .collect(),
             ))
         }
         (IMAGE_INPUT, "BYTES") => {

@@ -86,16 +86,16 @@ impl LoadedModel {
         metrics: Arc<ServerMetrics>,
     ) -> Result<Self, InferError> {
         let spec = &files.metadata.input;
-        let shape = [spec.channels, spec.height, spec.width];
         let mut sessions = Vec::with_capacity(config.sessions_per_model);
         for _ in 0..config.sessions_per_model {
             let mut s = ClassifierSession::new(
                 &files.onnx_path,
                 &spec.name,
                 &files.metadata.output.logits,
-                shape,
+                spec.image_shape(),
                 config.intra_op_threads,
-            )?;
+            )?
+            .channels_last(spec.channels_last())?;
             if let Some(name) = &files.metadata.output.features {
                 s = s.with_features(name)?;
             }
