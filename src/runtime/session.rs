@@ -44,7 +44,7 @@ pub enum RuntimeError {
     /// ONNX Runtime failed during `run`.
     #[error("inference failed: {0}")]
     Run(String),
-    /// The logits output is not `[N, K]` for the batch that was fed.
+    /// The logits output is not `[N, K]` (or `[N, K, 1, 1]`) for the batch that was fed.
     #[error("unexpected logits shape {got:?} for a batch of {batch}")]
     OutputShape { got: Vec<i64>, batch: usize },
     /// The features output is not `[N, ...]` for the batch that was fed.
@@ -225,8 +225,12 @@ impl ClassifierSession {
                 .map_err(|e| RuntimeError::Run(e.to_string()))
         };
         let (dims, data) = extract(self.logits_name.as_str())?;
+        // [N, K], or [N, K, 1, 1] from graphs that end in a 1x1 convolution or a global pool
+        // (SqueezeNet, Caffe2 exports): trailing unit dimensions change nothing.
         let (logits, classes) = match dims.as_slice() {
-            [n, k] if *n as usize == batch && *k > 0 => (data.to_vec(), *k as usize),
+            [n, k, rest @ ..] if *n as usize == batch && *k > 0 && rest.iter().all(|&d| d == 1) => {
+                (data.to_vec(), *k as usize)
+            }
             _ => return Err(RuntimeError::OutputShape { got: dims, batch }),
         };
         let features = match &self.features_name {

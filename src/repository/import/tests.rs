@@ -181,6 +181,45 @@ fn a_channels_last_graph_with_a_softmax_head_is_served_from_its_logits() {
 }
 
 #[test]
+fn logits_shaped_n_k_1_1_are_served_as_n_k() {
+    use crate::runtime::onnx_proto::TensorProto;
+    // Unsqueeze [N, 10] to [N, 10, 1, 1], as graphs ending in a 1x1 convolution answer.
+    let axes: Vec<u8> = [2i64, 3].iter().flat_map(|a| a.to_le_bytes()).collect();
+    let bytes = model_with(|g| {
+        g.initializer.push(TensorProto {
+            dims: vec![2],
+            data_type: 7, // int64
+            name: "axes".into(),
+            raw_data: axes,
+        });
+        g.node.push(NodeProto {
+            input: vec!["logits".into(), "axes".into()],
+            output: vec!["logits4d".into()],
+            op_type: "Unsqueeze".into(),
+            ..Default::default()
+        });
+        g.output = vec![ValueInfoProto {
+            name: "logits4d".into(),
+            ..Default::default()
+        }];
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let src = write(dir.path(), "conv-head.onnx", &bytes);
+    let done = import(&opts(dir.path(), &src, 10)).unwrap();
+    assert_eq!(done.metadata.output.logits, "logits4d");
+    let mut s = ClassifierSession::new(
+        &done.dir.join("model.onnx"),
+        "input",
+        "logits4d",
+        [1, 28, 28],
+        1,
+    )
+    .unwrap();
+    let (logits, k) = s.run(&vec![0.3; 2 * 784]).unwrap();
+    assert_eq!((logits.len(), k), (20, 10));
+}
+
+#[test]
 fn refuses_what_the_server_cannot_feed_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let cases: Vec<(Vec<u8>, &str)> = vec![
