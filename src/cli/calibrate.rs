@@ -99,8 +99,13 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
             crate::trust::ood::artifacts::METHODS.join(", ")
         );
     }
-    if args.fit.ood_method == "mahalanobis" && args.train_data.is_none() {
-        anyhow::bail!("--ood-method mahalanobis needs --train-data SPEC");
+    if crate::trust::ood::artifacts::needs_features(&args.fit.ood_method)
+        && args.train_data.is_none()
+    {
+        anyhow::bail!(
+            "--ood-method {} needs --train-data SPEC (it is fitted on training features)",
+            args.fit.ood_method
+        );
     }
     let (data, features) = match &args.train_data {
         None => (args.input.load()?, None),

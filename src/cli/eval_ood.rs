@@ -92,7 +92,7 @@ pub fn run(args: EvalOodArgs) -> anyhow::Result<()> {
     let meta = ModelMetadata::load(&dir.join("model.toml"))?;
     // Features cost a copy per image: fetch them only when there is a detector to score them.
     let features =
-        meta.output.features.is_some() && ood_file.is_some_and(|o| o.mahalanobis.is_some());
+        meta.output.features.is_some() && ood_file.is_some_and(|o| !o.detectors.is_empty());
     let id_data = open_labelled(&args.models_dir, &args.model, &args.data_dir, &args.id)?;
     // The OOD set's classes mean nothing to the model; any image size or channel count is
     // brought to the model's input by the server's preprocessing (e.g. MNIST digits for a

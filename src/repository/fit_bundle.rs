@@ -296,7 +296,10 @@ pub fn fit_bundle(input: &BundleInput<'_>) -> Result<FittedBundle, FitBundleErro
         }
     }
     let trust = match fit_trust_artifacts(input.logits, input.labels, features, &calibrator) {
-        Ok(t) => t,
+        Ok(t) => {
+            warnings.extend(t.warnings.iter().cloned());
+            t
+        }
         Err(ArtifactError::Ood(e)) if input.adapt == Adapt::ToData && features.is_some() => {
             warnings.push(format!(
                 "no Mahalanobis detector ({e}); the other OOD scores are fitted"
@@ -369,7 +372,7 @@ fn silent_thresholds(
     let scores = score_rows(
         input.logits,
         probs.view(),
-        features.map(|f| f.val).zip(ood.mahalanobis.as_ref()),
+        features.map(|f| (f.val, &ood.detectors)),
     )
     .map_err(FitBundleError::OodMethod)?;
     Ok(ood
@@ -524,7 +527,7 @@ mod tests {
             train_labels: &y,
         });
         let b = fit_bundle(&i).unwrap();
-        assert!(b.file.ood.as_ref().unwrap().mahalanobis.is_none());
+        assert!(b.file.ood.as_ref().unwrap().detectors.mahalanobis.is_none());
         assert!(
             b.warnings
                 .iter()

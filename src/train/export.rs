@@ -138,7 +138,7 @@ pub fn preflight(cfg: &TrainConfig, splits: &FeatureSplits) -> Result<Preflight,
              mean for them",
             missing.join(", ")
         );
-        if a.fit.ood_method == "mahalanobis" {
+        if crate::trust::ood::artifacts::needs_features(&a.fit.ood_method) {
             return Err(ExportError::Preflight(format!(
                 "{why}; choose another --ood-method"
             )));

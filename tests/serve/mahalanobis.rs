@@ -95,7 +95,7 @@ async fn mahalanobis_scores_are_served_and_separate_mnist_from_fashion() {
     .unwrap();
     trust.ood = trust.ood.with_method("mahalanobis").unwrap();
     let threshold = trust.ood.thresholds["mahalanobis"].threshold;
-    let detector = trust.ood.mahalanobis.clone().unwrap();
+    let detector = trust.ood.detectors.mahalanobis.clone().unwrap();
     file.with_trust(trust).save(&path).unwrap();
     // Offline scores of the MNIST images that will be served.
     let served_id = test.subset(&(1000..1300).collect::<Vec<_>>());

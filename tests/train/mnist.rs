@@ -109,7 +109,11 @@ fn lenet_learns_mnist_and_exports_a_consistent_calibrated_model() {
     // The Mahalanobis detector is fitted on LeNet's 128 penultimate features of the training
     // split, with its threshold from the validation split.
     let ood = calib.ood.as_ref().expect("an ood section");
-    let m = ood.mahalanobis.as_ref().expect("a Mahalanobis detector");
+    let m = ood
+        .detectors
+        .mahalanobis
+        .as_ref()
+        .expect("a Mahalanobis detector");
     assert_eq!((m.dim(), m.parts().means.len()), (128, 10));
     assert!(ood.thresholds["mahalanobis"].threshold > 0.0);
     assert!(std::fs::metadata(&out.model).unwrap().len() < 5_000_000);

@@ -100,8 +100,8 @@ fn calibrate_with_train_data_reproduces_the_committed_file() {
     let (f, c) = (fresh.ood.unwrap(), committed.ood.unwrap());
     assert_eq!(f.method, "mahalanobis");
     assert_eq!(f.thresholds, c.thresholds);
-    assert_eq!(f.mahalanobis, c.mahalanobis);
-    assert_eq!(f.mahalanobis.unwrap().dim(), 128);
+    assert_eq!(f.detectors, c.detectors);
+    assert_eq!(f.detectors.mahalanobis.unwrap().dim(), 128);
 
     // A method without a threshold is refused before any model runs.
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_caliper"))

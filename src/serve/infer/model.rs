@@ -237,22 +237,21 @@ impl LoadedModel {
     }
 }
 
-/// A calibration file with a Mahalanobis detector needs features of its dimension `dim`.
+/// A calibration file with feature-based detectors needs features of their dimension `dim`.
 fn check_features(files: &ModelFiles, dim: Option<usize>) -> Result<(), InferError> {
     let detector = files
         .calibration
         .as_ref()
         .and_then(|c| c.ood.as_ref())
-        .and_then(|o| o.mahalanobis.as_ref());
+        .and_then(|o| o.detectors.dim());
     let reason = match (detector, dim) {
         (None, _) => return Ok(()),
-        (Some(_), None) => "the calibration file has a Mahalanobis detector but model.toml names \
-                            no features output (output.features)"
+        (Some(_), None) => "the calibration file has feature-based OOD detectors but model.toml \
+                            names no features output (output.features)"
             .to_string(),
-        (Some(m), Some(d)) if m.dim() != d => format!(
-            "the calibration file's Mahalanobis detector has {} features, the model's features \
-             output has {d}: refit it (caliper calibrate --train-data)",
-            m.dim()
+        (Some(m), Some(d)) if m != d => format!(
+            "the calibration file's OOD detectors have {m} features, the model's features \
+             output has {d}: refit them (caliper calibrate --train-data)"
         ),
         (Some(_), Some(_)) => return Ok(()),
     };

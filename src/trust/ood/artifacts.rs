@@ -1,7 +1,7 @@
 //! What the calibration file carries for trust decisions, fitted in one place so that the
 //! trainer's export and `caliper calibrate` write identical artifacts: one OOD threshold per
-//! score at 95% TPR of the in-distribution validation data (plus the Mahalanobis detector when
-//! features are given), split-conformal LAC, APS, randomised APS and RAPS predictors on the
+//! score at 95% TPR of the in-distribution validation data (plus the feature-based detectors,
+//! [`FeatureDetectors`], when features are given), split-conformal LAC, APS, randomised APS and RAPS predictors on the
 //! calibrated validation probabilities, and the confidence reference of the live monitor's
 //! drift test.
 //!
@@ -15,7 +15,8 @@ use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 
 use super::LogitScores;
-use super::fit::{Mahalanobis, OodError, Threshold};
+use super::detectors::{FEATURE_METHODS, FeatureDetectors, FeatureFit};
+use super::fit::{OodError, Threshold};
 use crate::trust::calibration::{CalibrationError, Calibrator, calibrate_rows};
 use crate::trust::conformal::{ConformalError, ScoreKind, SplitConformal};
 use crate::trust::metrics::ConfidenceReference;
@@ -26,12 +27,24 @@ pub const DEFAULT_TPR: f64 = 0.95;
 pub const DEFAULT_ALPHA: f64 = 0.1;
 /// Default OOD score named in the file (the server's `ood.method`).
 pub const DEFAULT_METHOD: &str = "msp";
-/// Every score name, in the order reports list them (`mahalanobis` only with features).
-pub const METHODS: [&str; 5] = ["msp", "max_logit", "energy", "entropy", "mahalanobis"];
+/// Every score name, in the order reports list them (the last four only with features).
+pub const METHODS: [&str; 8] = [
+    "msp",
+    "max_logit",
+    "energy",
+    "entropy",
+    "mahalanobis",
+    "rmds",
+    "knn",
+    "vim",
+];
+
+/// Whether score `name` needs penultimate features.
+pub fn needs_features(name: &str) -> bool {
+    FEATURE_METHODS.contains(&name)
+}
 /// Quantile levels of the stored confidence reference.
 pub const REFERENCE_LEVELS: usize = 201;
-/// Relative ridge of the Mahalanobis covariance.
-const MAHALANOBIS_RIDGE: f64 = 1e-6;
 
 /// Errors of fitting the trust artifacts. Each message already carries its cause, so the
 /// cause is not also exposed as `source()`: an error chain printed with `{:#}` (the binaries'
@@ -75,11 +88,12 @@ impl From<ConformalError> for ArtifactError {
 pub struct OodCalibration {
     /// Score the server reports as `ood.method` and decides `is_ood` with.
     pub method: String,
-    /// One threshold per score name (`msp`, `max_logit`, `energy`, `entropy`, `mahalanobis`).
+    /// One threshold per score name ([`METHODS`]).
     pub thresholds: BTreeMap<String, Threshold>,
-    /// Class means and shared precision of the training features, when the model exports them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mahalanobis: Option<Mahalanobis>,
+    /// The feature-based detectors, when the model exports features (stored as fields of this
+    /// section: `mahalanobis`, `rmds_background`, `knn`, `vim`).
+    #[serde(flatten)]
+    pub detectors: FeatureDetectors,
 }
 
 impl OodCalibration {
@@ -97,9 +111,9 @@ impl OodCalibration {
         Ok(self)
     }
 
-    /// Every score of one row: [`named_scores`] plus `mahalanobis` when this file has the
-    /// detector and the row's `features` are given. A feature vector the detector cannot score
-    /// (wrong length, non-finite) scores NaN, which [`Threshold::is_ood`] flags.
+    /// Every score of one row: [`named_scores`] plus the feature-based ones this file has
+    /// detectors for, when the row's `features` are given. A feature vector a detector cannot
+    /// score (wrong length, non-finite) scores NaN, which [`Threshold::is_ood`] flags.
     pub fn scores(
         &self,
         logits: &[f64],
@@ -107,8 +121,8 @@ impl OodCalibration {
         features: Option<&[f64]>,
     ) -> BTreeMap<String, f64> {
         let mut s = named_scores(logits, calibrated);
-        if let (Some(m), Some(f)) = (&self.mahalanobis, features) {
-            s.insert("mahalanobis".into(), m.score(f).unwrap_or(f64::NAN));
+        if let Some(f) = features {
+            self.detectors.score_into(f, logits, &mut s);
         }
         s
     }
@@ -165,8 +179,8 @@ impl ConformalCalibration {
     }
 }
 
-/// Penultimate features for the Mahalanobis detector: validation rows (to fit its threshold)
-/// and training rows with labels (to fit the class means and covariance).
+/// Penultimate features for the feature-based detectors: validation rows (to fit their
+/// thresholds, and ViM's last layer) and training rows with labels (to fit the detectors).
 #[derive(Debug, Clone, Copy)]
 pub struct FeatureData<'a> {
     /// Validation features `[N_val, D]`, in the order of the validation logits.
@@ -186,6 +200,8 @@ pub struct TrustArtifacts {
     pub conformal: ConformalCalibration,
     /// Quantiles of the calibrated validation confidence.
     pub reference: ConfidenceReference,
+    /// Feature-based detectors that were left out, and why.
+    pub warnings: Vec<String>,
 }
 
 /// Named OOD scores of one row: the logit scores, MSP replaced by its calibrated value.
@@ -201,20 +217,14 @@ pub fn named_scores(logits: &[f64], calibrated: &[f64]) -> BTreeMap<String, f64>
 }
 
 /// Every served score of every row, by name: [`named_scores`] of the logits `[N, K]` and their
-/// calibrated probabilities, plus `mahalanobis` of the features `[N, D]` when a detector is
-/// given with them.
+/// calibrated probabilities, plus the feature-based scores of the features `[N, D]` when
+/// detectors are given with them. Non-finite features are an error here (offline data).
 pub fn score_rows(
     logits: ArrayView2<'_, f64>,
     calibrated: ArrayView2<'_, f64>,
-    features: Option<(ArrayView2<'_, f64>, &Mahalanobis)>,
+    features: Option<(ArrayView2<'_, f64>, &FeatureDetectors)>,
 ) -> Result<BTreeMap<String, Vec<f64>>, OodError> {
-    let mut per_score: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for (z, p) in logits.outer_iter().zip(calibrated.outer_iter()) {
-        for (name, v) in named_scores(&z.to_vec(), &p.to_vec()) {
-            per_score.entry(name).or_default().push(v);
-        }
-    }
-    if let Some((f, m)) = features {
+    if let Some((f, _)) = features {
         if f.nrows() != logits.nrows() {
             return Err(OodError::Shape(format!(
                 "{} feature rows for {} logit rows",
@@ -222,7 +232,18 @@ pub fn score_rows(
                 logits.nrows()
             )));
         }
-        per_score.insert("mahalanobis".into(), m.score_rows(f)?);
+        super::fit::check_rows("features", f)?;
+    }
+    let mut per_score: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (i, (z, p)) in logits.outer_iter().zip(calibrated.outer_iter()).enumerate() {
+        let z = z.to_vec();
+        let mut row = named_scores(&z, &p.to_vec());
+        if let Some((f, d)) = features {
+            d.score_into(&f.row(i).to_vec(), &z, &mut row);
+        }
+        for (name, v) in row {
+            per_score.entry(name).or_default().push(v);
+        }
     }
     Ok(per_score)
 }
@@ -240,17 +261,17 @@ pub fn fit_trust_artifacts(
         .outer_iter()
         .map(|p| p.iter().copied().fold(0.0, f64::max))
         .collect();
-    let mahalanobis = features
-        .map(|f| {
-            Mahalanobis::fit_varying(f.train, f.train_labels, logits.ncols(), MAHALANOBIS_RIDGE)
-                .map(|(m, _)| m)
-        })
-        .transpose()?;
-    let per_score = score_rows(
-        logits,
-        probs.view(),
-        features.map(|f| f.val).zip(mahalanobis.as_ref()),
-    )?;
+    let (detectors, warnings) = match features {
+        Some(f) => FeatureDetectors::fit(FeatureFit {
+            train: f.train,
+            train_labels: f.train_labels,
+            val: f.val,
+            val_logits: logits,
+            classes: logits.ncols(),
+        })?,
+        None => Default::default(),
+    };
+    let per_score = score_rows(logits, probs.view(), features.map(|f| (f.val, &detectors)))?;
     let thresholds = per_score
         .iter()
         .map(|(name, v)| Ok((name.clone(), Threshold::fit(v, DEFAULT_TPR)?)))
@@ -262,10 +283,11 @@ pub fn fit_trust_artifacts(
         ood: OodCalibration {
             method: DEFAULT_METHOD.to_string(),
             thresholds,
-            mahalanobis,
+            detectors,
         },
         conformal,
         reference,
+        warnings,
     })
 }
 
@@ -355,11 +377,13 @@ mod tests {
             train_labels: &y,
         };
         let a = fit_trust_artifacts(z.view(), &y, Some(feats), &Calibrator::Identity).unwrap();
-        assert!(a.ood.mahalanobis.is_some());
+        assert!(a.ood.detectors.mahalanobis.is_some());
         assert!(a.ood.thresholds.contains_key("mahalanobis"));
         let row = [0.5, 0.2, 0.0];
         let s = a.ood.scores(&row, &[0.4, 0.3, 0.3], Some(&row));
-        assert_eq!(s.len(), 5);
+        // The 4 logit scores plus Mahalanobis, RMDS, KNN and ViM.
+        assert_eq!(s.len(), 8, "{s:?} {:?}", a.warnings);
+        assert!(a.ood.thresholds.contains_key("vim"), "{:?}", a.warnings);
         assert!(s["mahalanobis"].is_finite() && s["mahalanobis"] >= 0.0);
         // No features: no Mahalanobis score; features of the wrong width: NaN (flagged).
         assert!(

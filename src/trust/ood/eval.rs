@@ -13,7 +13,8 @@ use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 
 use super::artifacts::{ArtifactError, OodCalibration, score_rows};
-use super::fit::{Mahalanobis, OodError, OodMetrics, ood_metrics};
+use super::detectors::FeatureDetectors;
+use super::fit::{OodError, OodMetrics, ood_metrics};
 use super::{LogitScores, entropy};
 use crate::trust::calibration::{Calibrator, calibrate_rows};
 
@@ -58,10 +59,10 @@ pub struct OodEvaluation {
 fn all_scores(
     set: SetOutputs<'_>,
     calibrator: &Calibrator,
-    detector: Option<&Mahalanobis>,
+    detectors: Option<&FeatureDetectors>,
 ) -> Result<BTreeMap<String, Vec<f64>>, ArtifactError> {
     let probs = calibrate_rows(calibrator, set.logits)?;
-    let mut s = score_rows(set.logits, probs.view(), set.features.zip(detector))?;
+    let mut s = score_rows(set.logits, probs.view(), set.features.zip(detectors))?;
     let raw: Vec<LogitScores> = set
         .logits
         .outer_iter()
@@ -79,7 +80,7 @@ fn all_scores(
 fn input_of(name: &str) -> &'static str {
     match name {
         "msp" | "entropy_calibrated" => "calibrated",
-        "mahalanobis" => "features",
+        name if super::artifacts::needs_features(name) => "features",
         _ => "raw",
     }
 }
@@ -93,7 +94,8 @@ fn fraction_above(scores: &[f64], threshold: f64) -> f64 {
 }
 
 /// Evaluates every score on `id` (in-distribution) against `ood` after `calibrator`.
-/// `mahalanobis` is included when `ood_file` has a detector and both sets have features; the
+/// The feature-based scores are included when `ood_file` has detectors and both sets have
+/// features; the
 /// file's thresholds, when given, are applied to both sets.
 pub fn evaluate(
     id: SetOutputs<'_>,
@@ -109,9 +111,9 @@ pub fn evaluate(
         ))
         .into());
     }
-    let detector = ood_file.and_then(|o| o.mahalanobis.as_ref());
-    let id_s = all_scores(id, calibrator, detector)?;
-    let mut ood_s = all_scores(ood, calibrator, detector)?;
+    let detectors = ood_file.map(|o| &o.detectors);
+    let id_s = all_scores(id, calibrator, detectors)?;
+    let mut ood_s = all_scores(ood, calibrator, detectors)?;
     let mut scores = BTreeMap::new();
     for (name, a) in id_s {
         // Mahalanobis needs features on both sides.
@@ -215,7 +217,8 @@ mod tests {
             Some(&trust.ood),
         )
         .unwrap();
-        assert_eq!(e.scores.len(), 7, "{:?}", e.scores.keys());
+        // The 6 logit scores plus Mahalanobis, RMDS, KNN and ViM.
+        assert_eq!(e.scores.len(), 10, "{:?}", e.scores.keys());
         for (name, r) in &e.scores {
             let m = &r.metrics;
             for v in [m.auroc, m.fpr_at_95_tpr, m.aupr_in, m.aupr_out] {
@@ -234,8 +237,10 @@ mod tests {
         assert!(msp.ood_flagged.unwrap() > 0.9);
         assert!(e.scores["msp_raw"].threshold.is_none());
         let md = e.markdown();
-        assert_eq!(md.lines().count(), 2 + 7);
-        assert!(md.contains("| mahalanobis | features |"), "{md}");
+        assert_eq!(md.lines().count(), 2 + 10);
+        for name in ["mahalanobis", "rmds", "knn", "vim"] {
+            assert!(md.contains(&format!("| {name} | features |")), "{md}");
+        }
     }
 
     #[test]

@@ -107,7 +107,7 @@ impl From<Mahalanobis> for MahalanobisParts {
     }
 }
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+pub(super) fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
@@ -117,7 +117,7 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 /// server's profile, docs/BENCHMARKS.md) costs a fraction of it. Each row is still summed in
 /// `dot`'s order from `Sum`'s own starting value, so fitted thresholds and served scores do not
 /// move.
-fn mat_vec(m: &[Vec<f64>], v: &[f64]) -> Vec<f64> {
+pub(super) fn mat_vec(m: &[Vec<f64>], v: &[f64]) -> Vec<f64> {
     let start: f64 = std::iter::empty::<f64>().sum();
     let mut out = Vec::with_capacity(m.len());
     let mut quads = m.chunks_exact(4);
@@ -142,7 +142,7 @@ fn mat_vec(m: &[Vec<f64>], v: &[f64]) -> Vec<f64> {
 }
 
 /// Checks that every value of a `[N, D]` view is finite.
-fn check_rows(what: &'static str, x: ArrayView2<'_, f64>) -> Result<(), OodError> {
+pub(super) fn check_rows(what: &'static str, x: ArrayView2<'_, f64>) -> Result<(), OodError> {
     match x
         .outer_iter()
         .position(|r| r.iter().any(|v| !v.is_finite()))
@@ -156,7 +156,7 @@ fn check_rows(what: &'static str, x: ArrayView2<'_, f64>) -> Result<(), OodError
 /// A^-1 = L^-T L^-1. Errors when a pivot is not positive.
 // Index loops mirror the matrix formulas (Cholesky, triangular solves, outer products).
 #[allow(clippy::needless_range_loop)]
-fn spd_inverse(a: &[Vec<f64>], ridge: f64) -> Result<Vec<Vec<f64>>, OodError> {
+pub(super) fn spd_inverse(a: &[Vec<f64>], ridge: f64) -> Result<Vec<Vec<f64>>, OodError> {
     let d = a.len();
     let mut l = vec![vec![0.0; d]; d];
     for i in 0..d {

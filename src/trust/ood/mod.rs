@@ -1,13 +1,18 @@
 //! Out-of-distribution scores, every one oriented so that higher means more out-of-distribution:
 //! here the logit-based ones ([`LogitScores`], on the raw logits); [`fit`] holds the fitted ones
 //! (Mahalanobis on penultimate features, thresholds at a target TPR) and the metrics (AUROC,
-//! FPR at 95% TPR, AUPR); [`artifacts`] what the calibration file stores; [`policy`] the
-//! per-request verdict; [`eval`] the `caliper eval-ood` report. Definitions: docs/OOD.md.
+//! FPR at 95% TPR, AUPR); [`detectors`] gathers the feature-based detectors (Mahalanobis, RMDS,
+//! [`knn`], [`vim`]); [`artifacts`] what the calibration file stores; [`policy`] the per-request
+//! verdict; [`eval`] the `caliper eval-ood` report. Definitions: docs/OOD.md.
 
 pub mod artifacts;
+pub mod detectors;
 pub mod eval;
 pub mod fit;
+pub mod knn;
+mod linalg;
 pub mod policy;
+pub mod vim;
 
 use serde::Serialize;
 

@@ -168,7 +168,7 @@ mod tests {
                     threshold: 0.3,
                 },
             )]),
-            mahalanobis: None,
+            detectors: Default::default(),
         }
     }
 
