@@ -138,7 +138,7 @@ impl Browser {
             )
             .await;
         // The W3C element reference key.
-        v["element-6066-11e4-a52f-4a5cb4e8a5e6"]
+        v["element-6066-11e4-a52e-4f735466cecf"]
             .as_str()
             .unwrap()
             .to_string()
@@ -182,9 +182,10 @@ impl Browser {
 
     /// Resizes the window to show the whole page, then writes a PNG of it to `path`.
     pub async fn screenshot_page(&self, path: &Path, width: u32) {
+        // The window's height is the page's plus what the window keeps for itself.
         let height = self
             .execute(
-                "return document.documentElement.scrollHeight;",
+                "return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight;",
                 json!([]),
             )
             .await

@@ -200,7 +200,8 @@ async function maybeBootstrap(monitor) {
 function showIntervals() {
   const iv = state.intervals ? state.intervals.by : {};
   const fmt = (i) => (i ? `95% interval: ${pct(i.low)} – ${pct(i.high)}` : '');
-  setText('ece-interval', iv.ece ? fmt(iv.ece) + ` (${BOOTSTRAP} bootstrap resamples)` : '95% interval: —');
+  const n = state.intervals ? state.intervals.labelled : 0;
+  setText('ece-interval', iv.ece ? fmt(iv.ece) + ` (${BOOTSTRAP} bootstrap resamples of ${n} labels)` : '95% interval: —');
   setText('accuracy-interval', fmt(iv.accuracy));
 }
 
@@ -223,10 +224,7 @@ function showMonitor(m) {
     setText('estimate-sub', `mean calibrated confidence of ${live.served} served predictions`);
   }
   setText('window', `${live.labelled} labelled of ${m.window} kept · ${m.bins} equal-width bins`);
-  if (state.intervals && (state.intervals.labelled !== live.labelled || state.intervals.ece !== live.ece)) {
-    state.intervals = null; // stale: a new one is on its way
-  }
-  showIntervals();
+  showIntervals(); // the last one computed, which says which window it was computed on
   drawReliability($('reliability'), live.bins);
   showDrift(live.drift);
 }
@@ -283,7 +281,7 @@ function showMetrics(samples) {
   const last = series.rate.length ? series.rate[series.rate.length - 1][1] : null;
   setText('rate', last == null ? '—' : `${last.toFixed(1)}/s`);
   $('rate').dataset.points = String(series.rate.length);
-  drawSeries($('rate-chart'), [{ points: series.rate, cls: 'line rate' }], snap.t, null);
+  drawSeries($('rate-chart'), [{ points: series.rate, cls: 'line rate' }], snap.t, 1, false);
 
   const share = (x) => (snap.predictions ? pct(x / snap.predictions, 1) : '—');
   setText('ood-rate', share(snap.ood));
@@ -295,7 +293,8 @@ function showMetrics(samples) {
       { points: series.abstain, cls: 'line abstain' },
     ],
     snap.t,
-    1,
+    0.1,
+    true,
   );
 
   // Latency over the last minute of history, or since start when nothing ran in that minute.
@@ -309,11 +308,13 @@ function showMetrics(samples) {
   const [inf] = windowed('inference');
   const [queue] = windowed('queue');
   kv('latency', [
-    [`request p50 / p95 / p99 (${span}, all models)`, [0.5, 0.95, 0.99].map((q) => ms(quantile(q, req))).join(' / ')],
+    ['request p50', ms(quantile(0.5, req))],
+    ['request p95 / p99', `${ms(quantile(0.95, req))} / ${ms(quantile(0.99, req))}`],
     ['inference p95 (one batch)', ms(quantile(0.95, inf))],
     ['queue wait p95', ms(quantile(0.95, queue))],
     ['predictions since start', String(snap.predictions)],
   ]);
+  setText('latency-note', `Request latency of the predict and infer routes (all models), ${span}; inference and queue wait of this model.`);
 }
 
 // ---- Charts -----------------------------------------------------------------------------------
@@ -335,9 +336,12 @@ function drawReliability(svg, bins) {
     const [bx, bw] = [hx(b.lower) + 1, (b.upper - b.lower) * w - 2];
     const tip = `confidence ${b.lower.toFixed(2)}–${b.upper.toFixed(2)}: ${b.count} labelled, ` +
       `mean confidence ${pct(b.confidence)}, accuracy ${pct(b.accuracy)}`;
-    g.append(el('rect', { x: bx, y: hy(b.accuracy), width: bw, height: h * b.accuracy, class: 'bar' }, el('title', {}, tip)));
+    // Blue up to where accuracy and confidence agree, red for the gap between them, and a tick
+    // at the accuracy itself (the top of the red when overconfident, its bottom otherwise).
     const [top, bottom] = [Math.max(b.accuracy, b.confidence), Math.min(b.accuracy, b.confidence)];
-    g.append(el('rect', { x: bx, y: hy(top), width: bw, height: Math.max(1, h * (top - bottom)), class: 'gap' }, el('title', {}, tip)));
+    g.append(el('rect', { x: bx, y: hy(bottom), width: bw, height: h * bottom, class: 'bar' }, el('title', {}, tip)));
+    g.append(el('rect', { x: bx, y: hy(top), width: bw, height: h * (top - bottom), class: 'gap' }, el('title', {}, tip)));
+    g.append(el('line', { x1: bx, x2: bx + bw, y1: hy(b.accuracy), y2: hy(b.accuracy), class: 'acc' }));
     // Counts strip under the axis: height ~ share of the window (sqrt, so sparse bins show).
     const ch = 44 * Math.sqrt(b.count / maxCount);
     g.append(el('rect', { x: bx, y: 316 - ch, width: bw, height: ch, class: 'count' }, el('title', {}, tip)));
@@ -351,22 +355,27 @@ function drawReliability(svg, bins) {
   svg.replaceChildren(g);
 }
 
-/** Lines over the last HISTORY_MS; `max` fixes the y range (else the data's maximum). */
-function drawSeries(svg, series, now, max) {
+/** Lines over the history (30 s to HISTORY_MS of it); y from 0 to the data's maximum, at least
+ * `floor`; `fraction` labels the axis as a percentage. */
+function drawSeries(svg, series, now, floor, fraction) {
   const [w, h, pad] = [320, 80, 4];
-  const top = max || Math.max(1e-9, ...series.flatMap((s) => s.points.map((p) => p[1])));
+  const all = series.flatMap((s) => s.points);
+  const top = Math.max(floor, ...all.map((p) => p[1]));
+  const oldest = Math.min(now, ...all.map((p) => p[0]));
+  const span = Math.min(HISTORY_MS, Math.max(30000, now - oldest));
   const g = el('g');
   g.append(el('line', { x1: 0, x2: w, y1: h - pad, y2: h - pad, class: 'grid' }));
   for (const s of series) {
     const pts = s.points
-      .filter(([t]) => now - t <= HISTORY_MS)
-      .map(([t, v]) => `${(w * (1 - (now - t) / HISTORY_MS)).toFixed(1)},${(h - pad - (h - 2 * pad) * (v / top)).toFixed(1)}`);
+      .filter(([t]) => now - t <= span)
+      .map(([t, v]) => `${(w * (1 - (now - t) / span)).toFixed(1)},${(h - pad - (h - 2 * pad) * (v / top)).toFixed(1)}`);
     if (pts.length === 1) pts.push(pts[0].replace(/^[\d.]+/, (x) => String(Number(x) - 2)));
     if (pts.length) g.append(el('polyline', { points: pts.join(' '), class: s.cls }));
   }
-  g.append(el('text', { x: 2, y: 10, class: 'tick' }, max ? pct(top, 0) : top.toFixed(1) + '/s'));
+  g.append(el('text', { x: 2, y: 10, class: 'tick' }, fraction ? pct(top, 0) : top.toFixed(1) + '/s'));
   g.append(el('text', { x: w - 2, y: h - 8, class: 'tick', 'text-anchor': 'end' }, 'now'));
-  g.append(el('text', { x: 2, y: h - 8, class: 'tick' }, '−5 min'));
+  const ago = span >= 60000 ? `−${(span / 60000).toFixed(span % 60000 ? 1 : 0)} min` : `−${Math.round(span / 1000)} s`;
+  g.append(el('text', { x: 2, y: h - 8, class: 'tick' }, ago));
   svg.replaceChildren(g);
 }
 
