@@ -34,6 +34,8 @@ function el(tag, attrs = {}, ...children) {
 
 /** A fraction as a percentage; the ECE test formats it the same way (two decimals). */
 const pct = (x, digits = 2) => (x == null ? '—' : (x * 100).toFixed(digits) + '%');
+/** A probability: like pct, but never rounded to a certain 0% or 100% it is not. */
+const prob = (x) => (x > 0 && x < 1e-4 ? '<0.01%' : x < 1 && x > 0.9999 ? '>99.99%' : pct(x));
 const num = (x, digits = 4) => (x == null ? '—' : Number(x).toFixed(digits));
 const ms = (s) => (s == null ? '—' : s < 0.001 ? (s * 1e6).toFixed(0) + ' µs' : (s * 1e3).toFixed(s < 0.01 ? 2 : 1) + ' ms');
 
@@ -408,12 +410,12 @@ function showPrediction(p, file) {
   if (img.src) URL.revokeObjectURL(img.src);
   img.src = URL.createObjectURL(file);
   setText('result-label', p.label);
-  setText('result-confidence', `${pct(p.confidence)} ${p.calibrated ? 'calibrated (' + p.calibration_method + ')' : 'uncalibrated'}`);
+  setText('result-confidence', `${prob(p.confidence)} ${p.calibrated ? 'calibrated (' + p.calibration_method + ')' : 'uncalibrated'}`);
   $('topk').replaceChildren(
     ...p.top_k.map((k) => {
       const bar = el('span', { class: 'fill' });
       bar.style.width = (k.probability * 100).toFixed(1) + '%';
-      return el('div', { class: 'row' }, el('span', { class: 'k' }, k.label), el('span', { class: 'track' }, bar), el('span', { class: 'v' }, pct(k.probability)));
+      return el('div', { class: 'row' }, el('span', { class: 'k' }, k.label), el('span', { class: 'track' }, bar), el('span', { class: 'v' }, prob(k.probability)));
     }),
   );
   const o = p.ood;
