@@ -132,10 +132,7 @@ impl Browser {
     /// The WebDriver id of the first element matching `css`.
     pub async fn find(&self, css: &str) -> String {
         let v = self
-            .post(
-                "/element",
-                json!({"using": "css selector", "value": css}),
-            )
+            .post("/element", json!({"using": "css selector", "value": css}))
             .await;
         // The W3C element reference key.
         v["element-6066-11e4-a52e-4f735466cecf"]
@@ -201,7 +198,11 @@ impl Browser {
     pub async fn screenshot_element(&self, css: &str, path: &Path) {
         let id = self.find(css).await;
         let png = self
-            .cmd(reqwest::Method::GET, &format!("/element/{id}/screenshot"), None)
+            .cmd(
+                reqwest::Method::GET,
+                &format!("/element/{id}/screenshot"),
+                None,
+            )
             .await;
         write_png(path, &png);
     }

@@ -98,17 +98,22 @@ fn pct(x: f64) -> String {
 #[tokio::test]
 async fn dashboard_shows_the_live_monitor_and_predicts_an_uploaded_image() {
     let repo = mnist_repo();
-    let server = Server::with_repository(
-        &repo.path().join("models"),
-        &repo.path().join("calib"),
-        &[],
-    );
+    let server =
+        Server::with_repository(&repo.path().join("models"), &repo.path().join("calib"), &[]);
     let client = reqwest::Client::new();
     let mnist = load("mnist:test");
     let fashion = load("fashion-mnist:test");
 
     // Labelled traffic: 300 clean digits and 150 degraded ones.
-    let mut items = traffic(&client, &server, &mnist, 0..300, |i| mnist.image(i).to_vec(), "").await;
+    let mut items = traffic(
+        &client,
+        &server,
+        &mnist,
+        0..300,
+        |i| mnist.image(i).to_vec(),
+        "",
+    )
+    .await;
     items.extend(
         traffic(
             &client,
@@ -147,11 +152,17 @@ async fn dashboard_shows_the_live_monitor_and_predicts_an_uploaded_image() {
         .await;
     assert_eq!(shown, pct(ece), "the page shows the monitor's ECE");
     let raw = browser
-        .execute("return document.getElementById('ece').dataset.value;", json!([]))
+        .execute(
+            "return document.getElementById('ece').dataset.value;",
+            json!([]),
+        )
         .await;
     assert_eq!(raw.as_str().unwrap().parse::<f64>().unwrap(), ece);
     let bars = browser
-        .execute("return document.querySelectorAll('#reliability rect.bar').length;", json!([]))
+        .execute(
+            "return document.querySelectorAll('#reliability rect.bar').length;",
+            json!([]),
+        )
         .await;
     assert!(bars.as_u64().unwrap() >= 2, "reliability bars: {bars}");
 
@@ -159,7 +170,15 @@ async fn dashboard_shows_the_live_monitor_and_predicts_an_uploaded_image() {
     // asked to abstain below 99.9% confidence, so that the rate charts have something to show.
     for round in 0..4 {
         let r = round * 30;
-        traffic(&client, &server, &fashion, r..r + 10, |i| fashion.image(i).to_vec(), "").await;
+        traffic(
+            &client,
+            &server,
+            &fashion,
+            r..r + 10,
+            |i| fashion.image(i).to_vec(),
+            "",
+        )
+        .await;
         traffic(
             &client,
             &server,
@@ -170,15 +189,28 @@ async fn dashboard_shows_the_live_monitor_and_predicts_an_uploaded_image() {
         )
         .await;
         let polls = browser
-            .execute("return document.getElementById('rate').dataset.points;", json!([]))
+            .execute(
+                "return document.getElementById('rate').dataset.points;",
+                json!([]),
+            )
             .await;
-        let seen = polls.as_str().and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
+        let seen = polls
+            .as_str()
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0);
         browser
             .wait_for("another poll", 10, || async {
                 let now = browser
-                    .execute("return document.getElementById('rate').dataset.points;", json!([]))
+                    .execute(
+                        "return document.getElementById('rate').dataset.points;",
+                        json!([]),
+                    )
                     .await;
-                (now.as_str().and_then(|p| p.parse::<u32>().ok()).unwrap_or(0) > seen).then_some(())
+                (now.as_str()
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .unwrap_or(0)
+                    > seen)
+                    .then_some(())
             })
             .await;
     }
@@ -191,7 +223,10 @@ async fn dashboard_shows_the_live_monitor_and_predicts_an_uploaded_image() {
     let abstain_rate = browser.text("#abstain-rate").await;
     assert_ne!(abstain_rate, "0.0%", "abstentions were counted");
     assert_ne!(browser.text("#drift-verdict").await, "no test");
-    assert!(browser.text("#ece-interval").await.contains('%'), "bootstrap interval shown");
+    assert!(
+        browser.text("#ece-interval").await.contains('%'),
+        "bootstrap interval shown"
+    );
 
     // The upload box: a real MNIST digit as PNG, chosen through the file input.
     let dir = tempfile::tempdir().unwrap();
@@ -223,7 +258,10 @@ async fn dashboard_shows_the_live_monitor_and_predicts_an_uploaded_image() {
         .collect();
     assert_eq!(browser.text("#result-set").await, set.concat());
     let rows = browser
-        .execute("return document.querySelectorAll('#topk .row').length;", json!([]))
+        .execute(
+            "return document.querySelectorAll('#topk .row').length;",
+            json!([]),
+        )
         .await;
     assert_eq!(rows, 5);
 
@@ -269,7 +307,10 @@ async fn page_files_are_public_and_abstentions_are_counted() {
         assert!(csp.starts_with("default-src 'self'"), "{csp}");
         // Nothing is fetched from elsewhere: no absolute URL in any of the three files (the SVG
         // namespace is a name, not a fetch).
-        let text = body.as_str().unwrap().replace("http://www.w3.org/2000/svg", "");
+        let text = body
+            .as_str()
+            .unwrap()
+            .replace("http://www.w3.org/2000/svg", "");
         assert!(!text.contains("://"), "{path} names another origin");
     }
     let (status, _, headers) = send(&s, get("/")).await;

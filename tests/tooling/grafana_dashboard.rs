@@ -38,7 +38,12 @@ fn queries(d: &Value) -> Vec<String> {
         .iter()
         .filter_map(|p| p["targets"].as_array())
         .flatten()
-        .map(|t| t["expr"].as_str().expect("every target has an expr").to_string())
+        .map(|t| {
+            t["expr"]
+                .as_str()
+                .expect("every target has an expr")
+                .to_string()
+        })
         .collect()
 }
 
@@ -95,7 +100,10 @@ fn panels_are_well_formed_and_read_the_datasource_variable() {
         let title = p["title"].as_str().unwrap();
         let pos = &p["gridPos"];
         let (x, w) = (pos["x"].as_u64().unwrap(), pos["w"].as_u64().unwrap());
-        assert!(x + w <= 24 && pos["h"].as_u64().unwrap() > 0, "{title}: {pos}");
+        assert!(
+            x + w <= 24 && pos["h"].as_u64().unwrap() > 0,
+            "{title}: {pos}"
+        );
         if p["type"] == "row" {
             continue;
         }
@@ -155,9 +163,7 @@ fn every_query_is_valid_promql() {
         .iter()
         .enumerate()
         .map(|(i, q)| {
-            let expr = q
-                .replace("$__rate_interval", "1m")
-                .replace("$model", ".*");
+            let expr = q.replace("$__rate_interval", "1m").replace("$model", ".*");
             serde_json::json!({"record": format!("grafana:query:{i}"), "expr": expr})
         })
         .collect();

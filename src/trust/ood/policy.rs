@@ -170,7 +170,10 @@ mod tests {
 
     #[test]
     fn abstain_reason_names_are_the_wire_names() {
-        for r in [AbstainReason::LowConfidence, AbstainReason::OutOfDistribution] {
+        for r in [
+            AbstainReason::LowConfidence,
+            AbstainReason::OutOfDistribution,
+        ] {
             assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
         }
     }
