@@ -24,7 +24,7 @@ fetch-data:
 fetch-test-models:
 	scripts/fetch-test-models.sh
 
-## deps: Debian packages the integration tests use (a real Prometheus server)
+## deps: what the integration tests use (a real Prometheus server, headless Chromium + chromedriver)
 deps:
 	scripts/install-test-deps.sh
 

@@ -3,7 +3,9 @@
 # - prometheus, a Debian package (the fleet-ECE test scrapes two caliper replicas with a real
 #   Prometheus server);
 # - onnxruntime, pillow and numpy for python3, from PyPI (tests/serve/own_model.rs checks caliper
-#   against the independent pipeline scripts/reference_predict.py).
+#   against the independent pipeline scripts/reference_predict.py);
+# - chromium and chromium-driver, Debian packages (tests/serve/dashboard.rs drives the /ui page in
+#   a real headless browser over WebDriver).
 set -euo pipefail
 if ! python3 -c 'import onnxruntime, PIL, numpy' 2>/dev/null; then
   echo "installing onnxruntime, pillow, numpy for $(command -v python3)" >&2
@@ -11,6 +13,8 @@ if ! python3 -c 'import onnxruntime, PIL, numpy' 2>/dev/null; then
 fi
 missing=()
 command -v prometheus >/dev/null || missing+=(prometheus)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 ((${#missing[@]})) || exit 0
 if [[ $(id -u) != 0 ]]; then
   echo "error: missing ${missing[*]}; install with: sudo apt-get install -y ${missing[*]}" >&2

@@ -31,6 +31,10 @@ pub struct ServerMetrics {
     pub batch_size: HistogramVec,
     /// `caliper_predictions_total{model}`: predictions returned.
     pub predictions: IntCounterVec,
+    /// `caliper_abstained_total{model, reason}`: predictions whose request policy abstained
+    /// (`low_confidence`, `out_of_distribution`); with `caliper_predictions_total`, the
+    /// abstention rate of the dashboard and the Grafana board.
+    pub abstained: IntCounterVec,
     /// `caliper_rejected_total{reason}`: requests answered with an error, and queue entries
     /// dropped because their client left (`reason="client_gone"`).
     pub rejected: IntCounterVec,
@@ -238,6 +242,11 @@ impl ServerMetrics {
             "Predictions returned",
             &["model"],
         )?;
+        let abstained = counter(
+            "caliper_abstained_total",
+            "Predictions that abstained under the request's policy, by reason",
+            &["model", "reason"],
+        )?;
         let rejected = counter(
             "caliper_rejected_total",
             "Requests answered with an error, by error code",
@@ -263,6 +272,7 @@ impl ServerMetrics {
             inference_duration,
             batch_size,
             predictions,
+            abstained,
             rejected,
             nonfinite_logits,
             in_flight,

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod process;
+pub mod webdriver;
 
 pub use cli::caliper_json;
 

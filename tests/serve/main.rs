@@ -2,7 +2,7 @@
 //! `conformal_methods`, `mahalanobis`, `large_labels`, `monitor_feedback`,
 //! `monitor_matches_eval`) and real `caliper serve` processes on a socket: `socket`,
 //! `folder_datasets` (your own images: calibrate, eval, train and serve from image folders),
-//! `monitor_crash`, `monitor_restart_gauges`,
+//! `monitor_crash`, `monitor_restart_gauges`, `dashboard` (the `/ui` page in a headless Chromium),
 //! `prometheus_fleet`, `hostile` (limits, timeouts and faults), `own_model` (a third-party
 //! ImageNet model imported and served, against an independent Python pipeline) and
 //! `shipped_models` (every bundled model's figures and its OOD threshold through the server).
@@ -11,6 +11,7 @@
 mod common;
 
 mod conformal_methods;
+mod dashboard;
 mod folder_datasets;
 mod hostile;
 mod large_labels;

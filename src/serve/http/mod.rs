@@ -6,6 +6,7 @@ mod error;
 mod feedback;
 mod middleware;
 mod server;
+mod ui;
 mod v1;
 mod v2;
 
@@ -179,6 +180,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/health/live", get(v2::live))
         .route("/v2/health/ready", get(v2::ready))
         .route("/metrics", get(middleware::metrics))
+        // The dashboard: static files, public; the data it polls keeps its own authentication.
+        .route("/", get(ui::root))
+        .route("/ui", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/style.css", get(ui::style))
         .merge(protected)
         .merge(admin)
         .fallback(|| async { ApiError::BadRequest("no such route".into()) })

@@ -8,9 +8,16 @@ use crate::serve::prometheus::ServerMetrics;
 use super::{ModelRegistry, Prediction};
 
 /// Gives each prediction its signed `prediction_id`, records its confidence for the label-free
-/// figures (mean confidence, drift) and counts the ones flagged out-of-distribution.
+/// figures (mean confidence, drift) and counts the ones flagged out-of-distribution and the
+/// ones that abstained.
 pub fn stamp(monitor: &Monitor, metrics: &ServerMetrics, predictions: &mut [Prediction]) {
     for p in predictions {
+        if let Some(reason) = p.abstain_reason {
+            metrics
+                .abstained
+                .with_label_values(&[p.model.as_str(), reason.as_str()])
+                .inc();
+        }
         if p.ood.is_ood {
             metrics
                 .calibration

@@ -49,6 +49,16 @@ pub enum AbstainReason {
     OutOfDistribution,
 }
 
+impl AbstainReason {
+    /// The wire name (as serialised), also the `reason` label of `caliper_abstained_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbstainReason::LowConfidence => "low_confidence",
+            AbstainReason::OutOfDistribution => "out_of_distribution",
+        }
+    }
+}
+
 /// The policy's decision for one row.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrustDecision {
@@ -157,6 +167,16 @@ mod tests {
     use super::*;
     use crate::trust::conformal::{ScoreKind, SplitConformal};
     use crate::trust::ood::fit::Threshold;
+
+    #[test]
+    fn abstain_reason_names_are_the_wire_names() {
+        for r in [
+            AbstainReason::LowConfidence,
+            AbstainReason::OutOfDistribution,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+    }
 
     fn ood() -> OodCalibration {
         OodCalibration {
