@@ -5,8 +5,8 @@
 //! error, show the ECE that `/v1/models/mnist/monitor` reports, formatted the same way, draw its
 //! charts, and predict an MNIST PNG chosen in its upload box exactly as the API does.
 //!
-//! It saves the screenshots that docs/MONITORING.md shows (docs/img/dashboard.png and
-//! docs/img/dashboard-try.png). Needs the Debian packages chromium and chromium-driver
+//! With CALIPER_UPDATE_SCREENSHOTS=1 it saves the screenshots that docs/MONITORING.md shows
+//! (docs/img/dashboard.png and docs/img/dashboard-try.png). Needs the Debian packages chromium and chromium-driver
 //! (scripts/install-test-deps.sh).
 
 use crate::common;
@@ -273,7 +273,15 @@ async fn dashboard_shows_the_live_monitor_and_predicts_an_uploaded_image() {
         .collect();
     assert!(errors.is_empty(), "console errors: {errors:#?}");
 
-    let img = manifest().join("docs/img");
+    // The screenshots carry clocks and timings, so they differ on every run: they replace the
+    // committed ones only when asked (CALIPER_UPDATE_SCREENSHOTS=1), else go to a temporary
+    // folder, so that `make test` leaves the checkout clean. Taking them is tested either way.
+    let tmp = tempfile::tempdir().unwrap();
+    let img = if std::env::var_os("CALIPER_UPDATE_SCREENSHOTS").is_some() {
+        manifest().join("docs/img")
+    } else {
+        tmp.path().to_path_buf()
+    };
     browser
         .screenshot_element("#try", &img.join("dashboard-try.png"))
         .await;
