@@ -26,7 +26,8 @@ Output: <out>/<dataset>-<scenario>.json (every stream's time series and the comm
 matplotlib needed). Needs python3 with numpy and pillow (scripts/install-test-deps.sh).
 
 Example (what made docs/drift/):
-  scripts/drift-sim.py --caliper target/debug/caliper --model mnist --dataset mnist \\
+  scripts/drift-sim.py --caliper target/debug/caliper --server-arg=--auto-recalibrate \\
+      --model mnist --dataset mnist \\
       --streams 2 --requests 3000 --out docs/drift
 """
 

@@ -44,14 +44,14 @@ pub struct CalibrationFile {
     /// Where the file came from when the server fitted it from label feedback (absent for files
     /// written by `caliper calibrate` and the trainer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provenance: Option<Provenance>,
+    pub provenance: Option<FeedbackProvenance>,
 }
 
 /// How a calibration file fitted from label feedback came about (issue 22): the labels it saw,
 /// when they arrived, what it replaced, and the held-out check made before it was written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
-pub struct Provenance {
+pub struct FeedbackProvenance {
     /// Always "fitted from feedback" for now.
     pub source: String,
     /// `manual` (`POST /v2/repository/models/M/recalibrate`) or `auto` (`--auto-recalibrate`).

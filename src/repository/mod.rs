@@ -13,8 +13,8 @@ pub mod preprocess;
 mod scan;
 
 pub use bundle::{
-    CalibrationFile, FitSummary, HeldOutCheck, HeldOutFigures, Provenance, ReliabilitySummary,
-    SCHEMA_VERSION,
+    CalibrationFile, FeedbackProvenance, FitSummary, HeldOutCheck, HeldOutFigures,
+    ReliabilitySummary, SCHEMA_VERSION,
 };
 pub use fit_bundle::{Adapt, BundleInput, FitArgs, FitBundleError, FittedBundle, fit_bundle};
 pub use metadata::{

@@ -117,7 +117,11 @@ async fn feedback_refits_a_bad_calibrator_and_the_server_swaps_it_in() {
 
     // No feedback yet: refused, the calibrator stays; and the endpoint needs the admin token.
     let (status, v) = recalibrate(&client, &server, &json!({"method": "ts"})).await;
-    assert_eq!((status, v["code"].as_str()), (422, Some("cannot_recalibrate")), "{v}");
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (422, Some("cannot_recalibrate")),
+        "{v}"
+    );
     let anon = client
         .post(server.url(&format!("/v2/repository/models/{MODEL}/recalibrate")))
         .json(&json!({}))
@@ -152,7 +156,10 @@ async fn feedback_refits_a_bad_calibrator_and_the_server_swaps_it_in() {
         ts["nll"].as_f64().unwrap() < ts["incumbent_nll"].as_f64().unwrap(),
         "the TS shadow beats T = 3 prequentially: {ts}"
     );
-    assert!(ts["ece"].as_f64().unwrap() < ts["incumbent_ece"].as_f64().unwrap(), "{ts}");
+    assert!(
+        ts["ece"].as_f64().unwrap() < ts["incumbent_ece"].as_f64().unwrap(),
+        "{ts}"
+    );
     assert_eq!(report["shadow"]["window_labels"], N);
     assert_eq!(report["shadow"]["unusable_for_refit"], 0);
     let metrics = client
@@ -167,7 +174,9 @@ async fn feedback_refits_a_bad_calibrator_and_the_server_swaps_it_in() {
         metrics.contains(r#"caliper_shadow_labels{model="mnist",shadow="ts"} 500"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"caliper_shadow_nll{model="mnist",scored="incumbent",shadow="ts"}"#));
+    assert!(
+        metrics.contains(r#"caliper_shadow_nll{model="mnist",scored="incumbent",shadow="ts"}"#)
+    );
 
     // Recalibrate: better on the held-out (newest 30%) feedback, written, previous kept.
     let (status, r) = recalibrate(&client, &server, &json!({"method": "ts", "window": N})).await;
@@ -175,9 +184,18 @@ async fn feedback_refits_a_bad_calibrator_and_the_server_swaps_it_in() {
     let (before, after) = (&r["held_out"]["before"], &r["held_out"]["after"]);
     assert_eq!(r["labels"], N);
     assert_eq!(r["held_out"]["held_out_labels"], 300);
-    assert!(after["ece"].as_f64().unwrap() < before["ece"].as_f64().unwrap(), "{r}");
-    assert!(after["nll"].as_f64().unwrap() < before["nll"].as_f64().unwrap(), "{r}");
-    assert_eq!((r["method"].as_str(), r["replaced"].as_str()), (Some("ts"), Some("ts")));
+    assert!(
+        after["ece"].as_f64().unwrap() < before["ece"].as_f64().unwrap(),
+        "{r}"
+    );
+    assert!(
+        after["nll"].as_f64().unwrap() < before["nll"].as_f64().unwrap(),
+        "{r}"
+    );
+    assert_eq!(
+        (r["method"].as_str(), r["replaced"].as_str()),
+        (Some("ts"), Some("ts"))
+    );
 
     let new = CalibrationFile::load(&calib.join(format!("{MODEL}.json"))).unwrap();
     let Calibrator::Ts { temperature } = new.calibrator else {
@@ -185,11 +203,17 @@ async fn feedback_refits_a_bad_calibrator_and_the_server_swaps_it_in() {
     };
     assert!(temperature < 2.0, "refitted temperature {temperature}");
     let prov = new.provenance.as_ref().expect("provenance");
-    assert_eq!((prov.source.as_str(), prov.trigger.as_str()), ("fitted from feedback", "manual"));
+    assert_eq!(
+        (prov.source.as_str(), prov.trigger.as_str()),
+        ("fitted from feedback", "manual")
+    );
     assert_eq!(prov.labels, N);
     assert!(prov.first_label_s <= prov.last_label_s);
     let shipped = CalibrationFile::load(&root().join(format!("calib/{MODEL}.json"))).unwrap();
-    assert_eq!(new.model_sha256, shipped.model_sha256, "same binding to model.onnx");
+    assert_eq!(
+        new.model_sha256, shipped.model_sha256,
+        "same binding to model.onnx"
+    );
     let prev = CalibrationFile::load(&calib.join(format!("{MODEL}.json.prev"))).unwrap();
     assert_eq!(prev.calibrator, Calibrator::Ts { temperature: 3.0 });
 

@@ -61,11 +61,10 @@ pub async fn recalibrate(
         trigger: Trigger::Manual,
     };
     let s = state.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        run(&s.registry, &s.recal, &s.metrics, &name, req)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("recalibration task failed: {e}")))?;
+    let report =
+        tokio::task::spawn_blocking(move || run(&s.registry, &s.recal, &s.metrics, &name, req))
+            .await
+            .map_err(|e| ApiError::Internal(format!("recalibration task failed: {e}")))?;
     report.map(Json).map_err(|e| match e {
         RecalibrateError::ModelNotFound(m) => ApiError::ModelNotFound(m),
         e @ (RecalibrateError::Method(_)

@@ -138,7 +138,8 @@ fn shadow_step(
         in_background(move || recal.install(job.run()));
     }
     if let Some(method) = observed.promote {
-        let (registry, metrics, recal) = (Arc::clone(registry), Arc::clone(metrics), Arc::clone(recal));
+        let (registry, metrics, recal) =
+            (Arc::clone(registry), Arc::clone(metrics), Arc::clone(recal));
         let model = model.to_string();
         in_background(move || {
             let req = RecalibrateRequest {

@@ -11,13 +11,14 @@
 //! the feedback cannot refit (the Mahalanobis detector, which needs features) is carried over from
 //! the previous file: it does not depend on the calibrator.
 
-use ndarray::{ArrayView2, s};
+use ndarray::{ArrayView2, Axis};
 use serde::Serialize;
 
 use super::{InferError, ModelRegistry};
 use crate::repository::fit_bundle::plan_fit;
 use crate::repository::{
-    Adapt, BundleInput, CalibrationFile, HeldOutCheck, HeldOutFigures, Provenance, fit_bundle,
+    Adapt, BundleInput, CalibrationFile, FeedbackProvenance, HeldOutCheck, HeldOutFigures,
+    fit_bundle,
 };
 use crate::serve::monitor::now_s;
 use crate::serve::monitor::recal::Recalibration;
@@ -157,7 +158,9 @@ pub fn recalibrate(
                 "calibrator recalibrated from feedback and swapped in"
             );
         }
-        Err(e) => tracing::warn!(model = name, trigger = req.trigger.as_str(), error = %e, "recalibration from feedback not done"),
+        Err(e) => {
+            tracing::warn!(model = name, trigger = req.trigger.as_str(), error = %e, "recalibration from feedback not done")
+        }
     }
     result
 }
@@ -187,10 +190,13 @@ fn run(
 
     // The held-out check: fit on the oldest 70%, score both on the newest 30%.
     let split = ((n as f64) * FIT_SHARE).round() as usize;
-    let (older, newer) = (data.logits.slice(s![..split, ..]), data.logits.slice(s![split.., ..]));
+    // (ndarray's `s!` macro expands to an `allow(unsafe_code)`, which the crate forbids.)
+    let (older, newer) = data.logits.view().split_at(Axis(0), split);
     let (older_y, newer_y) = data.labels.split_at(split);
-    let plan = plan_fit(req.method, &opts, split, Adapt::ToData).map_err(|e| RecalibrateError::Fit(e.to_string()))?;
-    let trial = fit(plan.method, &plan.options, older, older_y).map_err(|e| RecalibrateError::Fit(e.to_string()))?;
+    let plan = plan_fit(req.method, &opts, split, Adapt::ToData)
+        .map_err(|e| RecalibrateError::Fit(e.to_string()))?;
+    let trial = fit(plan.method, &plan.options, older, older_y)
+        .map_err(|e| RecalibrateError::Fit(e.to_string()))?;
     let held_out = HeldOutCheck {
         fit_labels: split,
         held_out_labels: n - split,
@@ -199,7 +205,8 @@ fn run(
     };
 
     // The file: fitted on the whole window through the bundle code of `caliper calibrate`.
-    let plan = plan_fit(req.method, &opts, n, Adapt::ToData).map_err(|e| RecalibrateError::Fit(e.to_string()))?;
+    let plan = plan_fit(req.method, &opts, n, Adapt::ToData)
+        .map_err(|e| RecalibrateError::Fit(e.to_string()))?;
     let previous = model.files.calibration.as_ref();
     let prev_ood = previous.and_then(|f| f.ood.as_ref());
     let ood_method = prev_ood
@@ -239,7 +246,7 @@ fn run(
         }
     }
     let replaced = model.calibrator.method();
-    file.provenance = Some(Provenance {
+    file.provenance = Some(FeedbackProvenance {
         source: "fitted from feedback".into(),
         trigger: req.trigger.as_str().into(),
         labels: n,
@@ -302,7 +309,8 @@ fn write_and_swap(
     };
     let previous = match std::fs::read(&path) {
         Ok(bytes) => {
-            crate::fsutil::write_atomic(&prev_path, &bytes).map_err(|e| write_err(&prev_path, &e))?;
+            crate::fsutil::write_atomic(&prev_path, &bytes)
+                .map_err(|e| write_err(&prev_path, &e))?;
             Some(bytes)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,

@@ -20,7 +20,7 @@ use ndarray::Array2;
 use serde::Serialize;
 
 use super::logits::LogitStore;
-use super::shadow::{PromotionRule, Prequential, ShadowScore, Verdict};
+use super::shadow::{Prequential, PromotionRule, ShadowScore, Verdict};
 use crate::repository::fit_bundle::{Adapt, plan_fit};
 use crate::trust::calibration::{Calibrator, FitOptions, Method, fit};
 
@@ -49,7 +49,11 @@ pub struct RecalArgs {
     #[arg(long, env = "CALIPER_AUTO_RECALIBRATE")]
     pub auto_recalibrate: bool,
     /// Promotion rule: fewest prequentially scored labels.
-    #[arg(long, env = "CALIPER_AUTO_RECALIBRATE_MIN_LABELS", default_value_t = 500)]
+    #[arg(
+        long,
+        env = "CALIPER_AUTO_RECALIBRATE_MIN_LABELS",
+        default_value_t = 500
+    )]
     pub auto_recalibrate_min_labels: u64,
     /// Promotion rule: level of the one-sided paired test on per-label NLL differences.
     #[arg(long, env = "CALIPER_AUTO_RECALIBRATE_ALPHA", default_value_t = 0.01)]
@@ -476,7 +480,9 @@ impl Recalibration {
 
     /// Serialises promotions: hold the guard while writing and swapping a calibration file.
     pub fn promotion_lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.promotion.lock().unwrap_or_else(PoisonError::into_inner)
+        self.promotion
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// After a promotion (or a failed attempt): the incumbent changed, so every shadow's score
@@ -548,7 +554,8 @@ fn matrix<'a>(rows: impl Iterator<Item = &'a Labelled>) -> (Array2<f64>, Vec<usi
         labels.push(r.label);
     }
     // Every row of one model file has its class count.
-    let logits = Array2::from_shape_vec((rows.len(), k), flat).unwrap_or_else(|_| Array2::zeros((0, k)));
+    let logits =
+        Array2::from_shape_vec((rows.len(), k), flat).unwrap_or_else(|_| Array2::zeros((0, k)));
     (logits, labels)
 }
 
@@ -613,11 +620,17 @@ mod tests {
         assert!(o.promote.is_none());
         let rep = r.report("m", "sha", 3);
         assert_eq!((rep.refits, rep.window_labels), (1, 100));
-        assert_eq!(rep.ts.score.n, 0, "labels before the first fit are not scored");
+        assert_eq!(
+            rep.ts.score.n, 0,
+            "labels before the first fit are not scored"
+        );
         let Some(Calibrator::Ts { temperature }) = rep.ts.calibrator else {
             panic!("{:?}", rep.ts)
         };
-        assert!(temperature > 2.0, "overconfident logits need T > 1: {temperature}");
+        assert!(
+            temperature > 2.0,
+            "overconfident logits need T > 1: {temperature}"
+        );
         // The shadow (T > 1) beats the identity on every later label: promoted once 200 are
         // scored.
         let o = feed(&r, 100, 300);
@@ -633,7 +646,10 @@ mod tests {
         // The window keeps the last 400 usable labels.
         assert_eq!(r.window_len("m"), 310.min(400));
         let data = r.feedback("m", "sha", 50).unwrap();
-        assert_eq!((data.logits.nrows(), data.from_s, data.to_s), (50, 260, 309));
+        assert_eq!(
+            (data.logits.nrows(), data.from_s, data.to_s),
+            (50, 260, 309)
+        );
     }
 
     #[test]
@@ -654,6 +670,10 @@ mod tests {
         assert_eq!((o.unusable, r.window_len("m")), (1, 0));
         assert!(r.feedback("m", "sha", 10).is_none());
         // Without --auto-recalibrate nothing is ever promoted.
-        assert!(feed(&Recalibration::new(config(false)), 0, 400).promote.is_none());
+        assert!(
+            feed(&Recalibration::new(config(false)), 0, 400)
+                .promote
+                .is_none()
+        );
     }
 }

@@ -38,9 +38,7 @@ impl Side {
         self.nll_sum += nll;
         let top = argmax(probs);
         // Probabilities come from a validated calibrator: finite and in [0, 1].
-        let _ = self
-            .binned
-            .add(probs[top].clamp(0.0, 1.0), top == label);
+        let _ = self.binned.add(probs[top].clamp(0.0, 1.0), top == label);
         nll
     }
 }
@@ -230,7 +228,10 @@ mod tests {
             (-1.0, 0.841_344_746_068_543),
         ] {
             let got = normal_upper_tail(z);
-            assert!((got - want).abs() <= 2e-7 * want.max(1e-3), "{z}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 2e-7 * want.max(1e-3),
+                "{z}: {got} vs {want}"
+            );
         }
     }
 
