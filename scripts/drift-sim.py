@@ -18,8 +18,10 @@ Every --record-every predictions it reads GET /v1/models/M/monitor and records: 
 accuracy, NLL, mean confidence and labelled count, the shadow calibrators' prequential scores
 against the incumbent (shadow.ts / shadow.ats), the calibration method serving, and whatever the
 report holds under `estimated`, `alarm`, `coverage` or `conformal` (fields other work adds; absent
-ones are skipped). The script's own view, from the labels it knows, adds the windowed coverage and
-mean size of the conformal sets served at --alpha.
+ones are skipped). The script's own view, from the labels it knows, adds the accuracy, coverage and
+mean size of the conformal sets served at --alpha over the last --record-every predictions. Servers
+started with --caliper use --monitor-window 500 (default), so that the live figures follow the
+traffic rather than average the whole stream.
 
 Output: <out>/<dataset>-<scenario>.json (every stream's time series and the command) and
 <out>/<dataset>-<scenario>.svg (one panel per figure, one line per stream; a plain SVG writer, no
@@ -186,7 +188,7 @@ class Client:
 class Server:
     """`caliper serve` on port 0 over models/ and a private copy of calib/<model>.json."""
 
-    def __init__(self, caliper, models, calib, model, extra):
+    def __init__(self, caliper, models, calib, model, window, extra):
         self.dir = tempfile.mkdtemp(prefix="drift-sim-")
         cal = Path(self.dir) / "calib"
         cal.mkdir()
@@ -197,6 +199,7 @@ class Server:
             caliper, "--log-json", "serve", "--addr", "127.0.0.1:0", "--models", str(models),
             "--calib", str(cal), "--state-dir", str(Path(self.dir) / "state"),
             "--feedback-key", "drift-sim", "--sessions-per-model", "1",
+            "--monitor-window", str(window),
         ] + extra
         self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
         self.addr = None
@@ -295,8 +298,11 @@ def run_stream(args, client, images, labels, classes, seed, scenario):
             y = int(labels[i])
             pending.append((t + k + args.delay, {"prediction_id": p["prediction_id"], "label": y}))
             method_seen = p.get("calibration_method")
+            correct = int(p["class_index"] == y)
             if "prediction_set" in p:
-                window.append((classes_index(p, y, args), len(p["prediction_set"])))
+                window.append((correct, classes_index(p, y, args), len(p["prediction_set"])))
+            else:
+                window.append((correct, None, None))
         t += batch
         due = [item for when, item in pending if when < t]
         pending = [(when, item) for when, item in pending if when >= t]
@@ -307,8 +313,11 @@ def run_stream(args, client, images, labels, classes, seed, scenario):
         if t % args.record_every == 0 or t == n:
             local = {"calibration_method": method_seen}
             if window:
-                local["sim_coverage"] = sum(c for c, _ in window) / len(window)
-                local["sim_set_size"] = sum(s for _, s in window) / len(window)
+                local["sim_accuracy"] = sum(a for a, _, _ in window) / len(window)
+                sets = [(c, s) for _, c, s in window if c is not None]
+                if sets:
+                    local["sim_coverage"] = sum(c for c, _ in sets) / len(sets)
+                    local["sim_set_size"] = sum(s for _, s in sets) / len(sets)
             local["promotions"] = client.promotions(args.model)
             series.append(record(client.monitor(args.model), t, posted, local))
             print(f"  {scenario} seed {seed}: {t}/{n}  ece={series[-1]['ece']}", file=sys.stderr)
@@ -362,7 +371,7 @@ def plot(path, title, streams, onset, alpha):
     figures = [
         ("Live ECE (window)", [("ece", False)]),
         ("Live NLL (window)", [("nll", False)]),
-        ("Accuracy and mean confidence (dashed)", [("accuracy", False), ("mean_confidence", True)]),
+        ("Accuracy of the last predictions (sim's labels)", [("sim_accuracy", False)]),
         ("Shadow TS NLL vs incumbent (dashed)", [("shadow_ts_nll", False), ("shadow_ts_incumbent_nll", True)]),
         ("Shadow ATS NLL vs incumbent (dashed)", [("shadow_ats_nll", False), ("shadow_ats_incumbent_nll", True)]),
         (f"Conformal coverage at alpha={alpha} (sim's labels)", [("sim_coverage", False)]),
@@ -415,6 +424,8 @@ def main():
     ap.add_argument("--corruption", default="contrast+noise", choices=["contrast+noise", "contrast", "noise", "blur"])
     ap.add_argument("--alpha", type=float, default=0.1, help="conformal level of the served sets (0: none)")
     ap.add_argument("--record-every", type=int, default=250)
+    ap.add_argument("--monitor-window", type=int, default=500,
+                    help="--monitor-window of the servers started with --caliper (the live figures' window)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "docs" / "drift"))
     args = ap.parse_args()
@@ -432,7 +443,7 @@ def main():
         streams = []
         for s in range(args.streams):
             seed = args.seed + s
-            server = Server(args.caliper, args.models, args.calib, args.model, args.server_arg) if args.caliper else None
+            server = Server(args.caliper, args.models, args.calib, args.model, args.monitor_window, args.server_arg) if args.caliper else None
             try:
                 client = Client(f"http://{server.addr}" if server else args.url, args.api_key)
                 streams.append(run_stream(args, client, images, labels, len(args.labels), seed, scenario))
@@ -446,7 +457,8 @@ def main():
             "shift_share": args.shift_share if scenario == "label_shift" else None,
             "severity": args.severity if scenario == "covariate" else None,
             "corruption": args.corruption if scenario == "covariate" else None,
-            "alpha": args.alpha, "server_args": args.server_arg, "streams": streams,
+            "alpha": args.alpha, "server_args": args.server_arg,
+            "monitor_window": args.monitor_window if args.caliper else None, "streams": streams,
         }
         (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
         onset = None if scenario == "none" else int(args.onset * args.requests)

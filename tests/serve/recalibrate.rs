@@ -87,6 +87,11 @@ async fn feedback(client: &reqwest::Client, server: &Server, items: &[Value]) {
     assert_eq!(v["accepted"].as_u64(), Some(items.len() as u64), "{v}");
 }
 
+async fn get_text(client: &reqwest::Client, server: &Server, path: &str) -> String {
+    let resp = client.get(server.url(path)).send().await.unwrap();
+    resp.text().await.unwrap()
+}
+
 async fn recalibrate(client: &reqwest::Client, server: &Server, body: &Value) -> (u16, Value) {
     let resp = client
         .post(server.url(&format!("/v2/repository/models/{MODEL}/recalibrate")))
@@ -162,14 +167,7 @@ async fn feedback_refits_a_bad_calibrator_and_the_server_swaps_it_in() {
     );
     assert_eq!(report["shadow"]["window_labels"], N);
     assert_eq!(report["shadow"]["unusable_for_refit"], 0);
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, &server, "/metrics").await;
     assert!(
         metrics.contains(r#"caliper_shadow_labels{model="mnist",shadow="ts"} 500"#),
         "{metrics}"
@@ -183,6 +181,8 @@ async fn feedback_refits_a_bad_calibrator_and_the_server_swaps_it_in() {
     assert_eq!(status, 200, "{r}");
     let (before, after) = (&r["held_out"]["before"], &r["held_out"]["after"]);
     assert_eq!(r["labels"], N);
+    // For the record (`--nocapture`): the held-out figures and the fitted temperature.
+    eprintln!("held out: {} -> calibrator {}", r["held_out"], r["calibrator"]);
     assert_eq!(r["held_out"]["held_out_labels"], 300);
     assert!(
         after["ece"].as_f64().unwrap() < before["ece"].as_f64().unwrap(),
@@ -227,26 +227,15 @@ async fn feedback_refits_a_bad_calibrator_and_the_server_swaps_it_in() {
         again[0]["confidence"],
         first["confidence"]
     );
-    let served: Value = client
-        .get(server.url(&format!("/v1/models/{MODEL}/calibration")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let served: Value = serde_json::from_str(
+        &get_text(&client, &server, &format!("/v1/models/{MODEL}/calibration")).await,
+    )
+    .unwrap();
     assert_eq!(
         served["calibration"]["provenance"]["source"],
         "fitted from feedback"
     );
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, &server, "/metrics").await;
     assert!(
         metrics.contains(
             r#"caliper_recalibrations_total{method="ts",model="mnist",trigger="manual"} 1"#
