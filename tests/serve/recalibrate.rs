@@ -182,7 +182,10 @@ async fn feedback_refits_a_bad_calibrator_and_the_server_swaps_it_in() {
     let (before, after) = (&r["held_out"]["before"], &r["held_out"]["after"]);
     assert_eq!(r["labels"], N);
     // For the record (`--nocapture`): the held-out figures and the fitted temperature.
-    eprintln!("held out: {} -> calibrator {}", r["held_out"], r["calibrator"]);
+    eprintln!(
+        "held out: {} -> calibrator {}",
+        r["held_out"], r["calibrator"]
+    );
     assert_eq!(r["held_out"]["held_out_labels"], 300);
     assert!(
         after["ece"].as_f64().unwrap() < before["ece"].as_f64().unwrap(),

@@ -239,7 +239,7 @@ fn run(
     {
         new.mahalanobis = Some(detector.clone());
         if let Some(t) = old.thresholds.get("mahalanobis") {
-            new.thresholds.insert("mahalanobis".into(), t.clone());
+            new.thresholds.insert("mahalanobis".into(), *t);
         }
         if old.method == "mahalanobis" {
             new.method = old.method.clone();
