@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::serve::monitor::recal::{LabelEvent, Recalibration};
+use crate::serve::monitor::shadow::ShadowScore;
 use crate::serve::monitor::token::nonce_of;
 use crate::serve::monitor::{Accepted, FeedbackError, FeedbackItem, Monitor, now_s};
 use crate::serve::prometheus::ServerMetrics;
@@ -129,9 +130,12 @@ fn shadow_step(
             .inc_by(observed.unusable);
     }
     for (method, score) in recal.scores(model) {
-        metrics
-            .recal
-            .set_score(model, &format!("{method:?}").to_lowercase(), &score);
+        publish_shadow(
+            metrics,
+            model,
+            &format!("{method:?}").to_lowercase(),
+            &score,
+        );
     }
     if let Some(job) = observed.fit {
         let recal = Arc::clone(recal);
@@ -150,6 +154,33 @@ fn shadow_step(
             // Logged and counted inside; a failure leaves the incumbent serving.
             let _ = recalibrate(&registry, &recal, &metrics, &model, req);
         });
+    }
+}
+
+/// Publishes one shadow's prequential score (absent figures remove their series).
+fn publish_shadow(metrics: &ServerMetrics, model: &str, shadow: &str, s: &ShadowScore) {
+    let m = &metrics.recal;
+    m.labels
+        .with_label_values(&[model, shadow])
+        .set(i64::try_from(s.n).unwrap_or(i64::MAX));
+    for (vec, scored, v) in [
+        (&m.nll, "shadow", s.nll),
+        (&m.nll, "incumbent", s.incumbent_nll),
+        (&m.ece, "shadow", s.ece),
+        (&m.ece, "incumbent", s.incumbent_ece),
+    ] {
+        match v {
+            Some(v) => vec.with_label_values(&[model, shadow, scored]).set(v),
+            None => {
+                let _ = vec.remove_label_values(&[model, shadow, scored]);
+            }
+        }
+    }
+    match s.p_value {
+        Some(p) => m.p_value.with_label_values(&[model, shadow]).set(p),
+        None => {
+            let _ = m.p_value.remove_label_values(&[model, shadow]);
+        }
     }
 }
 

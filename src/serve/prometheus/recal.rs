@@ -3,8 +3,6 @@
 
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use crate::serve::monitor::shadow::ShadowScore;
-
 /// Shadow recalibration metrics.
 #[derive(Debug, Clone)]
 pub struct RecalMetrics {
@@ -73,31 +71,5 @@ impl RecalMetrics {
                 &["model"],
             )?,
         })
-    }
-
-    /// Publishes one shadow's score (absent figures remove their series).
-    pub fn set_score(&self, model: &str, shadow: &str, s: &ShadowScore) {
-        self.labels
-            .with_label_values(&[model, shadow])
-            .set(i64::try_from(s.n).unwrap_or(i64::MAX));
-        for (vec, scored, v) in [
-            (&self.nll, "shadow", s.nll),
-            (&self.nll, "incumbent", s.incumbent_nll),
-            (&self.ece, "shadow", s.ece),
-            (&self.ece, "incumbent", s.incumbent_ece),
-        ] {
-            match v {
-                Some(v) => vec.with_label_values(&[model, shadow, scored]).set(v),
-                None => {
-                    let _ = vec.remove_label_values(&[model, shadow, scored]);
-                }
-            }
-        }
-        match s.p_value {
-            Some(p) => self.p_value.with_label_values(&[model, shadow]).set(p),
-            None => {
-                let _ = self.p_value.remove_label_values(&[model, shadow]);
-            }
-        }
     }
 }
