@@ -41,6 +41,61 @@ pub struct CalibrationFile {
     /// Split-conformal LAC and APS predictors on the calibrated validation probabilities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conformal: Option<crate::trust::ood::artifacts::ConformalCalibration>,
+    /// Where the file came from when the server fitted it from label feedback (absent for files
+    /// written by `caliper calibrate` and the trainer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<FeedbackProvenance>,
+}
+
+/// How a calibration file fitted from label feedback came about (issue 22): the labels it saw,
+/// when they arrived, what it replaced, and the held-out check made before it was written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct FeedbackProvenance {
+    /// Always "fitted from feedback" for now.
+    pub source: String,
+    /// `manual` (`POST /v2/repository/models/M/recalibrate`) or `auto` (`--auto-recalibrate`).
+    pub trigger: String,
+    /// Labelled predictions the calibrator was fitted on.
+    pub labels: usize,
+    /// Arrival time (Unix seconds) of the first label used.
+    pub first_label_s: u64,
+    /// Arrival time (Unix seconds) of the last label used.
+    pub last_label_s: u64,
+    /// When the file was fitted (Unix seconds).
+    pub fitted_at_s: u64,
+    /// Calibrator method of the file it replaced (`identity` when there was none).
+    pub replaced: String,
+    /// The check made before writing: a fit on the older labels scored on the newer ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_out: Option<HeldOutCheck>,
+}
+
+/// A calibrator fitted on the first labels of a window and scored, with the incumbent, on the
+/// rest (the newest): out-of-sample figures for both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct HeldOutCheck {
+    /// Labels the trial calibrator was fitted on (the oldest).
+    pub fit_labels: usize,
+    /// Labels both were scored on (the newest).
+    pub held_out_labels: usize,
+    /// The incumbent calibrator on the held-out labels.
+    pub before: HeldOutFigures,
+    /// The trial calibrator on the held-out labels.
+    pub after: HeldOutFigures,
+}
+
+/// Figures of one calibrator on held-out labels.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct HeldOutFigures {
+    /// Mean negative log-likelihood.
+    pub nll: f64,
+    /// ECE (equal-width bins).
+    pub ece: f64,
+    /// Accuracy.
+    pub accuracy: f64,
 }
 
 /// What a fit saw and what it did to the validation metrics. Every field is optional on read.
@@ -155,6 +210,7 @@ impl CalibrationFile {
             reference: None,
             ood: None,
             conformal: None,
+            provenance: None,
         }
     }
 
@@ -226,6 +282,7 @@ mod tests {
             reference: None,
             ood: None,
             conformal: None,
+            provenance: None,
         }
     }
 

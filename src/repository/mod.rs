@@ -12,7 +12,10 @@ mod metadata;
 pub mod preprocess;
 mod scan;
 
-pub use bundle::{CalibrationFile, FitSummary, ReliabilitySummary, SCHEMA_VERSION};
+pub use bundle::{
+    CalibrationFile, FeedbackProvenance, FitSummary, HeldOutCheck, HeldOutFigures,
+    ReliabilitySummary, SCHEMA_VERSION,
+};
 pub use fit_bundle::{Adapt, BundleInput, FitArgs, FitBundleError, FittedBundle, fit_bundle};
 pub use metadata::{
     InputSpec, METADATA_SCHEMA_VERSION, MetadataError, ModelMetadata, OutputSpec, Provenance,

@@ -15,6 +15,12 @@ pub enum ConfigError {
         rule: &'static str,
         value: u64,
     },
+    /// A non-integer flag breaks its rule.
+    #[error("--{flag} must be {rule}")]
+    Invalid {
+        flag: &'static str,
+        rule: &'static str,
+    },
     /// A secret flag was given but empty.
     #[error("--{0} must not be empty when given")]
     EmptySecret(&'static str),
@@ -76,6 +82,9 @@ pub struct ServeArgs {
     /// Live calibration monitoring (label feedback).
     #[command(flatten)]
     pub monitor: MonitorArgs,
+    /// Shadow calibrators refitted from feedback, and their promotion (issue 22).
+    #[command(flatten)]
+    pub recal: crate::serve::monitor::recal::RecalArgs,
 }
 
 /// Flags that bound what a client can hold without doing work (issue 23).
@@ -170,6 +179,8 @@ pub struct Config {
     pub monitor: crate::serve::monitor::MonitorConfig,
     /// HMAC key of prediction ids; None draws a random key per process.
     pub feedback_key: Option<String>,
+    /// Shadow recalibration settings.
+    pub recal: crate::serve::monitor::recal::RecalConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -200,6 +211,7 @@ impl std::fmt::Debug for Config {
             .field("max_concurrent_reports", &self.max_concurrent_reports)
             .field("monitor", &self.monitor)
             .field("feedback_key", &redact(&self.feedback_key))
+            .field("recal", &self.recal)
             .finish()
     }
 }
@@ -330,6 +342,11 @@ impl TryFrom<ServeArgs> for Config {
                 return Err(ConfigError::EmptySecret(flag));
             }
         }
+        let bins = crate::trust::metrics::DEFAULT_BINS;
+        let recal = a
+            .recal
+            .validate(bins)
+            .map_err(|(flag, rule)| ConfigError::Invalid { flag, rule })?;
         Ok(Config {
             addr: a.addr,
             models_dir: a.models,
@@ -356,9 +373,10 @@ impl TryFrom<ServeArgs> for Config {
                 window: a.monitor.monitor_window,
                 max_age_s: a.monitor.feedback_max_age_s,
                 state_dir: Some(a.monitor.state_dir),
-                bins: crate::trust::metrics::DEFAULT_BINS,
+                bins,
             },
             feedback_key: a.monitor.feedback_key,
+            recal,
         })
     }
 }
@@ -418,9 +436,28 @@ mod tests {
         assert!(!shown.contains("hunter2") && shown.contains("<redacted>"));
     }
 
+    impl Config {
+        fn recal_args(&self) -> crate::serve::monitor::recal::RecalArgs {
+            crate::serve::monitor::recal::RecalArgs {
+                logit_store: self.recal.logit_store,
+                recalibration_window: self.recal.window,
+                shadow_refit_every: self.recal.refit_every,
+                auto_recalibrate: false,
+                auto_recalibrate_min_labels: self.recal.rule.min_labels,
+                auto_recalibrate_alpha: self.recal.rule.alpha,
+                auto_recalibrate_margin: self.recal.rule.margin,
+            }
+        }
+    }
+
     #[test]
     fn rejects_out_of_range_values() {
         let c = Config::with_repository("m".into(), "c".into());
+        assert_eq!(
+            c.recal,
+            crate::serve::monitor::recal::RecalConfig::default(),
+            "the flags' defaults are RecalConfig::default()"
+        );
         let mut a = ServeArgs {
             addr: c.addr,
             models: "m".into(),
@@ -451,6 +488,7 @@ mod tests {
                 monitor_window: 10,
                 state_dir: "state".into(),
             },
+            recal: c.recal_args(),
         };
         let e = Config::try_from(a.clone()).unwrap_err();
         assert!(e.to_string().contains("--max-batch-size"), "{e}");
@@ -462,6 +500,10 @@ mod tests {
         ));
         a.api_key = None;
         assert!(Config::try_from(a.clone()).is_ok());
+        a.recal.auto_recalibrate_alpha = 1.5;
+        let e = Config::try_from(a.clone()).unwrap_err();
+        assert!(e.to_string().contains("--auto-recalibrate-alpha"), "{e}");
+        a.recal.auto_recalibrate_alpha = 0.01;
         a.connections.max_connections = 0;
         let e = Config::try_from(a).unwrap_err();
         assert!(e.to_string().contains("--max-connections"), "{e}");

@@ -8,6 +8,9 @@ use prometheus::{
 
 use crate::trust::metrics::BinnedAccumulator;
 
+pub mod recal;
+pub use recal::RecalMetrics;
+
 /// Latency buckets in seconds: 100 us to 30 s, roughly x2.5 per step.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -46,6 +49,8 @@ pub struct ServerMetrics {
     pub model_info: IntGaugeVec,
     /// Live calibration from label feedback (issue 5).
     pub calibration: CalibrationMetrics,
+    /// Shadow recalibration from feedback (issue 22).
+    pub recal: RecalMetrics,
 }
 
 /// Live calibration metrics. The three per-bin counters make fleet-wide ECE exact in PromQL
@@ -265,6 +270,7 @@ impl ServerMetrics {
         )?;
         registry.register(Box::new(model_info.clone()))?;
         let calibration = CalibrationMetrics::register(&registry)?;
+        let recal = RecalMetrics::register(&registry)?;
         Ok(Self {
             registry,
             request_duration,
@@ -278,6 +284,7 @@ impl ServerMetrics {
             in_flight,
             model_info,
             calibration,
+            recal,
         })
     }
 

@@ -180,14 +180,17 @@ fn a_detector_that_does_not_fit_the_features_output_refuses_the_model() {
     file.ood = Some(OodCalibration {
         method: "msp".into(),
         thresholds: Default::default(),
-        mahalanobis: Some(detector),
+        detectors: caliper::trust::ood::detectors::FeatureDetectors {
+            mahalanobis: Some(detector),
+            ..Default::default()
+        },
     });
     file.save(&path).unwrap();
     let s = AppState::new(common::config(repo.path())).unwrap();
     let e = s.registry.load(common::MODEL).unwrap_err();
     assert!(matches!(e, InferError::FeatureMismatch { .. }), "{e}");
     assert!(
-        e.to_string().contains("has 5 features") && e.to_string().contains("has 32"),
+        e.to_string().contains("have 5 features") && e.to_string().contains("has 32"),
         "{e}"
     );
 

@@ -3,7 +3,8 @@
 //! `monitor_matches_eval`) and real `caliper serve` processes on a socket: `socket`,
 //! `folder_datasets` (your own images: calibrate, eval, train and serve from image folders),
 //! `monitor_crash`, `monitor_restart_gauges`, `dashboard` (the `/ui` page in a headless Chromium),
-//! `prometheus_fleet`, `hostile` (limits, timeouts and faults), `own_model` (a third-party
+//! `prometheus_fleet`, `recalibrate` (a bad calibrator refitted from feedback and swapped in),
+//! `hostile` (limits, timeouts and faults), `own_model` (a third-party
 //! ImageNet model imported and served, against an independent Python pipeline) and
 //! `shipped_models` (every bundled model's figures and its OOD threshold through the server).
 
@@ -22,6 +23,7 @@ mod monitor_matches_eval;
 mod monitor_restart_gauges;
 mod own_model;
 mod prometheus_fleet;
+mod recalibrate;
 mod router;
 mod shipped_models;
 mod socket;

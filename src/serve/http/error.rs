@@ -79,6 +79,10 @@ pub enum ApiError {
     /// The feedback log could not be written; nothing was acknowledged.
     #[error("feedback could not be stored; retry later")]
     FeedbackNotStored(String),
+    /// A recalibration from feedback that the data cannot support (too few labels, no error
+    /// to fit on); the previous calibrator keeps serving.
+    #[error("{0}")]
+    CannotRecalibrate(String),
     /// Anything else; details are logged, not sent.
     #[error("internal server error")]
     Internal(String),
@@ -117,6 +121,9 @@ impl ApiError {
             ApiError::UnknownLabel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_label"),
             ApiError::FeedbackNotStored(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "feedback_not_stored")
+            }
+            ApiError::CannotRecalibrate(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "cannot_recalibrate")
             }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -100,7 +100,13 @@ pub async fn submit(
         Vec::new()
     } else {
         tokio::task::spawn_blocking(move || {
-            crate::serve::infer::feedback::submit(&s.monitor, &s.registry, &s.metrics, &valid)
+            crate::serve::infer::feedback::submit(
+                &s.monitor,
+                &s.registry,
+                &s.metrics,
+                &s.recal,
+                &valid,
+            )
         })
         .await
         .map_err(|e| ApiError::Internal(format!("feedback task failed: {e}")))?
@@ -218,12 +224,18 @@ pub async fn monitor(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("monitor task failed: {e}")))?;
+    let shadow = state.recal.report(
+        &model.files.name,
+        &model.files.sha256,
+        model.files.metadata.labels.len(),
+    );
     Ok(Json(serde_json::json!({
         "model": model.files.name,
         "model_version": model.files.metadata.version,
         "window": state.config.monitor.window,
         "bins": state.config.monitor.bins,
         "live": report,
+        "shadow": shadow,
     }))
     .into_response())
 }

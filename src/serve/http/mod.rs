@@ -5,6 +5,7 @@
 mod error;
 mod feedback;
 mod middleware;
+mod recalibrate;
 mod server;
 mod ui;
 mod v1;
@@ -25,6 +26,7 @@ pub use server::serve;
 
 use crate::serve::config::Config;
 use crate::serve::infer::{ImageLimits, InferError, ModelRegistry};
+use crate::serve::monitor::recal::Recalibration;
 use crate::serve::monitor::{Monitor, TokenSigner};
 use crate::serve::prometheus::ServerMetrics;
 
@@ -48,6 +50,8 @@ pub struct Shared {
     pub reports: Arc<Semaphore>,
     /// Live calibration monitor (prediction tokens, label feedback).
     pub monitor: Monitor,
+    /// Shadow calibrators refitted from feedback, and their promotion (issue 22).
+    pub recal: Arc<Recalibration>,
 }
 
 impl std::ops::Deref for AppState {
@@ -108,6 +112,7 @@ impl AppState {
             admission: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             reports: Arc::new(Semaphore::new(config.max_concurrent_reports)),
             monitor,
+            recal: Arc::new(Recalibration::new(config.recal.clone())),
             config,
             metrics,
         })))
@@ -172,6 +177,10 @@ pub fn router(state: AppState) -> Router {
         ));
     let admin = Router::new()
         .route("/v2/repository/models/{model}/load", post(v2::load_model))
+        .route(
+            "/v2/repository/models/{model}/recalibrate",
+            post(recalibrate::recalibrate),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::require_admin,

@@ -132,7 +132,7 @@ pub async fn predict(
         },
         probabilities: q.probabilities.unwrap_or(true),
     };
-    let scored = state
+    let mut scored = state
         .within_budget(predict_images(
             &model,
             images,
@@ -140,8 +140,14 @@ pub async fn predict(
             &options,
         ))
         .await?;
+    crate::serve::infer::feedback::stamp_scored(
+        &state.monitor,
+        &state.metrics,
+        &state.recal,
+        &model,
+        &mut scored,
+    );
     let mut predictions: Vec<_> = scored.into_iter().map(|s| s.prediction).collect();
-    crate::serve::infer::feedback::stamp(&state.monitor, &state.metrics, &mut predictions);
     predictions.iter_mut().for_each(|p| p.finish(&options));
     let capacity = prediction_len_hint(&model) * predictions.len();
     if multipart {

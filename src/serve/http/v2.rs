@@ -390,13 +390,13 @@ pub async fn infer(
     };
     // Each row gets its signed prediction id (returned in `parameters` and as the
     // `prediction_id` output) and feeds the label-free monitor.
-    for s in &mut scored {
-        crate::serve::infer::feedback::stamp(
-            &state.monitor,
-            &state.metrics,
-            std::slice::from_mut(&mut s.prediction),
-        );
-    }
+    crate::serve::infer::feedback::stamp_scored(
+        &state.monitor,
+        &state.metrics,
+        &state.recal,
+        &model,
+        &mut scored,
+    );
     let outputs = wanted
         .iter()
         .map(|w| output(w, &scored))

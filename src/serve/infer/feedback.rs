@@ -1,11 +1,20 @@
 //! Where predictions meet the live monitor: every served prediction gets a signed
-//! `prediction_id` and feeds the label-free window; every label that comes back is verified,
-//! stored durably and counted in the Prometheus calibration metrics.
+//! `prediction_id` and feeds the label-free window (its logits kept for recalibration); every
+//! label that comes back is verified, stored durably, counted in the Prometheus calibration
+//! metrics and scored against the shadow calibrators, which are refitted (and, with
+//! `--auto-recalibrate`, promoted) on the blocking pool.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::serve::monitor::recal::{LabelEvent, Recalibration};
+use crate::serve::monitor::shadow::ShadowScore;
+use crate::serve::monitor::token::nonce_of;
 use crate::serve::monitor::{Accepted, FeedbackError, FeedbackItem, Monitor, now_s};
 use crate::serve::prometheus::ServerMetrics;
 
-use super::{ModelRegistry, Prediction};
+use super::recalibrate::{RecalibrateRequest, Trigger, recalibrate};
+use super::{LoadedModel, ModelRegistry, Prediction, Scored};
 
 /// Gives each prediction its signed `prediction_id`, records its confidence for the label-free
 /// figures (mean confidence, drift) and counts the ones flagged out-of-distribution and the
@@ -36,22 +45,47 @@ pub fn stamp(monitor: &Monitor, metrics: &ServerMetrics, predictions: &mut [Pred
     }
 }
 
-/// Records a batch of labels (blocking: the feedback log is fsynced before this returns) and
-/// updates the calibration metrics. Results are in item order.
+/// [`stamp`]s every scored row of `model` and keeps its logits, under its prediction id, for
+/// refitting calibrators from feedback (`monitor::recal`).
+pub fn stamp_scored(
+    monitor: &Monitor,
+    metrics: &ServerMetrics,
+    recal: &Recalibration,
+    model: &LoadedModel,
+    scored: &mut [Scored],
+) {
+    for s in scored {
+        stamp(monitor, metrics, std::slice::from_mut(&mut s.prediction));
+        if let Some(nonce) = nonce_of(&s.prediction.prediction_id) {
+            recal.remember(&model.files.name, &model.files.sha256, nonce, &s.logits);
+        }
+    }
+}
+
+/// Records a batch of labels (blocking: the feedback log is fsynced before this returns),
+/// updates the calibration metrics and scores the labels against the shadow calibrators.
+/// Results are in item order.
 pub fn submit(
     monitor: &Monitor,
-    registry: &ModelRegistry,
-    metrics: &ServerMetrics,
+    registry: &Arc<ModelRegistry>,
+    metrics: &Arc<ServerMetrics>,
+    recal: &Arc<Recalibration>,
     items: &[FeedbackItem],
 ) -> Vec<Result<Accepted, FeedbackError>> {
     let labels_of = |model: &str| registry.get(model).map(|m| m.files.metadata.labels.clone());
     let results = monitor.record(items, &labels_of, now_s());
     let m = &metrics.calibration;
     let mut touched: Vec<&str> = Vec::new();
+    let mut events: BTreeMap<&str, Vec<LabelEvent>> = BTreeMap::new();
     for r in &results {
         match r {
             Ok(a) if a.new => {
                 let model = a.record.model.as_str();
+                events.entry(model).or_default().push(LabelEvent {
+                    nonce: a.record.nonce,
+                    label: usize::from(a.record.label),
+                    received_s: a.record.received_at_s,
+                });
                 let bin = a.bin.to_string();
                 m.feedback.with_label_values(&[model, "accepted"]).inc();
                 m.bin_samples.with_label_values(&[model, &bin]).inc();
@@ -76,7 +110,96 @@ pub fn submit(
     for model in touched {
         publish_gauges(monitor, metrics, model);
     }
+    for (model, events) in events {
+        shadow_step(registry, metrics, recal, model, &events);
+    }
     results
+}
+
+/// Scores new labels against the shadows, publishes their gauges, and starts a refit or an
+/// automatic promotion in the background when `monitor::recal` asks for one.
+fn shadow_step(
+    registry: &Arc<ModelRegistry>,
+    metrics: &Arc<ServerMetrics>,
+    recal: &Arc<Recalibration>,
+    model: &str,
+    events: &[LabelEvent],
+) {
+    let Some(loaded) = registry.get(model) else {
+        return;
+    };
+    let observed = recal.observe(model, &loaded.files.sha256, &loaded.calibrator, events);
+    if observed.unusable > 0 {
+        metrics
+            .recal
+            .unusable
+            .with_label_values(&[model])
+            .inc_by(observed.unusable);
+    }
+    for (method, score) in recal.scores(model) {
+        publish_shadow(
+            metrics,
+            model,
+            &format!("{method:?}").to_lowercase(),
+            &score,
+        );
+    }
+    if let Some(job) = observed.fit {
+        let recal = Arc::clone(recal);
+        in_background(move || recal.install(job.run()));
+    }
+    if let Some(method) = observed.promote {
+        let (registry, metrics, recal) =
+            (Arc::clone(registry), Arc::clone(metrics), Arc::clone(recal));
+        let model = model.to_string();
+        in_background(move || {
+            let req = RecalibrateRequest {
+                method,
+                window: recal.config().window,
+                trigger: Trigger::Auto,
+            };
+            // Logged and counted inside; a failure leaves the incumbent serving.
+            let _ = recalibrate(&registry, &recal, &metrics, &model, req);
+        });
+    }
+}
+
+/// Publishes one shadow's prequential score (absent figures remove their series).
+fn publish_shadow(metrics: &ServerMetrics, model: &str, shadow: &str, s: &ShadowScore) {
+    let m = &metrics.recal;
+    m.labels
+        .with_label_values(&[model, shadow])
+        .set(i64::try_from(s.n).unwrap_or(i64::MAX));
+    for (vec, scored, v) in [
+        (&m.nll, "shadow", s.nll),
+        (&m.nll, "incumbent", s.incumbent_nll),
+        (&m.ece, "shadow", s.ece),
+        (&m.ece, "incumbent", s.incumbent_ece),
+    ] {
+        match v {
+            Some(v) => vec.with_label_values(&[model, shadow, scored]).set(v),
+            None => {
+                let _ = vec.remove_label_values(&[model, shadow, scored]);
+            }
+        }
+    }
+    match s.p_value {
+        Some(p) => m.p_value.with_label_values(&[model, shadow]).set(p),
+        None => {
+            let _ = m.p_value.remove_label_values(&[model, shadow]);
+        }
+    }
+}
+
+/// Runs `f` on the blocking pool when there is a runtime (the server), else at once (tools and
+/// tests without one): a fit or a promotion never holds up the label that triggered it.
+fn in_background(f: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => {
+            h.spawn_blocking(f);
+        }
+        Err(_) => f(),
+    }
 }
 
 /// Publishes the window gauges of `model` (ECE, accuracy, window samples) from the monitor's

@@ -8,6 +8,7 @@ pub mod feedback;
 mod model;
 pub mod prediction;
 pub mod preprocess;
+pub mod recalibrate;
 mod registry;
 
 use bytes::Bytes;

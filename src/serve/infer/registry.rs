@@ -119,6 +119,11 @@ impl ModelRegistry {
         }
     }
 
+    /// The `calib/` folder models are loaded from (where a recalibration writes).
+    pub fn calib_dir(&self) -> &std::path::Path {
+        &self.config.calib_dir
+    }
+
     /// The model called `name`, if loaded.
     pub fn get(&self, name: &str) -> Option<Arc<LoadedModel>> {
         self.models

@@ -10,6 +10,9 @@
 //! Two replicas that both receive the same label each count it once (documented in README).
 
 pub mod log;
+pub mod logits;
+pub mod recal;
+pub mod shadow;
 pub mod token;
 pub mod window;
 

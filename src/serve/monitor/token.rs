@@ -165,6 +165,17 @@ impl TokenSigner {
     }
 }
 
+/// The nonce of a token this server just issued, read without checking the signature: it keys
+/// the prediction's logits in the recalibration store (`monitor::logits`). A label still has to
+/// pass [`TokenSigner::verify`] before the nonce is looked up.
+pub fn nonce_of(token: &str) -> Option<u64> {
+    let raw = URL_SAFE_NO_PAD.decode(token.trim()).ok()?;
+    if raw.first() != Some(&VERSION) {
+        return None;
+    }
+    Some(u64::from_le_bytes(raw.get(1..9)?.try_into().ok()?))
+}
+
 fn push_short_str(buf: &mut Vec<u8>, s: &str) {
     // Model names and versions are short; longer ones are cut at a char boundary below 256 bytes.
     let mut end = s.len().min(255);
@@ -254,7 +265,9 @@ mod tests {
             let t = token(probs);
             let back = s.verify(&s.sign(&t), 1_010, 60).unwrap();
             assert_eq!(back, t);
+            assert_eq!(nonce_of(&s.sign(&t)), Some(t.nonce));
         }
+        assert_eq!(nonce_of("not a token"), None);
     }
 
     #[test]

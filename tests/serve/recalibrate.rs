@@ -1,0 +1,250 @@
+//! Recalibration from label feedback over a real server (issue 22, section 2).
+//!
+//! The shipped MNIST model is served with a deliberately bad calibrator (temperature scaling at
+//! T = 3, written through the bundle code with the model's sha256), 1,000 real MNIST test images
+//! are predicted and labelled, and then: the TS shadow, refitted from the feedback, beats the
+//! incumbent prequentially; `POST /v2/repository/models/mnist/recalibrate` answers held-out
+//! figures better than before, writes a new calibration file with its provenance and keeps the
+//! previous one; and the next predictions are served with the new calibrator.
+
+use std::time::{Duration, Instant};
+
+use caliper::data::DatasetSpec;
+use caliper::repository::CalibrationFile;
+use caliper::trust::calibration::Calibrator;
+use serde_json::{Value, json};
+
+use crate::common::png;
+use crate::common::process::Server;
+
+const MODEL: &str = "mnist";
+const N: usize = 1000;
+const ADMIN: &str = "adm1n";
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+/// A repository holding the shipped MNIST model and its calibration file with T = 3.
+fn bad_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("models").join(MODEL);
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::create_dir_all(dir.path().join("calib")).unwrap();
+    for f in ["model.onnx", "model.toml"] {
+        std::fs::copy(root().join("models").join(MODEL).join(f), m.join(f)).unwrap();
+    }
+    let mut file = CalibrationFile::load(&root().join(format!("calib/{MODEL}.json"))).unwrap();
+    file.calibrator = Calibrator::Ts { temperature: 3.0 };
+    file.save(&dir.path().join(format!("calib/{MODEL}.json")))
+        .unwrap();
+    dir
+}
+
+/// Predicts images `from..to` of MNIST test (multipart requests of 100); returns the predictions.
+async fn predict(
+    client: &reqwest::Client,
+    server: &Server,
+    test: &caliper::data::Dataset,
+    from: usize,
+    to: usize,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    for start in (from..to).step_by(100) {
+        let form = (start..(start + 100).min(to)).fold(reqwest::multipart::Form::new(), |f, i| {
+            f.part(
+                format!("f{i}"),
+                reqwest::multipart::Part::bytes(png(test.image(i)))
+                    .file_name(format!("{i}.png"))
+                    .mime_str("image/png")
+                    .unwrap(),
+            )
+        });
+        let v: Value = client
+            .post(server.url(&format!("/v1/models/{MODEL}/predict")))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        out.extend(v["predictions"].as_array().expect("predictions").clone());
+    }
+    out
+}
+
+async fn feedback(client: &reqwest::Client, server: &Server, items: &[Value]) {
+    let v: Value = client
+        .post(server.url("/v1/feedback"))
+        .json(&json!({ "feedback": items }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["accepted"].as_u64(), Some(items.len() as u64), "{v}");
+}
+
+async fn get_text(client: &reqwest::Client, server: &Server, path: &str) -> String {
+    let resp = client.get(server.url(path)).send().await.unwrap();
+    resp.text().await.unwrap()
+}
+
+async fn recalibrate(client: &reqwest::Client, server: &Server, body: &Value) -> (u16, Value) {
+    let resp = client
+        .post(server.url(&format!("/v2/repository/models/{MODEL}/recalibrate")))
+        .bearer_auth(ADMIN)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_refits_a_bad_calibrator_and_the_server_swaps_it_in() {
+    let data_dir = root().join("data");
+    let test = "mnist:test"
+        .parse::<DatasetSpec>()
+        .unwrap()
+        .load(&data_dir)
+        .expect("run scripts/fetch-data.sh mnist");
+    let repo = bad_repo();
+    let calib = repo.path().join("calib");
+    let server = Server::with_repository(
+        &repo.path().join("models"),
+        &calib,
+        &["--admin-token", ADMIN, "--feedback-key", "k"],
+    );
+    let client = reqwest::Client::new();
+
+    // No feedback yet: refused, the calibrator stays; and the endpoint needs the admin token.
+    let (status, v) = recalibrate(&client, &server, &json!({"method": "ts"})).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (422, Some("cannot_recalibrate")),
+        "{v}"
+    );
+    let anon = client
+        .post(server.url(&format!("/v2/repository/models/{MODEL}/recalibrate")))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.status().as_u16(), 401);
+
+    let predictions = predict(&client, &server, &test, 0, N).await;
+    assert_eq!(predictions.len(), N);
+    let first = predictions[0].clone();
+    assert_eq!(first["calibration_method"], "ts");
+    let items: Vec<Value> = predictions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| json!({"prediction_id": p["prediction_id"], "label": test.labels[i]}))
+        .collect();
+
+    // The first 500 labels fit the shadows (on the blocking pool); wait for that fit, then the
+    // other 500 are each scored by a shadow fitted before they arrived.
+    feedback(&client, &server, &items[..500]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.monitor(&client, MODEL).await["shadow"]["refits"].as_u64() < Some(1) {
+        assert!(Instant::now() < deadline, "the shadows were never fitted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    feedback(&client, &server, &items[500..]).await;
+    let report = server.monitor(&client, MODEL).await;
+    let ts = &report["shadow"]["ts"];
+    assert_eq!(ts["n"], 500, "{report}");
+    assert!(
+        ts["nll"].as_f64().unwrap() < ts["incumbent_nll"].as_f64().unwrap(),
+        "the TS shadow beats T = 3 prequentially: {ts}"
+    );
+    assert!(
+        ts["ece"].as_f64().unwrap() < ts["incumbent_ece"].as_f64().unwrap(),
+        "{ts}"
+    );
+    assert_eq!(report["shadow"]["window_labels"], N);
+    assert_eq!(report["shadow"]["unusable_for_refit"], 0);
+    let metrics = get_text(&client, &server, "/metrics").await;
+    assert!(
+        metrics.contains(r#"caliper_shadow_labels{model="mnist",shadow="ts"} 500"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"caliper_shadow_nll{model="mnist",scored="incumbent",shadow="ts"}"#)
+    );
+
+    // Recalibrate: better on the held-out (newest 30%) feedback, written, previous kept.
+    let (status, r) = recalibrate(&client, &server, &json!({"method": "ts", "window": N})).await;
+    assert_eq!(status, 200, "{r}");
+    let (before, after) = (&r["held_out"]["before"], &r["held_out"]["after"]);
+    assert_eq!(r["labels"], N);
+    // For the record (`--nocapture`): the held-out figures and the fitted temperature.
+    eprintln!(
+        "held out: {} -> calibrator {}",
+        r["held_out"], r["calibrator"]
+    );
+    assert_eq!(r["held_out"]["held_out_labels"], 300);
+    assert!(
+        after["ece"].as_f64().unwrap() < before["ece"].as_f64().unwrap(),
+        "{r}"
+    );
+    assert!(
+        after["nll"].as_f64().unwrap() < before["nll"].as_f64().unwrap(),
+        "{r}"
+    );
+    assert_eq!(
+        (r["method"].as_str(), r["replaced"].as_str()),
+        (Some("ts"), Some("ts"))
+    );
+
+    let new = CalibrationFile::load(&calib.join(format!("{MODEL}.json"))).unwrap();
+    let Calibrator::Ts { temperature } = new.calibrator else {
+        panic!("{:?}", new.calibrator)
+    };
+    assert!(temperature < 2.0, "refitted temperature {temperature}");
+    let prov = new.provenance.as_ref().expect("provenance");
+    assert_eq!(
+        (prov.source.as_str(), prov.trigger.as_str()),
+        ("fitted from feedback", "manual")
+    );
+    assert_eq!(prov.labels, N);
+    assert!(prov.first_label_s <= prov.last_label_s);
+    let shipped = CalibrationFile::load(&root().join(format!("calib/{MODEL}.json"))).unwrap();
+    assert_eq!(
+        new.model_sha256, shipped.model_sha256,
+        "same binding to model.onnx"
+    );
+    let prev = CalibrationFile::load(&calib.join(format!("{MODEL}.json.prev"))).unwrap();
+    assert_eq!(prev.calibrator, Calibrator::Ts { temperature: 3.0 });
+
+    // The next prediction of the same image is served by the new calibrator: the digit the bad
+    // calibrator was unsure of now gets the sharper probability of T < 2.
+    let again = predict(&client, &server, &test, 0, 1).await;
+    assert_eq!(again[0]["label"], first["label"]);
+    assert!(
+        again[0]["confidence"].as_f64().unwrap() > first["confidence"].as_f64().unwrap(),
+        "{} vs {}",
+        again[0]["confidence"],
+        first["confidence"]
+    );
+    let served: Value = serde_json::from_str(
+        &get_text(&client, &server, &format!("/v1/models/{MODEL}/calibration")).await,
+    )
+    .unwrap();
+    assert_eq!(
+        served["calibration"]["provenance"]["source"],
+        "fitted from feedback"
+    );
+    let metrics = get_text(&client, &server, "/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"caliper_recalibrations_total{method="ts",model="mnist",trigger="manual"} 1"#
+        ),
+        "{metrics}"
+    );
+    // The incumbent changed: the shadows' scores start again.
+    assert_eq!(server.monitor(&client, MODEL).await["shadow"]["ts"]["n"], 0);
+}
