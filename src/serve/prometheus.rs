@@ -2,8 +2,8 @@
 //! batch and calibration families, and the text exposition.
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::trust::metrics::BinnedAccumulator;
@@ -42,6 +42,11 @@ pub struct ServerMetrics {
     pub model_info: IntGaugeVec,
     /// Live calibration from label feedback (issue 5).
     pub calibration: CalibrationMetrics,
+    /// `caliper_payload_log_records_total`: lines written to the payload log.
+    pub payload_log_written: IntCounter,
+    /// `caliper_payload_log_dropped_total{reason}`: sampled predictions not logged
+    /// (`queue_full`: the writer fell behind; `write_error`; `writer_gone`).
+    pub payload_log_dropped: IntCounterVec,
 }
 
 /// Live calibration metrics. The three per-bin counters make fleet-wide ECE exact in PromQL
@@ -256,6 +261,16 @@ impl ServerMetrics {
         )?;
         registry.register(Box::new(model_info.clone()))?;
         let calibration = CalibrationMetrics::register(&registry)?;
+        let payload_log_written = IntCounter::new(
+            "caliper_payload_log_records_total",
+            "Predictions written to the payload log",
+        )?;
+        registry.register(Box::new(payload_log_written.clone()))?;
+        let payload_log_dropped = counter(
+            "caliper_payload_log_dropped_total",
+            "Sampled predictions the payload log dropped, by reason",
+            &["reason"],
+        )?;
         Ok(Self {
             registry,
             request_duration,
@@ -268,6 +283,8 @@ impl ServerMetrics {
             in_flight,
             model_info,
             calibration,
+            payload_log_written,
+            payload_log_dropped,
         })
     }
 

@@ -7,20 +7,13 @@
 use crate::common;
 
 use base64::Engine;
-use caliper::data::{Dataset, DatasetSpec};
+use caliper::data::Dataset;
 use caliper::repository::CalibrationFile;
 use caliper::serve::http::AppState;
 use caliper::trust::ood::artifacts::fit_trust_artifacts;
 use common::*;
 use ndarray::Array2;
 use serde_json::{Value, json};
-
-fn mnist_test() -> Dataset {
-    let data_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
-    let spec: DatasetSpec = "mnist:test".parse().unwrap();
-    spec.load(&data_dir)
-        .expect("run scripts/fetch-data.sh mnist")
-}
 
 /// Raw logits of images `range` through the V2 endpoint (one batched request).
 async fn logits(s: &AppState, test: &Dataset, range: std::ops::Range<usize>) -> Array2<f64> {

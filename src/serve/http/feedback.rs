@@ -218,13 +218,13 @@ pub async fn monitor(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("monitor task failed: {e}")))?;
-    Ok(Json(serde_json::json!({
-        "model": model.files.name,
-        "model_version": model.files.metadata.version,
-        "window": state.config.monitor.window,
-        "bins": state.config.monitor.bins,
-        "live": report,
-    }))
+    Ok(Json(crate::serve::monitor::MonitorReport {
+        model: model.files.name.clone(),
+        model_version: model.files.metadata.version.clone(),
+        window: state.config.monitor.window,
+        bins: state.config.monitor.bins,
+        live: report,
+    })
     .into_response())
 }
 

@@ -79,6 +79,7 @@ pub async fn predict(
         .unwrap_or("")
         .to_ascii_lowercase();
     let limit = state.config.max_body_bytes;
+    let request_id = super::request_id(req.headers());
     let multipart = content_type.starts_with("multipart/form-data");
     let images: Vec<Bytes> = if multipart {
         let mut form = Multipart::from_request(req, &state)
@@ -132,6 +133,7 @@ pub async fn predict(
         },
         probabilities: q.probabilities.unwrap_or(true),
     };
+    let logged_images = state.logs_images().then(|| images.clone());
     let scored = state
         .within_budget(predict_images(
             &model,
@@ -142,6 +144,13 @@ pub async fn predict(
         .await?;
     let mut predictions: Vec<_> = scored.into_iter().map(|s| s.prediction).collect();
     crate::serve::infer::feedback::stamp(&state.monitor, &state.metrics, &mut predictions);
+    // Logged before `finish`: `?probabilities=false` trims the answer, not the log.
+    state.log_payload(
+        &model,
+        &predictions,
+        request_id.as_deref(),
+        logged_images.as_deref(),
+    );
     predictions.iter_mut().for_each(|p| p.finish(&options));
     let capacity = prediction_len_hint(&model) * predictions.len();
     if multipart {

@@ -10,6 +10,7 @@
 //! Two replicas that both receive the same label each count it once (documented in README).
 
 pub mod log;
+pub mod replay;
 pub mod token;
 pub mod window;
 
@@ -22,6 +23,21 @@ pub use token::{MAX_EMBEDDED_CLASSES, PredictionToken, TokenError, TokenSigner};
 pub use window::{LiveReport, ModelWindow};
 
 use crate::trust::metrics::{BinnedAccumulator, BootstrapOptions, ConfidenceReference};
+
+/// The body of `GET /v1/models/{model}/monitor`, which `caliper monitor replay` prints too.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MonitorReport {
+    /// The model.
+    pub model: String,
+    /// Its version.
+    pub model_version: String,
+    /// Labelled predictions the window holds at most.
+    pub window: usize,
+    /// Equal-width bins of the ECE.
+    pub bins: usize,
+    /// The figures; null before the model saw a prediction or a label.
+    pub live: Option<LiveReport>,
+}
 
 /// Settings of the monitor.
 #[derive(Debug, Clone)]
