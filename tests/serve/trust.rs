@@ -7,7 +7,7 @@
 use crate::common;
 
 use base64::Engine;
-use caliper::data::Dataset;
+use caliper::data::{Dataset, DatasetSpec};
 use caliper::repository::CalibrationFile;
 use caliper::serve::http::AppState;
 use caliper::trust::ood::artifacts::fit_trust_artifacts;

@@ -105,7 +105,7 @@ fn lines_carry_what_replay_needs_bit_for_bit() {
     assert_eq!(lines[0]["image"], "iVBORyBmYWtl");
     assert!(lines[1].get("image").is_none());
     assert_eq!(lines[0]["ood"]["is_ood"], false);
-    assert_eq!(lines[0]["label"], "c0");
+    assert_eq!(lines[0]["label"], "c1");
     assert_eq!(metrics.payload_log_written.get(), 2);
 }
 
