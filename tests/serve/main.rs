@@ -27,6 +27,6 @@ mod prometheus_fleet;
 mod router;
 mod shipped_models;
 mod socket;
-mod trust;
 mod tritonclient_http;
+mod trust;
 mod v2_binary;

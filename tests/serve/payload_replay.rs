@@ -98,7 +98,11 @@ async fn replaying_the_payload_log_with_the_labels_gives_the_live_report() {
         .json()
         .await
         .unwrap();
-    assert_eq!((fb["accepted"].as_u64(), fb["duplicates"].as_u64()), (Some(60), Some(1)), "{fb}");
+    assert_eq!(
+        (fb["accepted"].as_u64(), fb["duplicates"].as_u64()),
+        (Some(60), Some(1)),
+        "{fb}"
+    );
     let live = server.monitor(&client, MODEL).await;
     assert_eq!(live["live"]["labelled"], V1 + V2, "{live}");
     let metrics = client
@@ -127,7 +131,10 @@ async fn replaying_the_payload_log_with_the_labels_gives_the_live_report() {
     }
     let raw = std::fs::read_to_string(&caliper::serve::payload_log::log_files(&log).unwrap()[0].1)
         .unwrap();
-    assert!(!raw.contains("\"image\""), "images are logged only when asked");
+    assert!(
+        !raw.contains("\"image\""),
+        "images are logged only when asked"
+    );
 
     // The labels file: CSV with a header, class indices; one label without a logged prediction.
     let file = log_dir.path().join("labels.csv");
@@ -156,7 +163,11 @@ async fn replaying_the_payload_log_with_the_labels_gives_the_live_report() {
     }
     let (r, l) = (&replayed["live"], &live["live"]);
     for key in ["labelled", "ece", "mce", "accuracy"] {
-        assert_eq!(r[key], l[key], "{key}: replay {} vs live {}", r[key], l[key]);
+        assert_eq!(
+            r[key], l[key],
+            "{key}: replay {} vs live {}",
+            r[key], l[key]
+        );
     }
     assert!(l["ece"].as_f64().is_some() && l["drift"].is_object(), "{l}");
     // Everything else too: bins, the full metric report, served count, mean confidence, drift.

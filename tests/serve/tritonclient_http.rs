@@ -36,7 +36,12 @@ fn require_tritonclient() {
 }
 
 /// Runs scripts/tritonclient_infer.py and parses what it printed.
-fn tritonclient(server: &Server, input: &str, tensor: &Path, images: &[std::path::PathBuf]) -> Value {
+fn tritonclient(
+    server: &Server,
+    input: &str,
+    tensor: &Path,
+    images: &[std::path::PathBuf],
+) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tritonclient_infer.py");
     let out = Command::new("python3")
         .arg(script)
@@ -75,7 +80,13 @@ fn rows(v: &Value) -> Vec<Vec<f64>> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
         .collect()
 }
 
@@ -107,11 +118,8 @@ fn assert_same_probabilities(what: &str, client: &[Vec<f64>], json_path: &[Vec<f
 async fn tritonclient_http_defaults_fp32_and_bytes_match_the_json_path() {
     require_tritonclient();
     let repo = bundled_repo(MODEL);
-    let server = Server::with_repository(
-        &repo.path().join("models"),
-        &repo.path().join("calib"),
-        &[],
-    );
+    let server =
+        Server::with_repository(&repo.path().join("models"), &repo.path().join("calib"), &[]);
     let test = mnist_test();
     let meta = ModelMetadata::load(&repo.path().join("models/mnist/model.toml")).unwrap();
     let spec = &meta.input;
@@ -156,7 +164,13 @@ async fn tritonclient_http_defaults_fp32_and_bytes_match_the_json_path() {
 
     // FP32, binary both ways: same probabilities as the JSON path on the same tensor.
     let fp32 = &got["fp32"];
-    let requested = ["confidence", "is_ood", "label", "prediction_id", "probabilities"];
+    let requested = [
+        "confidence",
+        "is_ood",
+        "label",
+        "prediction_id",
+        "probabilities",
+    ];
     assert_eq!(fp32["binary_outputs"], json!(requested), "{fp32}");
     assert_eq!(fp32["id"], "fp32-request", "the request's id is echoed");
     let (json_fp32, _) = json_infer(
@@ -165,7 +179,11 @@ async fn tritonclient_http_defaults_fp32_and_bytes_match_the_json_path() {
         None,
     )
     .await;
-    assert_same_probabilities("FP32", &rows(&fp32["probabilities"]), &json_rows(&json_fp32));
+    assert_same_probabilities(
+        "FP32",
+        &rows(&fp32["probabilities"]),
+        &json_rows(&json_fp32),
+    );
     let labels = &json_fp32["outputs"][1]["data"];
     assert_eq!(&fp32["label"], labels, "{fp32}");
     // The binary prediction ids are the ones the response parameters list (for feedback).
@@ -184,11 +202,22 @@ async fn tritonclient_http_defaults_fp32_and_bytes_match_the_json_path() {
     )
     .await;
     // No `id` in the request: the response's id is the request's X-Request-Id.
-    assert_eq!((json_bytes["id"].as_str(), echoed.as_str()), (Some("json-request-7"), "json-request-7"));
+    assert_eq!(
+        (json_bytes["id"].as_str(), echoed.as_str()),
+        (Some("json-request-7"), "json-request-7")
+    );
     let bytes = &got["bytes"];
     assert_eq!(bytes["binary_outputs"], json!(requested), "{bytes}");
-    assert_same_probabilities("BYTES", &rows(&bytes["probabilities"]), &json_rows(&json_bytes));
-    assert_same_probabilities("BYTES vs FP32", &json_rows(&json_bytes), &json_rows(&json_fp32));
+    assert_same_probabilities(
+        "BYTES",
+        &rows(&bytes["probabilities"]),
+        &json_rows(&json_bytes),
+    );
+    assert_same_probabilities(
+        "BYTES vs FP32",
+        &json_rows(&json_bytes),
+        &json_rows(&json_fp32),
+    );
     assert_eq!(&bytes["label"], labels);
     // tritonclient sent no id: caliper's generated X-Request-Id (a UUID) stands in.
     let id = bytes["id"].as_str().unwrap();
@@ -196,6 +225,14 @@ async fn tritonclient_http_defaults_fp32_and_bytes_match_the_json_path() {
 
     // No outputs named (binary_data_output), on /versions/1/infer: the default outputs, binary.
     let d = &got["bytes_default_outputs"];
-    assert_eq!(d["binary_outputs"], json!(["confidence", "label", "probabilities"]), "{d}");
-    assert_same_probabilities("default outputs", &rows(&d["probabilities"]), &json_rows(&json_bytes));
+    assert_eq!(
+        d["binary_outputs"],
+        json!(["confidence", "label", "probabilities"]),
+        "{d}"
+    );
+    assert_same_probabilities(
+        "default outputs",
+        &rows(&d["probabilities"]),
+        &json_rows(&json_bytes),
+    );
 }

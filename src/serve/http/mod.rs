@@ -112,12 +112,14 @@ impl AppState {
         // Without this the gauges stay absent until the next label (issue 17).
         crate::serve::infer::feedback::publish_restored(&monitor, &metrics);
         let payload_log = match &config.payload_log {
-            Some(c) => Some(PayloadLog::start(c, Arc::clone(&metrics)).map_err(|source| {
-                StateError::PayloadLog {
-                    dir: c.dir.display().to_string(),
-                    source,
-                }
-            })?),
+            Some(c) => Some(
+                PayloadLog::start(c, Arc::clone(&metrics)).map_err(|source| {
+                    StateError::PayloadLog {
+                        dir: c.dir.display().to_string(),
+                        source,
+                    }
+                })?,
+            ),
             None => None,
         };
         Ok(Self(Arc::new(Shared {
@@ -136,7 +138,9 @@ impl AppState {
 
     /// Whether the payload log wants the requests' images.
     fn logs_images(&self) -> bool {
-        self.payload_log.as_ref().is_some_and(PayloadLog::logs_images)
+        self.payload_log
+            .as_ref()
+            .is_some_and(PayloadLog::logs_images)
     }
 
     /// Offers stamped predictions of `model` to the payload log, when there is one.
@@ -148,7 +152,12 @@ impl AppState {
         images: Option<&[bytes::Bytes]>,
     ) {
         if let Some(log) = &self.payload_log {
-            log.offer(predictions, &model.files.metadata.labels, request_id, images);
+            log.offer(
+                predictions,
+                &model.files.metadata.labels,
+                request_id,
+                images,
+            );
         }
     }
 

@@ -285,16 +285,21 @@ enum InputData {
 
 /// Pairs each input with its data, taking binary tensors from the binary section in request
 /// order; fails on an input with both or neither, on a short section and on bytes left over.
-fn input_data(inputs: Vec<RequestInput>, binary: Bytes) -> Result<Vec<(RequestInput, InputData)>, ApiError> {
+fn input_data(
+    inputs: Vec<RequestInput>,
+    binary: Bytes,
+) -> Result<Vec<(RequestInput, InputData)>, ApiError> {
     let mut section = BinarySection::new(binary);
     let mut out = Vec::with_capacity(inputs.len());
     for mut input in inputs {
         let bad = |m: String| ApiError::BadRequest(format!("input {:?}: {m}", input.name));
         let params = input.parameters.take().unwrap_or_default();
         if params.shared_memory_region.is_some() {
-            return Err(bad("the shared-memory extension is not supported; send the tensor \
+            return Err(bad(
+                "the shared-memory extension is not supported; send the tensor \
                             as JSON data or binary data"
-                .into()));
+                    .into(),
+            ));
         }
         let data = match (input.data.take(), params.binary_data_size) {
             (Some(_), Some(_)) => {

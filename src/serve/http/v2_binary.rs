@@ -89,7 +89,9 @@ impl BinarySection {
 /// FP32 elements from their binary form, refusing a size that does not match `count` elements
 /// and values that are not finite (they would reach the model as NaN or infinity).
 pub fn decode_fp32(raw: &[u8], count: usize) -> Result<Vec<f32>, String> {
-    let want = count.checked_mul(4).ok_or("the tensor holds too many elements")?;
+    let want = count
+        .checked_mul(4)
+        .ok_or("the tensor holds too many elements")?;
     if raw.len() != want {
         return Err(format!(
             "binary_data_size is {} bytes but {count} FP32 elements take {want}",
@@ -208,18 +210,28 @@ mod tests {
         assert_eq!(&s.take("b", 1).unwrap()[..], &[3]);
         let e = s.finish().unwrap_err();
         assert!(e.starts_with("2 bytes follow"), "{e}");
-        assert!(BinarySection::new(Bytes::new()).take("x", u64::MAX).is_err());
+        assert!(
+            BinarySection::new(Bytes::new())
+                .take("x", u64::MAX)
+                .is_err()
+        );
         assert!(BinarySection::new(Bytes::new()).finish().is_ok());
     }
 
     #[test]
     fn fp32_is_little_endian_sized_and_finite() {
-        let raw: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let raw: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         assert_eq!(decode_fp32(&raw, 2).unwrap(), [1.5, -2.0]);
         let e = decode_fp32(&raw, 3).unwrap_err();
         assert!(e.contains("8 bytes but 3 FP32 elements take 12"), "{e}");
         assert!(decode_fp32(&raw[..7], 2).is_err());
-        let nan: Vec<u8> = [0.0f32, f32::NAN].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let nan: Vec<u8> = [0.0f32, f32::NAN]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         assert!(decode_fp32(&nan, 2).unwrap_err().contains("element 1"));
         assert!(decode_fp32(&[], usize::MAX).is_err());
     }

@@ -134,7 +134,11 @@ pub struct LoggedPrediction {
 /// response's `top_k`).
 fn top_classes(probabilities: &[f64], labels: &[String], n: usize) -> Vec<LoggedClass> {
     let mut order: Vec<usize> = (0..probabilities.len()).collect();
-    order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        probabilities[b]
+            .total_cmp(&probabilities[a])
+            .then(a.cmp(&b))
+    });
     order
         .into_iter()
         .take(n)
@@ -158,10 +162,7 @@ impl Entry {
             label: &p.label,
             class_index: p.class_index,
             confidence: p.confidence,
-            probabilities: self
-                .top_k
-                .is_none()
-                .then_some(p.probabilities.as_slice()),
+            probabilities: self.top_k.is_none().then_some(p.probabilities.as_slice()),
             top_k: self.top_k.as_deref(),
             calibrated: p.calibrated,
             calibration_method: p.calibration_method,
@@ -319,13 +320,16 @@ fn write_loop(mut file: files::RotatingFile, rx: &Receiver<Message>, metrics: &S
     let mut failing = false;
     let mut handle = |msg: Message, file: &mut files::RotatingFile| match msg {
         Message::Record(entry) => {
-            let result = entry.line().map_err(std::io::Error::other).and_then(|line| {
-                if failing {
-                    // The last write failed mid-line: end that file, start a clean one.
-                    file.rotate()?;
-                }
-                file.write_line(&line)
-            });
+            let result = entry
+                .line()
+                .map_err(std::io::Error::other)
+                .and_then(|line| {
+                    if failing {
+                        // The last write failed mid-line: end that file, start a clean one.
+                        file.rotate()?;
+                    }
+                    file.write_line(&line)
+                });
             match result {
                 Ok(()) => {
                     if failing {

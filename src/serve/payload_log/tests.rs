@@ -60,7 +60,12 @@ fn lines_carry_what_replay_needs_bit_for_bit() {
     big_p[3] = 2e-3;
     let big = prediction("id-2", big_p);
     let image = Bytes::from_static(b"\x89PNG fake");
-    log.offer([&small], &labels(2), Some("req-a"), Some(&[image.clone()]));
+    log.offer(
+        [&small],
+        &labels(2),
+        Some("req-a"),
+        Some(std::slice::from_ref(&image)),
+    );
     log.offer([&big], &labels(20), None, None);
     assert!(log.flush(Duration::from_secs(10)));
 
@@ -90,10 +95,7 @@ fn lines_carry_what_replay_needs_bit_for_bit() {
         .iter()
         .map(|c| (c.index, c.label.as_str()))
         .collect();
-    assert_eq!(
-        top,
-        [(7, "c7"), (3, "c3"), (0, "c0"), (1, "c1"), (2, "c2")]
-    );
+    assert_eq!(top, [(7, "c7"), (3, "c3"), (0, "c0"), (1, "c1"), (2, "c2")]);
     assert_eq!(b.request_id, None);
 
     // The raw lines: the image only where it was given, base64; the OOD verdict.
@@ -125,9 +127,11 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
     assert_eq!(dropped, 2);
     assert!(matches!(rx.try_recv(), Ok(Message::Record(_))));
     assert!(rx.try_recv().is_err());
-    assert!(metrics.render().contains(
-        "caliper_payload_log_dropped_total{reason=\"queue_full\"} 2"
-    ));
+    assert!(
+        metrics
+            .render()
+            .contains("caliper_payload_log_dropped_total{reason=\"queue_full\"} 2")
+    );
 }
 
 #[test]
