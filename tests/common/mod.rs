@@ -65,6 +65,25 @@ pub fn mnist_test() -> caliper::data::Dataset {
         .expect("run scripts/fetch-data.sh mnist")
 }
 
+/// The metadata of model `model` in the repository `root`, and the FP32 input it expects for
+/// the encoded `images` (caliper's one preprocessing path), flat `[N, C, H, W]`.
+pub fn model_input(
+    root: &Path,
+    model: &str,
+    images: &[Vec<u8>],
+) -> (caliper::repository::ModelMetadata, Vec<f32>) {
+    let toml = root.join("models").join(model).join("model.toml");
+    let meta = caliper::repository::ModelMetadata::load(&toml).unwrap();
+    let limits = caliper::serve::infer::ImageLimits {
+        max_pixels: 1 << 20,
+    };
+    let tensor = images
+        .iter()
+        .flat_map(|b| caliper::serve::infer::preprocess(b, &meta.input, limits).unwrap())
+        .collect();
+    (meta, tensor)
+}
+
 /// Default configuration over a repository, one session per model.
 pub fn config(root: &Path) -> Config {
     let mut c = Config::with_repository(root.join("models"), root.join("calib"));

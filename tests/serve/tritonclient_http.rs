@@ -13,10 +13,8 @@ use std::path::Path;
 use std::process::Command;
 
 use base64::Engine;
-use caliper::repository::ModelMetadata;
-use caliper::serve::infer::{ImageLimits, preprocess};
 use common::process::Server;
-use common::{bundled_repo, mnist_test, png};
+use common::{bundled_repo, mnist_test, model_input, png};
 use ndarray::Array4;
 use serde_json::{Value, json};
 
@@ -121,26 +119,22 @@ async fn tritonclient_http_defaults_fp32_and_bytes_match_the_json_path() {
     let server =
         Server::with_repository(&repo.path().join("models"), &repo.path().join("calib"), &[]);
     let test = mnist_test();
-    let meta = ModelMetadata::load(&repo.path().join("models/mnist/model.toml")).unwrap();
-    let spec = &meta.input;
 
     // N real test digits as PNG files, and the FP32 tensor the model's input expects (caliper's
     // one preprocessing path on the same PNGs).
     let dir = tempfile::tempdir().unwrap();
-    let mut pngs = Vec::new();
-    let mut paths = Vec::new();
-    let mut pixels = Vec::new();
-    for i in 0..N {
-        let bytes = png(test.image(i));
-        let path = dir.path().join(format!("{i}.png"));
-        std::fs::write(&path, &bytes).unwrap();
-        let limits = ImageLimits {
-            max_pixels: 1 << 20,
-        };
-        pixels.extend(preprocess(&bytes, spec, limits).unwrap());
-        pngs.push(bytes);
-        paths.push(path);
-    }
+    let pngs: Vec<Vec<u8>> = (0..N).map(|i| png(test.image(i))).collect();
+    let paths: Vec<std::path::PathBuf> = pngs
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            let path = dir.path().join(format!("{i}.png"));
+            std::fs::write(&path, bytes).unwrap();
+            path
+        })
+        .collect();
+    let (meta, pixels) = model_input(repo.path(), MODEL, &pngs);
+    let spec = &meta.input;
     let (c, h, w) = (spec.channels, spec.height, spec.width);
     let tensor = Array4::from_shape_vec((N, c, h, w), pixels.clone()).unwrap();
     let npy = dir.path().join("x.npy");

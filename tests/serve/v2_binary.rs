@@ -84,17 +84,7 @@ async fn binary_inputs_and_outputs_match_the_json_path() {
     let uri = format!("/v2/models/{MODEL}/infer");
     let files = ["3.png", "8.png"];
     let pngs: Vec<Vec<u8>> = files.iter().map(|f| digit(f)).collect();
-    let meta = caliper::repository::ModelMetadata::load(
-        &r.path().join("models").join(MODEL).join("model.toml"),
-    )
-    .unwrap();
-    let limits = caliper::serve::infer::ImageLimits {
-        max_pixels: 1 << 20,
-    };
-    let tensor: Vec<f32> = pngs
-        .iter()
-        .flat_map(|b| caliper::serve::infer::preprocess(b, &meta.input, limits).unwrap())
-        .collect();
+    let (meta, tensor) = model_input(r.path(), MODEL, &pngs);
 
     // The JSON path, for reference.
     let json_req = json!({"inputs": [{"name": "input", "shape": [2, 1, 28, 28], "datatype": "FP32", "data": tensor}],
