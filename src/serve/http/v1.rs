@@ -79,7 +79,10 @@ pub async fn predict(
         .unwrap_or("")
         .to_ascii_lowercase();
     let limit = state.config.max_body_bytes;
-    let request_id = super::request_id(req.headers());
+    let request_id = state
+        .payload_log
+        .as_ref()
+        .and_then(|_| super::request_id(req.headers()));
     let multipart = content_type.starts_with("multipart/form-data");
     let images: Vec<Bytes> = if multipart {
         let mut form = Multipart::from_request(req, &state)

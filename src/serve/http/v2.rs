@@ -615,11 +615,12 @@ async fn infer_model(
     req: Request,
 ) -> Result<Response, ApiError> {
     let limit = state.config.max_body_bytes;
-    let headers = req.headers().clone();
+    let header_len = req.headers().get(v2_binary::HEADER_LENGTH).cloned();
+    let x_request_id = super::request_id(req.headers());
     let body = Bytes::from_request(req, &state)
         .await
         .map_err(|e| bytes_error(e, limit))?;
-    let (json_part, binary) = v2_binary::split_body(&headers, body)?;
+    let (json_part, binary) = v2_binary::split_body(header_len.as_ref(), body)?;
     let mut request: InferRequest = serde_json::from_slice(&json_part)
         .map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))?;
     let wanted = wanted_outputs(&request)?;
@@ -667,7 +668,7 @@ async fn infer_model(
             std::slice::from_mut(&mut s.prediction),
         );
     }
-    let id = request.id.take().or_else(|| super::request_id(&headers));
+    let id = request.id.take().or(x_request_id);
     state.log_payload(
         &model,
         scored.iter().map(|s| &s.prediction),

@@ -9,7 +9,7 @@
 //! tensors in the order the JSON lists them. Everything here is checked arithmetic on sizes a
 //! client chose: a wrong size is a 400 that says which size and what was expected.
 
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
@@ -18,10 +18,13 @@ use super::ApiError;
 /// The header that gives the length of the JSON part of a body with binary tensors.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
-/// Splits a request body into its JSON header and its binary section (empty when the request
-/// has no `Inference-Header-Content-Length`: the whole body is JSON).
-pub fn split_body(headers: &HeaderMap, body: Bytes) -> Result<(Bytes, Bytes), ApiError> {
-    let Some(v) = headers.get(HEADER_LENGTH) else {
+/// Splits a request body into its JSON header and its binary section, given the request's
+/// `Inference-Header-Content-Length` (without one the whole body is JSON).
+pub fn split_body(
+    header_len: Option<&HeaderValue>,
+    body: Bytes,
+) -> Result<(Bytes, Bytes), ApiError> {
+    let Some(v) = header_len else {
         return Ok((body, Bytes::new()));
     };
     let n: usize = v
@@ -178,23 +181,21 @@ pub fn response(mut json: Vec<u8>, binary: &[Vec<u8>]) -> Response {
 mod tests {
     use super::*;
 
-    fn headers(len: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(HEADER_LENGTH, len.parse().unwrap());
-        h
+    fn length(len: &str) -> Option<HeaderValue> {
+        Some(len.parse().unwrap())
     }
 
     #[test]
     fn splits_at_the_header_length_and_refuses_a_short_body() {
         let body = Bytes::from_static(b"{\"a\":1}\x01\x02");
-        let (json, bin) = split_body(&headers("7"), body.clone()).unwrap();
+        let (json, bin) = split_body(length("7").as_ref(), body.clone()).unwrap();
         assert_eq!((&json[..], &bin[..]), (&b"{\"a\":1}"[..], &[1u8, 2][..]));
         // No header: all JSON.
-        let (json, bin) = split_body(&HeaderMap::new(), body.clone()).unwrap();
+        let (json, bin) = split_body(None, body.clone()).unwrap();
         assert_eq!((json.len(), bin.len()), (9, 0));
-        let e = split_body(&headers("10"), body.clone()).unwrap_err();
+        let e = split_body(length("10").as_ref(), body.clone()).unwrap_err();
         assert!(e.to_string().contains("holds only 9 bytes"), "{e}");
-        let e = split_body(&headers("-1"), body).unwrap_err();
+        let e = split_body(length("-1").as_ref(), body).unwrap_err();
         assert!(e.to_string().contains("not a byte count"), "{e}");
     }
 
