@@ -11,6 +11,12 @@ if ! python3 -c 'import onnxruntime, PIL, numpy' 2>/dev/null; then
   echo "installing onnxruntime, pillow, numpy for $(command -v python3)" >&2
   python3 -m pip install --quiet onnxruntime==1.32.0 pillow==13.0.0 numpy==2.4.6 >&2
 fi
+if ! python3 -c 'import tritonclient.http' 2>/dev/null; then
+  # tests/serve/tritonclient_http.rs drives caliper's KServe V2 endpoint with Triton's own
+  # client and its defaults (scripts/tritonclient_infer.py).
+  echo "installing tritonclient[http] for $(command -v python3)" >&2
+  python3 -m pip install --quiet 'tritonclient[http]==2.73.0' numpy==2.4.6 >&2
+fi
 missing=()
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v chromium >/dev/null || missing+=(chromium)

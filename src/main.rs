@@ -31,6 +31,8 @@ enum Command {
     EvalOod(cli::eval_ood::EvalOodArgs),
     /// Import a third-party ONNX classifier into the model repository (writes model.toml).
     Import(cli::import::ImportArgs),
+    /// Offline monitoring: `replay` joins labels with a payload log into the monitor's report.
+    Monitor(cli::monitor::MonitorArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cli::eval::run(a),
         Command::EvalOod(a) => cli::eval_ood::run(a),
         Command::Import(a) => cli::import::run(a),
+        Command::Monitor(a) => cli::monitor::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -99,7 +99,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     // Tests and scripts read this line to find the port when --addr ends in :0.
     tracing::info!("listening on {}", listener.local_addr()?);
+    let kept = state.clone();
     let clean = crate::serve::http::serve(listener, state, shutdown, drain).await?;
+    // What the payload log's writer still holds reaches the disk before the process exits.
+    if let Some(log) = &kept.payload_log
+        && !log.flush(Duration::from_secs(5))
+    {
+        tracing::warn!("payload log: queued records were not all written before exit");
+    }
     tracing::info!(clean, "stopped");
     Ok(())
 }

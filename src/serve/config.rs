@@ -24,6 +24,9 @@ pub enum ConfigError {
     /// A secret flag was given but empty.
     #[error("--{0} must not be empty when given")]
     EmptySecret(&'static str),
+    /// `--payload-log-sample` is not a fraction.
+    #[error("--payload-log-sample must be in [0, 1], got {0}")]
+    SampleRate(f64),
 }
 
 /// Arguments of `caliper serve`. Every flag can also come from its `CALIPER_*` variable.
@@ -85,6 +88,33 @@ pub struct ServeArgs {
     /// Shadow calibrators refitted from feedback, and their promotion (issue 22).
     #[command(flatten)]
     pub recal: crate::serve::monitor::recal::RecalArgs,
+    /// The payload log (one JSON line per prediction).
+    #[command(flatten)]
+    pub payload_log: PayloadLogArgs,
+}
+
+/// Flags of the payload log (issue 21): off unless `--payload-log` names a directory.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PayloadLogArgs {
+    /// Directory of the payload log: one JSON line per prediction (id, model, time, calibrated
+    /// probabilities or top-k, OOD verdict, request id), written off the request path. Off
+    /// when absent. `caliper monitor replay` joins it with labels.
+    #[arg(long, env = "CALIPER_PAYLOAD_LOG")]
+    pub payload_log: Option<PathBuf>,
+    /// Fraction of predictions logged, in [0, 1].
+    #[arg(long, env = "CALIPER_PAYLOAD_LOG_SAMPLE", default_value_t = 1.0)]
+    pub payload_log_sample: f64,
+    /// Size of one payload log file in bytes before the next one starts.
+    #[arg(long, env = "CALIPER_PAYLOAD_LOG_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub payload_log_max_bytes: u64,
+    /// Payload log files kept; the oldest are deleted (the log holds about
+    /// max-files x max-bytes).
+    #[arg(long, env = "CALIPER_PAYLOAD_LOG_MAX_FILES", default_value_t = 16)]
+    pub payload_log_max_files: usize,
+    /// Also log each request's encoded image (base64). Off by default: images are personal
+    /// data more often than predictions are.
+    #[arg(long, env = "CALIPER_PAYLOAD_LOG_IMAGES")]
+    pub payload_log_images: bool,
 }
 
 /// Flags that bound what a client can hold without doing work (issue 23).
@@ -181,6 +211,8 @@ pub struct Config {
     pub feedback_key: Option<String>,
     /// Shadow recalibration settings.
     pub recal: crate::serve::monitor::recal::RecalConfig,
+    /// The payload log, when enabled.
+    pub payload_log: Option<crate::serve::payload_log::PayloadLogConfig>,
 }
 
 impl std::fmt::Debug for Config {
@@ -212,6 +244,7 @@ impl std::fmt::Debug for Config {
             .field("monitor", &self.monitor)
             .field("feedback_key", &redact(&self.feedback_key))
             .field("recal", &self.recal)
+            .field("payload_log", &self.payload_log)
             .finish()
     }
 }
@@ -333,6 +366,24 @@ impl TryFrom<ServeArgs> for Config {
             1024,
             "in 1..=1024",
         )?;
+        let p = &a.payload_log;
+        if !(0.0..=1.0).contains(&p.payload_log_sample) {
+            return Err(ConfigError::SampleRate(p.payload_log_sample));
+        }
+        range(
+            "payload-log-max-bytes",
+            p.payload_log_max_bytes,
+            1,
+            1 << 40,
+            "in 1..=2^40",
+        )?;
+        range(
+            "payload-log-max-files",
+            p.payload_log_max_files as u64,
+            1,
+            1_000_000,
+            "in 1..=1000000",
+        )?;
         for (flag, v) in [
             ("api-key", &a.api_key),
             ("admin-token", &a.admin_token),
@@ -377,6 +428,15 @@ impl TryFrom<ServeArgs> for Config {
             },
             feedback_key: a.monitor.feedback_key,
             recal,
+            payload_log: a.payload_log.payload_log.map(|dir| {
+                crate::serve::payload_log::PayloadLogConfig {
+                    dir,
+                    sample: a.payload_log.payload_log_sample,
+                    max_bytes: a.payload_log.payload_log_max_bytes,
+                    max_files: a.payload_log.payload_log_max_files,
+                    images: a.payload_log.payload_log_images,
+                }
+            }),
         })
     }
 }
@@ -489,10 +549,20 @@ mod tests {
                 state_dir: "state".into(),
             },
             recal: c.recal_args(),
+            payload_log: PayloadLogArgs {
+                payload_log: Some("log".into()),
+                payload_log_sample: 1.5,
+                payload_log_max_bytes: 1,
+                payload_log_max_files: 1,
+                payload_log_images: false,
+            },
         };
         let e = Config::try_from(a.clone()).unwrap_err();
         assert!(e.to_string().contains("--max-batch-size"), "{e}");
         a.max_batch_size = 1;
+        let e = Config::try_from(a.clone()).unwrap_err();
+        assert!(e.to_string().contains("--payload-log-sample"), "{e}");
+        a.payload_log.payload_log_sample = 0.5;
         a.api_key = Some(" ".into());
         assert!(matches!(
             Config::try_from(a.clone()),

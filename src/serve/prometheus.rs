@@ -2,8 +2,8 @@
 //! batch and calibration families, and the text exposition.
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::trust::metrics::BinnedAccumulator;
@@ -51,6 +51,11 @@ pub struct ServerMetrics {
     pub calibration: CalibrationMetrics,
     /// Shadow recalibration from feedback (issue 22).
     pub recal: RecalMetrics,
+    /// `caliper_payload_log_records_total`: lines written to the payload log.
+    pub payload_log_written: IntCounter,
+    /// `caliper_payload_log_dropped_total{reason}`: sampled predictions not logged
+    /// (`queue_full`: the writer fell behind; `write_error`; `writer_gone`).
+    pub payload_log_dropped: IntCounterVec,
 }
 
 /// Live calibration metrics. The three per-bin counters make fleet-wide ECE exact in PromQL
@@ -271,6 +276,16 @@ impl ServerMetrics {
         registry.register(Box::new(model_info.clone()))?;
         let calibration = CalibrationMetrics::register(&registry)?;
         let recal = RecalMetrics::register(&registry)?;
+        let payload_log_written = IntCounter::new(
+            "caliper_payload_log_records_total",
+            "Predictions written to the payload log",
+        )?;
+        registry.register(Box::new(payload_log_written.clone()))?;
+        let payload_log_dropped = counter(
+            "caliper_payload_log_dropped_total",
+            "Sampled predictions the payload log dropped, by reason",
+            &["reason"],
+        )?;
         Ok(Self {
             registry,
             request_duration,
@@ -285,6 +300,8 @@ impl ServerMetrics {
             model_info,
             calibration,
             recal,
+            payload_log_written,
+            payload_log_dropped,
         })
     }
 

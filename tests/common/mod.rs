@@ -41,6 +41,50 @@ pub fn repo() -> tempfile::TempDir {
     dir
 }
 
+/// A private repository holding only the bundled model `name` (`models/NAME` and
+/// `calib/NAME.json` of this checkout).
+pub fn bundled_repo(name: &str) -> tempfile::TempDir {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("models").join(name);
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::create_dir_all(dir.path().join("calib")).unwrap();
+    for e in std::fs::read_dir(root.join("models").join(name)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+    let calib = format!("calib/{name}.json");
+    std::fs::copy(root.join(&calib), dir.path().join(&calib)).unwrap();
+    dir
+}
+
+/// The MNIST test split under `data/` (fetched by scripts/fetch-data.sh).
+pub fn mnist_test() -> caliper::data::Dataset {
+    let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let spec: caliper::data::DatasetSpec = "mnist:test".parse().unwrap();
+    spec.load(&data_dir)
+        .expect("run scripts/fetch-data.sh mnist")
+}
+
+/// The metadata of model `model` in the repository `root`, and the FP32 input it expects for
+/// the encoded `images` (caliper's one preprocessing path), flat `[N, C, H, W]`.
+pub fn model_input(
+    root: &Path,
+    model: &str,
+    images: &[Vec<u8>],
+) -> (caliper::repository::ModelMetadata, Vec<f32>) {
+    let toml = root.join("models").join(model).join("model.toml");
+    let meta = caliper::repository::ModelMetadata::load(&toml).unwrap();
+    let limits = caliper::serve::infer::ImageLimits {
+        max_pixels: 1 << 20,
+    };
+    let tensor = images
+        .iter()
+        .flat_map(|b| caliper::serve::infer::preprocess(b, &meta.input, limits).unwrap())
+        .collect();
+    (meta, tensor)
+}
+
 /// Default configuration over a repository, one session per model.
 pub fn config(root: &Path) -> Config {
     let mut c = Config::with_repository(root.join("models"), root.join("calib"));

@@ -1,4 +1,4 @@
-//! The serving integration tests, one binary: the router in process (`router`, `trust`,
+//! The serving integration tests, one binary: the router in process (`router`, `v2_binary`, `trust`,
 //! `conformal_methods`, `mahalanobis`, `large_labels`, `monitor_feedback`,
 //! `monitor_matches_eval`) and real `caliper serve` processes on a socket: `socket`,
 //! `folder_datasets` (your own images: calibrate, eval, train and serve from image folders),
@@ -6,7 +6,9 @@
 //! `prometheus_fleet`, `recalibrate` (a bad calibrator refitted from feedback and swapped in),
 //! `hostile` (limits, timeouts and faults), `own_model` (a third-party
 //! ImageNet model imported and served, against an independent Python pipeline) and
-//! `shipped_models` (every bundled model's figures and its OOD threshold through the server).
+//! `shipped_models` (every bundled model's figures and its OOD threshold through the server),
+//! `tritonclient_http` (Triton's Python client with its defaults: the binary tensor extension)
+//! and `payload_replay` (the payload log joined with labels by `caliper monitor replay`).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -22,9 +24,12 @@ mod monitor_feedback;
 mod monitor_matches_eval;
 mod monitor_restart_gauges;
 mod own_model;
+mod payload_replay;
 mod prometheus_fleet;
 mod recalibrate;
 mod router;
 mod shipped_models;
 mod socket;
+mod tritonclient_http;
 mod trust;
+mod v2_binary;

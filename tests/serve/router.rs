@@ -344,9 +344,10 @@ async fn kserve_v2_metadata_and_infer_with_tensors_and_bytes() {
     assert_eq!(a["outputs"][2]["data"], json!(["3", "8"]));
     let b64 = base64::engine::general_purpose::STANDARD;
     let bytes = json!({"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": files.map(|f| b64.encode(digit(f)))}]});
-    let (st, b, _) = send(&s, post(&uri, "application/json", bytes.to_string())).await;
+    let (st, b, h) = send(&s, post(&uri, "application/json", bytes.to_string())).await;
     assert_eq!(st, StatusCode::OK, "{b}");
-    assert!(b.get("id").is_none());
+    // No id in the request: the X-Request-Id (generated here) stands in.
+    assert_eq!(b["id"].as_str(), h["x-request-id"].to_str().ok());
     let names: Vec<&str> = b["outputs"]
         .as_array()
         .unwrap()

@@ -15,13 +15,6 @@ use common::*;
 use ndarray::Array2;
 use serde_json::{Value, json};
 
-fn mnist_test() -> Dataset {
-    let data_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
-    let spec: DatasetSpec = "mnist:test".parse().unwrap();
-    spec.load(&data_dir)
-        .expect("run scripts/fetch-data.sh mnist")
-}
-
 /// Raw logits of images `range` through the V2 endpoint (one batched request).
 async fn logits(s: &AppState, test: &Dataset, range: std::ops::Range<usize>) -> Array2<f64> {
     let n = range.len();

@@ -229,14 +229,14 @@ pub async fn monitor(
         &model.files.sha256,
         model.files.metadata.labels.len(),
     );
-    Ok(Json(serde_json::json!({
-        "model": model.files.name,
-        "model_version": model.files.metadata.version,
-        "window": state.config.monitor.window,
-        "bins": state.config.monitor.bins,
-        "live": report,
-        "shadow": shadow,
-    }))
+    Ok(Json(crate::serve::monitor::MonitorReport {
+        model: model.files.name.clone(),
+        model_version: model.files.metadata.version.clone(),
+        window: state.config.monitor.window,
+        bins: state.config.monitor.bins,
+        live: report,
+        shadow: Some(shadow),
+    })
     .into_response())
 }
 

@@ -10,6 +10,7 @@ mod server;
 mod ui;
 mod v1;
 mod v2;
+mod v2_binary;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use crate::serve::config::Config;
 use crate::serve::infer::{ImageLimits, InferError, ModelRegistry};
 use crate::serve::monitor::recal::Recalibration;
 use crate::serve::monitor::{Monitor, TokenSigner};
+use crate::serve::payload_log::PayloadLog;
 use crate::serve::prometheus::ServerMetrics;
 
 /// Shared application state. One `Arc`, so that a clone (axum makes one per middleware layer
@@ -52,6 +54,8 @@ pub struct Shared {
     pub monitor: Monitor,
     /// Shadow calibrators refitted from feedback, and their promotion (issue 22).
     pub recal: Arc<Recalibration>,
+    /// The payload log (`--payload-log`), when enabled.
+    pub payload_log: Option<PayloadLog>,
 }
 
 impl std::ops::Deref for AppState {
@@ -71,6 +75,14 @@ pub enum StateError {
     /// The feedback log could not be opened.
     #[error(transparent)]
     FeedbackLog(#[from] crate::serve::monitor::LogError),
+    /// The payload log directory could not be opened.
+    #[error("payload log {dir}: {source}")]
+    PayloadLog {
+        /// `--payload-log`.
+        dir: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl AppState {
@@ -104,6 +116,17 @@ impl AppState {
         }
         // Without this the gauges stay absent until the next label (issue 17).
         crate::serve::infer::feedback::publish_restored(&monitor, &metrics);
+        let payload_log = match &config.payload_log {
+            Some(c) => Some(
+                PayloadLog::start(c, Arc::clone(&metrics)).map_err(|source| {
+                    StateError::PayloadLog {
+                        dir: c.dir.display().to_string(),
+                        source,
+                    }
+                })?,
+            ),
+            None => None,
+        };
         Ok(Self(Arc::new(Shared {
             registry: Arc::new(ModelRegistry::new(
                 config.registry_options(),
@@ -113,9 +136,35 @@ impl AppState {
             reports: Arc::new(Semaphore::new(config.max_concurrent_reports)),
             monitor,
             recal: Arc::new(Recalibration::new(config.recal.clone())),
+            payload_log,
             config,
             metrics,
         })))
+    }
+
+    /// Whether the payload log wants the requests' images.
+    fn logs_images(&self) -> bool {
+        self.payload_log
+            .as_ref()
+            .is_some_and(PayloadLog::logs_images)
+    }
+
+    /// Offers stamped predictions of `model` to the payload log, when there is one.
+    fn log_payload<'a>(
+        &self,
+        model: &crate::serve::infer::LoadedModel,
+        predictions: impl IntoIterator<Item = &'a crate::serve::infer::Prediction>,
+        request_id: Option<&str>,
+        images: Option<&[bytes::Bytes]>,
+    ) {
+        if let Some(log) = &self.payload_log {
+            log.offer(
+                predictions,
+                &model.files.metadata.labels,
+                request_id,
+                images,
+            );
+        }
     }
 
     fn image_limits(&self) -> ImageLimits {
@@ -128,6 +177,23 @@ impl AppState {
         self.registry
             .get(name)
             .ok_or_else(|| ApiError::ModelNotFound(name.to_string()))
+    }
+
+    /// The model, when it serves `version` (KServe V2's `/versions/{version}` routes).
+    fn model_version(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Arc<crate::serve::infer::LoadedModel>, ApiError> {
+        let m = self.model(name)?;
+        if m.files.metadata.version == version {
+            Ok(m)
+        } else {
+            Err(ApiError::NotFoundDetail(format!(
+                "model {name:?} serves version {:?}, not {version:?}",
+                m.files.metadata.version
+            )))
+        }
     }
 
     /// Runs an inference future under the request time budget (504 after it). Dropping the
@@ -144,12 +210,24 @@ impl AppState {
     }
 }
 
+/// The request's `X-Request-Id`: the client's, or the one the router's request-id layer made.
+fn request_id(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 /// The whole application. Used by `caliper serve` and by the tests (through `oneshot`).
 pub fn router(state: AppState) -> Router {
     // Inference: admission control first, then the API key.
     let inference = Router::new()
         .route("/v1/models/{model}/predict", post(v1::predict))
         .route("/v2/models/{model}/infer", post(v2::infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(v2::infer_version),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::admit,
@@ -170,6 +248,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", get(v2::server_metadata))
         .route("/v2/models/{model}", get(v2::model_metadata))
         .route("/v2/models/{model}/ready", get(v2::model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(v2::model_version_metadata),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(v2::model_version_ready),
+        )
         .merge(inference)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -79,6 +79,10 @@ pub async fn predict(
         .unwrap_or("")
         .to_ascii_lowercase();
     let limit = state.config.max_body_bytes;
+    let request_id = state
+        .payload_log
+        .as_ref()
+        .and_then(|_| super::request_id(req.headers()));
     let multipart = content_type.starts_with("multipart/form-data");
     let images: Vec<Bytes> = if multipart {
         let mut form = Multipart::from_request(req, &state)
@@ -132,6 +136,7 @@ pub async fn predict(
         },
         probabilities: q.probabilities.unwrap_or(true),
     };
+    let logged_images = state.logs_images().then(|| images.clone());
     let mut scored = state
         .within_budget(predict_images(
             &model,
@@ -148,6 +153,13 @@ pub async fn predict(
         &mut scored,
     );
     let mut predictions: Vec<_> = scored.into_iter().map(|s| s.prediction).collect();
+    // Logged before `finish`: `?probabilities=false` trims the answer, not the log.
+    state.log_payload(
+        &model,
+        &predictions,
+        request_id.as_deref(),
+        logged_images.as_deref(),
+    );
     predictions.iter_mut().for_each(|p| p.finish(&options));
     let capacity = prediction_len_hint(&model) * predictions.len();
     if multipart {

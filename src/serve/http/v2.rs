@@ -1,6 +1,9 @@
-//! KServe V2 / Open Inference Protocol over HTTP (JSON): server and model metadata, health,
-//! readiness, `infer`, and the repository extension's `load` (reload). Shapes follow the
-//! protocol so that existing V2 clients work unchanged; errors are `{"error": "..."}`.
+//! KServe V2 / Open Inference Protocol over HTTP: server and model metadata, health,
+//! readiness, `infer` (JSON tensors, or binary ones after the JSON header: `v2_binary`), and the
+//! repository extension's `load` (reload). Shapes follow the protocol so that existing V2 clients
+//! work unchanged; errors are `{"error": "..."}`.
+
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{FromRequest, Path, Request, State};
@@ -12,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::v1::bytes_error;
+use super::v2_binary::{self, BinarySection};
 use super::{ApiError, AppState};
 use crate::repository::RepositoryError;
 use crate::serve::infer::{
@@ -26,12 +30,23 @@ const DEFAULT_OUTPUTS: [&str; 3] = ["probabilities", "label", "confidence"];
 /// A V2 inference request.
 #[derive(Debug, Deserialize)]
 pub struct InferRequest {
-    /// Echoed in the response.
+    /// Echoed in the response (the request's `X-Request-Id` when absent).
     #[serde(default)]
     id: Option<String>,
     inputs: Vec<RequestInput>,
     #[serde(default)]
     outputs: Option<Vec<RequestedOutput>>,
+    /// Unknown parameters (Triton's `priority`, `timeout`, ...) are ignored.
+    #[serde(default)]
+    parameters: Option<RequestParameters>,
+}
+
+/// Request-level parameters caliper acts on.
+#[derive(Debug, Default, Deserialize)]
+struct RequestParameters {
+    /// Every output as binary data unless the output says otherwise (binary extension).
+    #[serde(default)]
+    binary_data_output: bool,
 }
 
 /// One input tensor.
@@ -40,33 +55,103 @@ struct RequestInput {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    /// Row-major, flat or nested.
-    data: Value,
+    /// Row-major, flat or nested; absent when the tensor is binary.
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    parameters: Option<InputParameters>,
+}
+
+/// Input parameters caliper acts on.
+#[derive(Debug, Default, Deserialize)]
+struct InputParameters {
+    /// The tensor is this many bytes of the binary section (binary extension).
+    binary_data_size: Option<u64>,
+    /// Triton's shared-memory extension, which caliper does not implement.
+    shared_memory_region: Option<String>,
 }
 
 /// One requested output.
 #[derive(Debug, Deserialize)]
 struct RequestedOutput {
     name: String,
+    #[serde(default)]
+    parameters: Option<OutputParameters>,
+}
+
+/// Output parameters caliper acts on.
+#[derive(Debug, Default, Deserialize)]
+struct OutputParameters {
+    /// Return this output as binary data (overrides `binary_data_output`).
+    binary_data: Option<bool>,
+    /// Triton's classification extension, which caliper does not implement.
+    classification: Option<u64>,
+    /// Triton's shared-memory extension, which caliper does not implement.
+    shared_memory_region: Option<String>,
+}
+
+/// The elements of one output tensor.
+#[derive(Debug)]
+enum OutputData {
+    Fp32(Vec<f32>),
+    Bytes(Vec<String>),
+    Bool(Vec<bool>),
+}
+
+impl Serialize for OutputData {
+    /// As JSON numbers, strings and booleans; FP32 as the f64 of the value, as the JSON path
+    /// has always written it.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            OutputData::Fp32(v) => s.collect_seq(v.iter().map(|&x| f64::from(x))),
+            OutputData::Bytes(v) => s.collect_seq(v),
+            OutputData::Bool(v) => s.collect_seq(v),
+        }
+    }
+}
+
+impl OutputData {
+    /// The binary form (binary extension): little-endian FP32, BOOL as one byte, BYTES with
+    /// 4-byte length prefixes.
+    fn to_binary(&self) -> Vec<u8> {
+        match self {
+            OutputData::Fp32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            OutputData::Bytes(v) => v2_binary::encode_bytes(v.iter().map(String::as_bytes)),
+            OutputData::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+        }
+    }
 }
 
 /// One output tensor of the response.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 struct OutputTensor {
     name: &'static str,
     datatype: &'static str,
     shape: Vec<usize>,
-    data: Value,
+    data: OutputData,
+}
+
+/// One output as the response's JSON carries it: with its `data`, or with
+/// `parameters.binary_data_size` when its data follows the JSON.
+#[derive(Debug, Serialize)]
+struct WireOutput<'a> {
+    name: &'static str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a OutputData>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
 }
 
 /// The V2 inference response.
 #[derive(Debug, Serialize)]
-struct InferResponse {
+struct InferResponse<'a> {
     model_name: String,
     model_version: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
-    outputs: Vec<OutputTensor>,
+    outputs: Vec<WireOutput<'a>>,
     /// What a V2 client needs for label feedback (`POST /v1/feedback`) and the OOD verdict,
     /// one entry per input row: see `feedback_parameters`.
     parameters: Value,
@@ -77,7 +162,7 @@ pub async fn server_metadata() -> Json<Value> {
     Json(json!({
         "name": "caliper",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["model_repository"],
+        "extensions": ["model_repository", "binary_tensor_data"],
     }))
 }
 
@@ -111,17 +196,39 @@ pub async fn model_ready(
     Ok(Json(json!({ "name": m.files.name, "ready": true })))
 }
 
+/// `GET /v2/models/{model}/versions/{version}/ready`.
+pub async fn model_version_ready(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let m = state.model_version(&name, &version)?;
+    Ok(Json(json!({ "name": m.files.name, "ready": true })))
+}
+
 /// `GET /v2/models/{model}`: metadata with `-1` for the batch dimension.
 pub async fn model_metadata(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let m = state.model(&name)?;
+    Ok(Json(metadata(&m)))
+}
+
+/// `GET /v2/models/{model}/versions/{version}`.
+pub async fn model_version_metadata(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let m = state.model_version(&name, &version)?;
+    Ok(Json(metadata(&m)))
+}
+
+fn metadata(m: &LoadedModel) -> Value {
     let meta = &m.files.metadata;
     let i = &meta.input;
     let t = i.tensor_dims();
     let k = meta.labels.len() as i64;
-    Ok(Json(json!({
+    json!({
         "name": m.files.name,
         "versions": [meta.version],
         "platform": "onnxruntime_onnx",
@@ -143,7 +250,7 @@ pub async fn model_metadata(
             "calibrated": m.is_calibrated(),
             "calibration_method": m.calibrator.method(),
         },
-    })))
+    })
 }
 
 /// Flattens a nested JSON array into `out` (row-major), failing on anything but arrays and
@@ -171,13 +278,61 @@ fn fp32(v: &Value) -> Result<f32, String> {
     }
 }
 
+/// Where one input's elements are: in its JSON `data`, or in the binary section.
+enum InputData {
+    Json(Value),
+    Binary(Bytes),
+}
+
+/// Pairs each input with its data, taking binary tensors from the binary section in request
+/// order; fails on an input with both or neither, on a short section and on bytes left over.
+fn input_data(
+    inputs: Vec<RequestInput>,
+    binary: Bytes,
+) -> Result<Vec<(RequestInput, InputData)>, ApiError> {
+    let mut section = BinarySection::new(binary);
+    let mut out = Vec::with_capacity(inputs.len());
+    for mut input in inputs {
+        let bad = |m: String| ApiError::BadRequest(format!("input {:?}: {m}", input.name));
+        let params = input.parameters.take().unwrap_or_default();
+        if params.shared_memory_region.is_some() {
+            return Err(bad(
+                "the shared-memory extension is not supported; send the tensor \
+                            as JSON data or binary data"
+                    .into(),
+            ));
+        }
+        let data = match (input.data.take(), params.binary_data_size) {
+            (Some(_), Some(_)) => {
+                return Err(bad("has both data and parameters.binary_data_size".into()));
+            }
+            (Some(v), None) => InputData::Json(v),
+            (None, Some(size)) => InputData::Binary(section.take(&input.name, size).map_err(bad)?),
+            (None, None) => {
+                return Err(bad(
+                    "has neither data nor parameters.binary_data_size (binary tensor data \
+                     extension)"
+                        .into(),
+                ));
+            }
+        };
+        out.push((input, data));
+    }
+    section.finish().map_err(ApiError::BadRequest)?;
+    Ok(out)
+}
+
 /// Turns the request's single input into per-image model inputs or encoded images.
 enum Batch {
     Tensors(Vec<Vec<f32>>),
     Images(Vec<Bytes>),
 }
 
-fn parse_input(model: &LoadedModel, input: &RequestInput) -> Result<Batch, ApiError> {
+fn parse_input(
+    model: &LoadedModel,
+    input: &RequestInput,
+    data: InputData,
+) -> Result<Batch, ApiError> {
     let bad = |m: String| ApiError::BadRequest(format!("input {:?}: {m}", input.name));
     let spec = &model.files.metadata.input;
     let most = model.queue_capacity();
@@ -204,8 +359,14 @@ fn parse_input(model: &LoadedModel, input: &RequestInput) -> Result<Batch, ApiEr
             if n > most {
                 return Err(super::v1::too_many_images(most));
             }
-            let mut data = Vec::new();
-            flatten(&input.data, &mut data, &fp32).map_err(bad)?;
+            let data = match data {
+                InputData::Json(v) => {
+                    let mut out = Vec::new();
+                    flatten(&v, &mut out, &fp32).map_err(bad)?;
+                    out
+                }
+                InputData::Binary(raw) => v2_binary::decode_fp32(&raw, expected).map_err(bad)?,
+            };
             if n == 0 || data.len() != expected {
                 return Err(bad(format!(
                     "expected {expected} values for shape {:?}, got {}",
@@ -224,34 +385,32 @@ fn parse_input(model: &LoadedModel, input: &RequestInput) -> Result<Batch, ApiEr
             ))
         }
         (IMAGE_INPUT, "BYTES") => {
-            let mut data = Vec::new();
-            flatten(&input.data, &mut data, &|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("unexpected element {v}"))
-            })
-            .map_err(bad)?;
-            let n = data.len();
+            let images = match data {
+                InputData::Json(v) => {
+                    let mut strings = Vec::new();
+                    flatten(&v, &mut strings, &|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| format!("unexpected element {v}"))
+                    })
+                    .map_err(bad)?;
+                    Encoded::Base64(strings)
+                }
+                // Binary BYTES elements are the encoded files themselves, no base64.
+                InputData::Binary(raw) => Encoded::Raw(v2_binary::decode_bytes(&raw).map_err(bad)?),
+            };
+            let n = images.len();
             if n > most {
                 return Err(super::v1::too_many_images(most));
             }
             if n == 0 || input.shape.as_slice() != [n as i64] {
                 return Err(bad(format!(
-                    "shape {:?} does not match {n} base64 strings",
-                    input.shape
+                    "shape {:?} does not match {n} {}",
+                    input.shape,
+                    images.what()
                 )));
             }
-            let engine = base64::engine::general_purpose::STANDARD;
-            data.iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    engine
-                        .decode(s.trim())
-                        .map(Bytes::from)
-                        .map_err(|e| bad(format!("element {i} is not base64: {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Batch::Images)
+            images.decode().map_err(bad).map(Batch::Images)
         }
         (name, dt) => Err(bad(format!(
             "expected FP32 {:?} [N, C, H, W] or BYTES {IMAGE_INPUT:?} [N], got {dt} {name:?}",
@@ -260,68 +419,125 @@ fn parse_input(model: &LoadedModel, input: &RequestInput) -> Result<Batch, ApiEr
     }
 }
 
+/// The encoded images of a BYTES input: base64 strings (JSON) or the files' bytes (binary).
+enum Encoded {
+    Base64(Vec<String>),
+    Raw(Vec<Bytes>),
+}
+
+impl Encoded {
+    fn len(&self) -> usize {
+        match self {
+            Encoded::Base64(v) => v.len(),
+            Encoded::Raw(v) => v.len(),
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self {
+            Encoded::Base64(_) => "base64 strings",
+            Encoded::Raw(_) => "binary BYTES elements",
+        }
+    }
+
+    fn decode(self) -> Result<Vec<Bytes>, String> {
+        match self {
+            Encoded::Raw(v) => Ok(v),
+            Encoded::Base64(strings) => {
+                let engine = base64::engine::general_purpose::STANDARD;
+                strings
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        engine
+                            .decode(s.trim())
+                            .map(Bytes::from)
+                            .map_err(|e| format!("element {i} is not base64: {e}"))
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 fn output(name: &str, scored: &[Scored]) -> Result<OutputTensor, ApiError> {
     let n = scored.len();
     let k = scored.first().map_or(0, |s| s.logits.len());
-    Ok(match name {
-        "probabilities" => OutputTensor {
-            name: "probabilities",
-            datatype: "FP32",
-            shape: vec![n, k],
-            data: scored
-                .iter()
-                .flat_map(|s| s.prediction.probabilities.iter().map(|&p| p as f32))
-                .collect(),
-        },
-        "logits" => OutputTensor {
-            name: "logits",
-            datatype: "FP32",
-            shape: vec![n, k],
-            data: scored
-                .iter()
-                .flat_map(|s| s.logits.iter().copied())
-                .collect(),
-        },
-        "label" => OutputTensor {
-            name: "label",
-            datatype: "BYTES",
-            shape: vec![n],
-            data: scored.iter().map(|s| s.prediction.label.clone()).collect(),
-        },
-        "confidence" => OutputTensor {
-            name: "confidence",
-            datatype: "FP32",
-            shape: vec![n],
-            data: scored
-                .iter()
-                .map(|s| s.prediction.confidence as f32)
-                .collect(),
-        },
-        "prediction_id" => OutputTensor {
-            name: "prediction_id",
-            datatype: "BYTES",
-            shape: vec![n],
-            data: scored
-                .iter()
-                .map(|s| s.prediction.prediction_id.clone())
-                .collect(),
-        },
-        "ood_score" => OutputTensor {
-            name: "ood_score",
-            datatype: "FP32",
-            shape: vec![n],
-            data: scored
-                .iter()
-                .map(|s| s.prediction.ood.score as f32)
-                .collect(),
-        },
-        "is_ood" => OutputTensor {
-            name: "is_ood",
-            datatype: "BOOL",
-            shape: vec![n],
-            data: scored.iter().map(|s| s.prediction.ood.is_ood).collect(),
-        },
+    let (name, datatype, shape, data) = match name {
+        "probabilities" => (
+            "probabilities",
+            "FP32",
+            vec![n, k],
+            OutputData::Fp32(
+                scored
+                    .iter()
+                    .flat_map(|s| s.prediction.probabilities.iter().map(|&p| p as f32))
+                    .collect(),
+            ),
+        ),
+        "logits" => (
+            "logits",
+            "FP32",
+            vec![n, k],
+            OutputData::Fp32(
+                scored
+                    .iter()
+                    .flat_map(|s| s.logits.iter().copied())
+                    .collect(),
+            ),
+        ),
+        "label" => (
+            "label",
+            "BYTES",
+            vec![n],
+            OutputData::Bytes(scored.iter().map(|s| s.prediction.label.clone()).collect()),
+        ),
+        "confidence" => (
+            "confidence",
+            "FP32",
+            vec![n],
+            OutputData::Fp32(
+                scored
+                    .iter()
+                    .map(|s| s.prediction.confidence as f32)
+                    .collect(),
+            ),
+        ),
+        "prediction_id" => (
+            "prediction_id",
+            "BYTES",
+            vec![n],
+            OutputData::Bytes(
+                scored
+                    .iter()
+                    .map(|s| s.prediction.prediction_id.clone())
+                    .collect(),
+            ),
+        ),
+        "ood_score" => (
+            "ood_score",
+            "FP32",
+            vec![n],
+            OutputData::Fp32(
+                scored
+                    .iter()
+                    .map(|s| s.prediction.ood.score as f32)
+                    .collect(),
+            ),
+        ),
+        "is_ood" => (
+            "is_ood",
+            "BOOL",
+            vec![n],
+            OutputData::Bool(scored.iter().map(|s| s.prediction.ood.is_ood).collect()),
+        ),
         other => return Err(ApiError::BadRequest(format!("unknown output {other:?}"))),
+    };
+    Ok(OutputTensor {
+        name,
+        datatype,
+        shape,
+        data,
     })
 }
 
@@ -340,6 +556,46 @@ fn feedback_parameters(scored: &[Scored]) -> Value {
     })
 }
 
+/// The outputs a request asks for, each with whether it goes back as binary data: the output's
+/// `binary_data`, else the request's `binary_data_output`. Refuses unknown names and the Triton
+/// extensions caliper does not implement before any inference is spent on the request.
+fn wanted_outputs(request: &InferRequest) -> Result<Vec<(String, bool)>, ApiError> {
+    let all_binary = request
+        .parameters
+        .as_ref()
+        .is_some_and(|p| p.binary_data_output);
+    let wanted: Vec<(String, bool)> = match &request.outputs {
+        Some(o) if !o.is_empty() => o
+            .iter()
+            .map(|o| {
+                let p = o.parameters.as_ref();
+                if p.is_some_and(|p| p.classification.is_some()) {
+                    return Err(ApiError::BadRequest(format!(
+                        "output {:?}: the classification extension is not supported; request \
+                         \"label\", \"confidence\" or \"probabilities\"",
+                        o.name
+                    )));
+                }
+                if p.is_some_and(|p| p.shared_memory_region.is_some()) {
+                    return Err(ApiError::BadRequest(format!(
+                        "output {:?}: the shared-memory extension is not supported",
+                        o.name
+                    )));
+                }
+                let binary = p.and_then(|p| p.binary_data).unwrap_or(all_binary);
+                Ok((o.name.clone(), binary))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => DEFAULT_OUTPUTS
+            .map(|n| (n.to_string(), all_binary))
+            .to_vec(),
+    };
+    for (w, _) in &wanted {
+        output(w, &[])?;
+    }
+    Ok(wanted)
+}
+
 /// `POST /v2/models/{model}/infer`.
 pub async fn infer(
     State(state): State<AppState>,
@@ -347,31 +603,50 @@ pub async fn infer(
     req: Request,
 ) -> Result<Response, ApiError> {
     let model = state.model(&name)?;
+    infer_model(state, model, req).await
+}
+
+/// `POST /v2/models/{model}/versions/{version}/infer`: 404 unless `version` is the one served.
+pub async fn infer_version(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let model = state.model_version(&name, &version)?;
+    infer_model(state, model, req).await
+}
+
+async fn infer_model(
+    state: AppState,
+    model: Arc<LoadedModel>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let limit = state.config.max_body_bytes;
+    let header_len = req.headers().get(v2_binary::HEADER_LENGTH).cloned();
+    let x_request_id = super::request_id(req.headers());
     let body = Bytes::from_request(req, &state)
         .await
         .map_err(|e| bytes_error(e, limit))?;
-    let request: InferRequest = serde_json::from_slice(&body)
+    let (json_part, binary) = v2_binary::split_body(header_len.as_ref(), body)?;
+    let mut request: InferRequest = serde_json::from_slice(&json_part)
         .map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))?;
-    let [input] = request.inputs.as_slice() else {
+    let wanted = wanted_outputs(&request)?;
+    if request.inputs.len() != 1 {
         return Err(ApiError::BadRequest(format!(
             "expected exactly 1 input, got {}",
             request.inputs.len()
         )));
-    };
-    let wanted: Vec<String> = match &request.outputs {
-        Some(o) if !o.is_empty() => o.iter().map(|o| o.name.clone()).collect(),
-        _ => DEFAULT_OUTPUTS.map(String::from).to_vec(),
-    };
-    // Check the requested names before spending any inference on the request.
-    for w in &wanted {
-        output(w, &[])?;
     }
+    let inputs = std::mem::take(&mut request.inputs);
+    let Some((input, data)) = input_data(inputs, binary)?.pop() else {
+        return Err(ApiError::Internal("one input in, none out".into()));
+    };
     let options = RequestOptions {
         top_k: model.files.metadata.labels.len(),
         ..RequestOptions::default()
     };
-    let mut scored = match parse_input(&model, input)? {
+    let mut logged_images = None;
+    let mut scored = match parse_input(&model, &input, data)? {
         Batch::Tensors(t) => state
             .within_budget(predict_tensors(&model, t, &options))
             .await
@@ -383,6 +658,9 @@ pub async fn infer(
                 e => e,
             })?,
         Batch::Images(i) => {
+            if state.logs_images() {
+                logged_images = Some(i.clone());
+            }
             state
                 .within_budget(predict_images(&model, i, state.image_limits(), &options))
                 .await?
@@ -397,18 +675,51 @@ pub async fn infer(
         &model,
         &mut scored,
     );
-    let outputs = wanted
+    let id = request.id.take().or(x_request_id);
+    state.log_payload(
+        &model,
+        scored.iter().map(|s| &s.prediction),
+        id.as_deref(),
+        logged_images.as_deref(),
+    );
+    let tensors = wanted
         .iter()
-        .map(|w| output(w, &scored))
+        .map(|(w, binary)| output(w, &scored).map(|t| (t, *binary)))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(InferResponse {
+    let mut binary = Vec::new();
+    let outputs = tensors
+        .iter()
+        .map(|(t, as_binary)| {
+            let (data, parameters) = if *as_binary {
+                let raw = t.data.to_binary();
+                let size = raw.len();
+                binary.push(raw);
+                (None, Some(json!({ "binary_data_size": size })))
+            } else {
+                (Some(&t.data), None)
+            };
+            WireOutput {
+                name: t.name,
+                datatype: t.datatype,
+                shape: &t.shape,
+                data,
+                parameters,
+            }
+        })
+        .collect();
+    let response = InferResponse {
         model_name: model.files.name.clone(),
         model_version: model.files.metadata.version.clone(),
-        id: request.id,
+        id,
         parameters: feedback_parameters(&scored),
         outputs,
-    })
-    .into_response())
+    };
+    if binary.is_empty() {
+        return Ok(Json(response).into_response());
+    }
+    let header = serde_json::to_vec(&response)
+        .map_err(|e| ApiError::Internal(format!("cannot serialise the response: {e}")))?;
+    Ok(v2_binary::response(header, &binary))
 }
 
 /// `POST /v2/repository/models/{model}/load`: re-reads the model and its calibrator and swaps

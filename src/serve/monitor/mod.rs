@@ -12,6 +12,7 @@
 pub mod log;
 pub mod logits;
 pub mod recal;
+pub mod replay;
 pub mod shadow;
 pub mod token;
 pub mod window;
@@ -25,6 +26,25 @@ pub use token::{MAX_EMBEDDED_CLASSES, PredictionToken, TokenError, TokenSigner};
 pub use window::{LiveReport, ModelWindow};
 
 use crate::trust::metrics::{BinnedAccumulator, BootstrapOptions, ConfidenceReference};
+
+/// The body of `GET /v1/models/{model}/monitor`, which `caliper monitor replay` prints too.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MonitorReport {
+    /// The model.
+    pub model: String,
+    /// Its version.
+    pub model_version: String,
+    /// Labelled predictions the window holds at most.
+    pub window: usize,
+    /// Equal-width bins of the ECE.
+    pub bins: usize,
+    /// The figures; null before the model saw a prediction or a label.
+    pub live: Option<LiveReport>,
+    /// The shadow calibrators refitted from feedback (absent from `caliper monitor replay`,
+    /// which has no logits to refit on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<recal::ShadowReport>,
+}
 
 /// Settings of the monitor.
 #[derive(Debug, Clone)]

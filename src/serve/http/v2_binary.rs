@@ -1,0 +1,260 @@
+//! The KServe V2 / Triton *binary tensor data extension* over HTTP: tensors travel as raw bytes
+//! after the JSON header of the body, whose length the `Inference-Header-Content-Length` header
+//! gives. Inputs say `parameters.binary_data_size`; outputs are returned so when the request
+//! output says `parameters.binary_data: true` or the request says
+//! `parameters.binary_data_output: true` (what `tritonclient.http` sends by default).
+//!
+//! Layout (Triton's `docs/protocol/extension_binary_data.md`): little-endian, row-major, no
+//! padding; BOOL one byte; BYTES each element as a 4-byte little-endian length and its bytes;
+//! tensors in the order the JSON lists them. Everything here is checked arithmetic on sizes a
+//! client chose: a wrong size is a 400 that says which size and what was expected.
+
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use super::ApiError;
+
+/// The header that gives the length of the JSON part of a body with binary tensors.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// Splits a request body into its JSON header and its binary section, given the request's
+/// `Inference-Header-Content-Length` (without one the whole body is JSON).
+pub fn split_body(
+    header_len: Option<&HeaderValue>,
+    body: Bytes,
+) -> Result<(Bytes, Bytes), ApiError> {
+    let Some(v) = header_len else {
+        return Ok((body, Bytes::new()));
+    };
+    let n: usize = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Inference-Header-Content-Length {v:?} is not a byte count"
+            ))
+        })?;
+    if n > body.len() {
+        return Err(ApiError::BadRequest(format!(
+            "Inference-Header-Content-Length is {n} but the body holds only {} bytes",
+            body.len()
+        )));
+    }
+    let binary = body.slice(n..);
+    Ok((body.slice(..n), binary))
+}
+
+/// Hands out the binary section tensor by tensor, in request order.
+pub struct BinarySection {
+    rest: Bytes,
+    consumed: usize,
+}
+
+impl BinarySection {
+    /// The bytes after the JSON header.
+    pub fn new(rest: Bytes) -> Self {
+        Self { rest, consumed: 0 }
+    }
+
+    /// The next `size` bytes, for input `name`.
+    pub fn take(&mut self, name: &str, size: u64) -> Result<Bytes, String> {
+        let have = self.rest.len();
+        match usize::try_from(size) {
+            Ok(n) if n <= have => {
+                self.consumed += n;
+                Ok(self.rest.split_to(n))
+            }
+            _ => Err(format!(
+                "binary_data_size of input {name:?} is {size} bytes but the binary section has \
+                 only {have} bytes left after byte {} (truncated body, or a wrong \
+                 Inference-Header-Content-Length)",
+                self.consumed
+            )),
+        }
+    }
+
+    /// Fails when bytes are left over once every input took its share.
+    pub fn finish(self) -> Result<(), String> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} bytes follow the binary tensor data that no input's binary_data_size \
+                 accounts for",
+                self.rest.len()
+            ))
+        }
+    }
+}
+
+/// FP32 elements from their binary form, refusing a size that does not match `count` elements
+/// and values that are not finite (they would reach the model as NaN or infinity).
+pub fn decode_fp32(raw: &[u8], count: usize) -> Result<Vec<f32>, String> {
+    let want = count
+        .checked_mul(4)
+        .ok_or("the tensor holds too many elements")?;
+    if raw.len() != want {
+        return Err(format!(
+            "binary_data_size is {} bytes but {count} FP32 elements take {want}",
+            raw.len()
+        ));
+    }
+    raw.chunks_exact(4)
+        .enumerate()
+        .map(|(i, b)| {
+            let x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            if x.is_finite() {
+                Ok(x)
+            } else {
+                Err(format!("element {i} is {x}, not a finite number"))
+            }
+        })
+        .collect()
+}
+
+/// The elements of a BYTES tensor in its binary form (each a 4-byte little-endian length, then
+/// that many bytes), as slices of `raw` (no copy).
+pub fn decode_bytes(raw: &Bytes) -> Result<Vec<Bytes>, String> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < raw.len() {
+        let i = out.len();
+        let Some(prefix) = raw.get(at..at + 4) else {
+            return Err(format!(
+                "BYTES element {i} at byte {at}: {} bytes left, a 4-byte length prefix needed",
+                raw.len() - at
+            ));
+        };
+        let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        let start = at + 4;
+        let left = raw.len() - start;
+        if len > left {
+            return Err(format!(
+                "BYTES element {i} at byte {at} declares {len} bytes but only {left} follow"
+            ));
+        }
+        out.push(raw.slice(start..start + len));
+        at = start + len;
+    }
+    Ok(out)
+}
+
+/// Elements of a BYTES tensor in the binary form.
+pub fn encode_bytes<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in items {
+        // Labels and prediction ids are far below 4 GiB; saturate rather than wrap regardless.
+        let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&b[..len as usize]);
+    }
+    out
+}
+
+/// A 200 response of a JSON header followed by binary tensor data, with the
+/// `Inference-Header-Content-Length` a client needs to split it.
+pub fn response(mut json: Vec<u8>, binary: &[Vec<u8>]) -> Response {
+    let header_len = json.len();
+    json.reserve_exact(binary.iter().map(Vec::len).sum());
+    for b in binary {
+        json.extend_from_slice(b);
+    }
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (
+                header::HeaderName::from_static(HEADER_LENGTH),
+                HeaderValue::from(header_len),
+            ),
+        ],
+        json,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn length(len: &str) -> Option<HeaderValue> {
+        Some(len.parse().unwrap())
+    }
+
+    #[test]
+    fn splits_at_the_header_length_and_refuses_a_short_body() {
+        let body = Bytes::from_static(b"{\"a\":1}\x01\x02");
+        let (json, bin) = split_body(length("7").as_ref(), body.clone()).unwrap();
+        assert_eq!((&json[..], &bin[..]), (&b"{\"a\":1}"[..], &[1u8, 2][..]));
+        // No header: all JSON.
+        let (json, bin) = split_body(None, body.clone()).unwrap();
+        assert_eq!((json.len(), bin.len()), (9, 0));
+        let e = split_body(length("10").as_ref(), body.clone()).unwrap_err();
+        assert!(e.to_string().contains("holds only 9 bytes"), "{e}");
+        let e = split_body(length("-1").as_ref(), body).unwrap_err();
+        assert!(e.to_string().contains("not a byte count"), "{e}");
+    }
+
+    #[test]
+    fn the_binary_section_is_taken_exactly() {
+        let mut s = BinarySection::new(Bytes::from_static(&[1, 2, 3, 4, 5]));
+        assert_eq!(&s.take("a", 2).unwrap()[..], &[1, 2]);
+        let e = s.take("b", 4).unwrap_err();
+        assert!(
+            e.contains("\"b\" is 4 bytes") && e.contains("only 3 bytes left after byte 2"),
+            "{e}"
+        );
+        assert_eq!(&s.take("b", 1).unwrap()[..], &[3]);
+        let e = s.finish().unwrap_err();
+        assert!(e.starts_with("2 bytes follow"), "{e}");
+        assert!(
+            BinarySection::new(Bytes::new())
+                .take("x", u64::MAX)
+                .is_err()
+        );
+        assert!(BinarySection::new(Bytes::new()).finish().is_ok());
+    }
+
+    #[test]
+    fn fp32_is_little_endian_sized_and_finite() {
+        let raw: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(decode_fp32(&raw, 2).unwrap(), [1.5, -2.0]);
+        let e = decode_fp32(&raw, 3).unwrap_err();
+        assert!(e.contains("8 bytes but 3 FP32 elements take 12"), "{e}");
+        assert!(decode_fp32(&raw[..7], 2).is_err());
+        let nan: Vec<u8> = [0.0f32, f32::NAN]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert!(decode_fp32(&nan, 2).unwrap_err().contains("element 1"));
+        assert!(decode_fp32(&[], usize::MAX).is_err());
+    }
+
+    #[test]
+    fn bytes_elements_round_trip_and_truncation_is_refused() {
+        let items: [&[u8]; 3] = [b"png", b"", b"\x00\xff"];
+        let raw = Bytes::from(encode_bytes(items));
+        // Triton's layout by hand: 3,0,0,0,'p','n','g', 0,0,0,0, 2,0,0,0,0x00,0xff.
+        assert_eq!(
+            &raw[..],
+            b"\x03\x00\x00\x00png\x00\x00\x00\x00\x02\x00\x00\x00\x00\xff"
+        );
+        let back = decode_bytes(&raw).unwrap();
+        assert_eq!(back.iter().map(|b| &b[..]).collect::<Vec<_>>(), items);
+        let e = decode_bytes(&raw.slice(..raw.len() - 1)).unwrap_err();
+        assert!(
+            e.contains("element 2 at byte 11 declares 2 bytes but only 1 follow"),
+            "{e}"
+        );
+        let e = decode_bytes(&raw.slice(..9)).unwrap_err();
+        assert!(e.contains("element 1 at byte 7: 2 bytes left"), "{e}");
+        assert!(decode_bytes(&Bytes::new()).unwrap().is_empty());
+    }
+}
