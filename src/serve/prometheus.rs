@@ -8,6 +8,10 @@ use prometheus::{
 
 use crate::trust::metrics::BinnedAccumulator;
 
+pub mod trust;
+
+pub use trust::TrustMetrics;
+
 /// Latency buckets in seconds: 100 us to 30 s, roughly x2.5 per step.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -42,6 +46,8 @@ pub struct ServerMetrics {
     pub model_info: IntGaugeVec,
     /// Live calibration from label feedback (issue 5).
     pub calibration: CalibrationMetrics,
+    /// Label shift, the calibration alarm and conformal coverage (issue 22).
+    pub trust: TrustMetrics,
 }
 
 /// Live calibration metrics. The three per-bin counters make fleet-wide ECE exact in PromQL
@@ -256,6 +262,7 @@ impl ServerMetrics {
         )?;
         registry.register(Box::new(model_info.clone()))?;
         let calibration = CalibrationMetrics::register(&registry)?;
+        let trust = TrustMetrics::register(&registry)?;
         Ok(Self {
             registry,
             request_duration,
@@ -268,6 +275,7 @@ impl ServerMetrics {
             in_flight,
             model_info,
             calibration,
+            trust,
         })
     }
 

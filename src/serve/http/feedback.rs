@@ -212,9 +212,13 @@ pub async fn monitor(
         None => None,
     };
     let s = state.clone();
-    let report = tokio::task::spawn_blocking(move || {
+    let m = std::sync::Arc::clone(&model);
+    let (report, trust) = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        s.monitor.report(&name, reference.as_ref(), boot.as_ref())
+        (
+            s.monitor.report(&name, reference.as_ref(), boot.as_ref()),
+            crate::serve::infer::live::report(&s.monitor, &m, true),
+        )
     })
     .await
     .map_err(|e| ApiError::Internal(format!("monitor task failed: {e}")))?;
@@ -224,6 +228,10 @@ pub async fn monitor(
         "window": state.config.monitor.window,
         "bins": state.config.monitor.bins,
         "live": report,
+        "estimated": trust.estimated,
+        "alarm": trust.alarm,
+        "conformal": trust.conformal,
+        "adaptive_conformal": trust.adaptive_conformal,
     }))
     .into_response())
 }

@@ -3,7 +3,8 @@
 //! protocol so that existing V2 clients work unchanged; errors are `{"error": "..."}`.
 
 use axum::Json;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -14,6 +15,7 @@ use serde_json::{Value, json};
 use super::v1::bytes_error;
 use super::{ApiError, AppState};
 use crate::repository::RepositoryError;
+use crate::serve::infer::live::{self, Adapt};
 use crate::serve::infer::{
     InferError, LoadedModel, RequestOptions, Scored, predict_images, predict_tensors,
 };
@@ -330,15 +332,32 @@ fn feedback_parameters(scored: &[Scored]) -> Value {
         "ood_threshold": first.and_then(|o| o.threshold),
         "ood_scores": scored.iter().map(|s| s.prediction.ood.score).collect::<Vec<_>>(),
         "is_ood": scored.iter().map(|s| s.prediction.ood.is_ood).collect::<Vec<_>>(),
+        // "label_shift" when the probabilities were corrected (`?adapt=label_shift`), else null.
+        "adaptation": scored.first().and_then(|s| s.prediction.adaptation),
     })
+}
+
+/// Query parameters of the V2 infer endpoint (caliper's extension; the body stays standard).
+#[derive(Debug, Deserialize)]
+pub struct InferQuery {
+    /// `label_shift` corrects the probabilities for the estimated label shift (see v1).
+    adapt: Option<String>,
 }
 
 /// `POST /v2/models/{model}/infer`.
 pub async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    query: Result<Query<InferQuery>, QueryRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let adapt = q
+        .adapt
+        .as_deref()
+        .map(str::parse::<Adapt>)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
     let model = state.model(&name)?;
     let limit = state.config.max_body_bytes;
     let body = Bytes::from_request(req, &state)
@@ -360,10 +379,11 @@ pub async fn infer(
     for w in &wanted {
         output(w, &[])?;
     }
-    let options = RequestOptions {
+    let mut options = RequestOptions {
         top_k: model.files.metadata.labels.len(),
         ..RequestOptions::default()
     };
+    let plan = live::plan(&state.monitor, &model, adapt, &mut options);
     let mut scored = match parse_input(&model, input)? {
         Batch::Tensors(t) => state
             .within_budget(predict_tensors(&model, t, &options))
@@ -384,10 +404,12 @@ pub async fn infer(
     // Each row gets its signed prediction id (returned in `parameters` and as the
     // `prediction_id` output) and feeds the label-free monitor.
     for s in &mut scored {
-        crate::serve::infer::feedback::stamp(
+        live::stamp(
             &state.monitor,
             &state.metrics,
+            &model,
             std::slice::from_mut(&mut s.prediction),
+            plan,
         );
     }
     let outputs = wanted

@@ -2,13 +2,14 @@
 //! `prediction_id` and feeds the label-free window; every label that comes back is verified,
 //! stored durably and counted in the Prometheus calibration metrics.
 
-use crate::serve::monitor::{Accepted, FeedbackError, FeedbackItem, Monitor, now_s};
+use crate::serve::monitor::{Accepted, FeedbackError, FeedbackItem, Monitor, ServedSet, now_s};
 use crate::serve::prometheus::ServerMetrics;
 
 use super::{ModelRegistry, Prediction};
 
-/// Gives each prediction its signed `prediction_id`, records its confidence for the label-free
-/// figures (mean confidence, drift) and counts the ones flagged out-of-distribution.
+/// Gives each prediction its signed `prediction_id` (carrying its conformal set, if any),
+/// records its confidence for the label-free figures (mean confidence, drift) and counts the
+/// ones flagged out-of-distribution. `infer::live::stamp` runs the issue-22 steps, then this.
 pub fn stamp(monitor: &Monitor, metrics: &ServerMetrics, predictions: &mut [Prediction]) {
     for p in predictions {
         if p.ood.is_ood {
@@ -18,12 +19,23 @@ pub fn stamp(monitor: &Monitor, metrics: &ServerMetrics, predictions: &mut [Pred
                 .with_label_values(&[&p.model])
                 .inc();
         }
-        p.prediction_id = monitor.issue_token(
+        let set = p.served_set.as_ref().map(|s| ServedSet {
+            classes: s
+                .classes
+                .iter()
+                .map(|&c| u16::try_from(c).unwrap_or(u16::MAX))
+                .collect(),
+            alpha: s.alpha,
+            adaptive: s.adaptive,
+            num_classes: u16::try_from(p.probabilities.len()).unwrap_or(u16::MAX),
+        });
+        p.prediction_id = monitor.issue_token_with_set(
             &p.model,
             &p.model_version,
             p.class_index,
             p.confidence,
             &p.probabilities,
+            set,
         );
         monitor.observe_prediction(&p.model, p.confidence);
     }
