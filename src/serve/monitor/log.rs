@@ -275,7 +275,7 @@ mod tests {
             label: 2,
             confidence: 0.1 + 0.2, // not exactly representable: checks exact round trip
             probabilities: Some(vec![0.25, 0.75]),
-            set: (nonce % 2 == 0).then_some(SetOutcome {
+            set: nonce.is_multiple_of(2).then_some(SetOutcome {
                 covered: true,
                 size: 2,
                 alpha: 0.1,

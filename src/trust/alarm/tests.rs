@@ -36,6 +36,11 @@ fn eprocess_rarely_crosses_under_calibration_and_crosses_under_drift() {
         .map(|s| run_eprocess(1_000 + s, 2_000, -0.1, 0.0, 100.0).expect("alarm under drift"))
         .collect();
     delays.sort_unstable();
+    eprintln!(
+        "e-process: {false_alarms}/200 null runs crossed 20; median delay at 100 under a \
+         0.1 over-confidence: {} labels",
+        delays[10]
+    );
     assert!(delays[10] < 800, "median delay {}", delays[10]);
     // Under-confidence is caught too (two-sided).
     assert!(run_eprocess(7, 2_000, 0.1, 0.0, 100.0).is_some());
@@ -92,6 +97,7 @@ fn exchangeability_martingale_is_valid_under_exchangeability() {
     );
     // Conformal p-values are uniform: mean 1/2.
     let mean = p_sum / 200_000.0;
+    eprintln!("exchangeability: {false_alarms}/200 null runs crossed 20, mean p {mean:.4}");
     assert!((mean - 0.5).abs() < 0.005, "mean p-value {mean}");
 }
 
@@ -111,6 +117,10 @@ fn exchangeability_martingale_detects_a_change_after_a_quiet_stretch() {
         delays.push(delay.expect("alarm after the change"));
     }
     delays.sort_unstable();
+    eprintln!(
+        "exchangeability: median delay {} after 3,000 quiet scores",
+        delays[10]
+    );
     assert!(delays[10] < 300, "median delay {}", delays[10]);
 }
 

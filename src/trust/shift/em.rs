@@ -57,7 +57,7 @@ pub fn em_prior<T: Copy + Into<f64>>(
     if k == 0 || rows.is_empty() {
         return Err(ShiftError::Empty);
     }
-    if rows.len() % k != 0 || source.len() != k {
+    if !rows.len().is_multiple_of(k) || source.len() != k {
         return Err(ShiftError::Shape(format!(
             "{} values are not rows of {k}, or the source prior has {} classes",
             rows.len(),
