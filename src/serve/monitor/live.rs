@@ -467,3 +467,112 @@ fn compute(rows: &[f32], k: usize, capacity: usize, source: &ShiftSource<'_>) ->
         ratio,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{FeedbackItem, LabelRef, MonitorConfig, TokenSigner};
+    use super::*;
+
+    fn monitor(trust: TrustConfig) -> Monitor {
+        let cfg = MonitorConfig {
+            window: 10_000,
+            max_age_s: 1_000,
+            state_dir: None,
+            bins: 15,
+            trust,
+        };
+        Monitor::open(cfg, TokenSigner::new(b"k")).unwrap().0
+    }
+
+    fn labels(model: &str) -> Option<Vec<String>> {
+        (model == "m").then(|| vec!["a".into(), "b".into()])
+    }
+
+    #[test]
+    fn estimates_need_a_hundred_predictions_then_follow_the_served_mix() {
+        let m = monitor(TrustConfig::default());
+        let source = ShiftSource {
+            classes: 2,
+            label_counts: Some(&[50, 50]),
+            confusion: None,
+        };
+        assert!(m.estimate_shift("m", &source).is_none(), "nothing served");
+        for _ in 0..99 {
+            m.observe_served("m", &[0.9, 0.1]);
+        }
+        let e = m.estimate_shift("m", &source).unwrap();
+        assert_eq!((e.served, e.prior.clone()), (99, None));
+        assert_eq!(m.label_shift_ratio("m", &source), None);
+        // 300 rows: posteriors of class a (0.9, 0.1) three times as often as of b (0.1, 0.9).
+        for i in 0..201 {
+            let p = if i % 3 == 2 { [0.1, 0.9] } else { [0.9, 0.1] };
+            m.observe_served("m", &p);
+        }
+        let e = m.estimate_shift("m", &source).unwrap();
+        let q = e.prior.unwrap();
+        assert!((q[0] - 0.8).abs() < 0.05, "{q:?}");
+        assert_eq!(e.source_prior_from, "validation");
+        assert!(e.bbse_unavailable.unwrap().contains("confusion"));
+        assert!(e.shift_pvalue.unwrap() < 1e-6);
+        assert!((e.accuracy.unwrap() - 0.9).abs() < 1e-6);
+        let w = m.label_shift_ratio("m", &source).unwrap();
+        assert!(w[0] > 1.5 && w[1] < 0.5, "{w:?}");
+    }
+
+    #[test]
+    fn overconfident_labels_raise_the_alarm_and_a_reset_clears_it() {
+        let m = monitor(TrustConfig::default());
+        let now = super::super::now_s();
+        // Confidence 0.95, right half the time: E[correct - confidence] = -0.45.
+        let items: Vec<FeedbackItem> = (0..200)
+            .map(|i| FeedbackItem {
+                prediction_id: m.issue_token("m", "1", 0, 0.95, &[0.95, 0.05]),
+                label: LabelRef::Index(i % 2),
+            })
+            .collect();
+        assert!(m.record(&items, &labels, now).iter().all(|r| r.is_ok()));
+        let a = m.alarm_report("m").unwrap();
+        assert!(a.alarm, "{a:?}");
+        assert_eq!((a.reason, a.calibration_labels), (Some("calibration"), 200));
+        assert!(a.calibration_evalue >= a.threshold);
+        m.reset_trust("m");
+        assert!(m.alarm_report("m").is_none());
+    }
+
+    #[test]
+    fn the_adaptive_level_moves_with_labelled_adaptive_sets_only() {
+        let trust = TrustConfig {
+            adaptive_conformal: ModelSelection(vec!["m".into()]),
+            aci_gamma: 0.01,
+            ..TrustConfig::default()
+        };
+        let m = monitor(trust);
+        assert_eq!(m.adaptive_alpha("other", 0.1), None);
+        assert_eq!(m.adaptive_alpha("m", 0.1), Some(0.1));
+        let set = |adaptive| super::super::ServedSet {
+            classes: vec![0],
+            alpha: 0.1,
+            adaptive,
+            num_classes: 2,
+        };
+        let id =
+            |adaptive| m.issue_token_with_set("m", "1", 0, 0.9, &[0.9, 0.1], Some(set(adaptive)));
+        // A miss at the adaptive level lowers alpha by gamma (1 - alpha); a fixed-level set
+        // changes nothing.
+        let items = [
+            FeedbackItem {
+                prediction_id: id(true),
+                label: LabelRef::Index(1),
+            },
+            FeedbackItem {
+                prediction_id: id(false),
+                label: LabelRef::Index(1),
+            },
+        ];
+        let out = m.record(&items, &labels, super::super::now_s());
+        assert!(!out[0].as_ref().unwrap().record.set.unwrap().covered);
+        let r = m.aci_report("m").unwrap();
+        assert_eq!((r.labels, r.misses), (1, 1));
+        assert!((r.alpha - (0.1 - 0.01 * 0.9)).abs() < 1e-12, "{r:?}");
+    }
+}
