@@ -2,11 +2,12 @@
 //! `conformal_methods`, `mahalanobis`, `large_labels`, `monitor_feedback`,
 //! `monitor_matches_eval`) and real `caliper serve` processes on a socket: `socket`,
 //! `folder_datasets` (your own images: calibrate, eval, train and serve from image folders),
-//! `monitor_crash`, `monitor_restart_gauges`, `label_shift` (issue 22: label-shift estimates
-//! and correction, conformal coverage, the alarm gauges),
+//! `monitor_crash`, `monitor_restart_gauges`,
 //! `prometheus_fleet`, `hostile` (limits, timeouts and faults), `own_model` (a third-party
 //! ImageNet model imported and served, against an independent Python pipeline) and
 //! `shipped_models` (every bundled model's figures and its OOD threshold through the server).
+//! `label_shift` (issue 22, real server: label-shift estimates and correction, conformal coverage,
+//! the adaptive level and the alarm gauges).
 
 #[path = "../common/mod.rs"]
 mod common;

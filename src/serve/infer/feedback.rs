@@ -7,9 +7,8 @@ use crate::serve::prometheus::ServerMetrics;
 
 use super::{ModelRegistry, Prediction};
 
-/// Gives each prediction its signed `prediction_id` (carrying its conformal set, if any),
-/// records its confidence for the label-free figures (mean confidence, drift) and counts the
-/// ones flagged out-of-distribution. `infer::live::stamp` runs the issue-22 steps, then this.
+/// Gives each prediction its signed `prediction_id`, records its confidence for the label-free
+/// figures (mean confidence, drift) and counts the ones flagged out-of-distribution.
 pub fn stamp(monitor: &Monitor, metrics: &ServerMetrics, predictions: &mut [Prediction]) {
     for p in predictions {
         if p.ood.is_ood {
