@@ -100,6 +100,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
             p.class_index,
             p.confidence,
             &p.probabilities,
+            None,
         );
     }
     let json = if predictions.len() == 1 {

@@ -11,6 +11,9 @@ use crate::trust::calibration::{CalibrationError, Calibrator, FitOptions, calibr
 use crate::trust::diagram::ReliabilityPanel;
 use crate::trust::metrics::{Bin, MetricReport, Samples};
 
+/// Classes up to which a fit stores its validation confusion matrix (K^2 numbers).
+pub const MAX_CONFUSION_CLASSES: usize = 100;
+
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -106,8 +109,14 @@ pub struct FitSummary {
     pub source: String,
     /// Number of validation samples.
     pub samples: usize,
-    /// Validation samples per class, in class order.
+    /// Validation samples per class, in class order (the source prior of the label-shift
+    /// estimates).
     pub label_counts: Vec<usize>,
+    /// Validation confusion matrix of the calibrated argmax, `confusion[predicted][label]`, for
+    /// models with at most [`MAX_CONFUSION_CLASSES`] classes: black-box shift estimation needs
+    /// it (issue 22). Absent from files fitted before it existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confusion: Option<Vec<Vec<u64>>>,
     /// The options the fit ran with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub options: Option<FitOptions>,
@@ -171,6 +180,9 @@ impl FitSummary {
             reports.push(samples.report(&all, bins)?);
             bin_sets.push(samples.binned(&all, bins)?.bin_stats());
         }
+        let confusion = (logits.ncols() <= MAX_CONFUSION_CLASSES)
+            .then(|| confusion_matrix(calibrator, logits, labels))
+            .transpose()?;
         let after_bins = bin_sets.pop().unwrap_or_default();
         let before_bins = bin_sets.pop().unwrap_or_default();
         let after = reports.pop();
@@ -179,6 +191,7 @@ impl FitSummary {
             source: source.to_string(),
             samples: labels.len(),
             label_counts,
+            confusion,
             options: Some(options.clone()),
             before,
             after,
@@ -189,6 +202,26 @@ impl FitSummary {
             created_by: concat!("caliper ", env!("CARGO_PKG_VERSION")).to_string(),
         })
     }
+}
+
+/// `confusion[predicted][label]` of the calibrated argmax over `logits`.
+fn confusion_matrix(
+    calibrator: &Calibrator,
+    logits: ArrayView2<'_, f64>,
+    labels: &[usize],
+) -> Result<Vec<Vec<u64>>, CalibrationError> {
+    let k = logits.ncols();
+    let probs = calibrate_rows(calibrator, logits)?;
+    let mut c = vec![vec![0u64; k]; k];
+    for (row, &y) in probs.rows().into_iter().zip(labels) {
+        let top = (0..k)
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+            .unwrap_or(0);
+        if y < k {
+            c[top][y] += 1;
+        }
+    }
+    Ok(c)
 }
 
 impl CalibrationFile {

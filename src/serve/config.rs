@@ -27,6 +27,13 @@ pub enum ConfigError {
     /// `--payload-log-sample` is not a fraction.
     #[error("--payload-log-sample must be in [0, 1], got {0}")]
     SampleRate(f64),
+    /// A fractional flag is out of its range.
+    #[error("--{flag} must be {rule}, got {value}")]
+    OutOfRangeF64 {
+        flag: &'static str,
+        rule: &'static str,
+        value: f64,
+    },
 }
 
 /// Arguments of `caliper serve`. Every flag can also come from its `CALIPER_*` variable.
@@ -158,6 +165,86 @@ pub struct MonitorArgs {
     /// Directory of the durable feedback log.
     #[arg(long, env = "CALIPER_STATE_DIR", default_value = "state")]
     pub state_dir: PathBuf,
+    /// Label-shift estimates, the calibration alarm, adaptive conformal inference (issue 22).
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// Flags of the live trust statistics (docs/MONITORING.md, "Label shift", "Alarm", "Coverage").
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrustArgs {
+    /// Served probability vectors kept per model for the label-shift estimates (also capped at
+    /// 16 MiB per model).
+    #[arg(long, env = "CALIPER_SHIFT_WINDOW", default_value_t = 5_000)]
+    pub shift_window: usize,
+    /// Models whose predictions are corrected for the estimated label shift by default
+    /// (comma-separated, `*` for all; a request's `?adapt=none` opts out).
+    #[arg(long, env = "CALIPER_ADAPT_LABEL_SHIFT", value_delimiter = ',')]
+    pub adapt_label_shift: Vec<String>,
+    /// Level of the calibration alarm: under no drift it ever fires with probability at most
+    /// this.
+    #[arg(long, env = "CALIPER_ALARM_ALPHA", default_value_t = 0.01)]
+    pub alarm_alpha: f64,
+    /// Calibration error in the large, |E[correct - confidence]|, that the alarm tolerates.
+    #[arg(long, env = "CALIPER_ALARM_TOLERANCE", default_value_t = 0.0)]
+    pub alarm_tolerance: f64,
+    /// Models whose conformal sets use adaptive conformal inference when a request names no
+    /// alpha (comma-separated, `*` for all).
+    #[arg(long, env = "CALIPER_ADAPTIVE_CONFORMAL", value_delimiter = ',')]
+    pub adaptive_conformal: Vec<String>,
+    /// Step size gamma of adaptive conformal inference.
+    #[arg(long, env = "CALIPER_ACI_GAMMA", default_value_t = 0.005)]
+    pub aci_gamma: f64,
+}
+
+impl TryFrom<TrustArgs> for crate::serve::monitor::TrustConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: TrustArgs) -> Result<Self, ConfigError> {
+        range(
+            "shift-window",
+            a.shift_window as u64,
+            1,
+            10_000_000,
+            "in 1..=10000000",
+        )?;
+        let open01 = |flag, v: f64, rule| {
+            if v > 0.0 && v < 1.0 {
+                Ok(())
+            } else {
+                Err(ConfigError::OutOfRangeF64 {
+                    flag,
+                    rule,
+                    value: v,
+                })
+            }
+        };
+        open01("alarm-alpha", a.alarm_alpha, "in (0, 1)")?;
+        open01("aci-gamma", a.aci_gamma, "in (0, 1)")?;
+        if !(0.0..=0.5).contains(&a.alarm_tolerance) {
+            return Err(ConfigError::OutOfRangeF64 {
+                flag: "alarm-tolerance",
+                rule: "in [0, 0.5]",
+                value: a.alarm_tolerance,
+            });
+        }
+        let names = |v: Vec<String>| {
+            crate::serve::monitor::live::ModelSelection(
+                v.into_iter()
+                    .map(|m| m.trim().to_string())
+                    .filter(|m| !m.is_empty())
+                    .collect(),
+            )
+        };
+        Ok(Self {
+            shift_window: a.shift_window,
+            alarm_alpha: a.alarm_alpha,
+            alarm_tolerance: a.alarm_tolerance,
+            aci_gamma: a.aci_gamma,
+            adapt_label_shift: names(a.adapt_label_shift),
+            adaptive_conformal: names(a.adaptive_conformal),
+        })
+    }
 }
 
 /// Validated server configuration.
@@ -425,6 +512,7 @@ impl TryFrom<ServeArgs> for Config {
                 max_age_s: a.monitor.feedback_max_age_s,
                 state_dir: Some(a.monitor.state_dir),
                 bins,
+                trust: a.monitor.trust.try_into()?,
             },
             feedback_key: a.monitor.feedback_key,
             recal,
@@ -547,6 +635,14 @@ mod tests {
                 feedback_max_age_s: 60,
                 monitor_window: 10,
                 state_dir: "state".into(),
+                trust: TrustArgs {
+                    shift_window: 10,
+                    adapt_label_shift: vec![],
+                    alarm_alpha: 0.01,
+                    alarm_tolerance: 0.0,
+                    adaptive_conformal: vec![],
+                    aci_gamma: 0.005,
+                },
             },
             recal: c.recal_args(),
             payload_log: PayloadLogArgs {
@@ -574,6 +670,10 @@ mod tests {
         let e = Config::try_from(a.clone()).unwrap_err();
         assert!(e.to_string().contains("--auto-recalibrate-alpha"), "{e}");
         a.recal.auto_recalibrate_alpha = 0.01;
+        a.monitor.trust.alarm_alpha = 1.0;
+        let e = Config::try_from(a.clone()).unwrap_err();
+        assert!(e.to_string().contains("--alarm-alpha"), "{e}");
+        a.monitor.trust.alarm_alpha = 0.01;
         a.connections.max_connections = 0;
         let e = Config::try_from(a).unwrap_err();
         assert!(e.to_string().contains("--max-connections"), "{e}");

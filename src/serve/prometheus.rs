@@ -10,6 +10,9 @@ use crate::trust::metrics::BinnedAccumulator;
 
 pub mod recal;
 pub use recal::RecalMetrics;
+pub mod trust;
+
+pub use trust::TrustMetrics;
 
 /// Latency buckets in seconds: 100 us to 30 s, roughly x2.5 per step.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -56,6 +59,8 @@ pub struct ServerMetrics {
     /// `caliper_payload_log_dropped_total{reason}`: sampled predictions not logged
     /// (`queue_full`: the writer fell behind; `write_error`; `writer_gone`).
     pub payload_log_dropped: IntCounterVec,
+    /// Label shift, the calibration alarm and conformal coverage (issue 22).
+    pub trust: TrustMetrics,
 }
 
 /// Live calibration metrics. The three per-bin counters make fleet-wide ECE exact in PromQL
@@ -286,6 +291,7 @@ impl ServerMetrics {
             "Sampled predictions the payload log dropped, by reason",
             &["reason"],
         )?;
+        let trust = TrustMetrics::register(&registry)?;
         Ok(Self {
             registry,
             request_duration,
@@ -302,6 +308,7 @@ impl ServerMetrics {
             recal,
             payload_log_written,
             payload_log_dropped,
+            trust,
         })
     }
 

@@ -7,8 +7,10 @@
 //! `hostile` (limits, timeouts and faults), `own_model` (a third-party
 //! ImageNet model imported and served, against an independent Python pipeline) and
 //! `shipped_models` (every bundled model's figures and its OOD threshold through the server),
-//! `tritonclient_http` (Triton's Python client with its defaults: the binary tensor extension)
-//! and `payload_replay` (the payload log joined with labels by `caliper monitor replay`).
+//! `tritonclient_http` (Triton's Python client with its defaults: the binary tensor extension),
+//! `payload_replay` (the payload log joined with labels by `caliper monitor replay`) and
+//! `label_shift` (issue 22, real server: label-shift estimates and correction, conformal coverage,
+//! the adaptive level and the alarm gauges).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -17,6 +19,7 @@ mod conformal_methods;
 mod dashboard;
 mod folder_datasets;
 mod hostile;
+mod label_shift;
 mod large_labels;
 mod mahalanobis;
 mod monitor_crash;

@@ -190,6 +190,7 @@ async fn bad_feedback_gets_a_clear_error_and_changes_nothing() {
             class_index: 7,
             confidence: 0.9,
             probabilities: None,
+            set: None,
         })
     };
     let now = caliper::serve::monitor::now_s();

@@ -218,9 +218,13 @@ pub async fn monitor(
         None => None,
     };
     let s = state.clone();
-    let report = tokio::task::spawn_blocking(move || {
+    let m = std::sync::Arc::clone(&model);
+    let (report, trust) = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        s.monitor.report(&name, reference.as_ref(), boot.as_ref())
+        (
+            s.monitor.report(&name, reference.as_ref(), boot.as_ref()),
+            crate::serve::infer::live::report(&s.monitor, &m, true),
+        )
     })
     .await
     .map_err(|e| ApiError::Internal(format!("monitor task failed: {e}")))?;
@@ -229,7 +233,7 @@ pub async fn monitor(
         &model.files.sha256,
         model.files.metadata.labels.len(),
     );
-    Ok(Json(crate::serve::monitor::MonitorReport {
+    let mut body = serde_json::to_value(crate::serve::monitor::MonitorReport {
         model: model.files.name.clone(),
         model_version: model.files.metadata.version.clone(),
         window: state.config.monitor.window,
@@ -237,7 +241,20 @@ pub async fn monitor(
         live: report,
         shadow: Some(shadow),
     })
-    .into_response())
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    // The label-free estimates, the alarm and coverage (`infer::live`) sit beside the report.
+    if let Some(o) = body.as_object_mut() {
+        let trust = serde_json::json!({
+            "estimated": trust.estimated,
+            "alarm": trust.alarm,
+            "conformal": trust.conformal,
+            "adaptive_conformal": trust.adaptive_conformal,
+        });
+        if let serde_json::Value::Object(t) = trust {
+            o.extend(t);
+        }
+    }
+    Ok(Json(body).into_response())
 }
 
 fn svg(body: String) -> Response {

@@ -222,8 +222,21 @@ fn uuid_v4(bits: u128) -> [u8; 36] {
     out
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format. The live trust gauges (issue 22) are refreshed
+/// first, off the async executor (it may run the label-shift EM).
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let s = state.clone();
+    let refreshed = tokio::task::spawn_blocking(move || {
+        for name in s.registry.names() {
+            if let Some(model) = s.registry.get(&name) {
+                crate::serve::infer::live::publish(&s.monitor, &s.metrics, &model);
+            }
+        }
+    })
+    .await;
+    if let Err(e) = refreshed {
+        tracing::warn!(error = %e, "refreshing the trust gauges failed");
+    }
     (
         StatusCode::OK,
         [(

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiError, AppState};
+use crate::serve::infer::live::{self, Adapt};
 use crate::serve::infer::{DEFAULT_TOP_K, PredictionList, RequestOptions, predict_images};
 use crate::trust::conformal::ScoreKind;
 use crate::trust::ood::policy::TrustQuery;
@@ -32,6 +33,9 @@ pub struct PredictQuery {
     conformal: Option<String>,
     /// Whether the answer carries the full `probabilities` vector (default true).
     probabilities: Option<bool>,
+    /// `label_shift` corrects the probabilities for the estimated label shift of served
+    /// traffic; `none` opts out of a model's default (`--adapt-label-shift`).
+    adapt: Option<String>,
 }
 
 /// Maps a body-reading failure: a body over the limit is 413, anything else 400.
@@ -69,6 +73,12 @@ pub async fn predict(
         .conformal
         .as_deref()
         .map(str::parse::<ScoreKind>)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    let adapt = q
+        .adapt
+        .as_deref()
+        .map(str::parse::<Adapt>)
         .transpose()
         .map_err(ApiError::BadRequest)?;
     let model = state.model(&name)?;
@@ -126,7 +136,7 @@ pub async fn predict(
             "Content-Type {content_type:?}: send an image/* body or multipart/form-data"
         )));
     };
-    let options = RequestOptions {
+    let mut options = RequestOptions {
         top_k,
         trust: TrustQuery {
             min_confidence: q.min_confidence,
@@ -136,6 +146,7 @@ pub async fn predict(
         },
         probabilities: q.probabilities.unwrap_or(true),
     };
+    let plan = live::plan(&state.monitor, &model, adapt, &mut options);
     let logged_images = state.logs_images().then(|| images.clone());
     let mut scored = state
         .within_budget(predict_images(
@@ -145,12 +156,13 @@ pub async fn predict(
             &options,
         ))
         .await?;
-    crate::serve::infer::feedback::stamp_scored(
+    live::stamp_scored(
         &state.monitor,
         &state.metrics,
         &state.recal,
         &model,
         &mut scored,
+        plan,
     );
     let mut predictions: Vec<_> = scored.into_iter().map(|s| s.prediction).collect();
     // Logged before `finish`: `?probabilities=false` trims the answer, not the log.

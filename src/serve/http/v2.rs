@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -18,6 +19,7 @@ use super::v1::bytes_error;
 use super::v2_binary::{self, BinarySection};
 use super::{ApiError, AppState};
 use crate::repository::RepositoryError;
+use crate::serve::infer::live::{self, Adapt};
 use crate::serve::infer::{
     InferError, LoadedModel, RequestOptions, Scored, predict_images, predict_tensors,
 };
@@ -553,6 +555,8 @@ fn feedback_parameters(scored: &[Scored]) -> Value {
         "ood_threshold": first.and_then(|o| o.threshold),
         "ood_scores": scored.iter().map(|s| s.prediction.ood.score).collect::<Vec<_>>(),
         "is_ood": scored.iter().map(|s| s.prediction.ood.is_ood).collect::<Vec<_>>(),
+        // "label_shift" when the probabilities were corrected (`?adapt=label_shift`), else null.
+        "adaptation": scored.first().and_then(|s| s.prediction.adaptation),
     })
 }
 
@@ -596,14 +600,29 @@ fn wanted_outputs(request: &InferRequest) -> Result<Vec<(String, bool)>, ApiErro
     Ok(wanted)
 }
 
+/// Query parameters of the V2 infer endpoint (caliper's extension; the body stays standard).
+#[derive(Debug, Deserialize)]
+pub struct InferQuery {
+    /// `label_shift` corrects the probabilities for the estimated label shift (see v1).
+    adapt: Option<String>,
+}
+
 /// `POST /v2/models/{model}/infer`.
 pub async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    query: Result<Query<InferQuery>, QueryRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let adapt = q
+        .adapt
+        .as_deref()
+        .map(str::parse::<Adapt>)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
     let model = state.model(&name)?;
-    infer_model(state, model, req).await
+    infer_model(state, model, req, adapt).await
 }
 
 /// `POST /v2/models/{model}/versions/{version}/infer`: 404 unless `version` is the one served.
@@ -613,13 +632,14 @@ pub async fn infer_version(
     req: Request,
 ) -> Result<Response, ApiError> {
     let model = state.model_version(&name, &version)?;
-    infer_model(state, model, req).await
+    infer_model(state, model, req, None).await
 }
 
 async fn infer_model(
     state: AppState,
     model: Arc<LoadedModel>,
     req: Request,
+    adapt: Option<Adapt>,
 ) -> Result<Response, ApiError> {
     let limit = state.config.max_body_bytes;
     let header_len = req.headers().get(v2_binary::HEADER_LENGTH).cloned();
@@ -641,10 +661,11 @@ async fn infer_model(
     let Some((input, data)) = input_data(inputs, binary)?.pop() else {
         return Err(ApiError::Internal("one input in, none out".into()));
     };
-    let options = RequestOptions {
+    let mut options = RequestOptions {
         top_k: model.files.metadata.labels.len(),
         ..RequestOptions::default()
     };
+    let plan = live::plan(&state.monitor, &model, adapt, &mut options);
     let mut logged_images = None;
     let mut scored = match parse_input(&model, &input, data)? {
         Batch::Tensors(t) => state
@@ -668,12 +689,13 @@ async fn infer_model(
     };
     // Each row gets its signed prediction id (returned in `parameters` and as the
     // `prediction_id` output) and feeds the label-free monitor.
-    crate::serve::infer::feedback::stamp_scored(
+    live::stamp_scored(
         &state.monitor,
         &state.metrics,
         &state.recal,
         &model,
         &mut scored,
+        plan,
     );
     let id = request.id.take().or(x_request_id);
     state.log_payload(

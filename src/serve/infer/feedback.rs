@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::serve::monitor::recal::{LabelEvent, Recalibration};
 use crate::serve::monitor::shadow::ShadowScore;
 use crate::serve::monitor::token::nonce_of;
-use crate::serve::monitor::{Accepted, FeedbackError, FeedbackItem, Monitor, now_s};
+use crate::serve::monitor::{Accepted, FeedbackError, FeedbackItem, Monitor, ServedSet, now_s};
 use crate::serve::prometheus::ServerMetrics;
 
 use super::recalibrate::{RecalibrateRequest, Trigger, recalibrate};
@@ -34,28 +34,32 @@ pub fn stamp(monitor: &Monitor, metrics: &ServerMetrics, predictions: &mut [Pred
                 .with_label_values(&[&p.model])
                 .inc();
         }
-        p.prediction_id = monitor.issue_token(
+        let set = p.served_set.as_ref().map(|s| ServedSet {
+            classes: s
+                .classes
+                .iter()
+                .map(|&c| u16::try_from(c).unwrap_or(u16::MAX))
+                .collect(),
+            alpha: s.alpha,
+            adaptive: s.adaptive,
+            num_classes: u16::try_from(p.probabilities.len()).unwrap_or(u16::MAX),
+        });
+        p.prediction_id = monitor.issue_token_with_set(
             &p.model,
             &p.model_version,
             p.class_index,
             p.confidence,
             &p.probabilities,
+            set,
         );
         monitor.observe_prediction(&p.model, p.confidence);
     }
 }
 
-/// [`stamp`]s every scored row of `model` and keeps its logits, under its prediction id, for
-/// refitting calibrators from feedback (`monitor::recal`).
-pub fn stamp_scored(
-    monitor: &Monitor,
-    metrics: &ServerMetrics,
-    recal: &Recalibration,
-    model: &LoadedModel,
-    scored: &mut [Scored],
-) {
+/// Keeps the logits of freshly stamped rows for the recalibration shadows
+/// (`monitor::recal`), keyed by their prediction ids' nonces.
+pub fn remember_logits(recal: &Recalibration, model: &LoadedModel, scored: &[Scored]) {
     for s in scored {
-        stamp(monitor, metrics, std::slice::from_mut(&mut s.prediction));
         if let Some(nonce) = nonce_of(&s.prediction.prediction_id) {
             recal.remember(&model.files.name, &model.files.sha256, nonce, &s.logits);
         }

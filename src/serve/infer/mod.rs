@@ -5,6 +5,7 @@
 
 pub mod batcher;
 pub mod feedback;
+pub mod live;
 mod model;
 pub mod prediction;
 pub mod preprocess;
@@ -15,8 +16,8 @@ use bytes::Bytes;
 
 pub use model::{LoadedModel, ModelOptions, RowOutput};
 pub use prediction::{
-    DEFAULT_TOP_K, Prediction, PredictionError, PredictionList, RequestOptions, TopK,
-    build_prediction,
+    DEFAULT_TOP_K, Prediction, PredictionError, PredictionList, RequestOptions, ServedSetInfo,
+    TopK, build_prediction,
 };
 pub use preprocess::{ImageLimits, PreprocessError, preprocess};
 pub use registry::{ModelRegistry, RegistryOptions};

@@ -102,6 +102,26 @@ pub struct Prediction {
     /// The conformal score `prediction_set` was built with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conformal: Option<ScoreKind>,
+    /// Present when the probabilities (and so the label, confidence and top-k) were corrected
+    /// for the estimated label shift of served traffic: the correction applied, `label_shift`
+    /// (issue 22; `infer::live`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptation: Option<&'static str>,
+    /// The conformal set as class indices and the level it was built at, for the prediction id
+    /// (the monitor scores its coverage when the label arrives); not serialised.
+    #[serde(skip)]
+    pub served_set: Option<ServedSetInfo>,
+}
+
+/// The conformal set of a prediction as the monitor needs it (class indices, not labels).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedSetInfo {
+    /// Class indices, ascending.
+    pub classes: Vec<usize>,
+    /// The miscoverage level it was built at.
+    pub alpha: f64,
+    /// Whether that level came from adaptive conformal inference (`infer::live::plan`).
+    pub adaptive: bool,
 }
 
 impl Prediction {
@@ -186,6 +206,22 @@ pub fn build_prediction(
         // A fresh uniform per row for the randomised conformal scores.
         rand::random::<f64>(),
     )?;
+    let served_set = d.prediction_set.clone().map(|set| {
+        let alpha = options
+            .trust
+            .alpha
+            .or_else(|| {
+                ctx.calibration
+                    .and_then(|c| c.conformal.as_ref())
+                    .map(|c| c.alpha)
+            })
+            .unwrap_or(f64::NAN);
+        ServedSetInfo {
+            classes: set,
+            alpha,
+            adaptive: false,
+        }
+    });
     let prediction_set = d.prediction_set.map(|set| {
         set.into_iter()
             .filter_map(|i| ctx.labels.get(i).cloned())
@@ -207,6 +243,8 @@ pub fn build_prediction(
         abstain_reason: d.abstain_reason,
         prediction_set,
         conformal: d.conformal,
+        adaptation: None,
+        served_set,
     })
 }
 

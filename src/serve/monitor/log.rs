@@ -42,6 +42,23 @@ pub struct FeedbackRecord {
     /// Calibrated probabilities, when the token carried them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probabilities: Option<Vec<f64>>,
+    /// The served conformal set's outcome, when the token carried a set (issue 22).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<SetOutcome>,
+}
+
+/// What a label says about the conformal set served with its prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SetOutcome {
+    /// Whether the true label was in the set.
+    pub covered: bool,
+    /// Classes in the set.
+    pub size: u16,
+    /// The miscoverage level the set was built at.
+    pub alpha: f64,
+    /// Whether that level came from adaptive conformal inference.
+    #[serde(default)]
+    pub adaptive: bool,
 }
 
 /// What opening the log found.
@@ -258,6 +275,12 @@ mod tests {
             label: 2,
             confidence: 0.1 + 0.2, // not exactly representable: checks exact round trip
             probabilities: Some(vec![0.25, 0.75]),
+            set: nonce.is_multiple_of(2).then_some(SetOutcome {
+                covered: true,
+                size: 2,
+                alpha: 0.1,
+                adaptive: false,
+            }),
         }
     }
 

@@ -8,11 +8,18 @@
 //! De-duplication is per process: a nonce is remembered for as long as its token could still be
 //! accepted (`--feedback-max-age`), and it survives restarts because the log keeps those records.
 //! Two replicas that both receive the same label each count it once (documented in README).
+//!
+//! Issue 22 adds, in their own submodules: the window of served probability vectors
+//! ([`served`]), label-shift estimates, the anytime-valid alarm and adaptive conformal levels
+//! ([`live`]), and the live coverage of served conformal sets ([`coverage`]).
 
+pub mod coverage;
+pub mod live;
 pub mod log;
 pub mod logits;
 pub mod recal;
 pub mod replay;
+pub mod served;
 pub mod shadow;
 pub mod token;
 pub mod window;
@@ -21,8 +28,9 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-pub use log::{FeedbackLog, FeedbackRecord, LogError, RecoveryReport};
-pub use token::{MAX_EMBEDDED_CLASSES, PredictionToken, TokenError, TokenSigner};
+pub use live::{ShiftSource, TrustConfig};
+pub use log::{FeedbackLog, FeedbackRecord, LogError, RecoveryReport, SetOutcome};
+pub use token::{MAX_EMBEDDED_CLASSES, PredictionToken, ServedSet, TokenError, TokenSigner};
 pub use window::{LiveReport, ModelWindow};
 
 use crate::trust::metrics::{BinnedAccumulator, BootstrapOptions, ConfidenceReference};
@@ -57,6 +65,8 @@ pub struct MonitorConfig {
     pub state_dir: Option<PathBuf>,
     /// Equal-width bins of the live ECE and of the Prometheus per-bin counters.
     pub bins: usize,
+    /// Label-shift estimates, the calibration alarm and adaptive conformal inference.
+    pub trust: TrustConfig,
 }
 
 /// A label as a client sends it: a class name or a class index.
@@ -126,6 +136,8 @@ pub struct Monitor {
     signer: TokenSigner,
     config: MonitorConfig,
     state: Mutex<State>,
+    /// Shift estimates, alarm and adaptive conformal state (its own lock; see `live`).
+    live: live::LiveTrust,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -163,7 +175,9 @@ impl Monitor {
             retained: VecDeque::new(),
             last_prune_s: 0,
         };
+        let live = live::LiveTrust::new(config.trust.clone());
         for r in records {
+            live.on_label(&r, r.received_at_s);
             state.admit(r, &config);
         }
         Ok((
@@ -171,6 +185,7 @@ impl Monitor {
                 signer,
                 config,
                 state: Mutex::new(state),
+                live,
             },
             report,
         ))
@@ -190,8 +205,35 @@ impl Monitor {
         confidence: f64,
         probabilities: &[f64],
     ) -> String {
-        self.signer
-            .issue(model, model_version, class_index, confidence, probabilities)
+        self.signer.issue(
+            model,
+            model_version,
+            class_index,
+            confidence,
+            probabilities,
+            None,
+        )
+    }
+
+    /// Issues the signed `prediction_id` of a prediction served with a conformal set (the
+    /// token carries the set, so that its label can be scored for coverage).
+    pub fn issue_token_with_set(
+        &self,
+        model: &str,
+        model_version: &str,
+        class_index: usize,
+        confidence: f64,
+        probabilities: &[f64],
+        set: Option<ServedSet>,
+    ) -> String {
+        self.signer.issue(
+            model,
+            model_version,
+            class_index,
+            confidence,
+            probabilities,
+            set,
+        )
     }
 
     /// Records a served confidence for the label-free figures (mean confidence, drift).
@@ -239,6 +281,7 @@ impl Monitor {
                 .collect();
         }
         for r in fresh {
+            self.live.on_label(&r, now);
             st.admit(r, &self.config);
         }
         st.prune_and_maybe_compact(now, &self.config);
@@ -280,6 +323,12 @@ impl Monitor {
             predicted: t.class_index,
             label: label as u16,
             confidence: t.confidence,
+            set: t.set.as_ref().map(|s| SetOutcome {
+                covered: s.classes.contains(&(label as u16)),
+                size: u16::try_from(s.classes.len()).unwrap_or(u16::MAX),
+                alpha: s.alpha,
+                adaptive: s.adaptive,
+            }),
             probabilities: t.probabilities,
         })
     }
@@ -377,6 +426,7 @@ mod tests {
             max_age_s: 100,
             state_dir: Some(dir.into()),
             bins: 15,
+            trust: TrustConfig::default(),
         };
         Monitor::open(cfg, TokenSigner::new(b"key")).unwrap().0
     }
@@ -435,6 +485,7 @@ mod tests {
             class_index: 0,
             confidence: 0.5,
             probabilities: None,
+            set: None,
         });
         let other_model = m.issue_token("zzz", "1", 0, 0.5, &[0.5, 0.5]);
         let now = now_s();
@@ -487,6 +538,7 @@ mod tests {
                         class_index: (j % 3) as u16,
                         confidence: 0.9,
                         probabilities: None,
+                        set: None,
                     });
                     item(&t, LabelRef::Index(0))
                 })

@@ -198,6 +198,8 @@ pub fn replay(
             label,
             confidence: p.confidence,
             probabilities: p.probabilities.clone(),
+            // The payload log does not record the served set: replay measures calibration.
+            set: None,
         });
     }
     Ok(Replay {

@@ -7,8 +7,12 @@
 //!
 //! Wire format (then base64url without padding):
 //! `version u8 | nonce u64 | issued_at_s u64 | class u16 | confidence f64 | model_len u8 | model |
-//!  version_len u8 | model_version | k u8 | k x f64 probabilities | mac (16 bytes)`,
-//! little-endian. Confidence and probabilities stay f64, bit for bit what the server computed, so
+//!  version_len u8 | model_version | k u8 | k x f64 probabilities | set | mac (16 bytes)`,
+//! little-endian. `set` (version 2, issue 22) is `flags u8` (bit 0: a conformal set was served,
+//! bit 1: its level came from adaptive conformal inference, bit 2: stored as a bitmask) and, with
+//! a set, `alpha f64` then either `n u16 | n x u16 class indices` or `K u16 | ceil(K/8) bytes`,
+//! whichever is shorter: the monitor needs the set to tell, when the label arrives, whether it
+//! was covered. Version 1 tokens (no `set`) still verify. Confidence and probabilities stay f64, bit for bit what the server computed, so
 //! that live metrics equal `caliper eval` on the same predictions exactly (issue 5's test).
 
 use base64::Engine;
@@ -16,7 +20,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// Tokens issued before the conformal set was carried; still accepted.
+const VERSION_NO_SET: u8 = 1;
 const MAC_LEN: usize = 16;
 /// Probability vectors are embedded only up to this many classes, to keep tokens compact.
 pub const MAX_EMBEDDED_CLASSES: usize = 16;
@@ -38,6 +44,21 @@ pub struct PredictionToken {
     pub confidence: f64,
     /// Calibrated probabilities, when the model has at most [`MAX_EMBEDDED_CLASSES`] classes.
     pub probabilities: Option<Vec<f64>>,
+    /// The conformal prediction set served with it, when there was one.
+    pub set: Option<ServedSet>,
+}
+
+/// The conformal set served with a prediction, as the token carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedSet {
+    /// Class indices in the set, ascending.
+    pub classes: Vec<u16>,
+    /// The miscoverage level it was built at.
+    pub alpha: f64,
+    /// Whether that level came from adaptive conformal inference (then the label updates it).
+    pub adaptive: bool,
+    /// Classes of the model (for the bitmask form of large sets).
+    pub num_classes: u16,
 }
 
 /// Why a token was refused.
@@ -99,6 +120,7 @@ impl TokenSigner {
         class_index: usize,
         confidence: f64,
         probabilities: &[f64],
+        set: Option<ServedSet>,
     ) -> String {
         let embed = probabilities.len() <= MAX_EMBEDDED_CLASSES;
         self.sign(&PredictionToken {
@@ -109,6 +131,7 @@ impl TokenSigner {
             class_index: class_index as u16,
             confidence,
             probabilities: embed.then(|| probabilities.to_vec()),
+            set,
         })
     }
 
@@ -130,6 +153,7 @@ impl TokenSigner {
             }
             _ => buf.push(0),
         }
+        push_set(&mut buf, t.set.as_ref());
         let mac = self.mac(&buf);
         buf.extend_from_slice(&mac);
         URL_SAFE_NO_PAD.encode(buf)
@@ -176,6 +200,60 @@ pub fn nonce_of(token: &str) -> Option<u64> {
     Some(u64::from_le_bytes(raw.get(1..9)?.try_into().ok()?))
 }
 
+fn push_set(buf: &mut Vec<u8>, set: Option<&ServedSet>) {
+    let Some(set) = set else {
+        buf.push(0);
+        return;
+    };
+    let mask_len = usize::from(set.num_classes).div_ceil(8);
+    let bitmask = 2 + mask_len < 2 + 2 * set.classes.len()
+        && set.classes.iter().all(|&c| c < set.num_classes);
+    buf.push(1 | (u8::from(set.adaptive) << 1) | (u8::from(bitmask) << 2));
+    buf.extend_from_slice(&set.alpha.to_le_bytes());
+    if bitmask {
+        buf.extend_from_slice(&set.num_classes.to_le_bytes());
+        let mut mask = vec![0u8; mask_len];
+        for &c in &set.classes {
+            mask[usize::from(c) / 8] |= 1 << (c % 8);
+        }
+        buf.extend_from_slice(&mask);
+    } else {
+        let n = u16::try_from(set.classes.len()).unwrap_or(u16::MAX);
+        buf.extend_from_slice(&n.to_le_bytes());
+        for &c in set.classes.iter().take(usize::from(n)) {
+            buf.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+}
+
+fn read_set(r: &mut Reader<'_>, num_classes: u16) -> Option<Option<ServedSet>> {
+    let flags = r.array::<1>()?[0];
+    if flags & 1 == 0 {
+        return Some(None);
+    }
+    let alpha = f64::from_le_bytes(r.array()?);
+    let mut num_classes = num_classes;
+    let classes = if flags & 4 != 0 {
+        let k = u16::from_le_bytes(r.array()?);
+        num_classes = k;
+        let mask = r.take(usize::from(k).div_ceil(8))?;
+        (0..k)
+            .filter(|&c| mask[usize::from(c) / 8] & (1 << (c % 8)) != 0)
+            .collect()
+    } else {
+        let n = u16::from_le_bytes(r.array()?);
+        (0..n)
+            .map(|_| r.array().map(u16::from_le_bytes))
+            .collect::<Option<Vec<u16>>>()?
+    };
+    Some(Some(ServedSet {
+        classes,
+        alpha,
+        adaptive: flags & 2 != 0,
+        num_classes,
+    }))
+}
+
 fn push_short_str(buf: &mut Vec<u8>, s: &str) {
     // Model names and versions are short; longer ones are cut at a char boundary below 256 bytes.
     let mut end = s.len().min(255);
@@ -209,7 +287,8 @@ impl<'a> Reader<'a> {
 
 fn decode_payload(payload: &[u8]) -> Option<PredictionToken> {
     let mut r = Reader(payload);
-    if r.array::<1>()?[0] != VERSION {
+    let version = r.array::<1>()?[0];
+    if version != VERSION && version != VERSION_NO_SET {
         return None;
     }
     let nonce = u64::from_le_bytes(r.array()?);
@@ -228,6 +307,11 @@ fn decode_payload(payload: &[u8]) -> Option<PredictionToken> {
                 .collect::<Option<Vec<f64>>>()?,
         )
     };
+    let set = if version == VERSION {
+        read_set(&mut r, k as u16)?
+    } else {
+        None
+    };
     if !r.0.is_empty() || !(0.0..=1.0).contains(&confidence) {
         return None;
     }
@@ -239,6 +323,7 @@ fn decode_payload(payload: &[u8]) -> Option<PredictionToken> {
         class_index,
         confidence,
         probabilities,
+        set,
     })
 }
 
@@ -255,6 +340,7 @@ mod tests {
             class_index: 7,
             confidence: 0.912345678901234,
             probabilities: probs,
+            set: None,
         }
     }
 
@@ -297,6 +383,46 @@ mod tests {
             Err(TokenError::Malformed)
         );
         assert_eq!(s.verify("", 1_000, 60), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn served_sets_round_trip_as_lists_or_bitmasks_and_version_1_still_verifies() {
+        let s = TokenSigner::new(b"k");
+        let small = ServedSet {
+            classes: vec![3, 7],
+            alpha: 0.1,
+            adaptive: true,
+            num_classes: 10,
+        };
+        // 600 of 1,000 classes: the bitmask (127 bytes) is shorter than the list (1,202).
+        let large = ServedSet {
+            classes: (0..600).collect(),
+            alpha: 0.0123,
+            adaptive: false,
+            num_classes: 1_000,
+        };
+        for set in [small, large] {
+            let mut t = token(None);
+            t.set = Some(set.clone());
+            let back = s.verify(&s.sign(&t), 1_000, 60).unwrap().set.unwrap();
+            assert_eq!(
+                (back.classes, back.alpha, back.adaptive),
+                (set.classes, set.alpha, set.adaptive)
+            );
+        }
+        // A version-1 token (no set byte), signed as the previous build did.
+        let mut buf = vec![VERSION_NO_SET];
+        buf.extend_from_slice(&42u64.to_le_bytes());
+        buf.extend_from_slice(&1_000u64.to_le_bytes());
+        buf.extend_from_slice(&7u16.to_le_bytes());
+        buf.extend_from_slice(&0.5f64.to_le_bytes());
+        push_short_str(&mut buf, "mnist");
+        push_short_str(&mut buf, "1");
+        buf.push(0);
+        let mac = s.mac(&buf);
+        buf.extend_from_slice(&mac);
+        let old = s.verify(&URL_SAFE_NO_PAD.encode(buf), 1_000, 60).unwrap();
+        assert_eq!((old.class_index, old.set), (7, None));
     }
 
     #[test]

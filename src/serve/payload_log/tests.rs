@@ -31,6 +31,8 @@ fn prediction(id: &str, probabilities: Vec<f64>) -> Prediction {
         abstain_reason: None,
         prediction_set: None,
         conformal: None,
+        adaptation: None,
+        served_set: None,
     }
 }
 

@@ -22,6 +22,8 @@
 //! (the empirical quantile at level `ceil((n+1)(1-alpha))/n`). For exchangeable data,
 //! P(y in set) >= 1 - alpha.
 
+pub mod aci;
+
 use ndarray::ArrayView2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -214,12 +214,13 @@ function showMonitor(m) {
   ece.dataset.value = live.ece == null ? '' : String(live.ece);
   setText('mce', pct(live.mce));
   setText('accuracy', pct(live.accuracy));
-  // The slot for a label-free accuracy estimate: `estimated_accuracy` when the monitor reports
-  // one, else the mean calibrated confidence (what a calibrated model's accuracy should be).
-  if (live.estimated_accuracy != null) {
+  // The label-free accuracy estimate (`estimated.accuracy`: mean max calibrated probability over
+  // the served window), else the mean calibrated confidence of the live window.
+  const est = m.estimated;
+  if (est && est.accuracy != null) {
     setText('estimate-name', 'Label-free estimate');
-    setText('estimate', pct(live.estimated_accuracy));
-    setText('estimate-sub', `estimated accuracy from ${live.served} served predictions, no labels`);
+    setText('estimate', pct(est.accuracy));
+    setText('estimate-sub', `estimated accuracy from ${est.served ?? live.served} served predictions, no labels`);
   } else {
     setText('estimate-name', 'Label-free estimate');
     setText('estimate', pct(live.mean_confidence));

@@ -1,0 +1,578 @@
+//! The monitor's statistics that act on what they measure (issue 22): label-shift estimates
+//! over the window of served probability vectors ([`super::served`]), the anytime-valid
+//! calibration alarm, and the adaptive conformal level of each model.
+//!
+//! One mutex over a map of per-model states, separate from the feedback state's lock: a
+//! prediction only touches this one (the feedback path takes the feedback lock, then this one,
+//! never the other way round). Estimates are recomputed outside the lock from a copy of the
+//! window, and cached: the request path (`?adapt=label_shift`) reuses an estimate until the
+//! window has moved by [`refresh_every`] predictions.
+//!
+//! What survives a restart: the e-process and the adaptive level are replayed from the labelled
+//! records the feedback log still holds (in log order); the served window, its estimates and the
+//! exchangeability martingale start empty (they are label-free and not logged).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use super::served::ServedWindow;
+use super::{FeedbackRecord, Monitor};
+use crate::trust::alarm::{CalibrationEProcess, ExchangeabilityMartingale};
+use crate::trust::conformal::aci::AdaptiveAlpha;
+use crate::trust::shift::{self, EmOptions};
+
+/// Served predictions needed before a prior is estimated (and a correction applied).
+pub const MIN_SHIFT_SAMPLES: usize = 100;
+/// Classes up to which per-class series (priors, coverage) are exported as gauges.
+pub const MAX_CLASS_SERIES: usize = 100;
+
+/// Models named by a flag: a list, or `*` for all.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ModelSelection(pub Vec<String>);
+
+impl ModelSelection {
+    /// Whether `model` is selected.
+    pub fn contains(&self, model: &str) -> bool {
+        self.0.iter().any(|m| m == model || m == "*")
+    }
+}
+
+/// Settings of the shift estimates, the alarm and adaptive conformal inference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrustConfig {
+    /// Served probability vectors kept per model (also bounded by bytes, see `served`).
+    pub shift_window: usize,
+    /// Alarm level: the calibration alarm fires with probability at most this under no drift.
+    pub alarm_alpha: f64,
+    /// Tolerated |E[correct - confidence]| before the calibration e-process bets against it.
+    pub alarm_tolerance: f64,
+    /// Step of adaptive conformal inference.
+    pub aci_gamma: f64,
+    /// Models whose predictions are corrected for label shift unless a request says
+    /// `?adapt=none`.
+    pub adapt_label_shift: ModelSelection,
+    /// Models whose conformal sets use the adaptive level when a request names no `alpha`.
+    pub adaptive_conformal: ModelSelection,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        Self {
+            shift_window: 5_000,
+            alarm_alpha: 0.01,
+            alarm_tolerance: 0.0,
+            aci_gamma: 0.005,
+            adapt_label_shift: ModelSelection::default(),
+            adaptive_conformal: ModelSelection::default(),
+        }
+    }
+}
+
+/// What the estimators need from a model's calibration file.
+#[derive(Debug, Clone, Copy)]
+pub struct ShiftSource<'a> {
+    /// Classes of the model.
+    pub classes: usize,
+    /// Validation label counts (the source prior), when the file has them.
+    pub label_counts: Option<&'a [usize]>,
+    /// Validation confusion matrix (`[predicted][label]`), when the file has it.
+    pub confusion: Option<&'a [Vec<u64>]>,
+}
+
+/// The label-free estimates of one model (`estimated` in `GET /v1/models/{model}/monitor`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Estimated {
+    /// Served probability vectors in the window.
+    pub served: usize,
+    /// Most vectors the window holds.
+    pub window: usize,
+    /// The class prior of served traffic by EM (Saerens et al. 2002); null below
+    /// [`MIN_SHIFT_SAMPLES`] predictions.
+    pub prior: Option<Vec<f64>>,
+    /// The same by black-box shift estimation (Lipton et al. 2018); null when unavailable.
+    pub prior_bbse: Option<Vec<f64>>,
+    /// Why `prior_bbse` is null, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bbse_unavailable: Option<String>,
+    /// p-value of the likelihood-ratio test of "the served prior is the source prior".
+    pub shift_pvalue: Option<f64>,
+    /// The likelihood-ratio statistic behind it.
+    pub shift_statistic: Option<f64>,
+    /// Label-free expected accuracy: the mean max calibrated probability over the window.
+    pub accuracy: Option<f64>,
+    /// The source prior the estimates correct against.
+    pub source_prior: Vec<f64>,
+    /// Where it comes from: "validation" (label counts stored by the fit) or "uniform".
+    pub source_prior_from: &'static str,
+}
+
+/// The calibration alarm of one model (`alarm` in the monitor JSON).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlarmReport {
+    /// 1 once either statistic has crossed its threshold (latched until a restart or a reset).
+    pub alarm: bool,
+    /// The level: the alarm fires with probability at most this if nothing drifts.
+    pub alpha: f64,
+    /// Threshold of each statistic: 2 / alpha (the two share alpha, Bonferroni).
+    pub threshold: f64,
+    /// Which statistic crossed first: "calibration" or "exchangeability".
+    pub reason: Option<&'static str>,
+    /// When it fired (Unix seconds).
+    pub since_s: Option<u64>,
+    /// The betting e-process on 1[correct] - confidence of labelled feedback.
+    pub calibration_evalue: f64,
+    /// Labels it has seen.
+    pub calibration_labels: u64,
+    /// Mean of 1[correct] - confidence over those labels.
+    pub calibration_mean_error: Option<f64>,
+    /// The tolerance it tests (`--alarm-tolerance`).
+    pub calibration_tolerance: f64,
+    /// The conformal test martingale on served max-probabilities.
+    pub exchangeability_martingale: f64,
+    /// Its largest value so far.
+    pub exchangeability_max: f64,
+    /// Served predictions it has seen.
+    pub exchangeability_samples: u64,
+}
+
+/// Adaptive conformal inference of one model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AciReport {
+    /// The calibration file's miscoverage level, the target.
+    pub target_alpha: f64,
+    /// Step size.
+    pub gamma: f64,
+    /// alpha_t (may leave [0, 1]).
+    pub alpha: f64,
+    /// The level sets are built with now (alpha_t clamped into (0, 1)).
+    pub serving_alpha: f64,
+    /// Labelled adaptive sets seen, and how many missed their label.
+    pub labels: u64,
+    /// Misses among them.
+    pub misses: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    at_total: u64,
+    estimated: Estimated,
+    ratio: Option<Vec<f64>>,
+}
+
+#[derive(Debug)]
+struct ModelTrust {
+    served: Option<ServedWindow>,
+    exchange: ExchangeabilityMartingale,
+    calibration: CalibrationEProcess,
+    aci: Option<AdaptiveAlpha>,
+    alarm: Option<(&'static str, u64)>,
+    cache: Option<Cached>,
+    refreshing: bool,
+}
+
+/// Per-model live trust state.
+#[derive(Debug)]
+pub struct LiveTrust {
+    config: TrustConfig,
+    models: Mutex<HashMap<String, ModelTrust>>,
+}
+
+/// How many new predictions make a cached estimate stale: a twentieth of the window, at
+/// least 50.
+pub fn refresh_every(window: usize) -> u64 {
+    (window / 20).max(50) as u64
+}
+
+impl LiveTrust {
+    /// Empty state.
+    pub fn new(config: TrustConfig) -> Self {
+        Self {
+            config,
+            models: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn with<R>(&self, model: &str, f: impl FnOnce(&mut ModelTrust, &TrustConfig) -> R) -> R {
+        let mut map = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        let t = map.entry(model.to_string()).or_insert_with(|| ModelTrust {
+            served: None,
+            exchange: ExchangeabilityMartingale::new(),
+            calibration: CalibrationEProcess::new(self.config.alarm_tolerance),
+            aci: None,
+            alarm: None,
+            cache: None,
+            refreshing: false,
+        });
+        f(t, &self.config)
+    }
+
+    /// A labelled prediction: feeds the calibration e-process and, when its set was built at
+    /// the adaptive level, the level. Called for each new record, in log order.
+    pub(super) fn on_label(&self, r: &FeedbackRecord, now_s: u64) {
+        self.with(&r.model, |t, cfg| {
+            t.calibration.update(r.predicted == r.label, r.confidence);
+            if let (Some(set), Some(aci)) = (r.set, t.aci.as_mut())
+                && set.adaptive
+            {
+                aci.update(set.covered);
+            }
+            t.check_alarm(cfg, now_s);
+        });
+    }
+}
+
+impl ModelTrust {
+    fn check_alarm(&mut self, cfg: &TrustConfig, now_s: u64) {
+        if self.alarm.is_some() {
+            return;
+        }
+        let log_threshold = (2.0 / cfg.alarm_alpha).ln();
+        if self.calibration.log_value() >= log_threshold {
+            self.alarm = Some(("calibration", now_s));
+        } else if self.exchange.log_value() >= log_threshold {
+            self.alarm = Some(("exchangeability", now_s));
+        }
+    }
+}
+
+impl Monitor {
+    /// The live trust settings.
+    pub fn trust_config(&self) -> &TrustConfig {
+        &self.config.trust
+    }
+
+    /// Records a served calibrated probability vector (before any label-shift correction) for
+    /// the shift estimates and the exchangeability martingale.
+    pub fn observe_served(&self, model: &str, probabilities: &[f64]) {
+        let top = probabilities.iter().copied().fold(0.0, f64::max);
+        let tau: f64 = rand::random();
+        self.live.with(model, |t, cfg| {
+            let k = probabilities.len();
+            if t.served.as_ref().is_none_or(|w| w.classes() != k) {
+                // First prediction, or the model now has other classes: start over.
+                t.served = Some(ServedWindow::new(k, cfg.shift_window));
+                t.cache = None;
+            }
+            if let Some(w) = t.served.as_mut() {
+                w.push(probabilities);
+            }
+            t.exchange.observe(top, tau);
+            t.check_alarm(cfg, super::now_s());
+        });
+    }
+
+    /// Estimates the served class prior now (and refreshes the cache the request path uses).
+    /// None when the model has served nothing.
+    pub fn estimate_shift(&self, model: &str, source: &ShiftSource<'_>) -> Option<Estimated> {
+        let (rows, k, capacity, total) = self.live.with(model, |t, _| {
+            let w = t.served.as_ref()?;
+            Some((w.rows().to_vec(), w.classes(), w.capacity(), w.total()))
+        })?;
+        let cached = compute(&rows, k, capacity, source);
+        let estimated = cached.estimated.clone();
+        self.live.with(model, |t, _| {
+            t.cache = Some(Cached {
+                at_total: total,
+                ..cached
+            });
+        });
+        Some(estimated)
+    }
+
+    /// The estimate of the cache when it is at most [`refresh_every`] predictions old, else a
+    /// fresh one (for the scrape, which should not rerun EM on an unchanged window).
+    pub fn estimate_shift_cached(
+        &self,
+        model: &str,
+        source: &ShiftSource<'_>,
+    ) -> Option<Estimated> {
+        let cached = self.live.with(model, |t, _| {
+            let w = t.served.as_ref()?;
+            t.cache
+                .as_ref()
+                .filter(|c| w.total() < c.at_total + refresh_every(w.capacity()))
+                .map(|c| c.estimated.clone())
+        });
+        cached.or_else(|| self.estimate_shift(model, source))
+    }
+
+    /// The prior ratios w_k = q_k / p_k to correct `model`'s predictions with, from an estimate
+    /// at most [`refresh_every`] predictions old (recomputed here when older); None until the
+    /// window holds [`MIN_SHIFT_SAMPLES`] predictions.
+    pub fn label_shift_ratio(&self, model: &str, source: &ShiftSource<'_>) -> Option<Vec<f64>> {
+        enum Step {
+            Use(Option<Vec<f64>>),
+            Refresh(Option<Vec<f64>>),
+        }
+        let step = self.live.with(model, |t, _| {
+            let w = t.served.as_ref()?;
+            let ratio = t.cache.as_ref().and_then(|c| c.ratio.clone());
+            let due = t
+                .cache
+                .as_ref()
+                .is_none_or(|c| w.total() >= c.at_total + refresh_every(w.capacity()));
+            if due && !t.refreshing && w.len() >= MIN_SHIFT_SAMPLES {
+                t.refreshing = true;
+                Some(Step::Refresh(ratio))
+            } else {
+                Some(Step::Use(ratio))
+            }
+        })?;
+        match step {
+            Step::Use(ratio) => ratio,
+            Step::Refresh(stale) => {
+                // This caller refreshes; concurrent ones use the stale ratio meanwhile.
+                self.estimate_shift(model, source);
+                self.live
+                    .with(model, |t, _| {
+                        t.refreshing = false;
+                        t.cache.as_ref().and_then(|c| c.ratio.clone())
+                    })
+                    .or(stale)
+            }
+        }
+    }
+
+    /// The level to build `model`'s next conformal set with, when the model uses adaptive
+    /// conformal inference (`--adaptive-conformal`); `target` is the calibration file's level.
+    pub fn adaptive_alpha(&self, model: &str, target: f64) -> Option<f64> {
+        if !self.config.trust.adaptive_conformal.contains(model) {
+            return None;
+        }
+        Some(self.live.with(model, |t, cfg| {
+            t.aci
+                .get_or_insert_with(|| AdaptiveAlpha::new(target, cfg.aci_gamma))
+                .serving_alpha()
+        }))
+    }
+
+    /// The alarm of `model`, when it has seen a prediction or a label.
+    pub fn alarm_report(&self, model: &str) -> Option<AlarmReport> {
+        let map = self.live.models.lock().unwrap_or_else(|e| e.into_inner());
+        let t = map.get(model)?;
+        let alpha = self.config.trust.alarm_alpha;
+        Some(AlarmReport {
+            alarm: t.alarm.is_some(),
+            alpha,
+            threshold: 2.0 / alpha,
+            reason: t.alarm.map(|a| a.0),
+            since_s: t.alarm.map(|a| a.1),
+            calibration_evalue: t.calibration.value(),
+            calibration_labels: t.calibration.samples(),
+            calibration_mean_error: t.calibration.mean_error(),
+            calibration_tolerance: t.calibration.tolerance(),
+            exchangeability_martingale: t.exchange.value(),
+            exchangeability_max: t.exchange.max_value(),
+            exchangeability_samples: t.exchange.samples(),
+        })
+    }
+
+    /// Adaptive conformal inference of `model`, once it has built a set with it.
+    pub fn aci_report(&self, model: &str) -> Option<AciReport> {
+        let map = self.live.models.lock().unwrap_or_else(|e| e.into_inner());
+        let a = map.get(model)?.aci.as_ref()?;
+        let (labels, misses) = a.counts();
+        Some(AciReport {
+            target_alpha: a.target(),
+            gamma: a.gamma(),
+            alpha: a.alpha(),
+            serving_alpha: a.serving_alpha(),
+            labels,
+            misses,
+        })
+    }
+
+    /// Forgets `model`'s live trust state (estimates, alarm, adaptive level): for when its
+    /// calibrator is replaced, after which the old evidence no longer applies.
+    pub fn reset_trust(&self, model: &str) {
+        let mut map = self.live.models.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(model);
+    }
+}
+
+/// Runs both estimators on a copy of the window.
+fn compute(rows: &[f32], k: usize, capacity: usize, source: &ShiftSource<'_>) -> Cached {
+    let served = rows.len() / k.max(1);
+    let from_validation = source.label_counts.is_some_and(|c| c.len() == k);
+    let source_prior = shift::source_prior(source.label_counts, k);
+    let accuracy = (served > 0).then(|| {
+        rows.chunks_exact(k)
+            .map(|r| r.iter().copied().fold(0.0f32, f32::max) as f64)
+            .sum::<f64>()
+            / served as f64
+    });
+    let mut out = Estimated {
+        served,
+        window: capacity,
+        prior: None,
+        prior_bbse: None,
+        bbse_unavailable: None,
+        shift_pvalue: None,
+        shift_statistic: None,
+        accuracy,
+        source_prior: source_prior.clone(),
+        source_prior_from: if from_validation {
+            "validation"
+        } else {
+            "uniform"
+        },
+    };
+    let mut ratio = None;
+    if served < MIN_SHIFT_SAMPLES {
+        out.bbse_unavailable = Some(format!("fewer than {MIN_SHIFT_SAMPLES} served predictions"));
+        return Cached {
+            at_total: 0,
+            estimated: out,
+            ratio,
+        };
+    }
+    let options = EmOptions {
+        tolerance: 1e-6,
+        max_iterations: 300,
+    };
+    match shift::em_prior(rows, k, &source_prior, options) {
+        Ok(e) => {
+            ratio = Some(shift::prior_ratio(&e.prior, &source_prior));
+            out.shift_pvalue = Some(e.pvalue);
+            out.shift_statistic = Some(e.lr_statistic);
+            out.prior = Some(e.prior);
+        }
+        Err(e) => tracing::warn!(error = %e, "label-shift EM failed"),
+    }
+    match source.confusion {
+        None => {
+            out.bbse_unavailable = Some(
+                "the calibration file has no validation confusion matrix (refit it with \
+                 `caliper calibrate`)"
+                    .into(),
+            )
+        }
+        Some(c) => {
+            let mut predicted = vec![0u64; k];
+            for r in rows.chunks_exact(k) {
+                let top = (0..k).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap_or(0);
+                predicted[top] += 1;
+            }
+            match shift::bbse_prior(c, &predicted) {
+                Ok(b) => out.prior_bbse = Some(b.prior),
+                Err(e) => out.bbse_unavailable = Some(e.to_string()),
+            }
+        }
+    }
+    Cached {
+        at_total: 0,
+        estimated: out,
+        ratio,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{FeedbackItem, LabelRef, MonitorConfig, TokenSigner};
+    use super::*;
+
+    fn monitor(trust: TrustConfig) -> Monitor {
+        let cfg = MonitorConfig {
+            window: 10_000,
+            max_age_s: 1_000,
+            state_dir: None,
+            bins: 15,
+            trust,
+        };
+        Monitor::open(cfg, TokenSigner::new(b"k")).unwrap().0
+    }
+
+    fn labels(model: &str) -> Option<Vec<String>> {
+        (model == "m").then(|| vec!["a".into(), "b".into()])
+    }
+
+    #[test]
+    fn estimates_need_a_hundred_predictions_then_follow_the_served_mix() {
+        let m = monitor(TrustConfig::default());
+        let source = ShiftSource {
+            classes: 2,
+            label_counts: Some(&[50, 50]),
+            confusion: None,
+        };
+        assert!(m.estimate_shift("m", &source).is_none(), "nothing served");
+        for _ in 0..99 {
+            m.observe_served("m", &[0.9, 0.1]);
+        }
+        let e = m.estimate_shift("m", &source).unwrap();
+        assert_eq!((e.served, e.prior.clone()), (99, None));
+        assert_eq!(m.label_shift_ratio("m", &source), None);
+        // 300 rows: posteriors of class a (0.9, 0.1) three times as often as of b (0.1, 0.9).
+        for i in 0..201 {
+            let p = if i % 3 == 2 { [0.1, 0.9] } else { [0.9, 0.1] };
+            m.observe_served("m", &p);
+        }
+        let e = m.estimate_shift("m", &source).unwrap();
+        let q = e.prior.unwrap();
+        assert!((q[0] - 0.8).abs() < 0.05, "{q:?}");
+        assert_eq!(e.source_prior_from, "validation");
+        assert!(e.bbse_unavailable.unwrap().contains("confusion"));
+        assert!(e.shift_pvalue.unwrap() < 1e-6);
+        assert!((e.accuracy.unwrap() - 0.9).abs() < 1e-6);
+        let w = m.label_shift_ratio("m", &source).unwrap();
+        assert!(w[0] > 1.5 && w[1] < 0.5, "{w:?}");
+    }
+
+    #[test]
+    fn overconfident_labels_raise_the_alarm_and_a_reset_clears_it() {
+        let m = monitor(TrustConfig::default());
+        let now = super::super::now_s();
+        // Confidence 0.95, right half the time: E[correct - confidence] = -0.45.
+        let items: Vec<FeedbackItem> = (0..200)
+            .map(|i| FeedbackItem {
+                prediction_id: m.issue_token("m", "1", 0, 0.95, &[0.95, 0.05]),
+                label: LabelRef::Index(i % 2),
+            })
+            .collect();
+        assert!(m.record(&items, &labels, now).iter().all(|r| r.is_ok()));
+        let a = m.alarm_report("m").unwrap();
+        assert!(a.alarm, "{a:?}");
+        assert_eq!((a.reason, a.calibration_labels), (Some("calibration"), 200));
+        assert!(a.calibration_evalue >= a.threshold);
+        m.reset_trust("m");
+        assert!(m.alarm_report("m").is_none());
+    }
+
+    #[test]
+    fn the_adaptive_level_moves_with_labelled_adaptive_sets_only() {
+        let trust = TrustConfig {
+            adaptive_conformal: ModelSelection(vec!["m".into()]),
+            aci_gamma: 0.01,
+            ..TrustConfig::default()
+        };
+        let m = monitor(trust);
+        assert_eq!(m.adaptive_alpha("other", 0.1), None);
+        assert_eq!(m.adaptive_alpha("m", 0.1), Some(0.1));
+        let set = |adaptive| super::super::ServedSet {
+            classes: vec![0],
+            alpha: 0.1,
+            adaptive,
+            num_classes: 2,
+        };
+        let id =
+            |adaptive| m.issue_token_with_set("m", "1", 0, 0.9, &[0.9, 0.1], Some(set(adaptive)));
+        // A miss at the adaptive level lowers alpha by gamma (1 - alpha); a fixed-level set
+        // changes nothing.
+        let items = [
+            FeedbackItem {
+                prediction_id: id(true),
+                label: LabelRef::Index(1),
+            },
+            FeedbackItem {
+                prediction_id: id(false),
+                label: LabelRef::Index(1),
+            },
+        ];
+        let out = m.record(&items, &labels, super::super::now_s());
+        assert!(!out[0].as_ref().unwrap().record.set.unwrap().covered);
+        let r = m.aci_report("m").unwrap();
+        assert_eq!((r.labels, r.misses), (1, 1));
+        assert!((r.alpha - (0.1 - 0.01 * 0.9)).abs() < 1e-12, "{r:?}");
+    }
+}

@@ -1,0 +1,110 @@
+//! The betting e-process on top-label calibration error.
+//!
+//! Each bettor starts with wealth 1 and stakes a fraction lambda_t, chosen from the past only, on
+//! the payoff g_t: wealth_t = prod (1 + lambda_s g_s). The upward bettor's payoff is
+//! g = x - eps and the downward bettor's g = -x - eps, with x = 1[correct] - confidence in
+//! [-1, 1] and eps >= 0 a tolerance: under H0: |E[x_t | past]| <= eps each wealth is a
+//! nonnegative supermartingale, and so is their average (the two-sided e-process). With eps = 0
+//! this tests exact calibration in the large; a small eps (say 0.01) keeps a model whose
+//! validation bias is below it from alarming after millions of labels.
+//!
+//! lambda follows online Newton steps on the loss -ln(1 + lambda g), clipped to
+//! [0, 1 / (2 (1 + eps))], so that 1 + lambda g >= 1/2: the wealth never reaches 0 and one bad
+//! label costs at most ln 2 of log-wealth.
+
+/// One-sided bettor: log-wealth and its ONS state.
+#[derive(Debug, Clone, PartialEq)]
+struct Bettor {
+    log_wealth: f64,
+    lambda: f64,
+    /// Running sum of squared gradients (plus 1, the ONS regulariser).
+    a: f64,
+}
+
+impl Bettor {
+    fn new() -> Self {
+        Self {
+            log_wealth: 0.0,
+            lambda: 0.0,
+            a: 1.0,
+        }
+    }
+
+    fn bet(&mut self, g: f64, lambda_max: f64) {
+        let factor = 1.0 + self.lambda * g;
+        self.log_wealth += factor.ln();
+        // Gradient of -ln(1 + lambda g) in lambda is -g / (1 + lambda g).
+        let z = g / factor;
+        self.a += z * z;
+        let step = 2.0 / (2.0 - 3f64.ln());
+        self.lambda = (self.lambda + step * z / self.a).clamp(0.0, lambda_max);
+    }
+}
+
+/// Two-sided betting e-process on E[1[correct] - confidence].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalibrationEProcess {
+    tolerance: f64,
+    up: Bettor,
+    down: Bettor,
+    samples: u64,
+    sum: f64,
+}
+
+impl CalibrationEProcess {
+    /// A fresh process (value 1) testing |E[correct - confidence]| <= `tolerance` (clamped to
+    /// [0, 0.5]).
+    pub fn new(tolerance: f64) -> Self {
+        Self {
+            tolerance: if tolerance.is_finite() {
+                tolerance.clamp(0.0, 0.5)
+            } else {
+                0.0
+            },
+            up: Bettor::new(),
+            down: Bettor::new(),
+            samples: 0,
+            sum: 0.0,
+        }
+    }
+
+    /// Adds one labelled prediction. Confidences outside [0, 1] or NaN are ignored.
+    pub fn update(&mut self, correct: bool, confidence: f64) {
+        if !(0.0..=1.0).contains(&confidence) {
+            return;
+        }
+        let x = f64::from(u8::from(correct)) - confidence;
+        let lambda_max = 0.5 / (1.0 + self.tolerance);
+        self.up.bet(x - self.tolerance, lambda_max);
+        self.down.bet(-x - self.tolerance, lambda_max);
+        self.samples += 1;
+        self.sum += x;
+    }
+
+    /// ln of the e-value: ln((W_up + W_down) / 2), computed without overflow.
+    pub fn log_value(&self) -> f64 {
+        let (a, b) = (self.up.log_wealth, self.down.log_wealth);
+        let m = a.max(b);
+        m + ((a - m).exp() + (b - m).exp()).ln() - 2f64.ln()
+    }
+
+    /// The e-value (saturates at f64::MAX).
+    pub fn value(&self) -> f64 {
+        self.log_value().exp().min(f64::MAX)
+    }
+
+    /// Labels seen.
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    /// Mean of 1[correct] - confidence so far (positive: under-confident), None before any.
+    pub fn mean_error(&self) -> Option<f64> {
+        (self.samples > 0).then(|| self.sum / self.samples as f64)
+    }
+
+    /// The tolerance tested.
+    pub fn tolerance(&self) -> f64 {
+        self.tolerance
+    }
+}

@@ -1,0 +1,22 @@
+//! Alarms whose false-alarm rate holds at every moment (issue 22, section 3), not only at a
+//! sample size fixed in advance: both statistics are nonnegative test (super)martingales with
+//! initial value 1 under the null, so by Ville's inequality P(sup_t M_t >= 1/alpha) <= alpha,
+//! however long the server runs and however often someone looks.
+//!
+//! - [`CalibrationEProcess`]: testing by betting (Waudby-Smith and Ramdas 2023) on the top-label
+//!   calibration error of labelled feedback, x_t = 1[correct] - confidence. H0 says
+//!   E[x_t | past] = 0 (the confidence is calibrated on average, whatever it is); two one-sided
+//!   bettors with online-Newton-step bets (Cutkosky and Orabona 2018, as in Shekhar and Ramdas
+//!   2023) are averaged, which is itself an e-process for the two-sided null.
+//! - [`ExchangeabilityMartingale`]: a conformal test martingale (Vovk, Gammerman and Shafer
+//!   2005; Vovk 2021) on the label-free max-probability scores: conformal p-values against every
+//!   earlier score, bet on by the Composite Jumper, which keeps its power after a long quiet
+//!   stretch (the plain power martingale loses it).
+
+mod betting;
+mod exchangeability;
+#[cfg(test)]
+mod tests;
+
+pub use betting::CalibrationEProcess;
+pub use exchangeability::{EXCHANGEABILITY_BINS, ExchangeabilityMartingale};
