@@ -18,6 +18,9 @@ pub enum ConfigError {
     /// A secret flag was given but empty.
     #[error("--{0} must not be empty when given")]
     EmptySecret(&'static str),
+    /// The OTLP endpoint is not a plain `http://` URL.
+    #[error("{0}")]
+    OtlpEndpoint(String),
 }
 
 /// Arguments of `caliper serve`. Every flag can also come from its `CALIPER_*` variable.
@@ -70,6 +73,11 @@ pub struct ServeArgs {
     /// On SIGTERM or Ctrl-C, how long in-flight requests may take to finish, in milliseconds.
     #[arg(long, env = "CALIPER_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
+    /// Export request traces over OTLP/HTTP (protobuf) to this collector, e.g.
+    /// http://localhost:4318 (`/v1/traces` is appended to a URL without a path). Off when
+    /// absent, unless OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    #[arg(long, env = "CALIPER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Connection and body limits against slow or idle clients.
     #[command(flatten)]
     pub connections: ConnectionArgs,
@@ -170,6 +178,8 @@ pub struct Config {
     pub monitor: crate::serve::monitor::MonitorConfig,
     /// HMAC key of prediction ids; None draws a random key per process.
     pub feedback_key: Option<String>,
+    /// Where traces are posted (OTLP/HTTP); None: no export.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -198,6 +208,7 @@ impl std::fmt::Debug for Config {
             .field("body_read_grace", &self.body_read_grace)
             .field("body_min_bytes_per_s", &self.body_min_bytes_per_s)
             .field("max_concurrent_reports", &self.max_concurrent_reports)
+            .field("otlp_endpoint", &self.otlp_endpoint)
             .field("monitor", &self.monitor)
             .field("feedback_key", &redact(&self.feedback_key))
             .finish()
@@ -330,6 +341,10 @@ impl TryFrom<ServeArgs> for Config {
                 return Err(ConfigError::EmptySecret(flag));
             }
         }
+        // The OTEL_* variables are read by `caliper serve` only (serve::telemetry).
+        let otlp_endpoint =
+            crate::serve::telemetry::traces_endpoint(a.otlp_endpoint.as_deref(), |_| None)
+                .map_err(ConfigError::OtlpEndpoint)?;
         Ok(Config {
             addr: a.addr,
             models_dir: a.models,
@@ -359,6 +374,7 @@ impl TryFrom<ServeArgs> for Config {
                 bins: crate::trust::metrics::DEFAULT_BINS,
             },
             feedback_key: a.monitor.feedback_key,
+            otlp_endpoint,
         })
     }
 }
@@ -437,6 +453,7 @@ mod tests {
             request_timeout_ms: 1,
             allow_stale_calibration: false,
             shutdown_timeout_ms: 0,
+            otlp_endpoint: None,
             connections: ConnectionArgs {
                 max_connections: 1,
                 header_read_timeout_ms: 1,
@@ -462,6 +479,15 @@ mod tests {
         ));
         a.api_key = None;
         assert!(Config::try_from(a.clone()).is_ok());
+        a.otlp_endpoint = Some("https://collector:4318".into());
+        let e = Config::try_from(a.clone()).unwrap_err();
+        assert!(e.to_string().contains("--otlp-endpoint"), "{e}");
+        a.otlp_endpoint = Some("http://collector:4318".into());
+        let c = Config::try_from(a.clone()).unwrap();
+        assert_eq!(
+            c.otlp_endpoint.as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
         a.connections.max_connections = 0;
         let e = Config::try_from(a).unwrap_err();
         assert!(e.to_string().contains("--max-connections"), "{e}");

@@ -2,8 +2,8 @@
 //! `conformal_methods`, `mahalanobis`, `large_labels`, `monitor_feedback`,
 //! `monitor_matches_eval`) and real `caliper serve` processes on a socket: `socket`,
 //! `folder_datasets` (your own images: calibrate, eval, train and serve from image folders),
-//! `monitor_crash`, `monitor_restart_gauges`,
-//! `prometheus_fleet`, `hostile` (limits, timeouts and faults), `own_model` (a third-party
+//! `monitor_crash`, `monitor_restart_gauges`, `prometheus_fleet`, `otlp_tracing` (request spans
+//! exported to an OTLP receiver), `hostile` (limits, timeouts and faults), `own_model` (a third-party
 //! ImageNet model imported and served, against an independent Python pipeline) and
 //! `shipped_models` (every bundled model's figures and its OOD threshold through the server).
 
@@ -19,6 +19,7 @@ mod monitor_crash;
 mod monitor_feedback;
 mod monitor_matches_eval;
 mod monitor_restart_gauges;
+mod otlp_tracing;
 mod own_model;
 mod prometheus_fleet;
 mod router;
