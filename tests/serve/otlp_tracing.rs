@@ -121,7 +121,11 @@ fn check_trace<'a>(trace: &'a [&'a Span], request_id: &str) -> &'a Span {
         string_attr(a, "caliper.request_id").as_deref(),
         Some(request_id)
     );
-    assert_eq!(int_attr(a, "http.response.status_code"), Some(200));
+    assert_eq!(
+        int_attr(a, "http.response.status_code"),
+        Some(200),
+        "{a:#?}"
+    );
     assert_eq!(
         string_attr(a, "http.route").as_deref(),
         Some("/v1/models/{model}/predict")

@@ -137,7 +137,7 @@ pub async fn predict_images(
         info_span!(
             "decode",
             caliper.model = %model.files.name,
-            caliper.images = images.len(),
+            caliper.images = images.len() as i64,
             caliper.inline = inline
         )
     });
@@ -178,7 +178,7 @@ pub async fn predict_tensors(
             "calibration",
             caliper.model = ctx.model,
             caliper.method = ctx.calibrator.method(),
-            caliper.images = rows.len()
+            caliper.images = rows.len() as i64
         )
     });
     let calibrated = span.in_scope(|| {
@@ -191,7 +191,7 @@ pub async fn predict_tensors(
         info_span!(
             "scoring",
             caliper.model = ctx.model,
-            caliper.images = rows.len()
+            caliper.images = rows.len() as i64
         )
     });
     let scored = span.in_scope(|| {

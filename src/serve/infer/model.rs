@@ -57,7 +57,11 @@ impl JobTrace {
         }
         Self {
             request: Span::current(),
-            queue: info_span!("queue_wait", caliper.model = model, caliper.images = images),
+            queue: info_span!(
+                "queue_wait",
+                caliper.model = model,
+                caliper.images = images as i64
+            ),
         }
     }
 }
@@ -391,9 +395,9 @@ fn inference_spans(model: &str, batch: &mut [Job]) -> Vec<Span> {
                 parent: request,
                 "inference",
                 caliper.model = model,
-                caliper.batch_size = batch.len(),
-                caliper.batch_requests = requests.len(),
-                caliper.images = images,
+                caliper.batch_size = batch.len() as i64,
+                caliper.batch_requests = requests.len() as i64,
+                caliper.images = images as i64,
                 otel.status_code = tracing::field::Empty
             )
         })

@@ -22,7 +22,8 @@ pub use client::PlainHttpClient;
 /// Set once the exporting subscriber is installed; never cleared.
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
-/// Whether spans are exported. Callers build their spans only when this is true.
+/// Whether spans are exported. Callers build their spans only when this is true, and record
+/// counts as `i64`: tracing-opentelemetry exports `u64` and `usize` fields as strings.
 #[inline]
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
@@ -154,10 +155,12 @@ pub fn install(endpoint: &str, log_json: bool) -> Result<Telemetry, TelemetryErr
         .build();
     let layer = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("caliper"))
-        // Source locations, thread ids and busy/idle times are per-span work nobody reads here.
+        // Source locations, thread ids, busy/idle times and module paths: per-span work and
+        // attributes nobody reads here.
         .with_location(false)
         .with_threads(false)
-        .with_tracked_inactivity(false);
+        .with_tracked_inactivity(false)
+        .with_target(false);
     let telemetry = Telemetry { provider };
     if !crate::logging::init_tracing_with(log_json, Some(layer)) {
         return Err(TelemetryError::SubscriberSet);
