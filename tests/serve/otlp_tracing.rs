@@ -111,7 +111,7 @@ const STAGES: [&str; 5] = [
 
 /// The request span of `trace` and its stage children, checked for nesting and timing.
 fn check_trace<'a>(trace: &'a [&'a Span], request_id: &str) -> &'a Span {
-    let name = format!("POST /v1/models/{{model}}/predict");
+    let name = "POST /v1/models/{model}/predict";
     let roots: Vec<_> = trace.iter().filter(|s| s.name == name).collect();
     assert_eq!(roots.len(), 1, "one request span: {trace:#?}");
     let root = *roots[0];
