@@ -3,8 +3,8 @@
 //! `monitor_matches_eval`) and real `caliper serve` processes on a socket: `socket`,
 //! `folder_datasets` (your own images: calibrate, eval, train and serve from image folders),
 //! `monitor_crash`, `monitor_restart_gauges`, `prometheus_fleet`, `otlp_tracing` (request spans
-//! exported to an OTLP receiver), `hostile` (limits, timeouts and faults), `own_model` (a third-party
-//! ImageNet model imported and served, against an independent Python pipeline) and
+//! exported to an OTLP receiver), `hostile` (limits, timeouts and faults), `own_model` (a
+//! third-party ImageNet model imported and served, against an independent Python pipeline) and
 //! `shipped_models` (every bundled model's figures and its OOD threshold through the server).
 
 #[path = "../common/mod.rs"]
