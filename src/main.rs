@@ -37,9 +37,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    caliper::logging::init_tracing(cli.log_json);
+    // `serve` installs its own subscriber: it may add OpenTelemetry export (--otlp-endpoint).
+    if !matches!(cli.command, Command::Serve(_)) {
+        caliper::logging::init_tracing(cli.log_json);
+    }
     let result = match cli.command {
-        Command::Serve(a) => cli::serve::run(a),
+        Command::Serve(a) => cli::serve::run(a, cli.log_json),
         Command::Predict(a) => cli::predict::run(a),
         Command::Calibrate(a) => cli::calibrate::run(a),
         Command::Eval(a) => cli::eval::run(a),

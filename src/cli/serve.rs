@@ -9,10 +9,24 @@ use anyhow::Context;
 use crate::serve::config::Config;
 pub use crate::serve::config::ServeArgs;
 use crate::serve::http::AppState;
+use crate::serve::telemetry;
 
-/// Runs `caliper serve`.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::try_from(args)?;
+/// Runs `caliper serve`: installs the tracing subscriber (with OTLP export when an endpoint is
+/// configured; `log_json` as for every command), then serves.
+pub fn run(args: ServeArgs, log_json: bool) -> anyhow::Result<()> {
+    let mut config = Config::try_from(args)?;
+    if config.otlp_endpoint.is_none() {
+        config.otlp_endpoint = telemetry::traces_endpoint(None, |k| std::env::var(k).ok())
+            .map_err(anyhow::Error::msg)?;
+    }
+    // Declared before the runtime, so dropped after it: the last spans are flushed at exit.
+    let _telemetry = match &config.otlp_endpoint {
+        Some(url) => Some(telemetry::install(url, log_json).context("cannot start trace export")?),
+        None => {
+            crate::logging::init_tracing(log_json);
+            None
+        }
+    };
     tracing::info!(?config, "starting");
     raise_descriptor_limit(config.max_connections);
     let lib = crate::runtime::init_onnxruntime()?;

@@ -34,6 +34,9 @@ pub enum ConfigError {
         rule: &'static str,
         value: f64,
     },
+    /// The OTLP endpoint is not a plain `http://` URL.
+    #[error("{0}")]
+    OtlpEndpoint(String),
 }
 
 /// Arguments of `caliper serve`. Every flag can also come from its `CALIPER_*` variable.
@@ -86,6 +89,11 @@ pub struct ServeArgs {
     /// On SIGTERM or Ctrl-C, how long in-flight requests may take to finish, in milliseconds.
     #[arg(long, env = "CALIPER_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
+    /// Export request traces over OTLP/HTTP (protobuf) to this collector, e.g.
+    /// http://localhost:4318 (`/v1/traces` is appended to a URL without a path). Off when
+    /// absent, unless OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    #[arg(long, env = "CALIPER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Connection and body limits against slow or idle clients.
     #[command(flatten)]
     pub connections: ConnectionArgs,
@@ -300,6 +308,8 @@ pub struct Config {
     pub recal: crate::serve::monitor::recal::RecalConfig,
     /// The payload log, when enabled.
     pub payload_log: Option<crate::serve::payload_log::PayloadLogConfig>,
+    /// Where traces are posted (OTLP/HTTP); None: no export.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -328,6 +338,7 @@ impl std::fmt::Debug for Config {
             .field("body_read_grace", &self.body_read_grace)
             .field("body_min_bytes_per_s", &self.body_min_bytes_per_s)
             .field("max_concurrent_reports", &self.max_concurrent_reports)
+            .field("otlp_endpoint", &self.otlp_endpoint)
             .field("monitor", &self.monitor)
             .field("feedback_key", &redact(&self.feedback_key))
             .field("recal", &self.recal)
@@ -485,6 +496,10 @@ impl TryFrom<ServeArgs> for Config {
             .recal
             .validate(bins)
             .map_err(|(flag, rule)| ConfigError::Invalid { flag, rule })?;
+        // The OTEL_* variables are read by `caliper serve` only (serve::telemetry).
+        let otlp_endpoint =
+            crate::serve::telemetry::traces_endpoint(a.otlp_endpoint.as_deref(), |_| None)
+                .map_err(ConfigError::OtlpEndpoint)?;
         Ok(Config {
             addr: a.addr,
             models_dir: a.models,
@@ -525,6 +540,7 @@ impl TryFrom<ServeArgs> for Config {
                     images: a.payload_log.payload_log_images,
                 }
             }),
+            otlp_endpoint,
         })
     }
 }
@@ -622,6 +638,7 @@ mod tests {
             request_timeout_ms: 1,
             allow_stale_calibration: false,
             shutdown_timeout_ms: 0,
+            otlp_endpoint: None,
             connections: ConnectionArgs {
                 max_connections: 1,
                 header_read_timeout_ms: 1,
@@ -674,6 +691,15 @@ mod tests {
         let e = Config::try_from(a.clone()).unwrap_err();
         assert!(e.to_string().contains("--alarm-alpha"), "{e}");
         a.monitor.trust.alarm_alpha = 0.01;
+        a.otlp_endpoint = Some("https://collector:4318".into());
+        let e = Config::try_from(a.clone()).unwrap_err();
+        assert!(e.to_string().contains("--otlp-endpoint"), "{e}");
+        a.otlp_endpoint = Some("http://collector:4318".into());
+        let c = Config::try_from(a.clone()).unwrap();
+        assert_eq!(
+            c.otlp_endpoint.as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
         a.connections.max_connections = 0;
         let e = Config::try_from(a).unwrap_err();
         assert!(e.to_string().contains("--max-connections"), "{e}");

@@ -3,7 +3,8 @@
 //! `monitor_matches_eval`) and real `caliper serve` processes on a socket: `socket`,
 //! `folder_datasets` (your own images: calibrate, eval, train and serve from image folders),
 //! `monitor_crash`, `monitor_restart_gauges`, `dashboard` (the `/ui` page in a headless Chromium),
-//! `prometheus_fleet`, `recalibrate` (a bad calibrator refitted from feedback and swapped in),
+//! `prometheus_fleet`, `otlp_tracing` (request spans exported to an OTLP receiver),
+//! `recalibrate` (a bad calibrator refitted from feedback and swapped in),
 //! `hostile` (limits, timeouts and faults), `own_model` (a third-party
 //! ImageNet model imported and served, against an independent Python pipeline) and
 //! `shipped_models` (every bundled model's figures and its OOD threshold through the server),
@@ -26,6 +27,7 @@ mod monitor_crash;
 mod monitor_feedback;
 mod monitor_matches_eval;
 mod monitor_restart_gauges;
+mod otlp_tracing;
 mod own_model;
 mod payload_replay;
 mod prometheus_fleet;

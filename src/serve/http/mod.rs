@@ -7,6 +7,7 @@ mod feedback;
 mod middleware;
 mod recalibrate;
 mod server;
+mod spans;
 mod ui;
 mod v1;
 mod v2;
@@ -174,9 +175,12 @@ impl AppState {
     }
 
     fn model(&self, name: &str) -> Result<Arc<crate::serve::infer::LoadedModel>, ApiError> {
-        self.registry
+        let model = self
+            .registry
             .get(name)
-            .ok_or_else(|| ApiError::ModelNotFound(name.to_string()))
+            .ok_or_else(|| ApiError::ModelNotFound(name.to_string()))?;
+        spans::record_model(&model);
+        Ok(model)
     }
 
     /// The model, when it serves `version` (KServe V2's `/versions/{version}` routes).
@@ -292,7 +296,11 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             middleware::track,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(spans::RequestSpan)
+                .on_response(spans::RecordStatus),
+        )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(middleware::MakeRequestId))
         .with_state(state)

@@ -16,14 +16,17 @@ use bytes::Bytes;
 
 pub use model::{LoadedModel, ModelOptions, RowOutput};
 pub use prediction::{
-    DEFAULT_TOP_K, Prediction, PredictionError, PredictionList, RequestOptions, ServedSetInfo,
-    TopK, build_prediction,
+    Calibrated, DEFAULT_TOP_K, Prediction, PredictionError, PredictionList, RequestOptions,
+    ServedSetInfo, TopK, build_prediction, calibrate, score,
 };
 pub use preprocess::{ImageLimits, PreprocessError, preprocess};
 pub use registry::{ModelRegistry, RegistryOptions};
 
+use tracing::info_span;
+
 use crate::repository::RepositoryError;
 use crate::runtime::RuntimeError;
+use crate::serve::telemetry;
 use crate::trust::calibration::CalibrationError;
 
 /// Errors of the request path and of model loading.
@@ -123,7 +126,7 @@ fn preprocess_all(
 }
 
 /// Decodes and preprocesses encoded images (small ones in place, others off the async
-/// executor), then predicts them.
+/// executor; traced as `decode`), then predicts them.
 #[tracing::instrument(level = "debug", skip_all, fields(model = %model.files.name, images = images.len()))]
 pub async fn predict_images(
     model: &LoadedModel,
@@ -131,18 +134,40 @@ pub async fn predict_images(
     limits: ImageLimits,
     options: &RequestOptions,
 ) -> Result<Vec<Scored>, InferError> {
-    let inputs = if decode_inline(&images) {
-        preprocess_all(&images, &model.files.metadata.input, limits)?
+    let inline = decode_inline(&images);
+    let span = telemetry::span(|| {
+        info_span!(
+            "decode",
+            caliper.model = %model.files.name,
+            caliper.images = images.len() as i64,
+            caliper.inline = inline
+        )
+    });
+    let inputs = if inline {
+        span.in_scope(|| preprocess_all(&images, &model.files.metadata.input, limits))?
     } else {
         let spec = model.files.metadata.input.clone();
-        tokio::task::spawn_blocking(move || preprocess_all(&images, &spec, limits))
-            .await
-            .map_err(|e| InferError::Internal(format!("preprocessing task failed: {e}")))??
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| preprocess_all(&images, &spec, limits))
+        })
+        .await
+        .map_err(|e| InferError::Internal(format!("preprocessing task failed: {e}")))??
     };
     predict_tensors(model, inputs, options).await
 }
 
-/// Predicts already preprocessed inputs (`C * H * W` values each, checked by the caller).
+impl From<PredictionError> for InferError {
+    fn from(e: PredictionError) -> Self {
+        match e {
+            PredictionError::Calibration(e) => InferError::Calibration(e),
+            PredictionError::Policy(e) => InferError::Policy(e),
+        }
+    }
+}
+
+/// Predicts already preprocessed inputs (`C * H * W` values each, checked by the caller): queue
+/// and run them (`queue_wait`, `inference`), then calibrate every row (`calibration`) and score
+/// it (`scoring`: top-k, OOD, abstention, conformal set).
 pub async fn predict_tensors(
     model: &LoadedModel,
     inputs: Vec<Vec<f32>>,
@@ -150,21 +175,41 @@ pub async fn predict_tensors(
 ) -> Result<Vec<Scored>, InferError> {
     let rows = model.outputs(inputs).await?;
     let ctx = model.prediction_context();
-    let scored = rows
-        .into_iter()
-        .map(|RowOutput { logits, features }| {
-            let prediction = build_prediction(&ctx, &logits, features.as_deref(), options)
-                .map_err(|e| match e {
-                    PredictionError::Calibration(e) => InferError::Calibration(e),
-                    PredictionError::Policy(e) => InferError::Policy(e),
-                })?;
-            Ok(Scored {
-                logits,
-                features,
-                prediction,
+    let span = telemetry::span(|| {
+        info_span!(
+            "calibration",
+            caliper.model = ctx.model,
+            caliper.method = ctx.calibrator.method(),
+            caliper.images = rows.len() as i64
+        )
+    });
+    let calibrated = span.in_scope(|| {
+        rows.iter()
+            .map(|r| calibrate(&ctx, &r.logits))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    drop(span);
+    let span = telemetry::span(|| {
+        info_span!(
+            "scoring",
+            caliper.model = ctx.model,
+            caliper.images = rows.len() as i64
+        )
+    });
+    let scored = span.in_scope(|| {
+        rows.into_iter()
+            .zip(calibrated)
+            .map(|(RowOutput { logits, features }, c)| {
+                let prediction = score(&ctx, c, features.as_deref(), options)?;
+                Ok(Scored {
+                    logits,
+                    features,
+                    prediction,
+                })
             })
-        })
-        .collect::<Result<Vec<_>, InferError>>()?;
+            .collect::<Result<Vec<_>, InferError>>()
+    })?;
+    drop(span);
     model.count_predictions(scored.len());
     Ok(scored)
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
+use tracing::{Span, info_span};
 
 use super::InferError;
 use super::batcher::{BatchPolicy, BatchQueue, PushError, Queued};
@@ -16,6 +17,7 @@ use super::prediction::PredictionContext;
 use crate::repository::ModelFiles;
 use crate::runtime::ClassifierSession;
 use crate::serve::prometheus::ServerMetrics;
+use crate::serve::telemetry;
 use crate::trust::calibration::Calibrator;
 
 /// The model outputs of one input.
@@ -32,6 +34,36 @@ struct Job {
     input: Vec<f32>,
     enqueued: Instant,
     reply: oneshot::Sender<Result<RowOutput, InferError>>,
+    trace: JobTrace,
+}
+
+/// The spans a queued image carries to its session thread, whose thread-local "current span"
+/// is not the request's: the request's span (explicit parent of the `inference` span) and the
+/// request's `queue_wait` span, shared by its images and closed when the last of them leaves
+/// the queue. Both are `Span::none()` when traces are not exported.
+#[derive(Clone)]
+struct JobTrace {
+    request: Span,
+    queue: Span,
+}
+
+impl JobTrace {
+    fn new(model: &str, images: usize) -> Self {
+        if !telemetry::enabled() {
+            return Self {
+                request: Span::none(),
+                queue: Span::none(),
+            };
+        }
+        Self {
+            request: Span::current(),
+            queue: info_span!(
+                "queue_wait",
+                caliper.model = model,
+                caliper.images = images as i64
+            ),
+        }
+    }
 }
 
 impl Queued for Job {
@@ -169,6 +201,7 @@ impl LoadedModel {
     /// Queues preprocessed images (`C * H * W` values each) and returns their outputs in the
     /// same order. Dropping the future abandons the entries; the batcher then skips them.
     pub async fn outputs(&self, inputs: Vec<Vec<f32>>) -> Result<Vec<RowOutput>, InferError> {
+        let trace = JobTrace::new(&self.files.name, inputs.len());
         let enqueued = Instant::now();
         let (jobs, replies): (Vec<Job>, Vec<_>) = inputs
             .into_iter()
@@ -178,10 +211,13 @@ impl LoadedModel {
                     input,
                     enqueued,
                     reply,
+                    trace: trace.clone(),
                 };
                 (job, rx)
             })
             .unzip();
+        // The jobs hold the only handles on `queue_wait` now: it closes as they leave the queue.
+        drop(trace);
         self.queue.push_all(jobs).map_err(|e| match e {
             PushError::Full(_) => InferError::QueueFull,
             PushError::Closed(_) => InferError::Unavailable(self.files.name.clone()),
@@ -278,8 +314,13 @@ fn session_thread(
     // One input buffer for the thread's lifetime: batches are copied into it, never allocated.
     let mut input: Vec<f32> = Vec::with_capacity(policy.max_batch_size * session.image_len());
     // The other sessions can form their next batch while this one runs.
-    while let Some(batch) = queue.next_batch(policy, |_| gone.inc()) {
+    while let Some(mut batch) = queue.next_batch(policy, |_| gone.inc()) {
         let start = Instant::now();
+        let spans = if telemetry::enabled() {
+            inference_spans(name, &mut batch)
+        } else {
+            Vec::new()
+        };
         for job in &batch {
             queue_h.observe(start.duration_since(job.enqueued).as_secs_f64());
         }
@@ -290,6 +331,13 @@ fn session_thread(
         }
         let result = session.run_outputs(&input);
         infer_h.observe(start.elapsed().as_secs_f64());
+        if result.is_err() {
+            spans.iter().for_each(|s| {
+                s.record("otel.status_code", "ERROR");
+            });
+        }
+        // The inference spans end with the run, before the answers wake their requests.
+        drop(spans);
         match result {
             Ok(out) => {
                 let k = out.classes;
@@ -320,4 +368,37 @@ fn session_thread(
             }
         }
     }
+}
+
+/// Ends the `queue_wait` spans of a batch leaving the queue and opens one `inference` span per
+/// request in it, a child of that request's span: each trace shows the run its request took
+/// part in and how full it was (`caliper.batch_size` images from `caliper.batch_requests`
+/// requests, `caliper.images` of them its own).
+fn inference_spans(model: &str, batch: &mut [Job]) -> Vec<Span> {
+    for job in batch.iter_mut() {
+        // The request's last image to leave the queue closes its queue_wait span.
+        job.trace.queue = Span::none();
+    }
+    // A request's images are queued at once (`push_all`), so they are adjacent in a batch.
+    let mut requests: Vec<(&Span, usize)> = Vec::new();
+    for job in batch.iter() {
+        match requests.last_mut() {
+            Some((span, n)) if span.id() == job.trace.request.id() => *n += 1,
+            _ => requests.push((&job.trace.request, 1)),
+        }
+    }
+    requests
+        .iter()
+        .map(|&(request, images)| {
+            info_span!(
+                parent: request,
+                "inference",
+                caliper.model = model,
+                caliper.batch_size = batch.len() as i64,
+                caliper.batch_requests = requests.len() as i64,
+                caliper.images = images as i64,
+                otel.status_code = tracing::field::Empty
+            )
+        })
+        .collect()
 }

@@ -170,8 +170,25 @@ pub fn build_prediction(
     features: Option<&[f32]>,
     options: &RequestOptions,
 ) -> Result<Prediction, PredictionError> {
+    score(ctx, calibrate(ctx, logits)?, features, options)
+}
+
+/// One row after calibration: the first half of [`build_prediction`], apart so that the request
+/// path can trace calibration and scoring as two stages.
+#[derive(Debug, Clone)]
+pub struct Calibrated {
+    /// The logits as f64.
+    z: Vec<f64>,
+    /// Calibrated probabilities in class order.
+    probabilities: Vec<f64>,
+}
+
+/// Calibrates one row of logits: fails on non-finite logits and on a class-count mismatch.
+pub fn calibrate(
+    ctx: &PredictionContext<'_>,
+    logits: &[f32],
+) -> Result<Calibrated, PredictionError> {
     let z = to_f64(logits);
-    let f = features.map(to_f64);
     if z.len() != ctx.labels.len() {
         return Err(CalibrationError::ClassMismatch {
             expected: ctx.labels.len(),
@@ -180,6 +197,19 @@ pub fn build_prediction(
         .into());
     }
     let probabilities = ctx.calibrator.probabilities(&z)?;
+    Ok(Calibrated { z, probabilities })
+}
+
+/// Scores a calibrated row with the request's options: the top-k, the OOD verdict, abstention
+/// and the conformal set (the second half of [`build_prediction`]).
+pub fn score(
+    ctx: &PredictionContext<'_>,
+    calibrated: Calibrated,
+    features: Option<&[f32]>,
+    options: &RequestOptions,
+) -> Result<Prediction, PredictionError> {
+    let Calibrated { z, probabilities } = calibrated;
+    let f = features.map(to_f64);
     let class_index = argmax(&probabilities);
     let mut order: Vec<usize> = (0..probabilities.len()).collect();
     order.sort_by(|&a, &b| {
