@@ -3,7 +3,7 @@
 //! `monitor_matches_eval`) and real `caliper serve` processes on a socket: `socket`,
 //! `folder_datasets` (your own images: calibrate, eval, train and serve from image folders),
 //! `monitor_crash`, `monitor_restart_gauges`,
-//! `prometheus_fleet`, `hostile` (limits, timeouts and faults), `own_model` (a third-party
+//! `prometheus_fleet`, `hostile` and `hostile_memory` (limits, timeouts, faults, memory bounds), `own_model` (a third-party
 //! ImageNet model imported and served, against an independent Python pipeline) and
 //! `shipped_models` (every bundled model's figures and its OOD threshold through the server).
 
@@ -13,6 +13,7 @@ mod common;
 mod conformal_methods;
 mod folder_datasets;
 mod hostile;
+mod hostile_memory;
 mod large_labels;
 mod mahalanobis;
 mod monitor_crash;

@@ -79,6 +79,10 @@ pub async fn predict(
         .unwrap_or("")
         .to_ascii_lowercase();
     let limit = state.config.max_body_bytes;
+    let admission = req
+        .extensions()
+        .get::<super::middleware::Admission>()
+        .cloned();
     let multipart = content_type.starts_with("multipart/form-data");
     let images: Vec<Bytes> = if multipart {
         let mut form = Multipart::from_request(req, &state)
@@ -136,7 +140,7 @@ pub async fn predict(
         .within_budget(predict_images(
             &model,
             images,
-            state.image_limits(),
+            &state.image_work(admission),
             &options,
         ))
         .await?;

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
+use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -15,7 +16,7 @@ use super::v1::bytes_error;
 use super::{ApiError, AppState};
 use crate::repository::RepositoryError;
 use crate::serve::infer::{
-    InferError, LoadedModel, RequestOptions, Scored, predict_images, predict_tensors,
+    BudgetError, InferError, LoadedModel, RequestOptions, Scored, predict_images, predict_tensors,
 };
 
 /// Name of the BYTES input that carries encoded images.
@@ -41,7 +42,108 @@ struct RequestInput {
     shape: Vec<i64>,
     datatype: String,
     /// Row-major, flat or nested.
-    data: Value,
+    data: Data,
+}
+
+/// The `data` of an input, parsed straight into its element type while nested arrays are
+/// flattened row-major (issue 23: a `serde_json::Value` tree of a 16 MB body took ~360 MB; this
+/// takes 4 bytes per number, the base64 text per string).
+#[derive(Debug, Default)]
+enum Data {
+    /// No element at all.
+    #[default]
+    Empty,
+    /// JSON numbers, each finite as a 32-bit float.
+    Numbers(Vec<f32>),
+    /// JSON strings.
+    Strings(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Data {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut data = Data::Empty;
+        Flatten(&mut data).deserialize(d)?;
+        Ok(data)
+    }
+}
+
+impl Data {
+    fn len(&self) -> usize {
+        match self {
+            Data::Empty => 0,
+            Data::Numbers(v) => v.len(),
+            Data::Strings(v) => v.len(),
+        }
+    }
+
+    fn push_number(&mut self, x: f64) -> Result<(), String> {
+        let v = x as f32;
+        if !v.is_finite() {
+            return Err(format!(
+                "element {x:e} is outside the range of a 32-bit float"
+            ));
+        }
+        match self {
+            Data::Empty => *self = Data::Numbers(vec![v]),
+            Data::Numbers(n) => n.push(v),
+            Data::Strings(_) => return Err(format!("unexpected number {x} among strings")),
+        }
+        Ok(())
+    }
+
+    fn push_string(&mut self, s: String) -> Result<(), String> {
+        match self {
+            Data::Empty => *self = Data::Strings(vec![s]),
+            Data::Strings(v) => v.push(s),
+            Data::Numbers(_) => return Err("unexpected string among numbers".into()),
+        }
+        Ok(())
+    }
+}
+
+/// Appends every leaf of a (nested) JSON array to the [`Data`] it borrows.
+struct Flatten<'a>(&'a mut Data);
+
+impl<'de> DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("numbers or strings, in flat or nested arrays")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Flatten(data) = self;
+        while seq.next_element_seed(Flatten(&mut *data))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.0.push_number(v).map_err(E::custom)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.0.push_string(v.to_owned()).map_err(E::custom)
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<(), E> {
+        self.0.push_string(v).map_err(E::custom)
+    }
 }
 
 /// One requested output.
@@ -145,38 +247,13 @@ pub async fn model_metadata(
     })))
 }
 
-/// Flattens a nested JSON array into `out` (row-major), failing on anything but arrays and
-/// leaves accepted by `leaf`.
-fn flatten<T>(
-    v: &Value,
-    out: &mut Vec<T>,
-    leaf: &impl Fn(&Value) -> Result<T, String>,
-) -> Result<(), String> {
-    match v {
-        Value::Array(items) => items.iter().try_for_each(|x| flatten(x, out, leaf)),
-        other => leaf(other).map(|x| out.push(x)),
-    }
-}
-
-/// An FP32 element: a JSON number that is finite as a 32-bit float (1e300 is not: it would
-/// reach the model as infinity).
-fn fp32(v: &Value) -> Result<f32, String> {
-    match v.as_f64().map(|x| x as f32) {
-        Some(x) if x.is_finite() => Ok(x),
-        Some(_) => Err(format!(
-            "element {v} is outside the range of a 32-bit float"
-        )),
-        None => Err(format!("unexpected element {v}")),
-    }
-}
-
 /// Turns the request's single input into per-image model inputs or encoded images.
 enum Batch {
     Tensors(Vec<Vec<f32>>),
     Images(Vec<Bytes>),
 }
 
-fn parse_input(model: &LoadedModel, input: &RequestInput) -> Result<Batch, ApiError> {
+fn parse_input(model: &LoadedModel, input: RequestInput) -> Result<Batch, ApiError> {
     let bad = |m: String| ApiError::BadRequest(format!("input {:?}: {m}", input.name));
     let spec = &model.files.metadata.input;
     let most = model.queue_capacity();
@@ -203,8 +280,11 @@ fn parse_input(model: &LoadedModel, input: &RequestInput) -> Result<Batch, ApiEr
             if n > most {
                 return Err(super::v1::too_many_images(most));
             }
-            let mut data = Vec::new();
-            flatten(&input.data, &mut data, &fp32).map_err(bad)?;
+            let data = match input.data {
+                Data::Numbers(v) => v,
+                Data::Empty => Vec::new(),
+                Data::Strings(_) => return Err(bad("FP32 data holds strings".into())),
+            };
             if n == 0 || data.len() != expected {
                 return Err(bad(format!(
                     "expected {expected} values for shape {:?}, got {}",
@@ -217,14 +297,14 @@ fn parse_input(model: &LoadedModel, input: &RequestInput) -> Result<Batch, ApiEr
             ))
         }
         (IMAGE_INPUT, "BYTES") => {
-            let mut data = Vec::new();
-            flatten(&input.data, &mut data, &|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("unexpected element {v}"))
-            })
-            .map_err(bad)?;
-            let n = data.len();
+            let n = input.data.len();
+            let data = match input.data {
+                Data::Strings(v) => v,
+                Data::Empty => Vec::new(),
+                Data::Numbers(_) => {
+                    return Err(bad("BYTES data must be base64 strings".into()));
+                }
+            };
             if n > most {
                 return Err(super::v1::too_many_images(most));
             }
@@ -341,18 +421,41 @@ pub async fn infer(
 ) -> Result<Response, ApiError> {
     let model = state.model(&name)?;
     let limit = state.config.max_body_bytes;
+    let admission = req
+        .extensions()
+        .get::<super::middleware::Admission>()
+        .cloned();
     let body = Bytes::from_request(req, &state)
         .await
         .map_err(|e| bytes_error(e, limit))?;
-    let request: InferRequest = serde_json::from_slice(&body)
+    // The parsed tensors (4 bytes per number, however short its text) and the rows cut from
+    // them take up to about 4x the body; reserved from the decode budget until the answer.
+    let mut parsed = state
+        .budget
+        .reserve(4 * body.len() as u64)
+        .await
+        .map_err(|e| match e {
+            BudgetError::Busy => ApiError::DecodeBusy,
+            e @ BudgetError::TooLarge { .. } => ApiError::OverBudget(format!(
+                "parsing this {} byte body {e} (--max-decode-memory-mib)",
+                body.len()
+            )),
+        })
+        .map(Some)?;
+    let InferRequest {
+        id,
+        inputs,
+        outputs,
+    } = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))?;
-    let [input] = request.inputs.as_slice() else {
+    drop(body);
+    let count = inputs.len();
+    let Ok([input]) = <[RequestInput; 1]>::try_from(inputs) else {
         return Err(ApiError::BadRequest(format!(
-            "expected exactly 1 input, got {}",
-            request.inputs.len()
+            "expected exactly 1 input, got {count}"
         )));
     };
-    let wanted: Vec<String> = match &request.outputs {
+    let wanted: Vec<String> = match &outputs {
         Some(o) if !o.is_empty() => o.iter().map(|o| o.name.clone()).collect(),
         _ => DEFAULT_OUTPUTS.map(String::from).to_vec(),
     };
@@ -364,7 +467,12 @@ pub async fn infer(
         top_k: model.files.metadata.labels.len(),
         ..RequestOptions::default()
     };
-    let mut scored = match parse_input(&model, input)? {
+    let batch = parse_input(&model, input)?;
+    if let Batch::Images(_) = batch {
+        // The strings are gone; the decodes reserve for themselves.
+        drop(parsed.take());
+    }
+    let mut scored = match batch {
         Batch::Tensors(t) => state
             .within_budget(predict_tensors(&model, t, &options))
             .await
@@ -377,7 +485,12 @@ pub async fn infer(
             })?,
         Batch::Images(i) => {
             state
-                .within_budget(predict_images(&model, i, state.image_limits(), &options))
+                .within_budget(predict_images(
+                    &model,
+                    i,
+                    &state.image_work(admission),
+                    &options,
+                ))
                 .await?
         }
     };
@@ -397,7 +510,7 @@ pub async fn infer(
     Ok(Json(InferResponse {
         model_name: model.files.name.clone(),
         model_version: model.files.metadata.version.clone(),
-        id: request.id,
+        id,
         parameters: feedback_parameters(&scored),
         outputs,
     })
