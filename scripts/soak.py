@@ -118,6 +118,8 @@ def main():
               for name in os.listdir(DIGITS) if name.endswith(".png")}
     big = png(4096, 4096)
     strip = png(16_777_216, 1)
+    v2_big = json.dumps({"inputs": [{"name": "input", "shape": [2000, 1, 28, 28],
+                                     "datatype": "FP32", "data": [0.5] * (2000 * 784)}]})
     server = Server()
     stop = threading.Event()
     lock = threading.Lock()
@@ -167,7 +169,7 @@ def main():
             ("multipart_8x4096", lambda: server.request("POST", "/v1/models/cifar10/predict", *multipart([big] * 8), 30)),
             ("corrupt", lambda: server.request("POST", "/v1/models/mnist/predict", b"\x89PNG\r\n\x1a\n" + os.urandom(200), "image/png")),
             ("v2_malformed", lambda: server.request("POST", "/v2/models/mnist/infer", b'{"inputs": [{"name": "input", "shape": [1,1,28,28], "datatype": "FP32", "data": [1e300', "application/json")),
-            ("v2_big_fp32", lambda: server.request("POST", "/v2/models/mnist/infer", json.dumps({"inputs": [{"name": "input", "shape": [2000, 1, 28, 28], "datatype": "FP32", "data": [0.5] * (2000 * 784)}]}), "application/json", 30)),
+            ("v2_big_fp32", lambda: server.request("POST", "/v2/models/mnist/infer", v2_big, "application/json", 30)),
             ("forged_feedback", lambda: server.request("POST", "/v1/feedback", json.dumps({"prediction_id": "AAAA" * 30, "label": 3}), "application/json")),
         ]
         while not stop.is_set():

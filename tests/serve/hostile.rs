@@ -395,7 +395,7 @@ async fn a_full_disk_loses_no_acknowledged_label() {
 }
 
 /// A 4096 x 4096 grey PNG (all zeros: about 16 KB) that takes a while to decode and resize.
-pub(crate) fn big_png() -> Vec<u8> {
+fn big_png() -> Vec<u8> {
     let img = image::GrayImage::new(4096, 4096);
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();

@@ -15,7 +15,7 @@ use common::process::Server;
 use common::{MODEL, digit};
 use serde_json::Value;
 
-use super::hostile::{ReadyWatch, big_png, predict_url, proc_status_kb, server};
+use super::hostile::{ReadyWatch, predict_url, proc_status_kb, server};
 
 /// A grey 8-bit PNG of zeros, written row by row through flate2 so that neither the test nor
 /// the file holds the pixels: a 16,777,216 x 1 one is about 16 KB.
@@ -163,7 +163,7 @@ fn cifar10_server(repo: &tempfile::TempDir, flags: &[&str]) -> Server {
 async fn concurrent_4096_pngs_on_a_colour_model_cost_their_pixels_only() {
     let repo = cifar10_repo();
     let server = cifar10_server(&repo, &[]);
-    let png = big_png();
+    let png = grey_png(4096, 4096);
     assert!(png.len() < 64 * 1024);
     let url = server.url("/v1/models/cifar10/predict");
     let client = reqwest::Client::new();
@@ -203,7 +203,7 @@ async fn the_decode_budget_refuses_what_never_fits_and_queues_the_rest() {
     let url = server.url("/v1/models/cifar10/predict");
     let client = reqwest::Client::new();
     let watch = ReadyWatch::start(&server);
-    let (status, body, retry) = post_image(&client, &url, big_png()).await;
+    let (status, body, retry) = post_image(&client, &url, grey_png(4096, 4096)).await;
     assert_eq!(status, 413, "{body}");
     assert!(!retry);
     assert_eq!(body["code"], "over_memory_budget", "{body}");
@@ -273,7 +273,7 @@ async fn a_timed_out_request_stops_its_work_and_holds_its_slot_until_then() {
         "1",
     ]);
     let pid = server.child.id();
-    let png = big_png();
+    let png = grey_png(4096, 4096);
     let form = (0..64).fold(reqwest::multipart::Form::new(), |form, i| {
         form.part(
             format!("f{i}"),
@@ -347,7 +347,7 @@ async fn sixteen_mb_v2_bodies_cost_a_small_multiple_of_their_size() {
     body.push_str(&vec!["0.5"; n * 784].join(","));
     body.push_str("]}]}");
     assert!(
-        body.len() > 15 << 20 && body.len() < 16 << 20,
+        body.len() > 15_000_000 && body.len() < 16 << 20,
         "{}",
         body.len()
     );

@@ -252,11 +252,21 @@ pub async fn predict_images(
     options: &RequestOptions,
 ) -> Result<Vec<Scored>, InferError> {
     let spec = &model.files.metadata.input;
-    let inputs = if decode_inline(&images) {
-        preprocess_all(&images, spec, work.limits)?
-    } else {
-        preprocess_budgeted(images, spec, work).await?
-    };
+    if decode_inline(&images) {
+        let inputs = preprocess_all(&images, spec, work.limits)?;
+        return predict_tensors(model, inputs, options).await;
+    }
+    // The model inputs outlive the decodes (they wait in the queue): reserved until answered.
+    let input_bytes = (spec.channels * spec.height * spec.width * 4) as u64;
+    let _inputs = work
+        .budget
+        .reserve(input_bytes.saturating_mul(images.len() as u64))
+        .await
+        .map_err(|e| match e {
+            BudgetError::Busy => InferError::BudgetBusy,
+            source => InferError::OverBudget { index: 0, source },
+        })?;
+    let inputs = preprocess_budgeted(images, spec, work).await?;
     predict_tensors(model, inputs, options).await
 }
 
