@@ -210,6 +210,7 @@ def main():
     recovered = json.loads(body)["live"]["labelled"] if st == 200 else None
     restarted.kill9()
     result = {
+        "benchmark": "soak",
         "duration_s": round(time.time() - start, 1),
         "requests": counts,
         "acknowledged_labels": acked[0],
@@ -226,4 +227,10 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the last line must be JSON
+        if isinstance(e, SystemExit) and e.code in (0, 1, None):
+            raise
+        print(json.dumps({"benchmark": "soak", "ok": False, "failures": [str(e)]}))
+        sys.exit(1)

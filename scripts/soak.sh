@@ -13,10 +13,12 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 DURATION="${DURATION:-180}"
 CALIPER_BIN="${CALIPER_BIN:-target/release/caliper}"
-command -v python3 >/dev/null || { echo "python3 not found (apt-get install python3)" >&2; exit 1; }
-[[ -x "$CALIPER_BIN" ]] || { echo "$CALIPER_BIN not found: run make build" >&2; exit 1; }
+# Like the other benchmark scripts, the last stdout line is JSON even when it cannot start.
+fail() { echo "$1" >&2; printf '{"benchmark": "soak", "ok": false, "failures": ["%s"]}\n' "$1"; exit 1; }
+command -v python3 >/dev/null || fail "python3 not found (apt-get install python3)"
+[[ -x "$CALIPER_BIN" ]] || fail "$CALIPER_BIN not found: run make build"
 for m in mnist cifar10; do
-  [[ -f "models/$m/model.onnx" ]] || { echo "models/$m is missing" >&2; exit 1; }
+  [[ -f "models/$m/model.onnx" ]] || fail "models/$m is missing"
 done
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/caliper-soak.XXXXXX")"
 echo "soak: ${DURATION}s, work dir $WORK" >&2

@@ -21,6 +21,8 @@ use crate::serve::infer::{
 
 /// Name of the BYTES input that carries encoded images.
 const IMAGE_INPUT: &str = "image";
+/// Bodies up to this size are parsed on the calling task (one 28 x 28 image is ~6 KB of JSON).
+const INLINE_PARSE_MAX_BYTES: usize = 64 * 1024;
 /// Outputs returned when the request names none.
 const DEFAULT_OUTPUTS: [&str; 3] = ["probabilities", "label", "confidence"];
 
@@ -442,13 +444,24 @@ pub async fn infer(
             )),
         })
         .map(Some)?;
+    let inline = body.len() <= INLINE_PARSE_MAX_BYTES;
+    let parse = move || {
+        serde_json::from_slice::<InferRequest>(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))
+    };
+    // Large bodies on the blocking pool: parsing 16 MB takes long enough to stall an async
+    // worker (and readiness with it); small ones are not worth two thread hops.
     let InferRequest {
         id,
         inputs,
         outputs,
-    } = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))?;
-    drop(body);
+    } = if inline {
+        parse()?
+    } else {
+        tokio::task::spawn_blocking(parse)
+            .await
+            .map_err(|e| ApiError::Internal(format!("parsing task failed: {e}")))??
+    };
     let count = inputs.len();
     let Ok([input]) = <[RequestInput; 1]>::try_from(inputs) else {
         return Err(ApiError::BadRequest(format!(
