@@ -171,15 +171,10 @@ pub fn resize_window(
             }
         }
     }
-    // `imageops` clamps f32 results to the [0, 1] range of a float pixel.
+    // `imageops` clamps f32 results to the [0, 1] range of a float pixel (NaN passes through
+    // both its comparison and `f32::clamp`).
     for v in &mut out {
-        *v = if *v < 0.0 {
-            0.0
-        } else if *v > 1.0 {
-            1.0
-        } else {
-            *v
-        };
+        *v = v.clamp(0.0, 1.0);
     }
     Ok(out)
 }
