@@ -402,6 +402,19 @@ fn big_png() -> Vec<u8> {
     out.into_inner()
 }
 
+/// A multipart form of `n` copies of one PNG.
+pub(crate) fn copies_form(png: &[u8], n: usize) -> reqwest::multipart::Form {
+    (0..n).fold(reqwest::multipart::Form::new(), |form, i| {
+        form.part(
+            format!("f{i}"),
+            reqwest::multipart::Part::bytes(png.to_vec())
+                .file_name("big.png")
+                .mime_str("image/png")
+                .unwrap(),
+        )
+    })
+}
+
 /// Row 6: SIGTERM with --shutdown-timeout-ms 3000 while a request decodes 96 large images: the
 /// process exits within the timeout + 1 s, not when the decode ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,15 +426,7 @@ async fn sigterm_exits_within_the_shutdown_timeout_during_a_long_decode() {
         "600000",
     ]);
     let png = big_png();
-    let form = (0..96).fold(reqwest::multipart::Form::new(), |form, i| {
-        form.part(
-            format!("f{i}"),
-            reqwest::multipart::Part::bytes(png.clone())
-                .file_name("big.png")
-                .mime_str("image/png")
-                .unwrap(),
-        )
-    });
+    let form = copies_form(&png, 96);
     let pending = tokio::spawn(
         reqwest::Client::new()
             .post(predict_url(&server))

@@ -15,7 +15,7 @@ use common::process::Server;
 use common::{MODEL, digit};
 use serde_json::Value;
 
-use super::hostile::{ReadyWatch, predict_url, proc_status_kb, server};
+use super::hostile::{ReadyWatch, copies_form, predict_url, proc_status_kb, server};
 
 /// A grey 8-bit PNG of zeros, written row by row through flate2 so that neither the test nor
 /// the file holds the pixels: a 16,777,216 x 1 one is about 16 KB.
@@ -171,15 +171,7 @@ async fn concurrent_4096_pngs_on_a_colour_model_cost_their_pixels_only() {
     let singles: Vec<_> = (0..8)
         .map(|_| tokio::spawn(post_image_owned(client.clone(), url.clone(), png.clone())))
         .collect();
-    let form = (0..8).fold(reqwest::multipart::Form::new(), |form, i| {
-        form.part(
-            format!("f{i}"),
-            reqwest::multipart::Part::bytes(png.clone())
-                .file_name("big.png")
-                .mime_str("image/png")
-                .unwrap(),
-        )
-    });
+    let form = copies_form(&png, 8);
     let multi = client.post(&url).multipart(form).send().await.unwrap();
     assert_eq!(multi.status(), 200);
     let v: Value = multi.json().await.unwrap();
@@ -274,15 +266,7 @@ async fn a_timed_out_request_stops_its_work_and_holds_its_slot_until_then() {
     ]);
     let pid = server.child.id();
     let png = grey_png(4096, 4096);
-    let form = (0..64).fold(reqwest::multipart::Form::new(), |form, i| {
-        form.part(
-            format!("f{i}"),
-            reqwest::multipart::Part::bytes(png.clone())
-                .file_name("big.png")
-                .mime_str("image/png")
-                .unwrap(),
-        )
-    });
+    let form = copies_form(&png, 64);
     let client = reqwest::Client::new();
     let url = predict_url(&server);
     let pending = tokio::spawn(client.post(&url).multipart(form).send());
