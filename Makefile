@@ -45,9 +45,11 @@ lint:
 bench-deps:
 	scripts/install-bench-deps.sh
 
-## bench: the serving benchmark (docs/BENCHMARKS.md); its last stdout line is one JSON object
+## bench: the serving benchmark, then a bounded soak under hostile traffic (DURATION of the soak:
+## SOAK_DURATION, default 180 s); each prints one JSON object as its last stdout line (docs/BENCHMARKS.md)
 bench: bench-deps build
 	scripts/bench-serve.sh
+	DURATION=$(or $(SOAK_DURATION),180) scripts/soak.sh
 
 ## bench-train: caliper-train against PyTorch on the CPU (installs torch into .venv-bench)
 bench-train: bench-deps fetch

@@ -10,7 +10,8 @@ use anyhow::Context;
 use crate::repository::load_model_files;
 use crate::serve::config::Config;
 use crate::serve::infer::{
-    DEFAULT_TOP_K, ImageLimits, LoadedModel, PredictionList, RequestOptions, predict_images,
+    DEFAULT_TOP_K, ImageLimits, ImageWork, LoadedModel, PredictionList, RequestOptions,
+    predict_images,
 };
 use crate::serve::monitor::TokenSigner;
 use crate::serve::prometheus::ServerMetrics;
@@ -66,9 +67,12 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read {}", p.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let limits = ImageLimits {
-        max_pixels: config.max_image_pixels,
-    };
+    let work = ImageWork::standalone(
+        ImageLimits {
+            max_pixels: config.max_image_pixels,
+        },
+        config.max_decode_memory_bytes,
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -76,7 +80,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         .block_on(predict_images(
             &model,
             images,
-            limits,
+            &work,
             &RequestOptions {
                 top_k: args.top_k,
                 ..RequestOptions::default()

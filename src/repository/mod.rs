@@ -10,6 +10,7 @@ pub mod fit_bundle;
 pub mod import;
 mod metadata;
 pub mod preprocess;
+mod resample;
 mod scan;
 
 pub use bundle::{

@@ -15,14 +15,22 @@
 //! `s = max(resize_shorter / min(w, h), W / w, H / h)` (without `resize_shorter`, the last two),
 //! resizes to `round(w * s) x round(h * s)` and crops H x W at offset `floor((size - crop) / 2)`.
 //! Both resize with a triangle (bilinear) filter widened by the scale when shrinking, as Pillow's
-//! `BILINEAR` does, on the f32 pixels.
+//! `BILINEAR` does, on the f32 pixels; [`super::resample`] computes it in memory proportional to
+//! the model's input.
+//!
+//! Memory (issue 23): [`plan`] reads the header and says, before any pixel is allocated, how many
+//! bytes the decode will take (the decoded pixels at their own depth, times a per-format factor
+//! for the decoder's own buffers, plus the resize's working memory); the server charges that to
+//! its decode budget. Images with an aspect ratio over [`MAX_ASPECT_RATIO`] are refused from the
+//! header: the resize of such a strip to a square input costs work in proportion to its long side
+//! times the input's side, for an image that cannot be classified anyway.
 
 use std::io::Cursor;
 
-use image::imageops::{self, FilterType};
-use image::{DynamicImage, ImageBuffer, ImageError, ImageReader, Pixel};
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader};
 
 use super::metadata::{InputSpec, ResizePolicy};
+use super::resample::{Cancelled, resize_window, working_bytes};
 
 /// Errors turning bytes into a model input.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +47,21 @@ pub enum PreprocessError {
     /// More pixels than `--max-image-pixels` (checked from the header, before decoding).
     #[error("image of {width}x{height} pixels exceeds the limit of {max} pixels")]
     TooLarge { width: u32, height: u32, max: u64 },
+    /// A longer side more than [`MAX_ASPECT_RATIO`] times the shorter (checked from the header).
+    #[error(
+        "image of {width}x{height} pixels exceeds the aspect-ratio limit of {max}:1 \
+         (longer side / shorter side)"
+    )]
+    AspectRatio { width: u32, height: u32, max: u32 },
+    /// The work was abandoned (the request timed out).
+    #[error("preprocessing cancelled")]
+    Cancelled,
+}
+
+impl From<Cancelled> for PreprocessError {
+    fn from(_: Cancelled) -> Self {
+        PreprocessError::Cancelled
+    }
 }
 
 /// Decoding limits.
@@ -51,6 +74,10 @@ pub struct ImageLimits {
 /// The default pixel limit of the server (`--max-image-pixels`) and of the offline tools.
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 4096 * 4096;
 
+/// Largest accepted ratio of an image's longer side to its shorter side. Panoramas and long
+/// screenshots stay far below; a 16,777,216 x 1 strip (issue 23, row 1) does not.
+pub const MAX_ASPECT_RATIO: u32 = 1000;
+
 impl Default for ImageLimits {
     fn default() -> Self {
         ImageLimits {
@@ -59,28 +86,88 @@ impl Default for ImageLimits {
     }
 }
 
+/// What decoding one image will take, read from its header before any pixel is allocated.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodePlan {
+    /// The image's format (sniffed from the bytes).
+    pub format: ImageFormat,
+    /// Width and height from the header.
+    pub width: u32,
+    /// Height from the header.
+    pub height: u32,
+    /// Bytes of the decoded pixels at their own depth (e.g. 1 per pixel for 8-bit grey).
+    pub decoded_bytes: u64,
+    /// Peak bytes of the decode and the resize together: what a memory budget should reserve.
+    pub estimated_bytes: u64,
+}
+
+/// Peak memory of a format's decoder as a multiple of its decoded pixels. JPEG keeps the DCT
+/// coefficients of a progressive image (2 bytes per sample) besides the output; lossy WebP its
+/// YUV planes, GIF its frame of palette indices; PNG and BMP decode row by row into the output
+/// (their extra rows are in [`DECODER_SLACK_BYTES`]).
+fn decoder_factor(format: ImageFormat) -> u64 {
+    match format {
+        ImageFormat::Png | ImageFormat::Bmp => 1,
+        ImageFormat::WebP | ImageFormat::Gif => 2,
+        _ => 3,
+    }
+}
+
+/// Fixed decoder overhead on top of the pixels (zlib window, row buffers, tables).
+const DECODER_SLACK_BYTES: u64 = 256 * 1024;
+
 /// Decodes `bytes` and returns the normalised image, channel-major (`C * H * W` values).
 pub fn preprocess(
     bytes: &[u8],
     spec: &InputSpec,
     limits: ImageLimits,
 ) -> Result<Vec<f32>, PreprocessError> {
-    Ok(preprocess_image(&decode(bytes, limits)?, spec))
+    preprocess_cancellable(bytes, spec, limits, &|| false)
+}
+
+/// [`preprocess`] that polls `cancel` between decoding and each tile of the resize, and gives
+/// up with [`PreprocessError::Cancelled`] once it returns true.
+pub fn preprocess_cancellable(
+    bytes: &[u8],
+    spec: &InputSpec,
+    limits: ImageLimits,
+    cancel: &dyn Fn() -> bool,
+) -> Result<Vec<f32>, PreprocessError> {
+    let img = decode(bytes, limits)?;
+    if cancel() {
+        return Err(PreprocessError::Cancelled);
+    }
+    Ok(to_input(&img, spec, cancel)?)
 }
 
 /// An already decoded image (or pixels of an in-memory dataset) -> the normalised model input,
 /// channel-major: converted to the spec's channels, resized with its policy, normalised.
 pub fn preprocess_image(img: &DynamicImage, spec: &InputSpec) -> Vec<f32> {
-    let (w, h) = (spec.width as u32, spec.height as u32);
-    let mut out = Vec::with_capacity(spec.channels * spec.height * spec.width);
-    if spec.channels == 1 {
-        let buf = fit(img.to_luma32f(), w, h, spec.resize, spec.resize_shorter);
-        push_normalised(&buf, spec, &mut out);
-    } else {
-        let buf = fit(img.to_rgb32f(), w, h, spec.resize, spec.resize_shorter);
-        push_normalised(&buf, spec, &mut out);
+    match to_input(img, spec, &|| false) {
+        Ok(v) => v,
+        Err(Cancelled) => unreachable!("never cancelled"),
     }
-    out
+}
+
+fn to_input(
+    img: &DynamicImage,
+    spec: &InputSpec,
+    cancel: &dyn Fn() -> bool,
+) -> Result<Vec<f32>, Cancelled> {
+    let c = if spec.channels == 1 { 1 } else { 3 };
+    let (resized, window) = geometry(
+        (img.width(), img.height()),
+        (spec.width as u32, spec.height as u32),
+        spec.resize,
+        spec.resize_shorter,
+    );
+    let hwc = resize_window(img, c, resized, window, cancel)?;
+    let mut out = Vec::with_capacity(hwc.len());
+    for ch in 0..c {
+        let (m, s) = (spec.mean[ch], spec.std[ch]);
+        out.extend(hwc.iter().skip(ch).step_by(c).map(|v| (v - m) / s));
+    }
+    Ok(out)
 }
 
 /// A decoded image brought to `channels` x `height` x `width` u8 pixels, channel-major, by the
@@ -95,12 +182,12 @@ pub fn resize_to_u8(
 ) -> Vec<u8> {
     let (w, h) = (width as u32, height as u32);
     let to_u8 = |v: f32| (v * 255.0).round().clamp(0.0, 255.0) as u8;
-    let raw: Vec<f32> = if channels == 1 {
-        fit(img.to_luma32f(), w, h, policy, None).into_raw()
-    } else {
-        fit(img.to_rgb32f(), w, h, policy, None).into_raw()
+    let c = if channels == 1 { 1 } else { 3 };
+    let (resized, window) = geometry((img.width(), img.height()), (w, h), policy, None);
+    let raw = match resize_window(img, c, resized, window, &|| false) {
+        Ok(v) => v,
+        Err(Cancelled) => unreachable!("never cancelled"),
     };
-    let c = channels.max(1);
     let mut out = Vec::with_capacity(raw.len());
     for ch in 0..c {
         out.extend(raw.iter().skip(ch).step_by(c).map(|&v| to_u8(v)));
@@ -124,27 +211,32 @@ fn reader(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>, PreprocessError> {
         .map_err(|e| PreprocessError::Corrupt(e.to_string()))
 }
 
-/// Sniffs the format and reads `(width, height)` from the header, without decoding pixels.
-pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), PreprocessError> {
+/// The format and a decoder positioned after the header, without decoding pixels.
+fn header(bytes: &[u8]) -> Result<(ImageFormat, impl ImageDecoder + '_), PreprocessError> {
     if bytes.is_empty() {
         return Err(PreprocessError::Empty);
     }
     let probe = reader(bytes)?;
-    if probe.format().is_none() {
+    let Some(format) = probe.format() else {
         return Err(PreprocessError::Unsupported(
             "unrecognised data (expected PNG, JPEG, BMP, WebP or GIF)".into(),
         ));
-    }
-    let (width, height) = probe.into_dimensions().map_err(classify)?;
+    };
+    let decoder = probe.into_decoder().map_err(classify)?;
+    let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
         return Err(PreprocessError::Corrupt("zero-sized image".into()));
     }
-    Ok((width, height))
+    Ok((format, decoder))
 }
 
-/// Sniffs the format, checks the header's dimensions against the limit, then decodes.
-pub fn decode(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, PreprocessError> {
-    let (width, height) = dimensions(bytes)?;
+/// Sniffs the format and reads `(width, height)` from the header, without decoding pixels.
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), PreprocessError> {
+    header(bytes).map(|(_, d)| d.dimensions())
+}
+
+/// The pixel-count and aspect-ratio limits, from the header's dimensions.
+fn check_dimensions(width: u32, height: u32, limits: ImageLimits) -> Result<(), PreprocessError> {
     if u64::from(width) * u64::from(height) > limits.max_pixels {
         return Err(PreprocessError::TooLarge {
             width,
@@ -152,10 +244,55 @@ pub fn decode(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, Preproc
             max: limits.max_pixels,
         });
     }
+    let (long, short) = (width.max(height), width.min(height));
+    if u64::from(long) > u64::from(short) * u64::from(MAX_ASPECT_RATIO) {
+        return Err(PreprocessError::AspectRatio {
+            width,
+            height,
+            max: MAX_ASPECT_RATIO,
+        });
+    }
+    Ok(())
+}
+
+/// Reads the header, checks the limits and says what decoding `bytes` for `spec` will cost.
+pub fn plan(
+    bytes: &[u8],
+    spec: &InputSpec,
+    limits: ImageLimits,
+) -> Result<DecodePlan, PreprocessError> {
+    let (format, decoder) = header(bytes)?;
+    let (width, height) = decoder.dimensions();
+    check_dimensions(width, height, limits)?;
+    let decoded_bytes = decoder.total_bytes();
+    let working = working_bytes(spec.width as u32, spec.height as u32, spec.channels);
+    Ok(DecodePlan {
+        format,
+        width,
+        height,
+        decoded_bytes,
+        estimated_bytes: decoded_bytes
+            .saturating_mul(decoder_factor(format))
+            .saturating_add(DECODER_SLACK_BYTES)
+            .saturating_add(working),
+    })
+}
+
+/// Sniffs the format, checks the header's dimensions against the limits, then decodes.
+pub fn decode(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, PreprocessError> {
+    let (format, decoder) = header(bytes)?;
+    let (width, height) = decoder.dimensions();
+    check_dimensions(width, height, limits)?;
+    // A second guard inside the decoders: at most the plan's bytes for the largest legitimate
+    // image (4 channels of 16 bits).
+    let most = limits
+        .max_pixels
+        .saturating_mul(8)
+        .saturating_mul(decoder_factor(format))
+        .saturating_add(16 << 20);
     let mut reader = reader(bytes)?;
     let mut lim = image::Limits::default();
-    // The largest legitimate buffer: the pixels at 4 channels of 16 bits, plus decoder slack.
-    lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(16 << 20));
+    lim.max_alloc = Some(most);
     reader.limits(lim);
     reader.decode().map_err(classify)
 }
@@ -168,30 +305,20 @@ fn classify(e: ImageError) -> PreprocessError {
     }
 }
 
-/// Brings an image to exactly `w` x `h` with the model's resize policy (and, for a centre crop,
-/// the optional shorter-side size it is resized to first).
-fn fit<P>(
-    buf: ImageBuffer<P, Vec<f32>>,
-    w: u32,
-    h: u32,
+/// The size an image of `(bw, bh)` is resized to and the window `(x, y, w, h)` of it that is the
+/// model input of `(w, h)` under `policy` (and, for a centre crop, the optional shorter-side size
+/// it is resized to first).
+fn geometry(
+    (bw, bh): (u32, u32),
+    (w, h): (u32, u32),
     policy: ResizePolicy,
     resize_shorter: Option<u32>,
-) -> ImageBuffer<P, Vec<f32>>
-where
-    P: Pixel<Subpixel = f32> + 'static,
-{
-    let (bw, bh) = buf.dimensions();
+) -> ((u32, u32), (u32, u32, u32, u32)) {
     match policy {
-        _ if (bw, bh) == (w, h) && resize_shorter.is_none() => buf,
-        ResizePolicy::Stretch => imageops::resize(&buf, w, h, FilterType::Triangle),
+        ResizePolicy::Stretch => ((w, h), (0, 0, w, h)),
         ResizePolicy::CenterCrop => {
             let (rw, rh) = crop_resize_size((bw, bh), (w, h), resize_shorter);
-            let resized = if (rw, rh) == (bw, bh) {
-                buf
-            } else {
-                imageops::resize(&buf, rw, rh, FilterType::Triangle)
-            };
-            imageops::crop_imm(&resized, (rw - w) / 2, (rh - h) / 2, w, h).to_image()
+            ((rw, rh), ((rw - w) / 2, (rh - h) / 2, w, h))
         }
     }
 }
@@ -208,23 +335,10 @@ fn crop_resize_size((bw, bh): (u32, u32), (w, h): (u32, u32), shorter: Option<u3
     )
 }
 
-/// Appends the image channel-major, normalised per channel.
-fn push_normalised<P>(buf: &ImageBuffer<P, Vec<f32>>, spec: &InputSpec, out: &mut Vec<f32>)
-where
-    P: Pixel<Subpixel = f32>,
-{
-    let c = usize::from(P::CHANNEL_COUNT);
-    let raw = buf.as_raw();
-    for ch in 0..c {
-        let (m, s) = (spec.mean[ch], spec.std[ch]);
-        out.extend(raw.iter().skip(ch).step_by(c).map(|v| (v - m) / s));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{ImageFormat, Luma, Rgba};
+    use image::{ImageBuffer, ImageFormat, Luma, Rgba};
 
     fn spec(channels: usize, resize: ResizePolicy) -> InputSpec {
         InputSpec {
@@ -329,6 +443,49 @@ mod tests {
             preprocess(&broken, &s, BIG),
             Err(PreprocessError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn plan_reads_the_cost_from_the_header_and_refuses_strips() {
+        let s = spec(3, ResizePolicy::Stretch);
+        let grey = encode(
+            DynamicImage::ImageLuma8(ImageBuffer::new(400, 300)),
+            ImageFormat::Png,
+        );
+        let p = plan(&grey, &s, BIG).unwrap();
+        assert_eq!((p.width, p.height, p.format), (400, 300, ImageFormat::Png));
+        // One byte per grey pixel, whatever the model's channels.
+        assert_eq!(p.decoded_bytes, 400 * 300);
+        assert!(
+            p.estimated_bytes > p.decoded_bytes && p.estimated_bytes < p.decoded_bytes + (1 << 20)
+        );
+        let jpeg = encode(
+            DynamicImage::ImageRgb8(ImageBuffer::new(400, 300)),
+            ImageFormat::Jpeg,
+        );
+        assert!(plan(&jpeg, &s, BIG).unwrap().estimated_bytes >= 3 * 400 * 300 * 3);
+        // 1001 x 1 is over the aspect-ratio limit; 1000 x 1 is not.
+        for (w, ok) in [(1000, true), (1001, false)] {
+            let strip = encode(
+                DynamicImage::ImageLuma8(ImageBuffer::new(w, 1)),
+                ImageFormat::Png,
+            );
+            let r = preprocess(&strip, &s, BIG);
+            assert_eq!(r.is_ok(), ok, "{w}x1: {r:?}");
+            if !ok {
+                assert!(matches!(
+                    r,
+                    Err(PreprocessError::AspectRatio { max: 1000, .. })
+                ));
+                assert!(matches!(
+                    plan(&strip, &s, BIG),
+                    Err(PreprocessError::AspectRatio { .. })
+                ));
+            }
+        }
+        // Cancelled before the resize starts.
+        let e = preprocess_cancellable(&grey, &s, BIG, &|| true);
+        assert!(matches!(e, Err(PreprocessError::Cancelled)));
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub struct ServeArgs {
     /// Largest image in pixels (width x height), checked from the header before decoding.
     #[arg(long, env = "CALIPER_MAX_IMAGE_PIXELS", default_value_t = 4096 * 4096)]
     pub max_image_pixels: u64,
+    /// Memory budget of image decodes and V2 tensor bodies in flight, in MiB (all requests
+    /// together): each decode reserves its estimated peak from the image header first, waits up
+    /// to 1 s for room (then 503 with Retry-After), and an image that alone needs more is 413.
+    #[arg(long, env = "CALIPER_MAX_DECODE_MEMORY_MIB", default_value_t = 512)]
+    pub max_decode_memory_mib: u64,
     /// Inference requests handled at once; more are refused with 429 and Retry-After.
     #[arg(long, env = "CALIPER_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
     pub max_concurrent_requests: usize,
@@ -272,6 +277,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Pixel limit per image.
     pub max_image_pixels: u64,
+    /// Memory budget of decodes and tensor bodies in flight, bytes.
+    pub max_decode_memory_bytes: u64,
     /// Admission limit.
     pub max_concurrent_requests: usize,
     /// Batch size limit.
@@ -324,6 +331,7 @@ impl std::fmt::Debug for Config {
             .field("admin_token", &redact(&self.admin_token))
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_image_pixels", &self.max_image_pixels)
+            .field("max_decode_memory_bytes", &self.max_decode_memory_bytes)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("max_batch_size", &self.max_batch_size)
             .field("max_queue_delay", &self.max_queue_delay)
@@ -378,6 +386,13 @@ impl TryFrom<ServeArgs> for Config {
             1,
             1 << 32,
             "in 1..=2^32",
+        )?;
+        range(
+            "max-decode-memory-mib",
+            a.max_decode_memory_mib,
+            1,
+            1 << 22,
+            "in 1..=4194304",
         )?;
         range(
             "max-concurrent-requests",
@@ -508,6 +523,7 @@ impl TryFrom<ServeArgs> for Config {
             admin_token: a.admin_token,
             max_body_bytes: a.max_body_bytes,
             max_image_pixels: a.max_image_pixels,
+            max_decode_memory_bytes: a.max_decode_memory_mib << 20,
             max_concurrent_requests: a.max_concurrent_requests,
             max_batch_size: a.max_batch_size,
             max_queue_delay: Duration::from_micros(a.max_queue_delay_us),
@@ -630,6 +646,7 @@ mod tests {
             admin_token: None,
             max_body_bytes: 10,
             max_image_pixels: 10,
+            max_decode_memory_mib: 1,
             max_concurrent_requests: 1,
             max_batch_size: 0,
             max_queue_delay_us: 0,

@@ -1,5 +1,5 @@
 //! Hostile input and faults against a real `caliper serve` process over real sockets (issue 23,
-//! rows 3 to 10): slow bodies, idle connections, a full disk under the feedback log, SIGTERM
+//! rows 3 to 10; rows 1 and 2, memory and work, are in `hostile_memory`): slow bodies, idle connections, a full disk under the feedback log, SIGTERM
 //! during a long decode, heavy monitor reports, overflowing shapes, oversized batches and bad
 //! values. Each test asserts the status codes, that readiness keeps answering within a second
 //! while the attack runs (rows 3, 4, 7) and the server's peak RSS (VmHWM) under a stated bound.
@@ -22,12 +22,12 @@ use serde_json::{Value, json};
 const PEAK_RSS_BOUND_KB: u64 = 384 * 1024;
 
 /// The fixture repository (models/ + calib/ of tests/data) with `flags`.
-fn server(flags: &[&str]) -> Server {
+pub(crate) fn server(flags: &[&str]) -> Server {
     Server::with_repository(&data().join("models"), &data().join("calib"), flags)
 }
 
 /// A `/proc/<pid>/status` field in kB.
-fn proc_status_kb(pid: u32, field: &str) -> u64 {
+pub(crate) fn proc_status_kb(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
@@ -54,13 +54,13 @@ fn assert_peak_rss(server: &Server) -> u64 {
 
 /// Probes `/v2/health/ready` every 100 ms on a fresh connection each time until stopped; the
 /// slowest answer and the failures come back from the join handle.
-struct ReadyWatch {
+pub(crate) struct ReadyWatch {
     stop: Arc<AtomicBool>,
     handle: tokio::task::JoinHandle<(Duration, Vec<String>, usize)>,
 }
 
 impl ReadyWatch {
-    fn start(server: &Server) -> Self {
+    pub(crate) fn start(server: &Server) -> Self {
         let url = server.url("/v2/health/ready");
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
@@ -88,7 +88,7 @@ impl ReadyWatch {
     }
 
     /// Stops probing and asserts every probe answered 200 within one second.
-    async fn finish(self) {
+    pub(crate) async fn finish(self) {
         self.stop.store(true, Ordering::Relaxed);
         let (slowest, failures, probes) = self.handle.await.unwrap();
         eprintln!("readiness: {probes} probes, slowest {slowest:?}");
@@ -100,12 +100,12 @@ impl ReadyWatch {
     }
 }
 
-fn predict_url(server: &Server) -> String {
+pub(crate) fn predict_url(server: &Server) -> String {
     server.url(&format!("/v1/models/{MODEL}/predict"))
 }
 
 /// A multipart form of `n` real MNIST digits.
-fn digits_form(n: usize) -> reqwest::multipart::Form {
+pub(crate) fn digits_form(n: usize) -> reqwest::multipart::Form {
     let names = ["0.png", "1.png", "2.png", "4.png", "7.png", "9.png"];
     (0..n).fold(reqwest::multipart::Form::new(), |form, i| {
         form.part(
@@ -402,6 +402,19 @@ fn big_png() -> Vec<u8> {
     out.into_inner()
 }
 
+/// A multipart form of `n` copies of one PNG.
+pub(crate) fn copies_form(png: &[u8], n: usize) -> reqwest::multipart::Form {
+    (0..n).fold(reqwest::multipart::Form::new(), |form, i| {
+        form.part(
+            format!("f{i}"),
+            reqwest::multipart::Part::bytes(png.to_vec())
+                .file_name("big.png")
+                .mime_str("image/png")
+                .unwrap(),
+        )
+    })
+}
+
 /// Row 6: SIGTERM with --shutdown-timeout-ms 3000 while a request decodes 96 large images: the
 /// process exits within the timeout + 1 s, not when the decode ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,15 +426,7 @@ async fn sigterm_exits_within_the_shutdown_timeout_during_a_long_decode() {
         "600000",
     ]);
     let png = big_png();
-    let form = (0..96).fold(reqwest::multipart::Form::new(), |form, i| {
-        form.part(
-            format!("f{i}"),
-            reqwest::multipart::Part::bytes(png.clone())
-                .file_name("big.png")
-                .mime_str("image/png")
-                .unwrap(),
-        )
-    });
+    let form = copies_form(&png, 96);
     let pending = tokio::spawn(
         reqwest::Client::new()
             .post(predict_url(&server))

@@ -5,7 +5,7 @@
 //! `monitor_crash`, `monitor_restart_gauges`, `dashboard` (the `/ui` page in a headless Chromium),
 //! `prometheus_fleet`, `otlp_tracing` (request spans exported to an OTLP receiver),
 //! `recalibrate` (a bad calibrator refitted from feedback and swapped in),
-//! `hostile` (limits, timeouts and faults), `own_model` (a third-party
+//! `hostile` and `hostile_memory` (limits, timeouts, faults, memory bounds), `own_model` (a third-party
 //! ImageNet model imported and served, against an independent Python pipeline) and
 //! `shipped_models` (every bundled model's figures and its OOD threshold through the server),
 //! `tritonclient_http` (Triton's Python client with its defaults: the binary tensor extension),
@@ -20,6 +20,7 @@ mod conformal_methods;
 mod dashboard;
 mod folder_datasets;
 mod hostile;
+mod hostile_memory;
 mod label_shift;
 mod large_labels;
 mod mahalanobis;

@@ -49,6 +49,12 @@ pub enum ApiError {
     /// A feedback label that is neither a class index (non-negative integer) nor a class name.
     #[error("{0}")]
     InvalidLabel(String),
+    /// One image or body needs more than the whole decode memory budget.
+    #[error("{0}")]
+    OverBudget(String),
+    /// The decode memory budget stayed taken by other requests (retry later).
+    #[error("the server's decode memory budget is in use by other requests, retry later")]
+    DecodeBusy,
     /// Too many requests in flight or a full queue.
     #[error("server overloaded, retry later")]
     Overloaded,
@@ -111,6 +117,8 @@ impl ApiError {
             ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::InvalidLabel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_label"),
             ApiError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            ApiError::DecodeBusy => (StatusCode::SERVICE_UNAVAILABLE, "decode_busy"),
+            ApiError::OverBudget(_) => (StatusCode::PAYLOAD_TOO_LARGE, "over_memory_budget"),
             ApiError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::NonFiniteOutput => (StatusCode::INTERNAL_SERVER_ERROR, "nonfinite_output"),
@@ -144,7 +152,7 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS {
+        if matches!(self, ApiError::Overloaded | ApiError::DecodeBusy) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -163,13 +171,21 @@ impl From<InferError> for ApiError {
             InferError::Image { index, source } => {
                 let msg = format!("image {index}: {source}");
                 match source {
-                    PreprocessError::TooLarge { .. } => ApiError::ImageTooLarge(msg),
+                    PreprocessError::TooLarge { .. } | PreprocessError::AspectRatio { .. } => {
+                        ApiError::ImageTooLarge(msg)
+                    }
+                    // Only seen by a request already answered 504.
+                    PreprocessError::Cancelled => ApiError::Timeout,
                     PreprocessError::Unsupported(_) => ApiError::UnsupportedMediaType(msg),
                     PreprocessError::Empty | PreprocessError::Corrupt(_) => {
                         ApiError::CorruptImage(msg)
                     }
                 }
             }
+            InferError::OverBudget { index, source } => ApiError::OverBudget(format!(
+                "image {index}: {source} (--max-decode-memory-mib); send a smaller image"
+            )),
+            InferError::BudgetBusy => ApiError::DecodeBusy,
             InferError::QueueFull => ApiError::Overloaded,
             InferError::Policy(e) => ApiError::BadRequest(e.to_string()),
             InferError::Unavailable(m) => {

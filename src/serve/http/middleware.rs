@@ -82,6 +82,12 @@ pub async fn limit_body_rate(State(state): State<AppState>, req: Request, next: 
     resp
 }
 
+/// The admission permit of an inference request, in its extensions: the handler hands a clone
+/// to the work it starts on the blocking pool, so the slot stays taken until that work stops,
+/// even when the request was answered (504) before.
+#[derive(Clone)]
+pub struct Admission(pub Arc<tokio::sync::OwnedSemaphorePermit>);
+
 /// Reads the whole body (at most `--max-body-bytes`, under the rate limit), then takes an
 /// admission permit for the rest of the request or answers 429 at once. Reading first means a
 /// slow client holds a connection for a bounded time but never an admission slot.
@@ -100,7 +106,15 @@ pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> R
         Err(e) => return e.into_response(),
     };
     match Arc::clone(&state.admission).try_acquire_owned() {
-        Ok(_permit) => next.run(Request::from_parts(parts, Body::from(body))).await,
+        Ok(permit) => {
+            let permit = Arc::new(permit);
+            let mut req = Request::from_parts(parts, Body::from(body));
+            req.extensions_mut().insert(Admission(Arc::clone(&permit)));
+            let resp = next.run(req).await;
+            // Released here unless work the request started still runs (and holds a clone).
+            drop(permit);
+            resp
+        }
         Err(_) => ApiError::Overloaded.into_response(),
     }
 }

@@ -27,7 +27,7 @@ pub use error::{ApiError, ErrorCode};
 pub use server::serve;
 
 use crate::serve::config::Config;
-use crate::serve::infer::{ImageLimits, InferError, ModelRegistry};
+use crate::serve::infer::{ImageLimits, ImageWork, InferError, MemoryBudget, ModelRegistry};
 use crate::serve::monitor::recal::Recalibration;
 use crate::serve::monitor::{Monitor, TokenSigner};
 use crate::serve::payload_log::PayloadLog;
@@ -49,6 +49,8 @@ pub struct Shared {
     pub metrics: Arc<ServerMetrics>,
     /// Admission control: one permit per inference request in flight.
     pub admission: Arc<Semaphore>,
+    /// Memory budget of decodes and V2 tensor bodies in flight (`--max-decode-memory-mib`).
+    pub budget: MemoryBudget,
     /// Heavy monitor reports (bootstrap intervals) computed at once.
     pub reports: Arc<Semaphore>,
     /// Live calibration monitor (prediction tokens, label feedback).
@@ -134,6 +136,7 @@ impl AppState {
                 Arc::clone(&metrics),
             )),
             admission: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            budget: MemoryBudget::new(config.max_decode_memory_bytes),
             reports: Arc::new(Semaphore::new(config.max_concurrent_reports)),
             monitor,
             recal: Arc::new(Recalibration::new(config.recal.clone())),
@@ -171,6 +174,16 @@ impl AppState {
     fn image_limits(&self) -> ImageLimits {
         ImageLimits {
             max_pixels: self.config.max_image_pixels,
+        }
+    }
+
+    /// What the image work of a request runs under; it keeps the request's admission permit
+    /// (from [`middleware::Admission`]) until the work stops.
+    fn image_work(&self, admission: Option<middleware::Admission>) -> ImageWork {
+        ImageWork {
+            limits: self.image_limits(),
+            budget: self.budget.clone(),
+            admission: admission.map(|a| a.0),
         }
     }
 

@@ -93,6 +93,10 @@ pub async fn predict(
         .payload_log
         .as_ref()
         .and_then(|_| super::request_id(req.headers()));
+    let admission = req
+        .extensions()
+        .get::<super::middleware::Admission>()
+        .cloned();
     let multipart = content_type.starts_with("multipart/form-data");
     let images: Vec<Bytes> = if multipart {
         let mut form = Multipart::from_request(req, &state)
@@ -152,7 +156,7 @@ pub async fn predict(
         .within_budget(predict_images(
             &model,
             images,
-            state.image_limits(),
+            &state.image_work(admission),
             &options,
         ))
         .await?;

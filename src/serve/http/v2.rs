@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
+use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -21,11 +22,13 @@ use super::{ApiError, AppState};
 use crate::repository::RepositoryError;
 use crate::serve::infer::live::{self, Adapt};
 use crate::serve::infer::{
-    InferError, LoadedModel, RequestOptions, Scored, predict_images, predict_tensors,
+    BudgetError, InferError, LoadedModel, RequestOptions, Scored, predict_images, predict_tensors,
 };
 
 /// Name of the BYTES input that carries encoded images.
 const IMAGE_INPUT: &str = "image";
+/// Bodies up to this size are parsed on the calling task (one 28 x 28 image is ~6 KB of JSON).
+const INLINE_PARSE_MAX_BYTES: usize = 64 * 1024;
 /// Outputs returned when the request names none.
 const DEFAULT_OUTPUTS: [&str; 3] = ["probabilities", "label", "confidence"];
 
@@ -57,9 +60,10 @@ struct RequestInput {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    /// Row-major, flat or nested; absent when the tensor is binary.
+    /// Row-major, flat or nested, parsed straight into its element type; absent when the
+    /// tensor is binary.
     #[serde(default)]
-    data: Option<Value>,
+    data: Option<Data>,
     #[serde(default)]
     parameters: Option<InputParameters>,
 }
@@ -71,6 +75,99 @@ struct InputParameters {
     binary_data_size: Option<u64>,
     /// Triton's shared-memory extension, which caliper does not implement.
     shared_memory_region: Option<String>,
+}
+
+/// The `data` of an input, parsed straight into its element type while nested arrays are
+/// flattened row-major (issue 23: a `serde_json::Value` tree of a 16 MB body took ~360 MB; this
+/// takes 4 bytes per number, the base64 text per string).
+#[derive(Debug, Default)]
+enum Data {
+    /// No element at all.
+    #[default]
+    Empty,
+    /// JSON numbers, each finite as a 32-bit float.
+    Numbers(Vec<f32>),
+    /// JSON strings.
+    Strings(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Data {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut data = Data::Empty;
+        Flatten(&mut data).deserialize(d)?;
+        Ok(data)
+    }
+}
+
+impl Data {
+    fn push_number(&mut self, x: f64) -> Result<(), String> {
+        let v = x as f32;
+        if !v.is_finite() {
+            return Err(format!(
+                "element {x:e} is outside the range of a 32-bit float"
+            ));
+        }
+        match self {
+            Data::Empty => *self = Data::Numbers(vec![v]),
+            Data::Numbers(n) => n.push(v),
+            Data::Strings(_) => return Err(format!("unexpected number {x} among strings")),
+        }
+        Ok(())
+    }
+
+    fn push_string(&mut self, s: String) -> Result<(), String> {
+        match self {
+            Data::Empty => *self = Data::Strings(vec![s]),
+            Data::Strings(v) => v.push(s),
+            Data::Numbers(_) => return Err("unexpected string among numbers".into()),
+        }
+        Ok(())
+    }
+}
+
+/// Appends every leaf of a (nested) JSON array to the [`Data`] it borrows.
+struct Flatten<'a>(&'a mut Data);
+
+impl<'de> DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("numbers or strings, in flat or nested arrays")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Flatten(data) = self;
+        while seq.next_element_seed(Flatten(&mut *data))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.0.push_number(v).map_err(E::custom)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.0.push_string(v.to_owned()).map_err(E::custom)
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<(), E> {
+        self.0.push_string(v).map_err(E::custom)
+    }
 }
 
 /// One requested output.
@@ -255,34 +352,9 @@ fn metadata(m: &LoadedModel) -> Value {
     })
 }
 
-/// Flattens a nested JSON array into `out` (row-major), failing on anything but arrays and
-/// leaves accepted by `leaf`.
-fn flatten<T>(
-    v: &Value,
-    out: &mut Vec<T>,
-    leaf: &impl Fn(&Value) -> Result<T, String>,
-) -> Result<(), String> {
-    match v {
-        Value::Array(items) => items.iter().try_for_each(|x| flatten(x, out, leaf)),
-        other => leaf(other).map(|x| out.push(x)),
-    }
-}
-
-/// An FP32 element: a JSON number that is finite as a 32-bit float (1e300 is not: it would
-/// reach the model as infinity).
-fn fp32(v: &Value) -> Result<f32, String> {
-    match v.as_f64().map(|x| x as f32) {
-        Some(x) if x.is_finite() => Ok(x),
-        Some(_) => Err(format!(
-            "element {v} is outside the range of a 32-bit float"
-        )),
-        None => Err(format!("unexpected element {v}")),
-    }
-}
-
 /// Where one input's elements are: in its JSON `data`, or in the binary section.
 enum InputData {
-    Json(Value),
+    Json(Data),
     Binary(Bytes),
 }
 
@@ -362,10 +434,10 @@ fn parse_input(
                 return Err(super::v1::too_many_images(most));
             }
             let data = match data {
-                InputData::Json(v) => {
-                    let mut out = Vec::new();
-                    flatten(&v, &mut out, &fp32).map_err(bad)?;
-                    out
+                InputData::Json(Data::Numbers(v)) => v,
+                InputData::Json(Data::Empty) => Vec::new(),
+                InputData::Json(Data::Strings(_)) => {
+                    return Err(bad("FP32 data holds strings".into()));
                 }
                 InputData::Binary(raw) => v2_binary::decode_fp32(&raw, expected).map_err(bad)?,
             };
@@ -388,15 +460,10 @@ fn parse_input(
         }
         (IMAGE_INPUT, "BYTES") => {
             let images = match data {
-                InputData::Json(v) => {
-                    let mut strings = Vec::new();
-                    flatten(&v, &mut strings, &|v| {
-                        v.as_str()
-                            .map(str::to_string)
-                            .ok_or_else(|| format!("unexpected element {v}"))
-                    })
-                    .map_err(bad)?;
-                    Encoded::Base64(strings)
+                InputData::Json(Data::Strings(v)) => Encoded::Base64(v),
+                InputData::Json(Data::Empty) => Encoded::Base64(Vec::new()),
+                InputData::Json(Data::Numbers(_)) => {
+                    return Err(bad("BYTES data must be base64 strings".into()));
                 }
                 // Binary BYTES elements are the encoded files themselves, no base64.
                 InputData::Binary(raw) => Encoded::Raw(v2_binary::decode_bytes(&raw).map_err(bad)?),
@@ -644,12 +711,42 @@ async fn infer_model(
     let limit = state.config.max_body_bytes;
     let header_len = req.headers().get(v2_binary::HEADER_LENGTH).cloned();
     let x_request_id = super::request_id(req.headers());
+    let admission = req
+        .extensions()
+        .get::<super::middleware::Admission>()
+        .cloned();
     let body = Bytes::from_request(req, &state)
         .await
         .map_err(|e| bytes_error(e, limit))?;
+    // The parsed tensors (4 bytes per number, however short its text) and the rows cut from
+    // them take up to about 4x the body; reserved from the decode budget until the answer.
+    let mut parsed = state
+        .budget
+        .reserve(4 * body.len() as u64)
+        .await
+        .map_err(|e| match e {
+            BudgetError::Busy => ApiError::DecodeBusy,
+            e @ BudgetError::TooLarge { .. } => ApiError::OverBudget(format!(
+                "parsing this {} byte body {e} (--max-decode-memory-mib)",
+                body.len()
+            )),
+        })
+        .map(Some)?;
     let (json_part, binary) = v2_binary::split_body(header_len.as_ref(), body)?;
-    let mut request: InferRequest = serde_json::from_slice(&json_part)
-        .map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))?;
+    let inline = json_part.len() <= INLINE_PARSE_MAX_BYTES;
+    let parse = move || {
+        serde_json::from_slice::<InferRequest>(&json_part)
+            .map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))
+    };
+    // Large bodies on the blocking pool: parsing 16 MB takes long enough to stall an async
+    // worker (and readiness with it); small ones are not worth two thread hops.
+    let mut request = if inline {
+        parse()?
+    } else {
+        tokio::task::spawn_blocking(parse)
+            .await
+            .map_err(|e| ApiError::Internal(format!("parsing task failed: {e}")))??
+    };
     let wanted = wanted_outputs(&request)?;
     if request.inputs.len() != 1 {
         return Err(ApiError::BadRequest(format!(
@@ -667,7 +764,12 @@ async fn infer_model(
     };
     let plan = live::plan(&state.monitor, &model, adapt, &mut options);
     let mut logged_images = None;
-    let mut scored = match parse_input(&model, &input, data)? {
+    let batch = parse_input(&model, &input, data)?;
+    if let Batch::Images(_) = batch {
+        // The strings are gone; the decodes reserve for themselves.
+        drop(parsed.take());
+    }
+    let mut scored = match batch {
         Batch::Tensors(t) => state
             .within_budget(predict_tensors(&model, t, &options))
             .await
@@ -683,7 +785,12 @@ async fn infer_model(
                 logged_images = Some(i.clone());
             }
             state
-                .within_budget(predict_images(&model, i, state.image_limits(), &options))
+                .within_budget(predict_images(
+                    &model,
+                    i,
+                    &state.image_work(admission),
+                    &options,
+                ))
                 .await?
         }
     };

@@ -4,6 +4,7 @@
 //! which score each row once with the request's [`RequestOptions`].
 
 pub mod batcher;
+pub mod budget;
 pub mod feedback;
 pub mod live;
 mod model;
@@ -12,8 +13,12 @@ pub mod preprocess;
 pub mod recalibrate;
 mod registry;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
 
+pub use budget::{BudgetError, MemoryBudget, Reservation};
 pub use model::{LoadedModel, ModelOptions, RowOutput};
 pub use prediction::{
     Calibrated, DEFAULT_TOP_K, Prediction, PredictionError, PredictionList, RequestOptions,
@@ -38,6 +43,12 @@ pub enum InferError {
         index: usize,
         source: PreprocessError,
     },
+    /// Image `index` alone needs more memory than the whole decode budget.
+    #[error("image {index}: {source}")]
+    OverBudget { index: usize, source: BudgetError },
+    /// The decode memory budget stayed taken by other requests (retry later).
+    #[error("the decode memory budget is busy")]
+    BudgetBusy,
     /// The model's queue is full.
     #[error("the model queue is full")]
     QueueFull,
@@ -125,15 +136,127 @@ fn preprocess_all(
         .collect()
 }
 
+/// What a request's image work runs under (issue 23): the decode limits, the server's memory
+/// budget, and the admission permit of the request, which the work keeps until it really stops
+/// (a timed-out request is answered 504 at once, but its slot stays taken until the decode on
+/// the blocking pool has seen the cancellation).
+#[derive(Debug, Clone)]
+pub struct ImageWork {
+    /// Pixel limit per image.
+    pub limits: ImageLimits,
+    /// Memory budget of decodes in flight, shared by every request.
+    pub budget: MemoryBudget,
+    /// The request's admission permit (None outside the HTTP path).
+    pub admission: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+}
+
+impl ImageWork {
+    /// Limits alone, with a budget of its own (`caliper predict`: one caller, no admission).
+    pub fn standalone(limits: ImageLimits, budget_bytes: u64) -> Self {
+        ImageWork {
+            limits,
+            budget: MemoryBudget::new(budget_bytes),
+            admission: None,
+        }
+    }
+}
+
+/// Set when the future that owns it is dropped (a request timeout drops the request's future);
+/// the blocking work polls it between images and between resize tiles.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Images decoded per trip to the blocking pool at most, and the bytes of budget one trip
+/// reserves at most (unless a single image needs more): small images share a trip, large
+/// ones take the budget one at a time.
+const GROUP_IMAGES: usize = 64;
+const GROUP_BYTES: u64 = 32 << 20;
+
+/// Decodes `images` on the blocking pool in groups, each after reserving its estimated bytes
+/// from the budget; the reservation and the admission permit travel with the blocking work and
+/// are released when it ends, not when the request is answered.
+async fn preprocess_budgeted(
+    images: Vec<Bytes>,
+    spec: &crate::repository::InputSpec,
+    work: &ImageWork,
+) -> Result<Vec<Vec<f32>>, InferError> {
+    let budget = &work.budget;
+    // Every header first: a request that cannot be served is refused before any decoding.
+    let mut need = Vec::with_capacity(images.len());
+    for (index, b) in images.iter().enumerate() {
+        let plan = preprocess::plan(b, spec, work.limits)
+            .map_err(|source| InferError::Image { index, source })?;
+        budget
+            .check(plan.estimated_bytes)
+            .map_err(|source| InferError::OverBudget { index, source })?;
+        need.push(plan.estimated_bytes);
+    }
+    let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+    let group_cap = GROUP_BYTES.min(budget.total_bytes() / 4);
+    let spec = Arc::new(spec.clone());
+    let mut out = Vec::with_capacity(images.len());
+    let mut first = 0;
+    while first < images.len() {
+        let mut end = first;
+        let mut bytes = 0u64;
+        while end < images.len()
+            && (end == first || (bytes + need[end] <= group_cap && end - first < GROUP_IMAGES))
+        {
+            bytes += need[end];
+            end += 1;
+        }
+        let reservation = budget.reserve(bytes).await.map_err(|e| match e {
+            BudgetError::Busy => InferError::BudgetBusy,
+            source => InferError::OverBudget {
+                index: first,
+                source,
+            },
+        })?;
+        let group = images[first..end].to_vec();
+        let (spec, limits) = (Arc::clone(&spec), work.limits);
+        let (flag, admission) = (Arc::clone(&cancel.0), work.admission.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let _held = (reservation, admission);
+            let cancelled = || flag.load(Ordering::Acquire);
+            group
+                .iter()
+                .enumerate()
+                .map(|(k, b)| {
+                    let index = first + k;
+                    if cancelled() {
+                        return Err(InferError::Image {
+                            index,
+                            source: PreprocessError::Cancelled,
+                        });
+                    }
+                    preprocess::preprocess_cancellable(b, &spec, limits, &cancelled)
+                        .map_err(|source| InferError::Image { index, source })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| InferError::Internal(format!("preprocessing task failed: {e}")))??;
+        out.extend(done);
+        first = end;
+    }
+    Ok(out)
+}
+
 /// Decodes and preprocesses encoded images (small ones in place, others off the async
-/// executor; traced as `decode`), then predicts them.
+/// executor under the memory budget; traced as `decode`), then predicts them.
 #[tracing::instrument(level = "debug", skip_all, fields(model = %model.files.name, images = images.len()))]
 pub async fn predict_images(
     model: &LoadedModel,
     images: Vec<Bytes>,
-    limits: ImageLimits,
+    work: &ImageWork,
     options: &RequestOptions,
 ) -> Result<Vec<Scored>, InferError> {
+    let spec = &model.files.metadata.input;
     let inline = decode_inline(&images);
     let span = telemetry::span(|| {
         info_span!(
@@ -143,15 +266,26 @@ pub async fn predict_images(
             caliper.inline = inline
         )
     });
-    let inputs = if inline {
-        span.in_scope(|| preprocess_all(&images, &model.files.metadata.input, limits))?
-    } else {
-        let spec = model.files.metadata.input.clone();
-        tokio::task::spawn_blocking(move || {
-            span.in_scope(|| preprocess_all(&images, &spec, limits))
-        })
+    if inline {
+        let inputs = span.in_scope(|| preprocess_all(&images, spec, work.limits))?;
+        drop(span);
+        return predict_tensors(model, inputs, options).await;
+    }
+    // The model inputs outlive the decodes (they wait in the queue): reserved until answered.
+    let input_bytes = (spec.channels * spec.height * spec.width * 4) as u64;
+    let _inputs = work
+        .budget
+        .reserve(input_bytes.saturating_mul(images.len() as u64))
         .await
-        .map_err(|e| InferError::Internal(format!("preprocessing task failed: {e}")))??
+        .map_err(|e| match e {
+            BudgetError::Busy => InferError::BudgetBusy,
+            source => InferError::OverBudget { index: 0, source },
+        })?;
+    let inputs = {
+        use tracing::Instrument;
+        preprocess_budgeted(images, spec, work)
+            .instrument(span)
+            .await?
     };
     predict_tensors(model, inputs, options).await
 }
