@@ -4,7 +4,9 @@
 //! validated server configuration (`config`).
 
 pub mod config;
+pub mod grpc;
 pub mod http;
 pub mod infer;
+pub mod kserve;
 pub mod monitor;
 pub mod prometheus;

@@ -2,7 +2,8 @@
 //! `conformal_methods`, `mahalanobis`, `large_labels`, `monitor_feedback`,
 //! `monitor_matches_eval`) and real `caliper serve` processes on a socket: `socket`,
 //! `folder_datasets` (your own images: calibrate, eval, train and serve from image folders),
-//! `monitor_crash`, `monitor_restart_gauges`,
+//! `monitor_crash`, `monitor_restart_gauges`, `grpc` (the KServe V2 gRPC service through
+//! tritonclient[grpc] and the standard gRPC health check),
 //! `prometheus_fleet`, `hostile` (limits, timeouts and faults), `own_model` (a third-party
 //! ImageNet model imported and served, against an independent Python pipeline) and
 //! `shipped_models` (every bundled model's figures and its OOD threshold through the server).
@@ -12,6 +13,7 @@ mod common;
 
 mod conformal_methods;
 mod folder_datasets;
+mod grpc;
 mod hostile;
 mod large_labels;
 mod mahalanobis;

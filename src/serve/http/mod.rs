@@ -20,6 +20,7 @@ use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorCode};
+pub use middleware::authorization_matches;
 pub use server::serve;
 
 use crate::serve::config::Config;
@@ -122,6 +123,16 @@ impl AppState {
         self.registry
             .get(name)
             .ok_or_else(|| ApiError::ModelNotFound(name.to_string()))
+    }
+
+    /// What the KServe V2 request path needs from the state (HTTP and gRPC alike).
+    pub fn kserve_context(&self) -> crate::serve::kserve::Context<'_> {
+        crate::serve::kserve::Context {
+            monitor: &self.monitor,
+            metrics: &self.metrics,
+            limits: self.image_limits(),
+            budget: self.config.request_timeout,
+        }
     }
 
     /// Runs an inference future under the request time budget (504 after it). Dropping the
