@@ -3,11 +3,17 @@
 # - prometheus, a Debian package (the fleet-ECE test scrapes two caliper replicas with a real
 #   Prometheus server);
 # - onnxruntime, pillow and numpy for python3, from PyPI (tests/serve/own_model.rs checks caliper
-#   against the independent pipeline scripts/reference_predict.py).
+#   against the independent pipeline scripts/reference_predict.py);
+# - tritonclient[grpc] and grpcio-health-checking, from PyPI (tests/serve/grpc.rs drives the gRPC
+#   port with Triton's client and the standard health check).
 set -euo pipefail
 if ! python3 -c 'import onnxruntime, PIL, numpy' 2>/dev/null; then
   echo "installing onnxruntime, pillow, numpy for $(command -v python3)" >&2
   python3 -m pip install --quiet onnxruntime==1.32.0 pillow==13.0.0 numpy==2.4.6 >&2
+fi
+if ! python3 -c 'import tritonclient.grpc, grpc_health.v1.health_pb2' 2>/dev/null; then
+  echo "installing tritonclient[grpc], grpcio-health-checking for $(command -v python3)" >&2
+  python3 -m pip install --quiet 'tritonclient[grpc]==2.73.0' grpcio-health-checking==1.81.1 >&2
 fi
 missing=()
 command -v prometheus >/dev/null || missing+=(prometheus)

@@ -94,7 +94,10 @@ pub async fn serve(
             .set_service_status(name, ServingStatus::NotServing)
             .await;
     }
-    tracing::info!(?drain_timeout, "gRPC shutting down: draining in-flight calls");
+    tracing::info!(
+        ?drain_timeout,
+        "gRPC shutting down: draining in-flight calls"
+    );
     let _ = stop_tx.send(());
     match tokio::time::timeout(drain_timeout, server).await {
         Ok(r) => r.map(|()| true),

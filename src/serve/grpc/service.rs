@@ -87,10 +87,7 @@ impl Inference {
             Access::Api => c.api_key.as_ref(),
             Access::Admin => c.admin_token.as_ref().or(c.api_key.as_ref()),
         };
-        let given = req
-            .metadata()
-            .get("authorization")
-            .map(|v| v.as_bytes());
+        let given = req.metadata().get("authorization").map(|v| v.as_bytes());
         match token {
             Some(t) if !authorization_matches(given, t) => Err(ApiError::Unauthorized),
             _ => Ok(()),
@@ -231,22 +228,27 @@ impl GrpcInferenceService for Inference {
         &self,
         req: Request<RepositoryIndexRequest>,
     ) -> Result<Response<RepositoryIndexResponse>, Status> {
-        self.call(method!("RepositoryIndex"), Access::Admin, req, |r| async move {
-            let s = &self.state;
-            let index = kserve::repository::index(&s.registry, &s.config.models_dir, r.ready)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            Ok(RepositoryIndexResponse {
-                models: index
-                    .into_iter()
-                    .map(|e| ModelIndex {
-                        name: e.name,
-                        version: e.version,
-                        state: e.state.as_str().to_string(),
-                        reason: e.reason,
-                    })
-                    .collect(),
-            })
-        })
+        self.call(
+            method!("RepositoryIndex"),
+            Access::Admin,
+            req,
+            |r| async move {
+                let s = &self.state;
+                let index = kserve::repository::index(&s.registry, &s.config.models_dir, r.ready)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                Ok(RepositoryIndexResponse {
+                    models: index
+                        .into_iter()
+                        .map(|e| ModelIndex {
+                            name: e.name,
+                            version: e.version,
+                            state: e.state.as_str().to_string(),
+                            reason: e.reason,
+                        })
+                        .collect(),
+                })
+            },
+        )
         .await
     }
 
@@ -254,18 +256,23 @@ impl GrpcInferenceService for Inference {
         &self,
         req: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
-        self.call(method!("RepositoryModelLoad"), Access::Admin, req, |r| async move {
-            if !r.parameters.is_empty() {
-                // Triton lets a load carry a config or model files; caliper loads from disk only.
-                return Err(ApiError::BadRequest(
-                    "load parameters (config, model files) are not supported: caliper loads \
+        self.call(
+            method!("RepositoryModelLoad"),
+            Access::Admin,
+            req,
+            |r| async move {
+                if !r.parameters.is_empty() {
+                    // Triton lets a load carry a config or model files; caliper loads from disk only.
+                    return Err(ApiError::BadRequest(
+                        "load parameters (config, model files) are not supported: caliper loads \
                      the model folder of the repository"
-                        .into(),
-                ));
-            }
-            kserve::repository::load(&self.state.registry, &r.model_name).await?;
-            Ok(RepositoryModelLoadResponse {})
-        })
+                            .into(),
+                    ));
+                }
+                kserve::repository::load(&self.state.registry, &r.model_name).await?;
+                Ok(RepositoryModelLoadResponse {})
+            },
+        )
         .await
     }
 
@@ -273,10 +280,15 @@ impl GrpcInferenceService for Inference {
         &self,
         req: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
-        self.call(method!("RepositoryModelUnload"), Access::Admin, req, |r| async move {
-            kserve::repository::unload(&self.state.registry, &r.model_name)?;
-            Ok(RepositoryModelUnloadResponse {})
-        })
+        self.call(
+            method!("RepositoryModelUnload"),
+            Access::Admin,
+            req,
+            |r| async move {
+                kserve::repository::unload(&self.state.registry, &r.model_name)?;
+                Ok(RepositoryModelUnloadResponse {})
+            },
+        )
         .await
     }
 }

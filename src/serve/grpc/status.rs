@@ -50,7 +50,10 @@ mod tests {
     #[test]
     fn the_brief_s_codes_and_no_internals() {
         assert_eq!(code(&ApiError::ModelNotFound("m".into())), Code::NotFound);
-        assert_eq!(code(&ApiError::BadRequest("shape".into())), Code::InvalidArgument);
+        assert_eq!(
+            code(&ApiError::BadRequest("shape".into())),
+            Code::InvalidArgument
+        );
         assert_eq!(code(&ApiError::Overloaded), Code::ResourceExhausted);
         assert_eq!(code(&ApiError::Unauthorized), Code::Unauthenticated);
         let s = from_api_error(ApiError::Internal("secret path /x".into()));

@@ -84,7 +84,10 @@ fn string_param(s: String) -> InferParameter {
 pub fn parameters(p: &FeedbackParameters<'_>) -> HashMap<String, InferParameter> {
     let json = |v: serde_json::Value| string_param(v.to_string());
     let mut out = HashMap::from([
-        ("prediction_ids".to_string(), json(p.prediction_ids.clone().into())),
+        (
+            "prediction_ids".to_string(),
+            json(p.prediction_ids.clone().into()),
+        ),
         ("ood_scores".to_string(), json(p.ood_scores.clone().into())),
         ("is_ood".to_string(), json(p.is_ood.clone().into())),
     ]);

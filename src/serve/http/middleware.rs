@@ -132,7 +132,9 @@ fn same_token(given: &[u8], expected: &[u8]) -> bool {
 
 fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
     authorization_matches(
-        headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
+        headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
         expected,
     )
 }

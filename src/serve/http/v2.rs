@@ -221,9 +221,8 @@ pub async fn infer(
     let request: InferRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))?;
     let input = kserve::single_input(&request.inputs)?;
-    let wanted = kserve::requested_outputs(
-        request.outputs.iter().flatten().map(|o| o.name.as_str()),
-    )?;
+    let wanted =
+        kserve::requested_outputs(request.outputs.iter().flatten().map(|o| o.name.as_str()))?;
     let batch = parse_input(&model, input)?;
     let scored = kserve::infer(&model, batch, state.kserve_context()).await?;
     Ok(Json(InferResponse {

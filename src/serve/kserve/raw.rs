@@ -122,7 +122,11 @@ mod tests {
         assert!(decode_bytes(&Bytes::new()).unwrap().is_empty());
         // A length prefix near 4 GiB on a short buffer is refused, not trusted.
         let huge = Bytes::from_static(b"\xff\xff\xff\xffab");
-        assert!(decode_bytes(&huge).unwrap_err().contains("declares 4294967295"));
+        assert!(
+            decode_bytes(&huge)
+                .unwrap_err()
+                .contains("declares 4294967295")
+        );
     }
 
     #[test]

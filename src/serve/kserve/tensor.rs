@@ -282,9 +282,12 @@ pub fn output(name: OutputName, scored: &[Scored]) -> OutputTensor {
                 .flat_map(|s| s.prediction.probabilities.iter().map(|&p| p as f32))
                 .collect(),
         ),
-        OutputName::Logits => {
-            OutputData::Fp32(scored.iter().flat_map(|s| s.logits.iter().copied()).collect())
-        }
+        OutputName::Logits => OutputData::Fp32(
+            scored
+                .iter()
+                .flat_map(|s| s.logits.iter().copied())
+                .collect(),
+        ),
         OutputName::Label => text(&|s| s.prediction.label.clone()),
         OutputName::Confidence => per_row(&|s| s.prediction.confidence as f32),
         OutputName::PredictionId => text(&|s| s.prediction.prediction_id.clone()),
@@ -293,6 +296,10 @@ pub fn output(name: OutputName, scored: &[Scored]) -> OutputTensor {
             OutputData::Bool(scored.iter().map(|s| s.prediction.ood.is_ood).collect())
         }
     };
-    let shape = if name.per_class() { vec![n, k] } else { vec![n] };
+    let shape = if name.per_class() {
+        vec![n, k]
+    } else {
+        vec![n]
+    };
     OutputTensor { name, shape, data }
 }
