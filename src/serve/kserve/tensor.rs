@@ -127,8 +127,12 @@ impl Plan {
         datatype: &str,
         shape: &[i64],
     ) -> Result<Self, V2Error> {
-        let rows = |n: i64| -> Result<usize, V2Error> {
+        // The element count is checked first: a shape whose count wraps is malformed (400),
+        // whatever the queue could hold.
+        let rows = |n: i64, per_row: usize| -> Result<usize, V2Error> {
             let n = usize::try_from(n).map_err(|_| bad(name, format!("shape {shape:?}")))?;
+            n.checked_mul(per_row)
+                .ok_or_else(|| bad(name, format!("shape {shape:?} holds too many elements")))?;
             if n == 0 {
                 return Err(bad(name, "the batch dimension is 0: send at least one row"));
             }
@@ -156,13 +160,13 @@ impl Plan {
                     .iter()
                     .try_fold(1usize, |acc, &d| acc.checked_mul(d))
                     .ok_or_else(|| bad(name, "the model's input size overflows"))?;
-                let rows = rows(n)?;
-                rows.checked_mul(per_row)
-                    .ok_or_else(|| bad(name, format!("shape {shape:?} holds too many elements")))?;
-                Ok(Plan::Tensors { rows, per_row })
+                Ok(Plan::Tensors {
+                    rows: rows(n, per_row)?,
+                    per_row,
+                })
             }
             "BYTES" if name == IMAGE_INPUT => match shape {
-                [n] => Ok(Plan::Images { rows: rows(*n)? }),
+                [n] => Ok(Plan::Images { rows: rows(*n, 1)? }),
                 _ => Err(bad(name, format!("shape {shape:?} is not [N]"))),
             },
             dt => Err(bad(
