@@ -49,8 +49,7 @@ pub async fn serve(
     let c = &state.config;
     let (reporter, health) = tonic_health::server::health_reporter();
     let inference = GrpcInferenceServiceServer::new(service::Inference::new(state.clone()))
-        .max_decoding_message_size(c.max_body_bytes)
-        .max_encoding_message_size(usize::MAX);
+        .max_decoding_message_size(c.max_body_bytes);
     let registry = std::sync::Arc::clone(&state.registry);
     let readiness = {
         let reporter = reporter.clone();
