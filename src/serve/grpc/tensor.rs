@@ -240,12 +240,16 @@ mod tests {
     fn bytes_inputs_are_encoded_images_in_the_length_prefixed_layout() {
         let pngs: [&[u8]; 2] = [b"\x89PNG one", b"\x89PNG two"];
         let raw = Bytes::from(raw::encode_bytes(pngs));
-        let Batch::Images(images) = decode(&input("image", "BYTES", &[2]), &[raw.clone()]).unwrap()
+        let Batch::Images(images) =
+            decode(&input("image", "BYTES", &[2]), std::slice::from_ref(&raw)).unwrap()
         else {
             panic!("images expected")
         };
         assert_eq!(images.iter().map(|b| &b[..]).collect::<Vec<_>>(), pngs);
-        let m = message(decode(&input("image", "BYTES", &[3]), &[raw.clone()]));
+        let m = message(decode(
+            &input("image", "BYTES", &[3]),
+            std::slice::from_ref(&raw),
+        ));
         assert!(m.contains("shape [3] does not match 2 elements"), "{m}");
         let m = message(decode(&input("image", "BYTES", &[2]), &[raw.slice(..10)]));
         assert!(m.contains("declares"), "{m}");
