@@ -199,6 +199,18 @@ impl From<crate::serve::kserve::V2Error> for ApiError {
     }
 }
 
+impl From<crate::serve::kserve::repository::RepositoryCallError> for ApiError {
+    fn from(e: crate::serve::kserve::repository::RepositoryCallError) -> Self {
+        use crate::serve::kserve::repository::RepositoryCallError;
+        match e {
+            RepositoryCallError::NotFound(name) => ApiError::ModelNotFound(name),
+            e @ RepositoryCallError::Removed(_) => ApiError::NotFoundDetail(e.to_string()),
+            RepositoryCallError::Failed(why) => ApiError::ReloadFailed(why),
+            e @ RepositoryCallError::Internal(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<crate::serve::monitor::FeedbackError> for ApiError {
     fn from(e: crate::serve::monitor::FeedbackError) -> Self {
         use crate::serve::monitor::{FeedbackError, TokenError};

@@ -16,7 +16,6 @@ use serde_json::{Value, json};
 use super::v1::bytes_error;
 use super::{ApiError, AppState};
 use crate::serve::infer::LoadedModel;
-use crate::serve::kserve::repository::RepositoryCallError;
 use crate::serve::kserve::{
     self, Batch, FeedbackParameters, ModelMetadata, OutputData, OutputTensor, Plan,
 };
@@ -254,15 +253,4 @@ pub async fn load_model(
         "calibration_method": m.calibrator.method(),
         "loaded": true,
     })))
-}
-
-impl From<RepositoryCallError> for ApiError {
-    fn from(e: RepositoryCallError) -> Self {
-        match e {
-            RepositoryCallError::NotFound(name) => ApiError::ModelNotFound(name),
-            e @ RepositoryCallError::Removed(_) => ApiError::NotFoundDetail(e.to_string()),
-            RepositoryCallError::Failed(why) => ApiError::ReloadFailed(why),
-            e @ RepositoryCallError::Internal(_) => ApiError::Internal(e.to_string()),
-        }
-    }
 }
