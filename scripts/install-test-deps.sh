@@ -6,6 +6,8 @@
 #   against the independent pipeline scripts/reference_predict.py);
 # - chromium and chromium-driver, Debian packages (tests/serve/dashboard.rs drives the /ui page in
 #   a real headless browser over WebDriver).
+# - tritonclient[grpc] and grpcio-health-checking, from PyPI (tests/serve/grpc.rs drives the gRPC
+#   port with Triton's client and the standard health check).
 set -euo pipefail
 if ! python3 -c 'import onnxruntime, PIL, numpy' 2>/dev/null; then
   echo "installing onnxruntime, pillow, numpy for $(command -v python3)" >&2
@@ -16,6 +18,10 @@ if ! python3 -c 'import tritonclient.http' 2>/dev/null; then
   # client and its defaults (scripts/tritonclient_infer.py).
   echo "installing tritonclient[http] for $(command -v python3)" >&2
   python3 -m pip install --quiet 'tritonclient[http]==2.73.0' numpy==2.4.6 >&2
+fi
+if ! python3 -c 'import tritonclient.grpc, grpc_health.v1.health_pb2' 2>/dev/null; then
+  echo "installing tritonclient[grpc], grpcio-health-checking for $(command -v python3)" >&2
+  python3 -m pip install --quiet 'tritonclient[grpc]==2.73.0' grpcio-health-checking==1.81.1 >&2
 fi
 missing=()
 command -v prometheus >/dev/null || missing+=(prometheus)

@@ -108,20 +108,52 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // worker) could answer requests before this task first polled the shutdown future (the
     // drain test in tests/serve/socket.rs then saw exit by signal 15 in ~10% of runs).
     let shutdown = shutdown_signal()?;
+    // gRPC binds first, so that its address is logged before the "listening on" line that
+    // tells tests and scripts the server is up.
+    let grpc = match state.config.grpc_addr {
+        Some(a) => {
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} (--grpc-addr)"))?;
+            tracing::info!("gRPC listening on {}", l.local_addr()?);
+            Some(l)
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     // Tests and scripts read this line to find the port when --addr ends in :0.
     tracing::info!("listening on {}", listener.local_addr()?);
     let kept = state.clone();
-    let clean = crate::serve::http::serve(listener, state, shutdown, drain).await?;
+    // One signal stops both servers; each drains within the same bound.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let http = crate::serve::http::serve(listener, state.clone(), stopped(stop_rx.clone()), drain);
+    let grpc = async {
+        match grpc {
+            Some(l) => crate::serve::grpc::serve(l, state, stopped(stop_rx), drain)
+                .await
+                .map(Some)
+                .context("gRPC server failed"),
+            None => Ok(None),
+        }
+    };
+    let http = async { http.await.context("HTTP server failed") };
+    let (clean, grpc_clean) = tokio::try_join!(http, grpc)?;
     // What the payload log's writer still holds reaches the disk before the process exits.
     if let Some(log) = &kept.payload_log
         && !log.flush(Duration::from_secs(5))
     {
         tracing::warn!("payload log: queued records were not all written before exit");
     }
-    tracing::info!(clean, "stopped");
+    tracing::info!(clean, ?grpc_clean, "stopped");
     Ok(())
 }
 

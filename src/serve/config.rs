@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the chosen address is logged).
     #[arg(long, env = "CALIPER_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
+    /// Also serve the KServe V2 gRPC protocol (inference.GRPCInferenceService) and the gRPC
+    /// health service on this address (port 0 picks a free port; logged). Off when not given.
+    #[arg(long, env = "CALIPER_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
     /// Model repository: one folder per model holding model.onnx and model.toml.
     #[arg(long, env = "CALIPER_MODELS", default_value = "models")]
     pub models: PathBuf,
@@ -265,6 +269,8 @@ impl TryFrom<TrustArgs> for crate::serve::monitor::TrustConfig {
 pub struct Config {
     /// Listen address.
     pub addr: SocketAddr,
+    /// gRPC listen address, if gRPC is on.
+    pub grpc_addr: Option<SocketAddr>,
     /// `models/` folder.
     pub models_dir: PathBuf,
     /// `calib/` folder.
@@ -325,6 +331,7 @@ impl std::fmt::Debug for Config {
         let redact = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
         f.debug_struct("Config")
             .field("addr", &self.addr)
+            .field("grpc_addr", &self.grpc_addr)
             .field("models_dir", &self.models_dir)
             .field("calib_dir", &self.calib_dir)
             .field("api_key", &redact(&self.api_key))
@@ -517,6 +524,7 @@ impl TryFrom<ServeArgs> for Config {
                 .map_err(ConfigError::OtlpEndpoint)?;
         Ok(Config {
             addr: a.addr,
+            grpc_addr: a.grpc_addr,
             models_dir: a.models,
             calib_dir: a.calib,
             api_key: a.api_key,
@@ -640,6 +648,7 @@ mod tests {
         );
         let mut a = ServeArgs {
             addr: c.addr,
+            grpc_addr: None,
             models: "m".into(),
             calib: "c".into(),
             api_key: None,

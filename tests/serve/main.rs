@@ -2,7 +2,8 @@
 //! `conformal_methods`, `mahalanobis`, `large_labels`, `monitor_feedback`,
 //! `monitor_matches_eval`) and real `caliper serve` processes on a socket: `socket`,
 //! `folder_datasets` (your own images: calibrate, eval, train and serve from image folders),
-//! `monitor_crash`, `monitor_restart_gauges`, `dashboard` (the `/ui` page in a headless Chromium),
+//! `monitor_crash`, `monitor_restart_gauges`, `grpc` (the KServe V2 gRPC service through
+//! tritonclient[grpc] and the standard gRPC health check), `dashboard` (the `/ui` page in a headless Chromium),
 //! `prometheus_fleet`, `otlp_tracing` (request spans exported to an OTLP receiver),
 //! `recalibrate` (a bad calibrator refitted from feedback and swapped in),
 //! `hostile` and `hostile_memory` (limits, timeouts, faults, memory bounds), `own_model` (a third-party
@@ -19,6 +20,7 @@ mod common;
 mod conformal_methods;
 mod dashboard;
 mod folder_datasets;
+mod grpc;
 mod hostile;
 mod hostile_memory;
 mod label_shift;

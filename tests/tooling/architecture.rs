@@ -28,8 +28,9 @@ fn rank(module: &[String]) -> (u32, u32) {
         ("trust", "diagram") => 3,
         ("serve", "monitor" | "prometheus") => 1,
         ("serve", "infer") => 2,
-        ("serve", "config") => 3,
+        ("serve", "config" | "kserve") => 3,
         ("serve", "http") => 4,
+        ("serve", "grpc") => 5,
         _ => 0,
     };
     (major, minor)

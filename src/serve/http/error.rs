@@ -210,6 +210,30 @@ impl From<InferError> for ApiError {
     }
 }
 
+impl From<crate::serve::kserve::V2Error> for ApiError {
+    fn from(e: crate::serve::kserve::V2Error) -> Self {
+        use crate::serve::kserve::V2Error;
+        match e {
+            V2Error::BadRequest(m) => ApiError::BadRequest(m),
+            V2Error::TooManyImages(most) => super::v1::too_many_images(most),
+            V2Error::Timeout => ApiError::Timeout,
+            V2Error::Infer(e) => ApiError::from(e),
+        }
+    }
+}
+
+impl From<crate::serve::kserve::repository::RepositoryCallError> for ApiError {
+    fn from(e: crate::serve::kserve::repository::RepositoryCallError) -> Self {
+        use crate::serve::kserve::repository::RepositoryCallError;
+        match e {
+            RepositoryCallError::NotFound(name) => ApiError::ModelNotFound(name),
+            e @ RepositoryCallError::Removed(_) => ApiError::NotFoundDetail(e.to_string()),
+            RepositoryCallError::Failed(why) => ApiError::ReloadFailed(why),
+            e @ RepositoryCallError::Internal(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<crate::serve::monitor::FeedbackError> for ApiError {
     fn from(e: crate::serve::monitor::FeedbackError) -> Self {
         use crate::serve::monitor::{FeedbackError, TokenError};

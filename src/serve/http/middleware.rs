@@ -145,9 +145,18 @@ fn same_token(given: &[u8], expected: &[u8]) -> bool {
 }
 
 fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    authorization_matches(
+        headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+        expected,
+    )
+}
+
+/// Whether an `Authorization` value (an HTTP header, gRPC metadata) is `Bearer <expected>`.
+pub fn authorization_matches(value: Option<&[u8]>, expected: &str) -> bool {
+    value
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|t| same_token(t.trim().as_bytes(), expected.as_bytes()))
 }

@@ -24,6 +24,7 @@ use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorCode};
+pub use middleware::authorization_matches;
 pub use server::serve;
 
 use crate::serve::config::Config;
@@ -210,6 +211,17 @@ impl AppState {
                 "model {name:?} serves version {:?}, not {version:?}",
                 m.files.metadata.version
             )))
+        }
+    }
+
+    /// What the KServe V2 request path needs from the state (HTTP and gRPC alike).
+    pub fn kserve_context(&self) -> crate::serve::kserve::Context<'_> {
+        crate::serve::kserve::Context {
+            monitor: &self.monitor,
+            metrics: &self.metrics,
+            work: self.image_work(None),
+            recal: &self.recal,
+            budget: self.config.request_timeout,
         }
     }
 
