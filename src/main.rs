@@ -20,7 +20,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the models of a repository over HTTP (caliper API + KServe V2).
-    Serve(cli::serve::ServeArgs),
+    // Boxed: the server's flags are most of the enum's size.
+    Serve(Box<cli::serve::ServeArgs>),
     /// Run the serving pipeline offline on image files and print the same JSON as the server.
     Predict(cli::predict::PredictArgs),
     /// Fit a calibrator on validation logits and write calib/NAME.json.
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
         caliper::logging::init_tracing(cli.log_json);
     }
     let result = match cli.command {
-        Command::Serve(a) => cli::serve::run(a, cli.log_json),
+        Command::Serve(a) => cli::serve::run(*a, cli.log_json),
         Command::Predict(a) => cli::predict::run(a),
         Command::Calibrate(a) => cli::calibrate::run(a),
         Command::Eval(a) => cli::eval::run(a),

@@ -47,6 +47,8 @@ pub fn principal_dim(d: usize) -> usize {
 impl Vim {
     /// Fits on validation features and logits (to recover the last layer) and training
     /// features (the subspace and alpha).
+    // Index loops mirror the covariance formula (lower triangle, then mirrored).
+    #[allow(clippy::needless_range_loop)]
     pub fn fit(
         val_features: ArrayView2<'_, f64>,
         val_logits: ArrayView2<'_, f64>,
@@ -85,7 +87,8 @@ impl Vim {
             }
         }
         let rel = (err / total.max(f64::MIN_POSITIVE)).sqrt();
-        if !(rel <= MAX_LINEAR_ERROR) {
+        // NaN (no logits at all) fails too.
+        if rel.is_nan() || rel > MAX_LINEAR_ERROR {
             return Err(OodError::InvalidOption(format!(
                 "ViM: the logits are not a linear function of these features (relative error \
                  {rel:.2e}); name the input of the final linear layer as the features output"
@@ -195,20 +198,22 @@ mod tests {
     use super::*;
     use ndarray::Array2;
 
-    /// Features in a 3-dimensional subspace of R^8 (plus small noise), logits a linear map of
-    /// them: an input with a large component outside that subspace scores higher.
-    fn setup() -> (Array2<f64>, Array2<f64>, impl Fn(&[f64]) -> Vec<f64>) {
-        let head = |x: &[f64]| -> Vec<f64> {
-            (0..4)
-                .map(|j| {
-                    x.iter()
-                        .enumerate()
-                        .map(|(i, v)| v * (((i * 5 + j * 3) % 7) as f64 - 3.0) * 0.3)
-                        .sum::<f64>()
-                        + j as f64 * 0.1
-                })
-                .collect()
-        };
+    /// The test's last layer: 4 logits, linear in 8 features.
+    fn head(x: &[f64]) -> Vec<f64> {
+        (0..4)
+            .map(|j| {
+                x.iter()
+                    .enumerate()
+                    .map(|(i, v)| v * (((i * 5 + j * 3) % 7) as f64 - 3.0) * 0.3)
+                    .sum::<f64>()
+                    + j as f64 * 0.1
+            })
+            .collect()
+    }
+
+    /// Features in a 3-dimensional subspace of R^8 (plus small noise), logits [`head`] of them:
+    /// an input with a large component outside that subspace scores higher.
+    fn setup() -> (Array2<f64>, Array2<f64>) {
         let feats = Array2::from_shape_fn((400, 8), |(r, i)| {
             let t = r as f64;
             let base = match i {
@@ -220,12 +225,12 @@ mod tests {
             base + ((r * 13 + i * 7) % 11) as f64 * 1e-3
         });
         let logits = Array2::from_shape_fn((400, 4), |(r, j)| head(&feats.row(r).to_vec())[j]);
-        (feats, logits, head)
+        (feats, logits)
     }
 
     #[test]
     fn off_subspace_inputs_score_higher() {
-        let (f, z, head) = setup();
+        let (f, z) = setup();
         let vim = Vim::fit(f.view(), z.view(), f.view()).unwrap();
         assert_eq!(vim.principal.len(), 4);
         let id = f.row(7).to_vec();
@@ -242,7 +247,7 @@ mod tests {
 
     #[test]
     fn features_that_are_not_the_last_layers_input_are_refused() {
-        let (f, mut z, _) = setup();
+        let (f, mut z) = setup();
         z.mapv_inplace(|v| v * v);
         let e = Vim::fit(f.view(), z.view(), f.view())
             .unwrap_err()
