@@ -113,6 +113,13 @@ impl Server {
         client.get(url).send().await.unwrap().json().await.unwrap()
     }
 
+    /// `POST /v1/feedback` of a batch of `{prediction_id, label}` items; the answer as JSON.
+    pub async fn feedback(&self, client: &reqwest::Client, items: &[Value]) -> Value {
+        let body = serde_json::json!({ "feedback": items });
+        let req = client.post(self.url("/v1/feedback")).json(&body);
+        req.send().await.unwrap().json().await.unwrap()
+    }
+
     /// `http://host:port` + path.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)

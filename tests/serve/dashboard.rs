@@ -125,15 +125,7 @@ async fn dashboard_shows_the_live_monitor_and_predicts_an_uploaded_image() {
         )
         .await,
     );
-    let resp: Value = client
-        .post(server.url("/v1/feedback"))
-        .json(&json!({ "feedback": items }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let resp = server.feedback(&client, &items).await;
     assert_eq!(resp["accepted"], 450, "{resp}");
     let monitor = server.monitor(&client, "mnist").await;
     let ece = monitor["live"]["ece"].as_f64().unwrap();

@@ -119,15 +119,7 @@ async fn label_shift_is_estimated_corrected_and_coverage_is_tracked() {
         }
     }
     for batch in feedback.chunks(1_000) {
-        let v: Value = client
-            .post(server.url("/v1/feedback"))
-            .json(&json!({ "feedback": batch }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = server.feedback(&client, batch).await;
         assert_eq!(v["accepted"].as_u64(), Some(batch.len() as u64), "{v}");
     }
 

@@ -78,14 +78,19 @@ fn refused(out: Output) -> String {
 
 /// `caliper import` of the third-party model with the ImageNet preset into `root/models`.
 fn import(root: &Path, name: &str, extra: &[&str]) -> String {
-    let mut args: Vec<std::ffi::OsString> = vec!["import".into(), model().into()];
+    ok(import_file(root, &model(), name, extra))
+}
+
+/// `caliper import FILE` with the ImageNet preset and labels into `root/models`, unchecked.
+fn import_file(root: &Path, file: &Path, name: &str, extra: &[&str]) -> Output {
+    let mut args: Vec<std::ffi::OsString> = vec!["import".into(), file.into()];
     for a in ["--name", name, "--preset", "imagenet"] {
         args.push(a.into());
     }
     args.extend(["--labels".into(), labels().into()]);
     args.extend(["--models-dir".into(), root.join("models").into()]);
     args.extend(extra.iter().map(Into::into));
-    ok(caliper(args))
+    caliper(args)
 }
 
 /// The independent pipeline's predictions, one per photo.
@@ -379,19 +384,7 @@ async fn a_channels_last_softmax_graph_is_imported_and_served_like_the_original(
     let root = tempfile::tempdir().unwrap();
     import(root.path(), "effnet", &[]);
     let keras = keras_style_variant(root.path());
-    let out = caliper([
-        "import".as_ref(),
-        keras.as_os_str(),
-        "--name".as_ref(),
-        "keras".as_ref(),
-        "--preset".as_ref(),
-        "imagenet".as_ref(),
-        "--labels".as_ref(),
-        labels().as_os_str(),
-        "--models-dir".as_ref(),
-        root.path().join("models").as_os_str(),
-    ]);
-    let said = ok_with_stderr(out);
+    let said = ok_with_stderr(import_file(root.path(), &keras, "keras", &[]));
     assert!(said.contains("[N, 224, 224, 3] (NHWC)"), "{said}");
     // The Softmax is noticed and its input served as the logits, with a note saying so.
     assert!(

@@ -89,15 +89,7 @@ async fn replaying_the_payload_log_with_the_labels_gives_the_live_report() {
         .iter()
         .map(|(p, y)| json!({"prediction_id": p, "label": y}))
         .collect();
-    let fb: Value = client
-        .post(server.url("/v1/feedback"))
-        .json(&json!({ "feedback": items }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let fb = server.feedback(&client, &items).await;
     assert_eq!(
         (fb["accepted"].as_u64(), fb["duplicates"].as_u64()),
         (Some(60), Some(1)),

@@ -75,15 +75,7 @@ async fn predict(
 }
 
 async fn feedback(client: &reqwest::Client, server: &Server, items: &[Value]) {
-    let v: Value = client
-        .post(server.url("/v1/feedback"))
-        .json(&json!({ "feedback": items }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = server.feedback(client, items).await;
     assert_eq!(v["accepted"].as_u64(), Some(items.len() as u64), "{v}");
 }
 

@@ -157,43 +157,5 @@ mod tests {
         );
         assert!(BinarySection::new(Bytes::new()).finish().is_ok());
     }
-
-    #[test]
-    fn fp32_is_little_endian_sized_and_finite() {
-        let raw: Vec<u8> = [1.5f32, -2.0]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
-        assert_eq!(decode_fp32(&raw, 2).unwrap(), [1.5, -2.0]);
-        let e = decode_fp32(&raw, 3).unwrap_err();
-        assert!(e.contains("8 bytes but 3 FP32 elements take 12"), "{e}");
-        assert!(decode_fp32(&raw[..7], 2).is_err());
-        let nan: Vec<u8> = [0.0f32, f32::NAN]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
-        assert!(decode_fp32(&nan, 2).unwrap_err().contains("element 1"));
-        assert!(decode_fp32(&[], usize::MAX).is_err());
-    }
-
-    #[test]
-    fn bytes_elements_round_trip_and_truncation_is_refused() {
-        let items: [&[u8]; 3] = [b"png", b"", b"\x00\xff"];
-        let raw = Bytes::from(encode_bytes(items));
-        // Triton's layout by hand: 3,0,0,0,'p','n','g', 0,0,0,0, 2,0,0,0,0x00,0xff.
-        assert_eq!(
-            &raw[..],
-            b"\x03\x00\x00\x00png\x00\x00\x00\x00\x02\x00\x00\x00\x00\xff"
-        );
-        let back = decode_bytes(&raw).unwrap();
-        assert_eq!(back.iter().map(|b| &b[..]).collect::<Vec<_>>(), items);
-        let e = decode_bytes(&raw.slice(..raw.len() - 1)).unwrap_err();
-        assert!(
-            e.contains("element 2 at byte 11 declares 2 bytes but only 1 follow"),
-            "{e}"
-        );
-        let e = decode_bytes(&raw.slice(..9)).unwrap_err();
-        assert!(e.contains("element 1 at byte 7: 2 bytes left"), "{e}");
-        assert!(decode_bytes(&Bytes::new()).unwrap().is_empty());
-    }
+    // The element layouts (decode_fp32, decode_bytes, encode_bytes) are tested in kserve::raw.
 }
