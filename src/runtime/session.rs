@@ -3,6 +3,10 @@
 //! `model.toml` names one ([`ClassifierSession::with_features`]), the `[N, D]` penultimate
 //! features that the Mahalanobis OOD detector scores.
 //!
+//! On a CUDA device ([`ClassifierSession::open`]) the batch goes to the device in one copy per
+//! run (the whole `[N, C, H, W]` tensor, which ONNX Runtime copies before the first node) and
+//! each output comes back in one copy after the last.
+//!
 //! `Session::run` needs `&mut self` (ONNX Runtime internals are not thread safe), so a
 //! [`ClassifierSession`] is meant to be owned by exactly one thread (see `infer::worker`).
 
@@ -12,7 +16,7 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 
-use super::{OrtLibraryError, environment};
+use super::{CudaOptions, Device, DeviceError, OrtLibraryError, environment};
 
 /// Errors building or running a session.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +24,9 @@ pub enum RuntimeError {
     /// The ONNX Runtime library itself is unavailable.
     #[error(transparent)]
     Library(#[from] OrtLibraryError),
+    /// The session's device cannot be used (no GPU build of ONNX Runtime, no driver, no device).
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     /// The model file could not be turned into a session.
     #[error("{path}: cannot create an ONNX Runtime session: {reason}")]
     Load { path: PathBuf, reason: String },
@@ -75,6 +82,8 @@ pub struct ClassifierSession {
     fixed_batch: Option<usize>,
     /// The model file, for errors.
     path: PathBuf,
+    /// Where it runs.
+    device: Device,
 }
 
 impl ClassifierSession {
@@ -88,21 +97,58 @@ impl ClassifierSession {
         image_shape: [usize; 3],
         intra_op_threads: usize,
     ) -> Result<Self, RuntimeError> {
+        Self::open(
+            path,
+            input_name,
+            logits_name,
+            image_shape,
+            intra_op_threads,
+            Device::Cpu,
+        )
+    }
+
+    /// Like [`new`](Self::new), on `device`. A CUDA device that cannot be used is a
+    /// [`RuntimeError::Device`] (never a silent CPU session).
+    pub fn open(
+        path: &Path,
+        input_name: &str,
+        logits_name: &str,
+        image_shape: [usize; 3],
+        intra_op_threads: usize,
+        device: Device,
+    ) -> Result<Self, RuntimeError> {
         let env = environment()?;
         let load = |e: String| RuntimeError::Load {
             path: path.to_path_buf(),
             reason: e,
         };
-        let session = Session::builder(env)
+        let builder = Session::builder(env)
             .map_err(|e| load(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| load(e.to_string()))?
             .with_intra_threads(intra_op_threads)
             .map_err(|e| load(e.to_string()))?
             .with_inter_threads(1)
-            .map_err(|e| load(e.to_string()))?
-            .commit_from_file(path)
             .map_err(|e| load(e.to_string()))?;
+        // TF32 off: served logits are float32 like the CPU's, which the calibration was fitted
+        // on (TF32 rounds convolution inputs to 10 mantissa bits, moving logits by ~1e-3).
+        let cuda = CudaOptions {
+            tf32: false,
+            ..CudaOptions::default()
+        };
+        let session = super::place(builder, device, cuda)?
+            .commit_from_file(path)
+            .map_err(|e| {
+                let reason = e.to_string();
+                // The CUDA provider meets the device only when the session is created: a
+                // missing or busy GPU surfaces here, and is a device error, not a model error.
+                match (device, super::init_onnxruntime()) {
+                    (Device::Cuda(_), Ok(lib)) if reason.contains("CUDA") => {
+                        RuntimeError::Device(super::explain(device, lib, None, &reason))
+                    }
+                    _ => load(reason),
+                }
+            })?;
         let check = |kind: &'static str, name: &str, names: Vec<&str>| {
             if names.contains(&name) {
                 Ok(())
@@ -134,7 +180,13 @@ impl ClassifierSession {
             features_name: None,
             image_shape,
             path: path.to_path_buf(),
+            device,
         })
+    }
+
+    /// Where the session runs.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// Also fetch the output `name` (penultimate features, `[N, D]` or `[N, D, 1, 1]`) on every

@@ -1,6 +1,6 @@
 //! The serving integration tests, one binary: the router in process (`router`, `trust`,
 //! `conformal_methods`, `mahalanobis`, `large_labels`, `monitor_feedback`,
-//! `monitor_matches_eval`) and real `caliper serve` processes on a socket: `socket`,
+//! `monitor_matches_eval`, `device`) and real `caliper serve` processes on a socket: `socket`,
 //! `folder_datasets` (your own images: calibrate, eval, train and serve from image folders),
 //! `monitor_crash`, `monitor_restart_gauges`,
 //! `prometheus_fleet`, `hostile` (limits, timeouts and faults), `own_model` (a third-party
@@ -11,6 +11,7 @@
 mod common;
 
 mod conformal_methods;
+mod device;
 mod folder_datasets;
 mod hostile;
 mod large_labels;

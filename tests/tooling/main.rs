@@ -1,10 +1,11 @@
 //! Checks on the repository as a whole, one binary: the layering of `src/` (`architecture`), the
 //! dataset readers on the real files under data/ (`data_real`), the deployment manifests
-//! (`deploy_manifests`), the fetch and benchmark scripts (`scripts`) and `caliper-train plot`
+//! (`deploy_manifests`), the CPU and GPU container images (`dockerfiles`), the fetch and benchmark scripts (`scripts`) and `caliper-train plot`
 //! (`train_plot`).
 
 mod architecture;
 mod data_real;
 mod deploy_manifests;
+mod dockerfiles;
 mod scripts;
 mod train_plot;

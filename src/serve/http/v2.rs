@@ -141,6 +141,8 @@ pub async fn model_metadata(
             "labels": meta.labels,
             "calibrated": m.is_calibrated(),
             "calibration_method": m.calibrator.method(),
+            "device": m.device.to_string(),
+            "max_batch_size": m.max_batch_size,
         },
     })))
 }

@@ -12,7 +12,8 @@ mod registry;
 
 use bytes::Bytes;
 
-pub use model::{LoadedModel, ModelOptions, RowOutput};
+pub use batcher::DeviceDefaults;
+pub use model::{ExplicitBatching, LoadedModel, ModelOptions, RowOutput};
 pub use prediction::{
     DEFAULT_TOP_K, Prediction, PredictionError, PredictionList, RequestOptions, TopK,
     build_prediction,
