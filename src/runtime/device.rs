@@ -118,7 +118,19 @@ pub fn explain(
     preload_error: Option<&String>,
     ort: &str,
 ) -> DeviceError {
-    let first = ort.lines().next().unwrap_or_default().trim();
+    // ONNX Runtime's CUDA errors read "... CUDA failure N: TEXT ; GPU=... ; file=...": the
+    // part worth a line is "CUDA failure N: TEXT".
+    let failure = ort
+        .find("CUDA failure")
+        .map(|i| ort[i..].split(" ;").next().unwrap_or_default().trim());
+    let first: String = ort
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .take(300)
+        .collect();
     let dir = library.parent().unwrap_or(Path::new("."));
     let reason = if !dir.join("libonnxruntime_providers_cuda.so").is_file() {
         format!(
@@ -135,9 +147,20 @@ pub fn explain(
     } else if ort.contains("libcuda.so") {
         "no NVIDIA driver on this machine (libcuda.so.1 not found); use --device cpu".to_string()
     } else if ort.contains("no CUDA-capable device") || ort.contains("invalid device ordinal") {
-        format!("no such CUDA device on this machine ({first}); use --device cpu or another cuda:N")
+        format!(
+            "no such CUDA device on this machine ({}); use --device cpu or another cuda:N",
+            failure.unwrap_or(&first)
+        )
+    } else if ort.contains("driver version is insufficient") {
+        format!(
+            "the NVIDIA driver is too old for CUDA 13 (needs 580 or newer: {}); use --device cpu",
+            failure.unwrap_or(&first)
+        )
     } else {
-        format!("the CUDA execution provider failed: {first}")
+        format!(
+            "the CUDA execution provider failed: {}",
+            failure.unwrap_or(&first)
+        )
     };
     DeviceError(format!("{device}: {}", reason.replace('\n', " ")))
 }
@@ -268,6 +291,17 @@ mod tests {
         assert!(
             e.contains("no such CUDA device") && !e.contains("more"),
             "{e}"
+        );
+        // Seen with a stub libcuda.so.1 standing in for a driver (this machine has no GPU).
+        let old = "/onnxruntime_src/onnxruntime/core/providers/cuda/cuda_execution_provider_info.cc:63 \
+                   static onnxruntime::CUDAExecutionProviderInfo ... [ONNXRuntimeError] : 1 : FAIL : \
+                   Parse Failed to parse provider option \"device_id\": CUDA failure 35: CUDA driver \
+                   version is insufficient for CUDA runtime version ; GPU=-1 ; hostname=vm ; file=x";
+        let e = explain(Device::Cuda(0), &lib, None, old).0;
+        assert_eq!(
+            e,
+            "cuda:0: the NVIDIA driver is too old for CUDA 13 (needs 580 or newer: CUDA failure 35: \
+             CUDA driver version is insufficient for CUDA runtime version); use --device cpu"
         );
         let missing = "libcudnn.so.9: cannot open".to_string();
         let e = explain(Device::Cuda(0), &lib, Some(&missing), driver).0;

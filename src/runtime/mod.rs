@@ -1,6 +1,7 @@
 //! ONNX Runtime: finding and loading the shared library, and the sessions that run models. This
 //! is the only place besides the trainer's graph runner that touches `ort`.
 
+mod binding;
 pub mod cuda;
 mod device;
 mod library;

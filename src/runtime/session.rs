@@ -4,18 +4,19 @@
 //! features that the Mahalanobis OOD detector scores.
 //!
 //! On a CUDA device ([`ClassifierSession::open`]) the batch goes to the device in one copy per
-//! run (the whole `[N, C, H, W]` tensor, which ONNX Runtime copies before the first node) and
-//! each output comes back in one copy after the last.
+//! run, from page-locked host memory through IoBinding (`super::binding`), and each output comes
+//! back in one copy into page-locked memory after the last node.
 //!
 //! `Session::run` needs `&mut self` (ONNX Runtime internals are not thread safe), so a
 //! [`ClassifierSession`] is meant to be owned by exactly one thread (see `infer::worker`).
 
 use std::path::{Path, PathBuf};
 
-use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionOutputs};
 use ort::value::TensorRef;
 
+use super::binding::HostBinding;
 use super::{CudaOptions, Device, DeviceError, OrtLibraryError, environment};
 
 /// Errors building or running a session.
@@ -84,6 +85,8 @@ pub struct ClassifierSession {
     path: PathBuf,
     /// Where it runs.
     device: Device,
+    /// IoBinding from pinned host memory (CUDA); `None`: `Session::run` on the caller's slice.
+    binding: Option<HostBinding>,
 }
 
 impl ClassifierSession {
@@ -172,7 +175,19 @@ impl ClassifierSession {
             session.outputs().iter().map(|o| o.name()).collect(),
         )?;
         let fixed_batch = check_input_shape(&session, path, input_name, image_shape)?;
+        let binding = match device {
+            Device::Cpu => None,
+            Device::Cuda(_) => match HostBinding::new(&session, true) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    // Still correct, only slower: the copies go through pageable memory.
+                    tracing::warn!(error = %e, "no pinned host memory; feeding the GPU with Session::run");
+                    None
+                }
+            },
+        };
         Ok(Self {
+            binding,
             session,
             fixed_batch,
             input_name: input_name.to_string(),
@@ -229,41 +244,83 @@ impl ClassifierSession {
         let batch = input.len() / per;
         debug_assert_eq!(batch * per, input.len(), "caller passes whole images");
         let [c, h, w] = self.image_shape;
-        let tensor = TensorRef::from_array_view(([batch, c, h, w], input))
-            .map_err(|e| RuntimeError::Run(e.to_string()))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => tensor])
-            .map_err(|e| RuntimeError::Run(e.to_string()))?;
-        let extract = |name: &str| {
-            outputs[name]
-                .try_extract_tensor::<f32>()
-                .map(|(shape, data)| (shape.iter().copied().collect::<Vec<i64>>(), data))
-                .map_err(|e| RuntimeError::Run(e.to_string()))
+        let run_err = |e: ort::Error| RuntimeError::Run(e.to_string());
+        let names = Names {
+            logits: &self.logits_name,
+            features: self.features_name.as_deref(),
         };
-        let (dims, data) = extract(self.logits_name.as_str())?;
-        let (logits, classes) = match dims.as_slice() {
-            [n, k] if *n as usize == batch && *k > 0 => (data.to_vec(), *k as usize),
-            _ => return Err(RuntimeError::OutputShape { got: dims, batch }),
-        };
-        let features = match &self.features_name {
-            None => None,
-            Some(name) => {
-                let (dims, data) = extract(name)?;
-                // [N, D] or [N, D, 1, 1] (a pooled convolution): flatten what follows N.
-                let d: i64 = dims.iter().skip(1).product();
-                if dims.len() < 2 || dims[0] as usize != batch || d <= 0 {
-                    return Err(RuntimeError::FeatureShape { got: dims, batch });
-                }
-                Some((data.to_vec(), d as usize))
+        match &mut self.binding {
+            Some(b) => {
+                let mut outputs = vec![names.logits];
+                outputs.extend(names.features);
+                let bound = b
+                    .bind(&self.input_name, [batch, c, h, w], input, &outputs)
+                    .map_err(run_err)?;
+                let out = self.session.run_binding(bound).map_err(run_err)?;
+                collect(&out, &names, batch)
             }
-        };
-        Ok(BatchOutput {
-            logits,
-            classes,
-            features,
-        })
+            None => {
+                let tensor =
+                    TensorRef::from_array_view(([batch, c, h, w], input)).map_err(run_err)?;
+                let out = self
+                    .session
+                    .run(ort::inputs![self.input_name.as_str() => tensor])
+                    .map_err(run_err)?;
+                collect(&out, &names, batch)
+            }
+        }
     }
+
+    /// Feeds this session through IoBinding from ONNX Runtime's plain host allocator: the
+    /// CUDA path's code on the CPU, for the tests.
+    #[cfg(test)]
+    fn with_host_binding(mut self) -> Self {
+        self.binding = Some(HostBinding::new(&self.session, false).unwrap());
+        self
+    }
+}
+
+/// The output names a run fetches.
+struct Names<'a> {
+    logits: &'a str,
+    features: Option<&'a str>,
+}
+
+/// Copies the logits (and features) of a run of `batch` images out of ONNX Runtime, checking
+/// their shapes.
+fn collect(
+    out: &SessionOutputs<'_>,
+    names: &Names<'_>,
+    batch: usize,
+) -> Result<BatchOutput, RuntimeError> {
+    let extract = |name: &str| {
+        out[name]
+            .try_extract_tensor::<f32>()
+            .map(|(shape, data)| (shape.iter().copied().collect::<Vec<i64>>(), data))
+            .map_err(|e| RuntimeError::Run(e.to_string()))
+    };
+    let (dims, data) = extract(names.logits)?;
+    let (logits, classes) = match dims.as_slice() {
+        [n, k] if *n as usize == batch && *k > 0 => (data.to_vec(), *k as usize),
+        _ => return Err(RuntimeError::OutputShape { got: dims, batch }),
+    };
+    let features = match names.features {
+        None => None,
+        Some(name) => {
+            let (dims, data) = extract(name)?;
+            // [N, D] or [N, D, 1, 1] (a pooled convolution): flatten what follows N.
+            let d: i64 = dims.iter().skip(1).product();
+            if dims.len() < 2 || dims[0] as usize != batch || d <= 0 {
+                return Err(RuntimeError::FeatureShape { got: dims, batch });
+            }
+            Some((data.to_vec(), d as usize))
+        }
+    };
+    Ok(BatchOutput {
+        logits,
+        classes,
+        features,
+    })
 }
 
 /// Compares the graph's declared input shape (where it is static) with the metadata, so that a
@@ -333,6 +390,28 @@ mod tests {
         let s = ClassifierSession::new(&fixture(), "input", "logits", [1, 28, 28], 1).unwrap();
         let e = s.with_features("penultimate").unwrap_err();
         assert!(e.to_string().contains("\"penultimate\""), "{e}");
+    }
+
+    #[test]
+    fn the_bound_path_answers_what_run_answers() {
+        let open = || {
+            ClassifierSession::new(&fixture(), "input", "logits", [1, 28, 28], 1)
+                .unwrap()
+                .with_features("features")
+                .unwrap()
+        };
+        let (mut plain, mut bound) = (open(), open().with_host_binding());
+        // Several batch sizes, each twice, and back: the kept tensors are reused and rebound.
+        for n in [3usize, 1, 3, 8, 1] {
+            let x: Vec<f32> = (0..n * 784)
+                .map(|i| ((i * 7919) % 255) as f32 / 255.0)
+                .collect();
+            assert_eq!(
+                bound.run_outputs(&x).unwrap(),
+                plain.run_outputs(&x).unwrap(),
+                "batch {n}"
+            );
+        }
     }
 
     #[test]

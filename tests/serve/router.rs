@@ -514,7 +514,7 @@ async fn metrics_are_labelled_by_route_template_and_model() {
         "caliper_batch_size_count{model=\"mnist-mlp\"}",
         "caliper_queue_duration_seconds_bucket{model=\"mnist-mlp\"",
         "caliper_inference_duration_seconds_sum{model=\"mnist-mlp\"}",
-        "caliper_model_info{calibration=\"ts\",model=\"mnist-mlp\"",
+        "caliper_model_info{calibration=\"ts\",device=\"cpu\",model=\"mnist-mlp\"",
         "caliper_in_flight_requests 1",
     ] {
         assert!(text.contains(needle), "missing {needle}\n{text}");
