@@ -11,7 +11,7 @@
 //! (padded to 8 on the GPU) and 32; and a real `caliper serve --device cuda:0` process serves
 //! them. Without the variable those tests print why they are skipped and pass.
 
-use crate::common::{self, get, post_json, send};
+use crate::common::{self, floats, get, post_json, send};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -153,14 +153,6 @@ fn inputs(n: usize, len: usize, seed: u64) -> Vec<f32> {
                 .wrapping_add(1442695040888963407);
             ((x >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
         })
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
         .collect()
 }
 

@@ -23,14 +23,6 @@ fn softmax_t(z: &[f64], t: f64) -> Vec<f64> {
     e.iter().map(|v| v / s).collect()
 }
 
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn predicts_real_digits_like_the_numpy_reference() {
     let r = repo();
