@@ -3,8 +3,13 @@
 CARGO ?= cargo
 ADDR ?= 127.0.0.1:8080
 ORT_LIB := third_party/onnxruntime/lib/libonnxruntime.so
+# CUDA=1: fetch the GPU build of ONNX Runtime with the CUDA 13 / cuDNN 9 libraries (about 1.4 GB
+# of wheels, downloaded once into third_party/.cache/) and bake its path into the binaries
+# (build.rs reads CALIPER_CUDA). Without it everything is the CPU build, as before.
+CUDA ?=
+export CALIPER_CUDA := $(if $(filter 1,$(CUDA)),1,0)
 
-.PHONY: build run test lint fmt fetch fetch-data fetch-test-models deps bench-deps bench bench-train bench-calibration clean check-models
+.PHONY: build run test lint fmt fetch fetch-cuda fetch-data fetch-test-models deps bench-deps bench bench-train bench-calibration clean check-models
 
 # Where scripts/fetch-data.sh finds CIFAR-10 and PneumoniaMNIST (docs/DATA.md): a folder holding
 # cifar10-jpg.tar.gz and pneumoniamnist.npz (default ../shared/data when it exists), else the
@@ -15,7 +20,11 @@ export CALIPER_DATA_MIRROR CALIPER_DATA_OFFLINE
 $(ORT_LIB):
 	scripts/fetch-onnxruntime.sh
 
-fetch: $(ORT_LIB)
+fetch: $(ORT_LIB) $(if $(filter 1,$(CUDA)),fetch-cuda)
+
+## fetch-cuda: onnxruntime-gpu and the NVIDIA libraries it needs (idempotent, sha256-checked)
+fetch-cuda:
+	scripts/fetch-onnxruntime.sh --cuda
 
 fetch-data:
 	scripts/fetch-data.sh
@@ -28,7 +37,7 @@ fetch-test-models:
 deps:
 	scripts/install-test-deps.sh
 
-## build: fetch what is missing, build the release binaries into target/release/
+## build: fetch what is missing, build the release binaries into target/release/ (CUDA=1: GPU build)
 build: fetch
 	$(CARGO) build --release --locked --bins
 

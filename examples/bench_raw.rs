@@ -7,6 +7,9 @@
 //! session, as the server does), and the single-image decode + run latency (p50, p99, ms).
 //! Sessions also fetch the features output when model.toml names one, as the server's do.
 //!
+//! `DEVICE=cuda:0` runs the sessions on that device (as `caliper serve --device cuda:0` does,
+//! without the server's padding of batches to warmed-up sizes: BATCH is the only size run).
+//!
 //! It also reports the CPU time per image of decode + ONNX Runtime (`raw_decode_ort_cpu_us`,
 //! from the threads' own run time in /proc), which other processes on a shared machine do not
 //! inflate: the server's CPU time per request is compared with it.
@@ -35,13 +38,18 @@ fn main() -> anyhow::Result<()> {
     let limits = ImageLimits {
         max_pixels: 1 << 26,
     };
+    let device: caliper::runtime::Device = std::env::var("DEVICE")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()
+        .map_err(anyhow::Error::msg)?;
     let new_session = || -> anyhow::Result<ClassifierSession> {
-        let s = ClassifierSession::new(
+        let s = ClassifierSession::open(
             &dir.join("model.onnx"),
             &i.name,
             &meta.output.logits,
             shape,
             intra,
+            device,
         )?;
         Ok(match &meta.output.features {
             Some(f) => s.with_features(f)?,

@@ -1,6 +1,6 @@
-//! `caliper serve`: validate the arguments, raise the descriptor limit, load ONNX Runtime and
-//! every model (warm-up included), bind, and serve until SIGTERM or Ctrl-C, then drain within
-//! `--shutdown-timeout-ms` and exit, whatever work is still running.
+//! `caliper serve`: validate the arguments, raise the descriptor limit, load ONNX Runtime, check
+//! the `--device`, load every model (warm-up included), bind, and serve until SIGTERM or Ctrl-C,
+//! then drain within `--shutdown-timeout-ms` and exit, whatever work is still running.
 
 use std::time::Duration;
 
@@ -31,6 +31,12 @@ pub fn run(args: ServeArgs, log_json: bool) -> anyhow::Result<()> {
     raise_descriptor_limit(config.max_connections);
     let lib = crate::runtime::init_onnxruntime()?;
     tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
+    // A GPU that cannot be used stops the server here, in one line, before any model loads
+    // (ONNX Runtime would otherwise run every model on the CPU without a word).
+    crate::runtime::probe(config.device).map_err(|e| anyhow::anyhow!("--device {e}"))?;
+    if config.device.is_cuda() {
+        tracing::info!(device = %config.device, "CUDA device ready");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("caliper-http")

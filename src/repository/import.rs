@@ -556,6 +556,7 @@ pub fn import(opts: &ImportOptions) -> Result<Imported, ImportError> {
         schema_version: METADATA_SCHEMA_VERSION,
         version: opts.version.clone(),
         labels: opts.labels.clone(),
+        device: None,
         input: InputSpec {
             name: facts.input.clone(),
             layout: layout.into(),

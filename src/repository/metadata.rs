@@ -135,6 +135,10 @@ pub struct ModelMetadata {
     pub version: String,
     /// Class labels in output order.
     pub labels: Vec<String>,
+    /// Where `caliper serve` runs this model (`"cpu"` or `"cuda:N"`), overriding `--device`.
+    /// Absent: the server's device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<crate::runtime::Device>,
     /// The image input.
     pub input: InputSpec,
     /// The outputs.
@@ -231,6 +235,7 @@ mod tests {
             schema_version: METADATA_SCHEMA_VERSION,
             version: "1".into(),
             labels: (0..10).map(|d| d.to_string()).collect(),
+            device: None,
             input: InputSpec {
                 name: "input".into(),
                 layout: "NCHW".into(),
@@ -283,6 +288,19 @@ mod tests {
         bad.provenance.source = "m.onnx".into();
         bad.save(&p).unwrap();
         assert_eq!(ModelMetadata::load(&p).unwrap(), bad);
+        // The per-model device round-trips; a bad one names what is accepted.
+        bad.device = Some(crate::runtime::Device::Cuda(0));
+        bad.save(&p).unwrap();
+        assert!(
+            std::fs::read_to_string(&p)
+                .unwrap()
+                .contains("device = \"cuda:0\"")
+        );
+        assert_eq!(ModelMetadata::load(&p).unwrap(), bad);
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.replace("cuda:0", "gpu0")).unwrap();
+        let e = ModelMetadata::load(&p).unwrap_err().to_string();
+        assert!(e.contains("expected cpu or cuda:N"), "{e}");
         std::fs::write(&p, "labels = 3").unwrap();
         assert!(matches!(
             ModelMetadata::load(&p),

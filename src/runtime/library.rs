@@ -4,7 +4,9 @@
 //! 1. `ORT_DYLIB_PATH` (the variable `ort` itself documents);
 //! 2. `libonnxruntime.so` next to the running executable (how the Docker image ships it);
 //! 3. the path baked in by `build.rs`: `third_party/onnxruntime/lib/libonnxruntime.so`, where
-//!    `scripts/fetch-onnxruntime.sh` (run by `make build`) puts the library from the PyPI wheel.
+//!    `scripts/fetch-onnxruntime.sh` (run by `make build`) puts the library from the PyPI wheel;
+//!    in a build made with `make build CUDA=1`, `third_party/onnxruntime-cuda/lib/` instead (the
+//!    `onnxruntime-gpu` wheel and the NVIDIA libraries its CUDA provider needs).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -14,8 +16,10 @@ use std::sync::OnceLock;
 pub enum OrtLibraryError {
     /// No candidate path exists.
     #[error(
-        "ONNX Runtime library not found (looked at: {searched}). Run `scripts/fetch-onnxruntime.sh` \
-         (or `make build`), or set ORT_DYLIB_PATH to a libonnxruntime.so of version 1.24 or newer"
+        "ONNX Runtime library not found (looked at: {searched}). Run `{fetch}` (or `make build{make}`), \
+         or set ORT_DYLIB_PATH to a libonnxruntime.so of version 1.24 or newer",
+        fetch = if built_for_cuda() { "scripts/fetch-onnxruntime.sh --cuda" } else { "scripts/fetch-onnxruntime.sh" },
+        make = if built_for_cuda() { " CUDA=1" } else { "" }
     )]
     NotFound { searched: String },
     /// The file exists but could not be loaded or initialised.
@@ -24,6 +28,12 @@ pub enum OrtLibraryError {
 }
 
 const LIB_NAME: &str = "libonnxruntime.so";
+
+/// True when this binary was built with `make build CUDA=1`: its default library is the GPU
+/// build of ONNX Runtime.
+pub fn built_for_cuda() -> bool {
+    env!("CALIPER_ORT_BUILD") == "cuda"
+}
 
 /// Candidate paths in resolution order (see the module docs).
 fn candidates() -> Vec<PathBuf> {

@@ -1,9 +1,15 @@
 //! ONNX Runtime: finding and loading the shared library, and the sessions that run models. This
 //! is the only place besides the trainer's graph runner that touches `ort`.
 
+mod binding;
+pub mod cuda;
+mod device;
 mod library;
 pub mod onnx_proto;
 mod session;
 
-pub use library::{OrtLibraryError, environment, init_onnxruntime, resolve_library_path};
+pub use device::{CudaOptions, Device, DeviceError, explain, place, probe};
+pub use library::{
+    OrtLibraryError, built_for_cuda, environment, init_onnxruntime, resolve_library_path,
+};
 pub use session::{BatchOutput, ClassifierSession, RuntimeError, to_channels_first};

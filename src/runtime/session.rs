@@ -4,16 +4,21 @@
 //! `model.toml` names one ([`ClassifierSession::with_features`]), the `[N, D]` penultimate
 //! features that the Mahalanobis OOD detector scores.
 //!
+//! On a CUDA device ([`ClassifierSession::open`]) the batch goes to the device in one copy per
+//! run, from page-locked host memory through IoBinding (`super::binding`), and each output comes
+//! back in one copy into page-locked memory after the last node.
+//!
 //! `Session::run` needs `&mut self` (ONNX Runtime internals are not thread safe), so a
 //! [`ClassifierSession`] is meant to be owned by exactly one thread (see `infer::worker`).
 
 use std::path::{Path, PathBuf};
 
-use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionOutputs};
 use ort::value::TensorRef;
 
-use super::{OrtLibraryError, environment};
+use super::binding::HostBinding;
+use super::{CudaOptions, Device, DeviceError, OrtLibraryError, environment};
 
 /// Errors building or running a session.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +26,9 @@ pub enum RuntimeError {
     /// The ONNX Runtime library itself is unavailable.
     #[error(transparent)]
     Library(#[from] OrtLibraryError),
+    /// The session's device cannot be used (no GPU build of ONNX Runtime, no driver, no device).
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     /// The model file could not be turned into a session.
     #[error("{path}: cannot create an ONNX Runtime session: {reason}")]
     Load { path: PathBuf, reason: String },
@@ -83,6 +91,10 @@ pub struct ClassifierSession {
     fixed_batch: Option<usize>,
     /// The model file, for errors.
     path: PathBuf,
+    /// Where it runs.
+    device: Device,
+    /// IoBinding from pinned host memory (CUDA); `None`: `Session::run` on the caller's slice.
+    binding: Option<HostBinding>,
 }
 
 impl ClassifierSession {
@@ -96,21 +108,58 @@ impl ClassifierSession {
         image_shape: [usize; 3],
         intra_op_threads: usize,
     ) -> Result<Self, RuntimeError> {
+        Self::open(
+            path,
+            input_name,
+            logits_name,
+            image_shape,
+            intra_op_threads,
+            Device::Cpu,
+        )
+    }
+
+    /// Like [`new`](Self::new), on `device`. A CUDA device that cannot be used is a
+    /// [`RuntimeError::Device`] (never a silent CPU session).
+    pub fn open(
+        path: &Path,
+        input_name: &str,
+        logits_name: &str,
+        image_shape: [usize; 3],
+        intra_op_threads: usize,
+        device: Device,
+    ) -> Result<Self, RuntimeError> {
         let env = environment()?;
         let load = |e: String| RuntimeError::Load {
             path: path.to_path_buf(),
             reason: e,
         };
-        let session = Session::builder(env)
+        let builder = Session::builder(env)
             .map_err(|e| load(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| load(e.to_string()))?
             .with_intra_threads(intra_op_threads)
             .map_err(|e| load(e.to_string()))?
             .with_inter_threads(1)
-            .map_err(|e| load(e.to_string()))?
-            .commit_from_file(path)
             .map_err(|e| load(e.to_string()))?;
+        // TF32 off: served logits are float32 like the CPU's, which the calibration was fitted
+        // on (TF32 rounds convolution inputs to 10 mantissa bits, moving logits by ~1e-3).
+        let cuda = CudaOptions {
+            tf32: false,
+            ..CudaOptions::default()
+        };
+        let session = super::place(builder, device, cuda)?
+            .commit_from_file(path)
+            .map_err(|e| {
+                let reason = e.to_string();
+                // The CUDA provider meets the device only when the session is created: a
+                // missing or busy GPU surfaces here, and is a device error, not a model error.
+                match (device, super::init_onnxruntime()) {
+                    (Device::Cuda(_), Ok(lib)) if reason.contains("CUDA") => {
+                        RuntimeError::Device(super::explain(device, lib, None, &reason))
+                    }
+                    _ => load(reason),
+                }
+            })?;
         let check = |kind: &'static str, name: &str, names: Vec<&str>| {
             if names.contains(&name) {
                 Ok(())
@@ -134,7 +183,19 @@ impl ClassifierSession {
             session.outputs().iter().map(|o| o.name()).collect(),
         )?;
         let declared = declared_input(&session, input_name);
+        let binding = match device {
+            Device::Cpu => None,
+            Device::Cuda(_) => match HostBinding::new(&session, true) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    // Still correct, only slower: the copies go through pageable memory.
+                    tracing::warn!(error = %e, "no pinned host memory; feeding the GPU with Session::run");
+                    None
+                }
+            },
+        };
         let mut s = Self {
+            binding,
             session,
             fixed_batch: None,
             input_name: input_name.to_string(),
@@ -145,6 +206,7 @@ impl ClassifierSession {
             declared,
             scratch: Vec::new(),
             path: path.to_path_buf(),
+            device,
         };
         // A graph whose declared shape only fits channels-last is fed that way; model.toml's
         // layout then confirms it (`channels_last`).
@@ -165,6 +227,11 @@ impl ClassifierSession {
         self.channels_last = yes;
         self.fixed_batch = self.check_input_shape()?;
         Ok(self)
+    }
+
+    /// Where the session runs.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// Also fetch the output `name` (penultimate features, `[N, D]` or `[N, D, 1, 1]`) on every
@@ -207,50 +274,92 @@ impl ClassifierSession {
         let batch = input.len() / per;
         debug_assert_eq!(batch * per, input.len(), "caller passes whole images");
         let [c, h, w] = self.image_shape;
-        let tensor = if self.channels_last {
+        let run_err = |e: ort::Error| RuntimeError::Run(e.to_string());
+        let names = Names {
+            logits: &self.logits_name,
+            features: self.features_name.as_deref(),
+        };
+        let (shape, input) = if self.channels_last {
             to_channels_last(input, self.image_shape, &mut self.scratch);
-            TensorRef::from_array_view(([batch, h, w, c], self.scratch.as_slice()))
+            ([batch, h, w, c], self.scratch.as_slice())
         } else {
-            TensorRef::from_array_view(([batch, c, h, w], input))
+            ([batch, c, h, w], input)
+        };
+        match &mut self.binding {
+            Some(b) => {
+                let mut outputs = vec![names.logits];
+                outputs.extend(names.features);
+                let bound = b
+                    .bind(&self.input_name, shape, input, &outputs)
+                    .map_err(run_err)?;
+                let out = self.session.run_binding(bound).map_err(run_err)?;
+                collect(&out, &names, batch)
+            }
+            None => {
+                let tensor = TensorRef::from_array_view((shape, input)).map_err(run_err)?;
+                let out = self
+                    .session
+                    .run(ort::inputs![self.input_name.as_str() => tensor])
+                    .map_err(run_err)?;
+                collect(&out, &names, batch)
+            }
         }
-        .map_err(|e| RuntimeError::Run(e.to_string()))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => tensor])
-            .map_err(|e| RuntimeError::Run(e.to_string()))?;
-        let extract = |name: &str| {
-            outputs[name]
-                .try_extract_tensor::<f32>()
-                .map(|(shape, data)| (shape.iter().copied().collect::<Vec<i64>>(), data))
-                .map_err(|e| RuntimeError::Run(e.to_string()))
-        };
-        let (dims, data) = extract(self.logits_name.as_str())?;
-        // [N, K], or [N, K, 1, 1] from graphs that end in a 1x1 convolution or a global pool
-        // (SqueezeNet, Caffe2 exports): trailing unit dimensions change nothing.
-        let (logits, classes) = match dims.as_slice() {
-            [n, k, rest @ ..] if *n as usize == batch && *k > 0 && rest.iter().all(|&d| d == 1) => {
-                (data.to_vec(), *k as usize)
-            }
-            _ => return Err(RuntimeError::OutputShape { got: dims, batch }),
-        };
-        let features = match &self.features_name {
-            None => None,
-            Some(name) => {
-                let (dims, data) = extract(name)?;
-                // [N, D] or [N, D, 1, 1] (a pooled convolution): flatten what follows N.
-                let d: i64 = dims.iter().skip(1).product();
-                if dims.len() < 2 || dims[0] as usize != batch || d <= 0 {
-                    return Err(RuntimeError::FeatureShape { got: dims, batch });
-                }
-                Some((data.to_vec(), d as usize))
-            }
-        };
-        Ok(BatchOutput {
-            logits,
-            classes,
-            features,
-        })
     }
+
+    /// Feeds this session through IoBinding from ONNX Runtime's plain host allocator: the
+    /// CUDA path's code on the CPU, for the tests.
+    #[cfg(test)]
+    fn with_host_binding(mut self) -> Self {
+        self.binding = Some(HostBinding::new(&self.session, false).unwrap());
+        self
+    }
+}
+
+/// The output names a run fetches.
+struct Names<'a> {
+    logits: &'a str,
+    features: Option<&'a str>,
+}
+
+/// Copies the logits (and features) of a run of `batch` images out of ONNX Runtime, checking
+/// their shapes.
+fn collect(
+    out: &SessionOutputs<'_>,
+    names: &Names<'_>,
+    batch: usize,
+) -> Result<BatchOutput, RuntimeError> {
+    let extract = |name: &str| {
+        out[name]
+            .try_extract_tensor::<f32>()
+            .map(|(shape, data)| (shape.iter().copied().collect::<Vec<i64>>(), data))
+            .map_err(|e| RuntimeError::Run(e.to_string()))
+    };
+    let (dims, data) = extract(names.logits)?;
+    // [N, K], or [N, K, 1, 1] from graphs that end in a 1x1 convolution or a global pool
+    // (SqueezeNet, Caffe2 exports): trailing unit dimensions change nothing.
+    let (logits, classes) = match dims.as_slice() {
+        [n, k, rest @ ..] if *n as usize == batch && *k > 0 && rest.iter().all(|&d| d == 1) => {
+            (data.to_vec(), *k as usize)
+        }
+        _ => return Err(RuntimeError::OutputShape { got: dims, batch }),
+    };
+    let features = match names.features {
+        None => None,
+        Some(name) => {
+            let (dims, data) = extract(name)?;
+            // [N, D] or [N, D, 1, 1] (a pooled convolution): flatten what follows N.
+            let d: i64 = dims.iter().skip(1).product();
+            if dims.len() < 2 || dims[0] as usize != batch || d <= 0 {
+                return Err(RuntimeError::FeatureShape { got: dims, batch });
+            }
+            Some((data.to_vec(), d as usize))
+        }
+    };
+    Ok(BatchOutput {
+        logits,
+        classes,
+        features,
+    })
 }
 
 /// The declared dimensions of input `name` (`<= 0` where dynamic), if the graph declares them.
@@ -357,6 +466,28 @@ mod tests {
         let s = ClassifierSession::new(&fixture(), "input", "logits", [1, 28, 28], 1).unwrap();
         let e = s.with_features("penultimate").unwrap_err();
         assert!(e.to_string().contains("\"penultimate\""), "{e}");
+    }
+
+    #[test]
+    fn the_bound_path_answers_what_run_answers() {
+        let open = || {
+            ClassifierSession::new(&fixture(), "input", "logits", [1, 28, 28], 1)
+                .unwrap()
+                .with_features("features")
+                .unwrap()
+        };
+        let (mut plain, mut bound) = (open(), open().with_host_binding());
+        // Several batch sizes, each twice, and back: the kept tensors are reused and rebound.
+        for n in [3usize, 1, 3, 8, 1] {
+            let x: Vec<f32> = (0..n * 784)
+                .map(|i| ((i * 7919) % 255) as f32 / 255.0)
+                .collect();
+            assert_eq!(
+                bound.run_outputs(&x).unwrap(),
+                plain.run_outputs(&x).unwrap(),
+                "batch {n}"
+            );
+        }
     }
 
     #[test]

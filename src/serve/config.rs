@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::runtime::Device;
+use crate::serve::infer::{DeviceDefaults, ExplicitBatching};
+
 /// Invalid configuration values.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -75,16 +78,22 @@ pub struct ServeArgs {
     /// Inference requests handled at once; more are refused with 429 and Retry-After.
     #[arg(long, env = "CALIPER_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
     pub max_concurrent_requests: usize,
-    /// Most images per ONNX Runtime run.
-    #[arg(long, env = "CALIPER_MAX_BATCH_SIZE", default_value_t = 32)]
-    pub max_batch_size: usize,
+    /// Where the models run: cpu, or cuda:N for ONNX Runtime's CUDA provider on GPU N (a
+    /// binary built with `make build CUDA=1`). A GPU that cannot be used stops the server at
+    /// start-up; it never falls back to the CPU. A model's `device` in model.toml overrides it.
+    #[arg(long, env = "CALIPER_DEVICE", default_value = "cpu")]
+    pub device: Device,
+    /// Most images per ONNX Runtime run [default: 32 on cpu, 128 on cuda].
+    #[arg(long, env = "CALIPER_MAX_BATCH_SIZE")]
+    pub max_batch_size: Option<usize>,
     /// How long the oldest queued image may wait for a batch to fill, in microseconds. 0 batches
-    /// greedily: whatever queued while the sessions were busy, never waiting for more.
-    #[arg(long, env = "CALIPER_MAX_QUEUE_DELAY_US", default_value_t = 0)]
-    pub max_queue_delay_us: u64,
-    /// ONNX Runtime sessions (each owned by one thread) per model.
-    #[arg(long, env = "CALIPER_SESSIONS_PER_MODEL", default_value_t = 2)]
-    pub sessions_per_model: usize,
+    /// greedily: whatever queued while the sessions were busy, never waiting for more
+    /// [default: 0 on cpu, 100 on cuda].
+    #[arg(long, env = "CALIPER_MAX_QUEUE_DELAY_US")]
+    pub max_queue_delay_us: Option<u64>,
+    /// ONNX Runtime sessions (each owned by one thread) per model [default: 2].
+    #[arg(long, env = "CALIPER_SESSIONS_PER_MODEL")]
+    pub sessions_per_model: Option<usize>,
     /// Intra-op threads of each session.
     #[arg(long, env = "CALIPER_INTRA_OP_THREADS", default_value_t = 1)]
     pub intra_op_threads: usize,
@@ -287,7 +296,11 @@ pub struct Config {
     pub max_decode_memory_bytes: u64,
     /// Admission limit.
     pub max_concurrent_requests: usize,
-    /// Batch size limit.
+    /// Where models run unless their model.toml says otherwise.
+    pub device: Device,
+    /// The batching flags that were given (the others follow each model's device).
+    pub explicit_batching: ExplicitBatching,
+    /// Batch size limit (on `device`).
     pub max_batch_size: usize,
     /// Longest wait for a batch to fill.
     pub max_queue_delay: Duration,
@@ -340,6 +353,7 @@ impl std::fmt::Debug for Config {
             .field("max_image_pixels", &self.max_image_pixels)
             .field("max_decode_memory_bytes", &self.max_decode_memory_bytes)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("device", &self.device)
             .field("max_batch_size", &self.max_batch_size)
             .field("max_queue_delay", &self.max_queue_delay)
             .field("sessions_per_model", &self.sessions_per_model)
@@ -380,6 +394,17 @@ impl TryFrom<ServeArgs> for Config {
     type Error = ConfigError;
 
     fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
+        let defaults = DeviceDefaults::for_device(a.device);
+        let explicit = ExplicitBatching {
+            max_batch_size: a.max_batch_size,
+            max_queue_delay: a.max_queue_delay_us.map(Duration::from_micros),
+            sessions_per_model: a.sessions_per_model,
+        };
+        let max_batch_size = a.max_batch_size.unwrap_or(defaults.max_batch_size);
+        let max_queue_delay_us = a
+            .max_queue_delay_us
+            .unwrap_or(defaults.max_queue_delay.as_micros() as u64);
+        let sessions_per_model = a.sessions_per_model.unwrap_or(defaults.sessions_per_model);
         range(
             "max-body-bytes",
             a.max_body_bytes as u64,
@@ -410,21 +435,21 @@ impl TryFrom<ServeArgs> for Config {
         )?;
         range(
             "max-batch-size",
-            a.max_batch_size as u64,
+            max_batch_size as u64,
             1,
             4096,
             "in 1..=4096",
         )?;
         range(
             "max-queue-delay-us",
-            a.max_queue_delay_us,
+            max_queue_delay_us,
             0,
             10_000_000,
             "at most 10 s",
         )?;
         range(
             "sessions-per-model",
-            a.sessions_per_model as u64,
+            sessions_per_model as u64,
             1,
             256,
             "in 1..=256",
@@ -533,9 +558,11 @@ impl TryFrom<ServeArgs> for Config {
             max_image_pixels: a.max_image_pixels,
             max_decode_memory_bytes: a.max_decode_memory_mib << 20,
             max_concurrent_requests: a.max_concurrent_requests,
-            max_batch_size: a.max_batch_size,
-            max_queue_delay: Duration::from_micros(a.max_queue_delay_us),
-            sessions_per_model: a.sessions_per_model,
+            device: a.device,
+            explicit_batching: explicit,
+            max_batch_size,
+            max_queue_delay: Duration::from_micros(max_queue_delay_us),
+            sessions_per_model,
             intra_op_threads: a.intra_op_threads,
             request_timeout: Duration::from_millis(a.request_timeout_ms),
             allow_stale_calibration: a.allow_stale_calibration,
@@ -588,6 +615,8 @@ impl Config {
             max_batch_size: self.max_batch_size,
             max_queue_delay: self.max_queue_delay,
             max_concurrent_requests: self.max_concurrent_requests,
+            device: self.device,
+            explicit: self.explicit_batching,
         }
     }
 
@@ -639,6 +668,68 @@ mod tests {
     }
 
     #[test]
+    fn the_device_sets_the_batching_defaults_flags_win() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let parse = |args: &[&str]| {
+            let argv = std::iter::once("serve").chain(args.iter().copied());
+            Config::try_from(Cli::try_parse_from(argv).unwrap().serve).unwrap()
+        };
+        let cpu = parse(&[]);
+        assert_eq!(cpu.device, Device::Cpu);
+        assert_eq!(
+            (cpu.max_batch_size, cpu.max_queue_delay),
+            (32, Duration::ZERO)
+        );
+        let gpu = parse(&["--device", "cuda:1"]);
+        assert_eq!(gpu.device, Device::Cuda(1));
+        assert_eq!(gpu.max_batch_size, 128);
+        assert_eq!(gpu.max_queue_delay, Duration::from_micros(100));
+        assert_eq!(gpu.explicit_batching, ExplicitBatching::default());
+        let set = parse(&[
+            "--device",
+            "cuda:0",
+            "--max-batch-size",
+            "8",
+            "--max-queue-delay-us",
+            "0",
+        ]);
+        assert_eq!(
+            (set.max_batch_size, set.max_queue_delay),
+            (8, Duration::ZERO)
+        );
+        // A model.toml `device` on another device keeps the flags given, takes that device's
+        // defaults for the rest.
+        let cpu_model = set.model_options().on(Device::Cpu);
+        assert_eq!(cpu_model.device, Device::Cpu);
+        assert_eq!(
+            (cpu_model.max_batch_size, cpu_model.max_queue_delay),
+            (8, Duration::ZERO)
+        );
+        let gpu_model = cpu.model_options().on(Device::Cuda(0));
+        assert_eq!(gpu_model.max_batch_size, 128);
+        assert_eq!(cpu.model_options().on(Device::Cpu), cpu.model_options());
+        for bad in [
+            &["--device", "gpu"][..],
+            &["--device", "cuda:"],
+            &["--device", "cuda:-1"],
+        ] {
+            let argv = std::iter::once("serve").chain(bad.iter().copied());
+            let e = Cli::try_parse_from(argv).err().unwrap().to_string();
+            assert!(e.contains("expected cpu or cuda:N"), "{e}");
+        }
+        let argv = ["serve", "--device", "cuda:0", "--max-batch-size", "0"];
+        let e = Config::try_from(Cli::try_parse_from(argv).unwrap().serve)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("--max-batch-size"), "{e}");
+    }
+
+    #[test]
     fn rejects_out_of_range_values() {
         let c = Config::with_repository("m".into(), "c".into());
         assert_eq!(
@@ -657,9 +748,10 @@ mod tests {
             max_image_pixels: 10,
             max_decode_memory_mib: 1,
             max_concurrent_requests: 1,
-            max_batch_size: 0,
-            max_queue_delay_us: 0,
-            sessions_per_model: 1,
+            device: Device::Cpu,
+            max_batch_size: Some(0),
+            max_queue_delay_us: None,
+            sessions_per_model: Some(1),
             intra_op_threads: 1,
             request_timeout_ms: 1,
             allow_stale_calibration: false,
@@ -698,7 +790,7 @@ mod tests {
         };
         let e = Config::try_from(a.clone()).unwrap_err();
         assert!(e.to_string().contains("--max-batch-size"), "{e}");
-        a.max_batch_size = 1;
+        a.max_batch_size = Some(1);
         let e = Config::try_from(a.clone()).unwrap_err();
         assert!(e.to_string().contains("--payload-log-sample"), "{e}");
         a.payload_log.payload_log_sample = 0.5;

@@ -48,7 +48,7 @@ pub struct ServerMetrics {
     pub nonfinite_logits: IntCounterVec,
     /// `caliper_in_flight_requests`: HTTP requests being handled.
     pub in_flight: IntGauge,
-    /// `caliper_model_info{model, version, sha256, calibration}`: 1 per loaded model.
+    /// `caliper_model_info{model, version, sha256, calibration, device}`: 1 per loaded model.
     pub model_info: IntGaugeVec,
     /// Live calibration from label feedback (issue 5).
     pub calibration: CalibrationMetrics,
@@ -276,7 +276,7 @@ impl ServerMetrics {
         registry.register(Box::new(in_flight.clone()))?;
         let model_info = IntGaugeVec::new(
             Opts::new("caliper_model_info", "Loaded models (value 1)"),
-            &["model", "version", "sha256", "calibration"],
+            &["model", "version", "sha256", "calibration", "device"],
         )?;
         registry.register(Box::new(model_info.clone()))?;
         let calibration = CalibrationMetrics::register(&registry)?;

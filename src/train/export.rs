@@ -355,6 +355,7 @@ pub fn export(
         schema_version: METADATA_SCHEMA_VERSION,
         version: "1".into(),
         labels: t.labels.clone(),
+        device: None,
         input: InputSpec {
             name: "input".into(),
             layout: "NCHW".into(),

@@ -114,6 +114,15 @@ pub fn prediction_labels(v: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// The numbers of a JSON array (a V2 output's `data`).
+pub fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
 /// A 28x28 grayscale image (e.g. an MNIST digit) encoded as PNG.
 pub fn png(pixels: &[u8]) -> Vec<u8> {
     let img = image::GrayImage::from_raw(28, 28, pixels.to_vec()).unwrap();

@@ -1,6 +1,6 @@
 //! The serving integration tests, one binary: the router in process (`router`, `v2_binary`, `trust`,
 //! `conformal_methods`, `mahalanobis`, `large_labels`, `monitor_feedback`,
-//! `monitor_matches_eval`) and real `caliper serve` processes on a socket: `socket`,
+//! `monitor_matches_eval`, `device`) and real `caliper serve` processes on a socket: `socket`,
 //! `folder_datasets` (your own images: calibrate, eval, train and serve from image folders),
 //! `monitor_crash`, `monitor_restart_gauges`, `grpc` (the KServe V2 gRPC service through
 //! tritonclient[grpc] and the standard gRPC health check), `dashboard` (the `/ui` page in a headless Chromium),
@@ -19,6 +19,7 @@ mod common;
 
 mod conformal_methods;
 mod dashboard;
+mod device;
 mod folder_datasets;
 mod grpc;
 mod hostile;

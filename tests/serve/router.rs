@@ -23,14 +23,6 @@ fn softmax_t(z: &[f64], t: f64) -> Vec<f64> {
     e.iter().map(|v| v / s).collect()
 }
 
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn predicts_real_digits_like_the_numpy_reference() {
     let r = repo();
@@ -515,7 +507,7 @@ async fn metrics_are_labelled_by_route_template_and_model() {
         "caliper_batch_size_count{model=\"mnist-mlp\"}",
         "caliper_queue_duration_seconds_bucket{model=\"mnist-mlp\"",
         "caliper_inference_duration_seconds_sum{model=\"mnist-mlp\"}",
-        "caliper_model_info{calibration=\"ts\",model=\"mnist-mlp\"",
+        "caliper_model_info{calibration=\"ts\",device=\"cpu\",model=\"mnist-mlp\"",
         "caliper_in_flight_requests 1",
     ] {
         assert!(text.contains(needle), "missing {needle}\n{text}");

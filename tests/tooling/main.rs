@@ -1,11 +1,13 @@
 //! Checks on the repository as a whole, one binary: the layering of `src/` (`architecture`), the
 //! dataset readers on the real files under data/ (`data_real`), the deployment manifests
-//! (`deploy_manifests`), the Grafana dashboard (`grafana_dashboard`), the fetch and benchmark
-//! scripts (`scripts`) and `caliper-train plot` (`train_plot`).
+//! (`deploy_manifests`), the Grafana dashboard (`grafana_dashboard`), the CPU and GPU container
+//! images (`dockerfiles`), the fetch and benchmark scripts (`scripts`) and `caliper-train plot`
+//! (`train_plot`).
 
 mod architecture;
 mod data_real;
 mod deploy_manifests;
 mod grafana_dashboard;
+mod dockerfiles;
 mod scripts;
 mod train_plot;

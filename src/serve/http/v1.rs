@@ -220,6 +220,8 @@ struct ModelSummary {
     calibration_method: &'static str,
     stale_calibration: bool,
     sha256: String,
+    /// Where the model runs: "cpu" or "cuda:N".
+    device: String,
 }
 
 /// `GET /v1/models`: loaded models and start-up failures.
@@ -237,6 +239,7 @@ pub async fn list_models(State(state): State<AppState>) -> Json<serde_json::Valu
             calibration_method: m.calibrator.method(),
             stale_calibration: m.files.stale_calibration,
             sha256: m.files.sha256.clone(),
+            device: m.device.to_string(),
         })
         .collect();
     Json(json!({ "models": models, "failed": state.registry.failures() }))

@@ -348,6 +348,8 @@ fn metadata(m: &LoadedModel) -> Value {
             "labels": meta.labels,
             "calibrated": m.is_calibrated(),
             "calibration_method": m.calibrator.method(),
+            "device": m.device.to_string(),
+            "max_batch_size": m.max_batch_size,
         },
     })
 }

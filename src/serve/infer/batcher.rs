@@ -14,6 +14,8 @@
 //! idle consumer per entry, and none when all are busy (the common case under load).
 
 use std::collections::VecDeque;
+
+use crate::runtime::Device;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -46,6 +48,67 @@ impl BatchPolicy {
                 .saturating_sub(now.saturating_duration_since(oldest)),
         )
     }
+}
+
+/// The batching defaults of a device, used wherever the operator set no flag.
+///
+/// CPU: a run costs about linearly in the batch size, so nothing is gained by waiting for more
+/// images: greedy batches of at most 32, two sessions (the defaults before GPUs were served).
+/// CUDA: a small run is bound by kernel launches, not arithmetic (ResNet-20 at batch 1 and at
+/// batch 64 take about the same time on an H200), so larger batches (128) are nearly free and a
+/// short queue delay (100 us: well under the 0.3 ms a single client may lose) lets a second
+/// session gather a batch instead of launching a run of one image beside a running one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceDefaults {
+    /// Most images per run.
+    pub max_batch_size: usize,
+    /// Longest wait for a batch to fill.
+    pub max_queue_delay: Duration,
+    /// Sessions (one thread each) per model.
+    pub sessions_per_model: usize,
+}
+
+impl DeviceDefaults {
+    /// The defaults for `device`.
+    pub fn for_device(device: Device) -> Self {
+        match device {
+            Device::Cpu => DeviceDefaults {
+                max_batch_size: 32,
+                max_queue_delay: Duration::ZERO,
+                sessions_per_model: 2,
+            },
+            Device::Cuda(_) => DeviceDefaults {
+                max_batch_size: 128,
+                max_queue_delay: Duration::from_micros(100),
+                sessions_per_model: 2,
+            },
+        }
+    }
+}
+
+/// The batch sizes a session runs on `device` with batches of at most `max_batch_size`: on a
+/// GPU every batch is padded up to the next of these sizes (powers of two, then the maximum),
+/// so that warm-up can run each shape once before the server is ready. A new input shape costs
+/// the CUDA provider a cuDNN algorithm search and arena growth (tens of ms to seconds for a
+/// large model), which would otherwise land on the first request of each size; the padded rows
+/// cost little on a device whose small runs are launch-bound. On the CPU a padded row costs as
+/// much as a real one and a new shape costs nothing, so batches run at their own size (empty
+/// list) and warm-up runs one image.
+pub fn padded_sizes(device: Device, max_batch_size: usize) -> Vec<usize> {
+    if !device.is_cuda() {
+        return Vec::new();
+    }
+    let mut sizes: Vec<usize> = std::iter::successors(Some(1usize), |s| s.checked_mul(2))
+        .take_while(|&s| s < max_batch_size)
+        .collect();
+    sizes.push(max_batch_size.max(1));
+    sizes
+}
+
+/// The size a batch of `len` entries runs at: the smallest of `sizes` that holds it, or `len`
+/// itself without padding (`sizes` empty, or `len` above them all).
+pub fn padded_len(sizes: &[usize], len: usize) -> usize {
+    sizes.iter().copied().find(|&s| s >= len).unwrap_or(len)
 }
 
 /// Why entries were not queued; they are handed back.
@@ -230,6 +293,35 @@ mod tests {
             max_batch_size,
             max_queue_delay,
         }
+    }
+
+    #[test]
+    fn devices_plan_their_own_batches() {
+        let cpu = DeviceDefaults::for_device(Device::Cpu);
+        let gpu = DeviceDefaults::for_device(Device::Cuda(0));
+        assert_eq!(
+            (cpu.max_batch_size, cpu.max_queue_delay),
+            (32, Duration::ZERO)
+        );
+        assert!(gpu.max_batch_size > cpu.max_batch_size);
+        assert!(gpu.max_queue_delay > Duration::ZERO);
+        // Under the 0.3 ms a lone client may lose to batching (issue 20).
+        assert!(gpu.max_queue_delay < Duration::from_micros(300));
+        assert_eq!(padded_sizes(Device::Cpu, 32), Vec::<usize>::new());
+        assert_eq!(padded_sizes(Device::Cuda(0), 1), [1]);
+        assert_eq!(padded_sizes(Device::Cuda(0), 8), [1, 2, 4, 8]);
+        assert_eq!(
+            padded_sizes(Device::Cuda(1), 100),
+            [1, 2, 4, 8, 16, 32, 64, 100]
+        );
+        let sizes = padded_sizes(Device::Cuda(0), 128);
+        assert_eq!(sizes.len(), 8);
+        assert_eq!(padded_len(&sizes, 1), 1);
+        assert_eq!(padded_len(&sizes, 3), 4);
+        assert_eq!(padded_len(&sizes, 65), 128);
+        assert_eq!(padded_len(&sizes, 128), 128);
+        assert_eq!(padded_len(&[], 7), 7);
+        assert_eq!(padded_len(&sizes, 200), 200);
     }
 
     #[test]

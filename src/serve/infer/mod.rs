@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
+pub use batcher::DeviceDefaults;
 pub use budget::{BudgetError, MemoryBudget, Reservation};
-pub use model::{LoadedModel, ModelOptions, RowOutput};
+pub use model::{ExplicitBatching, LoadedModel, ModelOptions, RowOutput};
 pub use prediction::{
     Calibrated, DEFAULT_TOP_K, Prediction, PredictionError, PredictionList, RequestOptions,
     ServedSetInfo, TopK, build_prediction, calibrate, score,

@@ -12,10 +12,12 @@ use tokio::sync::oneshot;
 use tracing::{Span, info_span};
 
 use super::InferError;
-use super::batcher::{BatchPolicy, BatchQueue, PushError, Queued};
+use super::batcher::{
+    BatchPolicy, BatchQueue, DeviceDefaults, PushError, Queued, padded_len, padded_sizes,
+};
 use super::prediction::PredictionContext;
 use crate::repository::ModelFiles;
-use crate::runtime::ClassifierSession;
+use crate::runtime::{ClassifierSession, Device};
 use crate::serve::prometheus::ServerMetrics;
 use crate::serve::telemetry;
 use crate::trust::calibration::Calibrator;
@@ -82,6 +84,10 @@ pub struct LoadedModel {
     pub files: ModelFiles,
     /// The calibrator applied to every prediction (identity without a calibration file).
     pub calibrator: Calibrator,
+    /// Where its sessions run.
+    pub device: Device,
+    /// Most images per run (after the device's defaults and a fixed graph batch).
+    pub max_batch_size: usize,
     queue: Arc<BatchQueue<Job>>,
     metrics: Arc<ServerMetrics>,
 }
@@ -106,26 +112,66 @@ pub struct ModelOptions {
     pub max_queue_delay: std::time::Duration,
     /// The server's admission limit: the queue has room for this many full batches.
     pub max_concurrent_requests: usize,
+    /// The server's device (`--device`); a model's `device` in model.toml overrides it.
+    pub device: Device,
+    /// The batching flags the operator set; the rest follow the device ([`DeviceDefaults`]).
+    pub explicit: ExplicitBatching,
+}
+
+/// Batching flags given on the command line (or by their variables), `None` where the device's
+/// default applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExplicitBatching {
+    /// `--max-batch-size`.
+    pub max_batch_size: Option<usize>,
+    /// `--max-queue-delay-us`.
+    pub max_queue_delay: Option<std::time::Duration>,
+    /// `--sessions-per-model`.
+    pub sessions_per_model: Option<usize>,
+}
+
+impl ModelOptions {
+    /// The options of a model that runs on `device`: the same as the server's when it is the
+    /// server's device, else the flags that were set plus `device`'s defaults.
+    pub fn on(&self, device: Device) -> ModelOptions {
+        if device == self.device {
+            return *self;
+        }
+        let d = DeviceDefaults::for_device(device);
+        let e = &self.explicit;
+        ModelOptions {
+            device,
+            max_batch_size: e.max_batch_size.unwrap_or(d.max_batch_size),
+            max_queue_delay: e.max_queue_delay.unwrap_or(d.max_queue_delay),
+            sessions_per_model: e.sessions_per_model.unwrap_or(d.sessions_per_model),
+            ..*self
+        }
+    }
 }
 
 impl LoadedModel {
-    /// Builds `sessions_per_model` sessions, runs a warm-up batch through each (which also checks
-    /// that the logits have one column per label and that the features fit the calibration
-    /// file's Mahalanobis detector), then starts one thread per session.
+    /// Builds `sessions_per_model` sessions on the model's device (model.toml's `device`, else
+    /// the server's), runs a warm-up batch through each (which also checks that the logits have
+    /// one column per label and that the features fit the calibration file's Mahalanobis
+    /// detector; on a GPU, one batch of every size the batcher will run: [`padded_sizes`]), then
+    /// starts one thread per session.
     pub fn start(
         files: ModelFiles,
         config: &ModelOptions,
         metrics: Arc<ServerMetrics>,
     ) -> Result<Self, InferError> {
+        let device = files.metadata.device.unwrap_or(config.device);
+        let config = &config.on(device);
         let spec = &files.metadata.input;
         let mut sessions = Vec::with_capacity(config.sessions_per_model);
         for _ in 0..config.sessions_per_model {
-            let mut s = ClassifierSession::new(
+            let mut s = ClassifierSession::open(
                 &files.onnx_path,
                 &spec.name,
                 &files.metadata.output.logits,
                 spec.image_shape(),
                 config.intra_op_threads,
+                device,
             )?
             .channels_last(spec.channels_last())?;
             if let Some(name) = &files.metadata.output.features {
@@ -164,11 +210,28 @@ impl LoadedModel {
             },
             max_queue_delay: config.max_queue_delay,
         };
+        let sizes = padded_sizes(device, policy.max_batch_size);
+        let started = Instant::now();
+        for s in &mut sessions {
+            for &n in sizes.iter().filter(|&&n| n > 1) {
+                s.run_outputs(&vec![0.0; n * s.image_len()])?;
+            }
+        }
+        if device.is_cuda() {
+            tracing::info!(
+                model = %files.name,
+                %device,
+                sizes = ?sizes,
+                seconds = started.elapsed().as_secs_f64(),
+                "warmed up every batch size"
+            );
+        }
         for (i, session) in sessions.into_iter().enumerate() {
             let (q, metrics, name) = (Arc::clone(&queue), Arc::clone(&metrics), files.name.clone());
+            let sizes = sizes.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("caliper-{name}-{i}"))
-                .spawn(move || session_thread(&name, session, &q, &policy, &metrics));
+                .spawn(move || session_thread(&name, session, &q, &policy, &sizes, &metrics));
             if let Err(e) = spawned {
                 // Lets the threads already started exit.
                 queue.close();
@@ -188,11 +251,14 @@ impl LoadedModel {
                 files.metadata.version.as_str(),
                 files.sha256.as_str(),
                 calibrator.method(),
+                device.to_string().as_str(),
             ])
             .set(1);
         Ok(Self {
             files,
             calibrator,
+            device,
+            max_batch_size: policy.max_batch_size,
             queue,
             metrics,
         })
@@ -258,12 +324,13 @@ impl LoadedModel {
     }
 
     /// The `caliper_model_info` labels of this model.
-    pub fn info_labels(&self) -> [&str; 4] {
+    pub fn info_labels(&self) -> [String; 5] {
         [
-            self.files.name.as_str(),
-            self.files.metadata.version.as_str(),
-            self.files.sha256.as_str(),
-            self.calibrator.method(),
+            self.files.name.clone(),
+            self.files.metadata.version.clone(),
+            self.files.sha256.clone(),
+            self.calibrator.method().to_string(),
+            self.device.to_string(),
         ]
     }
 
@@ -304,6 +371,7 @@ fn session_thread(
     mut session: ClassifierSession,
     queue: &BatchQueue<Job>,
     policy: &BatchPolicy,
+    padded: &[usize],
     metrics: &ServerMetrics,
 ) {
     let gone = metrics.rejected.with_label_values(&["client_gone"]);
@@ -312,7 +380,8 @@ fn session_thread(
     let batch_h = metrics.batch_size.with_label_values(&[name]);
     let nonfinite = metrics.nonfinite_logits.with_label_values(&[name]);
     // One input buffer for the thread's lifetime: batches are copied into it, never allocated.
-    let mut input: Vec<f32> = Vec::with_capacity(policy.max_batch_size * session.image_len());
+    let per = session.image_len();
+    let mut input: Vec<f32> = Vec::with_capacity(padded_len(padded, policy.max_batch_size) * per);
     // The other sessions can form their next batch while this one runs.
     while let Some(mut batch) = queue.next_batch(policy, |_| gone.inc()) {
         let start = Instant::now();
@@ -329,6 +398,8 @@ fn session_thread(
         for job in &batch {
             input.extend_from_slice(&job.input);
         }
+        // On a GPU: zero rows up to a warmed-up size; their outputs are never read.
+        input.resize(padded_len(padded, batch.len()) * per, 0.0);
         let result = session.run_outputs(&input);
         infer_h.observe(start.elapsed().as_secs_f64());
         if result.is_err() {

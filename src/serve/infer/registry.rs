@@ -78,7 +78,7 @@ impl ModelRegistry {
             let _ = self
                 .metrics
                 .model_info
-                .remove_label_values(&old.info_labels());
+                .remove_label_values(&old.info_labels().each_ref().map(String::as_str));
         }
         self.failed
             .write()
@@ -89,6 +89,8 @@ impl ModelRegistry {
             version = %model.files.metadata.version,
             sha256 = %model.files.sha256,
             calibration = model.calibrator.method(),
+            device = %model.device,
+            max_batch_size = model.max_batch_size,
             stale_calibration = model.files.stale_calibration,
             "model loaded"
         );
@@ -112,7 +114,7 @@ impl ModelRegistry {
                 let _ = self
                     .metrics
                     .model_info
-                    .remove_label_values(&old.info_labels());
+                    .remove_label_values(&old.info_labels().each_ref().map(String::as_str));
                 true
             }
             None => false,

@@ -39,27 +39,8 @@ pub(super) fn ort_err<E: std::fmt::Display>(e: E) -> RunError {
     RunError::Ort(e.to_string())
 }
 
-/// Where the graphs run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    /// The CPU execution provider.
-    Cpu,
-    /// CUDA device N.
-    Cuda(i32),
-}
-
-impl std::str::FromStr for Device {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s == "cpu" {
-            return Ok(Device::Cpu);
-        }
-        s.strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| format!("invalid device {s:?} (expected cpu or cuda:N)"))
-    }
-}
+/// Where the graphs run (shared with the server: `cpu` or `cuda:N`).
+pub use crate::runtime::Device;
 
 /// Where and how the training step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,24 +144,11 @@ fn build(bytes: &[u8], o: SessionOptions) -> Result<Session, RunError> {
     if let Some(prefix) = std::env::var_os("CALIPER_ORT_PROFILE") {
         b = b.with_profiling(prefix).map_err(ort_err)?;
     }
-    if let Device::Cuda(n) = device {
-        // Registration fails (instead of silently falling back to the CPU) when the loaded ONNX
-        // Runtime has no CUDA provider: the bundled library is the CPU build of the PyPI wheel;
-        // point ORT_DYLIB_PATH at the `onnxruntime-gpu` wheel's library for CUDA.
-        let cuda = ort::ep::CUDA::default()
-            .with_device_id(n)
-            .with_cuda_graph(cuda_graph)
-            .with_tf32(tf32)
-            .build()
-            .error_on_failure();
-        b = b.with_execution_providers([cuda]).map_err(|e| {
-            RunError::Device(format!(
-                "cuda:{n}: the CUDA execution provider could not be registered ({e}); the \
-                 loaded ONNX Runtime must be the onnxruntime-gpu build (set ORT_DYLIB_PATH) with \
-                 CUDA 13 and cuDNN 9 on the library path, or use --device cpu"
-            ))
-        })?;
-    }
+    // Registration fails (instead of silently falling back to the CPU) when the loaded ONNX
+    // Runtime has no CUDA provider or the provider cannot load; the error is one line saying
+    // what is missing (`runtime::explain`).
+    let cuda = crate::runtime::CudaOptions { cuda_graph, tf32 };
+    b = crate::runtime::place(b, device, cuda).map_err(|e| RunError::Device(e.to_string()))?;
     b.commit_from_memory(bytes).map_err(ort_err)
 }
 
@@ -545,10 +513,11 @@ mod tests {
         assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
         assert_eq!("cuda:1".parse::<Device>(), Ok(Device::Cuda(1)));
         assert!("gpu".parse::<Device>().is_err() && "cuda:x".parse::<Device>().is_err());
-        // The bundled library is the CPU build: registering CUDA must fail loudly, not fall back.
+        // The bundled library is the CPU build (and this machine has no GPU): registering CUDA
+        // must fail loudly, not fall back.
         let err = session(b"", 1, Device::Cuda(0), false).unwrap_err();
         assert!(
-            matches!(&err, RunError::Device(m) if m.contains("CUDA execution provider")),
+            matches!(&err, RunError::Device(m) if m.starts_with("cuda:0: ")),
             "{err}"
         );
     }

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 20 in one go, for a session that is lent a GPU machine (H100/H200, CUDA
+# 13 driver, PyTorch cu130 with its nvidia-* wheels, no network, no Rust, 64 MiB per transfer).
+# Three steps; the two device stages must run back to back on the same warm machine (30 s):
+#
+#   here:    scripts/repro/gpu-check.sh bundle
+#            fetches the GPU runtime (`scripts/fetch-onnxruntime.sh --cuda`, cached), builds the
+#            release binaries with CALIPER_CUDA=1, the benchmark examples and the serving test
+#            binary, and packs .gpuc1/ (the CUDA provider stripped to sm_90, ~50 MiB) and .gpuc2/
+#            (ONNX Runtime, binaries, EfficientNet-Lite0 when fetched). Both are git-ignored
+#            through .git/info/exclude.
+#   device:  run(command="scripts/repro/gpu-check.sh stage1", carry=[".gpuc1"], timeout_s=120)
+#   device:  run(command="scripts/repro/gpu-check.sh stage2", carry=[".gpuc2"], timeout_s=540)
+#
+# stage2, with no ORT_DYLIB_PATH and no LD_LIBRARY_PATH set: libonnxruntime.so sits beside the
+# binaries (their second lookup) with a preload.txt naming the machine's own CUDA 13 / cuDNN 9
+# libraries (PyTorch's nvidia-* wheels; what `make build CUDA=1` would have unpacked from PyPI).
+# Then: the GPU serving tests (CALIPER_TEST_CUDA=1 `device::`: every shipped model's answers on
+# cuda:0 equal the CPU's to 1e-4, a real `caliper serve --device cuda:0`), `caliper-train
+# check-step` and `bench` on cuda:0, and the serving benchmark of issue 20 (BENCH=0 skips it):
+# raw ONNX Runtime CUDA in process (examples/bench_raw.rs, DEVICE=cuda:0) against
+# `caliper serve --device cuda:0` under 1, 64 and 256 closed-loop clients
+# (examples/bench_load.rs), ResNet-20 (models/cifar10) and EfficientNet-Lite0 (224x224).
+# Everything is written to $OUT (summary.txt, tests.log, bench.jsonl) and the log.
+# Device time: about 1-2 minutes for stage1 with the start, 3-5 for stage2.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+MODE="${1:-}"
+W=/tmp/calgc
+B=$W/bin
+
+bundle() {
+  set -e
+  for d in .gpuc1 .gpuc2; do
+    grep -qx "/$d/" .git/info/exclude || echo "/$d/" >>.git/info/exclude
+    rm -rf "$d" && mkdir -p "$d"
+  done
+  scripts/fetch-onnxruntime.sh --cuda
+  local L=third_party/onnxruntime-cuda/lib T
+  T=$(mktemp -d)
+  python3 scripts/repro/strip-fatbin.py "$L/libonnxruntime_providers_cuda.so" "$T/prov.so" 90
+  zstd -q -19 --long=27 -T0 -f "$T/prov.so" -o .gpuc1/prov.zst
+  # The device has no zstd: Debian's travels with each stage.
+  cp "$(command -v zstd)" .gpuc1/ && cp "$(command -v zstd)" .gpuc2/
+  zstd -q -19 -T0 -f "$L/libonnxruntime.so.1.31.1" -o .gpuc2/core.zst
+  cp "$L/libonnxruntime_providers_shared.so" .gpuc2/
+  CALIPER_CUDA=1 cargo build --release --locked --bins --example bench_raw --example bench_load
+  local test_bin
+  test_bin=$(CALIPER_CUDA=1 cargo test --locked --test serve --no-run --message-format=json \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "serve":
+        print(m["executable"])')
+  mkdir -p "$T/bin"
+  cp target/release/caliper target/release/caliper-train target/release/examples/bench_raw \
+    target/release/examples/bench_load "$T/bin/"
+  cp "$test_bin" "$T/bin/serve-test"
+  strip "$T/bin/"*
+  tar c -C "$T/bin" . | zstd -q -19 -T0 >.gpuc2/bins.tar.zst
+  # The test binary looks for the repository (tests/data, models/) and for target/debug/caliper
+  # under the folder it was built in; stage2 links that path to the device's copy.
+  pwd >.gpuc2/manifest_dir
+  if [[ -f data/third_party_models/efficientnet-lite0.onnx ]]; then
+    mkdir -p .gpuc2/effnet
+    cp data/third_party_models/efficientnet-lite0.onnx data/third_party_models/imagenet1k-labels.json \
+      data/third_party_models/photos/chelsea.png .gpuc2/effnet/
+  fi
+  rm -rf "$T"
+  du -sh .gpuc1 .gpuc2
+  echo "stage1 carries $(du -cb .gpuc1 | tail -1 | cut -f1) bytes, stage2 $(du -cb .gpuc2 | tail -1 | cut -f1) (plus the working tree; limit $((64 << 20)))"
+}
+
+stage1() {
+  mkdir -p $B
+  .gpuc1/zstd -q -d -f .gpuc1/prov.zst -o $B/libonnxruntime_providers_cuda.so && ls -la $B
+}
+
+# The machine's CUDA 13 / cuDNN 9 libraries, by file name, in the order the fetch script writes.
+write_preload() {
+  : >$B/preload.txt
+  local l p
+  for l in libcudart.so.13 libcublasLt.so.13 libcublas.so.13 libcurand.so.10 libcufft.so.12 \
+    libnvJitLink.so.13 libnvrtc.so.13 libcudnn.so.9; do
+    p=$(find / -xdev -name "$l" -path '*nvidia*' 2>/dev/null | head -1)
+    if [[ -n "$p" ]]; then echo "$p" >>$B/preload.txt; else echo "missing on this machine: $l"; fi
+  done
+  cat $B/preload.txt
+}
+
+bench() {
+  local name=$1 dir=$2 image=$3 models=$4 calib=$5
+  echo "== bench $name: raw ONNX Runtime CUDA in process (batch 128 and 1, 2 sessions)"
+  DEVICE=cuda:0 timeout 120 $B/bench_raw "$dir" "$image" 128 2 1 8 |
+    sed "s/^{/{\"bench\":\"raw\",\"model\":\"$name\",/" | tee -a "$OUT/bench.jsonl"
+  echo "== bench $name: caliper serve --device cuda:0"
+  local log=$W/serve-$name.log
+  $B/caliper serve --device cuda:0 --addr 127.0.0.1:18080 --models "$models" --calib "$calib" \
+    --state-dir $W/state-$name >"$log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 240); do
+    curl -fsS http://127.0.0.1:18080/v2/health/ready >/dev/null 2>&1 && break
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.5
+  done
+  grep -E "warmed up|CUDA device ready|error" "$log" | cut -c1-300
+  for c in 1 64 256; do
+    timeout 60 $B/bench_load "http://127.0.0.1:18080/v1/models/$name/predict" "$image" $c 8 |
+      sed "s/^{/{\"bench\":\"server\",\"model\":\"$name\",/" | tee -a "$OUT/bench.jsonl"
+  done
+  kill $pid; wait $pid 2>/dev/null
+}
+
+stage2() {
+  [[ -f $B/libonnxruntime_providers_cuda.so ]] || { echo "run stage1 first (same warm machine)"; exit 1; }
+  : "${OUT:=$W/out}"
+  mkdir -p "$OUT"
+  exec > >(tee "$OUT/summary.txt") 2>&1
+  date -u; nvidia-smi -L
+  .gpuc2/zstd -q -d -f .gpuc2/core.zst -o $B/libonnxruntime.so.1.31.1
+  ln -sf libonnxruntime.so.1.31.1 $B/libonnxruntime.so
+  cp .gpuc2/libonnxruntime_providers_shared.so $B/
+  .gpuc2/zstd -q -d -c .gpuc2/bins.tar.zst | tar x -C $B
+  write_preload
+  unset ORT_DYLIB_PATH LD_LIBRARY_PATH
+  # The test binary's baked paths: <built-in folder>/target/debug/caliper and its tests/data.
+  local built
+  built=$(cat .gpuc2/manifest_dir)
+  if [[ "$built" != "$PWD" && ! -e "$built" ]]; then mkdir -p "$(dirname "$built")" && ln -s "$PWD" "$built"; fi
+  mkdir -p target && rm -rf target/debug && ln -s $B target/debug
+
+  echo "== the refusal path is not testable here; the GPU tests:"
+  CALIPER_TEST_CUDA=1 timeout 300 $B/serve-test device:: --test-threads 1 --nocapture 2>&1 |
+    tee "$OUT/tests.log" | grep -E "^test |test result|within|ready on|panicked|skipped"
+
+  echo "== caliper-train on cuda:0 (no ORT_DYLIB_PATH)"
+  timeout 120 $B/caliper-train check-step --arch resnet20 --input-shape 3,32,32 --loss gce --device cuda:0 2>&1 | cut -c1-400
+  timeout 120 $B/caliper-train bench --arch resnet20 --input-shape 3,32,32 --loss gce --device cuda:0 \
+    --steps 30 --threads 2 --cuda-graph 2>&1 | tail -2 | cut -c1-400
+
+  if [[ "${BENCH:-1}" == 1 ]]; then
+    bench cifar10 models/cifar10 tests/data/cifar10/ship.png models calib
+    if [[ -d .gpuc2/effnet ]]; then
+      local e=$W/effnet
+      mkdir -p $e/models $e/calib
+      $B/caliper import .gpuc2/effnet/efficientnet-lite0.onnx --name effnet --models-dir $e/models \
+        --labels .gpuc2/effnet/imagenet1k-labels.json --preset imagenet 2>&1 | tail -2
+      bench effnet $e/models/effnet .gpuc2/effnet/chelsea.png $e/models $e/calib
+    fi
+  fi
+  date -u
+}
+
+case "$MODE" in
+  bundle) bundle ;;
+  stage1) stage1 ;;
+  stage2) stage2 ;;
+  *) echo "usage: $0 bundle|stage1|stage2 (see the header)" >&2; exit 2 ;;
+esac
