@@ -21,12 +21,18 @@
 #        CALIPER_BIN (the server binary, default target/release/caliper: to compare two builds),
 #        WRK (the load generator, default wrk on PATH).
 #   A second model: SECTION=cifar10 scripts/bench-serve.sh models/cifar10 tests/data/cifar10/ship.png
+#   Every model of issue 19 in one call: scripts/bench-serve.sh all (LeNet, ResNet-20 and the
+#   224x224 EfficientNet-Lite0 of the own-models issue, imported into runs/; see
+#   scripts/bench-serve-all.py), whose last line carries every model's figures and targets.
 # Besides throughput, the CPU time the server spends per request (its threads' run time from
 # /proc, which other processes do not inflate) is compared with raw decode + ONNX Runtime's.
 # Needs wrk (apt-get install wrk; `make bench` installs it), curl and python3.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
+if [[ "${1:-}" == all ]]; then
+  exec python3 scripts/bench-serve-all.py
+fi
 source scripts/bench-lib.sh
 bench_init serve setup raw server python report
 bench_section setup
@@ -149,6 +155,39 @@ PIDS+=("$SERVER")
 ADDR="$(wait_listening "$OUT/server.log" "$SERVER")"
 load server "http://$ADDR/v1/models/$NAME/predict" "$SERVER"
 curl -s "http://$ADDR/metrics" > "$OUT/server-metrics.txt"
+
+# batched NAME PATH CTYPE BODY_FILE: server CPU per image for uploads of BATCHED images each (8
+# clients, so that the queue holds a few requests' images, as the single-image runs' 64 do).
+batched() {
+  local name="$1" path="$2" ctype="$3" body="$4" cpu0 n
+  cat > "$OUT/$name.lua" <<LUA
+local f = assert(io.open("$body", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "$ctype"
+LUA
+  local wrk=(${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK")
+  "${wrk[@]}" -t"$WRK_THREADS" -c8 -d2s -s "$OUT/$name.lua" "http://$ADDR$path" >/dev/null
+  cpu0="$(cpu_us "$SERVER")"
+  "${wrk[@]}" -t"$WRK_THREADS" -c8 -d"${DURATION}s" --latency -s "$OUT/$name.lua" "http://$ADDR$path" > "$OUT/server-$name-wrk.txt"
+  echo $(($(cpu_us "$SERVER") - cpu0)) > "$OUT/server-$name-cpu-us.txt"
+}
+BATCHED="${BATCHED:-32}"
+python3 - "$IMAGE" "$BATCHED" "$OUT" <<'PY'
+import base64, json, sys
+image, n, out = open(sys.argv[1], "rb").read(), int(sys.argv[2]), sys.argv[3]
+form = b"".join(b"--caliper-bench\r\nContent-Disposition: form-data; name=\"f\"; filename=\"%d.png\"\r\n"
+                b"Content-Type: image/png\r\n\r\n" % i + image + b"\r\n" for i in range(n))
+open(f"{out}/multipart.body", "wb").write(form + b"--caliper-bench--\r\n")
+b64 = base64.b64encode(image).decode()
+v2 = {"inputs": [{"name": "image", "shape": [n], "datatype": "BYTES", "data": [b64] * n}]}
+open(f"{out}/v2.body", "w").write(json.dumps(v2))
+PY
+echo "   batched uploads of $BATCHED images (multipart, V2 BYTES)" >&2
+batched multipart "/v1/models/$NAME/predict" "multipart/form-data; boundary=caliper-bench" "$OUT/multipart.body"
+batched v2 "/v2/models/$NAME/infer" "application/json" "$OUT/v2.body"
+echo "$BATCHED" > "$OUT/batched-images.txt"
 kill -TERM "$SERVER"; wait "$SERVER" || true
 
 bench_section python

@@ -32,7 +32,16 @@ impl Server {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_caliper"))
+        Self::start_binary(Path::new(env!("CARGO_BIN_EXE_caliper")), args)
+    }
+
+    /// [`Server::start`] with another `caliper` binary (an older build, to record its answers).
+    pub fn start_binary<I, S>(binary: &Path, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut child = Command::new(binary)
             .args([
                 "--log-json",
                 "serve",

@@ -9,6 +9,7 @@
 //! `hostile` and `hostile_memory` (limits, timeouts, faults, memory bounds), `own_model` (a third-party
 //! ImageNet model imported and served, against an independent Python pipeline) and
 //! `shipped_models` (every bundled model's figures and its OOD threshold through the server),
+//! `golden_responses` (answers to a fixed set of requests, bit for bit as an older build gave them),
 //! `tritonclient_http` (Triton's Python client with its defaults: the binary tensor extension),
 //! `payload_replay` (the payload log joined with labels by `caliper monitor replay`) and
 //! `label_shift` (issue 22, real server: label-shift estimates and correction, conformal coverage,
@@ -21,6 +22,7 @@ mod conformal_methods;
 mod dashboard;
 mod device;
 mod folder_datasets;
+mod golden_responses;
 mod grpc;
 mod hostile;
 mod hostile_memory;

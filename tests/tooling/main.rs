@@ -7,7 +7,7 @@
 mod architecture;
 mod data_real;
 mod deploy_manifests;
-mod grafana_dashboard;
 mod dockerfiles;
+mod grafana_dashboard;
 mod scripts;
 mod train_plot;

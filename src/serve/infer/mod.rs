@@ -12,6 +12,7 @@ pub mod prediction;
 pub mod preprocess;
 pub mod recalibrate;
 mod registry;
+mod worker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

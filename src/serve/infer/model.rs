@@ -9,17 +9,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
-use tracing::{Span, info_span};
 
 use super::InferError;
-use super::batcher::{
-    BatchPolicy, BatchQueue, DeviceDefaults, PushError, Queued, padded_len, padded_sizes,
-};
+use super::batcher::{BatchPolicy, BatchQueue, DeviceDefaults, PushError, padded_sizes};
 use super::prediction::PredictionContext;
+use super::worker::{self, Job, JobTrace, Sessions};
 use crate::repository::ModelFiles;
 use crate::runtime::{ClassifierSession, Device};
 use crate::serve::prometheus::ServerMetrics;
-use crate::serve::telemetry;
 use crate::trust::calibration::Calibrator;
 
 /// The model outputs of one input.
@@ -29,52 +26,6 @@ pub struct RowOutput {
     pub logits: Vec<f32>,
     /// Penultimate features, when model.toml names a features output.
     pub features: Option<Vec<f32>>,
-}
-
-/// One queued image.
-struct Job {
-    input: Vec<f32>,
-    enqueued: Instant,
-    reply: oneshot::Sender<Result<RowOutput, InferError>>,
-    trace: JobTrace,
-}
-
-/// The spans a queued image carries to its session thread, whose thread-local "current span"
-/// is not the request's: the request's span (explicit parent of the `inference` span) and the
-/// request's `queue_wait` span, shared by its images and closed when the last of them leaves
-/// the queue. Both are `Span::none()` when traces are not exported.
-#[derive(Clone)]
-struct JobTrace {
-    request: Span,
-    queue: Span,
-}
-
-impl JobTrace {
-    fn new(model: &str, images: usize) -> Self {
-        if !telemetry::enabled() {
-            return Self {
-                request: Span::none(),
-                queue: Span::none(),
-            };
-        }
-        Self {
-            request: Span::current(),
-            queue: info_span!(
-                "queue_wait",
-                caliper.model = model,
-                caliper.images = images as i64
-            ),
-        }
-    }
-}
-
-impl Queued for Job {
-    fn enqueued_at(&self) -> Instant {
-        self.enqueued
-    }
-    fn is_abandoned(&self) -> bool {
-        self.reply.is_closed()
-    }
 }
 
 /// A model ready to serve.
@@ -89,6 +40,7 @@ pub struct LoadedModel {
     /// Most images per run (after the device's defaults and a fixed graph batch).
     pub max_batch_size: usize,
     queue: Arc<BatchQueue<Job>>,
+    sessions: Sessions,
     metrics: Arc<ServerMetrics>,
 }
 
@@ -226,19 +178,17 @@ impl LoadedModel {
                 "warmed up every batch size"
             );
         }
-        for (i, session) in sessions.into_iter().enumerate() {
-            let (q, metrics, name) = (Arc::clone(&queue), Arc::clone(&metrics), files.name.clone());
-            let sizes = sizes.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("caliper-{name}-{i}"))
-                .spawn(move || session_thread(&name, session, &q, &policy, &sizes, &metrics));
-            if let Err(e) = spawned {
-                // Lets the threads already started exit.
-                queue.close();
-                return Err(InferError::Internal(format!(
-                    "cannot spawn a session thread: {e}"
-                )));
-            }
+        let inline_images = match sessions.first_mut() {
+            Some(s) if !device.is_cuda() => worker::inline_images(s)?,
+            _ => 0,
+        };
+        let sessions = Sessions::new(sessions, inline_images);
+        if let Err(e) = sessions.spawn_threads(&files.name, &queue, policy, &sizes, &metrics) {
+            // Lets the threads already started exit.
+            queue.close();
+            return Err(InferError::Internal(format!(
+                "cannot spawn a session thread: {e}"
+            )));
         }
         let calibrator = files
             .calibration
@@ -260,6 +210,7 @@ impl LoadedModel {
             device,
             max_batch_size: policy.max_batch_size,
             queue,
+            sessions,
             metrics,
         })
     }
@@ -267,6 +218,13 @@ impl LoadedModel {
     /// Queues preprocessed images (`C * H * W` values each) and returns their outputs in the
     /// same order. Dropping the future abandons the entries; the batcher then skips them.
     pub async fn outputs(&self, inputs: Vec<Vec<f32>>) -> Result<Vec<RowOutput>, InferError> {
+        let name = &self.files.name;
+        if let Some(rows) = self
+            .sessions
+            .try_inline(name, &self.queue, &inputs, &self.metrics)
+        {
+            return rows.into_iter().collect();
+        }
         let trace = JobTrace::new(&self.files.name, inputs.len());
         let enqueued = Instant::now();
         let (jobs, replies): (Vec<Job>, Vec<_>) = inputs
@@ -362,114 +320,4 @@ fn check_features(files: &ModelFiles, dim: Option<usize>) -> Result<(), InferErr
         model: files.name.clone(),
         reason,
     })
-}
-
-/// The loop of one session thread: form a batch, run it, answer every entry. Ends when the
-/// model is dropped (queue closed).
-fn session_thread(
-    name: &str,
-    mut session: ClassifierSession,
-    queue: &BatchQueue<Job>,
-    policy: &BatchPolicy,
-    padded: &[usize],
-    metrics: &ServerMetrics,
-) {
-    let gone = metrics.rejected.with_label_values(&["client_gone"]);
-    let queue_h = metrics.queue_duration.with_label_values(&[name]);
-    let infer_h = metrics.inference_duration.with_label_values(&[name]);
-    let batch_h = metrics.batch_size.with_label_values(&[name]);
-    let nonfinite = metrics.nonfinite_logits.with_label_values(&[name]);
-    // One input buffer for the thread's lifetime: batches are copied into it, never allocated.
-    let per = session.image_len();
-    let mut input: Vec<f32> = Vec::with_capacity(padded_len(padded, policy.max_batch_size) * per);
-    // The other sessions can form their next batch while this one runs.
-    while let Some(mut batch) = queue.next_batch(policy, |_| gone.inc()) {
-        let start = Instant::now();
-        let spans = if telemetry::enabled() {
-            inference_spans(name, &mut batch)
-        } else {
-            Vec::new()
-        };
-        for job in &batch {
-            queue_h.observe(start.duration_since(job.enqueued).as_secs_f64());
-        }
-        batch_h.observe(batch.len() as f64);
-        input.clear();
-        for job in &batch {
-            input.extend_from_slice(&job.input);
-        }
-        // On a GPU: zero rows up to a warmed-up size; their outputs are never read.
-        input.resize(padded_len(padded, batch.len()) * per, 0.0);
-        let result = session.run_outputs(&input);
-        infer_h.observe(start.elapsed().as_secs_f64());
-        if result.is_err() {
-            spans.iter().for_each(|s| {
-                s.record("otel.status_code", "ERROR");
-            });
-        }
-        // The inference spans end with the run, before the answers wake their requests.
-        drop(spans);
-        match result {
-            Ok(out) => {
-                let k = out.classes;
-                let mut features = out
-                    .features
-                    .as_ref()
-                    .map(|(f, d)| f.chunks_exact(*d).map(<[f32]>::to_vec));
-                for (job, row) in batch.into_iter().zip(out.logits.chunks_exact(k)) {
-                    let features = features.as_mut().and_then(Iterator::next);
-                    let answer = if row.iter().all(|v| v.is_finite()) {
-                        Ok(RowOutput {
-                            logits: row.to_vec(),
-                            features,
-                        })
-                    } else {
-                        nonfinite.inc();
-                        Err(InferError::NonFiniteLogits(name.to_string()))
-                    };
-                    // A receiver that left in the meantime is fine to ignore.
-                    let _ = job.reply.send(answer);
-                }
-            }
-            Err(e) => {
-                tracing::error!(model = name, error = %e, batch = batch.len(), "batch failed");
-                for job in batch {
-                    let _ = job.reply.send(Err(InferError::Runtime(e.to_string())));
-                }
-            }
-        }
-    }
-}
-
-/// Ends the `queue_wait` spans of a batch leaving the queue and opens one `inference` span per
-/// request in it, a child of that request's span: each trace shows the run its request took
-/// part in and how full it was (`caliper.batch_size` images from `caliper.batch_requests`
-/// requests, `caliper.images` of them its own).
-fn inference_spans(model: &str, batch: &mut [Job]) -> Vec<Span> {
-    for job in batch.iter_mut() {
-        // The request's last image to leave the queue closes its queue_wait span.
-        job.trace.queue = Span::none();
-    }
-    // A request's images are queued at once (`push_all`), so they are adjacent in a batch.
-    let mut requests: Vec<(&Span, usize)> = Vec::new();
-    for job in batch.iter() {
-        match requests.last_mut() {
-            Some((span, n)) if span.id() == job.trace.request.id() => *n += 1,
-            _ => requests.push((&job.trace.request, 1)),
-        }
-    }
-    requests
-        .iter()
-        .map(|&(request, images)| {
-            info_span!(
-                parent: request,
-                "inference",
-                caliper.model = model,
-                caliper.batch_size = batch.len() as i64,
-                caliper.batch_requests = requests.len() as i64,
-                caliper.images = images as i64,
-                otel.status_code = tracing::field::Empty
-            )
-        })
-        .collect()
 }

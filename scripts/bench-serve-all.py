@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""`scripts/bench-serve.sh all`: the serving benchmark on every model issue 19 sets targets for,
+one after the other in one call, and one JSON line with each model's figures and each target
+checked (true/false). Not a test.
+
+Models: LeNet (models/mnist, tests/data/digits/7.png), ResNet-20 (models/cifar10,
+tests/data/cifar10/ship.png) and EfficientNet-Lite0 at 224x224 (the third-party model of the
+own-models issue, `scripts/fetch-test-models.sh`), imported with `caliper import` into
+runs/bench-effnet/ (uncalibrated: no ImageNet calibration data here) and sent the 512x512
+astronaut photo. Env as for bench-serve.sh (DURATION, CONNS, ...); ONLY=mnist,cifar10 runs a
+subset.
+"""
+import json, os, subprocess, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+os.chdir(ROOT)
+
+
+def effnet_repo():
+    onnx = ROOT / "data/third_party_models/efficientnet-lite0.onnx"
+    labels = ROOT / "data/third_party_models/imagenet1k-labels.json"
+    if not onnx.exists():
+        sys.exit("error: data/third_party_models/efficientnet-lite0.onnx missing: run scripts/fetch-test-models.sh")
+    repo = ROOT / "runs/bench-effnet"
+    (repo / "calib").mkdir(parents=True, exist_ok=True)
+    if not (repo / "models/effnet/model.toml").exists():
+        subprocess.run(["target/release/caliper", "import", str(onnx), "--name", "effnet", "--preset", "imagenet",
+                        "--labels", str(labels), "--models-dir", str(repo / "models"), "--features", "auto"],
+                       check=True, stdout=sys.stderr)
+    return repo / "models/effnet"
+
+
+def run(name, model_dir, image):
+    env = dict(os.environ, SECTION=name)
+    p = subprocess.run(["scripts/bench-serve.sh", str(model_dir), str(image)], env=env,
+                       stdout=subprocess.PIPE, text=True)
+    lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"ok": False, "failures": [f"exit {p.returncode}"]}
+
+
+def main():
+    only = set(filter(None, os.environ.get("ONLY", "").split(",")))
+    plan = [("mnist", "models/mnist", "tests/data/digits/7.png"),
+            ("cifar10", "models/cifar10", "tests/data/cifar10/ship.png"),
+            ("effnet", None, "data/third_party_models/photos/astronaut.png")]
+    results, targets = {}, {}
+    for name, model_dir, image in plan:
+        if only and name not in only:
+            continue
+        if model_dir is None:
+            subprocess.run(["cargo", "build", "--release", "--locked", "--bins"], check=True, stdout=sys.stderr)
+            model_dir = effnet_repo()
+        print(f"== {name}", file=sys.stderr)
+        r = results[name] = run(name, model_dir, image)
+        get = lambda k: r.get(k)
+        if name == "mnist":
+            targets["mnist"] = {
+                "cpu_overhead_le_30us": _le(get("server_cpu_overhead_us"), 30),
+                "p50_le_raw_plus_0.10ms": _le(get("server_p50_minus_raw_ms"), 0.10),
+                "p50_below_python": _le(get("server_vs_python_p50_ratio"), 1.0, strict=True),
+                "throughput_ge_15x_python": _ge(get("server_vs_python_ratio"), 15),
+                "multipart32_per_image_le_0.6x": _le(get("multipart32_vs_single_cpu_ratio"), 0.6),
+                "v2_32_per_image_le_0.6x": _le(get("v232_vs_single_cpu_ratio"), 0.6),
+            }
+        else:
+            targets[name] = {
+                "cpu_ge_0.95x_raw": _ge(get("server_vs_raw_cpu_ratio"), 0.95),
+                "throughput_ge_0.9x_raw": _ge(get("server_vs_raw_ratio"), 0.9),
+            }
+            if name == "effnet":
+                targets[name]["multipart32_per_image_le_1.0x"] = _le(get("multipart32_vs_single_cpu_ratio"), 1.0)
+                targets[name]["v2_32_per_image_le_1.0x"] = _le(get("v232_vs_single_cpu_ratio"), 1.0)
+    ok = all(r.get("ok", True) is not False for r in results.values())
+    print(json.dumps({"benchmark": "serve-all", "ok": ok, "models": results, "targets": targets}))
+
+
+def _le(v, bound, strict=False):
+    return None if v is None else (v < bound if strict else v <= bound)
+
+
+def _ge(v, bound):
+    return None if v is None else v >= bound
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,386 @@
+//! Running a model's sessions: the session threads that drain its queue in batches, and the
+//! inline run that answers a request on its own task when the model is idle.
+//!
+//! Each session sits in a [`SessionSlot`]: its thread locks it for every batch, and a request
+//! that finds the model idle (nothing queued, no session running) may lock a free one and run
+//! its images at once, on the calling thread. On a 2-core VM the queue path costs two thread
+//! wake-ups per request (the session thread, then the request's task), tens of microseconds
+//! each, which at one client were most of the latency (issue 19); under load the sessions are
+//! busy, requests queue, and batching works as before. Inline runs are allowed only for models
+//! whose single-image run is short ([`INLINE_RUN_MAX`]), since they hold an async worker, only
+//! on the CPU (a GPU wants batches), and not while traces are exported (the `queue_wait` and
+//! `inference` spans describe the queue path).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::{Span, info_span};
+
+use super::InferError;
+use super::batcher::{BatchPolicy, BatchQueue, Queued, padded_len};
+use super::model::RowOutput;
+use crate::runtime::{BatchOutput, ClassifierSession, RuntimeError};
+use crate::serve::prometheus::ServerMetrics;
+use crate::serve::telemetry;
+
+/// Longest single-image run (measured at load) for which a request may run inline: about what
+/// the two thread hops it saves cost, so that an inline run never holds an async worker for
+/// longer than a few queue-path requests would.
+pub const INLINE_RUN_MAX: Duration = Duration::from_micros(250);
+
+/// How many images a request may run inline on `session` (a warmed-up CPU session): as many
+/// as fit in [`INLINE_RUN_MAX`] at its fastest single-image run of a few.
+pub(super) fn inline_images(session: &mut ClassifierSession) -> Result<usize, RuntimeError> {
+    let image = vec![0.0; session.image_len()];
+    let mut fastest = Duration::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        session.run_outputs(&image)?;
+        fastest = fastest.min(start.elapsed());
+    }
+    Ok((INLINE_RUN_MAX.as_nanos() / fastest.as_nanos().max(1)) as usize)
+}
+
+/// One queued image.
+pub(super) struct Job {
+    pub input: Vec<f32>,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Result<RowOutput, InferError>>,
+    pub trace: JobTrace,
+}
+
+/// The spans a queued image carries to its session thread, whose thread-local "current span"
+/// is not the request's: the request's span (explicit parent of the `inference` span) and the
+/// request's `queue_wait` span, shared by its images and closed when the last of them leaves
+/// the queue. Both are `Span::none()` when traces are not exported.
+#[derive(Clone)]
+pub(super) struct JobTrace {
+    request: Span,
+    queue: Span,
+}
+
+impl JobTrace {
+    pub fn new(model: &str, images: usize) -> Self {
+        if !telemetry::enabled() {
+            return Self {
+                request: Span::none(),
+                queue: Span::none(),
+            };
+        }
+        Self {
+            request: Span::current(),
+            queue: info_span!(
+                "queue_wait",
+                caliper.model = model,
+                caliper.images = images as i64
+            ),
+        }
+    }
+}
+
+impl Queued for Job {
+    fn enqueued_at(&self) -> Instant {
+        self.enqueued
+    }
+    fn is_abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// A session, shared by its thread and inline runs.
+pub(super) type SessionSlot = Arc<Mutex<ClassifierSession>>;
+
+// A panic inside ONNX Runtime's run leaves the session as usable as an error return does.
+fn lock(slot: &SessionSlot) -> MutexGuard<'_, ClassifierSession> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The model's sessions as seen by the request path.
+#[derive(Debug)]
+pub(super) struct Sessions {
+    slots: Vec<SessionSlot>,
+    /// Sessions running a batch now (threads and inline runs).
+    busy: Arc<AtomicUsize>,
+    /// Most images a request may run inline (0: never).
+    inline_images: usize,
+}
+
+/// Counts a running session while alive.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn enter(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::AcqRel);
+        Busy(n)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The metric handles of one model's runs.
+struct RunMetrics {
+    gone: prometheus::IntCounter,
+    queue: prometheus::Histogram,
+    inference: prometheus::Histogram,
+    batch: prometheus::Histogram,
+    nonfinite: prometheus::IntCounter,
+}
+
+impl RunMetrics {
+    fn new(name: &str, metrics: &ServerMetrics) -> Self {
+        RunMetrics {
+            gone: metrics.rejected.with_label_values(&["client_gone"]),
+            queue: metrics.queue_duration.with_label_values(&[name]),
+            inference: metrics.inference_duration.with_label_values(&[name]),
+            batch: metrics.batch_size.with_label_values(&[name]),
+            nonfinite: metrics.nonfinite_logits.with_label_values(&[name]),
+        }
+    }
+}
+
+impl Sessions {
+    /// Wraps the warmed-up sessions; requests of at most `inline_images` images may run inline
+    /// ([`inline_images`]).
+    pub fn new(sessions: Vec<ClassifierSession>, inline_images: usize) -> Self {
+        Sessions {
+            slots: sessions
+                .into_iter()
+                .map(|s| Arc::new(Mutex::new(s)))
+                .collect(),
+            busy: Arc::new(AtomicUsize::new(0)),
+            inline_images,
+        }
+    }
+
+    /// Starts one thread per session on `queue`.
+    pub fn spawn_threads(
+        &self,
+        name: &str,
+        queue: &Arc<BatchQueue<Job>>,
+        policy: BatchPolicy,
+        padded: &[usize],
+        metrics: &Arc<ServerMetrics>,
+    ) -> std::io::Result<()> {
+        for (i, slot) in self.slots.iter().enumerate() {
+            let (q, metrics, name) = (Arc::clone(queue), Arc::clone(metrics), name.to_string());
+            let (slot, busy, padded) = (Arc::clone(slot), Arc::clone(&self.busy), padded.to_vec());
+            std::thread::Builder::new()
+                .name(format!("caliper-{name}-{i}"))
+                .spawn(move || {
+                    let m = RunMetrics::new(&name, &metrics);
+                    session_thread(&name, &slot, &busy, &q, &policy, &padded, &m);
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Runs `inputs` at once on this thread when the model is idle (nothing queued, no session
+    /// running) and a session is free; `None` leaves them to the queue.
+    pub fn try_inline(
+        &self,
+        name: &str,
+        queue: &BatchQueue<Job>,
+        inputs: &[Vec<f32>],
+        metrics: &ServerMetrics,
+    ) -> Option<Vec<Result<RowOutput, InferError>>> {
+        if inputs.len() > self.inline_images
+            || telemetry::enabled()
+            || self.busy.load(Ordering::Acquire) != 0
+            || !queue.is_empty()
+        {
+            return None;
+        }
+        let mut session = self.slots.iter().find_map(|s| s.try_lock().ok())?;
+        let _busy = Busy::enter(&self.busy);
+        let m = RunMetrics::new(name, metrics);
+        let start = Instant::now();
+        m.queue.observe(0.0);
+        m.batch.observe(inputs.len() as f64);
+        let result = match inputs {
+            [one] => session.run_outputs(one),
+            _ => session.run_outputs(&inputs.concat()),
+        };
+        drop(session);
+        m.inference.observe(start.elapsed().as_secs_f64());
+        Some(answers(name, result, inputs.len(), &m))
+    }
+}
+
+/// Splits a run's outputs into one answer per input: its logits and features, or an error for
+/// a row with non-finite logits, or the run's error for every row.
+fn answers(
+    name: &str,
+    result: Result<BatchOutput, RuntimeError>,
+    rows: usize,
+    m: &RunMetrics,
+) -> Vec<Result<RowOutput, InferError>> {
+    let out = match result {
+        Ok(out) => out,
+        Err(e) => {
+            tracing::error!(model = name, error = %e, batch = rows, "batch failed");
+            return (0..rows)
+                .map(|_| Err(InferError::Runtime(e.to_string())))
+                .collect();
+        }
+    };
+    let k = out.classes;
+    let mut features = out
+        .features
+        .as_ref()
+        .map(|(f, d)| f.chunks_exact(*d).map(<[f32]>::to_vec));
+    // Padded rows (GPU) come after the real ones and are never read.
+    out.logits
+        .chunks_exact(k)
+        .take(rows)
+        .map(|row| {
+            let features = features.as_mut().and_then(Iterator::next);
+            if row.iter().all(|v| v.is_finite()) {
+                Ok(RowOutput {
+                    logits: row.to_vec(),
+                    features,
+                })
+            } else {
+                m.nonfinite.inc();
+                Err(InferError::NonFiniteLogits(name.to_string()))
+            }
+        })
+        .collect()
+}
+
+/// The loop of one session thread: form a batch, run it, answer every entry. Ends when the
+/// model is dropped (queue closed).
+fn session_thread(
+    name: &str,
+    slot: &SessionSlot,
+    busy: &AtomicUsize,
+    queue: &BatchQueue<Job>,
+    policy: &BatchPolicy,
+    padded: &[usize],
+    m: &RunMetrics,
+) {
+    let per = lock(slot).image_len();
+    // One input buffer for the thread's lifetime: batches are copied into it, never allocated.
+    let mut input: Vec<f32> = Vec::with_capacity(padded_len(padded, policy.max_batch_size) * per);
+    // The other sessions can form their next batch while this one runs.
+    while let Some(mut batch) = queue.next_batch(policy, |_| m.gone.inc()) {
+        let _busy = Busy::enter(busy);
+        let start = Instant::now();
+        let spans = if telemetry::enabled() {
+            inference_spans(name, &mut batch)
+        } else {
+            Vec::new()
+        };
+        for job in &batch {
+            m.queue
+                .observe(start.duration_since(job.enqueued).as_secs_f64());
+        }
+        m.batch.observe(batch.len() as f64);
+        input.clear();
+        for job in &batch {
+            input.extend_from_slice(&job.input);
+        }
+        // On a GPU: zero rows up to a warmed-up size; their outputs are never read.
+        input.resize(padded_len(padded, batch.len()) * per, 0.0);
+        let result = lock(slot).run_outputs(&input);
+        m.inference.observe(start.elapsed().as_secs_f64());
+        if result.is_err() {
+            spans.iter().for_each(|s| {
+                s.record("otel.status_code", "ERROR");
+            });
+        }
+        // The inference spans end with the run, before the answers wake their requests.
+        drop(spans);
+        let n = batch.len();
+        for (job, answer) in batch.into_iter().zip(answers(name, result, n, m)) {
+            // A receiver that left in the meantime is fine to ignore.
+            let _ = job.reply.send(answer);
+        }
+    }
+}
+
+/// Ends the `queue_wait` spans of a batch leaving the queue and opens one `inference` span per
+/// request in it, a child of that request's span: each trace shows the run its request took
+/// part in and how full it was (`caliper.batch_size` images from `caliper.batch_requests`
+/// requests, `caliper.images` of them its own).
+fn inference_spans(model: &str, batch: &mut [Job]) -> Vec<Span> {
+    for job in batch.iter_mut() {
+        // The request's last image to leave the queue closes its queue_wait span.
+        job.trace.queue = Span::none();
+    }
+    // A request's images are queued at once (`push_all`), so they are adjacent in a batch.
+    let mut requests: Vec<(&Span, usize)> = Vec::new();
+    for job in batch.iter() {
+        match requests.last_mut() {
+            Some((span, n)) if span.id() == job.trace.request.id() => *n += 1,
+            _ => requests.push((&job.trace.request, 1)),
+        }
+    }
+    requests
+        .iter()
+        .map(|&(request, images)| {
+            info_span!(
+                parent: request,
+                "inference",
+                caliper.model = model,
+                caliper.batch_size = batch.len() as i64,
+                caliper.batch_requests = requests.len() as i64,
+                caliper.images = images as i64,
+                otel.status_code = tracing::field::Empty
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn session() -> ClassifierSession {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/models/mnist-mlp/model.onnx");
+        ClassifierSession::new(&model, "input", "logits", [1, 28, 28], 1).unwrap()
+    }
+
+    #[test]
+    fn an_idle_model_runs_small_requests_inline_and_busy_ones_queue() {
+        let metrics = ServerMetrics::new().unwrap();
+        let queue = BatchQueue::<Job>::new(16);
+        let sessions = Sessions::new(vec![session()], 2);
+        let image: Vec<f32> = (0..784).map(|i| (i % 255) as f32 / 255.0).collect();
+        let want = session().run(&image).unwrap().0;
+        let rows = sessions
+            .try_inline("m", &queue, std::slice::from_ref(&image), &metrics)
+            .expect("an idle model runs inline");
+        assert_eq!(rows[0].as_ref().unwrap().logits, want);
+        // Two images fit, three do not.
+        let two = vec![image.clone(), image.clone()];
+        assert_eq!(
+            sessions.try_inline("m", &queue, &two, &metrics).unwrap().len(),
+            2
+        );
+        assert!(
+            sessions
+                .try_inline("m", &queue, &[image.clone(), image.clone(), image.clone()], &metrics)
+                .is_none()
+        );
+        // A running session (thread or inline) sends requests to the queue.
+        let running = Busy::enter(&sessions.busy);
+        assert!(sessions.try_inline("m", &queue, &two, &metrics).is_none());
+        drop(running);
+        // So does a session locked by its thread.
+        let held = sessions.slots[0].lock().unwrap();
+        assert!(sessions.try_inline("m", &queue, &two, &metrics).is_none());
+        drop(held);
+        // Never inline when the model is not allowed to.
+        let never = Sessions::new(vec![session()], 0);
+        assert!(never.try_inline("m", &queue, &two[..1], &metrics).is_none());
+    }
+}
