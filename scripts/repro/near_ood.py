@@ -5,8 +5,11 @@
 seed. No code in caliper knows about class subsets: each split is a folder dataset
 (`folder:DIR`, docs/DATA.md) whose class folders are symlinks into data/cifar10.
 
-    scripts/repro/near_ood.py run --seeds 0,1,2 --epochs 12 [--bin-dir target/release]
+    scripts/repro/near_ood.py run --seeds 0,1,2 --epochs 2 [--threads 1] [--bin-dir target/release]
     scripts/repro/near_ood.py report          # mean +- sd over the seeds -> docs/ood/cifar6-near-ood.json
+
+`run` trains the listed seeds one after the other and skips a seed whose model exists (the
+results in docs/ood/ ran one `run --seeds S --threads 1` per seed, side by side, 2 epochs).
 
 Splits: the first three of the five published CIFAR-10 splits of Neal et al. (as distributed
 with Vaze et al. 2022, `osr_splits.py`, and ARPL's split.py), seed i uses split i. Recipe: the
@@ -85,12 +88,6 @@ def run_seed(root, bins, data_dir, seed, epochs, threads):
           flush=True)
 
 
-def test_accuracy(root, rid):
-    """The trainer's test accuracy (report.json of the export)."""
-    rep = json.loads((root / "models" / rid / "report.json").read_text())
-    return rep.get("test", {}).get("accuracy"), rep.get("best_epoch")
-
-
 def report(root, out):
     seeds = sorted(root.glob("results/osr-s*.json"))
     if not seeds:
@@ -113,8 +110,9 @@ def report(root, out):
         log = [json.loads(line) for line in (root / "runs" / rid / "log.jsonl").read_text().splitlines()
                if line.strip()]
         runs.append({"id": rid, "split": r["split"], "epochs": len(log),
-                     "val_accuracy_last": log[-1].get("val_accuracy") if log else None,
-                     "id_test_images": r.get("id", {}).get("n"), "ood_test_images": r.get("ood", {}).get("n"),
+                     "val_accuracy_last": log[-1]["val"]["accuracy"] if log else None,
+                     "id_test_images": r["scores"]["msp"]["id_samples"],
+                     "ood_test_images": r["scores"]["msp"]["ood_samples"],
                      "train_wall_s": float((root / "runs" / rid / "wall_s").read_text())
                      if (root / "runs" / rid / "wall_s").exists() else None,
                      "closed_set_test_accuracy": per_seed_accuracy(root, rid)})
@@ -123,9 +121,16 @@ def report(root, out):
            "recipe": " ".join(RECIPE), "seeds": len(per_seed), "runs": runs, "scores": table}
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {out}")
-    for k, v in table.items():
-        print(f"{k:20s} AUROC {100 * v['auroc']['mean']:6.2f} +- {100 * (v['auroc']['sd'] or 0):5.2f}  "
-              f"FPR95 {100 * v['fpr_at_95_tpr']['mean']:6.2f} +- {100 * (v['fpr_at_95_tpr']['sd'] or 0):5.2f}")
+    # The Markdown table of docs/OOD.md, best mean AUROC first.
+    pm = lambda s, m: f"{100 * s[m]['mean']:.2f} ± {100 * (s[m]['sd'] or 0):.2f}"
+    print("| score | input | AUROC % | FPR@95%TPR % | AUPR-Out % | AUROC per seed % |")
+    print("| --- | --- | ---: | ---: | ---: | --- |")
+    for k, v in sorted(table.items(), key=lambda kv: -kv[1]["auroc"]["mean"]):
+        seeds = " / ".join(f"{100 * a:.2f}" for a in v["auroc"]["per_seed"])
+        print(f"| {k} | {v['input']} | {pm(v, 'auroc')} | {pm(v, 'fpr_at_95_tpr')} | {pm(v, 'aupr_out')} | {seeds} |")
+    for r in runs:
+        print(r["id"], r["split"]["known"], "acc", r["closed_set_test_accuracy"], "epochs", r["epochs"],
+              "wall", r["train_wall_s"])
 
 
 def per_seed_accuracy(root, rid):
