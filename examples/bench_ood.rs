@@ -1,11 +1,11 @@
 //! Per-request cost of each OOD score (docs/BENCHMARKS.md, "OOD scores per request"): the
 //! model runs once on IMAGE for its logits and penultimate features, then each score the
-//! calibration file serves is computed from them REPEATS x ITERS times on one thread, side by
+//! calibration file serves is computed from them over and over on one thread, side by
 //! side in one run, and printed as CPU microseconds per image and as a share of
 //! SERVER_CPU_US, the server's whole CPU per request on that model (from the inference server
 //! benchmark in docs/BENCHMARKS.md).
 //!
-//! `cargo run --release --example bench_ood -- MODEL_DIR CALIB IMAGE SERVER_CPU_US [ITERS]`
+//! `cargo run --release --example bench_ood -- MODEL_DIR CALIB IMAGE SERVER_CPU_US`
 //!
 //! The server computes every score on every request (`policy::decide`: the default decides
 //! `is_ood`, the others are reported beside it), so the row `all (served)` is what a request
@@ -13,6 +13,7 @@
 
 use std::hint::black_box;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use caliper::repository::{CalibrationFile, ModelMetadata};
 use caliper::runtime::ClassifierSession;
@@ -21,17 +22,15 @@ use caliper::trust::ood::artifacts::named_scores;
 
 /// Repeats of each timing; the median is reported.
 const REPEATS: usize = 7;
+/// Shortest repeat, in seconds of wall time.
+const MIN_REPEAT_S: f64 = 0.2;
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().skip(1).collect();
-    anyhow::ensure!(
-        (4..=5).contains(&a.len()),
-        "usage: MODEL_DIR CALIB IMAGE SERVER_CPU_US [ITERS]"
-    );
+    anyhow::ensure!(a.len() == 4, "usage: MODEL_DIR CALIB IMAGE SERVER_CPU_US");
     let dir = PathBuf::from(&a[0]);
     let file = CalibrationFile::load(&PathBuf::from(&a[1]))?;
     let server_us: f64 = a[3].parse()?;
-    let iters: usize = a.get(4).map_or(Ok(2000), |s| s.parse())?;
     let meta = ModelMetadata::load(&dir.join("model.toml"))?;
     let i = &meta.input;
     let features_name = meta
@@ -65,15 +64,28 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("the calibration file has no ood section"))?;
     let det = &ood.detectors;
 
-    // Median over REPEATS of the mean CPU time of one call, in microseconds.
+    // Median over REPEATS of the mean CPU time of one call, in microseconds. Each repeat runs
+    // for at least MIN_REPEAT_S (the call count doubles until it does), so the thread's CPU
+    // clock, which advances in scheduler ticks, resolves even a 0.1 us call.
     let time = |f: &dyn Fn() -> f64| -> f64 {
+        let mut n = 16usize;
+        loop {
+            let t = Instant::now();
+            for _ in 0..n {
+                black_box(f());
+            }
+            if t.elapsed().as_secs_f64() >= MIN_REPEAT_S {
+                break;
+            }
+            n *= 2;
+        }
         let mut per: Vec<f64> = (0..REPEATS)
             .map(|_| {
                 let t = thread_cpu_ns();
-                for _ in 0..iters {
+                for _ in 0..n {
                     black_box(f());
                 }
-                (thread_cpu_ns() - t) / iters as f64 / 1e3
+                (thread_cpu_ns() - t) / n as f64 / 1e3
             })
             .collect();
         per.sort_by(f64::total_cmp);
@@ -133,7 +145,7 @@ fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "model": dir.display().to_string(), "features": d, "classes": file.num_classes,
-            "knn_rows_k": knn, "vim_dim": vim_dim, "iters": iters, "repeats": REPEATS,
+            "knn_rows_k": knn, "vim_dim": vim_dim, "min_repeat_s": MIN_REPEAT_S, "repeats": REPEATS,
             "server_cpu_us_per_request": server_us,
             "scores": rows.iter().map(|(name, us)| serde_json::json!({
                 "score": name, "cpu_us": us, "share_of_request": us / server_us,
