@@ -7,10 +7,12 @@ Scenarios (--scenario, several allowed):
   label_shift  from --onset on, --shift-share (0.8) of the traffic comes from two classes (drawn
                per stream), the rest uniformly from the others; the stream ends
                --label-shift-after (2000) predictions after the onset;
-  covariate    from --onset on, a corruption rises linearly to --severity at the end of the
-               stream (contrast loss plus Gaussian noise by default; --corruption
-               blur|noise|contrast); --requests predictions in all;
+  covariate    from --onset on, a corruption rises linearly to --severity over --ramp (5000)
+               predictions, then holds (contrast loss plus Gaussian noise by default;
+               --corruption blur|noise|contrast); --requests (6000) predictions in all;
   none         i.i.d. draws from the test set; --requests predictions.
+A covariate or no-shift stream whose first automatic promotion leaves fewer than
+--after-promotion predictions before its end runs on until it has them (at most --max-requests).
 
 Two servers per stream (with --caliper: each started on port 0 with a private copy of
 calib/<model>.json and a private state dir, so nothing leaks between streams or servers) receive
@@ -312,6 +314,7 @@ def run_stream(args, ref, treat, images, labels, classes, seed, scenario):
     rng = np.random.default_rng(seed)
     onset = args.onset
     n = onset + args.label_shift_after if scenario == "label_shift" else args.requests
+    ramp_end = onset + args.ramp
     by_class = [np.flatnonzero(np.asarray(labels) == c) for c in range(classes)]
     heavy = rng.choice(classes, size=2, replace=False).tolist()
     others = [c for c in range(classes) if c not in heavy]
@@ -330,6 +333,8 @@ def run_stream(args, ref, treat, images, labels, classes, seed, scenario):
             promotions = treat.promotions(args.model)
             if promotions > 0 and promoted_at is None:
                 promoted_at = t  # every prediction from here on is served by a promoted calibrator
+                # Run on until --after-promotion predictions were served after it (capped).
+                n = min(max(n, t + args.after_promotion), args.max_requests)
         idx, pngs = [], []
         for j in range(batch):
             step = t + j
@@ -340,7 +345,7 @@ def run_stream(args, ref, treat, images, labels, classes, seed, scenario):
                 i = int(rng.integers(len(labels)))
             img = images[i]
             if scenario == "covariate" and step >= onset:
-                sev = args.severity * (step - onset + 1) / max(1, n - onset)
+                sev = args.severity * min(1.0, (step - onset + 1) / max(1, ramp_end - onset))
                 img = corrupt(img, sev, args.corruption, rng)
             idx.append(i)
             pngs.append(encode_png(img))
@@ -660,6 +665,11 @@ def main():
     ap.add_argument("--delay", type=int, default=200, help="labels arrive this many predictions later")
     ap.add_argument("--shift-share", type=float, default=0.8)
     ap.add_argument("--severity", type=float, default=0.8)
+    ap.add_argument("--ramp", type=int, default=5000,
+                    help="covariate: the corruption reaches --severity this many predictions after the onset, then holds")
+    ap.add_argument("--max-requests", type=int, default=9000,
+                    help="covariate and none: a stream whose first promotion comes late runs on until "
+                         "--after-promotion predictions followed it, up to this many")
     ap.add_argument("--corruption", default="contrast+noise", choices=["contrast+noise", "contrast", "noise", "blur"])
     ap.add_argument("--alpha", type=float, default=0.1, help="conformal level of the served sets (0: none)")
     ap.add_argument("--record-every", type=int, default=100)
@@ -710,6 +720,7 @@ def main():
             "delay": args.delay, "onset": args.onset if scenario != "none" else None,
             "shift_share": args.shift_share if scenario == "label_shift" else None,
             "severity": args.severity if scenario == "covariate" else None,
+            "ramp": args.ramp if scenario == "covariate" else None, "max_requests": args.max_requests,
             "corruption": args.corruption if scenario == "covariate" else None,
             "alpha": args.alpha, "alarm_alpha": alarm_alpha, "server_args": base,
             "treated_server_args": treated_flags, "treated_requests_adapt": scenario == "label_shift",
