@@ -539,6 +539,8 @@ def summarize(out, dataset):
         delays = sorted(s["alarm_at"] - onset for s in after)
         entry = {
             "command": d["command"], "streams": len(streams), "requests": d["requests"], "onset": d.get("onset"),
+            "label_delay": d.get("delay"), "ramp": d.get("ramp"), "severity": d.get("severity"),
+            "requests_served": [s["requests"] for s in streams],
             "alarm": {
                 "alpha": d.get("alarm_alpha"),
                 "fired": len(fired), "fraction": len(fired) / len(streams),
@@ -603,15 +605,21 @@ def markdown(summary):
     lines = [f"# Drift simulator: {ds}", "",
              "Means over streams with bootstrap 95% intervals of the mean. Made by the command in each",
              f"scenario of `{ds}-summary.json`.", "",
-             "| scenario | streams | requests | alarm fired | median alarm delay (predictions after onset) | streams with a promotion |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "Alarm: the reference server's (shipped calibrator, no correction), polled every",
+             "`record_every` predictions; delays in predictions served after the onset (labels arrive",
+             "`label_delay` predictions late). Requests: per stream (a covariate or no-shift stream runs",
+             "on after a late first promotion until 1,000 predictions followed it, up to `max_requests`).", "",
+             "| scenario | streams | requests | onset | alarm fired | median alarm delay (predictions after onset) | streams with a promotion |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for scen, e in summary["scenarios"].items():
         a = e["alarm"]
         fired = f"{a['fired']}/{e['streams']} ({a['fraction']:.2f}) at alpha {a['alpha']}"
         if a["fired_before_onset"]:
             fired += f", {a['fired_before_onset']} before onset"
         delay = "n/a" if a["median_delay_predictions"] is None else f"{a['median_delay_predictions']:.0f}"
-        lines.append(f"| {scen} | {e['streams']} | {e['requests']} | {fired} | {delay} | {e['promotions']['streams_with_one']}/{e['streams']} |")
+        served = e.get("requests_served") or [e["requests"]]
+        span = f"{min(served)}" if min(served) == max(served) else f"{min(served)}-{max(served)}"
+        lines.append(f"| {scen} | {e['streams']} | {span} | {e['onset'] if e['onset'] is not None else '-'} | {fired} | {delay} | {e['promotions']['streams_with_one']}/{e['streams']} |")
     ls = summary["scenarios"].get("label_shift", {}).get("label_shift")
     if ls:
         lines += ["", f"Label shift, after {ls['after_onset']} post-onset predictions (window of the "
@@ -627,7 +635,9 @@ def markdown(summary):
                   f"| NLL reduction (without - with) | {fmt(ls['nll_reduction'])}, lower in {ls['streams_nll_lower_with']} streams |"]
     for scen in ("covariate", "none"):
         ap = summary["scenarios"].get(scen, {}).get("after_promotion")
-        if ap:
+        if ap and not ap["streams_measured"] and not ap["streams_promoted_too_late"]:
+            lines += ["", f"{scen}: no stream had an automatic promotion."]
+        elif ap:
             lines += ["", f"{scen}: the {ap['predictions']} predictions after the first automatic promotion "
                       f"({ap['streams_measured']} streams measured, {ap['streams_promoted_too_late']} promoted too late to have them):", "",
                       "| figure | value |", "| --- | --- |",

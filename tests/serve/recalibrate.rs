@@ -168,7 +168,10 @@ async fn feedback_refits_a_bad_calibrator_and_the_server_swaps_it_in() {
     // 1,000 labels of an under-confident calibrator: the anytime-valid alarm fired.
     let alarm = &report["alarm"];
     assert_eq!(
-        (alarm["alarm"].as_bool(), alarm["calibration_labels"].as_u64()),
+        (
+            alarm["alarm"].as_bool(),
+            alarm["calibration_labels"].as_u64()
+        ),
         (Some(true), Some(N as u64)),
         "{alarm}"
     );
