@@ -5,7 +5,9 @@
 //! are predicted and labelled, and then: the TS shadow, refitted from the feedback, beats the
 //! incumbent prequentially; `POST /v2/repository/models/mnist/recalibrate` answers held-out
 //! figures better than before, writes a new calibration file with its provenance and keeps the
-//! previous one; and the next predictions are served with the new calibrator.
+//! previous one; and the next predictions are served with the new calibrator. The calibration
+//! alarm, which T = 3 (under-confident) sets off, starts again with the new calibrator, and again
+//! when `load` brings the old file back, but not on a load that changes nothing.
 
 use std::time::{Duration, Instant};
 
@@ -159,9 +161,27 @@ async fn feedback_refits_a_bad_calibrator_and_the_server_swaps_it_in() {
     );
     assert_eq!(report["shadow"]["window_labels"], N);
     assert_eq!(report["shadow"]["unusable_for_refit"], 0);
+    assert!(
+        ts["e_value"].as_f64().unwrap() > 1.0,
+        "the promotion e-process bets on the shadow's gains: {ts}"
+    );
+    // 1,000 labels of an under-confident calibrator: the anytime-valid alarm fired.
+    let alarm = &report["alarm"];
+    assert_eq!(
+        (
+            alarm["alarm"].as_bool(),
+            alarm["calibration_labels"].as_u64()
+        ),
+        (Some(true), Some(N as u64)),
+        "{alarm}"
+    );
     let metrics = get_text(&client, &server, "/metrics").await;
     assert!(
         metrics.contains(r#"caliper_shadow_labels{model="mnist",shadow="ts"} 500"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"caliper_shadow_promotion_evalue{model="mnist",shadow="ts"}"#),
         "{metrics}"
     );
     assert!(
@@ -237,6 +257,57 @@ async fn feedback_refits_a_bad_calibrator_and_the_server_swaps_it_in() {
         ),
         "{metrics}"
     );
-    // The incumbent changed: the shadows' scores start again.
-    assert_eq!(server.monitor(&client, MODEL).await["shadow"]["ts"]["n"], 0);
+    // The incumbent changed: the shadows' scores start again, and so does the trust state the
+    // old calibrator's evidence built (the alarm, its e-processes, the label-shift window); the
+    // one prediction served since is the only one they have seen.
+    let report = server.monitor(&client, MODEL).await;
+    assert_eq!(report["shadow"]["ts"]["n"], 0);
+    let alarm = &report["alarm"];
+    assert_eq!(
+        (
+            alarm["alarm"].as_bool(),
+            alarm["calibration_labels"].as_u64(),
+            alarm["exchangeability_samples"].as_u64()
+        ),
+        (Some(false), Some(0), Some(1)),
+        "{alarm}"
+    );
+    assert_eq!(report["estimated"]["served"], 1, "{}", report["estimated"]);
+    assert!(
+        metrics.contains(r#"caliper_calibration_alarm{model="mnist"} 0"#),
+        "{metrics}"
+    );
+
+    // Roll back by hand (the .prev file and `load`): the calibrator changes again, so does the
+    // trust state; a load that changes nothing keeps it.
+    std::fs::copy(
+        calib.join(format!("{MODEL}.json.prev")),
+        calib.join(format!("{MODEL}.json")),
+    )
+    .unwrap();
+    let labels_now = |r: &Value| r["alarm"]["calibration_labels"].as_u64();
+    let more = predict(&client, &server, &test, N, N + 100).await;
+    let items: Vec<Value> = more
+        .iter()
+        .enumerate()
+        .map(|(i, p)| json!({"prediction_id": p["prediction_id"], "label": test.labels[N + i]}))
+        .collect();
+    feedback(&client, &server, &items).await;
+    assert_eq!(labels_now(&server.monitor(&client, MODEL).await), Some(100));
+    let load = |client: reqwest::Client, url: String| async move {
+        let resp = client.post(url).bearer_auth(ADMIN).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+    };
+    let load_url = server.url(&format!("/v2/repository/models/{MODEL}/load"));
+    load(client.clone(), load_url.clone()).await;
+    assert_eq!(labels_now(&server.monitor(&client, MODEL).await), Some(0));
+    let more = predict(&client, &server, &test, N + 100, N + 200).await;
+    let items: Vec<Value> = more
+        .iter()
+        .enumerate()
+        .map(|(i, p)| json!({"prediction_id": p["prediction_id"], "label": test.labels[N + 100 + i]}))
+        .collect();
+    feedback(&client, &server, &items).await;
+    load(client.clone(), load_url).await;
+    assert_eq!(labels_now(&server.monitor(&client, MODEL).await), Some(100));
 }

@@ -55,7 +55,7 @@ pub struct Shared {
     /// Heavy monitor reports (bootstrap intervals) computed at once.
     pub reports: Arc<Semaphore>,
     /// Live calibration monitor (prediction tokens, label feedback).
-    pub monitor: Monitor,
+    pub monitor: Arc<Monitor>,
     /// Shadow calibrators refitted from feedback, and their promotion (issue 22).
     pub recal: Arc<Recalibration>,
     /// The payload log (`--payload-log`), when enabled.
@@ -131,11 +131,17 @@ impl AppState {
             ),
             None => None,
         };
+        let monitor = Arc::new(monitor);
+        let registry = Arc::new(ModelRegistry::new(
+            config.registry_options(),
+            Arc::clone(&metrics),
+        ));
+        // A recalibration (or a load of a changed calibration file) replaces the calibrator:
+        // the alarm, the label-shift window and the adaptive level start again (issue 22).
+        let m = Arc::clone(&monitor);
+        registry.on_swap(Box::new(move |name| m.reset_trust(name)));
         Ok(Self(Arc::new(Shared {
-            registry: Arc::new(ModelRegistry::new(
-                config.registry_options(),
-                Arc::clone(&metrics),
-            )),
+            registry,
             admission: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             budget: MemoryBudget::new(config.max_decode_memory_bytes),
             reports: Arc::new(Semaphore::new(config.max_concurrent_reports)),

@@ -187,10 +187,12 @@ fn publish_shadow(metrics: &ServerMetrics, model: &str, shadow: &str, s: &Shadow
             }
         }
     }
-    match s.p_value {
-        Some(p) => m.p_value.with_label_values(&[model, shadow]).set(p),
-        None => {
-            let _ = m.p_value.remove_label_values(&[model, shadow]);
+    for (vec, v) in [(&m.p_value, s.p_value), (&m.e_value, s.e_value)] {
+        match v {
+            Some(v) => vec.with_label_values(&[model, shadow]).set(v),
+            None => {
+                let _ = vec.remove_label_values(&[model, shadow]);
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! and warmed up): call it from a blocking context. A failed reload leaves the old model serving.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use std::path::PathBuf;
 
@@ -23,13 +23,27 @@ pub struct RegistryOptions {
     pub model: ModelOptions,
 }
 
+/// Called with a model's name when a load replaced it by one that predicts differently (another
+/// model file or another calibrator): evidence gathered on the old one no longer applies.
+pub type SwapHook = Box<dyn Fn(&str) + Send + Sync>;
+
 /// Served models plus the start-up failures that keep the server from being ready.
-#[derive(Debug)]
 pub struct ModelRegistry {
     config: RegistryOptions,
     metrics: Arc<ServerMetrics>,
     models: RwLock<BTreeMap<String, Arc<LoadedModel>>>,
     failed: RwLock<BTreeMap<String, String>>,
+    on_swap: OnceLock<SwapHook>,
+}
+
+impl std::fmt::Debug for ModelRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelRegistry")
+            .field("config", &self.config)
+            .field("models", &self.models)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ModelRegistry {
@@ -40,7 +54,16 @@ impl ModelRegistry {
             metrics,
             models: RwLock::default(),
             failed: RwLock::default(),
+            on_swap: OnceLock::new(),
         }
+    }
+
+    /// Sets the hook run after a load that changed a served model's file or calibrator
+    /// (a recalibration, manual or automatic, or `load` after `calib/<model>.json` changed).
+    /// The server resets the model's live trust state with it (`Monitor::reset_trust`). Only
+    /// the first hook set is kept.
+    pub fn on_swap(&self, hook: SwapHook) {
+        let _ = self.on_swap.set(hook);
     }
 
     /// Loads every model of the repository; failures are logged and remembered (the server
@@ -74,6 +97,12 @@ impl ModelRegistry {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name.to_string(), Arc::clone(&model));
+        let changed = old.as_ref().is_some_and(|o| {
+            o.files.sha256 != model.files.sha256 || o.calibrator != model.calibrator
+        });
+        if let (true, Some(hook)) = (changed, self.on_swap.get()) {
+            hook(name);
+        }
         if let Some(old) = old.filter(|o| o.info_labels() != model.info_labels()) {
             let _ = self
                 .metrics

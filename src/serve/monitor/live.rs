@@ -170,6 +170,24 @@ struct ModelTrust {
     alarm: Option<(&'static str, u64)>,
     cache: Option<Cached>,
     refreshing: bool,
+    /// When the state was last reset (Unix seconds; 0: never): labels of predictions made
+    /// before then judged the previous calibrator and are not fed to the new state.
+    since_s: u64,
+}
+
+impl ModelTrust {
+    fn new(cfg: &TrustConfig, since_s: u64) -> Self {
+        ModelTrust {
+            served: None,
+            exchange: ExchangeabilityMartingale::new(),
+            calibration: CalibrationEProcess::new(cfg.alarm_tolerance),
+            aci: None,
+            alarm: None,
+            cache: None,
+            refreshing: false,
+            since_s,
+        }
+    }
 }
 
 /// Per-model live trust state.
@@ -196,15 +214,9 @@ impl LiveTrust {
 
     fn with<R>(&self, model: &str, f: impl FnOnce(&mut ModelTrust, &TrustConfig) -> R) -> R {
         let mut map = self.models.lock().unwrap_or_else(|e| e.into_inner());
-        let t = map.entry(model.to_string()).or_insert_with(|| ModelTrust {
-            served: None,
-            exchange: ExchangeabilityMartingale::new(),
-            calibration: CalibrationEProcess::new(self.config.alarm_tolerance),
-            aci: None,
-            alarm: None,
-            cache: None,
-            refreshing: false,
-        });
+        let t = map
+            .entry(model.to_string())
+            .or_insert_with(|| ModelTrust::new(&self.config, 0));
         f(t, &self.config)
     }
 
@@ -212,6 +224,10 @@ impl LiveTrust {
     /// the adaptive level, the level. Called for each new record, in log order.
     pub(super) fn on_label(&self, r: &FeedbackRecord, now_s: u64) {
         self.with(&r.model, |t, cfg| {
+            if r.issued_at_s < t.since_s {
+                // Served before the calibrator was replaced: evidence about the old one.
+                return;
+            }
             t.calibration.update(r.predicted == r.label, r.confidence);
             if let (Some(set), Some(aci)) = (r.set, t.aci.as_mut())
                 && set.adaptive
@@ -384,11 +400,19 @@ impl Monitor {
         })
     }
 
-    /// Forgets `model`'s live trust state (estimates, alarm, adaptive level): for when its
-    /// calibrator is replaced, after which the old evidence no longer applies.
+    /// Forgets `model`'s live trust state (served window and estimates, both alarm
+    /// statistics and the latched alarm, adaptive level): for when its calibrator is replaced
+    /// (the server's model registry calls it on every such swap), after which the old evidence
+    /// no longer applies. Labels that arrive later for predictions served before the reset
+    /// (by the second) are not fed to the new state.
     pub fn reset_trust(&self, model: &str) {
+        self.reset_trust_at(model, super::now_s());
+    }
+
+    fn reset_trust_at(&self, model: &str, now: u64) {
         let mut map = self.live.models.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(model);
+        map.insert(model.to_string(), ModelTrust::new(&self.config.trust, now));
+        tracing::info!(model, "live trust state reset: the calibrator changed");
     }
 }
 
@@ -536,7 +560,17 @@ mod tests {
         assert_eq!((a.reason, a.calibration_labels), (Some("calibration"), 200));
         assert!(a.calibration_evalue >= a.threshold);
         m.reset_trust("m");
-        assert!(m.alarm_report("m").is_none());
+        let a = m.alarm_report("m").unwrap();
+        assert!(!a.alarm && a.calibration_labels == 0, "{a:?}");
+        // A late label of a prediction served before the reset judges the old calibrator: not
+        // fed to the new e-process (the reset is dated 10 s after the prediction here).
+        let late = FeedbackItem {
+            prediction_id: m.issue_token("m", "1", 0, 0.95, &[0.95, 0.05]),
+            label: LabelRef::Index(1),
+        };
+        m.reset_trust_at("m", now + 10);
+        assert!(m.record(&[late], &labels, now + 10)[0].is_ok());
+        assert_eq!(m.alarm_report("m").unwrap().calibration_labels, 0);
     }
 
     #[test]

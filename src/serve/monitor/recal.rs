@@ -55,7 +55,8 @@ pub struct RecalArgs {
         default_value_t = 500
     )]
     pub auto_recalibrate_min_labels: u64,
-    /// Promotion rule: level of the one-sided paired test on per-label NLL differences.
+    /// Promotion rule: level of the anytime-valid test (a betting e-process on per-label NLL
+    /// gains) that a promotion must pass: its e-value must reach 1/alpha.
     #[arg(long, env = "CALIPER_AUTO_RECALIBRATE_ALPHA", default_value_t = 0.01)]
     pub auto_recalibrate_alpha: f64,
     /// Promotion rule: smallest mean NLL gain per label, in nats.
@@ -72,7 +73,7 @@ pub struct RecalConfig {
     pub window: usize,
     /// Refit period in usable labels.
     pub refit_every: usize,
-    /// The promotion rule (always set: it also gives the p-value shown in the monitor).
+    /// The promotion rule (always set: it also gives the e-value shown in the monitor).
     pub rule: PromotionRule,
     /// Whether shadows are promoted automatically.
     pub auto: bool,
@@ -112,8 +113,8 @@ impl RecalArgs {
         if !(self.auto_recalibrate_alpha > 0.0 && self.auto_recalibrate_alpha < 1.0) {
             return Err(("auto-recalibrate-alpha", "in (0, 1)"));
         }
-        if !(self.auto_recalibrate_margin.is_finite() && self.auto_recalibrate_margin >= 0.0) {
-            return Err(("auto-recalibrate-margin", "finite and >= 0"));
+        if !(0.0..=super::shadow::GAIN_CLIP / 2.0).contains(&self.auto_recalibrate_margin) {
+            return Err(("auto-recalibrate-margin", "in [0, 2] nats"));
         }
         Ok(RecalConfig {
             logit_store: self.logit_store,
@@ -161,7 +162,7 @@ struct ModelRecal {
 }
 
 impl ModelRecal {
-    fn new(sha256: &str, bins: usize) -> Self {
+    fn new(sha256: &str, bins: usize, margin: f64) -> Self {
         ModelRecal {
             sha256: sha256.to_string(),
             window: VecDeque::new(),
@@ -175,7 +176,7 @@ impl ModelRecal {
                 .map(|&method| Slot {
                     method,
                     calibrator: None,
-                    score: Prequential::new(bins),
+                    score: Prequential::new(bins, margin),
                     last_error: None,
                 })
                 .collect(),
@@ -368,10 +369,10 @@ impl Recalibration {
         let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
         let m = models
             .entry(model.to_string())
-            .or_insert_with(|| ModelRecal::new(sha256, self.config.bins));
+            .or_insert_with(|| ModelRecal::new(sha256, self.config.bins, self.config.rule.margin));
         if m.sha256 != sha256 {
             // Another model file: its labels and shadows say nothing about this one.
-            *m = ModelRecal::new(sha256, self.config.bins);
+            *m = ModelRecal::new(sha256, self.config.bins, self.config.rule.margin);
         }
         let mut out = Observed::default();
         for (e, logits) in rows {
@@ -492,7 +493,7 @@ impl Recalibration {
         if let Some(m) = models.get_mut(model) {
             m.promoting = false;
             for s in &mut m.slots {
-                s.score = Prequential::new(self.config.bins);
+                s.score = Prequential::new(self.config.bins, self.config.rule.margin);
             }
         }
     }
@@ -503,7 +504,7 @@ impl Recalibration {
         models.get(model).map_or_else(Vec::new, |m| {
             m.slots
                 .iter()
-                .map(|s| (s.method, s.score.score(self.config.rule.margin)))
+                .map(|s| (s.method, s.score.score()))
                 .collect()
         })
     }
@@ -519,8 +520,8 @@ impl Recalibration {
             ShadowSlotReport {
                 calibrator: s.and_then(|s| s.calibrator.clone()),
                 score: s.map_or_else(
-                    || Prequential::new(self.config.bins).score(self.config.rule.margin),
-                    |s| s.score.score(self.config.rule.margin),
+                    || Prequential::new(self.config.bins, self.config.rule.margin).score(),
+                    |s| s.score.score(),
                 ),
                 last_error: s.and_then(|s| s.last_error.clone()),
             }

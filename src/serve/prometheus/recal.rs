@@ -13,8 +13,12 @@ pub struct RecalMetrics {
     pub ece: GaugeVec,
     /// `caliper_shadow_labels{model, shadow}`: labels scored since the last promotion.
     pub labels: IntGaugeVec,
-    /// `caliper_shadow_promotion_pvalue{model, shadow}`: p-value of the promotion test.
+    /// `caliper_shadow_promotion_pvalue{model, shadow}`: p-value of the paired t statistic of
+    /// the gains (descriptive: the promotion decides on the e-value).
     pub p_value: GaugeVec,
+    /// `caliper_shadow_promotion_evalue{model, shadow}`: the promotion e-process (a promotion
+    /// needs 1/alpha).
+    pub e_value: GaugeVec,
     /// `caliper_recalibrations_total{model, method, trigger}`: calibration files fitted from
     /// feedback and swapped in (`trigger` = `manual` or `auto`).
     pub recalibrations: IntCounterVec,
@@ -57,7 +61,14 @@ impl RecalMetrics {
             labels,
             p_value: gauge(
                 "caliper_shadow_promotion_pvalue",
-                "One-sided p-value that the shadow's NLL gain exceeds the promotion margin",
+                "One-sided p-value of the paired t statistic of the shadow's NLL gain against the \
+                 promotion margin (descriptive; promotions decide on the e-value)",
+                &["model", "shadow"],
+            )?,
+            e_value: gauge(
+                "caliper_shadow_promotion_evalue",
+                "Anytime-valid e-value that the shadow's NLL gain exceeds the promotion margin \
+                 (a promotion needs 1/alpha)",
                 &["model", "shadow"],
             )?,
             recalibrations: counter(

@@ -108,3 +108,56 @@ impl CalibrationEProcess {
         self.tolerance
     }
 }
+
+/// One-sided betting e-process for H0: E[g_t | past] <= 0, with payoffs g_t in [-1, 1]: the
+/// wealth prod (1 + lambda_s g_s), lambda in [0, 1/2] chosen by online Newton steps from the
+/// past only. Under H0 it is a nonnegative supermartingale with initial value 1, so by Ville's
+/// inequality it reaches 1/alpha with probability at most alpha, however long it runs. The
+/// shadow-promotion rule of `serve::monitor::shadow` bets with it on scaled NLL gains.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OneSidedEProcess {
+    bettor: Bettor,
+    samples: u64,
+}
+
+impl Default for OneSidedEProcess {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OneSidedEProcess {
+    /// A fresh process (value 1).
+    pub fn new() -> Self {
+        Self {
+            bettor: Bettor::new(),
+            samples: 0,
+        }
+    }
+
+    /// Adds one payoff. Values outside [-1, 1] are clamped into it, so the null tested is
+    /// about the clamped payoff (the caller scales its data so that clamping is rare); NaN is
+    /// ignored.
+    pub fn update(&mut self, g: f64) {
+        if g.is_nan() {
+            return;
+        }
+        self.bettor.bet(g.clamp(-1.0, 1.0), 0.5);
+        self.samples += 1;
+    }
+
+    /// ln of the e-value.
+    pub fn log_value(&self) -> f64 {
+        self.bettor.log_wealth
+    }
+
+    /// The e-value (saturates at f64::MAX).
+    pub fn value(&self) -> f64 {
+        self.log_value().exp().min(f64::MAX)
+    }
+
+    /// Payoffs seen.
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+}

@@ -12,11 +12,13 @@
 //!   2005; Vovk 2021) on the label-free max-probability scores: conformal p-values against every
 //!   earlier score, bet on by the Composite Jumper, which keeps its power after a long quiet
 //!   stretch (the plain power martingale loses it).
+//! - [`OneSidedEProcess`]: the one-sided bettor alone, for H0: E[g_t | past] <= 0 with g in
+//!   [-1, 1]; the shadow-promotion rule of `--auto-recalibrate` bets with it.
 
 mod betting;
 mod exchangeability;
 #[cfg(test)]
 mod tests;
 
-pub use betting::CalibrationEProcess;
+pub use betting::{CalibrationEProcess, OneSidedEProcess};
 pub use exchangeability::{EXCHANGEABILITY_BINS, ExchangeabilityMartingale};
