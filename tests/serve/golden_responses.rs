@@ -22,7 +22,11 @@ fn requests(root: &Path) -> Vec<(String, &'static str, String, String, Vec<u8>)>
     let mut out = Vec::new();
     let png = "image/png".to_string();
     for d in ["0.png", "3.jpg", "4.png", "7.png", "9.png"] {
-        let ctype = if d.ends_with(".jpg") { "image/jpeg" } else { "image/png" };
+        let ctype = if d.ends_with(".jpg") {
+            "image/jpeg"
+        } else {
+            "image/png"
+        };
         out.push((
             format!("mnist {d}"),
             "POST",
@@ -42,10 +46,13 @@ fn requests(root: &Path) -> Vec<(String, &'static str, String, String, Vec<u8>)>
     let boundary = "golden-boundary";
     let mut form = Vec::new();
     for d in ["1.png", "5.png", "6.png", "8.png"] {
-        form.extend(format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"{d}\"\r\n\
+        form.extend(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"{d}\"\r\n\
              Content-Type: image/png\r\n\r\n"
-        ).bytes());
+            )
+            .bytes(),
+        );
         form.extend(digit(d));
         form.extend(b"\r\n");
     }
@@ -83,10 +90,30 @@ fn requests(root: &Path) -> Vec<(String, &'static str, String, String, Vec<u8>)>
         serde_json::to_vec(&v2).unwrap(),
     ));
     let errors = [
-        ("corrupt PNG", "/v1/models/mnist/predict", "image/png", b"\x89PNG\r\n\x1a\nbroken".to_vec()),
-        ("unknown model", "/v1/models/nope/predict", "image/png", digit("7.png")),
-        ("wrong content type", "/v1/models/mnist/predict", "text/plain", b"7".to_vec()),
-        ("bad top_k", "/v1/models/mnist/predict?top_k=x", "image/png", digit("7.png")),
+        (
+            "corrupt PNG",
+            "/v1/models/mnist/predict",
+            "image/png",
+            b"\x89PNG\r\n\x1a\nbroken".to_vec(),
+        ),
+        (
+            "unknown model",
+            "/v1/models/nope/predict",
+            "image/png",
+            digit("7.png"),
+        ),
+        (
+            "wrong content type",
+            "/v1/models/mnist/predict",
+            "text/plain",
+            b"7".to_vec(),
+        ),
+        (
+            "bad top_k",
+            "/v1/models/mnist/predict?top_k=x",
+            "image/png",
+            digit("7.png"),
+        ),
     ];
     for (label, path, ctype, body) in errors {
         out.push((label.into(), "POST", path.into(), ctype.into(), body));

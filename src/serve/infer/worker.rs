@@ -344,8 +344,8 @@ mod tests {
     use super::*;
 
     fn session() -> ClassifierSession {
-        let model = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/models/mnist-mlp/model.onnx");
+        let model =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/mnist-mlp/model.onnx");
         ClassifierSession::new(&model, "input", "logits", [1, 28, 28], 1).unwrap()
     }
 
@@ -363,12 +363,20 @@ mod tests {
         // Two images fit, three do not.
         let two = vec![image.clone(), image.clone()];
         assert_eq!(
-            sessions.try_inline("m", &queue, &two, &metrics).unwrap().len(),
+            sessions
+                .try_inline("m", &queue, &two, &metrics)
+                .unwrap()
+                .len(),
             2
         );
         assert!(
             sessions
-                .try_inline("m", &queue, &[image.clone(), image.clone(), image.clone()], &metrics)
+                .try_inline(
+                    "m",
+                    &queue,
+                    &[image.clone(), image.clone(), image.clone()],
+                    &metrics
+                )
                 .is_none()
         );
         // A running session (thread or inline) sends requests to the queue.
