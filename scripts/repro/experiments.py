@@ -302,6 +302,7 @@ def main():
     ap.add_argument("run_id", nargs="?")
     ap.add_argument("--root", default=str(ROOT / "runs" / "repro"))
     ap.add_argument("--only", default="", help="comma-separated experiment or run-id prefixes")
+    ap.add_argument("--seeds", default="", help="comma-separated seeds to keep (default all)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads per trainer")
     ap.add_argument("--device", default="cpu")
@@ -324,6 +325,8 @@ def main():
     if a.only:
         prefixes = a.only.split(",")
         runs = [r for r in runs if any(r["id"].startswith(p) for p in prefixes)]
+    if a.seeds:
+        runs = [r for r in runs if str(r["seed"]) in a.seeds.split(",")]
     if a.command == "list":
         for r in runs:
             done = (root / "results" / f"{r['id']}.json").exists()

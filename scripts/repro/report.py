@@ -284,11 +284,11 @@ def fisher_exact(a, b, c, d):
     return min(1.0, sum(prob(x) for x in range(lo, hi + 1) if prob(x) <= p_obs * (1 + 1e-9)))
 
 
-def collapse_counts(runs, ds):
-    """{loss: (collapsed, runs)} of a setting."""
+def collapse_counts(runs, ds, keys=None):
+    """{loss: (collapsed, runs)} of a setting, over the (loss, seed) pairs in `keys` if given."""
     out = {}
     for r in runs:
-        if r["dataset"] == ds:
+        if r["dataset"] == ds and (keys is None or (r["loss"], r["seed"]) in keys):
             c, n = out.get(r["loss"], (0, 0))
             out[r["loss"]] = (c + collapsed(r), n + 1)
     return out
@@ -300,7 +300,10 @@ def stability(exps):
     Fisher's exact test of the non-GCE collapse rate He vs PyTorch. None without e1i."""
     if "e1" not in exps or "e1i" not in exps:
         return None
-    he, pt = collapse_counts(exps["e1"], "mnist"), collapse_counts(exps["e1i"], "mnist")
+    # Only the (loss, seed) runs both grids have: the comparison is paired by seed.
+    both = ({(r["loss"], r["seed"]) for r in exps["e1"] if r["dataset"] == "mnist"} &
+            {(r["loss"], r["seed"]) for r in exps["e1i"] if r["dataset"] == "mnist"})
+    he, pt = collapse_counts(exps["e1"], "mnist", both), collapse_counts(exps["e1i"], "mnist", both)
     others = lambda c: (sum(v[0] for k, v in c.items() if k != "gce"),  # noqa: E731
                         sum(v[1] for k, v in c.items() if k != "gce"))
     (he_c, he_n), (pt_c, pt_n) = others(he), others(pt)
@@ -325,7 +328,8 @@ def stability_row(exps):
                 "no PyTorch-head rerun (e1i) | – |")
     fmt = lambda c: ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in sorted(c.items()))  # noqa: E731
     return (f"| GCE trains where CE and the focal family collapse (MNIST, lr 0.05, no warm-up; "
-            f"collapsed runs / seeds) | He head (e1, 8 epochs): {fmt(st['he'])}; PyTorch `nn.Linear` "
+            f"collapsed runs / seeds, on the seeds both grids ran) | He head (e1, 8 epochs): "
+            f"{fmt(st['he'])}; PyTorch `nn.Linear` "
             f"head (e1i, {truncation('mnist', exps)}): {fmt(st['pt'])} | non-GCE collapses "
             f"{st['he_others'][0]}/{st['he_others'][1]} with He vs {st['pt_others'][0]}/"
             f"{st['pt_others'][1]} with PyTorch's init (Fisher's exact p = {st['p']:.2g}); the "
@@ -579,7 +583,7 @@ def budget(runs):
     devs = sorted({r.get("device") or "?" for r in runs})
     epochs = sorted({epochs_run(r) for r in runs})
     walls = [r["wall_s"] for r in runs if r.get("wall_s")]
-    return (f"Budget: {len(runs)} runs, {', '.join(map(str, epochs))} epochs each, on "
+    return (f"Budget: {len(runs)} runs, {', '.join(map(str, epochs))} epoch{'s' if epochs != [1] else ''} each, on "
             f"{', '.join(devs)}; wall time per run {min(walls):.0f}-{max(walls):.0f} s "
             f"(several trainers shared the device).")
 
@@ -795,7 +799,7 @@ def collapse_grid(exps):
            "| --- | --- | " + " | ".join("---:" for _ in seeds) + " | ---: |"]
     for loss in LOSSES_ORDER:
         for name, runs in [("He (e1)", he), ("PyTorch (e1i)", pt)]:
-            g = {r["seed"]: r for r in group(runs, "mnist", loss)}
+            g = {r["seed"]: r for r in group(runs, "mnist", loss) if r["seed"] in seeds}
             if not g:
                 continue
             cells = []
@@ -808,7 +812,8 @@ def collapse_grid(exps):
             n = sum(collapsed(r) for r in g.values())
             out.append(f"| {loss} | {name} | " + " | ".join(cells) + f" | {n}/{len(g)} |")
     st = stability(exps)
-    out += ["", f"**Computed:** non-GCE runs collapsed {st['he_others'][0]} of {st['he_others'][1]} "
+    out += ["", f"**Computed** (the seeds both grids ran): non-GCE runs collapsed "
+            f"{st['he_others'][0]} of {st['he_others'][1]} "
             f"with the He head, {st['pt_others'][0]} of {st['pt_others'][1]} with PyTorch's (Fisher's "
             f"exact test p = {st['p']:.2g}); GCE {st['he'].get('gce', (0, 0))[0]} of "
             f"{st['he'].get('gce', (0, 0))[1]} and {st['pt'].get('gce', (0, 0))[0]} of "

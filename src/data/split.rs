@@ -59,7 +59,9 @@ pub fn stratified_split(
 ) -> Result<(Vec<usize>, Vec<usize>), DataError> {
     check_fraction("val_fraction", val_fraction, true, false)?;
     let by_class = shuffled_by_class(labels, classes, seed);
-    Ok(carve(by_class, |n| (n as f64 * val_fraction).round() as usize))
+    Ok(carve(by_class, |n| {
+        (n as f64 * val_fraction).round() as usize
+    }))
 }
 
 /// The first `n_val(n_k)` shuffled indices of each class to validation, the rest to training,
@@ -288,7 +290,11 @@ mod tests {
     }
 
     /// The trainer's split with seed 3 and the original options (stratified, fraction last).
-    fn trainer_split(val_fraction: f64, train_fraction: f64, imbalance_ratio: f64) -> TrainValSplit {
+    fn trainer_split(
+        val_fraction: f64,
+        train_fraction: f64,
+        imbalance_ratio: f64,
+    ) -> TrainValSplit {
         TrainValSplit {
             val_fraction,
             train_fraction,
@@ -373,7 +379,9 @@ mod tests {
         assert_eq!(va.len(), 6);
         // A tiny rarest class: nothing to hold out, or nothing left to train on.
         for (counts, f) in [(&[100, 4][..], 0.1), (&[100, 2], 0.8)] {
-            let e = balanced_split(&labels(counts), 2, f, 0).unwrap_err().to_string();
+            let e = balanced_split(&labels(counts), 2, f, 0)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("rarest class"), "{e}");
         }
         // Through the trainer's split: long tail 1000 / 316 / 100, then 10 of each.
@@ -407,7 +415,11 @@ mod tests {
         assert!(tr2.iter().all(|i| !va2.contains(i)));
         // Both come out of the same seeded fraction of the split.
         let pool = stratified_fraction(&l, 3, 0.1, 4).unwrap();
-        assert!(tr2.iter().chain(&va2).all(|i| pool.binary_search(i).is_ok()));
+        assert!(
+            tr2.iter()
+                .chain(&va2)
+                .all(|i| pool.binary_search(i).is_ok())
+        );
         // Without a fraction the flag changes nothing.
         let whole = TrainValSplit {
             train_fraction: 1.0,

@@ -283,16 +283,27 @@ mod tests {
         let n = he.len();
         // Same seed, same body: the two rules differ in the head alone.
         assert_eq!(he[..n - 2], pt[..n - 2]);
-        assert_eq!((&he[n - 2].0[..], &he[n - 1].0[..]), ("fc.weight", "fc.bias"));
+        assert_eq!(
+            (&he[n - 2].0[..], &he[n - 1].0[..]),
+            ("fc.weight", "fc.bias")
+        );
         let max_abs = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
         // LeNet's head has fan_in 128: He bound sqrt(6/128) = 0.2165, PyTorch's 1/sqrt(128)
         // = 0.0884. 1,280 uniform draws reach within 1% of the bound.
         let (he_b, pt_b) = ((6f32 / 128.0).sqrt(), (1f32 / 128.0).sqrt());
         let (w, b) = (&he[n - 2].1, &he[n - 1].1);
-        assert!(max_abs(w) <= he_b && max_abs(w) > 0.99 * he_b, "{}", max_abs(w));
+        assert!(
+            max_abs(w) <= he_b && max_abs(w) > 0.99 * he_b,
+            "{}",
+            max_abs(w)
+        );
         assert!(b.iter().all(|&x| x == 0.0));
         let (w, b) = (&pt[n - 2].1, &pt[n - 1].1);
-        assert!(max_abs(w) <= pt_b && max_abs(w) > 0.99 * pt_b, "{}", max_abs(w));
+        assert!(
+            max_abs(w) <= pt_b && max_abs(w) > 0.99 * pt_b,
+            "{}",
+            max_abs(w)
+        );
         assert!(max_abs(b) <= pt_b && b.iter().any(|&x| x != 0.0), "{b:?}");
     }
 }

@@ -590,7 +590,10 @@ mod tests {
             (&["--pieces", "0"], "--pieces"),
             (&["--ood-method", "odin"], "--ood-method"),
             (&["--head-init", "xavier"], "--head-init"),
-            (&["--epochs", "4", "--stop-after-epochs", "5"], "--stop-after-epochs"),
+            (
+                &["--epochs", "4", "--stop-after-epochs", "5"],
+                "--stop-after-epochs",
+            ),
             (&["--stop-after-epochs", "0"], "--stop-after-epochs"),
         ] {
             let e = train_args(args).unwrap_err();
@@ -609,8 +612,14 @@ mod tests {
             after_fraction: true,
         };
         assert_eq!(c.validation, Validation::Carved(both));
-        let e = train_args(&["--dataset", "pneumonia", "--val-split", "val", "--val-balanced"])
-            .unwrap_err();
+        let e = train_args(&[
+            "--dataset",
+            "pneumonia",
+            "--val-split",
+            "val",
+            "--val-balanced",
+        ])
+        .unwrap_err();
         assert!(e.contains("carved validation split"), "{e}");
         let c = train_args(&["--dataset", "pneumonia", "--val-split", "val"]).unwrap();
         assert_eq!(c.validation, Validation::Split("val".into()));

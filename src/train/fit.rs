@@ -125,7 +125,11 @@ fn config_fingerprint(cfg: &TrainConfig) -> String {
             "{}{}{}",
             c.fraction,
             if c.balanced { "|balanced" } else { "" },
-            if c.after_fraction { "|after_fraction" } else { "" }
+            if c.after_fraction {
+                "|after_fraction"
+            } else {
+                ""
+            }
         ),
         dataset::Validation::Split(name) => format!("split={name}"),
     };
