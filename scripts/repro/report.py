@@ -352,16 +352,18 @@ def protocol_notes(exps):
     lt = [r for r in exps.get("e2", [])]
     if lt and all(not option(r, "--val-split") for r in lt):
         rerun = sorted({r["dataset"] for r in exps.get("e2b", [])})
+        missing = sorted({r["dataset"] for r in lt} - set(rerun))
         notes.append("Long-tailed settings (section 2): experiment 2's validation (checkpoint choice "
                      "and the TS/ATS fit) was carved from the long-tailed training split, so it is as "
                      "imbalanced as training, while the test split is balanced: ECE after TS/ATS there "
                      "measures calibration transferred across a label shift, not in-distribution "
                      "calibration; those settings are labelled *imbalanced validation*. " +
                      (f"{', '.join(rerun)} were rerun with a class-balanced validation split "
-                      "(`--val-balanced`, labelled *balanced validation*, experiment 2b); "
+                      "(`--val-balanced`, labelled *balanced validation*, experiment 2b). "
                       if rerun else "") +
-                     "CIFAR-10-LT was not rerun (no GPU in that session), so its numbers stay "
-                     "*imbalanced validation* only.")
+                     (f"Not rerun with balanced validation: {', '.join(missing)}; their numbers "
+                      "measure calibration across the label shift only (the cost is in the commentary "
+                      "of section 2)." if missing else ""))
     de = [r for r in exps.get("e5", [])]
     if de and all(option(r, "--train-fraction") for r in de):
         scaled = sorted({r["dataset"] for r in exps.get("e5s", [])})
@@ -371,7 +373,9 @@ def protocol_notes(exps):
                      "on about 6,000 (labelled *validation before the fraction*). " +
                      (f"Rerun with validation scaled with the fraction (`--val-after-fraction`: 10% of "
                       f"the run's own images, 60 at 1% and 600 at 10%; labelled *validation scaled "
-                      f"with the fraction*, experiment 5s): {', '.join(scaled)}." if scaled else ""))
+                      f"with the fraction*, experiment 5s): {', '.join(scaled)}. " if scaled else "") +
+                     (f"Not rerun so: {', '.join(sorted({r['dataset'] for r in de} - set(scaled)))}."
+                      if {r["dataset"] for r in de} - set(scaled) else ""))
     if "e1i" in exps:
         notes.append("The MNIST collapse grid (section 1) was rerun with the classifier head started "
                      "as PyTorch's `nn.Linear` (`--head-init linear-default`, experiment 1i) for the "
