@@ -352,18 +352,21 @@ def protocol_notes(exps):
     lt = [r for r in exps.get("e2", [])]
     if lt and all(not option(r, "--val-split") for r in lt):
         rerun = sorted({r["dataset"] for r in exps.get("e2b", [])})
-        missing = sorted({r["dataset"] for r in lt} - set(rerun))
+        # Settings with fewer balanced runs than imbalanced ones are not rerun in full.
+        missing = sorted(ds for ds in {r["dataset"] for r in lt}
+                         if len(group_all(exps.get("e2b", []), ds)) < len(group_all(lt, ds)))
         notes.append("Long-tailed settings (section 2): experiment 2's validation (checkpoint choice "
                      "and the TS/ATS fit) was carved from the long-tailed training split, so it is as "
                      "imbalanced as training, while the test split is balanced: ECE after TS/ATS there "
                      "measures calibration transferred across a label shift, not in-distribution "
                      "calibration; those settings are labelled *imbalanced validation*. " +
-                     (f"{', '.join(rerun)} were rerun with a class-balanced validation split "
-                      "(`--val-balanced`, labelled *balanced validation*, experiment 2b). "
-                      if rerun else "") +
-                     (f"Not rerun with balanced validation: {', '.join(missing)}; their numbers "
-                      "measure calibration across the label shift only (the cost is in the commentary "
-                      "of section 2)." if missing else ""))
+                     ("Rerun with a class-balanced validation split (`--val-balanced`, labelled "
+                      "*balanced validation*, experiment 2b): " + "; ".join(
+                          f"{ds} ({', '.join(sorted(r['loss'] + ' seed ' + str(r['seed']) for r in exps['e2b'] if r['dataset'] == ds))})"
+                          for ds in rerun) + ". " if rerun else "") +
+                     (f"Not (fully) rerun with balanced validation: {', '.join(missing)}; their "
+                      "*imbalanced validation* numbers measure calibration across the label shift "
+                      "(the cost is in the commentary of section 2)." if missing else ""))
     de = [r for r in exps.get("e5", [])]
     if de and all(option(r, "--train-fraction") for r in de):
         scaled = sorted({r["dataset"] for r in exps.get("e5s", [])})
