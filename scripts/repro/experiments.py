@@ -50,6 +50,21 @@ RESNET = ["--arch", "resnet20", "--batch-size", "128", "--lr", "0.1", "--schedul
 # and label smoothing collapsed to a constant prediction on some seeds (dead ReLUs after an early
 # loss spike; seen on CUDA and on the CPU alike), GCE on none. Runs after that finding use it.
 LENET_WARMUP = LENET + ["--warmup-epochs", "1"]
+# Issue 18, section 2. (a) The collapse grid again with the classifier head started as PyTorch's
+# nn.Linear (U(+-1/sqrt(fan_in)) for weight and bias) instead of He's 2.45x wider rule. On the
+# 2-core CPU the 30 runs get the first epoch of the same 8-epoch cosine schedule
+# (`--stop-after-epochs`, learning rates as in the full schedule): every collapse of the He grid
+# (10 runs) was complete at its first epoch's validation and none recovered or came later.
+E1I_STOP = 1
+LENET_TORCH_HEAD = LENET + ["--head-init", "linear-default"]
+# (b) Long-tailed runs validated on a class-balanced split, like their balanced test split:
+# `--val-balanced` holds out the same number of every class, a fraction of the rarest class's
+# count. 0.2 of it, not the 0.1 of the stratified split, so that Fashion-MNIST-LT at ratio 100
+# (60 images in the rarest class) keeps 12 per class (120) rather than 6 (60).
+LENET_WARMUP_BALANCED = LENET_BASE + ["--val-fraction", "0.2", "--val-balanced", "--warmup-epochs", "1"]
+# (c) Data efficiency with validation carved after `--train-fraction` (`--val-after-fraction`),
+# so a run at 1% of MNIST has 540 training and 60 validation images, not 540 and 6,000.
+LENET_VAL_SCALED = LENET + ["--val-after-fraction"]
 LOSSES = {
     "ce": [],
     "gce": [],
@@ -86,6 +101,26 @@ def grid(cifar_epochs):
     for seed in range(5):
         for loss in ["ce", "gce", "focal"]:
             runs.append(run_def("e1w", "mnist", loss, seed, LENET_WARMUP, 4))
+    # 1i. The MNIST collapse grid of experiment 1 with PyTorch's head initialisation (issue 18),
+    # the seeds that held experiment 1's collapses first (3: five losses, 1: three, 0: two).
+    for seed in [3, 1, 0, 2, 4]:
+        for loss in LOSSES:
+            runs.append(run_def("e1i", "mnist", loss, seed, LENET_TORCH_HEAD, 8,
+                                ["--stop-after-epochs", str(min(E1I_STOP, int(os.environ.get("REPRO_EPOCHS", 8))))]))
+    # 5s. Experiment 5 with validation scaled with the training fraction (issue 18).
+    for frac, epochs in [("0.01", 60), ("0.1", 20)]:
+        for seed in range(5):
+            for loss in ["ce", "gce"]:
+                runs.append(run_def("e5s", "mnist", loss, seed, LENET_VAL_SCALED, epochs,
+                                    ["--train-fraction", frac], f"-{round(float(frac) * 100)}pct"))
+    # 2b. Fashion-MNIST-LT (experiment 2's runs) validated on a class-balanced split (issue 18);
+    # seeds 0-1 of each ratio first (the fewest a paired test takes), so that a partial grid is
+    # usable, then one seed of both ratios at a time.
+    for seeds in [(0, 1), (2,), (3,), (4,)]:
+        for rho, seed in [(rho, seed) for rho in ["100", "10"] for seed in seeds]:
+            for loss in ["ce", "gce", "focal"]:
+                runs.append(run_def("e2b", "fashion-mnist", loss, seed, LENET_WARMUP_BALANCED, 20,
+                                    ["--imbalance-ratio", rho], f"-lt{rho}"))
     # 4. PneumoniaMNIST (binary, 28x28), five seeds, on its official validation split.
     for seed in range(5):
         for loss in ["ce", "gce", "focal"]:
@@ -149,7 +184,11 @@ def score(root, run):
     calib = {}
     for method in ["ts", "ats"]:
         path = rd / f"calib-{method}.json"
-        caliper(root, "calibrate", *val, "--method", method, "--out", str(path))
+        # ATS without `--method`: the same 15 pieces wherever validation has the 150 images they
+        # need, fewer (then TS) on the small balanced or scaled splits of issue 18, which
+        # `--method ats` would refuse; the result records the pieces fitted.
+        how = ["--method", method] if method == "ts" else []
+        caliper(root, "calibrate", *val, *how, "--out", str(path))
         calib[method] = json.loads(path.read_text())
     metrics = {}
     for bins in [15, 20]:
@@ -171,6 +210,9 @@ def score(root, run):
         "best_epoch": report.get("best_epoch"),
         "train_images_per_s": report.get("train_images_per_s"),
         "temperature_ts": calib["ts"]["calibrator"].get("temperature"),
+        "ats_fitted": ats_fitted(calib["ats"]),
+        "val_data": report.get("validation", {}).get("data"),
+        "val_samples": report.get("validation", {}).get("samples"),
         "test": metrics,
         "test_per_class_accuracy": per_class_accuracy(rd),
         "epochs": epochs,
@@ -180,6 +222,12 @@ def score(root, run):
     (root / "results").mkdir(exist_ok=True)
     (root / "results" / f"{rid}.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def ats_fitted(calib):
+    """What `caliper calibrate` fitted for ATS: the method and, for ATS, its piece count."""
+    c = calib["calibrator"]
+    return {"method": c.get("method"), "pieces": len(c["temperatures"]) if "temperatures" in c else None}
 
 
 def option(args, flag, default=None):
@@ -200,6 +248,9 @@ def data_specs(run):
     for flag, key in [("--train-fraction", "train_fraction"), ("--imbalance-ratio", "imbalance_ratio")]:
         if flag in args:
             sel += f",{key}={option(args, flag)}"
+    for flag, key in [("--val-balanced", "val_balanced"), ("--val-after-fraction", "val_after_fraction")]:
+        if flag in args:
+            sel += f",{key}=1"
     return f"{ds}:train[val={sel}]", f"{ds}:train[fit={sel}]"
 
 
@@ -251,6 +302,7 @@ def main():
     ap.add_argument("run_id", nargs="?")
     ap.add_argument("--root", default=str(ROOT / "runs" / "repro"))
     ap.add_argument("--only", default="", help="comma-separated experiment or run-id prefixes")
+    ap.add_argument("--seeds", default="", help="comma-separated seeds to keep (default all)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads per trainer")
     ap.add_argument("--device", default="cpu")
@@ -273,6 +325,8 @@ def main():
     if a.only:
         prefixes = a.only.split(",")
         runs = [r for r in runs if any(r["id"].startswith(p) for p in prefixes)]
+    if a.seeds:
+        runs = [r for r in runs if str(r["seed"]) in a.seeds.split(",")]
     if a.command == "list":
         for r in runs:
             done = (root / "results" / f"{r['id']}.json").exists()

@@ -148,6 +148,8 @@ fn parse_selector(sel: &str) -> Result<(SplitPart, TrainValSplit), String> {
         train_fraction: 1.0,
         imbalance_ratio: 1.0,
         seed: 0,
+        balanced: false,
+        val_after_fraction: false,
     };
     for item in sel.split(',') {
         let (key, value) = item
@@ -179,9 +181,22 @@ fn parse_selector(sel: &str) -> Result<(SplitPart, TrainValSplit), String> {
             }
             "train_fraction" => split.train_fraction = number()?,
             "imbalance_ratio" => split.imbalance_ratio = number()?,
+            "val_balanced" | "val_after_fraction" => {
+                let on = match value {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    _ => return Err(format!("{key}={value:?} is not 0 or 1")),
+                };
+                if key == "val_balanced" {
+                    split.balanced = on;
+                } else {
+                    split.val_after_fraction = on;
+                }
+            }
             _ => {
                 return Err(format!(
-                    "unknown selector key {key:?} (val, fit, seed, train_fraction, imbalance_ratio)"
+                    "unknown selector key {key:?} (val, fit, seed, train_fraction, \
+                     imbalance_ratio, val_balanced, val_after_fraction)"
                 ));
             }
         }
@@ -325,6 +340,12 @@ impl fmt::Display for DatasetSpec {
                 }
                 if split.imbalance_ratio != 1.0 {
                     write!(f, ",imbalance_ratio={}", split.imbalance_ratio)?;
+                }
+                if split.balanced {
+                    write!(f, ",val_balanced=1")?;
+                }
+                if split.val_after_fraction {
+                    write!(f, ",val_after_fraction=1")?;
                 }
                 write!(f, "]")
             }
@@ -491,6 +512,8 @@ mod tests {
             "npz:C:/odd:path.npz:train",
             "mnist:train[val=0.1,seed=0]",
             "cifar10:train[fit=0.1,seed=3,train_fraction=0.5,imbalance_ratio=100]",
+            "fashion-mnist:train[val=0.2,seed=1,imbalance_ratio=100,val_balanced=1]",
+            "mnist:train[fit=0.1,seed=0,train_fraction=0.01,val_after_fraction=1]",
             "folder:a[b][val=0.2,seed=1]",
             "folder:a[b]",
             "manifest:x/m.csv",
@@ -527,6 +550,7 @@ mod tests {
             ("mnist:train[val=0.1,train_fraction=0]", "(0, 1]"),
             ("mnist:train[val=0.1,imbalance_ratio=0.5]", ">= 1"),
             ("mnist:train[val=0.1,step=2]", "unknown selector key"),
+            ("mnist:train[val=0.1,val_balanced=yes]", "not 0 or 1"),
             ("mnist:val[val=0.1]", "train, test"),
         ] {
             let e = s.parse::<DatasetSpec>().unwrap_err().to_string();
@@ -570,7 +594,9 @@ mod tests {
                     val_fraction: 0.25,
                     train_fraction: 1.0,
                     imbalance_ratio: 1.0,
-                    seed: 0
+                    seed: 0,
+                    balanced: false,
+                    val_after_fraction: false,
                 }
             }
         );

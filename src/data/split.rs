@@ -58,16 +58,62 @@ pub fn stratified_split(
     seed: u64,
 ) -> Result<(Vec<usize>, Vec<usize>), DataError> {
     check_fraction("val_fraction", val_fraction, true, false)?;
-    let mut train = Vec::with_capacity(labels.len());
+    let by_class = shuffled_by_class(labels, classes, seed);
+    Ok(carve(by_class, |n| {
+        (n as f64 * val_fraction).round() as usize
+    }))
+}
+
+/// The first `n_val(n_k)` shuffled indices of each class to validation, the rest to training,
+/// both sorted.
+fn carve(by_class: Vec<Vec<usize>>, n_val: impl Fn(usize) -> usize) -> (Vec<usize>, Vec<usize>) {
+    let mut train = Vec::new();
     let mut val = Vec::new();
-    for idx in shuffled_by_class(labels, classes, seed) {
-        let n_val = (idx.len() as f64 * val_fraction).round() as usize;
-        val.extend_from_slice(&idx[..n_val]);
-        train.extend_from_slice(&idx[n_val..]);
+    for idx in by_class {
+        let n = n_val(idx.len()).min(idx.len());
+        val.extend_from_slice(&idx[..n]);
+        train.extend_from_slice(&idx[n..]);
     }
     train.sort_unstable();
     val.sort_unstable();
-    Ok((train, val))
+    (train, val)
+}
+
+/// Splits into (train, validation) indices with the same number `m` of every class in
+/// validation: `m = round(n_min * val_fraction)`, `n_min` the smallest non-empty class, so that a
+/// long-tailed set gets a class-balanced validation split (issue 18: its test split is
+/// balanced). The rarest class bounds the split: at Fashion-MNIST-LT ratio 100 (60 images in
+/// the rarest class) and `val_fraction` 0.2 it holds 12 images of each class, 120 in all. An
+/// error when `m` would be 0 (nothing to validate on) or leave the rarest class no training
+/// image. Empty classes give nothing.
+pub fn balanced_split(
+    labels: &[usize],
+    classes: usize,
+    val_fraction: f64,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>), DataError> {
+    check_fraction("val_fraction", val_fraction, true, false)?;
+    let by_class = shuffled_by_class(labels, classes, seed);
+    let n_min = by_class
+        .iter()
+        .map(Vec::len)
+        .filter(|&n| n > 0)
+        .min()
+        .unwrap_or(0);
+    let m = (n_min as f64 * val_fraction).round() as usize;
+    if m == 0 || m >= n_min {
+        return Err(DataError::InvalidOption(format!(
+            "a balanced validation split of {val_fraction} of the rarest class ({n_min} images) \
+             holds out {m} per class, {}: raise or lower the validation fraction, or use the \
+             stratified split",
+            if m == 0 {
+                "none"
+            } else {
+                "leaving that class no training image"
+            }
+        )));
+    }
+    Ok(carve(by_class, |_| m))
 }
 
 /// Per-class counts of a long-tailed subsample: `n_k = floor(n_max * rho^(-k/(K-1)))` for classes
@@ -149,19 +195,27 @@ pub struct TrainValSplit {
     pub imbalance_ratio: f64,
     /// Seed of every selection.
     pub seed: u64,
+    /// Validation takes the same number of every class ([`balanced_split`]) instead of
+    /// `val_fraction` of each (`--val-balanced`, selector key `val_balanced=1`).
+    pub balanced: bool,
+    /// `train_fraction` subsamples before validation is carved, so validation scales with the
+    /// fraction (`--val-after-fraction`, selector key `val_after_fraction=1`).
+    pub val_after_fraction: bool,
 }
 
 impl TrainValSplit {
     /// (training, validation) indices into `labels`, both sorted: first the long-tailed
-    /// subsample (seed + 2) when the ratio is above 1, then the stratified validation split
-    /// (seed), then the stratified training fraction (seed + 1). Validation is therefore as
-    /// imbalanced as training.
+    /// subsample (seed + 2) when the ratio is above 1, then the validation split (seed;
+    /// stratified, so as imbalanced as training, or balanced), then the stratified training
+    /// fraction (seed + 1) of the rest. With `val_after_fraction` the fraction is taken before
+    /// the validation split instead, out of the whole (long-tailed) set, so that validation is
+    /// `val_fraction` of the images a data-limited run has, not of the full split.
     pub fn indices(
         &self,
         labels: &[usize],
         classes: usize,
     ) -> Result<(Vec<usize>, Vec<usize>), DataError> {
-        let base: Vec<usize> = if self.imbalance_ratio > 1.0 {
+        let mut base: Vec<usize> = if self.imbalance_ratio > 1.0 {
             long_tail_indices(
                 labels,
                 classes,
@@ -171,9 +225,20 @@ impl TrainValSplit {
         } else {
             (0..labels.len()).collect()
         };
+        let fraction_first = self.val_after_fraction && self.train_fraction < 1.0;
+        if fraction_first {
+            let bl: Vec<usize> = base.iter().map(|&i| labels[i]).collect();
+            let keep =
+                stratified_fraction(&bl, classes, self.train_fraction, self.seed.wrapping_add(1))?;
+            base = keep.iter().map(|&i| base[i]).collect();
+        }
         let sub: Vec<usize> = base.iter().map(|&i| labels[i]).collect();
-        let (mut tr, va) = stratified_split(&sub, classes, self.val_fraction, self.seed)?;
-        if self.train_fraction < 1.0 {
+        let (mut tr, va) = if self.balanced {
+            balanced_split(&sub, classes, self.val_fraction, self.seed)?
+        } else {
+            stratified_split(&sub, classes, self.val_fraction, self.seed)?
+        };
+        if self.train_fraction < 1.0 && !fraction_first {
             let tl: Vec<usize> = tr.iter().map(|&i| sub[i]).collect();
             let keep =
                 stratified_fraction(&tl, classes, self.train_fraction, self.seed.wrapping_add(1))?;
@@ -224,15 +289,31 @@ mod tests {
         );
     }
 
+    /// The trainer's split with seed 3 and the original options (stratified, fraction last).
+    fn trainer_split(
+        val_fraction: f64,
+        train_fraction: f64,
+        imbalance_ratio: f64,
+    ) -> TrainValSplit {
+        TrainValSplit {
+            val_fraction,
+            train_fraction,
+            imbalance_ratio,
+            seed: 3,
+            balanced: false,
+            val_after_fraction: false,
+        }
+    }
+
+    /// Class counts of the labels at `idx`.
+    fn counts_at(l: &[usize], idx: &[usize], classes: usize) -> Vec<usize> {
+        class_counts(&idx.iter().map(|&i| l[i]).collect::<Vec<_>>(), classes)
+    }
+
     #[test]
     fn trainer_split_composes_long_tail_validation_and_fraction() {
         let l = labels(&[1000, 1000, 1000]);
-        let plain = TrainValSplit {
-            val_fraction: 0.1,
-            train_fraction: 1.0,
-            imbalance_ratio: 1.0,
-            seed: 3,
-        };
+        let plain = trainer_split(0.1, 1.0, 1.0);
         assert_eq!(
             plain.indices(&l, 3).unwrap(),
             stratified_split(&l, 3, 0.1, 3).unwrap()
@@ -280,5 +361,73 @@ mod tests {
         assert_eq!(stratified_fraction(&l, 3, 0.1, 7).unwrap(), sub);
         assert_eq!(stratified_fraction(&l, 3, 1.0, 7).unwrap().len(), l.len());
         assert!(stratified_fraction(&l, 3, 0.0, 7).is_err());
+    }
+
+    #[test]
+    fn balanced_validation_takes_the_same_number_of_every_class() {
+        let l = labels(&[1000, 316, 100]);
+        let (tr, va) = balanced_split(&l, 3, 0.2, 5).unwrap();
+        // 20% of the rarest class (100) from each: 20 / 20 / 20.
+        assert_eq!(counts_at(&l, &va, 3), vec![20, 20, 20]);
+        assert_eq!(counts_at(&l, &tr, 3), vec![980, 296, 80]);
+        let mut all: Vec<usize> = tr.iter().chain(&va).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..l.len()).collect::<Vec<_>>());
+        assert_eq!(balanced_split(&l, 3, 0.2, 5).unwrap().1, va);
+        // An empty class is skipped; the rarest non-empty one sets the count.
+        let (_, va) = balanced_split(&labels(&[50, 0, 10]), 3, 0.3, 1).unwrap();
+        assert_eq!(va.len(), 6);
+        // A tiny rarest class: nothing to hold out, or nothing left to train on.
+        for (counts, f) in [(&[100, 4][..], 0.1), (&[100, 2], 0.8)] {
+            let e = balanced_split(&labels(counts), 2, f, 0)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("rarest class"), "{e}");
+        }
+        // Through the trainer's split: long tail 1000 / 316 / 100, then 10 of each.
+        let s = TrainValSplit {
+            balanced: true,
+            ..trainer_split(0.1, 1.0, 10.0)
+        };
+        let l = labels(&[1000, 1000, 1000]);
+        let (tr, va) = s.indices(&l, 3).unwrap();
+        assert_eq!(
+            (counts_at(&l, &va, 3), counts_at(&l, &tr, 3)),
+            (vec![10, 10, 10], vec![990, 306, 90])
+        );
+    }
+
+    #[test]
+    fn validation_after_the_fraction_scales_with_it() {
+        let l = labels(&[1000, 1000, 1000]);
+        let s = trainer_split(0.1, 0.1, 1.0);
+        let count = |idx: &[usize]| counts_at(&l, idx, 3);
+        // Before: validation is 10% of the full split, training 10% of the rest.
+        let (tr, va) = s.indices(&l, 3).unwrap();
+        assert_eq!((count(&tr), count(&va)), (vec![90; 3], vec![100; 3]));
+        // After: 10% of the split is the run's data, a tenth of it validation.
+        let after = TrainValSplit {
+            val_after_fraction: true,
+            ..s
+        };
+        let (tr2, va2) = after.indices(&l, 3).unwrap();
+        assert_eq!((count(&tr2), count(&va2)), (vec![90; 3], vec![10; 3]));
+        assert!(tr2.iter().all(|i| !va2.contains(i)));
+        // Both come out of the same seeded fraction of the split.
+        let pool = stratified_fraction(&l, 3, 0.1, 4).unwrap();
+        assert!(
+            tr2.iter()
+                .chain(&va2)
+                .all(|i| pool.binary_search(i).is_ok())
+        );
+        // Without a fraction the flag changes nothing.
+        let whole = TrainValSplit {
+            train_fraction: 1.0,
+            ..after
+        };
+        assert_eq!(
+            whole.indices(&l, 3).unwrap(),
+            stratified_split(&l, 3, 0.1, 3).unwrap()
+        );
     }
 }

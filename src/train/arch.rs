@@ -3,8 +3,8 @@
 
 use super::graph::Graph;
 use super::layers::{
-    BatchNorm2d, Conv2d, Flatten, Fwd, GlobalAvgPool, Layer, Linear, MaxPool2d, Mode, ParamSpec,
-    Relu, Residual, chain_backward, chain_forward,
+    BatchNorm2d, Conv2d, Flatten, Fwd, GlobalAvgPool, Layer, Linear, LinearInit, MaxPool2d, Mode,
+    ParamSpec, Relu, Residual, chain_backward, chain_forward,
 };
 
 /// Errors building a network.
@@ -71,6 +71,7 @@ fn linear(name: &str, inp: i64, out: i64) -> Linear {
         name: name.into(),
         inp,
         out,
+        init: LinearInit::He,
     }
 }
 
@@ -175,6 +176,14 @@ impl Net {
         })
     }
 
+    /// The same network with the classifier head started by `init` (the body keeps He's rule).
+    /// The head's parameters come last, so the body starts the same for a given seed whatever
+    /// the head's rule.
+    pub fn with_head_init(mut self, init: LinearInit) -> Net {
+        self.head.init = init;
+        self
+    }
+
     /// Trainable parameters, in a fixed order.
     pub fn params(&self) -> Vec<ParamSpec> {
         let mut p: Vec<ParamSpec> = self.body.iter().flat_map(|l| l.params()).collect();
@@ -247,5 +256,54 @@ mod tests {
             Err(ArchError::Unknown(_))
         ));
         assert!(Net::new("lenet", &[1, 30, 30], 10, 1.0).is_err());
+    }
+
+    #[test]
+    fn head_init_sets_the_heads_bounds_and_leaves_the_body_alone() {
+        use crate::train::runner::init_values;
+        use crate::train::step::{StateKind, StateSpec};
+        use rand::SeedableRng;
+        let start = |init| {
+            let net = Net::new("lenet", &[1, 28, 28], 10, 1.0)
+                .unwrap()
+                .with_head_init(init);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+            net.params()
+                .into_iter()
+                .map(|spec| {
+                    let s = StateSpec {
+                        spec,
+                        kind: StateKind::Param,
+                    };
+                    (s.spec.name.clone(), init_values(&s, &mut rng))
+                })
+                .collect::<Vec<_>>()
+        };
+        let (he, pt) = (start(LinearInit::He), start(LinearInit::LinearDefault));
+        let n = he.len();
+        // Same seed, same body: the two rules differ in the head alone.
+        assert_eq!(he[..n - 2], pt[..n - 2]);
+        assert_eq!(
+            (&he[n - 2].0[..], &he[n - 1].0[..]),
+            ("fc.weight", "fc.bias")
+        );
+        let max_abs = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        // LeNet's head has fan_in 128: He bound sqrt(6/128) = 0.2165, PyTorch's 1/sqrt(128)
+        // = 0.0884. 1,280 uniform draws reach within 1% of the bound.
+        let (he_b, pt_b) = ((6f32 / 128.0).sqrt(), (1f32 / 128.0).sqrt());
+        let (w, b) = (&he[n - 2].1, &he[n - 1].1);
+        assert!(
+            max_abs(w) <= he_b && max_abs(w) > 0.99 * he_b,
+            "{}",
+            max_abs(w)
+        );
+        assert!(b.iter().all(|&x| x == 0.0));
+        let (w, b) = (&pt[n - 2].1, &pt[n - 1].1);
+        assert!(
+            max_abs(w) <= pt_b && max_abs(w) > 0.99 * pt_b,
+            "{}",
+            max_abs(w)
+        );
+        assert!(max_abs(b) <= pt_b && b.iter().any(|&x| x != 0.0), "{b:?}");
     }
 }

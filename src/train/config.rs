@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::dataset::Validation;
+use super::dataset::{Carve, Validation};
+use super::layers::LinearInit;
 use super::loss::Loss;
 use super::optim::Optimizer;
 use super::runner::Device;
@@ -159,6 +160,11 @@ pub struct TrainArgs {
     /// Epochs.
     #[arg(long, env = "CALIPER_EPOCHS", default_value_t = 10)]
     pub epochs: usize,
+    /// Stop after this many epochs of the `--epochs` schedule and export the best of them: a
+    /// run of a longer recipe truncated to a budget, its learning rates those of the whole
+    /// schedule (not a shorter schedule). `--resume` with a larger value continues it.
+    #[arg(long, env = "CALIPER_STOP_AFTER_EPOCHS")]
+    pub stop_after_epochs: Option<usize>,
     /// Batch size (the last partial batch of an epoch is dropped: GCE depends on the batch).
     #[arg(long, env = "CALIPER_BATCH_SIZE", default_value_t = 128)]
     pub batch_size: usize,
@@ -191,6 +197,18 @@ pub struct TrainArgs {
     /// test); the whole training split is trained on. Excludes --val-fraction.
     #[arg(long, env = "CALIPER_VAL_SPLIT")]
     pub val_split: Option<String>,
+    /// Hold out the same number of images of every class, `--val-fraction` of the rarest
+    /// class's count, instead of `--val-fraction` of each class: a class-balanced validation
+    /// split for long-tailed data (`--imbalance-ratio`), whose test split is balanced. The
+    /// rarest class bounds it (Fashion-MNIST-LT ratio 100, fraction 0.2: 12 per class, 120 in
+    /// all); a fraction that holds out none, or all, of the rarest class is an error.
+    #[arg(long, env = "CALIPER_VAL_BALANCED")]
+    pub val_balanced: bool,
+    /// Take `--train-fraction` before carving the validation split, so that validation scales
+    /// with the fraction (1% of MNIST: 540 training and 60 validation images) instead of being
+    /// carved from the full training split first (540 and 6,000).
+    #[arg(long, env = "CALIPER_VAL_AFTER_FRACTION")]
+    pub val_after_fraction: bool,
     /// Use only this fraction of the remaining training samples (seeded), for quick runs.
     #[arg(long, env = "CALIPER_TRAIN_FRACTION", default_value_t = 1.0)]
     pub train_fraction: f64,
@@ -202,6 +220,11 @@ pub struct TrainArgs {
     /// Random seed (split, initialisation, shuffling).
     #[arg(long, env = "CALIPER_SEED", default_value_t = 0)]
     pub seed: u64,
+    /// How the classifier head starts: `he` (He-uniform weight, zero bias, the rule of every
+    /// other layer) or `linear-default` (PyTorch's `nn.Linear` default: U(±1/sqrt(fan_in)) for
+    /// weight and bias, 2.45 times narrower). docs/TRAINING.md#initialisation.
+    #[arg(long, env = "CALIPER_HEAD_INIT", value_enum, default_value_t = LinearInit::He)]
+    pub head_init: LinearInit,
     /// ONNX Runtime intra-op threads.
     #[arg(long, env = "CALIPER_THREADS", default_value_t = 2)]
     pub threads: usize,
@@ -378,6 +401,12 @@ impl TrainArgs {
         if self.epochs == 0 || self.batch_size < 2 {
             return bad("--epochs must be >= 1 and --batch-size >= 2");
         }
+        if self
+            .stop_after_epochs
+            .is_some_and(|n| n == 0 || n > self.epochs)
+        {
+            return bad("--stop-after-epochs must be in 1..=--epochs");
+        }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad("--lr must be > 0");
         }
@@ -388,6 +417,12 @@ impl TrainArgs {
                      dataset's own split or on a fraction carved out of its training split",
                 );
             }
+            (Some(_), None) if self.val_balanced || self.val_after_fraction => {
+                return bad(
+                    "--val-balanced and --val-after-fraction shape a carved validation split, \
+                     not the dataset's own --val-split",
+                );
+            }
             (Some(name), None) => {
                 Validation::own_split(&self.dataset, name).map_err(ConfigError)?
             }
@@ -396,7 +431,11 @@ impl TrainArgs {
                 if !(f > 0.0 && f < 0.9) {
                     return bad("--val-fraction must be in (0, 0.9)");
                 }
-                Validation::Carved(f)
+                Validation::Carved(Carve {
+                    fraction: f,
+                    balanced: self.val_balanced,
+                    after_fraction: self.val_after_fraction,
+                })
             }
         };
         if !self.input_size.is_empty() {
@@ -517,7 +556,11 @@ mod tests {
         assert_eq!(c.device, Device::Cpu);
         assert_eq!(c.run_dir, PathBuf::from("runs/m"));
         assert_eq!(c.augment, crate::data::Augment::NONE);
-        assert_eq!(c.validation, Validation::Carved(0.1));
+        assert_eq!(c.validation, Validation::Carved(Carve::stratified(0.1)));
+        assert_eq!(c.args.head_init, LinearInit::He);
+        assert_eq!(c.args.stop_after_epochs, None);
+        let c = train_args(&["--head-init", "linear-default"]).unwrap();
+        assert_eq!(c.args.head_init, LinearInit::LinearDefault);
         let c = train_args(&["--dataset", "cifar10"]).unwrap();
         assert_eq!(c.augment, crate::data::Augment::CIFAR);
         let c = train_args(&["--schedule", "step", "--milestones", "3,6"]).unwrap();
@@ -546,6 +589,12 @@ mod tests {
             (&["--val-fraction", "0.95"], "--val-fraction"),
             (&["--pieces", "0"], "--pieces"),
             (&["--ood-method", "odin"], "--ood-method"),
+            (&["--head-init", "xavier"], "--head-init"),
+            (
+                &["--epochs", "4", "--stop-after-epochs", "5"],
+                "--stop-after-epochs",
+            ),
+            (&["--stop-after-epochs", "0"], "--stop-after-epochs"),
         ] {
             let e = train_args(args).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");
@@ -555,7 +604,23 @@ mod tests {
     #[test]
     fn validation_comes_from_a_fraction_or_the_datasets_own_split() {
         let c = train_args(&["--val-fraction", "0.2"]).unwrap();
-        assert_eq!(c.validation, Validation::Carved(0.2));
+        assert_eq!(c.validation, Validation::Carved(Carve::stratified(0.2)));
+        let c = train_args(&["--val-balanced", "--val-after-fraction"]).unwrap();
+        let both = Carve {
+            fraction: 0.1,
+            balanced: true,
+            after_fraction: true,
+        };
+        assert_eq!(c.validation, Validation::Carved(both));
+        let e = train_args(&[
+            "--dataset",
+            "pneumonia",
+            "--val-split",
+            "val",
+            "--val-balanced",
+        ])
+        .unwrap_err();
+        assert!(e.contains("carved validation split"), "{e}");
         let c = train_args(&["--dataset", "pneumonia", "--val-split", "val"]).unwrap();
         assert_eq!(c.validation, Validation::Split("val".into()));
         // Any split name of an npz archive parses; loading checks that it is there.

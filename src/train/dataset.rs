@@ -49,11 +49,46 @@ pub struct Splits {
 /// calibrator, the OOD thresholds and the conformal quantiles on them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Validation {
-    /// `--val-fraction F`: a seeded, stratified fraction of the training split.
-    Carved(f64),
+    /// `--val-fraction F` (with `--val-balanced`, `--val-after-fraction`): a seeded fraction
+    /// of the training split.
+    Carved(Carve),
     /// `--val-split NAME`: the dataset's own split `DATASET:NAME` (MedMNIST's `val`, issue 6);
     /// the whole training split is then trained on.
     Split(String),
+}
+
+/// How a validation split is carved out of the training split.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Carve {
+    /// `--val-fraction`: of each class, or with `balanced` of the rarest class.
+    pub fraction: f64,
+    /// `--val-balanced`: the same number of every class (long-tailed data, issue 18).
+    pub balanced: bool,
+    /// `--val-after-fraction`: carved after `--train-fraction`, so it scales with it.
+    pub after_fraction: bool,
+}
+
+impl Carve {
+    /// `fraction` of each class, carved before `--train-fraction` (the original split).
+    pub fn stratified(fraction: f64) -> Self {
+        Carve {
+            fraction,
+            balanced: false,
+            after_fraction: false,
+        }
+    }
+
+    /// The trainer's split of the training images with these options.
+    pub fn split(&self, train_fraction: f64, imbalance_ratio: f64, seed: u64) -> TrainValSplit {
+        TrainValSplit {
+            val_fraction: self.fraction,
+            train_fraction,
+            imbalance_ratio,
+            seed,
+            balanced: self.balanced,
+            val_after_fraction: self.after_fraction,
+        }
+    }
 }
 
 impl Validation {
@@ -93,15 +128,10 @@ impl Validation {
     ) -> Result<DatasetSpec, DataError> {
         match self {
             Validation::Split(name) => split_spec(dataset, name),
-            Validation::Carved(val_fraction) => Ok(DatasetSpec::Selected {
+            Validation::Carved(carve) => Ok(DatasetSpec::Selected {
                 base: Box::new(train_test_specs(dataset, seed)?.0),
                 part: SplitPart::Val,
-                split: TrainValSplit {
-                    val_fraction: *val_fraction,
-                    train_fraction,
-                    imbalance_ratio,
-                    seed,
-                },
+                split: carve.split(train_fraction, imbalance_ratio, seed),
             }),
         }
     }
@@ -133,12 +163,7 @@ fn split_spec(dataset: &str, name: &str) -> Result<DatasetSpec, DataError> {
 /// carve-out.
 pub fn train_test_specs(dataset: &str, seed: u64) -> Result<(DatasetSpec, DatasetSpec), DataError> {
     let carve = |base: DatasetSpec| {
-        let split = TrainValSplit {
-            val_fraction: TEST_FRACTION,
-            train_fraction: 1.0,
-            imbalance_ratio: 1.0,
-            seed,
-        };
+        let split = Carve::stratified(TEST_FRACTION).split(1.0, 1.0, seed);
         let side = |part| DatasetSpec::Selected {
             base: Box::new(base.clone()),
             part,
@@ -203,14 +228,11 @@ pub fn load_splits(
         (train, test, None)
     };
     match validation {
-        Validation::Carved(f) => split(
+        Validation::Carved(carve) => split_with(
             name,
             &train,
             test,
-            *f,
-            train_fraction,
-            imbalance_ratio,
-            seed,
+            carve.split(train_fraction, imbalance_ratio, seed),
         ),
         Validation::Split(_) => {
             let spec = validation.spec(name, train_fraction, imbalance_ratio, seed)?;
@@ -357,13 +379,24 @@ pub fn split(
     imbalance_ratio: f64,
     seed: u64,
 ) -> Result<Splits, DataError> {
-    let (tr, va) = TrainValSplit {
-        val_fraction,
-        train_fraction,
-        imbalance_ratio,
-        seed,
-    }
-    .indices(&train.labels, train.num_classes())?;
+    let carve = Carve::stratified(val_fraction);
+    split_with(
+        name,
+        train,
+        test,
+        carve.split(train_fraction, imbalance_ratio, seed),
+    )
+}
+
+/// Like [`split`], with every option of the trainer's split (balanced validation, validation
+/// after the training fraction).
+pub fn split_with(
+    name: &str,
+    train: &Dataset,
+    test: Dataset,
+    split: TrainValSplit,
+) -> Result<Splits, DataError> {
+    let (tr, va) = split.indices(&train.labels, train.num_classes())?;
     Ok(assemble(name, train, &tr, train.subset(&va), test))
 }
 
@@ -402,13 +435,9 @@ pub fn with_own_validation(
     // Same labels, same classes: name them as training does (an archive without names numbers
     // only up to its own largest label).
     val.class_names = train.class_names.clone();
-    let (tr, _) = TrainValSplit {
-        val_fraction: 0.0,
-        train_fraction,
-        imbalance_ratio,
-        seed,
-    }
-    .indices(&train.labels, k)?;
+    let (tr, _) = Carve::stratified(0.0)
+        .split(train_fraction, imbalance_ratio, seed)
+        .indices(&train.labels, k)?;
     Ok(assemble(name, train, &tr, val, test))
 }
 
@@ -514,7 +543,7 @@ mod tests {
         let carved = load_splits(
             &name,
             dir.path(),
-            &Validation::Carved(0.25),
+            &Validation::Carved(Carve::stratified(0.25)),
             1.0,
             1.0,
             0,
@@ -531,7 +560,7 @@ mod tests {
             own.spec("pneumonia", 1.0, 1.0, 3).unwrap().to_string(),
             "pneumonia:val"
         );
-        let carved = Validation::Carved(0.1);
+        let carved = Validation::Carved(Carve::stratified(0.1));
         assert_eq!(
             carved.spec("mnist", 0.5, 1.0, 3).unwrap().to_string(),
             "mnist:train[val=0.1,seed=3,train_fraction=0.5]"
@@ -549,7 +578,7 @@ mod tests {
         assert_eq!(train.to_string(), format!("folder:{d}[fit=0.2,seed=3]"));
         assert_eq!(test.to_string(), format!("folder:{d}[val=0.2,seed=3]"));
         assert_eq!(
-            Validation::Carved(0.1)
+            Validation::Carved(Carve::stratified(0.1))
                 .spec(&name, 1.0, 1.0, 3)
                 .unwrap()
                 .to_string(),

@@ -329,13 +329,27 @@ pub fn export(
     put("nesterov", a.model.nesterov.into());
     put("weight_decay", f(a.model.weight_decay).into());
     put("epochs", (a.epochs as i64).into());
+    if let Some(n) = a.stop_after_epochs {
+        put("stop_after_epochs", (n.min(a.epochs) as i64).into());
+    }
+    if a.head_init != super::layers::LinearInit::He {
+        put("head_init", "linear-default".into());
+    }
     put("best_epoch", (t.best_epoch as i64).into());
     put("batch_size", (a.batch_size as i64).into());
     put("width", a.model.width.into());
     // Which validation images picked the epoch and fitted the calibrator (issue 6): the split
     // options and the spec `caliper calibrate --data` takes to load the same images.
     match &cfg.validation {
-        Validation::Carved(f) => put("val_fraction", (*f).into()),
+        Validation::Carved(c) => {
+            put("val_fraction", c.fraction.into());
+            if c.balanced {
+                put("val_balanced", true.into());
+            }
+            if c.after_fraction {
+                put("val_after_fraction", true.into());
+            }
+        }
         Validation::Split(name) => put("val_split", name.clone().into()),
     }
     put("val_data", val_data.clone().into());

@@ -121,11 +121,25 @@ fn config_fingerprint(cfg: &TrainConfig) -> String {
     // A carved split prints its fraction alone, as before `--val-split` existed, so that older
     // checkpoints still resume.
     let validation = match &cfg.validation {
-        dataset::Validation::Carved(f) => f.to_string(),
+        dataset::Validation::Carved(c) => format!(
+            "{}{}{}",
+            c.fraction,
+            if c.balanced { "|balanced" } else { "" },
+            if c.after_fraction {
+                "|after_fraction"
+            } else {
+                ""
+            }
+        ),
         dataset::Validation::Split(name) => format!("split={name}"),
     };
+    // Likewise the head's start is named only when it is not the original He rule.
+    let head = match a.head_init {
+        super::layers::LinearInit::He => String::new(),
+        other => format!("|head={other:?}"),
+    };
     format!(
-        "{}|{}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{}",
+        "{}|{}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{}{head}",
         a.dataset,
         a.model.arch,
         cfg.loss,
@@ -205,7 +219,7 @@ pub fn train(cfg: &TrainConfig, splits: Splits, augment: Augment) -> Result<Trai
     let train = std::sync::Arc::new(train);
     let input = dataset::sample_shape(&train);
     let k = train.num_classes();
-    let net = Net::new(&a.model.arch, &input, k as i64, a.model.width)?;
+    let net = Net::new(&a.model.arch, &input, k as i64, a.model.width)?.with_head_init(a.head_init);
     let graph = step::training_step(&net, cfg.loss, &cfg.optimizer, false);
 
     std::fs::create_dir_all(&cfg.run_dir).map_err(|source| TrainError::Io {
@@ -265,7 +279,8 @@ pub fn train(cfg: &TrainConfig, splits: Splits, augment: Augment) -> Result<Trai
 
     let steps_per_epoch = train.len() / a.batch_size;
     let mut throughput = Vec::new();
-    for epoch in pos.epoch..a.epochs {
+    let last = a.stop_after_epochs.unwrap_or(a.epochs).min(a.epochs);
+    for epoch in pos.epoch..last {
         let started = Instant::now();
         // Batches depend only on (seed, epoch, batch index), so a resumed run sees the same
         // batches; a worker thread prepares the next batch while the current step runs.

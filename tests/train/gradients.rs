@@ -320,6 +320,7 @@ fn linear_relu_flatten_match_finite_differences() {
         name: "fc".into(),
         inp: 5,
         out: 3,
+        init: Default::default(),
     };
     check_layer(
         &lin,

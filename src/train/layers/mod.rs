@@ -36,6 +36,13 @@ pub enum Init {
         /// Inputs feeding one output unit.
         fan_in: i64,
     },
+    /// Uniform(-b, b) with b = 1 / sqrt(fan_in): PyTorch's `nn.Linear` default for weight and
+    /// bias (`kaiming_uniform_(a = sqrt(5))` gives exactly this bound for the weight), sqrt(6) =
+    /// 2.45 times narrower than He's.
+    LinearDefault {
+        /// Inputs feeding one output unit.
+        fan_in: i64,
+    },
     /// All zeros.
     Zeros,
     /// All ones.
@@ -123,6 +130,20 @@ pub struct Linear {
     pub inp: i64,
     /// Output features.
     pub out: i64,
+    /// How weight and bias start.
+    pub init: LinearInit,
+}
+
+/// How a [`Linear`] layer starts (`caliper-train --head-init` for the classifier head).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LinearInit {
+    /// He-uniform weight, zero bias: the rule of every other layer (caliper's default).
+    #[default]
+    He,
+    /// PyTorch's `nn.Linear` default, U(±1/sqrt(fan_in)) for weight and bias
+    /// ([`Init::LinearDefault`]); the start of the PyTorch recipes the reproduction compares with
+    /// (issue 18: the lr 0.05 collapses depend on the head's start).
+    LinearDefault,
 }
 
 impl Linear {
@@ -136,13 +157,17 @@ impl Linear {
 
 impl Layer for Linear {
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::new(
-                self.w(),
-                vec![self.out, self.inp],
-                Init::HeUniform { fan_in: self.inp },
+        let fan_in = self.inp;
+        let (weight, bias) = match self.init {
+            LinearInit::He => (Init::HeUniform { fan_in }, Init::Zeros),
+            LinearInit::LinearDefault => (
+                Init::LinearDefault { fan_in },
+                Init::LinearDefault { fan_in },
             ),
-            ParamSpec::new(self.b(), vec![self.out], Init::Zeros),
+        };
+        vec![
+            ParamSpec::new(self.w(), vec![self.out, self.inp], weight),
+            ParamSpec::new(self.b(), vec![self.out], bias),
         ]
     }
     fn out_shape(&self, _s: &[i64]) -> Vec<i64> {

@@ -162,6 +162,10 @@ pub fn init_values(spec: &StateSpec, rng: &mut impl Rng) -> Vec<f32> {
             let b = (6.0 / fan_in as f64).sqrt() as f32;
             (0..n).map(|_| rng.random_range(-b..b)).collect()
         }
+        Init::LinearDefault { fan_in } => {
+            let b = (1.0 / fan_in as f64).sqrt() as f32;
+            (0..n).map(|_| rng.random_range(-b..b)).collect()
+        }
     }
 }
 
