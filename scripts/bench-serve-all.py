@@ -6,8 +6,8 @@ checked (true/false). Not a test.
 Models: LeNet (models/mnist, tests/data/digits/7.png), ResNet-20 (models/cifar10,
 tests/data/cifar10/ship.png) and EfficientNet-Lite0 at 224x224 (the third-party model of the
 own-models issue, `scripts/fetch-test-models.sh`), imported with `caliper import` into
-runs/bench-effnet/ (uncalibrated: no ImageNet calibration data here) and sent the 512x512
-astronaut photo. Env as for bench-serve.sh (DURATION, CONNS, ...); ONLY=mnist,cifar10 runs a
+runs/bench-effnet/ (uncalibrated: no ImageNet calibration data here) and sent the astronaut
+photo resized to 224x224 (runs/bench-effnet/astronaut-224.png; needs Pillow). Env as for bench-serve.sh (DURATION, CONNS, ...); ONLY=mnist,cifar10 runs a
 subset.
 """
 import json, os, subprocess, sys
@@ -28,7 +28,10 @@ def effnet_repo():
         subprocess.run(["target/release/caliper", "import", str(onnx), "--name", "effnet", "--preset", "imagenet",
                         "--labels", str(labels), "--models-dir", str(repo / "models"), "--features", "auto"],
                        check=True, stdout=sys.stderr)
-    return repo / "models/effnet"
+    # The photo at the model's 224x224: 32 of the 512x512 PNG (~13 MB) exceed the default body limit.
+    from PIL import Image
+    Image.open(ROOT / "data/third_party_models/photos/astronaut.png").convert("RGB").resize((224, 224)).save(repo / "astronaut-224.png")
+    return (repo / "models/effnet").relative_to(ROOT)
 
 
 def run(name, model_dir, image):
@@ -43,13 +46,16 @@ def main():
     only = set(filter(None, os.environ.get("ONLY", "").split(",")))
     plan = [("mnist", "models/mnist", "tests/data/digits/7.png"),
             ("cifar10", "models/cifar10", "tests/data/cifar10/ship.png"),
-            ("effnet", None, "data/third_party_models/photos/astronaut.png")]
+            ("effnet", None, "runs/bench-effnet/astronaut-224.png")]
     results, targets = {}, {}
     for name, model_dir, image in plan:
         if only and name not in only:
             continue
         if model_dir is None:
-            subprocess.run(["cargo", "build", "--release", "--locked", "--bins"], check=True, stdout=sys.stderr)
+            # The same build as bench-serve.sh's (bins and the bench_raw example together: the
+            # example's dev-dependencies change feature unification, hence the binary).
+            subprocess.run(["cargo", "build", "--release", "--locked", "--bins", "--example", "bench_raw"],
+                           check=True, stdout=sys.stderr)
             model_dir = effnet_repo()
         print(f"== {name}", file=sys.stderr)
         r = results[name] = run(name, model_dir, image)

@@ -21,13 +21,14 @@ use bytes::Bytes;
 
 pub use batcher::DeviceDefaults;
 pub use budget::{BudgetError, MemoryBudget, Reservation};
-pub use model::{ExplicitBatching, LoadedModel, ModelOptions, RowOutput};
+pub use model::{ExplicitBatching, LoadedModel, ModelOptions};
 pub use prediction::{
     Calibrated, DEFAULT_TOP_K, Prediction, PredictionError, PredictionList, RequestOptions,
     ServedSetInfo, TopK, build_prediction, calibrate, score,
 };
 pub use preprocess::{ImageLimits, PreprocessError, preprocess};
 pub use registry::{ModelRegistry, RegistryOptions};
+pub use worker::RowOutput;
 
 use tracing::info_span;
 

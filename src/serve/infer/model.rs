@@ -13,20 +13,11 @@ use tokio::sync::oneshot;
 use super::InferError;
 use super::batcher::{BatchPolicy, BatchQueue, DeviceDefaults, PushError, padded_sizes};
 use super::prediction::PredictionContext;
-use super::worker::{self, Job, JobTrace, Sessions};
+use super::worker::{self, Job, JobTrace, RowOutput, Sessions};
 use crate::repository::ModelFiles;
 use crate::runtime::{ClassifierSession, Device};
 use crate::serve::prometheus::ServerMetrics;
 use crate::trust::calibration::Calibrator;
-
-/// The model outputs of one input.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RowOutput {
-    /// Raw logits, class order.
-    pub logits: Vec<f32>,
-    /// Penultimate features, when model.toml names a features output.
-    pub features: Option<Vec<f32>>,
-}
 
 /// A model ready to serve.
 #[derive(Debug)]
@@ -178,8 +169,11 @@ impl LoadedModel {
                 "warmed up every batch size"
             );
         }
+        // A queue delay is the operator asking runs to wait for company: no inline runs then.
         let inline_images = match sessions.first_mut() {
-            Some(s) if !device.is_cuda() => worker::inline_images(s)?,
+            Some(s) if !device.is_cuda() && policy.max_queue_delay.is_zero() => {
+                worker::inline_images(s)?
+            }
             _ => 0,
         };
         let sessions = Sessions::new(sessions, inline_images);

@@ -8,7 +8,8 @@
 //! each, which at one client were most of the latency (issue 19); under load the sessions are
 //! busy, requests queue, and batching works as before. Inline runs are allowed only for models
 //! whose single-image run is short ([`INLINE_RUN_MAX`]), since they hold an async worker, only
-//! on the CPU (a GPU wants batches), and not while traces are exported (the `queue_wait` and
+//! on the CPU (a GPU wants batches), only with greedy batching (a `--max-queue-delay-us` above 0
+//! asks runs to wait for more images), and not while traces are exported (the `queue_wait` and
 //! `inference` spans describe the queue path).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +21,6 @@ use tracing::{Span, info_span};
 
 use super::InferError;
 use super::batcher::{BatchPolicy, BatchQueue, Queued, padded_len};
-use super::model::RowOutput;
 use crate::runtime::{BatchOutput, ClassifierSession, RuntimeError};
 use crate::serve::prometheus::ServerMetrics;
 use crate::serve::telemetry;
@@ -29,6 +29,15 @@ use crate::serve::telemetry;
 /// the two thread hops it saves cost, so that an inline run never holds an async worker for
 /// longer than a few queue-path requests would.
 pub const INLINE_RUN_MAX: Duration = Duration::from_micros(250);
+
+/// The model outputs of one input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowOutput {
+    /// Raw logits, class order.
+    pub logits: Vec<f32>,
+    /// Penultimate features, when model.toml names a features output.
+    pub features: Option<Vec<f32>>,
+}
 
 /// How many images a request may run inline on `session` (a warmed-up CPU session): as many
 /// as fit in [`INLINE_RUN_MAX`] at its fastest single-image run of a few.
