@@ -11,6 +11,7 @@
 #   bench_record raw '{"x":1}'   # figures of a section (a JSON object), kept in its entry
 #   bench_figures '{"x":1}'      # figures merged into the top level of the final object
 #   bench_fail "message"         # records the current section's failure and exits 1
+#   bench_wrk_post LUA BODY CTYPE  # writes a wrk script that POSTs file BODY as CTYPE
 # Any command that fails under `set -e` is recorded too (an ERR trap: the failed command and its
 # status), and an EXIT trap writes the object, then runs the script's own cleanup, bench_cleanup,
 # when it defines one. Sections that never started are reported "skipped".
@@ -65,6 +66,18 @@ bench_merge() {
   elif [[ "$b" == "}" ]]; then printf '%s}' "$a"
   else printf '%s,%s' "$a" "$b"
   fi
+}
+
+# bench_wrk_post LUA BODY CTYPE: a wrk script at LUA that POSTs the bytes of file BODY with
+# Content-Type CTYPE on every request.
+bench_wrk_post() {
+  cat > "$1" <<LUA
+local f = assert(io.open("$2", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "$3"
+LUA
 }
 
 bench_init() {

@@ -5,17 +5,12 @@
 # Usage: scripts/bench-serve-ab.sh OLD_BINARY NEW_BINARY   (env ROUNDS=3, D=8 seconds). Needs wrk.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+source "$ROOT/scripts/bench-lib.sh"
 OLD=$1; NEW=$2; ROUNDS=${ROUNDS:-3}; D=${D:-8}
 WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/models" "$WORK/calib"
 ln -s "$ROOT/models/mnist" "$WORK/models/mnist"; ln -s "$ROOT/calib/mnist.json" "$WORK/calib/mnist.json"
-cat > "$WORK/post.lua" <<LUA
-local f = assert(io.open("$ROOT/tests/data/digits/7.png", "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "image/png"
-LUA
+bench_wrk_post "$WORK/post.lua" "$ROOT/tests/data/digits/7.png" image/png
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 cpu_us() { awk -v t="$TICK_US" '{printf "%d", ($14 + $15) * t}' "/proc/$1/stat"; }
 URL=http://127.0.0.1:18090/v1/models/mnist/predict

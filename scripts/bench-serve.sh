@@ -105,13 +105,7 @@ wait_listening() {
   bench_fail "server did not start within 60 s; see $log"
 }
 
-cat > "$OUT/post.lua" <<LUA
-local f = assert(io.open("$ROOT/$IMAGE", "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "image/png"
-LUA
+bench_wrk_post "$OUT/post.lua" "$ROOT/$IMAGE" image/png
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
@@ -159,14 +153,8 @@ curl -s "http://$ADDR/metrics" > "$OUT/server-metrics.txt"
 # batched NAME PATH CTYPE BODY_FILE: server CPU per image for uploads of BATCHED images each (8
 # clients, so that the queue holds a few requests' images, as the single-image runs' 64 do).
 batched() {
-  local name="$1" path="$2" ctype="$3" body="$4" cpu0 n
-  cat > "$OUT/$name.lua" <<LUA
-local f = assert(io.open("$body", "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "$ctype"
-LUA
+  local name="$1" path="$2" ctype="$3" body="$4" cpu0
+  bench_wrk_post "$OUT/$name.lua" "$body" "$ctype"
   local wrk=(${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK")
   "${wrk[@]}" -t"$WRK_THREADS" -c8 -d2s -s "$OUT/$name.lua" "http://$ADDR$path" >/dev/null
   cpu0="$(cpu_us "$SERVER")"

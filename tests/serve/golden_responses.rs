@@ -17,8 +17,8 @@ use crate::common::{data, digit, model_input};
 
 const GOLDEN: &str = "golden/responses.json";
 
-/// (label, method, path, content type, body).
-fn requests(root: &Path) -> Vec<(String, &'static str, String, String, Vec<u8>)> {
+/// (label, path, content type, body), each POSTed.
+fn requests(root: &Path) -> Vec<(String, String, String, Vec<u8>)> {
     let mut out = Vec::new();
     let png = "image/png".to_string();
     for d in ["0.png", "3.jpg", "4.png", "7.png", "9.png"] {
@@ -29,7 +29,6 @@ fn requests(root: &Path) -> Vec<(String, &'static str, String, String, Vec<u8>)>
         };
         out.push((
             format!("mnist {d}"),
-            "POST",
             "/v1/models/mnist/predict".into(),
             ctype.into(),
             digit(d),
@@ -38,7 +37,6 @@ fn requests(root: &Path) -> Vec<(String, &'static str, String, String, Vec<u8>)>
     let options = "?top_k=3&alpha=0.05&conformal=aps&min_confidence=0.9&reject_ood=true";
     out.push((
         "mnist 2.png, trust options".into(),
-        "POST",
         format!("/v1/models/mnist/predict{options}"),
         png.clone(),
         digit("2.png"),
@@ -59,7 +57,6 @@ fn requests(root: &Path) -> Vec<(String, &'static str, String, String, Vec<u8>)>
     form.extend(format!("--{boundary}--\r\n").bytes());
     out.push((
         "mnist multipart of 4".into(),
-        "POST",
         "/v1/models/mnist/predict?top_k=10".into(),
         format!("multipart/form-data; boundary={boundary}"),
         form,
@@ -67,14 +64,12 @@ fn requests(root: &Path) -> Vec<(String, &'static str, String, String, Vec<u8>)>
     let ship = std::fs::read(data().join("cifar10/ship.png")).unwrap();
     out.push((
         "cifar10 ship.png".into(),
-        "POST",
         "/v1/models/cifar10/predict".into(),
         png.clone(),
         ship.clone(),
     ));
     out.push((
         "cifar10 ship.png, no probabilities".into(),
-        "POST",
         "/v1/models/cifar10/predict?probabilities=false&alpha=0.2".into(),
         png.clone(),
         ship,
@@ -84,7 +79,6 @@ fn requests(root: &Path) -> Vec<(String, &'static str, String, String, Vec<u8>)>
         "datatype": "FP32", "data": tensor}]});
     out.push((
         "mnist V2 FP32 of 2".into(),
-        "POST",
         "/v2/models/mnist/infer".into(),
         "application/json".into(),
         serde_json::to_vec(&v2).unwrap(),
@@ -116,7 +110,7 @@ fn requests(root: &Path) -> Vec<(String, &'static str, String, String, Vec<u8>)>
         ),
     ];
     for (label, path, ctype, body) in errors {
-        out.push((label.into(), "POST", path.into(), ctype.into(), body));
+        out.push((label.into(), path.into(), ctype.into(), body));
     }
     out
 }
@@ -144,7 +138,7 @@ fn strip_ids(mut v: Value) -> Value {
 async fn answers(server: &Server, root: &Path) -> Value {
     let client = reqwest::Client::new();
     let mut out = serde_json::Map::new();
-    for (label, _method, path, ctype, body) in requests(root) {
+    for (label, path, ctype, body) in requests(root) {
         let r = client
             .post(server.url(&path))
             .header("content-type", ctype)

@@ -176,8 +176,8 @@ impl LoadedModel {
             }
             _ => 0,
         };
-        let sessions = Sessions::new(sessions, inline_images);
-        if let Err(e) = sessions.spawn_threads(&files.name, &queue, policy, &sizes, &metrics) {
+        let sessions = Sessions::new(&files.name, sessions, inline_images, &metrics);
+        if let Err(e) = sessions.spawn_threads(&queue, policy, &sizes) {
             // Lets the threads already started exit.
             queue.close();
             return Err(InferError::Internal(format!(
@@ -212,11 +212,7 @@ impl LoadedModel {
     /// Queues preprocessed images (`C * H * W` values each) and returns their outputs in the
     /// same order. Dropping the future abandons the entries; the batcher then skips them.
     pub async fn outputs(&self, inputs: Vec<Vec<f32>>) -> Result<Vec<RowOutput>, InferError> {
-        let name = &self.files.name;
-        if let Some(rows) = self
-            .sessions
-            .try_inline(name, &self.queue, &inputs, &self.metrics)
-        {
+        if let Some(rows) = self.sessions.try_inline(&self.queue, &inputs) {
             return rows.into_iter().collect();
         }
         let trace = JobTrace::new(&self.files.name, inputs.len());

@@ -114,6 +114,9 @@ pub(super) struct Sessions {
     busy: Arc<AtomicUsize>,
     /// Most images a request may run inline (0: never).
     inline_images: usize,
+    /// The model's name and metric handles, looked up once (not per request).
+    name: Arc<str>,
+    metrics: Arc<RunMetrics>,
 }
 
 /// Counts a running session while alive.
@@ -133,6 +136,7 @@ impl Drop for Busy<'_> {
 }
 
 /// The metric handles of one model's runs.
+#[derive(Debug)]
 struct RunMetrics {
     gone: prometheus::IntCounter,
     queue: prometheus::Histogram,
@@ -154,9 +158,14 @@ impl RunMetrics {
 }
 
 impl Sessions {
-    /// Wraps the warmed-up sessions; requests of at most `inline_images` images may run inline
-    /// ([`inline_images`]).
-    pub fn new(sessions: Vec<ClassifierSession>, inline_images: usize) -> Self {
+    /// Wraps the warmed-up sessions of model `name`; requests of at most `inline_images` images
+    /// may run inline ([`inline_images`]).
+    pub fn new(
+        name: &str,
+        sessions: Vec<ClassifierSession>,
+        inline_images: usize,
+        metrics: &ServerMetrics,
+    ) -> Self {
         Sessions {
             slots: sessions
                 .into_iter()
@@ -164,27 +173,28 @@ impl Sessions {
                 .collect(),
             busy: Arc::new(AtomicUsize::new(0)),
             inline_images,
+            name: name.into(),
+            metrics: Arc::new(RunMetrics::new(name, metrics)),
         }
     }
 
     /// Starts one thread per session on `queue`.
     pub fn spawn_threads(
         &self,
-        name: &str,
         queue: &Arc<BatchQueue<Job>>,
         policy: BatchPolicy,
         padded: &[usize],
-        metrics: &Arc<ServerMetrics>,
     ) -> std::io::Result<()> {
         for (i, slot) in self.slots.iter().enumerate() {
-            let (q, metrics, name) = (Arc::clone(queue), Arc::clone(metrics), name.to_string());
+            let (q, m, name) = (
+                Arc::clone(queue),
+                Arc::clone(&self.metrics),
+                Arc::clone(&self.name),
+            );
             let (slot, busy, padded) = (Arc::clone(slot), Arc::clone(&self.busy), padded.to_vec());
             std::thread::Builder::new()
                 .name(format!("caliper-{name}-{i}"))
-                .spawn(move || {
-                    let m = RunMetrics::new(&name, &metrics);
-                    session_thread(&name, &slot, &busy, &q, &policy, &padded, &m);
-                })?;
+                .spawn(move || session_thread(&name, &slot, &busy, &q, &policy, &padded, &m))?;
         }
         Ok(())
     }
@@ -193,10 +203,8 @@ impl Sessions {
     /// running) and a session is free; `None` leaves them to the queue.
     pub fn try_inline(
         &self,
-        name: &str,
         queue: &BatchQueue<Job>,
         inputs: &[Vec<f32>],
-        metrics: &ServerMetrics,
     ) -> Option<Vec<Result<RowOutput, InferError>>> {
         if inputs.len() > self.inline_images
             || telemetry::enabled()
@@ -207,7 +215,7 @@ impl Sessions {
         }
         let mut session = self.slots.iter().find_map(|s| s.try_lock().ok())?;
         let _busy = Busy::enter(&self.busy);
-        let m = RunMetrics::new(name, metrics);
+        let m = &self.metrics;
         let start = Instant::now();
         m.queue.observe(0.0);
         m.batch.observe(inputs.len() as f64);
@@ -217,7 +225,7 @@ impl Sessions {
         };
         drop(session);
         m.inference.observe(start.elapsed().as_secs_f64());
-        Some(answers(name, result, inputs.len(), &m))
+        Some(answers(&self.name, result, inputs.len(), m))
     }
 }
 
@@ -362,42 +370,31 @@ mod tests {
     fn an_idle_model_runs_small_requests_inline_and_busy_ones_queue() {
         let metrics = ServerMetrics::new().unwrap();
         let queue = BatchQueue::<Job>::new(16);
-        let sessions = Sessions::new(vec![session()], 2);
+        let sessions = Sessions::new("m", vec![session()], 2, &metrics);
         let image: Vec<f32> = (0..784).map(|i| (i % 255) as f32 / 255.0).collect();
         let want = session().run(&image).unwrap().0;
         let rows = sessions
-            .try_inline("m", &queue, std::slice::from_ref(&image), &metrics)
+            .try_inline(&queue, std::slice::from_ref(&image))
             .expect("an idle model runs inline");
         assert_eq!(rows[0].as_ref().unwrap().logits, want);
         // Two images fit, three do not.
         let two = vec![image.clone(), image.clone()];
-        assert_eq!(
-            sessions
-                .try_inline("m", &queue, &two, &metrics)
-                .unwrap()
-                .len(),
-            2
-        );
+        assert_eq!(sessions.try_inline(&queue, &two).unwrap().len(), 2);
         assert!(
             sessions
-                .try_inline(
-                    "m",
-                    &queue,
-                    &[image.clone(), image.clone(), image.clone()],
-                    &metrics
-                )
+                .try_inline(&queue, &[image.clone(), image.clone(), image.clone()])
                 .is_none()
         );
         // A running session (thread or inline) sends requests to the queue.
         let running = Busy::enter(&sessions.busy);
-        assert!(sessions.try_inline("m", &queue, &two, &metrics).is_none());
+        assert!(sessions.try_inline(&queue, &two).is_none());
         drop(running);
         // So does a session locked by its thread.
         let held = sessions.slots[0].lock().unwrap();
-        assert!(sessions.try_inline("m", &queue, &two, &metrics).is_none());
+        assert!(sessions.try_inline(&queue, &two).is_none());
         drop(held);
         // Never inline when the model is not allowed to.
-        let never = Sessions::new(vec![session()], 0);
-        assert!(never.try_inline("m", &queue, &two[..1], &metrics).is_none());
+        let never = Sessions::new("m", vec![session()], 0, &metrics);
+        assert!(never.try_inline(&queue, &two[..1]).is_none());
     }
 }

@@ -10,8 +10,8 @@
 //! is scaled with the sampling ratio, as its subsampling experiment does: `k = round(50 rows /
 //! N)`, at least 1.
 //!
-//! Scoring keeps a second copy of the bank interleaved in blocks of [`LANES`] rows, so that the
-//! dot products of a block advance together, one column at a time: each row still sums its
+//! In memory the bank is interleaved in blocks of [`LANES`] rows (the file keeps plain rows), so
+//! that the dot products of a block advance together, one column at a time: each row still sums its
 //! products in column order (the same numbers, bit for bit, as a row-by-row `sum`), but the
 //! `LANES` independent sums fill the vector units instead of waiting on one addition chain.
 //! Row by row, a 2048 x 128 bank was the largest item of the server's profile (issue 19).
@@ -53,10 +53,10 @@ const LANES: usize = 32;
 pub struct Knn {
     k: usize,
     dim: usize,
-    /// Normalised bank rows, row-major.
-    bank: Vec<f32>,
-    /// The same rows in blocks of `LANES`: `blocks[(b * dim + j) * LANES + r]` is column `j` of
-    /// row `b * LANES + r`; the last block is padded with zero rows.
+    /// Bank rows.
+    rows: usize,
+    /// The normalised bank rows in blocks of `LANES`: `blocks[(b * dim + j) * LANES + r]` is
+    /// column `j` of row `b * LANES + r`; the last block is padded with zero rows.
     blocks: Vec<f32>,
 }
 
@@ -110,7 +110,7 @@ impl TryFrom<KnnParts> for Knn {
 
 impl From<Knn> for KnnParts {
     fn from(m: Knn) -> Self {
-        let bytes: Vec<u8> = m.bank.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes: Vec<u8> = m.bank().iter().flat_map(|v| v.to_le_bytes()).collect();
         KnnParts {
             k: m.k,
             dim: m.dim,
@@ -147,13 +147,22 @@ impl Knn {
     }
 
     fn new(k: usize, dim: usize, bank: Vec<f32>) -> Self {
-        let blocks = interleave(&bank, dim);
         Knn {
             k,
             dim,
-            bank,
-            blocks,
+            rows: bank.len() / dim,
+            blocks: interleave(&bank, dim),
         }
+    }
+
+    /// The bank rows, row-major (the stored form).
+    fn bank(&self) -> Vec<f32> {
+        let mut bank = Vec::with_capacity(self.rows * self.dim);
+        for i in 0..self.rows {
+            let (b, r) = (i / LANES, i % LANES);
+            bank.extend((0..self.dim).map(|j| self.blocks[(b * self.dim + j) * LANES + r]));
+        }
+        bank
     }
 
     /// Feature dimension D.
@@ -168,7 +177,7 @@ impl Knn {
 
     /// Rows in the bank.
     pub fn rows(&self) -> usize {
-        self.bank.len() / self.dim
+        self.rows
     }
 
     /// Distance from normalised `x` to its k-th nearest bank row (higher = more OOD).
@@ -227,6 +236,7 @@ mod tests {
             .map(|i| ((i * 7919 % 1000) as f32 / 997.0 - 0.5) * 1.37)
             .collect();
         let m = Knn::new(3, dim, bank.clone());
+        assert_eq!(m.bank(), bank);
         let z: Vec<f32> = (0..dim).map(|j| (j as f32 * 0.731).sin()).collect();
         let plain: Vec<f32> = bank
             .chunks_exact(dim)
