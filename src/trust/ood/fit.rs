@@ -8,6 +8,7 @@
 use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 
+use super::blocked::BlockedRows;
 use crate::trust::metrics;
 
 /// Errors of fitting or evaluating OOD detectors.
@@ -66,6 +67,8 @@ pub struct MahalanobisParts {
 #[serde(try_from = "MahalanobisParts", into = "MahalanobisParts")]
 pub struct Mahalanobis {
     parts: MahalanobisParts,
+    /// P, stored for fast products (the same bits as row-by-row dots).
+    precision: BlockedRows<f64>,
     /// mu_k^T P mu_k per class, so a score costs one D x D product, not K of them.
     mean_norms: Vec<f64>,
 }
@@ -92,12 +95,17 @@ impl TryFrom<MahalanobisParts> for Mahalanobis {
                 return Err(OodError::NonFinite { what, row });
             }
         }
+        let precision = BlockedRows::from_row_vecs(&parts.precision, d);
         let mean_norms = parts
             .means
             .iter()
-            .map(|m| dot(m, &mat_vec(&parts.precision, m)))
+            .map(|m| dot(m, &precision.products(m)))
             .collect();
-        Ok(Mahalanobis { parts, mean_norms })
+        Ok(Mahalanobis {
+            parts,
+            precision,
+            mean_norms,
+        })
     }
 }
 
@@ -109,36 +117,6 @@ impl From<Mahalanobis> for MahalanobisParts {
 
 pub(super) fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// `m v`, bit for bit `m.iter().map(|row| dot(row, v))`, four rows at a time. The serial sum of
-/// one `dot` waits on each addition before the next; four rows give four independent chains, so
-/// the served Mahalanobis score (a 128x128 `P x` per request, the largest caliper item of the
-/// server's profile, docs/BENCHMARKS.md) costs a fraction of it. Each row is still summed in
-/// `dot`'s order from `Sum`'s own starting value, so fitted thresholds and served scores do not
-/// move.
-pub(super) fn mat_vec(m: &[Vec<f64>], v: &[f64]) -> Vec<f64> {
-    let start: f64 = std::iter::empty::<f64>().sum();
-    let mut out = Vec::with_capacity(m.len());
-    let mut quads = m.chunks_exact(4);
-    for q in quads.by_ref() {
-        let n = v.len();
-        if q.iter().any(|row| row.len() != n) {
-            out.extend(q.iter().map(|row| dot(row, v)));
-            continue;
-        }
-        let (a, b, c, d) = (&q[0][..n], &q[1][..n], &q[2][..n], &q[3][..n]);
-        let mut s = [start; 4];
-        for k in 0..n {
-            s[0] += a[k] * v[k];
-            s[1] += b[k] * v[k];
-            s[2] += c[k] * v[k];
-            s[3] += d[k] * v[k];
-        }
-        out.extend(s);
-    }
-    out.extend(quads.remainder().iter().map(|row| dot(row, v)));
-    out
 }
 
 /// Checks that every value of a `[N, D]` view is finite.
@@ -355,7 +333,7 @@ impl Mahalanobis {
             });
         }
         // (x - mu)^T P (x - mu) = x^T P x - 2 mu^T (P x) + mu^T P mu, P symmetric.
-        let px = mat_vec(&self.parts.precision, x);
+        let px = self.precision.products(x);
         let xpx = dot(x, &px);
         // Rounding can take an exact zero slightly negative; a squared distance is never < 0.
         Ok(self

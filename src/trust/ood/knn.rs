@@ -10,11 +10,10 @@
 //! is scaled with the sampling ratio, as its subsampling experiment does: `k = round(50 rows /
 //! N)`, at least 1.
 //!
-//! In memory the bank is interleaved in blocks of [`LANES`] rows (the file keeps plain rows), so
-//! that the dot products of a block advance together, one column at a time: each row still sums its
-//! products in column order (the same numbers, bit for bit, as a row-by-row `sum`), but the
-//! `LANES` independent sums fill the vector units instead of waiting on one addition chain.
-//! Row by row, a 2048 x 128 bank was the largest item of the server's profile (issue 19).
+//! In memory the bank is a [`BlockedRows`] (the file keeps plain rows): its similarities are
+//! the row-by-row dot products bit for bit, computed a block of rows at a time with the widest
+//! vector units the CPU has. Row by row, a 2048 x 128 bank was the largest item of the server's
+//! profile (issue 19).
 
 use base64::Engine;
 use ndarray::ArrayView2;
@@ -22,6 +21,7 @@ use rand::SeedableRng;
 use rand::seq::index::sample;
 use serde::{Deserialize, Serialize};
 
+use super::blocked::BlockedRows;
 use super::fit::{OodError, check_rows};
 
 /// Most numbers (`rows x D`) in the bank.
@@ -44,33 +44,13 @@ struct KnnParts {
     bank_f32_base64: String,
 }
 
-/// Bank rows whose dot products are computed together (see the module header).
-const LANES: usize = 32;
-
 /// A fitted KNN detector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "KnnParts", into = "KnnParts")]
 pub struct Knn {
     k: usize,
-    dim: usize,
-    /// Bank rows.
-    rows: usize,
-    /// The normalised bank rows in blocks of `LANES`: `blocks[(b * dim + j) * LANES + r]` is
-    /// column `j` of row `b * LANES + r`; the last block is padded with zero rows.
-    blocks: Vec<f32>,
-}
-
-/// The bank interleaved in blocks of [`LANES`] rows.
-fn interleave(bank: &[f32], dim: usize) -> Vec<f32> {
-    let rows = bank.len() / dim;
-    let mut out = vec![0.0; rows.div_ceil(LANES) * LANES * dim];
-    for (i, row) in bank.chunks_exact(dim).enumerate() {
-        let (b, r) = (i / LANES, i % LANES);
-        for (j, &v) in row.iter().enumerate() {
-            out[(b * dim + j) * LANES + r] = v;
-        }
-    }
-    out
+    /// The normalised bank rows.
+    bank: BlockedRows<f32>,
 }
 
 impl TryFrom<KnnParts> for Knn {
@@ -110,10 +90,15 @@ impl TryFrom<KnnParts> for Knn {
 
 impl From<Knn> for KnnParts {
     fn from(m: Knn) -> Self {
-        let bytes: Vec<u8> = m.bank().iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes: Vec<u8> = m
+            .bank
+            .to_rows()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         KnnParts {
             k: m.k,
-            dim: m.dim,
+            dim: m.bank.dim(),
             bank_f32_base64: base64::engine::general_purpose::STANDARD.encode(bytes),
         }
     }
@@ -149,25 +134,13 @@ impl Knn {
     fn new(k: usize, dim: usize, bank: Vec<f32>) -> Self {
         Knn {
             k,
-            dim,
-            rows: bank.len() / dim,
-            blocks: interleave(&bank, dim),
+            bank: BlockedRows::from_rows(&bank, dim),
         }
-    }
-
-    /// The bank rows, row-major (the stored form).
-    fn bank(&self) -> Vec<f32> {
-        let mut bank = Vec::with_capacity(self.rows * self.dim);
-        for i in 0..self.rows {
-            let (b, r) = (i / LANES, i % LANES);
-            bank.extend((0..self.dim).map(|j| self.blocks[(b * self.dim + j) * LANES + r]));
-        }
-        bank
     }
 
     /// Feature dimension D.
     pub fn dim(&self) -> usize {
-        self.dim
+        self.bank.dim()
     }
 
     /// The k of the k-th neighbour.
@@ -177,16 +150,16 @@ impl Knn {
 
     /// Rows in the bank.
     pub fn rows(&self) -> usize {
-        self.rows
+        self.bank.rows()
     }
 
     /// Distance from normalised `x` to its k-th nearest bank row (higher = more OOD).
     pub fn score(&self, x: &[f64]) -> Result<f64, OodError> {
-        if x.len() != self.dim {
+        if x.len() != self.dim() {
             return Err(OodError::Shape(format!(
                 "feature vector has {} values, the KNN bank has {}",
                 x.len(),
-                self.dim
+                self.dim()
             )));
         }
         if x.iter().any(|v| !v.is_finite()) {
@@ -197,29 +170,9 @@ impl Knn {
         }
         let z: Vec<f32> = normalised(x.iter().copied()).map(|v| v as f32).collect();
         // For unit vectors |z - b|^2 = 2 - 2 z.b: the k-th nearest is the k-th largest product.
-        let mut sims = self.similarities(&z);
+        let mut sims = self.bank.products(&z);
         let (_, kth, _) = sims.select_nth_unstable_by(self.k - 1, |a, b| b.total_cmp(a));
         Ok((2.0 - 2.0 * f64::from(*kth)).max(0.0).sqrt())
-    }
-}
-
-impl Knn {
-    /// `z . b` for every bank row `b`, in bank order. Each sum starts at -0.0 and adds the
-    /// products in column order, as `Iterator::sum` does, so the values are those of the plain
-    /// row-by-row loop.
-    fn similarities(&self, z: &[f32]) -> Vec<f32> {
-        let mut sims = Vec::with_capacity(self.blocks.len() / self.dim);
-        for block in self.blocks.chunks_exact(self.dim * LANES) {
-            let mut acc = [-0.0f32; LANES];
-            for (column, &zj) in block.chunks_exact(LANES).zip(z) {
-                for (a, &b) in acc.iter_mut().zip(column) {
-                    *a += b * zj;
-                }
-            }
-            sims.extend_from_slice(&acc);
-        }
-        sims.truncate(self.rows());
-        sims
     }
 }
 
@@ -227,27 +180,6 @@ impl Knn {
 mod tests {
     use super::*;
     use ndarray::Array2;
-
-    #[test]
-    fn blocked_products_equal_the_row_by_row_sums_bit_for_bit() {
-        // 70 rows: two whole blocks and a padded one; values with long mantissas.
-        let dim = 37;
-        let bank: Vec<f32> = (0..70 * dim)
-            .map(|i| ((i * 7919 % 1000) as f32 / 997.0 - 0.5) * 1.37)
-            .collect();
-        let m = Knn::new(3, dim, bank.clone());
-        assert_eq!(m.bank(), bank);
-        let z: Vec<f32> = (0..dim).map(|j| (j as f32 * 0.731).sin()).collect();
-        let plain: Vec<f32> = bank
-            .chunks_exact(dim)
-            .map(|b| b.iter().zip(&z).map(|(p, q)| p * q).sum())
-            .collect();
-        let blocked = m.similarities(&z);
-        assert_eq!(blocked.len(), 70);
-        for (a, b) in blocked.iter().zip(&plain) {
-            assert_eq!(a.to_bits(), b.to_bits());
-        }
-    }
 
     #[test]
     fn far_inputs_score_higher_and_the_bank_round_trips() {

@@ -6,6 +6,7 @@
 //! verdict; [`eval`] the `caliper eval-ood` report. Definitions: docs/OOD.md.
 
 pub mod artifacts;
+mod blocked;
 pub mod detectors;
 pub mod eval;
 pub mod fit;
