@@ -4,7 +4,10 @@
 #      decoding (examples/bench_raw.rs), and raw single-image latency;
 #   2. the server under 64 concurrent clients posting a PNG (wrk), and at 1 client (p50/p99);
 #   3. the same load against a plain Python server (scripts/bench_python_server.py: stdlib HTTP +
-#      onnxruntime + Pillow), the baseline a user would otherwise write.
+#      onnxruntime + Pillow), the baseline a user would otherwise write;
+#   4. the HTTP floor: the same load against examples/bench_http_floor.rs (tokio + hyper + axum,
+#      the server's own stack, answering the server's response bytes with no work at all), whose
+#      CPU per request is what serving over HTTP costs before caliper does anything.
 # The last output line is one JSON object with every figure and the ratios, also when a section
 # fails: then "ok" is false and "failures" names the section and the error (scripts/bench-lib.sh);
 # the results are also written to docs/BENCHMARKS.md. `make bench` installs what this needs first.
@@ -34,7 +37,7 @@ if [[ "${1:-}" == all ]]; then
   exec python3 scripts/bench-serve-all.py
 fi
 source scripts/bench-lib.sh
-bench_init serve setup raw server python report
+bench_init serve setup raw server python floor report
 bench_section setup
 
 MODEL_DIR="${1:-}"
@@ -85,7 +88,7 @@ fi
 
 scripts/fetch-onnxruntime.sh >&2
 echo "building release binaries (LTO; slow the first time)" >&2
-cargo build --release --locked --bins --example bench_raw >&2
+cargo build --release --locked --bins --example bench_raw --example bench_http_floor >&2
 
 PIDS=()
 # Run by bench-lib's EXIT trap before it writes the JSON line.
@@ -130,12 +133,12 @@ load() {
 }
 
 bench_section raw
-echo "1/3 raw ONNX Runtime ($MODEL_DIR, batch $BATCH, $SESSIONS sessions x $INTRA threads)" >&2
+echo "1/4 raw ONNX Runtime ($MODEL_DIR, batch $BATCH, $SESSIONS sessions x $INTRA threads)" >&2
 ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_raw "$MODEL_DIR" "$IMAGE" "$BATCH" "$SESSIONS" "$INTRA" "$DURATION" > "$OUT/raw.json"
 bench_record raw "$(<"$OUT/raw.json")"
 
 bench_section server
-echo "2/3 caliper serve" >&2
+echo "2/4 caliper serve" >&2
 # A repository holding only the benchmarked model, so that RSS compares with the Python server's.
 REPO="$OUT/repository"
 rm -rf "$REPO"; mkdir -p "$REPO/models" "$REPO/calib"
@@ -176,10 +179,12 @@ echo "   batched uploads of $BATCHED images (multipart, V2 BYTES)" >&2
 batched multipart "/v1/models/$NAME/predict" "multipart/form-data; boundary=caliper-bench" "$OUT/multipart.body"
 batched v2 "/v2/models/$NAME/infer" "application/json" "$OUT/v2.body"
 echo "$BATCHED" > "$OUT/batched-images.txt"
+# The floor server answers these bytes.
+curl -sf -X POST -H "Content-Type: image/png" --data-binary "@$ROOT/$IMAGE" "http://$ADDR/v1/models/$NAME/predict" > "$OUT/response.json"
 kill -TERM "$SERVER"; wait "$SERVER" || true
 
 bench_section python
-echo "3/3 Python baseline" >&2
+echo "3/4 Python baseline" >&2
 CALIB_FILE="$CALIB_ROOT/$NAME.json"; [[ -f "$CALIB_FILE" ]] || CALIB_FILE=-
 ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} "$PYTHON" scripts/bench_python_server.py "$MODEL_DIR" "$CALIB_FILE" 0 > "$OUT/python.log" 2>&1 &
 PYSERVER=$!
@@ -187,6 +192,14 @@ PIDS+=("$PYSERVER")
 PYADDR="$(wait_listening "$OUT/python.log" "$PYSERVER")"
 load python "http://$PYADDR/" "$PYSERVER"
 kill "$PYSERVER"; wait "$PYSERVER" 2>/dev/null || true
+
+bench_section floor
+echo "4/4 HTTP floor (examples/bench_http_floor.rs)" >&2
+${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_http_floor "$OUT/response.json" 2> "$OUT/floor.log" &
+FLOOR=$!
+PIDS+=("$FLOOR")
+load floor "http://$(wait_listening "$OUT/floor.log" "$FLOOR")/predict" "$FLOOR"
+kill "$FLOOR"; wait "$FLOOR" 2>/dev/null || true
 
 bench_section report
 if ! report="$(python3 scripts/bench_report.py "$OUT" "$CONNS" "$MODEL_DIR" "$IMAGE" "$DURATION" "$PIN" "$SECTION" 2> "$OUT/report.err")"; then

@@ -51,8 +51,16 @@ pub struct BlockedRows<T> {
 }
 
 impl<T: Element> BlockedRows<T> {
-    /// From row-major values, `dim` per row (`dim` > 0; a partial last row is ignored).
+    /// From row-major values, `dim` per row (a partial last row is ignored; `dim` 0 gives no
+    /// rows).
     pub fn from_rows(values: &[T], dim: usize) -> Self {
+        if dim == 0 {
+            return BlockedRows {
+                rows: 0,
+                dim,
+                blocks: Vec::new(),
+            };
+        }
         let rows = values.len() / dim;
         let mut blocks = vec![T::ZERO; rows.div_ceil(LANES) * LANES * dim];
         for (i, row) in values.chunks_exact(dim).enumerate() {
@@ -68,7 +76,10 @@ impl<T: Element> BlockedRows<T> {
     pub fn from_row_vecs(rows: &[Vec<T>], dim: usize) -> Self {
         debug_assert!(rows.iter().all(|r| r.len() == dim));
         let values: Vec<T> = rows.iter().flatten().copied().collect();
-        Self::from_rows(&values, dim)
+        BlockedRows {
+            rows: rows.len(),
+            ..Self::from_rows(&values, dim)
+        }
     }
 
     /// Number of rows.
@@ -95,6 +106,11 @@ impl<T: Element> BlockedRows<T> {
     pub fn products_into(&self, z: &[T], out: &mut Vec<T>) {
         debug_assert_eq!(z.len(), self.dim);
         out.clear();
+        if self.dim == 0 {
+            // Empty sums.
+            out.resize(self.rows, T::NEG_ZERO);
+            return;
+        }
         out.reserve(self.blocks.len() / self.dim.max(1));
         #[cfg(target_arch = "x86_64")]
         {

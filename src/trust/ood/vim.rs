@@ -11,8 +11,12 @@
 //! The principal subspace has the paper's dimension: 1000 for D >= 2048, 512 for D >= 768, else
 //! D / 2.
 
+use std::sync::OnceLock;
+
 use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
+
+use super::blocked::BlockedRows;
 
 use super::fit::{OodError, check_rows, dot};
 use super::linalg::{ridge_least_squares, symmetric_eigen};
@@ -23,7 +27,7 @@ use crate::numeric::log_sum_exp;
 const MAX_LINEAR_ERROR: f64 = 1e-3;
 
 /// A fitted ViM detector (the calibration file stores these fields).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Vim {
     /// The origin `u = -pinv(W) b`, `[D]`.
     pub origin: Vec<f64>,
@@ -31,6 +35,18 @@ pub struct Vim {
     pub principal: Vec<Vec<f64>>,
     /// Scale of the virtual logit: mean max training logit over mean training residual norm.
     pub alpha: f64,
+    /// `principal` stored for fast products, built at the first score (not in the file; a
+    /// fitted detector's basis never changes after that).
+    #[serde(skip)]
+    principal_rows: OnceLock<BlockedRows<f64>>,
+}
+
+/// Equal when the stored fields are (the cache of products is not part of the detector).
+impl PartialEq for Vim {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.origin, &self.principal, self.alpha)
+            == (&other.origin, &other.principal, other.alpha)
+    }
 }
 
 /// The principal-subspace dimension for D features.
@@ -139,6 +155,7 @@ impl Vim {
             origin,
             principal,
             alpha: 1.0,
+            principal_rows: OnceLock::new(),
         };
         let (mut max_logit, mut residual) = (0.0, 0.0);
         for r in train.outer_iter() {
@@ -170,7 +187,11 @@ impl Vim {
     /// `|x - u|` outside the principal subspace.
     fn residual_norm(&self, x: &[f64]) -> f64 {
         let c: Vec<f64> = x.iter().zip(&self.origin).map(|(a, u)| a - u).collect();
-        let inside: f64 = self.principal.iter().map(|p| dot(p, &c).powi(2)).sum();
+        let rows = self
+            .principal_rows
+            .get_or_init(|| BlockedRows::from_row_vecs(&self.principal, self.dim()));
+        // The same values as `dot(p, &c)` for each direction p.
+        let inside: f64 = rows.products(&c).iter().map(|v| v.powi(2)).sum();
         (dot(&c, &c) - inside).max(0.0).sqrt()
     }
 
