@@ -187,8 +187,15 @@ async fn label_shift_is_estimated_corrected_and_coverage_is_tracked() {
         "{alarm}"
     );
     let eps = caliper::trust::alarm::label_shift_tolerance(10, 6_000, 0.01 / 3.0);
-    assert_eq!(alarm["label_shift_tolerance"].as_f64(), Some(eps), "{alarm}");
-    assert!(alarm["label_shift_distance"].as_f64().unwrap() > 0.3, "{alarm}");
+    assert_eq!(
+        alarm["label_shift_tolerance"].as_f64(),
+        Some(eps),
+        "{alarm}"
+    );
+    assert!(
+        alarm["label_shift_distance"].as_f64().unwrap() > 0.3,
+        "{alarm}"
+    );
 
     // The correction: the same image with and without ?adapt=label_shift.
     let zero = by_class[0][0];

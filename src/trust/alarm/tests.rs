@@ -234,8 +234,7 @@ fn label_shift_eprocess_with_an_estimated_p0_rarely_crosses_and_detects_a_shift(
             let mut rng = ChaCha8Rng::seed_from_u64(50_000 + s);
             let counts = validation_counts(&mut rng, &P_TRUE, m);
             let mut e = LabelShiftEProcess::new(&counts, eps).unwrap();
-            run_label_shift(&mut e, &mut rng, 5_000, 1_000, &mild, 3.0 / alpha)
-                .map(|t| t - 1_000)
+            run_label_shift(&mut e, &mut rng, 5_000, 1_000, &mild, 3.0 / alpha).map(|t| t - 1_000)
         })
         .collect();
     let mut mild_fired: Vec<usize> = mild_delays.iter().flatten().copied().collect();
