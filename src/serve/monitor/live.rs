@@ -451,7 +451,7 @@ impl Monitor {
         })
     }
 
-    /// Forgets `model`'s live trust state (served window and estimates, both alarm
+    /// Forgets `model`'s live trust state (served window and estimates, the three alarm
     /// statistics and the latched alarm, adaptive level): for when its calibrator is replaced
     /// (the server's model registry calls it on every such swap), after which the old evidence
     /// no longer applies. Labels that arrive later for predictions served before the reset

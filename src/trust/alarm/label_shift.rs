@@ -5,7 +5,7 @@
 //! file's confusion matrix `[predicted][label]`) and q_t that of the t-th served prediction given
 //! the past. H0: TV(q_t, p0) <= eps at every t. At each step a set of classes
 //! A_t = {j : q_hat(j) > p0(j)} is chosen from past predictions only (q_hat: a running frequency,
-//! started at p0, that forgets at rate 1/[`MEMORY`]), and the payoff is
+//! started at p0 with weight 20, that forgets at rate 1/500), and the payoff is
 //!
 //! ```text
 //! g_t = 1[pred_t in A_t] - p0(A_t) - eps,   E[g_t | past] = q_t(A_t) - p0(A_t) - eps <= TV - eps <= 0
@@ -33,7 +33,7 @@
 const FRACTIONS: [f64; 7] = [0.0, 1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125];
 /// The running frequency q_hat forgets at rate 1/MEMORY (after its first MEMORY predictions it
 /// is an exponentially weighted mean over about that many).
-pub const MEMORY: f64 = 500.0;
+const MEMORY: f64 = 500.0;
 /// Pseudo-predictions at p0 that q_hat starts from.
 const PRIOR_WEIGHT: f64 = 20.0;
 

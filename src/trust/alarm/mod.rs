@@ -27,5 +27,5 @@ mod tests;
 
 pub use betting::{CalibrationEProcess, OneSidedEProcess};
 pub use exchangeability::{EXCHANGEABILITY_BINS, ExchangeabilityMartingale};
+pub use label_shift::LabelShiftEProcess;
 pub use label_shift::default_tolerance as label_shift_tolerance;
-pub use label_shift::{LabelShiftEProcess, MEMORY as LABEL_SHIFT_MEMORY};
