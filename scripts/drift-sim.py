@@ -298,7 +298,7 @@ def record(report, prefix=""):
     for m in ("ts", "ats"):
         for k in ("n", "nll", "ece", "incumbent_nll", "incumbent_ece", "nll_gain", "e_value", "p_value"):
             row[f"shadow_{m}_{k}"] = pick(report, f"shadow.{m}.{k}")
-    for k in ("alarm", "calibration_evalue", "exchangeability_martingale", "reason"):
+    for k in ("alarm", "calibration_evalue", "exchangeability_martingale", "label_shift_evalue", "reason"):
         row[f"alarm_{k}"] = pick(report, f"alarm.{k}")
     for k in ("prior", "prior_bbse", "shift_pvalue", "accuracy", "served"):
         row[f"estimated_{k}"] = pick(report, f"estimated.{k}")
@@ -460,7 +460,7 @@ def panel(x0, y0, w, h, title, lines, onset):
         if len(seg) < 2:
             continue
         d = " ".join(f"{a:.1f},{b:.1f}" for a, b in seg)
-        extra = ' stroke-dasharray="5 3"' if dash else ""
+        extra = ' stroke-dasharray="1.5 2.5"' if dash == "dot" else ' stroke-dasharray="5 3"' if dash else ""
         out.append(f'<polyline points="{d}" fill="none" stroke="{colour}" stroke-width="1.4"{extra}><title>{label}</title></polyline>')
     return out
 
@@ -476,7 +476,8 @@ def plot(path, title, streams, onset, alpha, scenario):
         (f"Conformal coverage at alpha={alpha} (reference)", [("sim_coverage", False)]),
         ("Calibrators promoted (treated server)", [("promotions", False)]),
         ("TV of the estimated prior to the window's mix: EM (solid), BBSE (dashed)", [("tv_prior", False), ("tv_prior_bbse", True)]),
-        ("log10 alarm statistics (reference): calibration (solid), exchangeability (dashed)", [("log_alarm_cal", False), ("log_alarm_exch", True)]),
+        ("log10 alarm statistics (reference): calibration (solid), exchangeability (dashed), label shift (dotted)",
+         [("log_alarm_cal", False), ("log_alarm_exch", True), ("log_alarm_shift", "dot")]),
     ]
     log10 = lambda v: None if v is None or v <= 0 else float(np.log10(v))
     for stream in streams:
@@ -485,6 +486,7 @@ def plot(path, title, streams, onset, alpha, scenario):
             r["log_e_ats"] = log10(r.get("treat_shadow_ats_e_value"))
             r["log_alarm_cal"] = log10(r.get("alarm_calibration_evalue"))
             r["log_alarm_exch"] = log10(r.get("alarm_exchangeability_martingale"))
+            r["log_alarm_shift"] = log10(r.get("alarm_label_shift_evalue"))
     w, h, cols = 340, 170, 3
     rows = (len(figures) + cols - 1) // cols
     W, H = cols * (w + 70) + 20, rows * (h + 60) + 70
@@ -501,11 +503,11 @@ def plot(path, title, streams, onset, alpha, scenario):
                 lines.append((f"seed {stream['seed']} {key}", xs,
                               [r.get(key) for r in stream["series"]], COLOURS[s % len(COLOURS)], dash))
         out += panel(x0, y0, w, h, name, lines, onset)
-    out.append(f'<text x="{W / 2}" y="{H - 8}" text-anchor="middle" font-size="11">predictions served (dashed vertical: shift onset); one colour per stream; alarm threshold 2/alpha</text>')
+    out.append(f'<text x="{W / 2}" y="{H - 8}" text-anchor="middle" font-size="11">predictions served (dashed vertical: shift onset); one colour per stream; alarm threshold 3/alpha</text>')
     out.append("</svg>")
     for stream in streams:
         for r in stream["series"]:
-            for key in ("log_e_ts", "log_e_ats", "log_alarm_cal", "log_alarm_exch"):
+            for key in ("log_e_ts", "log_e_ats", "log_alarm_cal", "log_alarm_exch", "log_alarm_shift"):
                 r.pop(key, None)
     Path(path).write_text("\n".join(out) + "\n")
 

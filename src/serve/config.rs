@@ -214,6 +214,11 @@ pub struct TrustArgs {
     /// Calibration error in the large, |E[correct - confidence]|, that the alarm tolerates.
     #[arg(long, env = "CALIPER_ALARM_TOLERANCE", default_value_t = 0.0)]
     pub alarm_tolerance: f64,
+    /// Total variation between served and validation predicted-class distributions that the
+    /// alarm's label-shift e-process tolerates; default: derived per model from its validation
+    /// size, 1/2 sqrt((K-1)/M) + sqrt(ln(3/alpha)/(2M)) (docs/MONITORING.md).
+    #[arg(long, env = "CALIPER_ALARM_SHIFT_TOLERANCE")]
+    pub alarm_shift_tolerance: Option<f64>,
     /// Models whose conformal sets use adaptive conformal inference when a request names no
     /// alpha (comma-separated, `*` for all).
     #[arg(long, env = "CALIPER_ADAPTIVE_CONFORMAL", value_delimiter = ',')]
@@ -254,6 +259,15 @@ impl TryFrom<TrustArgs> for crate::serve::monitor::TrustConfig {
                 value: a.alarm_tolerance,
             });
         }
+        if let Some(t) = a.alarm_shift_tolerance
+            && !(0.0..=1.0).contains(&t)
+        {
+            return Err(ConfigError::OutOfRangeF64 {
+                flag: "alarm-shift-tolerance",
+                rule: "in [0, 1]",
+                value: t,
+            });
+        }
         let names = |v: Vec<String>| {
             crate::serve::monitor::live::ModelSelection(
                 v.into_iter()
@@ -266,6 +280,7 @@ impl TryFrom<TrustArgs> for crate::serve::monitor::TrustConfig {
             shift_window: a.shift_window,
             alarm_alpha: a.alarm_alpha,
             alarm_tolerance: a.alarm_tolerance,
+            alarm_shift_tolerance: a.alarm_shift_tolerance,
             aci_gamma: a.aci_gamma,
             adapt_label_shift: names(a.adapt_label_shift),
             adaptive_conformal: names(a.adaptive_conformal),
@@ -775,6 +790,7 @@ mod tests {
                     adapt_label_shift: vec![],
                     alarm_alpha: 0.01,
                     alarm_tolerance: 0.0,
+                    alarm_shift_tolerance: None,
                     adaptive_conformal: vec![],
                     aci_gamma: 0.005,
                 },

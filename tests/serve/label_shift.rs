@@ -7,6 +7,7 @@
 //!   ratio and says so, with the response otherwise the same shape;
 //! - the labels feed the live coverage of the served conformal sets (built at the adaptive level:
 //!   `--adaptive-conformal`), the adaptive level and the calibration e-process;
+//! - the alarm's label-shift e-process crosses its threshold;
 //! - `/metrics` exports all of it, with `caliper_calibration_alarm`.
 
 use crate::common;
@@ -176,6 +177,25 @@ async fn label_shift_is_estimated_corrected_and_coverage_is_tracked() {
     assert_eq!(alarm["calibration_labels"], N, "{alarm}");
     assert_eq!(alarm["exchangeability_samples"], N);
     assert_eq!(alarm["alpha"], 0.01);
+    // The label-shift e-process sees the served predicted classes move away from validation's
+    // and crosses 3 / alpha; its tolerance is the one derived from the file's 6,000 rows.
+    assert_eq!(alarm["alarm"], true, "{alarm}");
+    assert_eq!(alarm["threshold"], 300.0);
+    assert_eq!(alarm["label_shift_samples"], N);
+    assert!(
+        alarm["label_shift_max"].as_f64().unwrap() >= 300.0,
+        "{alarm}"
+    );
+    let eps = caliper::trust::alarm::label_shift_tolerance(10, 6_000, 0.01 / 3.0);
+    assert_eq!(
+        alarm["label_shift_tolerance"].as_f64(),
+        Some(eps),
+        "{alarm}"
+    );
+    assert!(
+        alarm["label_shift_distance"].as_f64().unwrap() > 0.3,
+        "{alarm}"
+    );
 
     // The correction: the same image with and without ?adapt=label_shift.
     let zero = by_class[0][0];
@@ -253,6 +273,7 @@ async fn label_shift_is_estimated_corrected_and_coverage_is_tracked() {
         "caliper_calibration_alarm{model=\"mnist\"}",
         "caliper_calibration_evalue{model=\"mnist\"}",
         "caliper_exchangeability_martingale{model=\"mnist\"}",
+        "caliper_label_shift_evalue{model=\"mnist\"}",
         "caliper_conformal_coverage{model=\"mnist\"}",
         "caliper_conformal_set_size{model=\"mnist\"}",
         "caliper_conformal_class_coverage{class=\"3\",model=\"mnist\"}",

@@ -112,8 +112,9 @@ pub fn stamp(
     plan: LivePlan,
 ) {
     let name = model.files.name.as_str();
+    let source = shift_source(model);
     for p in predictions.iter_mut() {
-        monitor.observe_served(name, &p.probabilities);
+        monitor.observe_served(name, &p.probabilities, &source);
         if let Some(s) = p.served_set.as_mut() {
             s.adaptive = plan.adaptive_set;
         }
@@ -251,6 +252,11 @@ pub fn publish(monitor: &Monitor, metrics: &ServerMetrics, model: &LoadedModel) 
             .with_label_values(&[name])
             .set(a.exchangeability_martingale);
     }
+    set_or_remove(
+        &m.label_shift_evalue,
+        &[name],
+        r.alarm.as_ref().and_then(|a| a.label_shift_evalue),
+    );
     set_or_remove(&m.coverage, &[name], r.conformal.coverage);
     set_or_remove(&m.set_size, &[name], r.conformal.mean_set_size);
     set_or_remove(

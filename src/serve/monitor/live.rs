@@ -9,8 +9,9 @@
 //! window has moved by [`refresh_every`] predictions.
 //!
 //! What survives a restart: the e-process and the adaptive level are replayed from the labelled
-//! records the feedback log still holds (in log order); the served window, its estimates and the
-//! exchangeability martingale start empty (they are label-free and not logged).
+//! records the feedback log still holds (in log order); the served window, its estimates, the
+//! exchangeability martingale and the label-shift e-process start empty (they are label-free and
+//! not logged).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,7 +20,9 @@ use serde::Serialize;
 
 use super::served::ServedWindow;
 use super::{FeedbackRecord, Monitor};
-use crate::trust::alarm::{CalibrationEProcess, ExchangeabilityMartingale};
+use crate::trust::alarm::{
+    CalibrationEProcess, ExchangeabilityMartingale, LabelShiftEProcess, label_shift_tolerance,
+};
 use crate::trust::conformal::aci::AdaptiveAlpha;
 use crate::trust::shift::{self, EmOptions};
 
@@ -27,6 +30,11 @@ use crate::trust::shift::{self, EmOptions};
 pub const MIN_SHIFT_SAMPLES: usize = 100;
 /// Classes up to which per-class series (priors, coverage) are exported as gauges.
 pub const MAX_CLASS_SERIES: usize = 100;
+/// Statistics of the alarm, which share its alpha (Bonferroni): each crosses at this / alpha.
+pub const ALARM_STATISTICS: f64 = 3.0;
+/// Why a statistic that needs the validation confusion matrix is missing.
+const NO_CONFUSION: &str =
+    "the calibration file has no validation confusion matrix (refit it with `caliper calibrate`)";
 
 /// Models named by a flag: a list, or `*` for all.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -48,6 +56,10 @@ pub struct TrustConfig {
     pub alarm_alpha: f64,
     /// Tolerated |E[correct - confidence]| before the calibration e-process bets against it.
     pub alarm_tolerance: f64,
+    /// Tolerated total variation between the served and the validation predicted-class
+    /// distributions before the label-shift e-process bets against it; None: derived per model
+    /// from its validation size ([`label_shift_tolerance`] at delta = alpha / 3).
+    pub alarm_shift_tolerance: Option<f64>,
     /// Step of adaptive conformal inference.
     pub aci_gamma: f64,
     /// Models whose predictions are corrected for label shift unless a request says
@@ -63,6 +75,7 @@ impl Default for TrustConfig {
             shift_window: 5_000,
             alarm_alpha: 0.01,
             alarm_tolerance: 0.0,
+            alarm_shift_tolerance: None,
             aci_gamma: 0.005,
             adapt_label_shift: ModelSelection::default(),
             adaptive_conformal: ModelSelection::default(),
@@ -111,13 +124,13 @@ pub struct Estimated {
 /// The calibration alarm of one model (`alarm` in the monitor JSON).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AlarmReport {
-    /// 1 once either statistic has crossed its threshold (latched until a restart or a reset).
+    /// 1 once a statistic has crossed its threshold (latched until a restart or a reset).
     pub alarm: bool,
     /// The level: the alarm fires with probability at most this if nothing drifts.
     pub alpha: f64,
-    /// Threshold of each statistic: 2 / alpha (the two share alpha, Bonferroni).
+    /// Threshold of each statistic: 3 / alpha (the three share alpha, Bonferroni).
     pub threshold: f64,
-    /// Which statistic crossed first: "calibration" or "exchangeability".
+    /// Which statistic crossed first: "calibration", "exchangeability" or "label_shift".
     pub reason: Option<&'static str>,
     /// When it fired (Unix seconds).
     pub since_s: Option<u64>,
@@ -135,6 +148,20 @@ pub struct AlarmReport {
     pub exchangeability_max: f64,
     /// Served predictions it has seen.
     pub exchangeability_samples: u64,
+    /// The label-shift e-process on served predicted classes against validation's; null when
+    /// absent (see `label_shift_unavailable`).
+    pub label_shift_evalue: Option<f64>,
+    /// Its largest value so far.
+    pub label_shift_max: Option<f64>,
+    /// Served predictions it has seen.
+    pub label_shift_samples: u64,
+    /// The total-variation tolerance it tests (`--alarm-shift-tolerance`, or derived).
+    pub label_shift_tolerance: Option<f64>,
+    /// Total variation between the recent served predicted-class frequency and validation's.
+    pub label_shift_distance: Option<f64>,
+    /// Why the label-shift e-process is absent, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_shift_unavailable: Option<&'static str>,
 }
 
 /// Adaptive conformal inference of one model.
@@ -165,6 +192,9 @@ struct Cached {
 struct ModelTrust {
     served: Option<ServedWindow>,
     exchange: ExchangeabilityMartingale,
+    /// Built with the served window (it needs the model's classes and calibration file); the
+    /// error says why it is absent.
+    label_shift: Result<LabelShiftEProcess, &'static str>,
     calibration: CalibrationEProcess,
     aci: Option<AdaptiveAlpha>,
     alarm: Option<(&'static str, u64)>,
@@ -180,6 +210,7 @@ impl ModelTrust {
         ModelTrust {
             served: None,
             exchange: ExchangeabilityMartingale::new(),
+            label_shift: Err("no prediction served yet"),
             calibration: CalibrationEProcess::new(cfg.alarm_tolerance),
             aci: None,
             alarm: None,
@@ -244,11 +275,17 @@ impl ModelTrust {
         if self.alarm.is_some() {
             return;
         }
-        let log_threshold = (2.0 / cfg.alarm_alpha).ln();
+        let log_threshold = (ALARM_STATISTICS / cfg.alarm_alpha).ln();
         if self.calibration.log_value() >= log_threshold {
             self.alarm = Some(("calibration", now_s));
         } else if self.exchange.log_value() >= log_threshold {
             self.alarm = Some(("exchangeability", now_s));
+        } else if self
+            .label_shift
+            .as_ref()
+            .is_ok_and(|e| e.log_value() >= log_threshold)
+        {
+            self.alarm = Some(("label_shift", now_s));
         }
     }
 }
@@ -260,9 +297,13 @@ impl Monitor {
     }
 
     /// Records a served calibrated probability vector (before any label-shift correction) for
-    /// the shift estimates and the exchangeability martingale.
-    pub fn observe_served(&self, model: &str, probabilities: &[f64]) {
+    /// the shift estimates, the exchangeability martingale and the label-shift e-process (whose
+    /// reference, the validation predicted-class distribution, comes from `source` when the
+    /// model's first prediction, or the first after a reset, arrives).
+    pub fn observe_served(&self, model: &str, probabilities: &[f64], source: &ShiftSource<'_>) {
         let top = probabilities.iter().copied().fold(0.0, f64::max);
+        // The served class (before any correction), as the response derives it.
+        let class = crate::numeric::argmax(probabilities);
         let tau: f64 = rand::random();
         self.live.with(model, |t, cfg| {
             let k = probabilities.len();
@@ -270,11 +311,15 @@ impl Monitor {
                 // First prediction, or the model now has other classes: start over.
                 t.served = Some(ServedWindow::new(k, cfg.shift_window));
                 t.cache = None;
+                t.label_shift = label_shift_process(cfg, k, source.confusion);
             }
             if let Some(w) = t.served.as_mut() {
                 w.push(probabilities);
             }
             t.exchange.observe(top, tau);
+            if let Ok(e) = t.label_shift.as_mut() {
+                e.observe(class);
+            }
             t.check_alarm(cfg, super::now_s());
         });
     }
@@ -372,7 +417,7 @@ impl Monitor {
         Some(AlarmReport {
             alarm: t.alarm.is_some(),
             alpha,
-            threshold: 2.0 / alpha,
+            threshold: ALARM_STATISTICS / alpha,
             reason: t.alarm.map(|a| a.0),
             since_s: t.alarm.map(|a| a.1),
             calibration_evalue: t.calibration.value(),
@@ -382,6 +427,12 @@ impl Monitor {
             exchangeability_martingale: t.exchange.value(),
             exchangeability_max: t.exchange.max_value(),
             exchangeability_samples: t.exchange.samples(),
+            label_shift_evalue: t.label_shift.as_ref().ok().map(|e| e.value()),
+            label_shift_max: t.label_shift.as_ref().ok().map(|e| e.max_value()),
+            label_shift_samples: t.label_shift.as_ref().map_or(0, |e| e.samples()),
+            label_shift_tolerance: t.label_shift.as_ref().ok().map(|e| e.tolerance()),
+            label_shift_distance: t.label_shift.as_ref().ok().map(|e| e.distance()),
+            label_shift_unavailable: t.label_shift.as_ref().err().copied(),
         })
     }
 
@@ -400,7 +451,7 @@ impl Monitor {
         })
     }
 
-    /// Forgets `model`'s live trust state (served window and estimates, both alarm
+    /// Forgets `model`'s live trust state (served window and estimates, the three alarm
     /// statistics and the latched alarm, adaptive level): for when its calibrator is replaced
     /// (the server's model registry calls it on every such swap), after which the old evidence
     /// no longer applies. Labels that arrive later for predictions served before the reset
@@ -414,6 +465,26 @@ impl Monitor {
         map.insert(model.to_string(), ModelTrust::new(&self.config.trust, now));
         tracing::info!(model, "live trust state reset: the calibrator changed");
     }
+}
+
+/// The label-shift e-process of a model with `k` classes: against the predicted-class counts of
+/// its validation confusion matrix (`[predicted][label]`: row sums), at the configured tolerance
+/// or the one derived from the validation size with delta = alpha / 3, the statistic's share.
+fn label_shift_process(
+    cfg: &TrustConfig,
+    k: usize,
+    confusion: Option<&[Vec<u64>]>,
+) -> Result<LabelShiftEProcess, &'static str> {
+    let c = confusion.ok_or(NO_CONFUSION)?;
+    if c.len() != k || c.iter().any(|r| r.len() != k) {
+        return Err("the validation confusion matrix does not match the model's classes");
+    }
+    let predicted: Vec<u64> = c.iter().map(|r| r.iter().sum()).collect();
+    let rows = predicted.iter().sum();
+    let eps = cfg
+        .alarm_shift_tolerance
+        .unwrap_or_else(|| label_shift_tolerance(k, rows, cfg.alarm_alpha / ALARM_STATISTICS));
+    LabelShiftEProcess::new(&predicted, eps).ok_or("the validation confusion matrix is empty")
 }
 
 /// Runs both estimators on a copy of the window.
@@ -466,13 +537,7 @@ fn compute(rows: &[f32], k: usize, capacity: usize, source: &ShiftSource<'_>) ->
         Err(e) => tracing::warn!(error = %e, "label-shift EM failed"),
     }
     match source.confusion {
-        None => {
-            out.bbse_unavailable = Some(
-                "the calibration file has no validation confusion matrix (refit it with \
-                 `caliper calibrate`)"
-                    .into(),
-            )
-        }
+        None => out.bbse_unavailable = Some(NO_CONFUSION.into()),
         Some(c) => {
             let mut predicted = vec![0u64; k];
             for r in rows.chunks_exact(k) {
@@ -522,7 +587,7 @@ mod tests {
         };
         assert!(m.estimate_shift("m", &source).is_none(), "nothing served");
         for _ in 0..99 {
-            m.observe_served("m", &[0.9, 0.1]);
+            m.observe_served("m", &[0.9, 0.1], &source);
         }
         let e = m.estimate_shift("m", &source).unwrap();
         assert_eq!((e.served, e.prior.clone()), (99, None));
@@ -530,7 +595,7 @@ mod tests {
         // 300 rows: posteriors of class a (0.9, 0.1) three times as often as of b (0.1, 0.9).
         for i in 0..201 {
             let p = if i % 3 == 2 { [0.1, 0.9] } else { [0.9, 0.1] };
-            m.observe_served("m", &p);
+            m.observe_served("m", &p, &source);
         }
         let e = m.estimate_shift("m", &source).unwrap();
         let q = e.prior.unwrap();
@@ -571,6 +636,46 @@ mod tests {
         m.reset_trust_at("m", now + 10);
         assert!(m.record(&[late], &labels, now + 10)[0].is_ok());
         assert_eq!(m.alarm_report("m").unwrap().calibration_labels, 0);
+    }
+
+    #[test]
+    fn served_classes_away_from_validation_raise_the_label_shift_alarm() {
+        let m = monitor(TrustConfig::default());
+        // Validation predicted each class 500 times. Every served row has max-probability 0.9, so
+        // the exchangeability martingale sees only ties (uniform p-values) and stays quiet.
+        let confusion = vec![vec![450, 50], vec![50, 450]];
+        let source = ShiftSource {
+            classes: 2,
+            label_counts: Some(&[500, 500]),
+            confusion: Some(&confusion),
+        };
+        let row = |class: usize| if class == 0 { [0.9, 0.1] } else { [0.1, 0.9] };
+        for i in 0..2_000 {
+            m.observe_served("m", &row(i % 2), &source);
+        }
+        let a = m.alarm_report("m").unwrap();
+        assert!(!a.alarm, "{a:?}");
+        assert_eq!(a.label_shift_samples, 2_000);
+        let eps = label_shift_tolerance(2, 1_000, 0.01 / 3.0);
+        assert_eq!(a.label_shift_tolerance, Some(eps));
+        assert!(a.label_shift_distance.unwrap() < eps, "{a:?}");
+        // Nine in ten now predicted as class 0: the label-shift statistic fires within 100.
+        for i in 0..100 {
+            m.observe_served("m", &row(usize::from(i % 10 == 9)), &source);
+        }
+        let a = m.alarm_report("m").unwrap();
+        assert_eq!((a.alarm, a.reason), (true, Some("label_shift")), "{a:?}");
+        assert!(a.label_shift_evalue.unwrap() >= a.threshold && a.threshold == 300.0);
+        // A reset forgets it; a file without the confusion matrix has no such statistic.
+        m.reset_trust("m");
+        let none = ShiftSource {
+            confusion: None,
+            ..source
+        };
+        m.observe_served("m", &row(0), &none);
+        let a = m.alarm_report("m").unwrap();
+        assert!(!a.alarm && a.label_shift_evalue.is_none(), "{a:?}");
+        assert!(a.label_shift_unavailable.unwrap().contains("confusion"));
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct TrustMetrics {
     pub evalue: GaugeVec,
     /// `caliper_exchangeability_martingale{model}`: the conformal test martingale.
     pub exchangeability: GaugeVec,
+    /// `caliper_label_shift_evalue{model}`: the e-process on served predicted classes.
+    pub label_shift_evalue: GaugeVec,
     /// `caliper_conformal_coverage{model}`: live coverage of served sets.
     pub coverage: GaugeVec,
     /// `caliper_conformal_set_size{model}`: their mean size.
@@ -81,6 +83,11 @@ impl TrustMetrics {
             exchangeability: gauge(
                 "caliper_exchangeability_martingale",
                 "Conformal test martingale on served max-probabilities",
+                model,
+            )?,
+            label_shift_evalue: gauge(
+                "caliper_label_shift_evalue",
+                "Betting e-process on served predicted classes against the validation distribution",
                 model,
             )?,
             coverage: gauge(

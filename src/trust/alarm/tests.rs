@@ -134,3 +134,152 @@ fn bins_are_monotone_and_bounded() {
     assert_eq!(b[5], EXCHANGEABILITY_BINS - 1);
     assert_eq!(ExchangeabilityMartingale::bin(f64::NAN), 0);
 }
+
+/// A draw from the categorical distribution `p`.
+fn categorical(rng: &mut ChaCha8Rng, p: &[f64]) -> usize {
+    let u: f64 = rng.random();
+    let mut acc = 0.0;
+    for (j, &pj) in p.iter().enumerate() {
+        acc += pj;
+        if u < acc {
+            return j;
+        }
+    }
+    p.len() - 1
+}
+
+/// An uneven 10-class predicted-class distribution (MNIST's validation predictions, roughly).
+const P_TRUE: [f64; 10] = [
+    0.098, 0.112, 0.1, 0.102, 0.097, 0.09, 0.099, 0.104, 0.098, 0.1,
+];
+
+/// Counts of `m` draws from `p`: a validation set's predicted classes.
+fn validation_counts(rng: &mut ChaCha8Rng, p: &[f64], m: usize) -> Vec<u64> {
+    let mut counts = vec![0u64; p.len()];
+    for _ in 0..m {
+        counts[categorical(rng, p)] += 1;
+    }
+    counts
+}
+
+/// Runs `n` served predictions from `p` (from `shift_at` on, from `shifted`); the prediction
+/// at which the e-process first reached `threshold`.
+fn run_label_shift(
+    e: &mut LabelShiftEProcess,
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    shift_at: usize,
+    shifted: &[f64],
+    threshold: f64,
+) -> Option<usize> {
+    (0..n).find_map(|t| {
+        let p = if t >= shift_at { shifted } else { &P_TRUE[..] };
+        e.observe(categorical(rng, p));
+        (e.value() >= threshold).then_some(t + 1)
+    })
+}
+
+#[test]
+fn label_shift_eprocess_is_valid_at_tolerance_zero_against_the_true_distribution() {
+    // p0 exactly the serving distribution, eps = 0: a martingale; Ville bounds the crossings.
+    let alpha = 0.05;
+    let counts: Vec<u64> = P_TRUE.iter().map(|p| (p * 1e6) as u64).collect();
+    let crossed = (0..200)
+        .filter(|&s| {
+            let mut rng = ChaCha8Rng::seed_from_u64(20_000 + s);
+            let mut e = LabelShiftEProcess::new(&counts, 0.0).unwrap();
+            run_label_shift(&mut e, &mut rng, 2_000, usize::MAX, &P_TRUE, 1.0 / alpha).is_some()
+        })
+        .count();
+    eprintln!("label shift, eps = 0, p0 = p: {crossed}/200 streams of 2,000 crossed 20");
+    assert!(crossed <= 10, "{crossed} of 200 null runs crossed");
+}
+
+#[test]
+fn label_shift_eprocess_with_an_estimated_p0_rarely_crosses_and_detects_a_shift() {
+    let alpha = 0.01;
+    let m = 6_000;
+    let eps = label_shift_tolerance(10, m as u64, alpha / 3.0);
+    // p0 from 6,000 validation draws, served traffic from the true p, threshold 3 / alpha.
+    let mut null_max = 0.0f64;
+    let crossed = (0..200)
+        .filter(|&s| {
+            let mut rng = ChaCha8Rng::seed_from_u64(30_000 + s);
+            let counts = validation_counts(&mut rng, &P_TRUE, m);
+            let mut e = LabelShiftEProcess::new(&counts, eps).unwrap();
+            let hit = run_label_shift(&mut e, &mut rng, 3_000, usize::MAX, &P_TRUE, 3.0 / alpha);
+            null_max = null_max.max(e.max_value());
+            hit.is_some()
+        })
+        .count();
+    // 80% of traffic from classes 3 and 7 from prediction 1,000 on (TV about 0.6).
+    let mut shifted = [0.025; 10];
+    (shifted[3], shifted[7]) = (0.4, 0.4);
+    let mut delays: Vec<usize> = (0..20)
+        .map(|s| {
+            let mut rng = ChaCha8Rng::seed_from_u64(40_000 + s);
+            let counts = validation_counts(&mut rng, &P_TRUE, m);
+            let mut e = LabelShiftEProcess::new(&counts, eps).unwrap();
+            run_label_shift(&mut e, &mut rng, 3_000, 1_000, &shifted, 3.0 / alpha)
+                .expect("alarm under label shift")
+                - 1_000
+        })
+        .collect();
+    delays.sort_unstable();
+    // A milder shift: class 3 at a quarter of traffic (TV 0.15).
+    let mut mild = [0.75 / 9.0; 10];
+    mild[3] = 0.25;
+    let mild_delays: Vec<Option<usize>> = (0..20)
+        .map(|s| {
+            let mut rng = ChaCha8Rng::seed_from_u64(50_000 + s);
+            let counts = validation_counts(&mut rng, &P_TRUE, m);
+            let mut e = LabelShiftEProcess::new(&counts, eps).unwrap();
+            run_label_shift(&mut e, &mut rng, 5_000, 1_000, &mild, 3.0 / alpha).map(|t| t - 1_000)
+        })
+        .collect();
+    let mut mild_fired: Vec<usize> = mild_delays.iter().flatten().copied().collect();
+    mild_fired.sort_unstable();
+    eprintln!(
+        "label shift, eps = {eps:.4} (M = {m}): {crossed}/200 null streams of 3,000 crossed \
+         {:.0} (largest e-value {null_max:.3}); 80% from two classes: 20/20 fired, median \
+         delay {}, max {}; class 3 at 0.25: {}/20 fired within 4,000, median delay {:?}",
+        3.0 / alpha,
+        delays[10],
+        delays[19],
+        mild_fired.len(),
+        mild_fired.get(mild_fired.len() / 2)
+    );
+    assert!(crossed <= 2, "{crossed} of 200 null runs crossed");
+    assert!(delays[19] < 300, "delays {delays:?}");
+    assert_eq!(mild_fired.len(), 20, "{mild_delays:?}");
+}
+
+#[test]
+fn label_shift_eprocess_bets_after_a_long_quiet_stretch_and_handles_edge_cases() {
+    // 20,000 null predictions, then the shift: detected about as fast as from the start.
+    let counts: Vec<u64> = P_TRUE.iter().map(|p| (p * 6_000.0) as u64).collect();
+    let mut shifted = [0.025; 10];
+    (shifted[0], shifted[1]) = (0.4, 0.4);
+    let mut rng = ChaCha8Rng::seed_from_u64(60_000);
+    let mut e = LabelShiftEProcess::new(&counts, 0.04).unwrap();
+    let delay = run_label_shift(&mut e, &mut rng, 21_000, 20_000, &shifted, 300.0)
+        .expect("alarm after the quiet stretch")
+        - 20_000;
+    eprintln!("label shift after 20,000 quiet predictions: delay {delay}");
+    assert!(delay < 300, "delay {delay}");
+    // The point estimate follows the shift as q_hat forgets (TV(shifted, P_TRUE) = 0.59).
+    run_label_shift(&mut e, &mut rng, 3_000, 0, &shifted, f64::INFINITY);
+    assert!((e.distance() - 0.59).abs() < 0.1, "{}", e.distance());
+    // No counts, one class: no process; an index out of range is ignored; NaN reads as 0.
+    assert!(LabelShiftEProcess::new(&[0, 0], 0.0).is_none());
+    assert!(LabelShiftEProcess::new(&[5], 0.0).is_none());
+    let mut e = LabelShiftEProcess::new(&[1, 1], f64::NAN).unwrap();
+    e.observe(2);
+    assert_eq!((e.samples(), e.tolerance(), e.value()), (0, 0.0, 1.0));
+    // The default tolerance: 1/2 sqrt(9/6000) + sqrt(ln(300)/12000) for MNIST's file at
+    // alpha = 0.01; it shrinks with more rows; nothing to test without rows.
+    let eps = label_shift_tolerance(10, 6_000, 0.01 / 3.0);
+    assert!((eps - 0.04115).abs() < 1e-4, "{eps}");
+    assert!(label_shift_tolerance(10, 60_000, 0.01 / 3.0) < eps / 3.0);
+    assert_eq!(label_shift_tolerance(10, 0, 0.01), 1.0);
+}
