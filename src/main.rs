@@ -3,26 +3,6 @@
 
 use std::process::ExitCode;
 
-// The request path allocates and frees many small buffers on several threads (body, decoded
-// image, logits, scores, response); glibc's malloc was a tenth of the server's CPU (issue 19),
-// mimalloc's is a third of that. (ONNX Runtime keeps its own allocator.)
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc's `purge_delay` option (number 15 of its v3 `mi_option_e`; libmimalloc-sys does not
-/// name it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Returns freed memory to the OS at once instead of after mimalloc's default second: with its
-/// defaults the LeNet server's peak RSS under load was 50% above glibc's; with this and lazy
-/// arena commit (.cargo/config.toml) it is within a few percent, at a small CPU cost
-/// (docs/BENCHMARKS.md). Set first thing, before any other thread exists.
-#[allow(unsafe_code)]
-fn tune_allocator() {
-    // SAFETY: a plain setter of an integer option, called before any other thread starts.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-}
-
 use caliper::cli;
 use clap::{Parser, Subcommand};
 
@@ -57,7 +37,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
     let cli = Cli::parse();
     // `serve` installs its own subscriber: it may add OpenTelemetry export (--otlp-endpoint).
     if !matches!(cli.command, Command::Serve(_)) {
