@@ -15,6 +15,8 @@
 //! p-values: scores lower than before), and a change after a long exchangeable stretch as fast
 //! as one at the start.
 
+use super::wealth::LogWealth;
+
 /// Quantisation bins of the scores.
 pub const EXCHANGEABILITY_BINS: usize = 4096;
 /// Jump rate of the Composite Jumper (Vovk 2021 uses 0.01).
@@ -28,11 +30,9 @@ pub struct ExchangeabilityMartingale {
     /// Fenwick tree of counts per bin (1-based internally).
     tree: Vec<u64>,
     seen: u64,
-    /// Capital in each of the three calibrators, normalised to sum 1; the scale is `log_value`.
+    /// Capital in each of the three calibrators, normalised to sum 1; the scale is `wealth`.
     capital: [f64; 3],
-    log_value: f64,
-    /// ln of the largest value reached.
-    log_max: f64,
+    wealth: LogWealth,
 }
 
 impl Default for ExchangeabilityMartingale {
@@ -48,8 +48,7 @@ impl ExchangeabilityMartingale {
             tree: vec![0; EXCHANGEABILITY_BINS + 1],
             seen: 0,
             capital: [1.0 / 3.0; 3],
-            log_value: 0.0,
-            log_max: 0.0,
+            wealth: LogWealth::default(),
         }
     }
 
@@ -102,26 +101,23 @@ impl ExchangeabilityMartingale {
         for (c, e) in self.capital.iter_mut().zip([-1.0, 0.0, 1.0]) {
             *c *= 1.0 + e * (p - 0.5);
         }
-        let total: f64 = self.capital.iter().sum();
-        self.capital.iter_mut().for_each(|c| *c /= total);
-        self.log_value += total.ln();
-        self.log_max = self.log_max.max(self.log_value);
+        self.wealth.rescale(&mut self.capital);
         p
     }
 
     /// ln of the martingale's current value.
     pub fn log_value(&self) -> f64 {
-        self.log_value
+        self.wealth.log_value()
     }
 
     /// The current value (saturates at f64::MAX).
     pub fn value(&self) -> f64 {
-        self.log_value.exp().min(f64::MAX)
+        self.wealth.value()
     }
 
     /// The largest value reached so far (what Ville's inequality bounds).
     pub fn max_value(&self) -> f64 {
-        self.log_max.exp().min(f64::MAX)
+        self.wealth.max_value()
     }
 
     /// Scores seen.

@@ -29,6 +29,8 @@
 //! eps covers the sampling error of p0, estimated from M validation rows: see
 //! [`default_tolerance`].
 
+use super::wealth::LogWealth;
+
 /// Fractions of the largest safe bet that the mixture holds (0: keep the capital).
 const FRACTIONS: [f64; 7] = [0.0, 1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125];
 /// The running frequency q_hat forgets at rate 1/MEMORY (after its first MEMORY predictions it
@@ -66,10 +68,9 @@ pub struct LabelShiftEProcess {
     p0: Vec<f64>,
     q_hat: Vec<f64>,
     tolerance: f64,
-    /// Capital per fraction, normalised to sum 1; the scale is `log_value`.
+    /// Capital per fraction, normalised to sum 1; the scale is `wealth`.
     capital: [f64; FRACTIONS.len()],
-    log_value: f64,
-    log_max: f64,
+    wealth: LogWealth,
     samples: u64,
     bets: u64,
 }
@@ -96,8 +97,7 @@ impl LabelShiftEProcess {
                 tolerance.clamp(0.0, 1.0)
             },
             capital: [1.0 / FRACTIONS.len() as f64; FRACTIONS.len()],
-            log_value: 0.0,
-            log_max: 0.0,
+            wealth: LogWealth::default(),
             samples: 0,
             bets: 0,
         })
@@ -125,15 +125,11 @@ impl LabelShiftEProcess {
             let cap = 0.5 / floor.max(1e-12);
             let jump = 1.0 / (self.bets as f64 + 2.0);
             self.bets += 1;
-            let mut total = 0.0;
             for (c, f) in self.capital.iter_mut().zip(FRACTIONS) {
                 *c = (1.0 - jump) * *c + jump / FRACTIONS.len() as f64;
                 *c *= 1.0 + f * cap * g;
-                total += *c;
             }
-            self.capital.iter_mut().for_each(|c| *c /= total);
-            self.log_value += total.ln();
-            self.log_max = self.log_max.max(self.log_value);
+            self.wealth.rescale(&mut self.capital);
         }
         self.samples += 1;
         let rate = (1.0 / (self.samples as f64 + PRIOR_WEIGHT)).max(1.0 / MEMORY);
@@ -143,17 +139,17 @@ impl LabelShiftEProcess {
 
     /// ln of the e-value now.
     pub fn log_value(&self) -> f64 {
-        self.log_value
+        self.wealth.log_value()
     }
 
     /// The e-value now (saturates at f64::MAX).
     pub fn value(&self) -> f64 {
-        self.log_value.exp().min(f64::MAX)
+        self.wealth.value()
     }
 
     /// The largest value reached so far (what Ville's inequality bounds).
     pub fn max_value(&self) -> f64 {
-        self.log_max.exp().min(f64::MAX)
+        self.wealth.max_value()
     }
 
     /// Predictions seen.

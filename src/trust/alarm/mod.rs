@@ -24,6 +24,7 @@ mod exchangeability;
 mod label_shift;
 #[cfg(test)]
 mod tests;
+mod wealth;
 
 pub use betting::{CalibrationEProcess, OneSidedEProcess};
 pub use exchangeability::{EXCHANGEABILITY_BINS, ExchangeabilityMartingale};
