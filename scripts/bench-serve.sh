@@ -14,7 +14,7 @@
 #
 # Usage: scripts/bench-serve.sh [MODEL_DIR] [IMAGE]
 #   MODEL_DIR defaults to models/mnist, else the test fixture tests/data/models/mnist-mlp.
-#   Env: DURATION (s, default 15), CONNS (64), BATCH (32), SESSIONS (2), INTRA (1),
+#   Env: DURATION (s, default 15), CONNS (64), BATCH (8, the server's CPU default), SESSIONS (2), INTRA (1),
 #        QUEUE_DELAY_US (the server's --max-queue-delay-us, default: the server's default),
 #        PIN (0; 1 = load generator on CPU 0, server, raw baseline and Python on CPU 1, one
 #        session: the fairer split when wrk shares the machine; written to its own section),
@@ -51,7 +51,7 @@ CALIB_ROOT="$(dirname "$MODELS_ROOT")/calib"
 [[ "$MODELS_ROOT" == models ]] && CALIB_ROOT=calib
 DURATION="${DURATION:-15}"
 CONNS="${CONNS:-64}"
-BATCH="${BATCH:-32}"
+BATCH="${BATCH:-8}"
 PIN="${PIN:-0}"
 if [[ "$PIN" == 1 ]]; then
   SESSIONS="${SESSIONS:-1}"; ON_SERVER_CPU=(taskset -c 1); ON_LOAD_CPU=(taskset -c 0); WRK_THREADS=1

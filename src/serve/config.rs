@@ -83,7 +83,7 @@ pub struct ServeArgs {
     /// start-up; it never falls back to the CPU. A model's `device` in model.toml overrides it.
     #[arg(long, env = "CALIPER_DEVICE", default_value = "cpu")]
     pub device: Device,
-    /// Most images per ONNX Runtime run [default: 32 on cpu, 128 on cuda].
+    /// Most images per ONNX Runtime run [default: 8 on cpu, 128 on cuda].
     #[arg(long, env = "CALIPER_MAX_BATCH_SIZE")]
     pub max_batch_size: Option<usize>,
     /// How long the oldest queued image may wait for a batch to fill, in microseconds. 0 batches
@@ -662,7 +662,7 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_secrets_are_redacted() {
         let mut c = Config::with_repository("m".into(), "c".into());
-        assert_eq!(c.max_batch_size, 32);
+        assert_eq!(c.max_batch_size, 8);
         c.api_key = Some("hunter2".into());
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2") && shown.contains("<redacted>"));
@@ -698,7 +698,7 @@ mod tests {
         assert_eq!(cpu.device, Device::Cpu);
         assert_eq!(
             (cpu.max_batch_size, cpu.max_queue_delay),
-            (32, Duration::ZERO)
+            (8, Duration::ZERO)
         );
         let gpu = parse(&["--device", "cuda:1"]);
         assert_eq!(gpu.device, Device::Cuda(1));

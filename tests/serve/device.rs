@@ -39,7 +39,7 @@ async fn every_answer_names_the_device_its_model_runs_on() {
     let (st, v, _) = send(&s, get(&format!("/v2/models/{}", common::MODEL))).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["parameters"]["device"], "cpu");
-    assert_eq!(v["parameters"]["max_batch_size"], 32);
+    assert_eq!(v["parameters"]["max_batch_size"], 8);
     let (_, v, _) = send(&s, get("/v1/models")).await;
     assert_eq!(v["models"][0]["device"], "cpu", "{v}");
     let (_, metrics, _) = send(&s, get("/metrics")).await;

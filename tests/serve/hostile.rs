@@ -601,10 +601,12 @@ async fn an_overflowing_v2_shape_is_refused() {
 }
 
 /// Row 9: one multipart request with more images than the model's queue can ever hold (64
-/// here) is 413 with a message that says so, on an idle server; 64 images are fine.
+/// here) is 413 with a message that says so, on an idle server; 64 images are fine. The batch
+/// size is 4, under the 32 images of queue room every admitted request gets, so the limit is
+/// 2 x 32: a small batch size does not shrink the largest upload.
 #[tokio::test]
 async fn a_request_larger_than_the_queue_is_413_not_429() {
-    let server = server(&["--max-concurrent-requests", "2", "--max-batch-size", "32"]);
+    let server = server(&["--max-concurrent-requests", "2", "--max-batch-size", "4"]);
     let client = reqwest::Client::new();
     let r = client
         .post(predict_url(&server))

@@ -56,7 +56,7 @@ pub(super) fn bytes_error(e: BytesRejection, limit: usize) -> ApiError {
 pub(super) fn too_many_images(most: usize) -> ApiError {
     ApiError::TooManyImages(format!(
         "a request may hold at most {most} images (the model's queue: \
-         --max-concurrent-requests x --max-batch-size); split it into smaller requests"
+         --max-concurrent-requests x max(32, --max-batch-size)); split it into smaller requests"
     ))
 }
 

@@ -72,8 +72,13 @@ impl DeviceDefaults {
     /// The defaults for `device`.
     pub fn for_device(device: Device) -> Self {
         match device {
+            // On the CPU a larger batch saves nothing once the per-run overhead is amortised
+            // (LeNet and ResNet-20 are flat per image from batch 4-8), and on a 224x224 model it
+            // costs: the activations of 32 images overflow the caches, 8,304 us per image at 32
+            // against 7,508 at 8 for EfficientNet-Lite0, and three times the peak memory
+            // (docs/BENCHMARKS.md, session 12).
             Device::Cpu => DeviceDefaults {
-                max_batch_size: 32,
+                max_batch_size: 8,
                 max_queue_delay: Duration::ZERO,
                 sessions_per_model: 2,
             },
@@ -301,7 +306,7 @@ mod tests {
         let gpu = DeviceDefaults::for_device(Device::Cuda(0));
         assert_eq!(
             (cpu.max_batch_size, cpu.max_queue_delay),
-            (32, Duration::ZERO)
+            (8, Duration::ZERO)
         );
         assert!(gpu.max_batch_size > cpu.max_batch_size);
         assert!(gpu.max_queue_delay > Duration::ZERO);

@@ -19,6 +19,11 @@ use crate::runtime::{ClassifierSession, Device};
 use crate::serve::prometheus::ServerMetrics;
 use crate::trust::calibration::Calibrator;
 
+/// Queue room per admitted request, in images, whatever the batch size: the largest upload a
+/// client may send is `--max-concurrent-requests` x max(this, `--max-batch-size`). 32 keeps the
+/// limit the server had when 32 was the CPU's batch size.
+pub const QUEUE_IMAGES_PER_REQUEST: usize = 32;
+
 /// A model ready to serve.
 #[derive(Debug)]
 pub struct LoadedModel {
@@ -131,10 +136,12 @@ impl LoadedModel {
             check_features(&files, out.features.as_ref().map(|f| f.1))?;
             sessions.push(s);
         }
-        // Room for every admitted request to queue a full batch of images; beyond it, 429.
+        // Room for every admitted request to queue a full batch of images (at least
+        // QUEUE_IMAGES_PER_REQUEST, so that a small batch size does not shrink the largest
+        // upload a client may send); beyond it, 429.
         let capacity = config
             .max_concurrent_requests
-            .saturating_mul(config.max_batch_size)
+            .saturating_mul(config.max_batch_size.max(QUEUE_IMAGES_PER_REQUEST))
             .clamp(64, 1 << 16);
         let queue = Arc::new(BatchQueue::new(capacity));
         // A graph exported with a fixed batch dimension can only run batches of exactly that size.
