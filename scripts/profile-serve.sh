@@ -5,7 +5,7 @@
 # Runtime, the OOD scores, the allocator, the kernel, the HTTP stack, decode, JSON, ...) and
 # each group's share turned into microseconds per request with the server's own CPU time per
 # request measured over the same run (/proc). The last stdout line is one JSON object; a table
-# goes to docs/BENCHMARKS.md (section `serve-profile[-NAME]`).
+# goes to docs/BENCHMARKS.md (section `serve-profile[-NAME][-cCONNS]`, CONNS shown when not 64).
 #
 # Usage: scripts/profile-serve.sh [MODEL_DIR] [IMAGE]   (default models/mnist and a digit)
 #   Env: DURATION (s, default 10), CONNS (64), CALIPER_BIN (target/release/caliper).
@@ -47,10 +47,10 @@ done
 [[ -n "$ADDR" ]] || { echo "server did not start; see $OUT/server.log" >&2; exit 1; }
 bench_wrk_post "$OUT/post.lua" "$ROOT/$IMAGE" image/png
 URL="http://$ADDR/v1/models/$NAME/predict"
-wrk -t2 -c"$CONNS" -d3s -s "$OUT/post.lua" "$URL" > /dev/null
+wrk -t"$(( CONNS < 2 ? 1 : 2 ))" -c"$CONNS" -d3s -s "$OUT/post.lua" "$URL" > /dev/null
 ticks() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
 t0="$(ticks)"
-wrk -t2 -c"$CONNS" -d"${DURATION}s" -s "$OUT/post.lua" "$URL" > "$OUT/wrk.txt" &
+wrk -t"$(( CONNS < 2 ? 1 : 2 ))" -c"$CONNS" -d"${DURATION}s" -s "$OUT/post.lua" "$URL" > "$OUT/wrk.txt" &
 WRK=$!
 # The sampling window sits inside the load (1 s after it starts, 1 s before it ends).
 sleep 1
@@ -104,6 +104,8 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 machine = f"{cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, {platform.system()} {platform.release()}"
 name = pathlib.Path(model).name
 section = "serve-profile" if name == "mnist" else f"serve-profile-{name}"
+# A profile at another concurrency (e.g. CONNS=1, the latency case) gets its own section.
+section += "" if int(conns) == 64 else f"-c{int(conns)}"
 table = "\n".join(f"| {k} | {v * 100:.1f}% | {v * cpu_us:.1f} |" for k, v in rows)
 doc = f"""## Where the server's CPU goes ({model})
 
