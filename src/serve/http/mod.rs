@@ -28,7 +28,9 @@ pub use middleware::authorization_matches;
 pub use server::serve;
 
 use crate::serve::config::Config;
-use crate::serve::infer::{ImageLimits, ImageWork, InferError, MemoryBudget, ModelRegistry};
+use crate::serve::infer::{
+    DecodeSlots, ImageLimits, ImageWork, InferError, MemoryBudget, ModelRegistry,
+};
 use crate::serve::monitor::recal::Recalibration;
 use crate::serve::monitor::{Monitor, TokenSigner};
 use crate::serve::payload_log::PayloadLog;
@@ -52,6 +54,8 @@ pub struct Shared {
     pub admission: Arc<Semaphore>,
     /// Memory budget of decodes and V2 tensor bodies in flight (`--max-decode-memory-mib`).
     pub budget: MemoryBudget,
+    /// Blocking-pool decodes running at once (one per core).
+    pub decoders: DecodeSlots,
     /// Heavy monitor reports (bootstrap intervals) computed at once.
     pub reports: Arc<Semaphore>,
     /// Live calibration monitor (prediction tokens, label feedback).
@@ -144,6 +148,7 @@ impl AppState {
             registry,
             admission: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             budget: MemoryBudget::new(config.max_decode_memory_bytes),
+            decoders: DecodeSlots::per_core(),
             reports: Arc::new(Semaphore::new(config.max_concurrent_reports)),
             monitor,
             recal: Arc::new(Recalibration::new(config.recal.clone())),
@@ -191,6 +196,7 @@ impl AppState {
             limits: self.image_limits(),
             budget: self.budget.clone(),
             admission: admission.map(|a| a.0),
+            decoders: self.decoders.clone(),
         }
     }
 

@@ -151,6 +151,24 @@ pub struct ImageWork {
     pub budget: MemoryBudget,
     /// The request's admission permit (None outside the HTTP path).
     pub admission: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+    /// Decodes running at once on the blocking pool, shared by every request.
+    pub decoders: DecodeSlots,
+}
+
+/// How many blocking-pool decodes run at once: one per core. Decoding is CPU-bound, so more at
+/// once only adds threads that preempt each other and the session threads, and each thread's
+/// working set (a 224x224 image is ~0.8 MB between the RGB pixels and the float tensor) evicts
+/// the others' and the model's from the caches; 64 clients of a 224x224 model had 64 decodes in
+/// flight on 2 cores (issue 19). Waiting requests hold no memory reservation.
+#[derive(Debug, Clone)]
+pub struct DecodeSlots(Arc<tokio::sync::Semaphore>);
+
+impl DecodeSlots {
+    /// One slot per core the process may use.
+    pub fn per_core() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        DecodeSlots(Arc::new(tokio::sync::Semaphore::new(cores)))
+    }
 }
 
 impl ImageWork {
@@ -160,6 +178,7 @@ impl ImageWork {
             limits,
             budget: MemoryBudget::new(budget_bytes),
             admission: None,
+            decoders: DecodeSlots::per_core(),
         }
     }
 }
@@ -213,6 +232,14 @@ async fn preprocess_budgeted(
             bytes += need[end];
             end += 1;
         }
+        // A slot first: a request waiting for a core should not hold bytes others could use.
+        let slot = work
+            .decoders
+            .0
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| InferError::Internal("the decode slots were closed".to_string()))?;
         let reservation = budget.reserve(bytes).await.map_err(|e| match e {
             BudgetError::Busy => InferError::BudgetBusy,
             source => InferError::OverBudget {
@@ -224,7 +251,7 @@ async fn preprocess_budgeted(
         let (spec, limits) = (Arc::clone(&spec), work.limits);
         let (flag, admission) = (Arc::clone(&cancel.0), work.admission.clone());
         let done = tokio::task::spawn_blocking(move || {
-            let _held = (reservation, admission);
+            let _held = (reservation, admission, slot);
             let cancelled = || flag.load(Ordering::Acquire);
             group
                 .iter()
