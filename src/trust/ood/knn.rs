@@ -13,7 +13,8 @@
 //! In memory the bank is a [`BlockedRows`] (the file keeps plain rows): its similarities are
 //! the row-by-row dot products bit for bit, computed a block of rows at a time with the widest
 //! vector units the CPU has. Row by row, a 2048 x 128 bank was the largest item of the server's
-//! profile (issue 19).
+//! profile (issue 19). A quarter-size `i8` copy of the bank ([`CoarseRows`]) rules out most
+//! rows first, so that only a few are computed exactly, with the same answer bit for bit.
 
 use base64::Engine;
 use ndarray::ArrayView2;
@@ -22,6 +23,7 @@ use rand::seq::index::sample;
 use serde::{Deserialize, Serialize};
 
 use super::blocked::BlockedRows;
+use super::coarse::{CoarseRows, kth_largest};
 use super::fit::{OodError, check_rows};
 
 /// Most numbers (`rows x D`) in the bank.
@@ -51,6 +53,8 @@ pub struct Knn {
     k: usize,
     /// The normalised bank rows.
     bank: BlockedRows<f32>,
+    /// Their coarse copy (derived from `bank`; `None` for rows too wide for it).
+    coarse: Option<CoarseRows>,
 }
 
 impl TryFrom<KnnParts> for Knn {
@@ -134,6 +138,7 @@ impl Knn {
     fn new(k: usize, dim: usize, bank: Vec<f32>) -> Self {
         Knn {
             k,
+            coarse: CoarseRows::new(&bank, dim),
             bank: BlockedRows::from_rows(&bank, dim),
         }
     }
@@ -169,36 +174,15 @@ impl Knn {
             });
         }
         let z: Vec<f32> = normalised(x.iter().copied()).map(|v| v as f32).collect();
-        // For unit vectors |z - b|^2 = 2 - 2 z.b: the k-th nearest is the k-th largest product.
-        let mut sims = self.bank.products(&z);
-        let kth = kth_largest(&mut sims, self.k);
+        // For unit vectors |z - b|^2 = 2 - 2 z.b: the k-th nearest is the k-th largest product,
+        // found among the rows the coarse pass keeps, or among all.
+        let coarse = self.coarse.as_ref();
+        let kth = match coarse.and_then(|c| c.kth_largest_product(&z, self.k)) {
+            Some(kth) => kth,
+            None => kth_largest(&mut self.bank.products(&z), self.k, f32::total_cmp),
+        };
         Ok((2.0 - 2.0 * f64::from(kth)).max(0.0).sqrt())
     }
-}
-
-/// Most k for which [`kth_largest`] keeps a sorted top-k list instead of partitioning.
-const SMALL_K: usize = 16;
-
-/// The k-th largest of `values` by `total_cmp` (1 <= k <= len). The same value either way:
-/// values equal under `total_cmp` are the same bits.
-fn kth_largest(values: &mut [f32], k: usize) -> f32 {
-    if k > SMALL_K {
-        return *values
-            .select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a))
-            .1;
-    }
-    // One pass, most values rejected by one comparison with the current k-th (k is 1 to 10 for
-    // the shipped banks): cheaper than the partitioning passes of `select_nth_unstable_by`.
-    let mut top: Vec<f32> = Vec::with_capacity(k + 1);
-    for &v in values.iter() {
-        if top.len() == k && v.total_cmp(&top[k - 1]).is_le() {
-            continue;
-        }
-        let at = top.partition_point(|t| t.total_cmp(&v).is_ge());
-        top.insert(at, v);
-        top.truncate(k);
-    }
-    top[k - 1]
 }
 
 #[cfg(test)]
@@ -214,8 +198,8 @@ mod tests {
             .collect();
         let mut sorted = values.clone();
         sorted.sort_by(|a, b| b.total_cmp(a));
-        for k in [1, 2, 5, SMALL_K, SMALL_K + 1, 100, values.len()] {
-            let got = kth_largest(&mut values.clone(), k);
+        for k in [1, 2, 5, 16, 17, 100, values.len()] {
+            let got = kth_largest(&mut values.clone(), k, f32::total_cmp);
             assert_eq!(got.to_bits(), sorted[k - 1].to_bits(), "k = {k}");
         }
     }

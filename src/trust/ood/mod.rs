@@ -7,6 +7,7 @@
 
 pub mod artifacts;
 mod blocked;
+mod coarse;
 pub mod detectors;
 pub mod eval;
 pub mod fit;

@@ -1,0 +1,493 @@
+//! The exact k-th largest of a bank's products with a query, from a coarse pass over an `i8`
+//! copy of the bank and exact products of the few rows it cannot rule out (issue 19).
+//!
+//! The KNN score streams its whole bank for every request (2048 x 128 f32 for LeNet, 1 MB):
+//! memory-bound, and on a busy server the bank has left the caches between requests. An `i8`
+//! copy is a quarter of the bytes. Each row `y` is stored as `s q` (a scale and integers in
+//! -127..=127), the query `z` as `t p`, and `s t (q . p)`, an exact integer product, is within
+//!
+//! ```text
+//! B = |z - t p| |y| + |t p| |y - s q| + gamma_D |z| |y|
+//! ```
+//!
+//! of the served f32 product `S` (the first two terms by Cauchy-Schwarz on
+//! `z.y - (t p).(s q) = (z - t p).y + (t p).(y - s q)`; the last is the rounding of an f32
+//! dot product summed in order, `gamma_D = D u / (1 - D u)`, `u = 2^-24`). With `L` the k-th
+//! largest lower bound `s t (q . p) - B`, at least k rows have `S >= L`, so every row among the
+//! k largest has an upper bound `>= L`: those candidates (a few per thousand rows on the
+//! shipped banks) are computed exactly and the k-th largest of them is the k-th largest of all,
+//! bit for bit. The bounds are computed in f64 and widened by [`SLACK`], far above its
+//! rounding. When the bounds rule out too little (a query of zeros, a bank of near-duplicates)
+//! the caller computes every product, as before.
+//!
+//! The integer products run on AVX-512 VNNI where the CPU has it (`vpdpbusd`: 64 byte products
+//! summed into 16 `i32` per instruction; a plain `i8` loop was no faster than the f32 bank),
+//! else on a portable loop; integer sums are exact, so both give the same numbers. The layout
+//! is VNNI's: blocks of [`ROWS`] rows, within them groups of 4 columns, 4 bytes per row.
+//! `vpdpbusd` multiplies unsigned by signed bytes, so the query is offset by 128 and
+//! `128 x (row sum)` subtracted.
+
+// `unsafe` only loads and stores through pointers to whole 64-byte groups of slices whose
+// lengths are checked, and calls the `#[target_feature]` copy after the CPU was checked.
+#![allow(unsafe_code)]
+
+/// Largest magnitude of a quantised value.
+const LEVELS: f64 = 127.0;
+/// Added to every bound: covers the f64 rounding of the bound itself (products and sums of
+/// numbers of magnitude about 1 round at 1e-16) with a wide margin.
+const SLACK: f64 = 1e-9;
+/// Widest rows the `i32` sums stay exact for (`dim x 127 x 127 < 2^31`), with room to spare.
+const MAX_DIM: usize = 100_000;
+/// Past this fraction of the rows as candidates, every product is computed instead.
+const MAX_CANDIDATE_SHARE: usize = 4;
+/// Rows per block: the 16 `i32` lanes of an AVX-512 register.
+const ROWS: usize = 16;
+/// Bytes of one group of 4 columns of a block.
+const GROUP: usize = ROWS * 4;
+
+/// `i8` rows in VNNI's layout, and the integer products with a query.
+#[derive(Debug, Clone, PartialEq)]
+struct QuantisedRows {
+    rows: usize,
+    /// Groups of 4 columns per row (the last padded with zeros).
+    groups: usize,
+    /// `blocks[((b * groups + g) * ROWS + r) * 4 + c]` is column `4 g + c` of row `ROWS b + r`.
+    blocks: Vec<i8>,
+    /// Each row's sum, for the offset of the unsigned query.
+    sums: Vec<i32>,
+}
+
+impl QuantisedRows {
+    fn new(values: &[i8], dim: usize) -> Self {
+        let rows = values.len() / dim;
+        let groups = dim.div_ceil(4);
+        let mut blocks = vec![0i8; rows.div_ceil(ROWS) * groups * GROUP];
+        for (i, row) in values.chunks_exact(dim).enumerate() {
+            let (b, r) = (i / ROWS, i % ROWS);
+            for (j, &v) in row.iter().enumerate() {
+                blocks[((b * groups + j / 4) * ROWS + r) * 4 + j % 4] = v;
+            }
+        }
+        let sums = values
+            .chunks_exact(dim)
+            .map(|row| row.iter().map(|&v| i32::from(v)).sum())
+            .collect();
+        QuantisedRows {
+            rows,
+            groups,
+            blocks,
+            sums,
+        }
+    }
+
+    /// `row . p` for every row, exactly (`p` has the rows' dim values in -127..=127).
+    fn products(&self, p: &[i8]) -> Vec<i32> {
+        let packed = pack(p, self.groups);
+        let mut out = vec![0i32; self.blocks.len() / (self.groups * 4)];
+        #[cfg(target_arch = "x86_64")]
+        let done = if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+        {
+            // SAFETY: the CPU has AVX-512F and VNNI, the only features the function enables.
+            unsafe { offset_products_vnni(&self.blocks, &packed, &mut out) };
+            true
+        } else {
+            false
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = false;
+        if !done {
+            offset_products(&self.blocks, &packed, &mut out);
+        }
+        out.truncate(self.rows);
+        for (o, &s) in out.iter_mut().zip(&self.sums) {
+            *o -= 128 * s;
+        }
+        out
+    }
+}
+
+/// The query offset to unsigned bytes, 4 columns to a lane; padding columns multiply the
+/// rows' zero padding, so their bytes do not matter.
+fn pack(p: &[i8], groups: usize) -> Vec<u32> {
+    let mut packed = vec![0u32; groups];
+    for (j, &v) in p.iter().enumerate() {
+        packed[j / 4] |= u32::from((i16::from(v) + 128) as u8) << (8 * (j % 4));
+    }
+    packed
+}
+
+/// `sum (p + 128) q` per row: the portable loop.
+fn offset_products(blocks: &[i8], packed: &[u32], out: &mut [i32]) {
+    let groups = packed.len();
+    for (block, o) in blocks
+        .chunks_exact(groups * GROUP)
+        .zip(out.chunks_exact_mut(ROWS))
+    {
+        for (group, &word) in block.chunks_exact(GROUP).zip(packed) {
+            let bytes = word.to_le_bytes();
+            for (row, acc) in group.chunks_exact(4).zip(o.iter_mut()) {
+                for (&q, &u) in row.iter().zip(&bytes) {
+                    *acc += i32::from(q) * i32::from(u);
+                }
+            }
+        }
+    }
+}
+
+/// [`offset_products`] with `vpdpbusd`, four accumulators (named, so that they stay in
+/// registers) so that the additions of a block do not wait on each other.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+fn offset_products_vnni(blocks: &[i8], packed: &[u32], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let groups = packed.len();
+    let step = |acc: __m512i, group: &[i8], word: u32| {
+        // SAFETY: `group` is exactly 64 bytes; unaligned loads are allowed.
+        let q = unsafe { _mm512_loadu_si512(group.as_ptr().cast()) };
+        _mm512_dpbusd_epi32(acc, _mm512_set1_epi32(word as i32), q)
+    };
+    for (block, o) in blocks
+        .chunks_exact(groups * GROUP)
+        .zip(out.chunks_exact_mut(ROWS))
+    {
+        let zero = _mm512_setzero_si512();
+        let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+        let mut four = block.chunks_exact(4 * GROUP).zip(packed.chunks_exact(4));
+        for (g, w) in &mut four {
+            a0 = step(a0, &g[..GROUP], w[0]);
+            a1 = step(a1, &g[GROUP..2 * GROUP], w[1]);
+            a2 = step(a2, &g[2 * GROUP..3 * GROUP], w[2]);
+            a3 = step(a3, &g[3 * GROUP..], w[3]);
+        }
+        let tail = block.chunks_exact(4 * GROUP).remainder();
+        let words = packed.chunks_exact(4).remainder();
+        for (g, &w) in tail.chunks_exact(GROUP).zip(words) {
+            a0 = step(a0, g, w);
+        }
+        let sum = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+        // SAFETY: `o` is exactly 16 i32 (64 bytes); unaligned stores are allowed.
+        unsafe { _mm512_storeu_si512(o.as_mut_ptr().cast(), sum) };
+    }
+}
+
+/// Most k for which [`kth_largest`] keeps a sorted top-k list instead of partitioning.
+const SMALL_K: usize = 16;
+
+/// The k-th largest of `values` under `cmp` (1 <= k <= len), a total order under which equal
+/// values are the same bits (`total_cmp`), so the answer does not depend on the method.
+pub(super) fn kth_largest<T: Copy>(
+    values: &mut [T],
+    k: usize,
+    cmp: fn(&T, &T) -> std::cmp::Ordering,
+) -> T {
+    if k > SMALL_K {
+        return *values.select_nth_unstable_by(k - 1, |a, b| cmp(b, a)).1;
+    }
+    // One pass, most values rejected by one comparison with the current k-th (k is 1 to 10 for
+    // the shipped banks): cheaper than the partitioning passes of `select_nth_unstable_by`.
+    let mut top: Vec<T> = Vec::with_capacity(k + 1);
+    for &v in values.iter() {
+        if top.len() == k && cmp(&v, &top[k - 1]).is_le() {
+            continue;
+        }
+        let at = top.partition_point(|t| cmp(t, &v).is_ge());
+        top.insert(at, v);
+        top.truncate(k);
+    }
+    top[k - 1]
+}
+
+/// [`kth_largest`] of finite values by plain comparisons (several times cheaper than
+/// `total_cmp`'s bit tricks over a whole bank; a bound need not tell -0.0 from 0.0).
+fn kth_largest_finite(values: &[f64], k: usize) -> f64 {
+    if k > SMALL_K {
+        return kth_largest(&mut values.to_vec(), k, f64::total_cmp);
+    }
+    let mut top = [f64::NEG_INFINITY; SMALL_K];
+    for &v in values {
+        if v <= top[k - 1] {
+            continue;
+        }
+        // Insert v, keeping the first k sorted from the largest down.
+        let mut at = k - 1;
+        while at > 0 && top[at - 1] < v {
+            top[at] = top[at - 1];
+            at -= 1;
+        }
+        top[at] = v;
+    }
+    top[k - 1]
+}
+
+/// The `i8` copy of a bank, the figures of its bounds, and the bank itself row by row (the
+/// candidates' exact products read a few whole rows, not one value per cache line of the
+/// interleaved copy).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoarseRows {
+    rows: QuantisedRows,
+    /// `s` per row.
+    scale: Vec<f64>,
+    /// The largest `|y - s q|` and `|y|` of any row: one bound for all rows, so that the pass
+    /// over them is a multiply and a compare (rows are unit vectors, and their errors differ
+    /// little).
+    max_error: f64,
+    max_norm: f64,
+    /// The bank, row-major.
+    exact: Vec<f32>,
+    dim: usize,
+}
+
+/// The scale of `values` and their quantised copy.
+fn quantise(values: &[f32]) -> (f64, Vec<i8>) {
+    let max = values
+        .iter()
+        .fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
+    if max == 0.0 {
+        return (0.0, vec![0; values.len()]);
+    }
+    let s = max / LEVELS;
+    let q = values
+        .iter()
+        .map(|&v| (f64::from(v) / s).round().clamp(-LEVELS, LEVELS) as i8)
+        .collect();
+    (s, q)
+}
+
+/// `|y - s q|` and `|y|`, in f64.
+fn error_and_norm(values: &[f32], s: f64, q: &[i8]) -> (f64, f64) {
+    let (mut e, mut n) = (0.0f64, 0.0f64);
+    for (&v, &qi) in values.iter().zip(q) {
+        let v = f64::from(v);
+        e += (v - s * f64::from(qi)).powi(2);
+        n += v * v;
+    }
+    (e.sqrt(), n.sqrt())
+}
+
+impl CoarseRows {
+    /// The coarse copy of row-major `rows x dim` values; `None` when rows are too wide for
+    /// exact `i32` sums.
+    pub fn new(values: &[f32], dim: usize) -> Option<Self> {
+        if dim == 0 || dim > MAX_DIM {
+            return None;
+        }
+        let n = values.len() / dim;
+        let mut scale = Vec::with_capacity(n);
+        let (mut max_error, mut max_norm) = (0.0f64, 0.0f64);
+        let mut quantised = Vec::with_capacity(n * dim);
+        for row in values.chunks_exact(dim) {
+            let (s, q) = quantise(row);
+            let (e, nm) = error_and_norm(row, s, &q);
+            scale.push(s);
+            max_error = max_error.max(e);
+            max_norm = max_norm.max(nm);
+            quantised.extend(q);
+        }
+        Some(CoarseRows {
+            rows: QuantisedRows::new(&quantised, dim),
+            scale,
+            max_error,
+            max_norm,
+            exact: values[..n * dim].to_vec(),
+            dim,
+        })
+    }
+
+    /// The k-th largest `row . z` over the rows, bit for bit as the f32 row-by-row sums give it
+    /// (each from -0.0 in column order), or `None` when the bounds keep more than a
+    /// [`MAX_CANDIDATE_SHARE`]th of the rows (computing every product is then cheaper). `z` has
+    /// `dim` values, all finite; 1 <= k <= rows.
+    pub fn kth_largest_product(&self, z: &[f32], k: usize) -> Option<f32> {
+        let rows = self.candidates(z, k)?;
+        let mut sims = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(ROW_LANES) {
+            let mut acc = [-0.0f32; ROW_LANES];
+            let starts: Vec<&[f32]> = chunk
+                .iter()
+                .map(|&i| &self.exact[i * self.dim..][..self.dim])
+                .collect();
+            for (j, &zj) in z.iter().enumerate() {
+                for (a, row) in acc.iter_mut().zip(&starts) {
+                    *a += row[j] * zj;
+                }
+            }
+            sims.extend_from_slice(&acc[..chunk.len()]);
+        }
+        Some(kth_largest(&mut sims, k, f32::total_cmp))
+    }
+
+    /// The rows whose product with `z` may be among the `k` largest, in row order.
+    fn candidates(&self, z: &[f32], k: usize) -> Option<Vec<usize>> {
+        let n = self.scale.len();
+        debug_assert!(k >= 1 && k <= n && z.len() == self.dim);
+        let (t, p) = quantise(z);
+        if t == 0.0 {
+            return None;
+        }
+        let (z_error, z_norm) = error_and_norm(z, t, &p);
+        let p_norm = t * p.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+        let d = z.len() as f64;
+        let u = f64::from(f32::EPSILON) / 2.0;
+        let gamma = d * u / (1.0 - d * u);
+        // One bound for every row, widened far past its own rounding.
+        let bound = ((z_error + gamma * z_norm) * self.max_norm + p_norm * self.max_error)
+            * (1.0 + 1e-6)
+            + SLACK;
+        let dots = self.rows.products(&p);
+        let centre: Vec<f64> = self
+            .scale
+            .iter()
+            .zip(&dots)
+            .map(|(&s, &dot)| s * f64::from(dot) * t)
+            .collect();
+        // Rows whose upper bound reaches the k-th largest lower bound.
+        let floor = kth_largest_finite(&centre, k) - 2.0 * bound;
+        let floor = floor - floor.abs() * 1e-12;
+        let picked: Vec<usize> = (0..n).filter(|&i| centre[i] >= floor).collect();
+        (picked.len() * MAX_CANDIDATE_SHARE <= n).then_some(picked)
+    }
+}
+
+/// Candidate rows whose exact sums advance together, so that they do not wait on each other.
+const ROW_LANES: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::super::blocked::BlockedRows;
+    use super::*;
+
+    /// The k-th largest of every exact product, the plain way.
+    fn kth_of_all(values: &[f32], dim: usize, z: &[f32], k: usize) -> f32 {
+        let mut all: Vec<f32> = BlockedRows::from_rows(values, dim).products(z);
+        all.sort_by(|a, b| b.total_cmp(a));
+        all[k - 1]
+    }
+
+    fn kth_of_candidates(values: &[f32], dim: usize, z: &[f32], k: usize) -> Option<f32> {
+        let coarse = CoarseRows::new(values, dim)?;
+        if let Some(picked) = coarse.candidates(z, k) {
+            assert!(picked.len() >= k);
+        }
+        coarse.kth_largest_product(z, k)
+    }
+
+    /// A deterministic pseudo-random stream in [-1, 1).
+    fn stream(seed: u64) -> impl FnMut() -> f32 {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+    }
+
+    fn unit(v: &mut [f32]) {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+
+    #[test]
+    fn the_candidates_hold_the_exact_kth_largest_bit_for_bit() {
+        let mut pruned = 0;
+        for (rows, dim, seed) in [
+            (2048, 128, 1u64),
+            (4096, 64, 2),
+            (1000, 1280, 3),
+            (300, 7, 4),
+        ] {
+            let mut r = stream(seed);
+            // Clusters around a few centres, as features are, so that neighbours are close.
+            let centres: Vec<Vec<f32>> = (0..8).map(|_| (0..dim).map(|_| r()).collect()).collect();
+            let mut bank = Vec::with_capacity(rows * dim);
+            for i in 0..rows {
+                let mut row: Vec<f32> = centres[i % 8].iter().map(|c| c + 0.3 * r()).collect();
+                unit(&mut row);
+                bank.extend(row);
+            }
+            for q in 0..20 {
+                let mut z: Vec<f32> = match q % 3 {
+                    // Near a centre, far from all, or one of the bank's own rows.
+                    0 => centres[q % 8].iter().map(|c| c + 0.1 * r()).collect(),
+                    1 => (0..dim).map(|_| r()).collect(),
+                    _ => bank[(q * 37 % rows) * dim..][..dim].to_vec(),
+                };
+                unit(&mut z);
+                for k in [1, 2, 5, 50.min(rows)] {
+                    let want = kth_of_all(&bank, dim, &z, k);
+                    if let Some(got) = kth_of_candidates(&bank, dim, &z, k) {
+                        assert_eq!(got.to_bits(), want.to_bits(), "{rows}x{dim} q{q} k{k}");
+                        pruned += 1;
+                    }
+                }
+            }
+        }
+        // The bounds must rule out most rows on clustered banks, or the pass is no use.
+        assert!(pruned > 200, "only {pruned} of 320 cases pruned");
+    }
+
+    #[test]
+    fn ties_duplicates_and_zeros_fall_back_or_stay_exact() {
+        // Every row the same: all are candidates, so the caller computes all products.
+        let bank: Vec<f32> = [0.6f32, 0.8].repeat(64);
+        assert!(
+            CoarseRows::new(&bank, 2)
+                .unwrap()
+                .candidates(&[0.8, 0.6], 3)
+                .is_none()
+        );
+        // A zero query has no scale: no pruning.
+        assert!(
+            CoarseRows::new(&bank, 2)
+                .unwrap()
+                .candidates(&[0.0, 0.0], 1)
+                .is_none()
+        );
+        // Zero rows and rows that differ only in sign of zero keep exact answers.
+        let mut bank = vec![0.0f32; 2 * 200];
+        bank[0] = 1.0;
+        bank[3] = -0.0;
+        bank[5] = 1.0;
+        for k in [1, 2, 3] {
+            let z = [1.0f32, 0.0];
+            let want = kth_of_all(&bank, 2, &z, k);
+            if let Some(got) = kth_of_candidates(&bank, 2, &z, k) {
+                assert_eq!(got.to_bits(), want.to_bits(), "k{k}");
+            }
+        }
+        // Too wide for exact i32 sums.
+        assert!(CoarseRows::new(&vec![0.5; MAX_DIM + 1], MAX_DIM + 1).is_none());
+    }
+
+    #[test]
+    fn the_i8_products_are_the_exact_integer_sums() {
+        // A padded last block and a padded last group of columns; extreme values.
+        for (rows, dim) in [(70, 33), (16, 4), (5, 1)] {
+            let q: Vec<i8> = (0..rows * dim)
+                .map(|i| [-127, 127, 0, 1, -1, 63][i % 6] as i8 ^ (i % 3) as i8)
+                .collect();
+            let p: Vec<i8> = (0..dim).map(|j| [127, -127, 5, 0][j % 4]).collect();
+            let m = QuantisedRows::new(&q, dim);
+            let want: Vec<i32> = q
+                .chunks_exact(dim)
+                .map(|row| {
+                    row.iter()
+                        .zip(&p)
+                        .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                        .sum()
+                })
+                .collect();
+            // Whichever copy this CPU dispatches to, and the portable loop itself.
+            assert_eq!(m.products(&p), want, "{rows}x{dim}");
+            let mut portable = vec![0; rows.div_ceil(ROWS) * ROWS];
+            offset_products(&m.blocks, &pack(&p, m.groups), &mut portable);
+            let portable: Vec<i32> = portable[..rows]
+                .iter()
+                .zip(&m.sums)
+                .map(|(&o, &s)| o - 128 * s)
+                .collect();
+            assert_eq!(portable, want);
+        }
+    }
+}
