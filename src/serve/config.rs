@@ -830,6 +830,14 @@ mod tests {
         let e = Config::try_from(a.clone()).unwrap_err();
         assert!(e.to_string().contains("--alarm-alpha"), "{e}");
         a.monitor.trust.alarm_alpha = 0.01;
+        // --alarm-tolerance: absent means derived per model; given, it must be in [0, 0.5].
+        a.monitor.trust.alarm_tolerance = Some(0.6);
+        let e = Config::try_from(a.clone()).unwrap_err();
+        assert!(e.to_string().contains("--alarm-tolerance"), "{e}");
+        a.monitor.trust.alarm_tolerance = Some(0.02);
+        let c = Config::try_from(a.clone()).unwrap();
+        assert_eq!(c.monitor.trust.alarm_tolerance, Some(0.02));
+        a.monitor.trust.alarm_tolerance = None;
         a.otlp_endpoint = Some("https://collector:4318".into());
         let e = Config::try_from(a.clone()).unwrap_err();
         assert!(e.to_string().contains("--otlp-endpoint"), "{e}");
