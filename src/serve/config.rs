@@ -211,9 +211,12 @@ pub struct TrustArgs {
     /// this.
     #[arg(long, env = "CALIPER_ALARM_ALPHA", default_value_t = 0.01)]
     pub alarm_alpha: f64,
-    /// Calibration error in the large, |E[correct - confidence]|, that the alarm tolerates.
-    #[arg(long, env = "CALIPER_ALARM_TOLERANCE", default_value_t = 0.0)]
-    pub alarm_tolerance: f64,
+    /// Calibration error in the large, |E[correct - confidence]|, that the alarm's calibration
+    /// e-process tolerates; default: derived per model from its calibration file's validation
+    /// reliability bins, |b| + sqrt(2 V ln(12/alpha) / M) + 14 ln(12/alpha) / (3 (M - 1)) (the
+    /// validation bias and its sampling error; docs/MONITORING.md), 0 for a file without them.
+    #[arg(long, env = "CALIPER_ALARM_TOLERANCE")]
+    pub alarm_tolerance: Option<f64>,
     /// Total variation between served and validation predicted-class distributions that the
     /// alarm's label-shift e-process tolerates; default: derived per model from its validation
     /// size, 1/2 sqrt((K-1)/M) + sqrt(ln(3/alpha)/(2M)) (docs/MONITORING.md).
@@ -252,11 +255,13 @@ impl TryFrom<TrustArgs> for crate::serve::monitor::TrustConfig {
         };
         open01("alarm-alpha", a.alarm_alpha, "in (0, 1)")?;
         open01("aci-gamma", a.aci_gamma, "in (0, 1)")?;
-        if !(0.0..=0.5).contains(&a.alarm_tolerance) {
+        if let Some(t) = a.alarm_tolerance
+            && !(0.0..=0.5).contains(&t)
+        {
             return Err(ConfigError::OutOfRangeF64 {
                 flag: "alarm-tolerance",
                 rule: "in [0, 0.5]",
-                value: a.alarm_tolerance,
+                value: t,
             });
         }
         if let Some(t) = a.alarm_shift_tolerance
@@ -789,7 +794,7 @@ mod tests {
                     shift_window: 10,
                     adapt_label_shift: vec![],
                     alarm_alpha: 0.01,
-                    alarm_tolerance: 0.0,
+                    alarm_tolerance: None,
                     alarm_shift_tolerance: None,
                     adaptive_conformal: vec![],
                     aci_gamma: 0.005,
@@ -825,6 +830,14 @@ mod tests {
         let e = Config::try_from(a.clone()).unwrap_err();
         assert!(e.to_string().contains("--alarm-alpha"), "{e}");
         a.monitor.trust.alarm_alpha = 0.01;
+        // --alarm-tolerance: absent means derived per model; given, it must be in [0, 0.5].
+        a.monitor.trust.alarm_tolerance = Some(0.6);
+        let e = Config::try_from(a.clone()).unwrap_err();
+        assert!(e.to_string().contains("--alarm-tolerance"), "{e}");
+        a.monitor.trust.alarm_tolerance = Some(0.02);
+        let c = Config::try_from(a.clone()).unwrap();
+        assert_eq!(c.monitor.trust.alarm_tolerance, Some(0.02));
+        a.monitor.trust.alarm_tolerance = None;
         a.otlp_endpoint = Some("https://collector:4318".into());
         let e = Config::try_from(a.clone()).unwrap_err();
         assert!(e.to_string().contains("--otlp-endpoint"), "{e}");

@@ -175,6 +175,18 @@ async fn label_shift_is_estimated_corrected_and_coverage_is_tracked() {
     );
     let alarm = &m["alarm"];
     assert_eq!(alarm["calibration_labels"], N, "{alarm}");
+    // The calibration e-process's tolerance, derived from the shipped file's validation bins
+    // (0.0114 for MNIST at alpha = 0.01; docs/MONITORING.md).
+    let file = caliper::repository::CalibrationFile::load(&root.join("calib/mnist.json")).unwrap();
+    let bins = file.fit.unwrap().reliability.unwrap().after;
+    let eps = caliper::trust::alarm::calibration_tolerance(&bins, 0.01 / 3.0).unwrap();
+    assert!((eps - 0.0114).abs() < 5e-5, "{eps}");
+    assert_eq!(
+        alarm["calibration_tolerance"].as_f64(),
+        Some(eps),
+        "{alarm}"
+    );
+    assert_eq!(alarm["calibration_tolerance_from"], "derived", "{alarm}");
     assert_eq!(alarm["exchangeability_samples"], N);
     assert_eq!(alarm["alpha"], 0.01);
     // The label-shift e-process sees the served predicted classes move away from validation's

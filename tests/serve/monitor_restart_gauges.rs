@@ -3,10 +3,14 @@
 //! `caliper_calibration_{ece,accuracy,window_samples}` at start-up, with the values that
 //! `/v1/models/M/monitor` reports, before any new label arrives. The per-bin counters restart at
 //! 0 (exported from start-up, so `increase()` counts the first new label) and count only the
-//! labels this process receives.
+//! labels this process receives. The calibration e-process comes back too, replayed from the log
+//! at the tolerance derived from the model's calibration file (issue 22), which the server reads
+//! only after the replay.
 
 use crate::common;
 
+use caliper::repository::{CalibrationFile, FitSummary, ReliabilitySummary};
+use caliper::trust::metrics::Bin;
 use common::process::Server;
 use common::{MODEL, data, repo};
 use serde_json::{Value, json};
@@ -93,9 +97,36 @@ async fn label(client: &reqwest::Client, s: &Server, item: &Value) {
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
 }
 
+/// Gives the fixture's calibration file (which has no fit summary) validation reliability bins,
+/// 2 points over-confident over 2,000 predictions; returns the tolerance derived from them.
+fn with_reliability_bins(repo: &std::path::Path) -> f64 {
+    let path = repo.join(format!("calib/{MODEL}.json"));
+    let mut file = CalibrationFile::load(&path).unwrap();
+    let bin = |lower: f64, count, confidence: f64| Bin {
+        lower,
+        upper: lower + 0.25,
+        count,
+        confidence,
+        accuracy: confidence - 0.02,
+    };
+    let after = vec![bin(0.5, 500, 0.65), bin(0.75, 1_500, 0.95)];
+    let eps = caliper::trust::alarm::calibration_tolerance(&after, 0.01 / 3.0).unwrap();
+    file.fit = Some(FitSummary {
+        samples: 2_000,
+        reliability: Some(ReliabilitySummary {
+            before: Vec::new(),
+            after,
+        }),
+        ..FitSummary::default()
+    });
+    file.save(&path).unwrap();
+    eps
+}
+
 #[tokio::test]
 async fn gauges_are_published_from_the_rebuilt_window_after_kill_9() {
     let repo = repo();
+    let eps = with_reliability_bins(repo.path());
     let state = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let mut server = start(repo.path(), state.path());
@@ -113,6 +144,14 @@ async fn gauges_are_published_from_the_rebuilt_window_after_kill_9() {
     }
     let before = server.monitor(&client, MODEL).await;
     assert_eq!(before["live"]["labelled"], 10, "{before}");
+    let alarm = &before["alarm"];
+    assert_eq!(alarm["calibration_labels"], 10, "{alarm}");
+    assert_eq!(
+        alarm["calibration_tolerance"].as_f64(),
+        Some(eps),
+        "{alarm}"
+    );
+    assert_eq!(alarm["calibration_tolerance_from"], "derived", "{alarm}");
     assert_gauges_match(&metrics(&client, &server).await, &before["live"]);
     server.child.kill().unwrap(); // SIGKILL
     server.child.wait().unwrap();
@@ -122,6 +161,20 @@ async fn gauges_are_published_from_the_rebuilt_window_after_kill_9() {
     let after = server.monitor(&client, MODEL).await;
     assert_eq!(after["live"]["labelled"], 10, "{after}");
     assert_eq!(after["live"]["ece"], before["live"]["ece"]);
+    // The e-process replayed from the log waited for the calibration file: the same labels at
+    // the same derived tolerance, so the same e-value.
+    for field in [
+        "calibration_labels",
+        "calibration_evalue",
+        "calibration_mean_error",
+        "calibration_tolerance",
+        "calibration_tolerance_from",
+    ] {
+        assert_eq!(
+            after["alarm"][field], before["alarm"][field],
+            "{field}: {after}"
+        );
+    }
     // No label has reached this process: the gauges come from the rebuilt window alone.
     let page = metrics(&client, &server).await;
     assert_gauges_match(&page, &after["live"]);

@@ -272,6 +272,29 @@ async fn feedback_refits_a_bad_calibrator_and_the_server_swaps_it_in() {
         (Some(false), Some(0), Some(1)),
         "{alarm}"
     );
+    // The calibration e-process's tolerance follows the new file: derived from its bins (fitted
+    // on the 1,000 feedback labels, so wider than the shipped file's 6,000 validation rows give).
+    let derived = |path: &std::path::Path| {
+        let bins = CalibrationFile::load(path)
+            .unwrap()
+            .fit
+            .unwrap()
+            .reliability
+            .unwrap()
+            .after;
+        caliper::trust::alarm::calibration_tolerance(&bins, 0.01 / 3.0).unwrap()
+    };
+    let (eps_new, eps_old) = (
+        derived(&calib.join(format!("{MODEL}.json"))),
+        derived(&calib.join(format!("{MODEL}.json.prev"))),
+    );
+    assert_eq!(
+        alarm["calibration_tolerance"].as_f64(),
+        Some(eps_new),
+        "{alarm}"
+    );
+    assert_eq!(alarm["calibration_tolerance_from"], "derived", "{alarm}");
+    assert!(eps_new > eps_old, "{eps_new} vs {eps_old}");
     assert_eq!(report["estimated"]["served"], 1, "{}", report["estimated"]);
     assert!(
         metrics.contains(r#"caliper_calibration_alarm{model="mnist"} 0"#),

@@ -140,10 +140,15 @@ impl AppState {
             config.registry_options(),
             Arc::clone(&metrics),
         ));
-        // A recalibration (or a load of a changed calibration file) replaces the calibrator:
-        // the alarm, the label-shift window and the adaptive level start again (issue 22).
+        // Every load registers the model's calibration file with the monitor: the calibration
+        // alarm's tolerance comes from it (labels replayed from the log wait for it). A
+        // recalibration (or a load of a changed calibration file) replaces the calibrator: the
+        // alarm, the label-shift window and the adaptive level start again (issue 22).
         let m = Arc::clone(&monitor);
-        registry.on_swap(Box::new(move |name| m.reset_trust(name)));
+        registry.on_load(Box::new(move |model, replaced| {
+            let source = crate::serve::infer::live::shift_source(model);
+            m.model_loaded(&model.files.name, &source, replaced);
+        }));
         Ok(Self(Arc::new(Shared {
             registry,
             admission: Arc::new(Semaphore::new(config.max_concurrent_requests)),

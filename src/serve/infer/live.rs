@@ -87,7 +87,7 @@ pub fn plan(
     }
 }
 
-/// What the estimators need from `model`'s calibration file.
+/// What the estimators and the alarm need from `model`'s calibration file.
 pub fn shift_source(model: &LoadedModel) -> ShiftSource<'_> {
     let fit = model
         .files
@@ -100,6 +100,10 @@ pub fn shift_source(model: &LoadedModel) -> ShiftSource<'_> {
             .map(|f| f.label_counts.as_slice())
             .filter(|c| !c.is_empty()),
         confusion: fit.and_then(|f| f.confusion.as_deref()),
+        reliability: fit
+            .and_then(|f| f.reliability.as_ref())
+            .map(|r| r.after.as_slice())
+            .filter(|b| !b.is_empty()),
     }
 }
 
@@ -181,7 +185,7 @@ fn correct(p: &mut Prediction, ratio: &[f64], labels: &[String]) {
 pub struct TrustReport {
     /// Label-shift estimates over the served window (null before any prediction).
     pub estimated: Option<Estimated>,
-    /// The anytime-valid alarm (null before any prediction or label).
+    /// The anytime-valid alarm (present from the model's load on).
     pub alarm: Option<AlarmReport>,
     /// Live coverage of the served conformal sets (labelled window).
     pub conformal: CoverageReport,

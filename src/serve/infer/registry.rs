@@ -23,9 +23,10 @@ pub struct RegistryOptions {
     pub model: ModelOptions,
 }
 
-/// Called with a model's name when a load replaced it by one that predicts differently (another
-/// model file or another calibrator): evidence gathered on the old one no longer applies.
-pub type SwapHook = Box<dyn Fn(&str) + Send + Sync>;
+/// Called after every load that put a model in service, with the model and whether it replaced
+/// one that predicts differently (another model file or another calibrator: evidence gathered
+/// on the old one no longer applies).
+pub type LoadHook = Box<dyn Fn(&LoadedModel, bool) + Send + Sync>;
 
 /// Served models plus the start-up failures that keep the server from being ready.
 pub struct ModelRegistry {
@@ -33,7 +34,7 @@ pub struct ModelRegistry {
     metrics: Arc<ServerMetrics>,
     models: RwLock<BTreeMap<String, Arc<LoadedModel>>>,
     failed: RwLock<BTreeMap<String, String>>,
-    on_swap: OnceLock<SwapHook>,
+    on_load: OnceLock<LoadHook>,
 }
 
 impl std::fmt::Debug for ModelRegistry {
@@ -54,16 +55,17 @@ impl ModelRegistry {
             metrics,
             models: RwLock::default(),
             failed: RwLock::default(),
-            on_swap: OnceLock::new(),
+            on_load: OnceLock::new(),
         }
     }
 
-    /// Sets the hook run after a load that changed a served model's file or calibrator
-    /// (a recalibration, manual or automatic, or `load` after `calib/<model>.json` changed).
-    /// The server resets the model's live trust state with it (`Monitor::reset_trust`). Only
-    /// the first hook set is kept.
-    pub fn on_swap(&self, hook: SwapHook) {
-        let _ = self.on_swap.set(hook);
+    /// Sets the hook run after every load, told whether the load changed a served model's file
+    /// or calibrator (a recalibration, manual or automatic, or `load` after
+    /// `calib/<model>.json` changed). The server registers the model's calibration file with
+    /// the monitor through it, which resets the model's live trust state after such a swap
+    /// (`Monitor::model_loaded`). Only the first hook set is kept.
+    pub fn on_load(&self, hook: LoadHook) {
+        let _ = self.on_load.set(hook);
     }
 
     /// Loads every model of the repository; failures are logged and remembered (the server
@@ -100,8 +102,8 @@ impl ModelRegistry {
         let changed = old.as_ref().is_some_and(|o| {
             o.files.sha256 != model.files.sha256 || o.calibrator != model.calibrator
         });
-        if let (true, Some(hook)) = (changed, self.on_swap.get()) {
-            hook(name);
+        if let Some(hook) = self.on_load.get() {
+            hook(&model, changed);
         }
         if let Some(old) = old.filter(|o| o.info_labels() != model.info_labels()) {
             let _ = self

@@ -11,7 +11,10 @@
 //! What survives a restart: the e-process and the adaptive level are replayed from the labelled
 //! records the feedback log still holds (in log order); the served window, its estimates, the
 //! exchangeability martingale and the label-shift e-process start empty (they are label-free and
-//! not logged).
+//! not logged). The e-process's tolerance comes from the model's calibration file, which the
+//! server reads after the log is replayed, and it must be fixed before the first bet: replayed
+//! labels wait, in order, until the server registers the loaded model ([`Monitor::model_loaded`]),
+//! which builds the e-process and feeds them to it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,9 +24,11 @@ use serde::Serialize;
 use super::served::ServedWindow;
 use super::{FeedbackRecord, Monitor};
 use crate::trust::alarm::{
-    CalibrationEProcess, ExchangeabilityMartingale, LabelShiftEProcess, label_shift_tolerance,
+    CalibrationEProcess, ExchangeabilityMartingale, LabelShiftEProcess, calibration_tolerance,
+    label_shift_tolerance,
 };
 use crate::trust::conformal::aci::AdaptiveAlpha;
+use crate::trust::metrics::Bin;
 use crate::trust::shift::{self, EmOptions};
 
 /// Served predictions needed before a prior is estimated (and a correction applied).
@@ -54,8 +59,10 @@ pub struct TrustConfig {
     pub shift_window: usize,
     /// Alarm level: the calibration alarm fires with probability at most this under no drift.
     pub alarm_alpha: f64,
-    /// Tolerated |E[correct - confidence]| before the calibration e-process bets against it.
-    pub alarm_tolerance: f64,
+    /// Tolerated |E[correct - confidence]| before the calibration e-process bets against it;
+    /// None: derived per model from its calibration file's validation reliability bins
+    /// ([`calibration_tolerance`] at delta = alpha / 3), 0 for a file without them.
+    pub alarm_tolerance: Option<f64>,
     /// Tolerated total variation between the served and the validation predicted-class
     /// distributions before the label-shift e-process bets against it; None: derived per model
     /// from its validation size ([`label_shift_tolerance`] at delta = alpha / 3).
@@ -74,7 +81,7 @@ impl Default for TrustConfig {
         Self {
             shift_window: 5_000,
             alarm_alpha: 0.01,
-            alarm_tolerance: 0.0,
+            alarm_tolerance: None,
             alarm_shift_tolerance: None,
             aci_gamma: 0.005,
             adapt_label_shift: ModelSelection::default(),
@@ -83,7 +90,7 @@ impl Default for TrustConfig {
     }
 }
 
-/// What the estimators need from a model's calibration file.
+/// What the estimators and the alarm need from a model's calibration file.
 #[derive(Debug, Clone, Copy)]
 pub struct ShiftSource<'a> {
     /// Classes of the model.
@@ -92,6 +99,9 @@ pub struct ShiftSource<'a> {
     pub label_counts: Option<&'a [usize]>,
     /// Validation confusion matrix (`[predicted][label]`), when the file has it.
     pub confusion: Option<&'a [Vec<u64>]>,
+    /// Reliability bins of the calibrated validation predictions (`fit.reliability.after`),
+    /// when the file has them: the calibration e-process's default tolerance comes from them.
+    pub reliability: Option<&'a [Bin]>,
 }
 
 /// The label-free estimates of one model (`estimated` in `GET /v1/models/{model}/monitor`).
@@ -140,8 +150,13 @@ pub struct AlarmReport {
     pub calibration_labels: u64,
     /// Mean of 1[correct] - confidence over those labels.
     pub calibration_mean_error: Option<f64>,
-    /// The tolerance it tests (`--alarm-tolerance`).
+    /// The tolerance it tests.
     pub calibration_tolerance: f64,
+    /// Where that tolerance comes from: "derived" (from the calibration file's validation
+    /// reliability bins), "flag" (`--alarm-tolerance`), "none" (0: the file has no reliability
+    /// bins, or the model has no calibration file) or "pending" (labels replayed from the
+    /// feedback log wait for the model's calibration file to be read; 0 until then).
+    pub calibration_tolerance_from: &'static str,
     /// The conformal test martingale on served max-probabilities.
     pub exchangeability_martingale: f64,
     /// Its largest value so far.
@@ -195,7 +210,7 @@ struct ModelTrust {
     /// Built with the served window (it needs the model's classes and calibration file); the
     /// error says why it is absent.
     label_shift: Result<LabelShiftEProcess, &'static str>,
-    calibration: CalibrationEProcess,
+    calibration: Calibration,
     aci: Option<AdaptiveAlpha>,
     alarm: Option<(&'static str, u64)>,
     cache: Option<Cached>,
@@ -205,13 +220,23 @@ struct ModelTrust {
     since_s: u64,
 }
 
+/// The calibration e-process of a model, or the labels that wait for it: its tolerance comes
+/// from the model's calibration file (see the module doc).
+#[derive(Debug)]
+enum Calibration {
+    /// (correct, confidence, arrival in Unix seconds) of each label, in log order.
+    Pending(Vec<(bool, f64, u64)>),
+    /// The e-process and where its tolerance came from (`calibration_tolerance_from`).
+    Ready(CalibrationEProcess, &'static str),
+}
+
 impl ModelTrust {
-    fn new(cfg: &TrustConfig, since_s: u64) -> Self {
+    fn new(since_s: u64) -> Self {
         ModelTrust {
             served: None,
             exchange: ExchangeabilityMartingale::new(),
             label_shift: Err("no prediction served yet"),
-            calibration: CalibrationEProcess::new(cfg.alarm_tolerance),
+            calibration: Calibration::Pending(Vec::new()),
             aci: None,
             alarm: None,
             cache: None,
@@ -247,7 +272,7 @@ impl LiveTrust {
         let mut map = self.models.lock().unwrap_or_else(|e| e.into_inner());
         let t = map
             .entry(model.to_string())
-            .or_insert_with(|| ModelTrust::new(&self.config, 0));
+            .or_insert_with(|| ModelTrust::new(0));
         f(t, &self.config)
     }
 
@@ -259,7 +284,7 @@ impl LiveTrust {
                 // Served before the calibrator was replaced: evidence about the old one.
                 return;
             }
-            t.calibration.update(r.predicted == r.label, r.confidence);
+            t.calibration_label(r.predicted == r.label, r.confidence, now_s);
             if let (Some(set), Some(aci)) = (r.set, t.aci.as_mut())
                 && set.adaptive
             {
@@ -271,12 +296,24 @@ impl LiveTrust {
 }
 
 impl ModelTrust {
+    /// Feeds one label to the calibration e-process, or keeps it until the e-process exists.
+    fn calibration_label(&mut self, correct: bool, confidence: f64, at_s: u64) {
+        match &mut self.calibration {
+            Calibration::Pending(labels) => labels.push((correct, confidence, at_s)),
+            Calibration::Ready(e, _) => e.update(correct, confidence),
+        }
+    }
+
     fn check_alarm(&mut self, cfg: &TrustConfig, now_s: u64) {
         if self.alarm.is_some() {
             return;
         }
         let log_threshold = (ALARM_STATISTICS / cfg.alarm_alpha).ln();
-        if self.calibration.log_value() >= log_threshold {
+        let calibration = match &self.calibration {
+            Calibration::Ready(e, _) => e.log_value(),
+            Calibration::Pending(_) => 0.0,
+        };
+        if calibration >= log_threshold {
             self.alarm = Some(("calibration", now_s));
         } else if self.exchange.log_value() >= log_threshold {
             self.alarm = Some(("exchangeability", now_s));
@@ -414,16 +451,22 @@ impl Monitor {
         let map = self.live.models.lock().unwrap_or_else(|e| e.into_inner());
         let t = map.get(model)?;
         let alpha = self.config.trust.alarm_alpha;
+        let pending = CalibrationEProcess::new(0.0);
+        let (calibration, tolerance_from) = match &t.calibration {
+            Calibration::Ready(e, from) => (e, *from),
+            Calibration::Pending(_) => (&pending, "pending"),
+        };
         Some(AlarmReport {
             alarm: t.alarm.is_some(),
             alpha,
             threshold: ALARM_STATISTICS / alpha,
             reason: t.alarm.map(|a| a.0),
             since_s: t.alarm.map(|a| a.1),
-            calibration_evalue: t.calibration.value(),
-            calibration_labels: t.calibration.samples(),
-            calibration_mean_error: t.calibration.mean_error(),
-            calibration_tolerance: t.calibration.tolerance(),
+            calibration_evalue: calibration.value(),
+            calibration_labels: calibration.samples(),
+            calibration_mean_error: calibration.mean_error(),
+            calibration_tolerance: calibration.tolerance(),
+            calibration_tolerance_from: tolerance_from,
             exchangeability_martingale: t.exchange.value(),
             exchangeability_max: t.exchange.max_value(),
             exchangeability_samples: t.exchange.samples(),
@@ -451,20 +494,54 @@ impl Monitor {
         })
     }
 
-    /// Forgets `model`'s live trust state (served window and estimates, the three alarm
-    /// statistics and the latched alarm, adaptive level): for when its calibrator is replaced
-    /// (the server's model registry calls it on every such swap), after which the old evidence
-    /// no longer applies. Labels that arrive later for predictions served before the reset
-    /// (by the second) are not fed to the new state.
-    pub fn reset_trust(&self, model: &str) {
-        self.reset_trust_at(model, super::now_s());
+    /// Registers a loaded model's calibration file (`source`): the server calls it after every
+    /// load that put `model` in service. The first builds the calibration e-process at the
+    /// tolerance the file gives and feeds it the labels replayed from the feedback log, which
+    /// waited for it; later loads of the same files change nothing. `replaced`: the load
+    /// swapped in another model file or calibrator (a recalibration, or a `load` of a changed
+    /// calibration file), after which the old evidence no longer applies, so the live trust
+    /// state is forgotten first (served window and estimates, the three alarm statistics and
+    /// the latched alarm, adaptive level) and the e-process starts afresh at the new file's
+    /// tolerance. Labels that arrive later for predictions served before such a reset (by the
+    /// second) are not fed to the new state.
+    pub fn model_loaded(&self, model: &str, source: &ShiftSource<'_>, replaced: bool) {
+        self.model_loaded_at(model, source, replaced, super::now_s());
     }
 
-    fn reset_trust_at(&self, model: &str, now: u64) {
+    fn model_loaded_at(&self, model: &str, source: &ShiftSource<'_>, replaced: bool, now: u64) {
+        let cfg = &self.config.trust;
         let mut map = self.live.models.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(model.to_string(), ModelTrust::new(&self.config.trust, now));
-        tracing::info!(model, "live trust state reset: the calibrator changed");
+        if replaced {
+            map.insert(model.to_string(), ModelTrust::new(now));
+            tracing::info!(model, "live trust state reset: the calibrator changed");
+        }
+        let t = map
+            .entry(model.to_string())
+            .or_insert_with(|| ModelTrust::new(0));
+        if let Calibration::Pending(labels) = &mut t.calibration {
+            let labels = std::mem::take(labels);
+            let (tolerance, from) = calibration_tolerance_of(cfg, source);
+            t.calibration = Calibration::Ready(CalibrationEProcess::new(tolerance), from);
+            for (correct, confidence, at_s) in labels {
+                t.calibration_label(correct, confidence, at_s);
+                t.check_alarm(cfg, at_s);
+            }
+            tracing::info!(model, tolerance, from, "calibration e-process built");
+        }
     }
+}
+
+/// The calibration e-process's tolerance for a model and where it comes from: `--alarm-tolerance`
+/// when set, else derived from the calibration file's validation reliability bins with
+/// delta = alpha / 3 (the statistic's share of alpha), else 0 (nothing to derive it from).
+fn calibration_tolerance_of(cfg: &TrustConfig, source: &ShiftSource<'_>) -> (f64, &'static str) {
+    if let Some(t) = cfg.alarm_tolerance {
+        return (t, "flag");
+    }
+    source
+        .reliability
+        .and_then(|bins| calibration_tolerance(bins, cfg.alarm_alpha / ALARM_STATISTICS))
+        .map_or((0.0, "none"), |t| (t, "derived"))
 }
 
 /// The label-shift e-process of a model with `k` classes: against the predicted-class counts of
@@ -584,6 +661,7 @@ mod tests {
             classes: 2,
             label_counts: Some(&[50, 50]),
             confusion: None,
+            reliability: None,
         };
         assert!(m.estimate_shift("m", &source).is_none(), "nothing served");
         for _ in 0..99 {
@@ -608,9 +686,18 @@ mod tests {
         assert!(w[0] > 1.5 && w[1] < 0.5, "{w:?}");
     }
 
+    /// A two-class model's calibration file without reliability bins: tolerance 0 ("none").
+    const BARE: ShiftSource<'static> = ShiftSource {
+        classes: 2,
+        label_counts: None,
+        confusion: None,
+        reliability: None,
+    };
+
     #[test]
     fn overconfident_labels_raise_the_alarm_and_a_reset_clears_it() {
         let m = monitor(TrustConfig::default());
+        m.model_loaded("m", &BARE, false);
         let now = super::super::now_s();
         // Confidence 0.95, right half the time: E[correct - confidence] = -0.45.
         let items: Vec<FeedbackItem> = (0..200)
@@ -623,8 +710,15 @@ mod tests {
         let a = m.alarm_report("m").unwrap();
         assert!(a.alarm, "{a:?}");
         assert_eq!((a.reason, a.calibration_labels), (Some("calibration"), 200));
+        assert_eq!(
+            (a.calibration_tolerance, a.calibration_tolerance_from),
+            (0.0, "none")
+        );
         assert!(a.calibration_evalue >= a.threshold);
-        m.reset_trust("m");
+        // The same files loaded again change nothing; a swap starts afresh.
+        m.model_loaded("m", &BARE, false);
+        assert!(m.alarm_report("m").unwrap().alarm);
+        m.model_loaded("m", &BARE, true);
         let a = m.alarm_report("m").unwrap();
         assert!(!a.alarm && a.calibration_labels == 0, "{a:?}");
         // A late label of a prediction served before the reset judges the old calibrator: not
@@ -633,7 +727,7 @@ mod tests {
             prediction_id: m.issue_token("m", "1", 0, 0.95, &[0.95, 0.05]),
             label: LabelRef::Index(1),
         };
-        m.reset_trust_at("m", now + 10);
+        m.model_loaded_at("m", &BARE, true, now + 10);
         assert!(m.record(&[late], &labels, now + 10)[0].is_ok());
         assert_eq!(m.alarm_report("m").unwrap().calibration_labels, 0);
     }
@@ -648,6 +742,7 @@ mod tests {
             classes: 2,
             label_counts: Some(&[500, 500]),
             confusion: Some(&confusion),
+            reliability: None,
         };
         let row = |class: usize| if class == 0 { [0.9, 0.1] } else { [0.1, 0.9] };
         for i in 0..2_000 {
@@ -666,12 +761,12 @@ mod tests {
         let a = m.alarm_report("m").unwrap();
         assert_eq!((a.alarm, a.reason), (true, Some("label_shift")), "{a:?}");
         assert!(a.label_shift_evalue.unwrap() >= a.threshold && a.threshold == 300.0);
-        // A reset forgets it; a file without the confusion matrix has no such statistic.
-        m.reset_trust("m");
+        // A swap forgets it; a file without the confusion matrix has no such statistic.
         let none = ShiftSource {
             confusion: None,
             ..source
         };
+        m.model_loaded("m", &none, true);
         m.observe_served("m", &row(0), &none);
         let a = m.alarm_report("m").unwrap();
         assert!(!a.alarm && a.label_shift_evalue.is_none(), "{a:?}");
@@ -713,5 +808,132 @@ mod tests {
         let r = m.aci_report("m").unwrap();
         assert_eq!((r.labels, r.misses), (1, 1));
         assert!((r.alpha - (0.1 - 0.01 * 0.9)).abs() < 1e-12, "{r:?}");
+    }
+
+    #[test]
+    fn replayed_labels_wait_for_the_calibration_file_and_keep_its_derived_tolerance() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |alarm_tolerance| {
+            let cfg = MonitorConfig {
+                window: 10_000,
+                max_age_s: 1_000,
+                state_dir: Some(dir.path().into()),
+                bins: 15,
+                trust: TrustConfig {
+                    alarm_tolerance,
+                    ..TrustConfig::default()
+                },
+            };
+            Monitor::open(cfg, TokenSigner::new(b"k")).unwrap().0
+        };
+        // A file whose calibrator was 3 points over-confident on 1,000 validation predictions.
+        let bins = [
+            Bin {
+                lower: 0.5,
+                upper: 0.75,
+                count: 400,
+                confidence: 0.65,
+                accuracy: 0.62,
+            },
+            Bin {
+                lower: 0.75,
+                upper: 1.0,
+                count: 600,
+                confidence: 0.9,
+                accuracy: 0.87,
+            },
+        ];
+        let source = ShiftSource {
+            reliability: Some(&bins),
+            ..BARE
+        };
+        let eps = calibration_tolerance(&bins, 0.01 / 3.0).unwrap();
+        // By hand: 0.03 + sqrt(2 V ln(1200) / 1000) + 14 ln(1200) / 2997, V <= 0.2575.
+        assert!((eps - 0.12354).abs() < 1e-4, "{eps}");
+        // 300 labels at confidence 0.9, right 3 times in 4: E[correct - confidence] = -0.15,
+        // 0.03 past eps: no alarm at the derived tolerance (yet), an alarm at 0.
+        let m = open(None);
+        m.model_loaded("m", &source, false);
+        let items: Vec<FeedbackItem> = (0..300)
+            .map(|i| FeedbackItem {
+                prediction_id: m.issue_token("m", "1", 0, 0.9, &[0.9, 0.1]),
+                label: LabelRef::Index(u64::from(i % 4 == 0)),
+            })
+            .collect();
+        assert!(
+            m.record(&items, &labels, super::super::now_s())
+                .iter()
+                .all(|r| r.is_ok())
+        );
+        let live = m.alarm_report("m").unwrap();
+        assert_eq!(
+            (live.calibration_tolerance, live.calibration_tolerance_from),
+            (eps, "derived")
+        );
+        assert_eq!(
+            (live.alarm, live.calibration_labels),
+            (false, 300),
+            "{live:?}"
+        );
+        drop(m);
+
+        // After a restart the replayed labels wait for the file, then give the same e-process.
+        let m = open(None);
+        let waiting = m.alarm_report("m").unwrap();
+        assert_eq!(
+            (
+                waiting.calibration_tolerance_from,
+                waiting.calibration_labels
+            ),
+            ("pending", 0)
+        );
+        m.model_loaded("m", &source, false);
+        assert_eq!(m.alarm_report("m").unwrap(), live);
+        // A swap to a file without reliability bins starts afresh at 0, and says so.
+        m.model_loaded("m", &BARE, true);
+        let swapped = m.alarm_report("m").unwrap();
+        assert_eq!(
+            (
+                swapped.calibration_tolerance,
+                swapped.calibration_tolerance_from
+            ),
+            (0.0, "none")
+        );
+        assert_eq!(swapped.calibration_labels, 0);
+        drop(m);
+
+        // The flag wins over the file: replayed at tolerance 0, the same labels fire.
+        let m = open(Some(0.0));
+        m.model_loaded("m", &source, false);
+        let flagged = m.alarm_report("m").unwrap();
+        assert_eq!(flagged.calibration_tolerance_from, "flag");
+        assert_eq!(
+            (flagged.alarm, flagged.reason),
+            (true, Some("calibration")),
+            "{flagged:?}"
+        );
+    }
+
+    #[test]
+    fn the_shipped_calibration_files_give_the_documented_tolerances() {
+        // docs/MONITORING.md: 0.0241 for CIFAR-10 (b_hat 0.0016, M 5,000) and 0.0114 for MNIST
+        // (M 6,000) at alpha = 0.01.
+        for (model, expected) in [("cifar10", 0.0241), ("mnist", 0.0114)] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("calib")
+                .join(format!("{model}.json"));
+            let file = crate::repository::CalibrationFile::load(&path).unwrap();
+            let fit = file.fit.unwrap();
+            let bins = &fit.reliability.unwrap().after;
+            let eps = calibration_tolerance_of(
+                &TrustConfig::default(),
+                &ShiftSource {
+                    reliability: Some(bins),
+                    ..BARE
+                },
+            );
+            assert_eq!(eps.1, "derived");
+            assert!((eps.0 - expected).abs() < 5e-5, "{model}: {}", eps.0);
+        }
     }
 }

@@ -11,6 +11,50 @@
 //! lambda follows online Newton steps on the loss -ln(1 + lambda g), clipped to
 //! [0, 1 / (2 (1 + eps))], so that 1 + lambda g >= 1/2: the wealth never reaches 0 and one bad
 //! label costs at most ln 2 of log-wealth.
+//!
+//! eps covers the calibrator's own validation bias and its sampling error: see
+//! [`default_tolerance`].
+
+use crate::trust::metrics::Bin;
+
+/// The tolerance that covers the calibration error in the large left by a calibrator's fit,
+/// from the equal-width reliability bins of its calibrated validation predictions (what a
+/// calibration file stores as `fit.reliability.after`), with probability at least 1 - `delta`
+/// over the validation draw:
+///
+/// ```text
+/// eps = |b_hat| + sqrt(2 V ln(4/delta) / M) + 14 ln(4/delta) / (3 (M - 1))
+/// ```
+///
+/// b_hat = sum_bins n_b (accuracy_b - confidence_b) / M is the validation mean of
+/// x = 1[correct] - confidence (exact: a bin stores its mean confidence and its share correct),
+/// M the bins' count. The rest is the empirical-Bernstein bound (Maurer and Pontil 2009,
+/// Theorem 4, rescaled from [0, 1] to x in [-1, 1]) on |b - b_hat|, b the bias on traffic drawn
+/// like the validation data: one-sided at delta / 2 each way, hence ln(4/delta). V is the
+/// sample variance of x, bounded from above from the bins alone: within a bin [l, u] a correct
+/// prediction has x^2 = (1 - c)^2 <= (1 - l)^2 and a wrong one x^2 = c^2 <= u^2, so
+/// V <= M / (M - 1) (sum_b n_b (a_b (1 - l_b)^2 + (1 - a_b) u_b^2) / M - b_hat^2); a larger V
+/// only widens the bound. So traffic distributed like the validation data has |b| <= eps (is in
+/// H0) with probability at least 1 - delta. Clamped to [0, 0.5] (the e-process's range); None
+/// with fewer than two validation predictions in the bins.
+pub fn default_tolerance(bins: &[Bin], delta: f64) -> Option<f64> {
+    let m = bins.iter().map(|b| b.count).sum::<u64>() as f64;
+    if m < 2.0 {
+        return None;
+    }
+    let (mut sum_x, mut sum_x2) = (0.0, 0.0);
+    for b in bins.iter().filter(|b| b.count > 0) {
+        let (n, a) = (b.count as f64, b.accuracy.clamp(0.0, 1.0));
+        sum_x += n * (a - b.confidence);
+        sum_x2 += n * (a * (1.0 - b.lower).powi(2) + (1.0 - a) * b.upper.powi(2));
+    }
+    let b_hat = sum_x / m;
+    let variance = (m / (m - 1.0) * (sum_x2 / m - b_hat * b_hat)).max(0.0);
+    let log_term = (4.0 / delta.clamp(f64::MIN_POSITIVE, 1.0)).ln();
+    let eps =
+        b_hat.abs() + (2.0 * variance * log_term / m).sqrt() + 14.0 * log_term / (3.0 * (m - 1.0));
+    eps.is_finite().then(|| eps.clamp(0.0, 0.5))
+}
 
 /// One-sided bettor: log-wealth and its ONS state.
 #[derive(Debug, Clone, PartialEq)]

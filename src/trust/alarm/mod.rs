@@ -5,9 +5,11 @@
 //!
 //! - [`CalibrationEProcess`]: testing by betting (Waudby-Smith and Ramdas 2023) on the top-label
 //!   calibration error of labelled feedback, x_t = 1[correct] - confidence. H0 says
-//!   E[x_t | past] = 0 (the confidence is calibrated on average, whatever it is); two one-sided
-//!   bettors with online-Newton-step bets (Cutkosky and Orabona 2018, as in Shekhar and Ramdas
-//!   2023) are averaged, which is itself an e-process for the two-sided null.
+//!   |E[x_t | past]| <= eps (the confidence is calibrated on average, whatever it is, up to a
+//!   tolerance eps that by default covers the calibrator's validation bias and its sampling
+//!   error, [`calibration_tolerance`]); two one-sided bettors with online-Newton-step bets
+//!   (Cutkosky and Orabona 2018, as in Shekhar and Ramdas 2023) are averaged, which is itself
+//!   an e-process for the two-sided null.
 //! - [`ExchangeabilityMartingale`]: a conformal test martingale (Vovk, Gammerman and Shafer
 //!   2005; Vovk 2021) on the label-free max-probability scores: conformal p-values against every
 //!   earlier score, bet on by the Composite Jumper, which keeps its power after a long quiet
@@ -26,6 +28,7 @@ mod label_shift;
 mod tests;
 mod wealth;
 
+pub use betting::default_tolerance as calibration_tolerance;
 pub use betting::{CalibrationEProcess, OneSidedEProcess};
 pub use exchangeability::{EXCHANGEABILITY_BINS, ExchangeabilityMartingale};
 pub use label_shift::LabelShiftEProcess;

@@ -283,3 +283,101 @@ fn label_shift_eprocess_bets_after_a_long_quiet_stretch_and_handles_edge_cases()
     assert!(label_shift_tolerance(10, 60_000, 0.01 / 3.0) < eps / 3.0);
     assert_eq!(label_shift_tolerance(10, 0, 0.01), 1.0);
 }
+
+fn bin(
+    count: u64,
+    confidence: f64,
+    accuracy: f64,
+    lower: f64,
+    upper: f64,
+) -> crate::trust::metrics::Bin {
+    crate::trust::metrics::Bin {
+        lower,
+        upper,
+        count,
+        confidence,
+        accuracy,
+    }
+}
+
+#[test]
+fn calibration_tolerance_matches_hand_computed_cases() {
+    // Two bins of 100 at delta = 0.04 (ln(4 / delta) = ln 100). Unbiased: b_hat = 0,
+    // sum x^2 bound = 100 (0.7 * 0.5^2 + 0.3 * 0.75^2) + 100 (0.8 * 0.25^2 + 0.2 * 1^2) = 59.375,
+    // V = 200/199 * 59.375/200 = 0.298367; eps = sqrt(2 V ln 100 / 200) + 14 ln 100 / (3 * 199).
+    let mut bins = vec![
+        bin(100, 0.6, 0.7, 0.5, 0.75),
+        bin(0, 0.0, 0.0, 0.25, 0.5),
+        bin(100, 0.9, 0.8, 0.75, 1.0),
+    ];
+    let eps = calibration_tolerance(&bins, 0.04).unwrap();
+    assert!((eps - 0.225213).abs() < 1e-6, "{eps}");
+    // Over-confident by 5 points: |b_hat| = 0.05 adds, and V = 0.342965 grows the bound.
+    bins[2].accuracy = 0.7;
+    let eps = calibration_tolerance(&bins, 0.04).unwrap();
+    assert!((eps - 0.283669).abs() < 1e-6, "{eps}");
+    // More rows, a smaller bound; a smaller delta, a larger one.
+    let many: Vec<_> = bins
+        .iter()
+        .map(|b| bin(b.count * 100, b.confidence, b.accuracy, b.lower, b.upper))
+        .collect();
+    let eps_many = calibration_tolerance(&many, 0.04).unwrap();
+    assert!(eps_many < eps && eps_many > 0.05, "{eps_many}");
+    assert!(calibration_tolerance(&bins, 0.001).unwrap() > eps);
+    // Nothing to derive it from: fewer than two rows.
+    assert_eq!(calibration_tolerance(&[], 0.01), None);
+    assert_eq!(
+        calibration_tolerance(&[bin(1, 0.9, 1.0, 0.8, 1.0)], 0.01),
+        None
+    );
+}
+
+#[test]
+fn calibration_tolerance_from_validation_keeps_like_traffic_in_h0_and_a_real_drift_out() {
+    // A calibrator that is 1 point over-confident on its own validation data (the bias a fit
+    // leaves) and traffic drawn like it: with eps derived from 5,000 validation rows at
+    // delta = alpha / 3, no stream of 3,000 labels reaches 3 / alpha. (At eps = 0 the null is
+    // false, and the count printed says how many streams that bias sets off.)
+    let alpha = 0.01;
+    let bias = -0.01;
+    let mut tolerances = Vec::new();
+    let crossed = (0..20)
+        .filter(|&s| {
+            let mut rng = ChaCha8Rng::seed_from_u64(70_000 + s);
+            let mut acc = crate::trust::metrics::BinnedAccumulator::new(15).unwrap();
+            for _ in 0..5_000 {
+                let c = 0.4 + 0.6 * rng.random::<f64>();
+                acc.add(c, rng.random::<f64>() < c + bias).unwrap();
+            }
+            let eps = calibration_tolerance(&acc.bin_stats(), alpha / 3.0).unwrap();
+            tolerances.push(eps);
+            run_eprocess(80_000 + s, 3_000, bias, eps, 3.0 / alpha).is_some()
+        })
+        .count();
+    let at_zero = (0..20)
+        .filter(|&s| run_eprocess(80_000 + s, 3_000, bias, 0.0, 3.0 / alpha).is_some())
+        .count();
+    tolerances.sort_by(f64::total_cmp);
+    eprintln!(
+        "calibration tolerance from 5,000 validation rows (bias -0.01): median {:.4}, range \
+         [{:.4}, {:.4}]; {crossed}/20 like-validation streams of 3,000 crossed {} ({at_zero}/20 \
+         at eps = 0)",
+        tolerances[10],
+        tolerances[0],
+        tolerances[19],
+        3.0 / alpha
+    );
+    assert_eq!(crossed, 0);
+    // Every tolerance covers the true bias; the bound adds about 0.03 to |b_hat| here
+    // (sqrt(2 V ln(1200) / 5000) with V about 0.2, plus 14 ln(1200) / 15000).
+    assert!(
+        tolerances[0] > bias.abs() && tolerances[19] < 0.06,
+        "{tolerances:?}"
+    );
+    // Traffic 15 points over-confident is outside every such H0: all 20 streams fire, even at
+    // the widest of these tolerances.
+    let fired = (0..20)
+        .filter(|&s| run_eprocess(90_000 + s, 3_000, -0.15, tolerances[19], 3.0 / alpha).is_some())
+        .count();
+    assert_eq!(fired, 20);
+}
