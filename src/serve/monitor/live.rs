@@ -14,7 +14,9 @@
 //! not logged). The e-process's tolerance comes from the model's calibration file, which the
 //! server reads after the log is replayed, and it must be fixed before the first bet: replayed
 //! labels wait, in order, until the server registers the loaded model ([`Monitor::model_loaded`]),
-//! which builds the e-process and feeds them to it.
+//! which builds the e-process and feeds them to it. The adaptive level is built at the model's
+//! first request after the restart (its target is the level the request path reads from the
+//! calibration file); the replayed outcomes of adaptive sets wait for it the same way.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -212,6 +214,9 @@ struct ModelTrust {
     label_shift: Result<LabelShiftEProcess, &'static str>,
     calibration: Calibration,
     aci: Option<AdaptiveAlpha>,
+    /// Whether each labelled adaptive set covered its label, in log order, while `aci` does not
+    /// exist yet (labels replayed from the log before the first request): fed to it when built.
+    aci_pending: Vec<bool>,
     alarm: Option<(&'static str, u64)>,
     cache: Option<Cached>,
     refreshing: bool,
@@ -238,6 +243,7 @@ impl ModelTrust {
             label_shift: Err("no prediction served yet"),
             calibration: Calibration::Pending(Vec::new()),
             aci: None,
+            aci_pending: Vec::new(),
             alarm: None,
             cache: None,
             refreshing: false,
@@ -285,10 +291,13 @@ impl LiveTrust {
                 return;
             }
             t.calibration_label(r.predicted == r.label, r.confidence, now_s);
-            if let (Some(set), Some(aci)) = (r.set, t.aci.as_mut())
+            if let Some(set) = r.set
                 && set.adaptive
             {
-                aci.update(set.covered);
+                match t.aci.as_mut() {
+                    Some(aci) => aci.update(set.covered),
+                    None => t.aci_pending.push(set.covered),
+                }
             }
             t.check_alarm(cfg, now_s);
         });
@@ -440,8 +449,13 @@ impl Monitor {
             return None;
         }
         Some(self.live.with(model, |t, cfg| {
+            let pending = &mut t.aci_pending;
             t.aci
-                .get_or_insert_with(|| AdaptiveAlpha::new(target, cfg.aci_gamma))
+                .get_or_insert_with(|| {
+                    let mut aci = AdaptiveAlpha::new(target, cfg.aci_gamma);
+                    pending.drain(..).for_each(|covered| aci.update(covered));
+                    aci
+                })
                 .serving_alpha()
         }))
     }
@@ -808,6 +822,62 @@ mod tests {
         let r = m.aci_report("m").unwrap();
         assert_eq!((r.labels, r.misses), (1, 1));
         assert!((r.alpha - (0.1 - 0.01 * 0.9)).abs() < 1e-12, "{r:?}");
+    }
+
+    #[test]
+    fn the_adaptive_level_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let cfg = MonitorConfig {
+                window: 10_000,
+                max_age_s: 1_000,
+                state_dir: Some(dir.path().into()),
+                bins: 15,
+                trust: TrustConfig {
+                    adaptive_conformal: ModelSelection(vec!["m".into()]),
+                    aci_gamma: 0.01,
+                    ..TrustConfig::default()
+                },
+            };
+            Monitor::open(cfg, TokenSigner::new(b"k")).unwrap().0
+        };
+        let m = open();
+        let alpha = m.adaptive_alpha("m", 0.1).unwrap();
+        let set = super::super::ServedSet {
+            classes: vec![0],
+            alpha,
+            adaptive: true,
+            num_classes: 2,
+        };
+        // Three misses and a hit at the adaptive level.
+        let items: Vec<FeedbackItem> = [1, 1, 0, 1]
+            .into_iter()
+            .map(|label| FeedbackItem {
+                prediction_id: m.issue_token_with_set(
+                    "m",
+                    "1",
+                    0,
+                    0.9,
+                    &[0.9, 0.1],
+                    Some(set.clone()),
+                ),
+                label: LabelRef::Index(label),
+            })
+            .collect();
+        assert!(
+            m.record(&items, &labels, super::super::now_s())
+                .iter()
+                .all(|r| r.is_ok())
+        );
+        let live = m.aci_report("m").unwrap();
+        assert_eq!((live.labels, live.misses), (4, 3));
+        drop(m);
+        // Replayed before any request, the outcomes wait for the level and then move it.
+        let m = open();
+        assert!(m.aci_report("m").is_none());
+        let replayed = m.adaptive_alpha("m", 0.1).unwrap();
+        assert_eq!(m.aci_report("m").unwrap(), live);
+        assert!(replayed < 0.1, "{replayed}");
     }
 
     #[test]
