@@ -155,10 +155,12 @@ curl -s "http://$ADDR/metrics" > "$OUT/server-metrics.txt"
 
 # batched NAME PATH CTYPE BODY_FILE: server CPU per image for uploads of BATCHED images each (8
 # clients, so that the queue holds a few requests' images, as the single-image runs' 64 do).
+# wrk's default 2 s timeout is shorter than 8 concurrent 32-image uploads of a 224x224 model take
+# on 2 cores (each is ~0.3 s of CPU), so it would count slow answers as failures: 30 s.
 batched() {
   local name="$1" path="$2" ctype="$3" body="$4" cpu0
   bench_wrk_post "$OUT/$name.lua" "$body" "$ctype"
-  local wrk=(${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK")
+  local wrk=(${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK" --timeout 30s)
   "${wrk[@]}" -t"$WRK_THREADS" -c8 -d2s -s "$OUT/$name.lua" "http://$ADDR$path" >/dev/null
   cpu0="$(cpu_us "$SERVER")"
   "${wrk[@]}" -t"$WRK_THREADS" -c8 -d"${DURATION}s" --latency -s "$OUT/$name.lua" "http://$ADDR$path" > "$OUT/server-$name-wrk.txt"
