@@ -664,6 +664,24 @@ mod tests {
         Monitor::open(cfg, TokenSigner::new(b"k")).unwrap().0
     }
 
+    /// A monitor whose feedback log lives in `dir` (reopened to test a restart).
+    fn open_in(dir: &std::path::Path, trust: TrustConfig) -> Monitor {
+        let cfg = MonitorConfig {
+            window: 10_000,
+            max_age_s: 1_000,
+            state_dir: Some(dir.into()),
+            bins: 15,
+            trust,
+        };
+        Monitor::open(cfg, TokenSigner::new(b"k")).unwrap().0
+    }
+
+    /// Records labelled items, every one of which must be accepted.
+    fn record_all(m: &Monitor, items: &[FeedbackItem]) {
+        let out = m.record(items, &labels, super::super::now_s());
+        assert!(out.iter().all(|r| r.is_ok()));
+    }
+
     fn labels(model: &str) -> Option<Vec<String>> {
         (model == "m").then(|| vec!["a".into(), "b".into()])
     }
@@ -828,18 +846,12 @@ mod tests {
     fn the_adaptive_level_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let open = || {
-            let cfg = MonitorConfig {
-                window: 10_000,
-                max_age_s: 1_000,
-                state_dir: Some(dir.path().into()),
-                bins: 15,
-                trust: TrustConfig {
-                    adaptive_conformal: ModelSelection(vec!["m".into()]),
-                    aci_gamma: 0.01,
-                    ..TrustConfig::default()
-                },
+            let trust = TrustConfig {
+                adaptive_conformal: ModelSelection(vec!["m".into()]),
+                aci_gamma: 0.01,
+                ..TrustConfig::default()
             };
-            Monitor::open(cfg, TokenSigner::new(b"k")).unwrap().0
+            open_in(dir.path(), trust)
         };
         let m = open();
         let alpha = m.adaptive_alpha("m", 0.1).unwrap();
@@ -864,11 +876,7 @@ mod tests {
                 label: LabelRef::Index(label),
             })
             .collect();
-        assert!(
-            m.record(&items, &labels, super::super::now_s())
-                .iter()
-                .all(|r| r.is_ok())
-        );
+        record_all(&m, &items);
         let live = m.aci_report("m").unwrap();
         assert_eq!((live.labels, live.misses), (4, 3));
         drop(m);
@@ -884,17 +892,11 @@ mod tests {
     fn replayed_labels_wait_for_the_calibration_file_and_keep_its_derived_tolerance() {
         let dir = tempfile::tempdir().unwrap();
         let open = |alarm_tolerance| {
-            let cfg = MonitorConfig {
-                window: 10_000,
-                max_age_s: 1_000,
-                state_dir: Some(dir.path().into()),
-                bins: 15,
-                trust: TrustConfig {
-                    alarm_tolerance,
-                    ..TrustConfig::default()
-                },
+            let trust = TrustConfig {
+                alarm_tolerance,
+                ..TrustConfig::default()
             };
-            Monitor::open(cfg, TokenSigner::new(b"k")).unwrap().0
+            open_in(dir.path(), trust)
         };
         // A file whose calibrator was 3 points over-confident on 1,000 validation predictions.
         let bins = [
@@ -930,11 +932,7 @@ mod tests {
                 label: LabelRef::Index(u64::from(i % 4 == 0)),
             })
             .collect();
-        assert!(
-            m.record(&items, &labels, super::super::now_s())
-                .iter()
-                .all(|r| r.is_ok())
-        );
+        record_all(&m, &items);
         let live = m.alarm_report("m").unwrap();
         assert_eq!(
             (live.calibration_tolerance, live.calibration_tolerance_from),
