@@ -341,6 +341,7 @@ def run_stream(args, ref, treat, images, labels, classes, seed, scenario):
     # ACI builds the sets of requests that name no alpha, so with --treat aci neither arm names one
     # (both serve the calibration file's level: the same request to both servers).
     alpha = None if aci else args.alpha
+    aci_gamma = None
     ref_probs, treat_probs, ys = [], [], []
     promoted_at, promotions = None, 0.0
     alarm = None  # (t, reason) when the reference's alarm was first seen
@@ -414,6 +415,7 @@ def run_stream(args, ref, treat, images, labels, classes, seed, scenario):
                 row["sim_treat_set_size"] = sum(s for _, s in treat_sets) / len(treat_sets)
             row["treat_aci_alpha"] = pick(rep_treat, "adaptive_conformal.alpha")
             row["treat_aci_target_alpha"] = pick(rep_treat, "adaptive_conformal.target_alpha")
+            aci_gamma = pick(rep_treat, "adaptive_conformal.gamma")
             if row["treat_aci_target_alpha"] is not None:
                 row["target_coverage"] = 1 - row["treat_aci_target_alpha"]
             if alarm is None and row.get("alarm_alarm"):
@@ -435,6 +437,7 @@ def run_stream(args, ref, treat, images, labels, classes, seed, scenario):
         spans = {"post_onset": slice(start, None), "last": slice(-args.aci_last, None)}
         result["aci"] = {
             "target_alpha": series[-1].get("treat_aci_target_alpha"), "final_alpha": series[-1].get("treat_aci_alpha"),
+            "gamma": aci_gamma,
             "last_n": min(args.aci_last, len(covered["treat"])),
             **{name: {arm: ({"coverage": float(np.mean([c for c, _ in covered[arm][span]])),
                              "set_size": float(np.mean([z for _, z in covered[arm][span]])),
@@ -677,10 +680,10 @@ def aci_summary(d, streams, tolerance=0.02):
     the last `aci_last` predictions, means over streams with intervals."""
     targets = {s["aci"]["target_alpha"] for s in streams}
     target = 1 - targets.pop() if len(targets) == 1 and None not in targets else None
-    res = {"target_coverage": target, "tolerance": tolerance, "gamma": None,
+    gammas = {s["aci"].get("gamma") for s in streams}
+    res = {"target_coverage": target, "tolerance": tolerance,
+           "gamma": gammas.pop() if len(gammas) == 1 else sorted(gammas, key=str),
            "final_alpha": interval([s["aci"]["final_alpha"] for s in streams])}
-    args = d.get("treated_server_args") or []
-    res["gamma"] = float(args[args.index("--aci-gamma") + 1]) if "--aci-gamma" in args else "server default"
     for span in ("post_onset", "last"):
         block = {"predictions": [s["aci"][span]["treat"]["n"] for s in streams if s["aci"][span]["treat"]]}
         for arm in ("ref", "treat"):
