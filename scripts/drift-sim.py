@@ -748,7 +748,7 @@ def markdown(summary):
                   f"per stream; within: streams whose coverage is within {a['tolerance']} of the target:", "",
                   "| predictions | arm | coverage | mean set size | mean |gap| | streams within |",
                   "| --- | --- | --- | --- | --- | --- |"]
-        for span, label in (("post_onset", "after the onset"), ("last", "last")):
+        for span, label in (("post_onset", "after the onset" if e["onset"] is not None else "all"), ("last", "last")):
             b = a[span]
             n = "/".join(str(x) for x in b["predictions"])
             for arm, name in (("ref", "reference (static)"), ("treat", "ACI")):
