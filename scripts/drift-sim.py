@@ -21,7 +21,11 @@ counted twice):
   reference  the shipped calibrator, no correction, no recalibration: the "without" arm, and the
              server whose alarm is measured;
   treated    label_shift: every request asks ?adapt=label_shift;
-             covariate and none: started with --auto-recalibrate.
+             covariate and none: started with --auto-recalibrate;
+             with --treat aci (any scenario): started with --adaptive-conformal <model> only
+             (--aci-gamma passed on when given), no recalibration, no adapt; neither arm's requests
+             name an alpha (ACI builds only the sets of such requests), so both serve sets at the
+             calibration file's level, static on the reference and alpha_t on the treated server.
 Both use --shift-window (2000, so that the label-shift window holds exactly the 2,000 post-onset
 predictions when the estimate is read) and --monitor-window (500).
 
@@ -35,6 +39,11 @@ Measured per stream (summary over streams in <out>/<dataset>-summary.json and .m
                batch), then the ECE of the next --after-promotion (1000) predictions under the
                promoted calibrator (treated) and under the shipped one (reference) on the same
                images;
+  --treat aci  coverage and mean size of each arm's served sets (the responses' `prediction_set`
+               against the label) over the post-onset predictions and the last --aci-last (1000)
+               of each stream, against the target 1 - alpha; in the summary as means over streams
+               with intervals, the mean |coverage - target| and how many streams are within 0.02
+               of the target; the treated server's `adaptive_conformal.alpha` (alpha_t) over time;
   every        whether the reference server's `alarm` fired, its reason, and when (in predictions
                served, polled every --record-every predictions); promotions of the treated one.
 ECE: 15 equal-width bins on the top-label confidence, like the server. Intervals over streams:
@@ -49,6 +58,11 @@ summary from the JSON files in --out.
 Example (what made docs/drift/; see docs/MONITORING.md, "Drift simulator"):
   scripts/drift-sim.py --caliper target/release/caliper --model mnist --dataset mnist \\
       --streams 20 --out docs/drift
+With and without adaptive conformal inference (docs/drift/aci/; docs/MONITORING.md, "Conformal
+coverage held in production"):
+  scripts/drift-sim.py --caliper target/release/caliper --model cifar10 --dataset cifar10 \\
+      --streams 20 --scenario covariate --onset 300 --ramp 700 --requests 2000 --treat aci \\
+      --out docs/drift/aci
 """
 
 import argparse
@@ -321,6 +335,13 @@ def run_stream(args, ref, treat, images, labels, classes, seed, scenario):
     series, pending = [], []
     recent = deque(maxlen=args.shift_window)  # true classes of the label-shift window
     sets = deque(maxlen=args.record_every)  # (covered, size) of the reference's served sets
+    treat_sets = deque(maxlen=args.record_every)  # the same for the treated server's sets
+    covered = {"ref": [], "treat": []}  # (covered, size) of every served set, per arm (--treat aci)
+    aci = args.treat == "aci"
+    # ACI builds the sets of requests that name no alpha, so with --treat aci neither arm names one
+    # (both serve the calibration file's level: the same request to both servers).
+    alpha = None if aci else args.alpha
+    aci_gamma = None
     ref_probs, treat_probs, ys = [], [], []
     promoted_at, promotions = None, 0.0
     alarm = None  # (t, reason) when the reference's alarm was first seen
@@ -349,8 +370,8 @@ def run_stream(args, ref, treat, images, labels, classes, seed, scenario):
                 img = corrupt(img, sev, args.corruption, rng)
             idx.append(i)
             pngs.append(encode_png(img))
-        f_ref = pool.submit(ref.predict, args.model, pngs, args.alpha)
-        f_treat = pool.submit(treat.predict, args.model, pngs, args.alpha, scenario == "label_shift")
+        f_ref = pool.submit(ref.predict, args.model, pngs, alpha)
+        f_treat = pool.submit(treat.predict, args.model, pngs, alpha, scenario == "label_shift" and not aci)
         p_ref, p_treat = f_ref.result(), f_treat.result()
         for k, i in enumerate(idx):
             y = int(labels[i])
@@ -361,8 +382,12 @@ def run_stream(args, ref, treat, images, labels, classes, seed, scenario):
             treat_probs.append(p_treat[k]["probabilities"])
             ys.append(y)
             recent.append(y)
-            if "prediction_set" in p_ref[k]:
-                sets.append((int(args.labels[y] in p_ref[k]["prediction_set"]), len(p_ref[k]["prediction_set"])))
+            for arm, p, window in (("ref", p_ref[k], sets), ("treat", p_treat[k], treat_sets)):
+                if "prediction_set" in p:
+                    cs = (int(args.labels[y] in p["prediction_set"]), len(p["prediction_set"]))
+                    window.append(cs)
+                    if aci:
+                        covered[arm].append(cs)
         t += batch
         for client in (ref, treat):
             due = [item for when, c, item in pending if when < t and c is client]
@@ -385,6 +410,14 @@ def run_stream(args, ref, treat, images, labels, classes, seed, scenario):
             if sets:
                 row["sim_coverage"] = sum(c for c, _ in sets) / len(sets)
                 row["sim_set_size"] = sum(s for _, s in sets) / len(sets)
+            if treat_sets:
+                row["sim_treat_coverage"] = sum(c for c, _ in treat_sets) / len(treat_sets)
+                row["sim_treat_set_size"] = sum(s for _, s in treat_sets) / len(treat_sets)
+            row["treat_aci_alpha"] = pick(rep_treat, "adaptive_conformal.alpha")
+            row["treat_aci_target_alpha"] = pick(rep_treat, "adaptive_conformal.target_alpha")
+            aci_gamma = pick(rep_treat, "adaptive_conformal.gamma")
+            if row["treat_aci_target_alpha"] is not None:
+                row["target_coverage"] = 1 - row["treat_aci_target_alpha"]
             if alarm is None and row.get("alarm_alarm"):
                 alarm = (t, row.get("alarm_reason"))
             if treat_alarm is None and row.get("treat_alarm_alarm"):
@@ -397,7 +430,22 @@ def run_stream(args, ref, treat, images, labels, classes, seed, scenario):
               "alarm_at": alarm[0] if alarm else None, "alarm_reason": alarm[1] if alarm else None,
               "treated_alarm_at": treat_alarm[0] if treat_alarm else None,
               "promotions": promotions, "first_promotion_at": promoted_at}
-    if scenario == "label_shift":
+    if aci:
+        # Coverage and mean size of the served sets, per arm, after the onset and over the last
+        # --aci-last predictions (the same images for both arms).
+        start = onset if scenario != "none" else 0
+        spans = {"post_onset": slice(start, None), "last": slice(-args.aci_last, None)}
+        result["aci"] = {
+            "target_alpha": series[-1].get("treat_aci_target_alpha"), "final_alpha": series[-1].get("treat_aci_alpha"),
+            "gamma": aci_gamma,
+            "last_n": min(args.aci_last, len(covered["treat"])),
+            **{name: {arm: ({"coverage": float(np.mean([c for c, _ in covered[arm][span]])),
+                             "set_size": float(np.mean([z for _, z in covered[arm][span]])),
+                             "n": len(covered[arm][span])} if covered[arm][span] else None)
+                      for arm in ("ref", "treat")}
+               for name, span in spans.items()},
+        }
+    if scenario == "label_shift" and not aci:
         last = series[-1]
         nominal = np.full(classes, (1 - args.shift_share) / len(others))
         nominal[heavy] = args.shift_share / 2
@@ -414,7 +462,7 @@ def run_stream(args, ref, treat, images, labels, classes, seed, scenario):
             "post_onset": {"n": n - onset, "without": {"ece": e_ref, "nll": nll_ref, "accuracy": acc_ref},
                            "with": {"ece": e_tr, "nll": nll_tr, "accuracy": acc_tr}},
         })
-    elif promoted_at is not None:
+    elif promoted_at is not None and not aci:
         after = slice(promoted_at, promoted_at + args.after_promotion)
         got = len(ys[after])
         e_tr, nll_tr, acc_tr = scores(treat_probs[after], ys[after])
@@ -465,8 +513,11 @@ def panel(x0, y0, w, h, title, lines, onset):
     return out
 
 
-def plot(path, title, streams, onset, alpha, scenario):
-    treated = "adapt=label_shift" if scenario == "label_shift" else "--auto-recalibrate"
+def plot(path, title, streams, onset, alpha, scenario, treat="default"):
+    if treat == "aci":
+        treated = "--adaptive-conformal"
+    else:
+        treated = "adapt=label_shift" if scenario == "label_shift" else "--auto-recalibrate"
     figures = [
         (f"Live ECE: reference (solid), {treated} (dashed)", [("ece", False), ("treat_ece", True)]),
         (f"Live NLL: reference (solid), {treated} (dashed)", [("nll", False), ("treat_nll", True)]),
@@ -479,6 +530,16 @@ def plot(path, title, streams, onset, alpha, scenario):
         ("log10 alarm statistics (reference): calibration (solid), exchangeability (dashed), label shift (dotted)",
          [("log_alarm_cal", False), ("log_alarm_exch", True), ("log_alarm_shift", "dot")]),
     ]
+    if treat == "aci":
+        level = "the calibration file's alpha" if alpha is None else f"alpha={alpha}"
+        figures[5] = (f"Coverage of the last sets at {level}: reference (solid), ACI (dashed)",
+                      [("sim_coverage", False), ("sim_treat_coverage", True)])
+        figures[6] = ("Mean set size of the last sets: reference (solid), ACI (dashed)",
+                      [("sim_set_size", False), ("sim_treat_set_size", True)])
+        figures += [("ACI level alpha_t (treated server's /monitor), target dotted",
+                     [("treat_aci_alpha", False), ("treat_aci_target_alpha", "dot")]),
+                    ("Coverage, mean over streams: reference (blue), ACI (red), target (dotted)", "mean"),
+                    ("Mean set size, mean over streams: reference (blue), ACI (red)", "mean_size")]
     log10 = lambda v: None if v is None or v <= 0 else float(np.log10(v))
     for stream in streams:
         for r in stream["series"]:
@@ -497,6 +558,21 @@ def plot(path, title, streams, onset, alpha, scenario):
         x0 = 60 + (k % cols) * (w + 70)
         y0 = 60 + (k // cols) * (h + 60)
         lines = []
+        if keys in ("mean", "mean_size"):
+            # One line per arm: the mean over streams at each recorded step they all reached.
+            pairs = ([("sim_coverage", COLOURS[0], False), ("sim_treat_coverage", COLOURS[1], False),
+                      ("target_coverage", "#555", "dot")] if keys == "mean" else
+                     [("sim_set_size", COLOURS[0], False), ("sim_treat_set_size", COLOURS[1], False)])
+            steps = sorted(set.intersection(*(set(r["t"] for r in st["series"]) for st in streams)))
+            for key, colour, dash in pairs:
+                ys = []
+                for t in steps:
+                    v = [r.get(key) for st in streams for r in st["series"] if r["t"] == t]
+                    v = [x for x in v if x is not None]
+                    ys.append(float(np.mean(v)) if v else None)
+                lines.append((f"mean {key}", steps, ys, colour, dash))
+            out += panel(x0, y0, w, h, name, lines, onset)
+            continue
         for s, stream in enumerate(streams):
             xs = [r["t"] for r in stream["series"]]
             for key, dash in keys:
@@ -556,7 +632,10 @@ def summarize(out, dataset):
                            "total": sum(s["promotions"] for s in streams),
                            "first_at": [s["first_promotion_at"] for s in streams]},
         }
-        if scen == "label_shift":
+        if d.get("treat") == "aci":
+            entry["treat"] = "aci"
+            entry["aci"] = aci_summary(d, streams)
+        elif scen == "label_shift":
             tv_em = [s["tv_em"] for s in streams]
             tv_bbse = [s["tv_bbse"] for s in streams]
             within = lambda v: sum(1 for x in v if x is not None and x <= 0.05) / len(v)
@@ -594,6 +673,29 @@ def summarize(out, dataset):
     (out / f"{dataset}-summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / f"{dataset}-summary.md").write_text(markdown(summary))
     return summary
+
+
+def aci_summary(d, streams, tolerance=0.02):
+    """Reference against ACI: coverage and set size of the served sets after the onset and over
+    the last `aci_last` predictions, means over streams with intervals."""
+    targets = {s["aci"]["target_alpha"] for s in streams}
+    target = 1 - targets.pop() if len(targets) == 1 and None not in targets else None
+    gammas = {s["aci"].get("gamma") for s in streams}
+    res = {"target_coverage": target, "tolerance": tolerance,
+           "gamma": gammas.pop() if len(gammas) == 1 else sorted(gammas, key=str),
+           "final_alpha": interval([s["aci"]["final_alpha"] for s in streams])}
+    for span in ("post_onset", "last"):
+        block = {"predictions": [s["aci"][span]["treat"]["n"] for s in streams if s["aci"][span]["treat"]]}
+        for arm in ("ref", "treat"):
+            cov = [s["aci"][span][arm]["coverage"] for s in streams if s["aci"][span][arm]]
+            block[arm] = {"coverage": interval(cov),
+                          "set_size": interval([s["aci"][span][arm]["set_size"] for s in streams if s["aci"][span][arm]]),
+                          "gap_to_target": interval([abs(c - target) for c in cov]) if target is not None else None,
+                          "streams_within_tolerance": (sum(1 for c in cov if abs(c - target) <= tolerance)
+                                                       if target is not None else None)}
+        block["predictions"] = sorted(set(block["predictions"]))
+        res[span] = block
+    return res
 
 
 def fmt(iv, digits=4):
@@ -635,6 +737,26 @@ def markdown(summary):
                   f"| ECE reduction (without - with) | {fmt(ls['ece_reduction'])}, lower in {ls['streams_ece_lower_with']} streams |",
                   f"| NLL without / with | {fmt(ls['nll_without'])} / {fmt(ls['nll_with'])} |",
                   f"| NLL reduction (without - with) | {fmt(ls['nll_reduction'])}, lower in {ls['streams_nll_lower_with']} streams |"]
+    for scen, e in summary["scenarios"].items():
+        a = e.get("aci")
+        if not a:
+            continue
+        target = "n/a" if a["target_coverage"] is None else f"{a['target_coverage']:.2f}"
+        lines += ["", f"{scen}, adaptive conformal inference (treated: `--adaptive-conformal`, gamma {a['gamma']}) "
+                  f"against the static split-conformal sets of the reference, target coverage {target}; coverage "
+                  "and mean size of the served sets (the same images for both arms); |gap| = |coverage - target| "
+                  f"per stream; within: streams whose coverage is within {a['tolerance']} of the target:", "",
+                  "| predictions | arm | coverage | mean set size | mean |gap| | streams within |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for span, label in (("post_onset", "after the onset" if e["onset"] is not None else "all"), ("last", "last")):
+            b = a[span]
+            n = "/".join(str(x) for x in b["predictions"])
+            for arm, name in (("ref", "reference (static)"), ("treat", "ACI")):
+                r = b[arm]
+                within = "n/a" if r["streams_within_tolerance"] is None else f"{r['streams_within_tolerance']}/{e['streams']}"
+                lines.append(f"| {label} ({n}) | {name} | {fmt(r['coverage'])} | {fmt(r['set_size'], 3)} | "
+                             f"{fmt(r['gap_to_target'])} | {within} |")
+        lines.append(f"\nACI level alpha_t at the end of the stream: {fmt(a['final_alpha'])}.")
     for scen in ("covariate", "none"):
         ap = summary["scenarios"].get(scen, {}).get("after_promotion")
         if ap and not ap["streams_measured"] and not ap["streams_promoted_too_late"]:
@@ -683,7 +805,14 @@ def main():
                     help="covariate and none: a stream whose first promotion comes late runs on until "
                          "--after-promotion predictions followed it, up to this many")
     ap.add_argument("--corruption", default="contrast+noise", choices=["contrast+noise", "contrast", "noise", "blur"])
-    ap.add_argument("--alpha", type=float, default=0.1, help="conformal level of the served sets (0: none)")
+    ap.add_argument("--alpha", type=float, default=0.1,
+                    help="conformal level of the served sets (0: none); with --treat aci no request names one")
+    ap.add_argument("--treat", default="default", choices=["default", "aci"],
+                    help="the treated arm: default (label_shift: ?adapt=label_shift; covariate and none: "
+                         "--auto-recalibrate) or aci (--adaptive-conformal MODEL only, in every scenario)")
+    ap.add_argument("--aci-gamma", type=float, help="--aci-gamma of the treated server (--treat aci; else the server's default)")
+    ap.add_argument("--aci-last", type=int, default=1000,
+                    help="--treat aci: coverage is also compared over the last this many predictions of each stream")
     ap.add_argument("--record-every", type=int, default=100)
     ap.add_argument("--monitor-window", type=int, default=500, help="--monitor-window of started servers")
     ap.add_argument("--shift-window", type=int, default=2000, help="--shift-window of started servers")
@@ -706,7 +835,11 @@ def main():
     command = "scripts/drift-sim.py " + " ".join(sys.argv[1:])
     base = ["--monitor-window", str(args.monitor_window), "--shift-window", str(args.shift_window)] + args.server_arg
     for scenario in scenarios:
-        treated_flags = base + ([] if scenario == "label_shift" else ["--auto-recalibrate"])
+        if args.treat == "aci":
+            treated_flags = base + ["--adaptive-conformal", args.model] + (
+                ["--aci-gamma", str(args.aci_gamma)] if args.aci_gamma is not None else [])
+        else:
+            treated_flags = base + ([] if scenario == "label_shift" else ["--auto-recalibrate"])
         streams, alarm_alpha = [], None
         for s in range(args.streams):
             seed = args.seed + s
@@ -734,8 +867,10 @@ def main():
             "severity": args.severity if scenario == "covariate" else None,
             "ramp": args.ramp if scenario == "covariate" else None, "max_requests": args.max_requests,
             "corruption": args.corruption if scenario == "covariate" else None,
-            "alpha": args.alpha, "alarm_alpha": alarm_alpha, "server_args": base,
-            "treated_server_args": treated_flags, "treated_requests_adapt": scenario == "label_shift",
+            "alpha": None if args.treat == "aci" else args.alpha, "alarm_alpha": alarm_alpha, "server_args": base,
+            "treat": args.treat, "aci_last": args.aci_last if args.treat == "aci" else None,
+            "treated_server_args": treated_flags,
+            "treated_requests_adapt": scenario == "label_shift" and args.treat != "aci",
             "monitor_window": args.monitor_window, "shift_window": args.shift_window,
             "record_every": args.record_every, "after_promotion": args.after_promotion,
             "streams": streams,
@@ -743,7 +878,8 @@ def main():
         (out / f"{stem}.json").write_text(json.dumps(result) + "\n")
         onset = None if scenario == "none" else args.onset
         plot(out / f"{stem}.svg", f"{args.model} on {args.dataset}: {scenario.replace('_', ' ')} "
-             f"({args.streams} streams, labels {args.delay} predictions late)", streams, onset, args.alpha, scenario)
+             f"({args.streams} streams, labels {args.delay} predictions late)", streams, onset,
+             None if args.treat == "aci" else args.alpha, scenario, args.treat)
         print(f"wrote {out / stem}.json and .svg", file=sys.stderr)
         summarize(out, args.dataset)
 
