@@ -7,10 +7,11 @@
 //! -127..=127), the query `z` as `t p`, and `s t (q . p)`, an exact integer product, is within
 //!
 //! ```text
-//! B = |z - t p| |y| + |t p| |y - s q| + gamma_D |z| |y|
+//! B = |z - t p| max|y| + |t p| max|y - s q| + gamma_D |z| max|y|
 //! ```
 //!
-//! of the served f32 product `S` (the first two terms by Cauchy-Schwarz on
+//! of the served f32 product `S`, the maxima over the rows making one bound for all, so that
+//! the pass over them is a multiply and a compare (the first two terms by Cauchy-Schwarz on
 //! `z.y - (t p).(s q) = (z - t p).y + (t p).(y - s q)`; the last is the rounding of an f32
 //! dot product summed in order, `gamma_D = D u / (1 - D u)`, `u = 2^-24`). With `L` the k-th
 //! largest lower bound `s t (q . p) - B`, at least k rows have `S >= L`, so every row among the
@@ -303,12 +304,13 @@ impl CoarseRows {
         let mut sims = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(ROW_LANES) {
             let mut acc = [-0.0f32; ROW_LANES];
-            let starts: Vec<&[f32]> = chunk
-                .iter()
-                .map(|&i| &self.exact[i * self.dim..][..self.dim])
-                .collect();
+            let mut starts: [&[f32]; ROW_LANES] = [&[]; ROW_LANES];
+            for (s, &i) in starts.iter_mut().zip(chunk) {
+                *s = &self.exact[i * self.dim..][..self.dim];
+            }
+            let starts = &starts[..chunk.len()];
             for (j, &zj) in z.iter().enumerate() {
-                for (a, row) in acc.iter_mut().zip(&starts) {
+                for (a, row) in acc.iter_mut().zip(starts) {
                     *a += row[j] * zj;
                 }
             }
