@@ -81,16 +81,17 @@ impl QuantisedRows {
         }
     }
 
-    /// `row . p` for every row, exactly (`p` has the rows' dim values in -127..=127).
-    fn products(&self, p: &[i8]) -> Vec<i32> {
+    /// `row . p` for every row, exactly (`p` has the rows' dim values in -127..=127), into `out`.
+    fn products_into(&self, p: &[i8], out: &mut Vec<i32>) {
         let packed = pack(p, self.groups);
-        let mut out = vec![0i32; self.blocks.len() / (self.groups * 4)];
+        out.clear();
+        out.resize(self.blocks.len() / (self.groups * 4), 0);
         #[cfg(target_arch = "x86_64")]
         let done = if std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512vnni")
         {
             // SAFETY: the CPU has AVX-512F and VNNI, the only features the function enables.
-            unsafe { offset_products_vnni(&self.blocks, &packed, &mut out) };
+            unsafe { offset_products_vnni(&self.blocks, &packed, out) };
             true
         } else {
             false
@@ -98,13 +99,12 @@ impl QuantisedRows {
         #[cfg(not(target_arch = "x86_64"))]
         let done = false;
         if !done {
-            offset_products(&self.blocks, &packed, &mut out);
+            offset_products(&self.blocks, &packed, out);
         }
         out.truncate(self.rows);
         for (o, &s) in out.iter_mut().zip(&self.sums) {
             *o -= 128 * s;
         }
-        out
     }
 }
 
@@ -201,12 +201,12 @@ pub(super) fn kth_largest<T: Copy>(
 
 /// [`kth_largest`] of finite values by plain comparisons (several times cheaper than
 /// `total_cmp`'s bit tricks over a whole bank; a bound need not tell -0.0 from 0.0).
-fn kth_largest_finite(values: &[f64], k: usize) -> f64 {
+fn kth_largest_finite(values: impl Iterator<Item = f64>, k: usize) -> f64 {
     if k > SMALL_K {
-        return kth_largest(&mut values.to_vec(), k, f64::total_cmp);
+        return kth_largest(&mut values.collect::<Vec<_>>(), k, f64::total_cmp);
     }
     let mut top = [f64::NEG_INFINITY; SMALL_K];
-    for &v in values {
+    for v in values {
         if v <= top[k - 1] {
             continue;
         }
@@ -300,9 +300,20 @@ impl CoarseRows {
     /// [`MAX_CANDIDATE_SHARE`]th of the rows (computing every product is then cheaper). `z` has
     /// `dim` values, all finite; 1 <= k <= rows.
     pub fn kth_largest_product(&self, z: &[f32], k: usize) -> Option<f32> {
-        let rows = self.candidates(z, k)?;
-        let mut sims = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(ROW_LANES) {
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => self.kth_largest_product_in(z, k, &mut scratch),
+            // Not reentrant in practice; a fresh one keeps it correct if it ever is.
+            Err(_) => self.kth_largest_product_in(z, k, &mut Scratch::default()),
+        })
+    }
+
+    fn kth_largest_product_in(&self, z: &[f32], k: usize, scratch: &mut Scratch) -> Option<f32> {
+        let Scratch { dots, picked, sims } = scratch;
+        if !self.candidates_into(z, k, dots, picked) {
+            return None;
+        }
+        sims.clear();
+        for chunk in picked.chunks(ROW_LANES) {
             let mut acc = [-0.0f32; ROW_LANES];
             let mut starts: [&[f32]; ROW_LANES] = [&[]; ROW_LANES];
             for (s, &i) in starts.iter_mut().zip(chunk) {
@@ -316,16 +327,23 @@ impl CoarseRows {
             }
             sims.extend_from_slice(&acc[..chunk.len()]);
         }
-        Some(kth_largest(&mut sims, k, f32::total_cmp))
+        Some(kth_largest(sims, k, f32::total_cmp))
     }
 
-    /// The rows whose product with `z` may be among the `k` largest, in row order.
-    fn candidates(&self, z: &[f32], k: usize) -> Option<Vec<usize>> {
+    /// The rows whose product with `z` may be among the `k` largest, in row order, into
+    /// `picked` (`dots` is scratch); false when they are too many to be worth it.
+    fn candidates_into(
+        &self,
+        z: &[f32],
+        k: usize,
+        dots: &mut Vec<i32>,
+        picked: &mut Vec<usize>,
+    ) -> bool {
         let n = self.scale.len();
         debug_assert!(k >= 1 && k <= n && z.len() == self.dim);
         let (t, p) = quantise(z);
         if t == 0.0 {
-            return None;
+            return false;
         }
         let (z_error, z_norm) = error_and_norm(z, t, &p);
         let p_norm = t * p.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
@@ -336,19 +354,35 @@ impl CoarseRows {
         let bound = ((z_error + gamma * z_norm) * self.max_norm + p_norm * self.max_error)
             * (1.0 + 1e-6)
             + SLACK;
-        let dots = self.rows.products(&p);
-        let centre: Vec<f64> = self
-            .scale
-            .iter()
-            .zip(&dots)
-            .map(|(&s, &dot)| s * f64::from(dot) * t)
-            .collect();
+        self.rows.products_into(&p, dots);
+        // Each row's product estimate, computed twice rather than stored (the same arithmetic,
+        // so the same values).
+        let centre = |i: usize| self.scale[i] * f64::from(dots[i]) * t;
         // Rows whose upper bound reaches the k-th largest lower bound.
-        let floor = kth_largest_finite(&centre, k) - 2.0 * bound;
+        let floor = kth_largest_finite((0..n).map(centre), k) - 2.0 * bound;
         let floor = floor - floor.abs() * 1e-12;
-        let picked: Vec<usize> = (0..n).filter(|&i| centre[i] >= floor).collect();
-        (picked.len() * MAX_CANDIDATE_SHARE <= n).then_some(picked)
+        picked.clear();
+        picked.extend((0..n).filter(|&i| centre(i) >= floor));
+        picked.len() * MAX_CANDIDATE_SHARE <= n
     }
+}
+
+/// Per-thread buffers of [`CoarseRows::kth_largest_product`], kept between requests: as
+/// vectors of their own they were 8-30 KB per request, above glibc's per-thread cache, so each
+/// took malloc's slow path and consolidated its fast bins (the allocator was 16 us of LeNet's
+/// request in the profile of issue 19).
+#[derive(Debug, Default)]
+struct Scratch {
+    /// The integer product of every row.
+    dots: Vec<i32>,
+    /// The candidate rows.
+    picked: Vec<usize>,
+    /// Their exact products.
+    sims: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
 }
 
 /// Candidate rows whose exact sums advance together, so that they do not wait on each other.
@@ -358,6 +392,22 @@ const ROW_LANES: usize = 16;
 mod tests {
     use super::super::blocked::BlockedRows;
     use super::*;
+
+    impl CoarseRows {
+        fn candidates(&self, z: &[f32], k: usize) -> Option<Vec<usize>> {
+            let (mut dots, mut picked) = (Vec::new(), Vec::new());
+            self.candidates_into(z, k, &mut dots, &mut picked)
+                .then_some(picked)
+        }
+    }
+
+    impl QuantisedRows {
+        fn products(&self, p: &[i8]) -> Vec<i32> {
+            let mut out = Vec::new();
+            self.products_into(p, &mut out);
+            out
+        }
+    }
 
     /// The k-th largest of every exact product, the plain way.
     fn kth_of_all(values: &[f32], dim: usize, z: &[f32], k: usize) -> f32 {
