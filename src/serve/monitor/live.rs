@@ -16,9 +16,11 @@
 //! labels wait, in order, until the server registers the loaded model ([`Monitor::model_loaded`]),
 //! which builds the e-process and feeds them to it. The adaptive level is built at the model's
 //! first request after the restart (its target is the level the request path reads from the
-//! calibration file); the replayed outcomes of adaptive sets wait for it the same way.
+//! calibration file); the replayed outcomes of adaptive sets wait for it the same way. What waits
+//! is bounded ([`MAX_PENDING_LABELS`], the newest kept): a model that is never loaded again, or
+//! never asked, must not hold memory that grows with every label of its old predictions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -39,6 +41,15 @@ pub const MIN_SHIFT_SAMPLES: usize = 100;
 pub const MAX_CLASS_SERIES: usize = 100;
 /// Statistics of the alarm, which share its alpha (Bonferroni): each crosses at this / alpha.
 pub const ALARM_STATISTICS: f64 = 3.0;
+/// Labels kept per model while they wait for the calibration e-process, and outcomes of adaptive
+/// sets while they wait for the adaptive level (see the module doc); past it the oldest are
+/// dropped and counted. Dropping the oldest is sound: an e-process, or an ACI level, started on a
+/// later stretch of the labels is still valid (the test simply starts later), whereas memory that
+/// grows with every label of a model that is never loaded, or never asked, is not acceptable.
+/// 10,000 is the default labelled window (`--monitor-window`): plenty of evidence for either
+/// statistic, at 24 bytes a label at most 240 KB per model. A constant, not that flag, so that no
+/// setting can unbound it.
+pub const MAX_PENDING_LABELS: usize = 10_000;
 /// Why a statistic that needs the validation confusion matrix is missing.
 const NO_CONFUSION: &str =
     "the calibration file has no validation confusion matrix (refit it with `caliper calibrate`)";
@@ -159,6 +170,8 @@ pub struct AlarmReport {
     /// bins, or the model has no calibration file) or "pending" (labels replayed from the
     /// feedback log wait for the model's calibration file to be read; 0 until then).
     pub calibration_tolerance_from: &'static str,
+    /// Labels dropped, oldest first, while waiting: more than [`MAX_PENDING_LABELS`] waited.
+    pub calibration_labels_dropped: u64,
     /// The conformal test martingale on served max-probabilities.
     pub exchangeability_martingale: f64,
     /// Its largest value so far.
@@ -196,6 +209,9 @@ pub struct AciReport {
     pub labels: u64,
     /// Misses among them.
     pub misses: u64,
+    /// Outcomes dropped, oldest first, while waiting for the level: more than
+    /// [`MAX_PENDING_LABELS`] waited.
+    pub labels_dropped: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -216,7 +232,12 @@ struct ModelTrust {
     aci: Option<AdaptiveAlpha>,
     /// Whether each labelled adaptive set covered its label, in log order, while `aci` does not
     /// exist yet (labels replayed from the log before the first request): fed to it when built.
-    aci_pending: Vec<bool>,
+    /// At most [`MAX_PENDING_LABELS`], the newest.
+    aci_pending: VecDeque<bool>,
+    /// Labels of `Calibration::Pending` dropped past [`MAX_PENDING_LABELS`] (reported).
+    calibration_dropped: u64,
+    /// Outcomes of `aci_pending` dropped past [`MAX_PENDING_LABELS`] (reported).
+    aci_dropped: u64,
     alarm: Option<(&'static str, u64)>,
     cache: Option<Cached>,
     refreshing: bool,
@@ -229,8 +250,9 @@ struct ModelTrust {
 /// from the model's calibration file (see the module doc).
 #[derive(Debug)]
 enum Calibration {
-    /// (correct, confidence, arrival in Unix seconds) of each label, in log order.
-    Pending(Vec<(bool, f64, u64)>),
+    /// (correct, confidence, arrival in Unix seconds) of each label, in log order; at most
+    /// [`MAX_PENDING_LABELS`], the newest.
+    Pending(VecDeque<(bool, f64, u64)>),
     /// The e-process and where its tolerance came from (`calibration_tolerance_from`).
     Ready(CalibrationEProcess, &'static str),
 }
@@ -241,9 +263,11 @@ impl ModelTrust {
             served: None,
             exchange: ExchangeabilityMartingale::new(),
             label_shift: Err("no prediction served yet"),
-            calibration: Calibration::Pending(Vec::new()),
+            calibration: Calibration::Pending(VecDeque::new()),
             aci: None,
-            aci_pending: Vec::new(),
+            aci_pending: VecDeque::new(),
+            calibration_dropped: 0,
+            aci_dropped: 0,
             alarm: None,
             cache: None,
             refreshing: false,
@@ -290,13 +314,19 @@ impl LiveTrust {
                 // Served before the calibrator was replaced: evidence about the old one.
                 return;
             }
-            t.calibration_label(r.predicted == r.label, r.confidence, now_s);
+            t.calibration_label(&r.model, r.predicted == r.label, r.confidence, now_s);
             if let Some(set) = r.set
                 && set.adaptive
             {
                 match t.aci.as_mut() {
                     Some(aci) => aci.update(set.covered),
-                    None => t.aci_pending.push(set.covered),
+                    None => wait_bounded(
+                        &mut t.aci_pending,
+                        set.covered,
+                        &mut t.aci_dropped,
+                        &r.model,
+                        "adaptive conformal",
+                    ),
                 }
             }
             t.check_alarm(cfg, now_s);
@@ -304,11 +334,43 @@ impl LiveTrust {
     }
 }
 
+/// Appends `item` to a buffer that waits for its statistic, dropping the oldest past
+/// [`MAX_PENDING_LABELS`] (O(1) either way); warns at the first drop of the model's state, not at
+/// every one.
+fn wait_bounded<T>(
+    buffer: &mut VecDeque<T>,
+    item: T,
+    dropped: &mut u64,
+    model: &str,
+    statistic: &str,
+) {
+    if buffer.len() >= MAX_PENDING_LABELS {
+        buffer.pop_front();
+        *dropped += 1;
+        if *dropped == 1 {
+            tracing::warn!(
+                model,
+                statistic,
+                kept = MAX_PENDING_LABELS,
+                "more labels wait for the model's statistic than are kept: dropping the oldest \
+                 (it starts on the newest once the model is loaded, or asked)"
+            );
+        }
+    }
+    buffer.push_back(item);
+}
+
 impl ModelTrust {
     /// Feeds one label to the calibration e-process, or keeps it until the e-process exists.
-    fn calibration_label(&mut self, correct: bool, confidence: f64, at_s: u64) {
+    fn calibration_label(&mut self, model: &str, correct: bool, confidence: f64, at_s: u64) {
         match &mut self.calibration {
-            Calibration::Pending(labels) => labels.push((correct, confidence, at_s)),
+            Calibration::Pending(labels) => wait_bounded(
+                labels,
+                (correct, confidence, at_s),
+                &mut self.calibration_dropped,
+                model,
+                "calibration",
+            ),
             Calibration::Ready(e, _) => e.update(correct, confidence),
         }
     }
@@ -453,7 +515,9 @@ impl Monitor {
             t.aci
                 .get_or_insert_with(|| {
                     let mut aci = AdaptiveAlpha::new(target, cfg.aci_gamma);
-                    pending.drain(..).for_each(|covered| aci.update(covered));
+                    std::mem::take(pending)
+                        .into_iter()
+                        .for_each(|covered| aci.update(covered));
                     aci
                 })
                 .serving_alpha()
@@ -481,6 +545,7 @@ impl Monitor {
             calibration_mean_error: calibration.mean_error(),
             calibration_tolerance: calibration.tolerance(),
             calibration_tolerance_from: tolerance_from,
+            calibration_labels_dropped: t.calibration_dropped,
             exchangeability_martingale: t.exchange.value(),
             exchangeability_max: t.exchange.max_value(),
             exchangeability_samples: t.exchange.samples(),
@@ -496,7 +561,8 @@ impl Monitor {
     /// Adaptive conformal inference of `model`, once it has built a set with it.
     pub fn aci_report(&self, model: &str) -> Option<AciReport> {
         let map = self.live.models.lock().unwrap_or_else(|e| e.into_inner());
-        let a = map.get(model)?.aci.as_ref()?;
+        let t = map.get(model)?;
+        let a = t.aci.as_ref()?;
         let (labels, misses) = a.counts();
         Some(AciReport {
             target_alpha: a.target(),
@@ -505,6 +571,7 @@ impl Monitor {
             serving_alpha: a.serving_alpha(),
             labels,
             misses,
+            labels_dropped: t.aci_dropped,
         })
     }
 
@@ -537,7 +604,7 @@ impl Monitor {
             let (tolerance, from) = calibration_tolerance_of(cfg, source);
             t.calibration = Calibration::Ready(CalibrationEProcess::new(tolerance), from);
             for (correct, confidence, at_s) in labels {
-                t.calibration_label(correct, confidence, at_s);
+                t.calibration_label(model, correct, confidence, at_s);
                 t.check_alarm(cfg, at_s);
             }
             tracing::info!(model, tolerance, from, "calibration e-process built");
@@ -979,6 +1046,90 @@ mod tests {
             (flagged.alarm, flagged.reason),
             (true, Some("calibration")),
             "{flagged:?}"
+        );
+    }
+
+    /// A labelled record of model "m" (adaptive set: `Some(covered)`), fed to the live state
+    /// directly: the bound is about what waits, not about the feedback path.
+    fn labelled(correct: bool, confidence: f64, adaptive: Option<bool>) -> FeedbackRecord {
+        FeedbackRecord {
+            model: "m".into(),
+            model_version: "1".into(),
+            nonce: 0,
+            issued_at_s: 0,
+            received_at_s: 0,
+            predicted: 0,
+            label: u16::from(!correct),
+            confidence,
+            set: adaptive.map(|covered| super::super::SetOutcome {
+                covered,
+                size: 1,
+                alpha: 0.1,
+                adaptive: true,
+            }),
+            probabilities: None,
+        }
+    }
+
+    #[test]
+    fn labels_waiting_for_a_model_keep_only_the_newest() {
+        let trust = TrustConfig {
+            adaptive_conformal: ModelSelection(vec!["m".into()]),
+            ..TrustConfig::default()
+        };
+        let m = monitor(trust);
+        // Five wrong labels (a missed adaptive set each), then the cap's worth of right ones
+        // (covered): only the right ones may be left when the model is loaded and asked.
+        let old = 5;
+        for i in 0..old + MAX_PENDING_LABELS {
+            let newer = i >= old;
+            m.live.on_label(&labelled(newer, 0.5, Some(newer)), 1);
+        }
+        let waiting = m.alarm_report("m").unwrap();
+        assert_eq!(
+            (
+                waiting.calibration_tolerance_from,
+                waiting.calibration_labels_dropped
+            ),
+            ("pending", old as u64)
+        );
+        m.model_loaded("m", &BARE, false);
+        let a = m.alarm_report("m").unwrap();
+        assert_eq!(
+            (a.calibration_labels, a.calibration_labels_dropped),
+            (MAX_PENDING_LABELS as u64, old as u64)
+        );
+        // Every kept label is right at confidence 0.5.
+        assert_eq!(a.calibration_mean_error, Some(0.5), "{a:?}");
+        m.adaptive_alpha("m", 0.1).unwrap();
+        let r = m.aci_report("m").unwrap();
+        assert_eq!(
+            (r.labels, r.misses, r.labels_dropped),
+            (MAX_PENDING_LABELS as u64, 0, old as u64)
+        );
+        // Once built, the statistics take every label: nothing more is dropped.
+        m.live.on_label(&labelled(false, 0.5, Some(false)), 2);
+        let a = m.alarm_report("m").unwrap();
+        assert_eq!(a.calibration_labels, MAX_PENDING_LABELS as u64 + 1);
+        assert_eq!(a.calibration_labels_dropped, old as u64);
+        let r = m.aci_report("m").unwrap();
+        assert_eq!(
+            (r.labels, r.misses, r.labels_dropped),
+            (MAX_PENDING_LABELS as u64 + 1, 1, old as u64)
+        );
+    }
+
+    #[test]
+    fn labels_up_to_the_cap_all_wait_and_none_is_dropped() {
+        let m = monitor(TrustConfig::default());
+        for _ in 0..MAX_PENDING_LABELS {
+            m.live.on_label(&labelled(true, 0.5, None), 1);
+        }
+        m.model_loaded("m", &BARE, false);
+        let a = m.alarm_report("m").unwrap();
+        assert_eq!(
+            (a.calibration_labels, a.calibration_labels_dropped),
+            (MAX_PENDING_LABELS as u64, 0)
         );
     }
 
