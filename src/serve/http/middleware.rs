@@ -22,10 +22,45 @@ use super::{ApiError, AppState, ErrorCode};
 #[error("the request body arrived too slowly")]
 struct BodyTooSlow;
 
+/// The pace a body must keep (see [`limit_body_rate`]): after `--body-read-grace-ms`, each byte
+/// buys `1 / --body-min-bytes-per-s` seconds.
+#[derive(Debug, Clone, Copy)]
+struct BodyPace {
+    start: tokio::time::Instant,
+    grace: Duration,
+    rate: f64,
+}
+
+impl BodyPace {
+    /// The pace of a body starting now.
+    fn starting_now(state: &AppState) -> Self {
+        BodyPace {
+            start: tokio::time::Instant::now(),
+            grace: state.config.body_read_grace,
+            rate: state.config.body_min_bytes_per_s as f64,
+        }
+    }
+
+    /// When the next chunk must have arrived, `received` bytes in.
+    fn deadline(&self, received: u64) -> tokio::time::Instant {
+        self.start + self.grace + Duration::from_secs_f64(received as f64 / self.rate)
+    }
+}
+
+/// The answer to a body that fell behind its pace: 408, and the connection closed (the rest of
+/// the body may still be on its way).
+fn body_too_slow() -> Response {
+    let mut resp = ApiError::BodyTimeout.into_response();
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// Bounds the time a client may take to send its body: after `--body-read-grace-ms`, each byte
 /// buys `1 / --body-min-bytes-per-s` seconds, so a body must have fully arrived within
 /// `grace + len / rate`. A body that falls behind fails its read and the request is answered 408,
-/// whatever the handler made of the read error.
+/// whatever the handler made of the read error. (Inference routes read their body in [`admit`],
+/// which keeps the same pace itself.)
 pub async fn limit_body_rate(State(state): State<AppState>, req: Request, next: Next) -> Response {
     // Requests that announce no body (health probes, GETs) pay nothing.
     let h = req.headers();
@@ -35,11 +70,9 @@ pub async fn limit_body_rate(State(state): State<AppState>, req: Request, next: 
     if no_body {
         return next.run(req).await;
     }
-    let grace = state.config.body_read_grace;
-    let rate = state.config.body_min_bytes_per_s as f64;
+    let pace = BodyPace::starting_now(&state);
     let slow = Arc::new(AtomicBool::new(false));
     let (parts, body) = req.into_parts();
-    let start = tokio::time::Instant::now();
     let flag = Arc::clone(&slow);
     let chunks = futures::stream::unfold(
         (body.into_data_stream(), 0u64, false),
@@ -49,8 +82,7 @@ pub async fn limit_body_rate(State(state): State<AppState>, req: Request, next: 
                 if done {
                     return None;
                 }
-                let deadline = start + grace + Duration::from_secs_f64(received as f64 / rate);
-                match tokio::time::timeout_at(deadline, inner.next()).await {
+                match tokio::time::timeout_at(pace.deadline(received), inner.next()).await {
                     Ok(Some(Ok(chunk))) => {
                         let n = received + chunk.len() as u64;
                         Some((Ok(chunk), (inner, n, false)))
@@ -74,10 +106,7 @@ pub async fn limit_body_rate(State(state): State<AppState>, req: Request, next: 
         .run(Request::from_parts(parts, Body::from_stream(chunks)))
         .await;
     if slow.load(Ordering::Acquire) {
-        let mut resp = ApiError::BodyTimeout.into_response();
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return resp;
+        return body_too_slow();
     }
     resp
 }
@@ -88,11 +117,14 @@ pub async fn limit_body_rate(State(state): State<AppState>, req: Request, next: 
 #[derive(Clone)]
 pub struct Admission(pub Arc<tokio::sync::OwnedSemaphorePermit>);
 
-/// Reads the whole body (at most `--max-body-bytes`, under the rate limit), then takes an
-/// admission permit for the rest of the request or answers 429 at once. Reading first means a
-/// slow client holds a connection for a bounded time but never an admission slot.
+/// Reads the whole body (at most `--max-body-bytes`, at the pace of [`limit_body_rate`], which
+/// these routes do not go through: wrapping the body in a paced stream cost a request more than
+/// reading it here), then takes an admission permit for the rest of the request or answers 429
+/// at once. Reading first means a slow client holds a connection for a bounded time but never
+/// an admission slot.
 pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let limit = state.config.max_body_bytes;
+    let pace = BodyPace::starting_now(&state);
     let (parts, body) = req.into_parts();
     let hint = parts
         .headers
@@ -101,8 +133,9 @@ pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> R
     if hint.is_some_and(|n| n > limit) {
         return ApiError::PayloadTooLarge(limit).into_response();
     }
-    let body = match read_body(body, limit, hint.unwrap_or(0)).await {
+    let body = match read_body(body, limit, hint.unwrap_or(0), &pace).await {
         Ok(b) => b,
+        Err(ApiError::BodyTimeout) => return body_too_slow(),
         Err(e) => return e.into_response(),
     };
     match Arc::clone(&state.admission).try_acquire_owned() {
@@ -119,11 +152,20 @@ pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> R
     }
 }
 
-/// Collects a body of at most `limit` bytes (413 above).
-async fn read_body(body: Body, limit: usize, hint: usize) -> Result<Bytes, ApiError> {
+/// Collects a body of at most `limit` bytes (413 above) that keeps `pace` (408 otherwise).
+async fn read_body(
+    body: Body,
+    limit: usize,
+    hint: usize,
+    pace: &BodyPace,
+) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
     let mut buf = BytesMut::with_capacity(hint.min(limit));
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let next = tokio::time::timeout_at(pace.deadline(buf.len() as u64), stream.next());
+        let Some(chunk) = next.await.map_err(|_| ApiError::BodyTimeout)? else {
+            break;
+        };
         let chunk = chunk
             .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
