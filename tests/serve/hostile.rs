@@ -201,6 +201,39 @@ async fn slow_bodies_time_out_and_never_hold_admission_slots() {
     assert_peak_rss(&server);
 }
 
+/// Row 3 on the other routes with a body: feedback and recalibration read theirs in the handler
+/// (under `limit_body_rate`), V2 inference in admission like predict. A body that falls behind
+/// the minimum rate is answered 408 and the connection closed on each of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_time_out_on_every_route_that_reads_one() {
+    let server = server(&[
+        "--body-read-grace-ms",
+        "300",
+        "--body-min-bytes-per-s",
+        "64",
+    ]);
+    let paths = [
+        "/v1/feedback".to_string(),
+        format!("/v2/models/{MODEL}/infer"),
+        format!("/v2/repository/models/{MODEL}/recalibrate"),
+    ];
+    for path in paths {
+        let mut s = TcpStream::connect(&server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: 4096\r\n\r\n{{"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        // Nothing more: 1 byte of 4096 is far behind 300 ms + 64 bytes/s.
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(answer.contains("body_timeout"), "{path}: {answer}");
+    }
+}
+
 /// Number of descriptors the server process has open.
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
