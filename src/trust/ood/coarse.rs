@@ -308,21 +308,33 @@ impl CoarseRows {
     }
 
     fn kth_largest_product_in(&self, z: &[f32], k: usize, scratch: &mut Scratch) -> Option<f32> {
-        let Scratch { dots, picked, sims } = scratch;
-        if !self.candidates_into(z, k, dots, picked) {
+        let Scratch {
+            dots,
+            centre,
+            picked,
+            columns,
+            sims,
+        } = scratch;
+        if !self.candidates_into(z, k, dots, centre, picked) {
             return None;
         }
         sims.clear();
+        columns.resize(self.dim, [0.0; ROW_LANES]);
         for chunk in picked.chunks(ROW_LANES) {
-            let mut acc = [-0.0f32; ROW_LANES];
-            let mut starts: [&[f32]; ROW_LANES] = [&[]; ROW_LANES];
-            for (s, &i) in starts.iter_mut().zip(chunk) {
-                *s = &self.exact[i * self.dim..][..self.dim];
+            // The chunk's rows side by side, one column per entry: the sums below then advance
+            // all lanes at once, in registers (indexing the rows in place kept them in memory).
+            for (lane, &i) in chunk.iter().enumerate() {
+                let row = &self.exact[i * self.dim..][..self.dim];
+                for (column, &v) in columns.iter_mut().zip(row) {
+                    column[lane] = v;
+                }
             }
-            let starts = &starts[..chunk.len()];
-            for (j, &zj) in z.iter().enumerate() {
-                for (a, row) in acc.iter_mut().zip(starts) {
-                    *a += row[j] * zj;
+            // Each lane sums its row in column order from -0.0, as the f32 bank does (lanes past
+            // the chunk hold an earlier chunk's rows and are never read).
+            let mut acc = [-0.0f32; ROW_LANES];
+            for (column, &zj) in columns.iter().zip(z) {
+                for (a, &v) in acc.iter_mut().zip(column) {
+                    *a = *a + v * zj;
                 }
             }
             sims.extend_from_slice(&acc[..chunk.len()]);
@@ -337,6 +349,7 @@ impl CoarseRows {
         z: &[f32],
         k: usize,
         dots: &mut Vec<i32>,
+        centre: &mut Vec<f64>,
         picked: &mut Vec<usize>,
     ) -> bool {
         let n = self.scale.len();
@@ -355,14 +368,18 @@ impl CoarseRows {
             * (1.0 + 1e-6)
             + SLACK;
         self.rows.products_into(&p, dots);
-        // Each row's product estimate, computed twice rather than stored (the same arithmetic,
-        // so the same values).
-        let centre = |i: usize| self.scale[i] * f64::from(dots[i]) * t;
+        centre.clear();
+        centre.extend(
+            self.scale
+                .iter()
+                .zip(dots.iter())
+                .map(|(&s, &dot)| s * f64::from(dot) * t),
+        );
         // Rows whose upper bound reaches the k-th largest lower bound.
-        let floor = kth_largest_finite((0..n).map(centre), k) - 2.0 * bound;
+        let floor = kth_largest_finite(centre.iter().copied(), k) - 2.0 * bound;
         let floor = floor - floor.abs() * 1e-12;
         picked.clear();
-        picked.extend((0..n).filter(|&i| centre(i) >= floor));
+        picked.extend((0..n).filter(|&i| centre[i] >= floor));
         picked.len() * MAX_CANDIDATE_SHARE <= n
     }
 }
@@ -375,8 +392,12 @@ impl CoarseRows {
 struct Scratch {
     /// The integer product of every row.
     dots: Vec<i32>,
+    /// Every row's product estimate.
+    centre: Vec<f64>,
     /// The candidate rows.
     picked: Vec<usize>,
+    /// Up to [`ROW_LANES`] candidate rows, column by column.
+    columns: Vec<[f32; ROW_LANES]>,
     /// Their exact products.
     sims: Vec<f32>,
 }
@@ -395,8 +416,8 @@ mod tests {
 
     impl CoarseRows {
         fn candidates(&self, z: &[f32], k: usize) -> Option<Vec<usize>> {
-            let (mut dots, mut picked) = (Vec::new(), Vec::new());
-            self.candidates_into(z, k, &mut dots, &mut picked)
+            let (mut dots, mut centre, mut picked) = (Vec::new(), Vec::new(), Vec::new());
+            self.candidates_into(z, k, &mut dots, &mut centre, &mut picked)
                 .then_some(picked)
         }
     }
