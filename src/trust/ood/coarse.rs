@@ -334,7 +334,7 @@ impl CoarseRows {
             let mut acc = [-0.0f32; ROW_LANES];
             for (column, &zj) in columns.iter().zip(z) {
                 for (a, &v) in acc.iter_mut().zip(column) {
-                    *a = *a + v * zj;
+                    *a += v * zj;
                 }
             }
             sims.extend_from_slice(&acc[..chunk.len()]);
