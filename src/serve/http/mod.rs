@@ -352,8 +352,8 @@ pub fn router(state: AppState) -> Router {
         .merge(admin)
         .fallback(|| async { ApiError::BadRequest("no such route".into()) })
         // One `layer` call for the whole stack, outermost first: axum boxes every route once per
-        // call, and each box is cloned and its future boxed again on every request (six calls
-        // cost LeNet's requests about 20 us of allocation and indirection; issue 19).
+        // call, and each box is cloned and its future boxed again on every request (one call
+        // instead of six: 7-9 us less CPU per LeNet request, docs/BENCHMARKS.md session 13).
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(middleware::MakeRequestId))

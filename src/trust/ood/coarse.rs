@@ -201,12 +201,12 @@ pub(super) fn kth_largest<T: Copy>(
 
 /// [`kth_largest`] of finite values by plain comparisons (several times cheaper than
 /// `total_cmp`'s bit tricks over a whole bank; a bound need not tell -0.0 from 0.0).
-fn kth_largest_finite(values: impl Iterator<Item = f64>, k: usize) -> f64 {
+fn kth_largest_finite(values: &[f64], k: usize) -> f64 {
     if k > SMALL_K {
-        return kth_largest(&mut values.collect::<Vec<_>>(), k, f64::total_cmp);
+        return kth_largest(&mut values.to_vec(), k, f64::total_cmp);
     }
     let mut top = [f64::NEG_INFINITY; SMALL_K];
-    for v in values {
+    for &v in values {
         if v <= top[k - 1] {
             continue;
         }
@@ -343,7 +343,7 @@ impl CoarseRows {
     }
 
     /// The rows whose product with `z` may be among the `k` largest, in row order, into
-    /// `picked` (`dots` is scratch); false when they are too many to be worth it.
+    /// `picked` (`dots` and `centre` are scratch); false when they are too many to be worth it.
     fn candidates_into(
         &self,
         z: &[f32],
@@ -376,7 +376,7 @@ impl CoarseRows {
                 .map(|(&s, &dot)| s * f64::from(dot) * t),
         );
         // Rows whose upper bound reaches the k-th largest lower bound.
-        let floor = kth_largest_finite(centre.iter().copied(), k) - 2.0 * bound;
+        let floor = kth_largest_finite(centre, k) - 2.0 * bound;
         let floor = floor - floor.abs() * 1e-12;
         picked.clear();
         picked.extend((0..n).filter(|&i| centre[i] >= floor));
