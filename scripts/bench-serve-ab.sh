@@ -5,7 +5,9 @@
 # hit both.
 # Usage: scripts/bench-serve-ab.sh OLD_BINARY NEW_BINARY   (env ROUNDS=3, D=8 seconds,
 #   MODEL_DIR=models/mnist and IMAGE=tests/data/digits/7.png; the model's calibration file is
-#   used when calib/NAME.json exists beside its models/ folder). Needs wrk.
+#   used when calib/NAME.json exists beside its models/ folder; BATCHED=N adds, per round, the
+#   server's CPU per image for multipart uploads of N copies of IMAGE at 8 clients and its ratio
+#   to the single-image figure, as bench-serve.sh's batched runs). Needs wrk.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 source "$ROOT/scripts/bench-lib.sh"
@@ -17,6 +19,17 @@ mkdir -p "$WORK/models" "$WORK/calib"
 ln -s "$MODEL_DIR" "$WORK/models/$NAME"
 [[ -f "$CALIB" ]] && ln -s "$CALIB" "$WORK/calib/$NAME.json"
 bench_wrk_post "$WORK/post.lua" "$IMAGE" image/png
+BATCHED=${BATCHED:-1}
+if ((BATCHED > 1)); then
+  python3 - "$IMAGE" "$BATCHED" "$WORK/multipart.body" <<'PY'
+import sys
+image, n = open(sys.argv[1], "rb").read(), int(sys.argv[2])
+form = b"".join(b"--caliper-bench\r\nContent-Disposition: form-data; name=\"f\"; filename=\"%d.png\"\r\n"
+                b"Content-Type: image/png\r\n\r\n" % i + image + b"\r\n" for i in range(n))
+open(sys.argv[3], "wb").write(form + b"--caliper-bench--\r\n")
+PY
+  bench_wrk_post "$WORK/batched.lua" "$WORK/multipart.body" "multipart/form-data; boundary=caliper-bench"
+fi
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 cpu_us() { awk -v t="$TICK_US" '{printf "%d", ($14 + $15) * t}' "/proc/$1/stat"; }
 URL=http://127.0.0.1:18090/v1/models/$NAME/predict
@@ -33,8 +46,17 @@ for r in $(seq 1 "$ROUNDS"); do
     n=$(echo "$out" | grep -o "[0-9]* requests in" | cut -d' ' -f1)
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     p50=$(wrk -t1 -c1 -d5s --latency -s "$WORK/post.lua" "$URL" | awk '$1=="50%" {print $2}')
+    batched=""
+    if ((BATCHED > 1)); then
+      wrk -t2 -c8 -d2s --timeout 30s -s "$WORK/batched.lua" "$URL" >/dev/null
+      b0=$(cpu_us $pid)
+      bn=$(wrk -t2 -c8 -d"${D}s" --timeout 30s -s "$WORK/batched.lua" "$URL" | grep -o "[0-9]* requests in" | cut -d' ' -f1)
+      b1=$(cpu_us $pid)
+      per=$(( (b1 - b0) / (bn * BATCHED) ))
+      batched=" cpu_us_per_img_b$BATCHED=$per ratio=$(awk -v a="$per" -v b="$(( (c1 - c0) / n ))" 'BEGIN {printf "%.3f", a / b}')"
+    fi
     hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
     kill $pid; wait $pid 2>/dev/null || true
-    echo "round $r $tag cpu_us_per_req=$(( (c1 - c0) / n )) rps=$rps p50_1client=$p50 peak_rss_kb=$hwm load=$(cut -d' ' -f1 /proc/loadavg)"
+    echo "round $r $tag cpu_us_per_req=$(( (c1 - c0) / n )) rps=$rps p50_1client=$p50 peak_rss_kb=$hwm$batched load=$(cut -d' ' -f1 /proc/loadavg)"
   done
 done

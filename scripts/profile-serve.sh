@@ -8,7 +8,9 @@
 # goes to docs/BENCHMARKS.md (section `serve-profile[-NAME][-cCONNS]`, CONNS shown when not 64).
 #
 # Usage: scripts/profile-serve.sh [MODEL_DIR] [IMAGE]   (default models/mnist and a digit)
-#   Env: DURATION (s, default 10), CONNS (64), CALIPER_BIN (target/release/caliper).
+#   Env: DURATION (s, default 10), CONNS (64), CALIPER_BIN (target/release/caliper),
+#   BATCHED (N: every request is a multipart upload of N copies of IMAGE, as bench-serve.sh's
+#   batched runs, 8 clients unless CONNS says otherwise; figures are then per image).
 # Needs perf (Debian: linux-perf), wrk, curl, python3; perf must be allowed to sample the
 # server (root, or kernel.perf_event_paranoid <= 1).
 set -euo pipefail
@@ -20,7 +22,8 @@ MODEL_DIR="${1:-models/mnist}"
 IMAGE="${2:-tests/data/digits/7.png}"
 NAME="$(basename "$MODEL_DIR")"
 DURATION="${DURATION:-10}"
-CONNS="${CONNS:-64}"
+BATCHED="${BATCHED:-1}"
+CONNS="${CONNS:-$([[ "$BATCHED" -gt 1 ]] && echo 8 || echo 64)}"
 CALIPER_BIN="${CALIPER_BIN:-target/release/caliper}"
 OUT="$ROOT/runs/profile-$NAME"
 for tool in perf wrk curl python3; do
@@ -45,12 +48,23 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 [[ -n "$ADDR" ]] || { echo "server did not start; see $OUT/server.log" >&2; exit 1; }
-bench_wrk_post "$OUT/post.lua" "$ROOT/$IMAGE" image/png
+if [[ "$BATCHED" -gt 1 ]]; then
+  python3 - "$ROOT/$IMAGE" "$BATCHED" "$OUT/body" <<'PY'
+import sys
+image, n = open(sys.argv[1], "rb").read(), int(sys.argv[2])
+form = b"".join(b"--caliper-bench\r\nContent-Disposition: form-data; name=\"f\"; filename=\"%d.png\"\r\n"
+                b"Content-Type: image/png\r\n\r\n" % i + image + b"\r\n" for i in range(n))
+open(sys.argv[3], "wb").write(form + b"--caliper-bench--\r\n")
+PY
+  bench_wrk_post "$OUT/post.lua" "$OUT/body" "multipart/form-data; boundary=caliper-bench"
+else
+  bench_wrk_post "$OUT/post.lua" "$ROOT/$IMAGE" image/png
+fi
 URL="http://$ADDR/v1/models/$NAME/predict"
-wrk -t"$(( CONNS < 2 ? 1 : 2 ))" -c"$CONNS" -d3s -s "$OUT/post.lua" "$URL" > /dev/null
+wrk -t"$(( CONNS < 2 ? 1 : 2 ))" -c"$CONNS" --timeout 30s -d3s -s "$OUT/post.lua" "$URL" > /dev/null
 ticks() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
 t0="$(ticks)"
-wrk -t"$(( CONNS < 2 ? 1 : 2 ))" -c"$CONNS" -d"${DURATION}s" -s "$OUT/post.lua" "$URL" > "$OUT/wrk.txt" &
+wrk -t"$(( CONNS < 2 ? 1 : 2 ))" -c"$CONNS" --timeout 30s -d"${DURATION}s" -s "$OUT/post.lua" "$URL" > "$OUT/wrk.txt" &
 WRK=$!
 # The sampling window sits inside the load (1 s after it starts, 1 s before it ends).
 sleep 1
@@ -58,12 +72,13 @@ perf record -q -F 1999 -p "$SERVER" -o "$OUT/perf.data" -- sleep $((DURATION - 2
 wait "$WRK"
 t1="$(ticks)"
 perf report -i "$OUT/perf.data" --no-children --sort dso,sym --stdio 2> /dev/null > "$OUT/report.txt"
-python3 - "$OUT" "$((t1 - t0))" "$(getconf CLK_TCK)" "$MODEL_DIR" "$IMAGE" "$DURATION" "$CONNS" <<'PY'
+python3 - "$OUT" "$((t1 - t0))" "$(getconf CLK_TCK)" "$MODEL_DIR" "$IMAGE" "$DURATION" "$CONNS" "$BATCHED" <<'PY'
 import datetime, json, pathlib, platform, re, subprocess, sys
-out, ticks, hz, model, image, duration, conns = sys.argv[1:8]
+out, ticks, hz, model, image, duration, conns, batched = sys.argv[1:9]
 out = pathlib.Path(out)
 wrk = (out / "wrk.txt").read_text()
-requests = int(re.search(r"(\d+) requests in", wrk).group(1))
+# With BATCHED > 1 every figure is per image ("request" below then means one image).
+requests = int(re.search(r"(\d+) requests in", wrk).group(1)) * int(batched)
 cpu_us = int(ticks) * 1e6 / int(hz) / requests
 # First matching group wins: (name, test on the dso, test on the symbol).
 groups = [
@@ -95,7 +110,7 @@ for line in (out / "report.txt").read_text().splitlines():
         shares["other"] += pct
 total = sum(shares.values()) or 1.0
 rows = sorted(((k, v / total) for k, v in shares.items()), key=lambda kv: -kv[1])
-res = {"model": model, "image": image, "concurrency": int(conns), "duration_s": int(duration),
+res = {"model": model, "image": image, "concurrency": int(conns), "duration_s": int(duration), "images_per_request": int(batched),
        "requests_per_s": round(requests / int(duration), 1),
        "server_cpu_us_per_request": round(cpu_us, 1),
        "groups": {k: {"share": round(v, 4), "us_per_request": round(v * cpu_us, 1)} for k, v in rows}}
@@ -106,6 +121,10 @@ name = pathlib.Path(model).name
 section = "serve-profile" if name == "mnist" else f"serve-profile-{name}"
 # A profile at another concurrency (e.g. CONNS=1, the latency case) gets its own section.
 section += "" if int(conns) == 64 else f"-c{int(conns)}"
+# So does a batched profile (BATCHED=N: multipart uploads of N images, figures per image).
+section += "" if int(batched) == 1 else f"-b{int(batched)}"
+unit = "request" if int(batched) == 1 else "image"
+prefix = "" if int(batched) == 1 else f"BATCHED={int(batched)} "
 table = "\n".join(f"| {k} | {v * 100:.1f}% | {v * cpu_us:.1f} |" for k, v in rows)
 doc = f"""## Where the server's CPU goes ({model})
 
@@ -114,12 +133,12 @@ Not a timed test.
 
 - Date: {date}
 - Machine: {machine}
-- Command: `DURATION={duration} CONNS={conns} scripts/profile-serve.sh {model} {image}`
+- Command: `{prefix}DURATION={duration} CONNS={conns} scripts/profile-serve.sh {model} {image}`
 - `perf record -F 1999` of every server thread during {conns}-client wrk load; samples grouped by
   symbol (first matching group in the script wins); microseconds = share x the server's CPU time
-  per request over the same run ({cpu_us:.1f} us, {requests / int(duration):.0f} requests/s).
+  per {unit} over the same run ({cpu_us:.1f} us, {requests / int(duration):.0f} {unit}s/s).
 
-| where | share of server CPU | us per request |
+| where | share of server CPU | us per {unit} |
 | --- | ---: | ---: |
 {table}
 """
