@@ -68,10 +68,12 @@ wrk -t"$(( CONNS < 2 ? 1 : 2 ))" -c"$CONNS" --timeout 30s -d"${DURATION}s" -s "$
 WRK=$!
 # The sampling window sits inside the load (1 s after it starts, 1 s before it ends).
 sleep 1
-perf record -q -F 1999 -p "$SERVER" -o "$OUT/perf.data" -- sleep $((DURATION - 2)) 2> "$OUT/perf.log"
+perf record -q -F 1999 -g -p "$SERVER" -o "$OUT/perf.data" -- sleep $((DURATION - 2)) 2> "$OUT/perf.log"
 wait "$WRK"
 t1="$(ticks)"
-perf report -i "$OUT/perf.data" --no-children --sort dso,sym --stdio 2> /dev/null > "$OUT/report.txt"
+perf report -i "$OUT/perf.data" --no-children -g none --sort dso,sym --stdio 2> /dev/null > "$OUT/report.txt"
+# Kernel stacks (frame pointers) of every sample, for the loopback figure below.
+perf script -i "$OUT/perf.data" -F ip,sym 2> /dev/null > "$OUT/stacks.txt"
 python3 - "$OUT" "$((t1 - t0))" "$(getconf CLK_TCK)" "$MODEL_DIR" "$IMAGE" "$DURATION" "$CONNS" "$BATCHED" <<'PY'
 import datetime, json, pathlib, platform, re, subprocess, sys
 out, ticks, hz, model, image, duration, conns, batched = sys.argv[1:9]
@@ -110,10 +112,29 @@ for line in (out / "report.txt").read_text().splitlines():
         shares["other"] += pct
 total = sum(shares.values()) or 1.0
 rows = sorted(((k, v / total) for k, v in shares.items()), key=lambda kv: -kv[1])
+# Work the loopback load puts on the server's CPU that a client on another machine would not:
+# a response sent over loopback runs the client's receive path and wakes the client inside the
+# server's send (net_rx_action below tcp_sendmsg), and the woken client, sharing the cores,
+# often preempts the server right after it (schedule on the way out of writev). Counted on the kernel
+# stacks; the groups above are by leaf symbol and include these samples.
+stacks = (out / "stacks.txt").read_text().split("\n\n")
+def frames(block):
+    return [l.split(None, 1)[1] for l in block.strip().splitlines() if len(l.split(None, 1)) == 2]
+client, preempted = 0, 0
+for block in stacks:
+    f = frames(block)
+    if any("tcp_sendmsg" in x for x in f) and any("net_rx_action" in x for x in f):
+        client += 1
+    # Preempted on the way out of the send syscall (its user frame is libc's writev).
+    elif any("writev" in x for x in f) and any(x in ("schedule", "__schedule") for x in f):
+        preempted += 1
+loopback = (client + preempted) / max(len(stacks), 1)
 res = {"model": model, "image": image, "concurrency": int(conns), "duration_s": int(duration), "images_per_request": int(batched),
        "requests_per_s": round(requests / int(duration), 1),
        "server_cpu_us_per_request": round(cpu_us, 1),
-       "groups": {k: {"share": round(v, 4), "us_per_request": round(v * cpu_us, 1)} for k, v in rows}}
+       "groups": {k: {"share": round(v, 4), "us_per_request": round(v * cpu_us, 1)} for k, v in rows},
+       "loopback_client_share": round(loopback, 4),
+       "loopback_client_us_per_request": round(loopback * cpu_us, 1)}
 date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 machine = f"{cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, {platform.system()} {platform.release()}"
@@ -137,6 +158,12 @@ Not a timed test.
 - `perf record -F 1999` of every server thread during {conns}-client wrk load; samples grouped by
   symbol (first matching group in the script wins); microseconds = share x the server's CPU time
   per {unit} over the same run ({cpu_us:.1f} us, {requests / int(duration):.0f} {unit}s/s).
+
+Of these, {loopback * 100:.1f}% ({loopback * cpu_us:.1f} us per {unit}) is the load generator's own
+work charged to the server by loopback: sending a response runs the client's receive path and
+wake-up inside the server's `writev` (`net_rx_action` below `tcp_sendmsg` on the kernel stack),
+and the woken client, on the same cores, then preempts the server (`schedule` on the way out of
+`writev`).
 
 | where | share of server CPU | us per {unit} |
 | --- | ---: | ---: |
