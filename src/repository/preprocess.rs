@@ -161,13 +161,45 @@ fn to_input(
         spec.resize,
         spec.resize_shorter,
     );
-    let hwc = resize_window(img, c, resized, window, cancel)?;
-    let mut out = Vec::with_capacity(hwc.len());
-    for ch in 0..c {
-        let (m, s) = (spec.mean[ch], spec.std[ch]);
-        out.extend(hwc.iter().skip(ch).step_by(c).map(|v| (v - m) / s));
+    let mut hwc = resize_window(img, c, resized, window, cancel)?;
+    normalise(&mut hwc, &spec.mean[..c], &spec.std[..c]);
+    Ok(match c {
+        1 => hwc,
+        _ => to_planes(&hwc, c),
+    })
+}
+
+/// Pixels normalised in place, `(x - mean[ch]) / std[ch]` per value of channel `ch` (values
+/// interleaved, `mean.len()` channels). Each block of [`NORM_BLOCK`] pixels meets the means and
+/// deviations repeated in the same pattern, so its subtractions and divisions run as whole
+/// vectors; a strided loop per channel divided one value at a time (6% of the server's CPU
+/// per 224x224 image, issue 19). Same operations per value, so the same bits.
+fn normalise(values: &mut [f32], mean: &[f32], std: &[f32]) {
+    let c = mean.len();
+    let width = NORM_BLOCK * c;
+    let pattern = |per: &[f32]| -> Vec<f32> { (0..width).map(|k| per[k % c]).collect() };
+    let (m, s) = (pattern(mean), pattern(std));
+    // Blocks start at multiples of whole pixels, so the pattern lines up with each one.
+    for block in values.chunks_mut(width) {
+        for ((v, m), s) in block.iter_mut().zip(&m).zip(&s) {
+            *v = (*v - m) / s;
+        }
     }
-    Ok(out)
+}
+
+/// Pixels per block of [`normalise`]: 16 f32 lanes of an AVX-512 register per channel.
+const NORM_BLOCK: usize = 16;
+
+/// Interleaved (HWC) values split into one plane per channel (CHW).
+fn to_planes(hwc: &[f32], c: usize) -> Vec<f32> {
+    let hw = hwc.len() / c;
+    let mut out = vec![0.0; hwc.len()];
+    for (i, pixel) in hwc.chunks_exact(c).enumerate() {
+        for (ch, &v) in pixel.iter().enumerate() {
+            out[ch * hw + i] = v;
+        }
+    }
+    out
 }
 
 /// A decoded image brought to `channels` x `height` x `width` u8 pixels, channel-major, by the
@@ -351,6 +383,32 @@ mod tests {
             std: vec![0.5; channels],
             resize,
             resize_shorter: None,
+        }
+    }
+
+    #[test]
+    fn normalised_planes_are_the_per_channel_formula_bit_for_bit() {
+        // Lengths that are and are not whole blocks; awkward means and deviations.
+        for (c, pixels) in [(3, 16 * 5), (3, 16 * 5 + 7), (1, 33), (3, 1)] {
+            let hwc: Vec<f32> = (0..c * pixels)
+                .map(|i| ((i * 7919) % 1000) as f32 / 999.0)
+                .collect();
+            let mean: Vec<f32> = [0.485, 0.456, 0.406][..c].to_vec();
+            let std: Vec<f32> = [0.229, 0.224, 0.225][..c].to_vec();
+            let mut want = Vec::new();
+            for ch in 0..c {
+                want.extend(
+                    hwc.iter()
+                        .skip(ch)
+                        .step_by(c)
+                        .map(|v| (v - mean[ch]) / std[ch]),
+                );
+            }
+            let mut got = hwc.clone();
+            normalise(&mut got, &mean, &std);
+            let got = if c == 1 { got } else { to_planes(&got, c) };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{c} channels, {pixels} pixels");
         }
     }
 

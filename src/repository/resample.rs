@@ -156,17 +156,28 @@ pub fn resize_window(
                 }
             }
         }
-        // Horizontal pass: each output pixel adds this strip's share of its window.
-        for (ox, t) in ax.taps.iter().enumerate() {
-            for i in t.left.max(sx)..t.right.min(sx + sw) {
-                let wgt = ax.weight(t, i);
-                let col = (i - sx) as usize * c;
-                for oy in 0..h_us {
-                    let src = &vsum[oy * row_len + col..][..c];
-                    let dst = &mut out[(oy * w_us + ox) * c..][..c];
-                    for (d, s) in dst.iter_mut().zip(src) {
-                        *d += s * wgt;
-                    }
+        // Horizontal pass: each output pixel adds this strip's share of its window, its source
+        // columns in ascending order. Row by row, so that each row's vertical sums and output
+        // are read and written in order (column by column over all rows, every add touched a
+        // new cache line: most of a 224x224 model's preprocessing, issue 19); the weights are
+        // computed once per strip.
+        let taps: Vec<(usize, usize, f32)> = ax
+            .taps
+            .iter()
+            .enumerate()
+            .flat_map(|(ox, t)| {
+                let ax = &ax;
+                (t.left.max(sx)..t.right.min(sx + sw))
+                    .map(move |i| (ox * c, (i - sx) as usize * c, ax.weight(t, i)))
+            })
+            .collect();
+        for (src, dst) in vsum
+            .chunks_exact(row_len)
+            .zip(out.chunks_exact_mut(w_us * c))
+        {
+            for &(o, col, wgt) in &taps {
+                for (d, s) in dst[o..o + c].iter_mut().zip(&src[col..col + c]) {
+                    *d += s * wgt;
                 }
             }
         }
