@@ -12,6 +12,7 @@
 #   bench_figures '{"x":1}'      # figures merged into the top level of the final object
 #   bench_fail "message"         # records the current section's failure and exits 1
 #   bench_wrk_post LUA BODY CTYPE  # writes a wrk script that POSTs file BODY as CTYPE
+#   bench_multipart BODY IMAGE N   # writes a multipart/form-data body of N copies of IMAGE
 # Any command that fails under `set -e` is recorded too (an ERR trap: the failed command and its
 # status), and an EXIT trap writes the object, then runs the script's own cleanup, bench_cleanup,
 # when it defines one. Sections that never started are reported "skipped".
@@ -78,6 +79,19 @@ wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "$3"
 LUA
+}
+
+# bench_multipart BODY IMAGE N: a multipart/form-data body of N copies of file IMAGE at BODY
+# (boundary BENCH_BOUNDARY), the batched uploads of bench-serve.sh and the scripts beside it.
+BENCH_BOUNDARY=caliper-bench
+bench_multipart() {
+  python3 - "$2" "$3" "$1" "$BENCH_BOUNDARY" <<'PY'
+import sys
+image, n, b = open(sys.argv[1], "rb").read(), int(sys.argv[2]), sys.argv[4].encode()
+form = b"".join(b"--%s\r\nContent-Disposition: form-data; name=\"f\"; filename=\"%d.png\"\r\n"
+                b"Content-Type: image/png\r\n\r\n" % (b, i) + image + b"\r\n" for i in range(n))
+open(sys.argv[3], "wb").write(form + b"--%s--\r\n" % b)
+PY
 }
 
 bench_init() {

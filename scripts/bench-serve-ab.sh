@@ -21,14 +21,8 @@ ln -s "$MODEL_DIR" "$WORK/models/$NAME"
 bench_wrk_post "$WORK/post.lua" "$IMAGE" image/png
 BATCHED=${BATCHED:-1}
 if ((BATCHED > 1)); then
-  python3 - "$IMAGE" "$BATCHED" "$WORK/multipart.body" <<'PY'
-import sys
-image, n = open(sys.argv[1], "rb").read(), int(sys.argv[2])
-form = b"".join(b"--caliper-bench\r\nContent-Disposition: form-data; name=\"f\"; filename=\"%d.png\"\r\n"
-                b"Content-Type: image/png\r\n\r\n" % i + image + b"\r\n" for i in range(n))
-open(sys.argv[3], "wb").write(form + b"--caliper-bench--\r\n")
-PY
-  bench_wrk_post "$WORK/batched.lua" "$WORK/multipart.body" "multipart/form-data; boundary=caliper-bench"
+  bench_multipart "$WORK/multipart.body" "$IMAGE" "$BATCHED"
+  bench_wrk_post "$WORK/batched.lua" "$WORK/multipart.body" "multipart/form-data; boundary=$BENCH_BOUNDARY"
 fi
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 cpu_us() { awk -v t="$TICK_US" '{printf "%d", ($14 + $15) * t}' "/proc/$1/stat"; }

@@ -167,18 +167,16 @@ batched() {
   echo $(($(cpu_us "$SERVER") - cpu0)) > "$OUT/server-$name-cpu-us.txt"
 }
 BATCHED="${BATCHED:-32}"
+bench_multipart "$OUT/multipart.body" "$IMAGE" "$BATCHED"
 python3 - "$IMAGE" "$BATCHED" "$OUT" <<'PY'
 import base64, json, sys
 image, n, out = open(sys.argv[1], "rb").read(), int(sys.argv[2]), sys.argv[3]
-form = b"".join(b"--caliper-bench\r\nContent-Disposition: form-data; name=\"f\"; filename=\"%d.png\"\r\n"
-                b"Content-Type: image/png\r\n\r\n" % i + image + b"\r\n" for i in range(n))
-open(f"{out}/multipart.body", "wb").write(form + b"--caliper-bench--\r\n")
 b64 = base64.b64encode(image).decode()
 v2 = {"inputs": [{"name": "image", "shape": [n], "datatype": "BYTES", "data": [b64] * n}]}
 open(f"{out}/v2.body", "w").write(json.dumps(v2))
 PY
 echo "   batched uploads of $BATCHED images (multipart, V2 BYTES)" >&2
-batched multipart "/v1/models/$NAME/predict" "multipart/form-data; boundary=caliper-bench" "$OUT/multipart.body"
+batched multipart "/v1/models/$NAME/predict" "multipart/form-data; boundary=$BENCH_BOUNDARY" "$OUT/multipart.body"
 batched v2 "/v2/models/$NAME/infer" "application/json" "$OUT/v2.body"
 echo "$BATCHED" > "$OUT/batched-images.txt"
 # The floor server answers these bytes.

@@ -16,7 +16,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-# For bench_wrk_post only (no bench_init: this script prints its own JSON line).
+# For bench_wrk_post and bench_multipart only (no bench_init: this script prints its own JSON
+# line).
 source scripts/bench-lib.sh
 MODEL_DIR="${1:-models/mnist}"
 IMAGE="${2:-tests/data/digits/7.png}"
@@ -49,14 +50,8 @@ for _ in $(seq 1 600); do
 done
 [[ -n "$ADDR" ]] || { echo "server did not start; see $OUT/server.log" >&2; exit 1; }
 if [[ "$BATCHED" -gt 1 ]]; then
-  python3 - "$ROOT/$IMAGE" "$BATCHED" "$OUT/body" <<'PY'
-import sys
-image, n = open(sys.argv[1], "rb").read(), int(sys.argv[2])
-form = b"".join(b"--caliper-bench\r\nContent-Disposition: form-data; name=\"f\"; filename=\"%d.png\"\r\n"
-                b"Content-Type: image/png\r\n\r\n" % i + image + b"\r\n" for i in range(n))
-open(sys.argv[3], "wb").write(form + b"--caliper-bench--\r\n")
-PY
-  bench_wrk_post "$OUT/post.lua" "$OUT/body" "multipart/form-data; boundary=caliper-bench"
+  bench_multipart "$OUT/body" "$ROOT/$IMAGE" "$BATCHED"
+  bench_wrk_post "$OUT/post.lua" "$OUT/body" "multipart/form-data; boundary=$BENCH_BOUNDARY"
 else
   bench_wrk_post "$OUT/post.lua" "$ROOT/$IMAGE" image/png
 fi
