@@ -172,8 +172,8 @@ fn to_input(
 /// Pixels normalised in place, `(x - mean[ch]) / std[ch]` per value of channel `ch` (values
 /// interleaved, `mean.len()` channels). Each block of [`NORM_BLOCK`] pixels meets the means and
 /// deviations repeated in the same pattern, so its subtractions and divisions run as whole
-/// vectors; a strided loop per channel divided one value at a time (6% of the server's CPU
-/// per 224x224 image, issue 19). Same operations per value, so the same bits.
+/// vectors (a strided loop per channel divided one value at a time). Same operations per
+/// value, so the same bits.
 fn normalise(values: &mut [f32], mean: &[f32], std: &[f32]) {
     let c = mean.len();
     let width = NORM_BLOCK * c;

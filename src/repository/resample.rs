@@ -159,8 +159,8 @@ pub fn resize_window(
         // Horizontal pass: each output pixel adds this strip's share of its window, its source
         // columns in ascending order. Row by row, so that each row's vertical sums and output
         // are read and written in order (column by column over all rows, every add touched a
-        // new cache line: most of a 224x224 model's preprocessing, issue 19); the weights are
-        // computed once per strip.
+        // new cache line; issue 19, docs/BENCHMARKS.md session 14); the weights are computed
+        // once per strip.
         let taps: Vec<(usize, usize, f32)> = ax
             .taps
             .iter()

@@ -320,9 +320,9 @@ impl CoarseRows {
         })
     }
 
-    /// [`Self::kth_largest_product_in`] compiled for AVX-512 where the CPU has it: its scans
-    /// over every row and the candidates' sums then run 8 f64 or 16 f32 wide. Rust never fuses
-    /// a multiply and an add, so both copies give the same bits.
+    /// [`Self::kth_largest_product_in`] compiled for AVX-512 where the CPU has it, so that its
+    /// loops over every row and over the candidates' columns may use the wide registers. Rust
+    /// never fuses a multiply and an add, so both copies give the same bits (a test compares).
     fn kth_largest_product_dispatch(
         &self,
         z: &[f32],
