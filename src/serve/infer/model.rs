@@ -6,7 +6,7 @@
 //! so work spreads over the sessions without a separate dispatcher.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -98,7 +98,7 @@ impl ModelOptions {
 }
 
 impl LoadedModel {
-    /// Builds `sessions_per_model` sessions on the model's device (model.toml's `device`, else
+    /// Builds [`session_count`] sessions on the model's device (model.toml's `device`, else
     /// the server's), runs a warm-up batch through each (which also checks that the logits have
     /// one column per label and that the features fit the calibration file's Mahalanobis
     /// detector; on a GPU, one batch of every size the batcher will run: [`padded_sizes`]), then
@@ -110,31 +110,27 @@ impl LoadedModel {
     ) -> Result<Self, InferError> {
         let device = files.metadata.device.unwrap_or(config.device);
         let config = &config.on(device);
-        let spec = &files.metadata.input;
-        let mut sessions = Vec::with_capacity(config.sessions_per_model);
-        for _ in 0..config.sessions_per_model {
-            let mut s = ClassifierSession::open(
-                &files.onnx_path,
-                &spec.name,
-                &files.metadata.output.logits,
-                spec.image_shape(),
-                config.intra_op_threads,
-                device,
-            )?
-            .channels_last(spec.channels_last())?;
-            if let Some(name) = &files.metadata.output.features {
-                s = s.with_features(name)?;
-            }
-            let out = s.run_outputs(&vec![0.0; s.image_len()])?;
-            if out.classes != files.metadata.labels.len() {
-                return Err(InferError::LabelCount {
-                    model: files.name.clone(),
-                    outputs: out.classes,
-                    labels: files.metadata.labels.len(),
-                });
-            }
-            check_features(&files, out.features.as_ref().map(|f| f.1))?;
-            sessions.push(s);
+        let mut first = open_session(&files, config, device)?;
+        // A CPU session's single-image run decides inline runs and, by default, the session count.
+        let fastest = match device.is_cuda() {
+            true => None,
+            false => Some(worker::fastest_run(&mut first)?),
+        };
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let count = session_count(config, fastest, cores);
+        if count != config.sessions_per_model {
+            tracing::info!(
+                model = %files.name,
+                sessions = count,
+                run_us = fastest.map_or(0, |d| d.as_micros() as u64),
+                cores,
+                "one session: the model's runs are short on a small CPU"
+            );
+        }
+        let mut sessions = Vec::with_capacity(count);
+        sessions.push(first);
+        for _ in 1..count {
+            sessions.push(open_session(&files, config, device)?);
         }
         // Room for every admitted request to queue a full batch of images (at least
         // QUEUE_IMAGES_PER_REQUEST, so that a small batch size does not shrink the largest
@@ -177,10 +173,8 @@ impl LoadedModel {
             );
         }
         // A queue delay is the operator asking runs to wait for company: no inline runs then.
-        let inline_images = match sessions.first_mut() {
-            Some(s) if !device.is_cuda() && policy.max_queue_delay.is_zero() => {
-                worker::inline_images(s)?
-            }
+        let inline_images = match fastest {
+            Some(run) if policy.max_queue_delay.is_zero() => worker::inline_images(run),
             _ => 0,
         };
         let sessions = Sessions::new(&files.name, sessions, inline_images, &metrics);
@@ -295,6 +289,61 @@ impl LoadedModel {
     }
 }
 
+/// Opens one session of the model on `device` and runs one image through it, which checks
+/// that the logits have one column per label and that the features fit the calibration file's
+/// detectors.
+fn open_session(
+    files: &ModelFiles,
+    config: &ModelOptions,
+    device: Device,
+) -> Result<ClassifierSession, InferError> {
+    let spec = &files.metadata.input;
+    let mut s = ClassifierSession::open(
+        &files.onnx_path,
+        &spec.name,
+        &files.metadata.output.logits,
+        spec.image_shape(),
+        config.intra_op_threads,
+        device,
+    )?
+    .channels_last(spec.channels_last())?;
+    if let Some(name) = &files.metadata.output.features {
+        s = s.with_features(name)?;
+    }
+    let out = s.run_outputs(&vec![0.0; s.image_len()])?;
+    if out.classes != files.metadata.labels.len() {
+        return Err(InferError::LabelCount {
+            model: files.name.clone(),
+            outputs: out.classes,
+            labels: files.metadata.labels.len(),
+        });
+    }
+    check_features(files, out.features.as_ref().map(|f| f.1))?;
+    Ok(s)
+}
+
+/// Single-image runs shorter than this count as short (LeNet: about 50-75 us; ResNet-20 about
+/// 480 us on the 2-core VM).
+pub const SHORT_RUN: Duration = Duration::from_micros(150);
+
+/// Sessions of a model: `--sessions-per-model` when the operator set it, else the device's
+/// default, except that a CPU model whose single-image run (`fastest`) is [`SHORT_RUN`] or
+/// less gets one session on a machine of fewer than 4 cores. Its runs then take less time than
+/// the rest of a request's work, so one session keeps up with the other core's HTTP side, and
+/// a second only adds thread hand-offs and preemptions: LeNet on the 2-core VM used 20% less
+/// CPU per request and served 18% more requests with one (issue 19, docs/BENCHMARKS.md session
+/// 14), while ResNet-20, whose runs are the bulk of a request, lost 36% of its throughput.
+pub fn session_count(config: &ModelOptions, fastest: Option<Duration>, cores: usize) -> usize {
+    match fastest {
+        Some(run)
+            if config.explicit.sessions_per_model.is_none() && run <= SHORT_RUN && cores < 4 =>
+        {
+            1
+        }
+        _ => config.sessions_per_model,
+    }
+}
+
 /// A calibration file with feature-based detectors needs features of their dimension `dim`.
 fn check_features(files: &ModelFiles, dim: Option<usize>) -> Result<(), InferError> {
     let detector = files
@@ -317,4 +366,43 @@ fn check_features(files: &ModelFiles, dim: Option<usize>) -> Result<(), InferErr
         model: files.name.clone(),
         reason,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(explicit: Option<usize>) -> ModelOptions {
+        let d = DeviceDefaults::for_device(Device::Cpu);
+        ModelOptions {
+            sessions_per_model: explicit.unwrap_or(d.sessions_per_model),
+            intra_op_threads: 1,
+            max_batch_size: d.max_batch_size,
+            max_queue_delay: d.max_queue_delay,
+            max_concurrent_requests: 64,
+            device: Device::Cpu,
+            explicit: ExplicitBatching {
+                sessions_per_model: explicit,
+                ..ExplicitBatching::default()
+            },
+        }
+    }
+
+    #[test]
+    fn short_models_get_one_session_on_a_small_cpu_unless_the_operator_says() {
+        let (short, long) = (Some(Duration::from_micros(60)), Some(SHORT_RUN * 3));
+        let default = options(None);
+        assert_eq!(default.sessions_per_model, 2);
+        assert_eq!(session_count(&default, short, 2), 1);
+        assert_eq!(session_count(&default, short, 3), 1);
+        // A model whose runs are the bulk of a request needs both cores.
+        assert_eq!(session_count(&default, long, 2), 2);
+        // Four cores and up keep the device's default.
+        assert_eq!(session_count(&default, short, 4), 2);
+        // A GPU model is not measured: the device's default.
+        assert_eq!(session_count(&default, None, 2), 2);
+        // The flag wins, whatever it says.
+        assert_eq!(session_count(&options(Some(2)), short, 2), 2);
+        assert_eq!(session_count(&options(Some(3)), short, 2), 3);
+    }
 }

@@ -39,9 +39,8 @@ pub struct RowOutput {
     pub features: Option<Vec<f32>>,
 }
 
-/// How many images a request may run inline on `session` (a warmed-up CPU session): as many
-/// as fit in [`INLINE_RUN_MAX`] at its fastest single-image run of a few.
-pub(super) fn inline_images(session: &mut ClassifierSession) -> Result<usize, RuntimeError> {
+/// The fastest of a few single-image runs of `session` (warmed up).
+pub(super) fn fastest_run(session: &mut ClassifierSession) -> Result<Duration, RuntimeError> {
     let image = vec![0.0; session.image_len()];
     let mut fastest = Duration::MAX;
     for _ in 0..5 {
@@ -49,7 +48,13 @@ pub(super) fn inline_images(session: &mut ClassifierSession) -> Result<usize, Ru
         session.run_outputs(&image)?;
         fastest = fastest.min(start.elapsed());
     }
-    Ok((INLINE_RUN_MAX.as_nanos() / fastest.as_nanos().max(1)) as usize)
+    Ok(fastest)
+}
+
+/// How many images a request may run inline on a CPU session whose single-image run takes
+/// `fastest`: as many as fit in [`INLINE_RUN_MAX`].
+pub(super) fn inline_images(fastest: Duration) -> usize {
+    (INLINE_RUN_MAX.as_nanos() / fastest.as_nanos().max(1)) as usize
 }
 
 /// One queued image.
