@@ -14,7 +14,9 @@
 #
 # Usage: scripts/bench-serve.sh [MODEL_DIR] [IMAGE]
 #   MODEL_DIR defaults to models/mnist, else the test fixture tests/data/models/mnist-mlp.
-#   Env: DURATION (s, default 15), CONNS (64), BATCH (8, the server's CPU default), SESSIONS (2), INTRA (1),
+#   Env: DURATION (s, default 15), CONNS (64), BATCH (8, the server's CPU default), SESSIONS (2: the
+#   raw loop's threads), SERVER_SESSIONS (unset: the server's own default, one session for a short
+#   model on a small CPU; PIN=1 sets it to SESSIONS), INTRA (1),
 #        QUEUE_DELAY_US (the server's --max-queue-delay-us, default: the server's default),
 #        PIN (0; 1 = load generator on CPU 0, server, raw baseline and Python on CPU 1, one
 #        session: the fairer split when wrk shares the machine; written to its own section),
@@ -55,6 +57,7 @@ BATCH="${BATCH:-8}"
 PIN="${PIN:-0}"
 if [[ "$PIN" == 1 ]]; then
   SESSIONS="${SESSIONS:-1}"; ON_SERVER_CPU=(taskset -c 1); ON_LOAD_CPU=(taskset -c 0); WRK_THREADS=1
+  SERVER_SESSIONS="${SERVER_SESSIONS:-$SESSIONS}"
   OUT="$ROOT/runs/bench-pinned"
 else
   SESSIONS="${SESSIONS:-2}"; ON_SERVER_CPU=(); ON_LOAD_CPU=(); WRK_THREADS=2
@@ -145,7 +148,7 @@ rm -rf "$REPO"; mkdir -p "$REPO/models" "$REPO/calib"
 ln -s "$ROOT/$MODELS_ROOT/$NAME" "$REPO/models/$NAME"
 [[ -f "$CALIB_ROOT/$NAME.json" ]] && ln -s "$ROOT/$CALIB_ROOT/$NAME.json" "$REPO/calib/$NAME.json"
 ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} "$CALIPER_BIN" serve --addr 127.0.0.1:0 --models "$REPO/models" --calib "$REPO/calib" \
-  --max-batch-size "$BATCH" --sessions-per-model "$SESSIONS" --intra-op-threads "$INTRA" \
+  --max-batch-size "$BATCH" ${SERVER_SESSIONS:+--sessions-per-model "$SERVER_SESSIONS"} --intra-op-threads "$INTRA" \
   --max-concurrent-requests 1024 ${DELAY_ARGS[@]+"${DELAY_ARGS[@]}"} 2> "$OUT/server.log" &
 SERVER=$!
 PIDS+=("$SERVER")
