@@ -1,6 +1,7 @@
-//! `caliper serve`: validate the arguments, raise the descriptor limit, load ONNX Runtime, check
-//! the `--device`, load every model (warm-up included), bind, and serve until SIGTERM or Ctrl-C,
-//! then drain within `--shutdown-timeout-ms` and exit, whatever work is still running.
+//! `caliper serve`: validate the arguments, set the threads' CPU scheduling policy, raise the
+//! descriptor limit, load ONNX Runtime, check the `--device`, load every model (warm-up
+//! included), bind, and serve until SIGTERM or Ctrl-C, then drain within `--shutdown-timeout-ms`
+//! and exit, whatever work is still running.
 
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ use crate::serve::telemetry;
 /// configured; `log_json` as for every command), then serves.
 pub fn run(args: ServeArgs, log_json: bool) -> anyhow::Result<()> {
     let mut config = Config::try_from(args)?;
+    // Before any thread starts, so that every one the server creates inherits it.
+    let scheduling = crate::serve::scheduling::apply(config.cpu_scheduling);
     if config.otlp_endpoint.is_none() {
         config.otlp_endpoint = telemetry::traces_endpoint(None, |k| std::env::var(k).ok())
             .map_err(anyhow::Error::msg)?;
@@ -28,6 +31,9 @@ pub fn run(args: ServeArgs, log_json: bool) -> anyhow::Result<()> {
         }
     };
     tracing::info!(?config, "starting");
+    if let Err(e) = scheduling {
+        tracing::warn!(policy = ?config.cpu_scheduling, "{e}");
+    }
     raise_descriptor_limit(config.max_connections);
     let lib = crate::runtime::init_onnxruntime()?;
     tracing::info!(library = %lib.display(), "ONNX Runtime loaded");

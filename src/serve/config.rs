@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::runtime::Device;
 use crate::serve::infer::{DeviceDefaults, ExplicitBatching};
+use crate::serve::scheduling::CpuScheduling;
 
 /// Invalid configuration values.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +98,10 @@ pub struct ServeArgs {
     /// Intra-op threads of each session.
     #[arg(long, env = "CALIPER_INTRA_OP_THREADS", default_value_t = 1)]
     pub intra_op_threads: usize,
+    /// CPU scheduling policy of the server's threads: `batch` (Linux SCHED_BATCH: a thread that
+    /// wakes does not preempt a running inference) or `normal` (the policy it was started with).
+    #[arg(long, env = "CALIPER_CPU_SCHEDULING", value_enum, default_value_t = CpuScheduling::Batch)]
+    pub cpu_scheduling: CpuScheduling,
     /// Time budget of one inference request in milliseconds (504 after).
     #[arg(long, env = "CALIPER_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
@@ -328,6 +333,8 @@ pub struct Config {
     pub sessions_per_model: usize,
     /// Intra-op threads per session.
     pub intra_op_threads: usize,
+    /// Scheduling policy of the server's threads.
+    pub cpu_scheduling: CpuScheduling,
     /// Per-request time budget.
     pub request_timeout: Duration,
     /// Load stale calibrations instead of refusing the model.
@@ -378,6 +385,7 @@ impl std::fmt::Debug for Config {
             .field("max_queue_delay", &self.max_queue_delay)
             .field("sessions_per_model", &self.sessions_per_model)
             .field("intra_op_threads", &self.intra_op_threads)
+            .field("cpu_scheduling", &self.cpu_scheduling)
             .field("request_timeout", &self.request_timeout)
             .field("allow_stale_calibration", &self.allow_stale_calibration)
             .field("shutdown_timeout", &self.shutdown_timeout)
@@ -584,6 +592,7 @@ impl TryFrom<ServeArgs> for Config {
             max_queue_delay: Duration::from_micros(max_queue_delay_us),
             sessions_per_model,
             intra_op_threads: a.intra_op_threads,
+            cpu_scheduling: a.cpu_scheduling,
             request_timeout: Duration::from_millis(a.request_timeout_ms),
             allow_stale_calibration: a.allow_stale_calibration,
             shutdown_timeout: Duration::from_millis(a.shutdown_timeout_ms),
@@ -733,6 +742,14 @@ mod tests {
         let gpu_model = cpu.model_options().on(Device::Cuda(0));
         assert_eq!(gpu_model.max_batch_size, 128);
         assert_eq!(cpu.model_options().on(Device::Cpu), cpu.model_options());
+        assert_eq!(cpu.cpu_scheduling, CpuScheduling::Batch);
+        let normal = parse(&["--cpu-scheduling", "normal"]);
+        assert_eq!(normal.cpu_scheduling, CpuScheduling::Normal);
+        let e = Cli::try_parse_from(["serve", "--cpu-scheduling", "fifo"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("batch") && e.contains("normal"), "{e}");
         for bad in [
             &["--device", "gpu"][..],
             &["--device", "cuda:"],
@@ -773,6 +790,7 @@ mod tests {
             max_queue_delay_us: None,
             sessions_per_model: Some(1),
             intra_op_threads: 1,
+            cpu_scheduling: CpuScheduling::Normal,
             request_timeout_ms: 1,
             allow_stale_calibration: false,
             shutdown_timeout_ms: 0,
