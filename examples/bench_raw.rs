@@ -22,6 +22,12 @@ use caliper::runtime::ClassifierSession;
 use caliper::serve::infer::{ImageLimits, preprocess};
 
 fn main() -> anyhow::Result<()> {
+    // As the server does, so that both run the same ONNX Runtime threads.
+    // SAFETY: first statement of `main`, so the process has one thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        caliper::runtime::opt_out_of_telemetry()
+    };
     let a: Vec<String> = std::env::args().skip(1).collect();
     anyhow::ensure!(
         a.len() == 6,

@@ -37,6 +37,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first statement of `main`, so the process has one thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        caliper::runtime::opt_out_of_telemetry()
+    };
     let cli = Cli::parse();
     // `serve` installs its own subscriber: it may add OpenTelemetry export (--otlp-endpoint).
     if !matches!(cli.command, Command::Serve(_)) {

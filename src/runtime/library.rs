@@ -29,6 +29,26 @@ pub enum OrtLibraryError {
 
 const LIB_NAME: &str = "libonnxruntime.so";
 
+/// The variable Microsoft's builds of ONNX Runtime read, when their environment is created, to
+/// leave out their usage telemetry (1DS: an uploader thread that posts model producer and graph
+/// names, operators and run counts to mobile.events.data.microsoft.com). The environment's own
+/// switch, `DisableTelemetryEvents`, comes too late: the process event is queued at creation.
+pub const TELEMETRY_OPT_OUT_VAR: &str = "ORT_DISABLE_TELEMETRY";
+
+/// Sets [`TELEMETRY_OPT_OUT_VAR`] to `1` unless the user has set it, so that a caliper process
+/// never reaches another host on its own. Both binaries call it first thing in `main`.
+///
+/// # Safety
+/// Setting an environment variable races with any other thread reading the environment:
+/// call it while the process has a single thread.
+#[allow(unsafe_code)]
+pub unsafe fn opt_out_of_telemetry() {
+    if std::env::var_os(TELEMETRY_OPT_OUT_VAR).is_none() {
+        // SAFETY: the caller guarantees that no other thread exists yet.
+        unsafe { std::env::set_var(TELEMETRY_OPT_OUT_VAR, "1") };
+    }
+}
+
 /// True when this binary was built with `make build CUDA=1`: its default library is the GPU
 /// build of ONNX Runtime.
 pub fn built_for_cuda() -> bool {
@@ -102,9 +122,11 @@ fn init() -> &'static Loaded {
             path: path.clone(),
             reason,
         };
+        // Events after creation are off too (see `opt_out_of_telemetry` for those before).
         let env = ort::init_from(&path)
             .map_err(|e| load_err(e.to_string()))?
             .with_name("caliper")
+            .with_telemetry(false)
             .build()
             .map_err(|e| load_err(e.to_string()))?;
         Ok((path, env))

@@ -10,6 +10,7 @@ mod session;
 
 pub use device::{CudaOptions, Device, DeviceError, explain, place, probe};
 pub use library::{
-    OrtLibraryError, built_for_cuda, environment, init_onnxruntime, resolve_library_path,
+    OrtLibraryError, TELEMETRY_OPT_OUT_VAR, built_for_cuda, environment, init_onnxruntime,
+    opt_out_of_telemetry, resolve_library_path,
 };
 pub use session::{BatchOutput, ClassifierSession, RuntimeError, to_channels_first};

@@ -183,3 +183,55 @@ fn caliper_predict_prints_the_server_json() {
         String::from_utf8_lossy(&bad.stderr).contains("reference.json: unsupported image format")
     );
 }
+
+/// The server runs no thread it did not start: Microsoft's build of ONNX Runtime starts a
+/// telemetry uploader (to mobile.events.data.microsoft.com) unless ORT_DISABLE_TELEMETRY is set,
+/// which the binary does for itself. Every thread but the main one carries a name the server gave
+/// it (the uploader inherits the executable's), and all run under the default
+/// `--cpu-scheduling batch` (policy 3, SCHED_BATCH).
+#[tokio::test]
+async fn no_telemetry_thread_and_every_thread_is_sched_batch() {
+    assert!(
+        std::env::var_os("ORT_DISABLE_TELEMETRY").is_none(),
+        "unset ORT_DISABLE_TELEMETRY: this test checks that the server sets it itself"
+    );
+    let server = Server::with_repository(&data().join("models"), &data().join("calib"), &[]);
+    let body = std::fs::read(data().join("digits/7.png")).unwrap();
+    let resp = reqwest::Client::new()
+        .post(server.url("/v1/models/mnist-mlp/predict"))
+        .header("content-type", "image/png")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let pid = server.child.id();
+    let read = |tid: &str, file: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/{file}")).unwrap_or_default()
+    };
+    let main = read(&pid.to_string(), "comm");
+    let mut unnamed = 0;
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid = task.unwrap().file_name().into_string().unwrap();
+        let (comm, sched) = (read(&tid, "comm"), read(&tid, "sched"));
+        let policy = sched.lines().find_map(|l| {
+            l.strip_prefix("policy")?
+                .split(':')
+                .nth(1)?
+                .trim()
+                .parse::<i32>()
+                .ok()
+        });
+        unnamed += usize::from(comm == main);
+        threads.push((comm.trim().to_string(), policy));
+    }
+    assert_eq!(
+        unnamed, 1,
+        "threads named like the executable (only the main one should be): {threads:?}"
+    );
+    assert!(
+        threads.iter().all(|(_, p)| *p == Some(3)),
+        "not all SCHED_BATCH: {threads:?}"
+    );
+}
