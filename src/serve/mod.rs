@@ -3,8 +3,8 @@
 //! (`kserve`), the request path below them (`infer`: decode, batch, run, calibrate, score), the
 //! live calibration monitor fed by label feedback (`monitor`), the optional log of every
 //! prediction (`payload_log`), the Prometheus registry (`prometheus`), the optional
-//! OpenTelemetry trace export (`telemetry`), the threads' CPU scheduling policy (`scheduling`) and the
-//! validated server configuration (`config`).
+//! OpenTelemetry trace export (`telemetry`), the threads' CPU scheduling policy (`scheduling`)
+//! and the validated server configuration (`config`).
 
 pub mod config;
 pub mod grpc;

@@ -191,9 +191,10 @@ fn caliper_predict_prints_the_server_json() {
 /// `--cpu-scheduling batch` (policy 3, SCHED_BATCH).
 #[tokio::test]
 async fn no_telemetry_thread_and_every_thread_is_sched_batch() {
+    let var = caliper::runtime::TELEMETRY_OPT_OUT_VAR;
     assert!(
-        std::env::var_os("ORT_DISABLE_TELEMETRY").is_none(),
-        "unset ORT_DISABLE_TELEMETRY: this test checks that the server sets it itself"
+        std::env::var_os(var).is_none(),
+        "unset {var}: this test checks that the server sets it itself"
     );
     let server = Server::with_repository(&data().join("models"), &data().join("calib"), &[]);
     let body = std::fs::read(data().join("digits/7.png")).unwrap();
