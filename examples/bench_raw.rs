@@ -13,13 +13,23 @@
 //! It also reports the CPU time per image of decode + ONNX Runtime (`raw_decode_ort_cpu_us`,
 //! from the threads' own run time in /proc), which other processes on a shared machine do not
 //! inflate: the server's CPU time per request is compared with it.
+//!
+//! With a 7th argument CALIB (the model's calibration file, or `-` for none) it also measures
+//! the whole answer without a server (`raw_pipeline_*`): decode + ONNX Runtime + what the server
+//! computes for every image before it is sent, through the same library calls (calibration, the
+//! top-k, every OOD score, abstention and the conformal set in `build_prediction`, the signed
+//! prediction id, the JSON bytes). The server's cost beyond it is what serving adds: HTTP,
+//! queueing, thread hand-offs, metrics.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use caliper::repository::ModelMetadata;
-use caliper::runtime::ClassifierSession;
-use caliper::serve::infer::{ImageLimits, preprocess};
+use caliper::repository::{CalibrationFile, ModelMetadata};
+use caliper::runtime::{BatchOutput, ClassifierSession};
+use caliper::serve::infer::prediction::PredictionContext;
+use caliper::serve::infer::{ImageLimits, RequestOptions, build_prediction, preprocess};
+use caliper::serve::monitor::token::TokenSigner;
+use caliper::trust::calibration::Calibrator;
 
 fn main() -> anyhow::Result<()> {
     // As the server does, so that both run the same ONNX Runtime threads.
@@ -30,8 +40,8 @@ fn main() -> anyhow::Result<()> {
     };
     let a: Vec<String> = std::env::args().skip(1).collect();
     anyhow::ensure!(
-        a.len() == 6,
-        "usage: MODEL_DIR IMAGE BATCH SESSIONS INTRA SECONDS"
+        a.len() == 6 || a.len() == 7,
+        "usage: MODEL_DIR IMAGE BATCH SESSIONS INTRA SECONDS [CALIB|-]"
     );
     let dir = PathBuf::from(&a[0]);
     let image = std::fs::read(&a[1])?;
@@ -39,6 +49,11 @@ fn main() -> anyhow::Result<()> {
         (a[2].parse()?, a[3].parse()?, a[4].parse()?);
     let secs: f64 = a[5].parse()?;
     let meta = ModelMetadata::load(&dir.join("model.toml"))?;
+    let calibration = match a.get(6).map(String::as_str) {
+        None => None,
+        Some("-") => Some(None),
+        Some(path) => Some(Some(CalibrationFile::load(&PathBuf::from(path))?)),
+    };
     let i = &meta.input;
     let shape = [i.channels, i.height, i.width];
     let limits = ImageLimits {
@@ -63,13 +78,15 @@ fn main() -> anyhow::Result<()> {
         })
     };
 
-    // Runs `work` on SESSIONS threads for SECONDS; returns images per second and CPU us per image.
-    let throughput = |with_decode: bool| -> anyhow::Result<(f64, f64)> {
+    // Runs `stage` on SESSIONS threads for SECONDS; returns images per second and CPU us per
+    // image.
+    let throughput = |stage: Stage| -> anyhow::Result<(f64, f64)> {
         let per_thread = std::thread::scope(|s| {
             let handles: Vec<_> = (0..sessions)
                 .map(|_| {
                     s.spawn(|| -> anyhow::Result<(usize, f64)> {
                         let mut session = new_session()?;
+                        let mut answers = Answers::new(&meta, calibration.as_ref())?;
                         let one = preprocess(&image, i, limits)?;
                         let input: Vec<f32> = one
                             .iter()
@@ -80,14 +97,17 @@ fn main() -> anyhow::Result<()> {
                         session.run_outputs(&input)?;
                         let (start, cpu0, mut done) = (Instant::now(), thread_cpu_us()?, 0);
                         while start.elapsed() < Duration::from_secs_f64(secs) {
-                            if with_decode {
+                            if stage == Stage::Ort {
+                                session.run_outputs(&input)?;
+                            } else {
                                 let mut fresh = Vec::with_capacity(input.len());
                                 for _ in 0..batch {
                                     fresh.extend(preprocess(&image, i, limits)?);
                                 }
-                                session.run_outputs(&fresh)?;
-                            } else {
-                                session.run_outputs(&input)?;
+                                let out = session.run_outputs(&fresh)?;
+                                if stage == Stage::Pipeline {
+                                    answers.write(&out)?;
+                                }
                             }
                             done += batch;
                         }
@@ -108,31 +128,115 @@ fn main() -> anyhow::Result<()> {
         }
         Ok((images as f64 / secs, cpu_us / images as f64))
     };
-    let (ort_only, ort_cpu_us) = throughput(false)?;
-    let (with_decode, decode_ort_cpu_us) = throughput(true)?;
+    let (ort_only, ort_cpu_us) = throughput(Stage::Ort)?;
+    let (with_decode, decode_ort_cpu_us) = throughput(Stage::DecodeOrt)?;
 
     // Single image, one thread: decode + preprocess + run, as one request would.
-    let mut session = new_session()?;
-    let mut lat = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs_f64(secs.min(5.0)) {
-        let t = Instant::now();
-        let x = preprocess(&image, i, limits)?;
-        session.run_outputs(&x)?;
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    let single = |stage: Stage| -> anyhow::Result<Vec<f64>> {
+        let mut session = new_session()?;
+        let mut answers = Answers::new(&meta, calibration.as_ref())?;
+        let mut lat = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs_f64(secs.min(5.0)) {
+            let t = Instant::now();
+            let x = preprocess(&image, i, limits)?;
+            let out = session.run_outputs(&x)?;
+            if stage == Stage::Pipeline {
+                answers.write(&out)?;
+            }
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        lat.sort_by(f64::total_cmp);
+        Ok(lat)
+    };
+    let q = |lat: &[f64], p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
+    let lat = single(Stage::DecodeOrt)?;
+    let mut figures = serde_json::json!({
+        "batch_size": batch, "sessions": sessions, "intra_op_threads": intra,
+        "raw_ort_images_per_s": ort_only, "raw_decode_ort_images_per_s": with_decode,
+        "raw_ort_cpu_us": ort_cpu_us, "raw_decode_ort_cpu_us": decode_ort_cpu_us,
+        "raw_single_p50_ms": q(&lat, 0.5), "raw_single_p99_ms": q(&lat, 0.99),
+        "raw_single_samples": lat.len(),
+    });
+    if calibration.is_some() {
+        let (images_per_s, cpu_us) = throughput(Stage::Pipeline)?;
+        let lat = single(Stage::Pipeline)?;
+        let more = serde_json::json!({
+            "raw_pipeline_images_per_s": images_per_s, "raw_pipeline_cpu_us": cpu_us,
+            "raw_pipeline_single_p50_ms": q(&lat, 0.5),
+        });
+        figures
+            .as_object_mut()
+            .expect("an object")
+            .extend(more.as_object().expect("an object").clone());
     }
-    lat.sort_by(f64::total_cmp);
-    let q = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
-    println!(
-        "{}",
-        serde_json::json!({
-            "batch_size": batch, "sessions": sessions, "intra_op_threads": intra,
-            "raw_ort_images_per_s": ort_only, "raw_decode_ort_images_per_s": with_decode,
-            "raw_ort_cpu_us": ort_cpu_us, "raw_decode_ort_cpu_us": decode_ort_cpu_us,
-            "raw_single_p50_ms": q(0.5), "raw_single_p99_ms": q(0.99), "raw_single_samples": lat.len(),
-        })
-    );
+    println!("{figures}");
     Ok(())
+}
+
+/// How far each image goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stage {
+    /// ONNX Runtime alone on a preprocessed batch.
+    Ort,
+    /// PNG decode + preprocessing + ONNX Runtime.
+    DecodeOrt,
+    /// That plus the answer: prediction, signed id, JSON.
+    Pipeline,
+}
+
+/// Turns a batch's outputs into the bytes the server would send for each image (single-image
+/// answers, default options, a prediction id as the monitor issues it).
+struct Answers<'a> {
+    meta: &'a ModelMetadata,
+    calibrator: Calibrator,
+    calibration: Option<&'a CalibrationFile>,
+    signer: TokenSigner,
+    json: Vec<u8>,
+}
+
+impl<'a> Answers<'a> {
+    fn new(
+        meta: &'a ModelMetadata,
+        calibration: Option<&'a Option<CalibrationFile>>,
+    ) -> anyhow::Result<Self> {
+        let calibration = calibration.and_then(Option::as_ref);
+        Ok(Answers {
+            meta,
+            calibrator: calibration.map_or(Calibrator::Identity, |c| c.calibrator.clone()),
+            calibration,
+            signer: TokenSigner::random(),
+            json: Vec::new(),
+        })
+    }
+
+    fn write(&mut self, out: &BatchOutput) -> anyhow::Result<()> {
+        let ctx = PredictionContext {
+            model: "bench",
+            version: &self.meta.version,
+            labels: &self.meta.labels,
+            calibrator: &self.calibrator,
+            calibrated: self.calibration.is_some(),
+            calibration: self.calibration,
+        };
+        let options = RequestOptions::default();
+        for (r, logits) in out.logits.chunks_exact(out.classes).enumerate() {
+            let features = out.features.as_ref().map(|(f, d)| &f[r * d..(r + 1) * d]);
+            let mut p = build_prediction(&ctx, logits, features, &options)?;
+            p.prediction_id = self.signer.issue(
+                ctx.model,
+                ctx.version,
+                p.class_index,
+                p.confidence,
+                &p.probabilities,
+                None,
+            );
+            self.json.clear();
+            serde_json::to_writer(&mut self.json, &p)?;
+            std::hint::black_box(&self.json);
+        }
+        Ok(())
+    }
 }
 
 /// CPU time this thread has run, in microseconds (the first field of its schedstat, in ns).

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Whole-system benchmark of `caliper serve` (not a test). Measures on the same model and machine:
 #   1. raw in-process ONNX Runtime throughput at the server's batch size, without and with PNG
-#      decoding (examples/bench_raw.rs), and raw single-image latency;
+#      decoding, and with the whole answer (decode + ORT + calibration, OOD scores, signed id,
+#      JSON: the "raw pipeline", everything but serving; examples/bench_raw.rs), and raw
+#      single-image latency;
 #   2. the server under 64 concurrent clients posting a PNG (wrk), and at 1 client (p50/p99);
 #   3. the same load against a plain Python server (scripts/bench_python_server.py: stdlib HTTP +
 #      onnxruntime + Pillow), the baseline a user would otherwise write;
@@ -79,15 +81,7 @@ command -v python3 >/dev/null || bench_fail "python3 not found (apt-get install 
 [[ "$PIN" != 1 ]] || command -v taskset >/dev/null || bench_fail "taskset not found (apt-get install util-linux), needed by PIN=1"
 [[ -f "$IMAGE" ]] || bench_fail "image $IMAGE not found"
 [[ -f "$MODEL_DIR/model.onnx" ]] || bench_fail "model $MODEL_DIR/model.onnx not found"
-if [[ -z "${PYTHON:-}" ]]; then
-  PYTHON="$ROOT/runs/bench-venv/bin/python"
-  if ! "$PYTHON" -c "import onnxruntime, PIL, numpy" 2>/dev/null; then
-    echo "creating runs/bench-venv (onnxruntime, Pillow, numpy; benchmark only)" >&2
-    python3 -m venv "$ROOT/runs/bench-venv" >&2 || bench_fail "python3 -m venv failed (apt-get install python3-venv)"
-    "$ROOT/runs/bench-venv/bin/pip" install --quiet onnxruntime==1.31.1 pillow numpy >&2 ||
-      bench_fail "pip install onnxruntime==1.31.1 pillow numpy into runs/bench-venv failed"
-  fi
-fi
+PYTHON="$(scripts/bench-python.sh)" || bench_fail "no Python for the baseline (scripts/bench-python.sh failed)"
 
 scripts/fetch-onnxruntime.sh >&2
 echo "building release binaries (LTO; slow the first time)" >&2
@@ -135,9 +129,13 @@ load() {
   "${wrk[@]}" -t1 -c1 -d"${DURATION}s" --latency -s "$OUT/post.lua" "$url" > "$OUT/$name-wrk-1.txt"
 }
 
+# The model's calibration file, for the raw pipeline (whole answers without a server) and the
+# Python baseline's temperature.
+CALIB_FILE="$CALIB_ROOT/$NAME.json"; [[ -f "$CALIB_FILE" ]] || CALIB_FILE=-
+
 bench_section raw
 echo "1/4 raw ONNX Runtime ($MODEL_DIR, batch $BATCH, $SESSIONS sessions x $INTRA threads)" >&2
-${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_raw "$MODEL_DIR" "$IMAGE" "$BATCH" "$SESSIONS" "$INTRA" "$DURATION" > "$OUT/raw.json"
+${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_raw "$MODEL_DIR" "$IMAGE" "$BATCH" "$SESSIONS" "$INTRA" "$DURATION" "$CALIB_FILE" > "$OUT/raw.json"
 bench_record raw "$(<"$OUT/raw.json")"
 
 bench_section server
@@ -188,7 +186,6 @@ kill -TERM "$SERVER"; wait "$SERVER" || true
 
 bench_section python
 echo "3/4 Python baseline" >&2
-CALIB_FILE="$CALIB_ROOT/$NAME.json"; [[ -f "$CALIB_FILE" ]] || CALIB_FILE=-
 ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} "$PYTHON" scripts/bench_python_server.py "$MODEL_DIR" "$CALIB_FILE" 0 > "$OUT/python.log" 2>&1 &
 PYSERVER=$!
 PIDS+=("$PYSERVER")
