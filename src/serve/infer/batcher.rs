@@ -12,12 +12,20 @@
 //! batch woke two threads (the receiver, then the mutex waiter, which only went back to sleep).
 //! Thread wake-ups dominated the server's profile on a small VM; here a push wakes at most one
 //! idle consumer per entry, and none when all are busy (the common case under load).
+//!
+//! Idle consumers are woken last-in, first-out: the session that finished most recently takes
+//! the next batch, so at low load one session (its weights and buffers in its core's caches)
+//! runs every request. A condition variable wakes its waiters first-in, first-out, which made
+//! two idle sessions take turns: EfficientNet-Lite0's run at one client took 7.86 ms against
+//! 7.13 ms with one session (docs/BENCHMARKS.md, session 16).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 use crate::runtime::Device;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
 
 /// An entry the batcher can schedule.
 pub trait Queued {
@@ -128,14 +136,32 @@ pub enum PushError<T> {
 struct State<T> {
     items: VecDeque<T>,
     closed: bool,
-    /// Consumers blocked on `ready`: a push notifies only when someone is there to wake.
-    idle: usize,
+    /// Consumers blocked for entries, the most recently idle last: a push wakes from the end,
+    /// and only when someone is there to wake.
+    idle: Vec<Arc<Waiter>>,
+}
+
+/// A consumer parked in [`BatchQueue::next_batch`].
+struct Waiter {
+    thread: Thread,
+    /// Set, under the queue's lock, by whoever takes the waiter off the idle stack to wake it;
+    /// parking can also end spuriously or on a timeout, which this tells apart.
+    woken: AtomicBool,
+}
+
+impl<T> State<T> {
+    /// Takes the most recently idle consumer off the stack, to be unparked once the lock is
+    /// released.
+    fn wake_one(&mut self) -> Option<Arc<Waiter>> {
+        let w = self.idle.pop()?;
+        w.woken.store(true, Ordering::Release);
+        Some(w)
+    }
 }
 
 /// A bounded multi-producer, multi-consumer queue of entries that consumers take in batches.
 pub struct BatchQueue<T> {
     state: Mutex<State<T>>,
-    ready: Condvar,
     capacity: usize,
 }
 
@@ -154,9 +180,8 @@ impl<T: Queued> BatchQueue<T> {
             state: Mutex::new(State {
                 items: VecDeque::with_capacity(capacity.min(1024)),
                 closed: false,
-                idle: 0,
+                idle: Vec::new(),
             }),
-            ready: Condvar::new(),
             capacity,
         }
     }
@@ -165,6 +190,37 @@ impl<T: Queued> BatchQueue<T> {
     // single push, pop or flag write), so a poisoned lock is still consistent.
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Releases the lock and parks this thread on top of the idle stack until a push or a close
+    /// wakes it, or `timeout` passes; returns with the lock held again.
+    fn wait<'a>(
+        &'a self,
+        mut s: MutexGuard<'a, State<T>>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, State<T>> {
+        let me = Arc::new(Waiter {
+            thread: std::thread::current(),
+            woken: AtomicBool::new(false),
+        });
+        s.idle.push(Arc::clone(&me));
+        drop(s);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        while !me.woken.load(Ordering::Acquire) {
+            match deadline {
+                None => std::thread::park(),
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => std::thread::park_timeout(left),
+                    _ => break,
+                },
+            }
+        }
+        let mut s = self.lock();
+        // Timed out: leave the stack, unless a push took this waiter off it meanwhile.
+        if let Some(i) = s.idle.iter().position(|w| Arc::ptr_eq(w, &me)) {
+            s.idle.remove(i);
+        }
+        s
     }
 
     /// Queues all of `entries` or none of them (a request's images are never split between a
@@ -179,18 +235,23 @@ impl<T: Queued> BatchQueue<T> {
         }
         let n = entries.len();
         s.items.extend(entries);
-        let wake = s.idle.min(n);
+        let wake: Vec<Arc<Waiter>> = (0..n).map_while(|_| s.wake_one()).collect();
         drop(s);
-        for _ in 0..wake {
-            self.ready.notify_one();
+        for w in wake {
+            w.thread.unpark();
         }
         Ok(())
     }
 
     /// Closes the queue: pushes fail, and consumers get `None` once it is drained.
     pub fn close(&self) {
-        self.lock().closed = true;
-        self.ready.notify_all();
+        let mut s = self.lock();
+        s.closed = true;
+        let wake: Vec<Arc<Waiter>> = std::iter::from_fn(|| s.wake_one()).collect();
+        drop(s);
+        for w in wake {
+            w.thread.unpark();
+        }
     }
 
     /// Most entries the queue holds.
@@ -208,6 +269,12 @@ impl<T: Queued> BatchQueue<T> {
         self.len() == 0
     }
 
+    /// Consumers parked for entries.
+    #[cfg(test)]
+    fn idle_consumers(&self) -> usize {
+        self.lock().idle.len()
+    }
+
     /// Blocks for the first live entry, then fills a batch by `policy`. Abandoned entries are
     /// handed to `on_abandoned` (for counting) and never returned. `None` when the queue is
     /// closed and empty. The lock is held only while taking entries, never while waiting.
@@ -222,11 +289,7 @@ impl<T: Queued> BatchQueue<T> {
                 Some(e) if e.is_abandoned() => on_abandoned(e),
                 Some(e) => break e,
                 None if s.closed => return None,
-                None => {
-                    s.idle += 1;
-                    s = self.ready.wait(s).unwrap_or_else(PoisonError::into_inner);
-                    s.idle -= 1;
-                }
+                None => s = self.wait(s, None),
             }
         };
         let oldest = first.enqueued_at();
@@ -241,15 +304,7 @@ impl<T: Queued> BatchQueue<T> {
                 }
             }
             match policy.wait_budget(batch.len(), oldest, Instant::now()) {
-                Some(wait) if !wait.is_zero() && !s.closed => {
-                    s.idle += 1;
-                    s = self
-                        .ready
-                        .wait_timeout(s, wait)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                    s.idle -= 1;
-                }
+                Some(wait) if !wait.is_zero() && !s.closed => s = self.wait(s, Some(wait)),
                 _ => break,
             }
         }
@@ -430,5 +485,57 @@ mod tests {
         // The consumer drains before it sees the close, whatever the interleaving.
         q.close();
         assert_eq!(consumer.join().unwrap(), [7, 8, 9]);
+    }
+
+    /// Spins until `n` consumers are parked (each test thread parks within microseconds).
+    fn until_idle(q: &BatchQueue<Entry>, n: usize) {
+        let start = Instant::now();
+        while q.idle_consumers() != n {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "consumers never parked"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn the_most_recently_idle_consumer_takes_the_next_batch() {
+        let q = Arc::new(BatchQueue::<Entry>::new(16));
+        let consumer = |name: &'static str| {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while let Some(b) = q.next_batch(&policy(4, GREEDY), |_| ()) {
+                    seen.extend(ids(b));
+                }
+                (name, seen)
+            })
+        };
+        let first = consumer("first");
+        until_idle(&q, 1);
+        let second = consumer("second");
+        until_idle(&q, 2);
+        // Each push wakes the consumer on top of the stack; it takes the entry and parks on top
+        // again, so the consumer that went idle first is never woken.
+        for id in 0..3 {
+            q.push_all(vec![entry(id, false)]).unwrap();
+            until_idle(&q, 2);
+        }
+        q.close();
+        assert_eq!(second.join().unwrap(), ("second", vec![0, 1, 2]));
+        assert_eq!(first.join().unwrap(), ("first", vec![]));
+    }
+
+    #[test]
+    fn a_consumer_whose_wait_times_out_leaves_the_idle_stack() {
+        let q = BatchQueue::new(16);
+        q.push_all(vec![entry(0, false)]).unwrap();
+        let b = q.next_batch(&policy(4, Duration::from_millis(20)), |_| ());
+        assert_eq!(ids(b.unwrap()), [0]);
+        assert_eq!(q.idle_consumers(), 0);
+        // A later push finds nobody to wake and stays queued.
+        q.push_all(vec![entry(1, false)]).unwrap();
+        assert_eq!(q.len(), 1);
     }
 }
