@@ -100,6 +100,8 @@ def _serving(name, get):
             "cpu_beyond_pipeline_le_30us": _le(get("server_cpu_beyond_pipeline_us"), 30),
             "p50_le_pipeline_plus_0.10ms": _le(get("server_p50_minus_pipeline_ms"), 0.10),
             "batched_target_0.6x_above_floor": _ge(0.6, floor),
+            # The pipeline alone, with no serving cost and no load generator beside it.
+            "pipeline_vs_python_throughput": _ratio(get("raw_pipeline_images_per_s"), get("python_images_per_s")),
         }
     else:
         out = {
@@ -112,6 +114,10 @@ def _serving(name, get):
 
 def _le(v, bound, strict=False):
     return None if v is None else (v < bound if strict else v <= bound)
+
+
+def _ratio(a, b):
+    return None if a is None or not b else round(a / b, 2)
 
 
 def _ge(v, bound):
