@@ -1,7 +1,7 @@
 //! Baseline for scripts/bench-serve.sh: in-process ONNX Runtime throughput with no server,
 //! on the same model and with the same session layout as `caliper serve`.
 //!
-//! `cargo run --release --example bench_raw -- MODEL_DIR IMAGE BATCH SESSIONS INTRA SECONDS`
+//! `cargo run --release --example bench_raw -- MODEL_DIR IMAGE BATCH SESSIONS INTRA SECONDS [CALIB]`
 //! prints one JSON line: images/s of ONNX Runtime alone at batch size BATCH, images/s of
 //! decode + preprocess + ONNX Runtime at that batch size (SESSIONS threads, each owning a
 //! session, as the server does), and the single-image decode + run latency (p50, p99, ms).
@@ -49,6 +49,8 @@ fn main() -> anyhow::Result<()> {
         (a[2].parse()?, a[3].parse()?, a[4].parse()?);
     let secs: f64 = a[5].parse()?;
     let meta = ModelMetadata::load(&dir.join("model.toml"))?;
+    // None: no pipeline run; Some(None): a pipeline run without a calibration file (identity
+    // calibrator, no OOD scores), as the server answers for an uncalibrated model.
     let calibration = match a.get(6).map(String::as_str) {
         None => None,
         Some("-") => Some(None),
