@@ -1,7 +1,8 @@
 //! Baseline for scripts/bench-serve.sh: in-process ONNX Runtime throughput with no server,
 //! on the same model and with the same session layout as `caliper serve`.
 //!
-//! `cargo run --release --example bench_raw -- MODEL_DIR IMAGE BATCH SESSIONS INTRA SECONDS [CALIB]`
+//! `cargo run --release --example bench_raw --`
+//! `MODEL_DIR IMAGE BATCH SESSIONS INTRA SECONDS [CALIB]`
 //! prints one JSON line: images/s of ONNX Runtime alone at batch size BATCH, images/s of
 //! decode + preprocess + ONNX Runtime at that batch size (SESSIONS threads, each owning a
 //! session, as the server does), and the single-image decode + run latency (p50, p99, ms).
