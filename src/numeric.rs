@@ -1,5 +1,5 @@
 //! Small numeric kernels shared by the server, the calibrators and the trainer: stable softmax,
-//! log-sum-exp and argmax. All in f64; callers convert model outputs once.
+//! log-sum-exp, argmax and the top k. All in f64; callers convert model outputs once.
 
 /// Error for rows that contain NaN or infinite values.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -61,9 +61,51 @@ pub fn argmax(v: &[f64]) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
+/// Indices of the `k` largest values, largest first, ties to the lower index (`total_cmp`): the
+/// first `k` of the whole order, without sorting the whole row. A 1,000-class answer lists 5
+/// classes (or none: V2 answers carry no top-k), and sorting all 1,000 cost more than the rest
+/// of its top-k; the order is strict, so the selection is the same as a full sort's, bit for bit.
+pub fn top_indices(v: &[f64], k: usize) -> Vec<usize> {
+    let by_value = |&a: &usize, &b: &usize| v[b].total_cmp(&v[a]).then(a.cmp(&b));
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    if k < order.len() {
+        if k == 0 {
+            return Vec::new();
+        }
+        order.select_nth_unstable_by(k - 1, by_value);
+        order.truncate(k);
+    }
+    order.sort_unstable_by(by_value);
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_indices_are_the_head_of_the_full_order() {
+        // Ties, a NaN and signed zeros: the head must still be the full sort's, for every k.
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        for n in [0usize, 1, 2, 7, 10, 100, 1000] {
+            let v: Vec<f64> = (0..n)
+                .map(|i| {
+                    rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    match i % 17 {
+                        0 => f64::NAN,
+                        1 => -0.0,
+                        2 => 0.0,
+                        _ => ((rng >> 40) % 13) as f64 / 13.0,
+                    }
+                })
+                .collect();
+            let mut full: Vec<usize> = (0..n).collect();
+            full.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
+            for k in [0, 1, 2, 5, n / 2, n, n + 3] {
+                assert_eq!(top_indices(&v, k), full[..k.min(n)], "n = {n}, k = {k}");
+            }
+        }
+    }
 
     #[test]
     fn softmax_is_stable_for_huge_logits() {

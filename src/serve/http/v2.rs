@@ -514,21 +514,27 @@ impl Encoded {
     fn decode(self) -> Result<Vec<Bytes>, String> {
         match self {
             Encoded::Raw(v) => Ok(v),
-            Encoded::Base64(strings) => {
-                let engine = base64::engine::general_purpose::STANDARD;
-                strings
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| {
-                        engine
-                            .decode(s.trim())
-                            .map(Bytes::from)
-                            .map_err(|e| format!("element {i} is not base64: {e}"))
-                    })
-                    .collect()
-            }
+            Encoded::Base64(strings) => strings
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    decode_base64(s.trim())
+                        .map(Bytes::from)
+                        .map_err(|e| format!("element {i} is not base64: {e}"))
+                })
+                .collect(),
         }
     }
+}
+
+/// Standard base64 with canonical padding, decoded with SIMD (`base64-simd`: 11 us for a 118 KB
+/// image here, against 40 with the `base64` crate, whose cost was a quarter of what a 32-image
+/// V2 upload paid beyond multipart). What it refuses goes through the `base64` crate, which
+/// refuses the same strings and says where and why.
+fn decode_base64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    base64_simd::STANDARD
+        .decode_to_vec(s)
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(s))
 }
 
 fn output(name: &str, scored: &[Scored]) -> Result<OutputTensor, ApiError> {
@@ -760,8 +766,9 @@ async fn infer_model(
     let Some((input, data)) = input_data(inputs, binary)?.pop() else {
         return Err(ApiError::Internal("one input in, none out".into()));
     };
+    // No V2 output or parameter carries a top-k (see `kserve::infer`).
     let mut options = RequestOptions {
-        top_k: model.files.metadata.labels.len(),
+        top_k: 0,
         ..RequestOptions::default()
     };
     let plan = live::plan(&state.monitor, &model, adapt, &mut options);
@@ -890,5 +897,59 @@ pub async fn load_model(
             tracing::warn!(error = %e, "reload failed; previous version keeps serving");
             Err(ApiError::ReloadFailed(e.to_string()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+
+    use super::decode_base64;
+
+    /// The SIMD decoder must accept exactly what the `base64` crate accepted, with the same
+    /// bytes: random strings over the alphabet, padding, whitespace and a foreign character,
+    /// of every length up to 40, plus the encodings of random bytes.
+    #[test]
+    fn base64_decoding_accepts_and_refuses_what_the_base64_crate_does() {
+        const CHARS: &[u8] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \n-";
+        let engine = base64::engine::general_purpose::STANDARD;
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for len in 0..=40 {
+            for _ in 0..400 {
+                let mut s: Vec<u8> = (0..len)
+                    .map(|_| CHARS[next() as usize % CHARS.len()])
+                    .collect();
+                if next() % 2 == 0 {
+                    // Mostly the alphabet, so that valid strings come up too.
+                    s.iter_mut().for_each(|c| {
+                        if !c.is_ascii_alphanumeric() && next() % 4 != 0 {
+                            *c = b'Q';
+                        }
+                    });
+                }
+                let s = String::from_utf8(s).unwrap();
+                let want = engine.decode(&s);
+                let got = decode_base64(&s);
+                assert_eq!(got.is_ok(), want.is_ok(), "{s:?}");
+                if let (Ok(g), Ok(w)) = (&got, &want) {
+                    assert_eq!(g, w, "{s:?}");
+                    accepted += 1;
+                } else {
+                    assert_eq!(got.unwrap_err(), want.unwrap_err(), "{s:?}");
+                    refused += 1;
+                }
+            }
+            let bytes: Vec<u8> = (0..len * 3).map(|_| next() as u8).collect();
+            assert_eq!(decode_base64(&engine.encode(&bytes)).unwrap(), bytes);
+        }
+        assert!(accepted > 100 && refused > 100, "{accepted} / {refused}");
     }
 }

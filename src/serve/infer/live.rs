@@ -15,7 +15,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use super::{LoadedModel, Prediction, RequestOptions, Scored, TopK};
-use crate::numeric::argmax;
+use crate::numeric::{argmax, top_indices};
 use crate::serve::monitor::coverage::{CoverageReport, coverage};
 use crate::serve::monitor::live::{AciReport, AlarmReport, Estimated, MAX_CLASS_SERIES};
 use crate::serve::monitor::recal::Recalibration;
@@ -162,11 +162,8 @@ fn correct(p: &mut Prediction, ratio: &[f64], labels: &[String]) {
     }
     let probs = reweight(&p.probabilities, ratio);
     let top = argmax(&probs);
-    let mut order: Vec<usize> = (0..probs.len()).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-    p.top_k = order
+    p.top_k = top_indices(&probs, p.top_k.len())
         .into_iter()
-        .take(p.top_k.len())
         .map(|i| TopK {
             label: labels.get(i).cloned().unwrap_or_default(),
             index: i,

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::numeric::argmax;
+use crate::numeric::{argmax, top_indices};
 use crate::repository::CalibrationFile;
 use crate::trust::calibration::{CalibrationError, Calibrator};
 use crate::trust::conformal::ScoreKind;
@@ -211,15 +211,8 @@ pub fn score(
     let Calibrated { z, probabilities } = calibrated;
     let f = features.map(to_f64);
     let class_index = argmax(&probabilities);
-    let mut order: Vec<usize> = (0..probabilities.len()).collect();
-    order.sort_by(|&a, &b| {
-        probabilities[b]
-            .total_cmp(&probabilities[a])
-            .then(a.cmp(&b))
-    });
-    let top_k = order
+    let top_k = top_indices(&probabilities, options.top_k)
         .into_iter()
-        .take(options.top_k)
         .map(|i| TopK {
             label: ctx.labels[i].clone(),
             index: i,

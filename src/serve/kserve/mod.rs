@@ -169,7 +169,8 @@ pub struct Context<'a> {
 }
 
 /// Runs a V2 request's batch through the request path under the time budget (dropping the
-/// future on timeout abandons its queue entries), with every class in `top_k`, then stamps each
+/// future on timeout abandons its queue entries), with no `top_k` (no V2 output carries one: a
+/// 1,000-class model cloned 1,000 labels per image for nothing), then stamps each
 /// row with its signed prediction id and feeds the label-free monitor.
 pub async fn infer(
     model: &LoadedModel,
@@ -177,7 +178,7 @@ pub async fn infer(
     ctx: Context<'_>,
 ) -> Result<Vec<Scored>, V2Error> {
     let options = RequestOptions {
-        top_k: model.files.metadata.labels.len(),
+        top_k: 0,
         ..RequestOptions::default()
     };
     let client_values = matches!(batch, Batch::Tensors(_));

@@ -19,6 +19,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::numeric::top_indices;
 use crate::serve::infer::Prediction;
 use crate::serve::monitor::MAX_EMBEDDED_CLASSES;
 use crate::serve::prometheus::ServerMetrics;
@@ -133,15 +134,8 @@ pub struct LoggedPrediction {
 /// The `n` most probable classes, most probable first, ties by index (the order of a
 /// response's `top_k`).
 fn top_classes(probabilities: &[f64], labels: &[String], n: usize) -> Vec<LoggedClass> {
-    let mut order: Vec<usize> = (0..probabilities.len()).collect();
-    order.sort_by(|&a, &b| {
-        probabilities[b]
-            .total_cmp(&probabilities[a])
-            .then(a.cmp(&b))
-    });
-    order
+    top_indices(probabilities, n)
         .into_iter()
-        .take(n)
         .map(|i| LoggedClass {
             index: i,
             label: labels.get(i).cloned().unwrap_or_else(|| i.to_string()),
