@@ -15,6 +15,10 @@
 //! from the threads' own run time in /proc), which other processes on a shared machine do not
 //! inflate: the server's CPU time per request is compared with it.
 //!
+//! `SINGLE_GAP_US=N` sleeps N microseconds before each single-image run, as a server waits for
+//! its one client's next request: the latency of a run that starts on a core that was idle (its
+//! caches partly gone), against the back-to-back default.
+//!
 //! With a 7th argument CALIB (the model's calibration file, or `-` for none) it also measures
 //! the whole answer without a server (`raw_pipeline_*`): decode + ONNX Runtime + what the server
 //! computes for every image before it is sent, through the same library calls (calibration, the
@@ -134,6 +138,10 @@ fn main() -> anyhow::Result<()> {
     let (ort_only, ort_cpu_us) = throughput(Stage::Ort)?;
     let (with_decode, decode_ort_cpu_us) = throughput(Stage::DecodeOrt)?;
 
+    let gap = Duration::from_micros(match std::env::var("SINGLE_GAP_US") {
+        Ok(g) => g.parse()?,
+        Err(_) => 0,
+    });
     // Single image, one thread: decode + preprocess + run, as one request would.
     let single = |stage: Stage| -> anyhow::Result<Vec<f64>> {
         let mut session = new_session()?;
@@ -141,6 +149,9 @@ fn main() -> anyhow::Result<()> {
         let mut lat = Vec::new();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs_f64(secs.min(5.0)) {
+            if !gap.is_zero() {
+                std::thread::sleep(gap);
+            }
             let t = Instant::now();
             let x = preprocess(&image, i, limits)?;
             let out = session.run_outputs(&x)?;
@@ -172,6 +183,9 @@ fn main() -> anyhow::Result<()> {
             .as_object_mut()
             .expect("an object")
             .extend(more.as_object().expect("an object").clone());
+    }
+    if !gap.is_zero() {
+        figures["raw_single_gap_us"] = (gap.as_micros() as u64).into();
     }
     println!("{figures}");
     Ok(())

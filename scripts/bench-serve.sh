@@ -113,6 +113,15 @@ hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 # (Python's per-request threads, idle blocking-pool threads) included.
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 cpu_us() { awk -v t="$TICK_US" '{printf "%d", ($14 + $15) * t}' "/proc/$1/stat"; }
+# Each live thread of a process: "TID NAME CPU_US" (the split of the server's CPU between its
+# session threads and the rest; threads that exit in between only show in cpu_us).
+thread_cpu() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    printf '%s %s %s\n' "${t##*/}" "$(tr ' ' _ < "$t/comm")" \
+      "$(awk -v t="$TICK_US" '{printf "%d", ($14 + $15) * t}' "$t/stat" 2>/dev/null || echo 0)"
+  done
+}
 
 # load NAME URL PID: 64-client and 1-client runs, RSS sampled mid-run and peak.
 load() {
@@ -122,8 +131,10 @@ load() {
   (sleep $((DURATION / 2)); rss_kb "$pid" > "$OUT/$name-rss-kb.txt") &
   local sampler=$! cpu0
   cpu0="$(cpu_us "$pid")"
+  thread_cpu "$pid" > "$OUT/$name-threads-0.txt"
   "${wrk[@]}" -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/post.lua" "$url" > "$OUT/$name-wrk-$CONNS.txt"
   echo $(($(cpu_us "$pid") - cpu0)) > "$OUT/$name-cpu-us.txt"
+  thread_cpu "$pid" > "$OUT/$name-threads-1.txt"
   wait "$sampler"
   hwm_kb "$pid" > "$OUT/$name-hwm-kb.txt"
   "${wrk[@]}" -t1 -c1 -d"${DURATION}s" --latency -s "$OUT/post.lua" "$url" > "$OUT/$name-wrk-1.txt"
