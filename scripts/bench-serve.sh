@@ -3,7 +3,7 @@
 #   1. raw in-process ONNX Runtime throughput at the server's batch size, without and with PNG
 #      decoding, and with the whole answer (decode + ORT + calibration, OOD scores, signed id,
 #      JSON: the "raw pipeline", everything but serving; examples/bench_raw.rs), and raw
-#      single-image latency;
+#      single-image latency; run again after the server's runs, and the mean of the two used;
 #   2. the server under 64 concurrent clients posting a PNG (wrk), and at 1 client (p50/p99);
 #   3. the same load against a plain Python server (scripts/bench_python_server.py: stdlib HTTP +
 #      onnxruntime + Pillow), the baseline a user would otherwise write;
@@ -41,7 +41,7 @@ if [[ "${1:-}" == all ]]; then
   exec python3 scripts/bench-serve-all.py
 fi
 source scripts/bench-lib.sh
-bench_init serve setup raw server python floor report
+bench_init serve setup raw server raw-after python floor report
 bench_section setup
 
 MODEL_DIR="${1:-}"
@@ -194,6 +194,13 @@ echo "$BATCHED" > "$OUT/batched-images.txt"
 # The floor server answers these bytes.
 curl -sf -X POST -H "Content-Type: image/png" --data-binary "@$ROOT/$IMAGE" "http://$ADDR/v1/models/$NAME/predict" > "$OUT/response.json"
 kill -TERM "$SERVER"; wait "$SERVER" || true
+
+# The raw loop again right after the server: the VM's speed drifts by several percent within
+# minutes, so the report divides by the mean of the raw runs before and after the server's
+# (and gives the drift between them).
+bench_section raw-after
+echo "   raw ONNX Runtime again (the server's runs bracketed)" >&2
+${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_raw "$MODEL_DIR" "$IMAGE" "$BATCH" "$SESSIONS" "$INTRA" "$DURATION" "$CALIB_FILE" > "$OUT/raw-after.json"
 
 bench_section python
 echo "3/4 Python baseline" >&2
