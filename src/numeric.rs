@@ -63,8 +63,9 @@ pub fn argmax(v: &[f64]) -> usize {
 
 /// Indices of the `k` largest values, largest first, ties to the lower index (`total_cmp`): the
 /// first `k` of the whole order, without sorting the whole row. A 1,000-class answer lists 5
-/// classes (or none: V2 answers carry no top-k), and sorting all 1,000 cost more than the rest
-/// of its top-k; the order is strict, so the selection is the same as a full sort's, bit for bit.
+/// classes (or none: V2 answers carry no top-k), and sorting all 1,000 took 18 of its 42 us
+/// (docs/BENCHMARKS.md, session 17); the order is strict, so the selection is the same as a full
+/// sort's, bit for bit.
 pub fn top_indices(v: &[f64], k: usize) -> Vec<usize> {
     let by_value = |&a: &usize, &b: &usize| v[b].total_cmp(&v[a]).then(a.cmp(&b));
     let mut order: Vec<usize> = (0..v.len()).collect();

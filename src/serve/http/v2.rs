@@ -528,8 +528,8 @@ impl Encoded {
 }
 
 /// Standard base64 with canonical padding, decoded with SIMD (`base64-simd`: 11 us for a 118 KB
-/// image here, against 40 with the `base64` crate, whose cost was a quarter of what a 32-image
-/// V2 upload paid beyond multipart). What it refuses goes through the `base64` crate, which
+/// image here, against 40 with the `base64` crate, which was about a third of what a 32-image
+/// V2 upload cost beyond multipart). What it refuses goes through the `base64` crate, which
 /// refuses the same strings and says where and why.
 fn decode_base64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
     base64_simd::STANDARD
