@@ -513,3 +513,41 @@ async fn metrics_are_labelled_by_route_template_and_model() {
         assert!(text.contains(needle), "missing {needle}\n{text}");
     }
 }
+
+/// Images larger than the inline limit and at most the session-decode size are decoded by the
+/// session thread right before the run (`infer::predict_images`): a good one is answered, a
+/// corrupt one whose header still reads is that image's own 400 (its index in the message),
+/// and the session thread goes on serving.
+#[tokio::test]
+async fn images_decoded_by_the_session_thread_answer_and_fail_one_by_one() {
+    let r = repo();
+    let s = state(config(r.path()));
+    let seven = image::load_from_memory(&digit("7.png")).unwrap();
+    let mut big = std::io::Cursor::new(Vec::new());
+    seven
+        .resize_exact(200, 200, image::imageops::FilterType::Triangle)
+        .write_to(&mut big, image::ImageFormat::Png)
+        .unwrap();
+    let big = big.into_inner();
+    let mut corrupt = big.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid..mid + 32].fill(0);
+    let boundary = "XcaliperX";
+    let mut body = Vec::new();
+    for (i, bytes) in [&big, &corrupt].into_iter().enumerate() {
+        body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file{i}\"; filename=\"{i}.png\"\r\nContent-Type: image/png\r\n\r\n").bytes());
+        body.extend(bytes);
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{boundary}--\r\n").bytes());
+    let ctype = format!("multipart/form-data; boundary={boundary}");
+    let (st, v, _) = send(&s, post(&predict_uri(), &ctype, body)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["code"], "corrupt_image", "{v}");
+    assert!(v.to_string().contains("image 1"), "{v}");
+    for _ in 0..3 {
+        let (st, v, _) = send(&s, post(&predict_uri(), "image/png", big.clone())).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["label"], "7", "{v}");
+    }
+}

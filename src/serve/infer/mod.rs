@@ -28,6 +28,7 @@ pub use prediction::{
 };
 pub use preprocess::{ImageLimits, PreprocessError, preprocess};
 pub use registry::{ModelRegistry, RegistryOptions};
+use worker::EncodedImage;
 pub use worker::RowOutput;
 
 use tracing::info_span;
@@ -199,25 +200,55 @@ impl Drop for CancelOnDrop {
 const GROUP_IMAGES: usize = 64;
 const GROUP_BYTES: u64 = 32 << 20;
 
+/// Every image's estimated decode bytes, from its header: a request that cannot be served is
+/// refused before any decoding (an unreadable header, or an image larger than the whole budget).
+fn plan_decodes(
+    images: &[Bytes],
+    spec: &crate::repository::InputSpec,
+    work: &ImageWork,
+) -> Result<Vec<u64>, InferError> {
+    images
+        .iter()
+        .enumerate()
+        .map(|(index, b)| {
+            let plan = preprocess::plan(b, spec, work.limits)
+                .map_err(|source| InferError::Image { index, source })?;
+            work.budget
+                .check(plan.estimated_bytes)
+                .map_err(|source| InferError::OverBudget { index, source })?;
+            Ok(plan.estimated_bytes)
+        })
+        .collect()
+}
+
+/// Largest decode (estimated peak bytes, decode and resize) a session thread takes on: about a
+/// 1,000 x 1,000 RGB photo. Larger images decode on the blocking pool, so that no run of other
+/// requests' images waits long behind one decode.
+const SESSION_DECODE_MAX_BYTES: u64 = 8 << 20;
+
+/// Whether a request's images are decoded by the session threads right before their run
+/// rather than on the blocking pool (`worker::fill_input`): on the CPU (a GPU's host thread
+/// should keep the device busy), without exported traces (the `decode` span describes the pool
+/// path), when every image is at most [`SESSION_DECODE_MAX_BYTES`] and all of them fit in one
+/// budget group.
+fn decode_on_sessions(model: &LoadedModel, need: &[u64], work: &ImageWork) -> bool {
+    let group_cap = GROUP_BYTES.min(work.budget.total_bytes() / 4);
+    !model.device.is_cuda()
+        && !telemetry::enabled()
+        && need.iter().all(|&b| b <= SESSION_DECODE_MAX_BYTES)
+        && need.iter().sum::<u64>() <= group_cap
+}
+
 /// Decodes `images` on the blocking pool in groups, each after reserving its estimated bytes
 /// from the budget; the reservation and the admission permit travel with the blocking work and
 /// are released when it ends, not when the request is answered.
 async fn preprocess_budgeted(
     images: Vec<Bytes>,
+    need: &[u64],
     spec: &crate::repository::InputSpec,
     work: &ImageWork,
 ) -> Result<Vec<Vec<f32>>, InferError> {
     let budget = &work.budget;
-    // Every header first: a request that cannot be served is refused before any decoding.
-    let mut need = Vec::with_capacity(images.len());
-    for (index, b) in images.iter().enumerate() {
-        let plan = preprocess::plan(b, spec, work.limits)
-            .map_err(|source| InferError::Image { index, source })?;
-        budget
-            .check(plan.estimated_bytes)
-            .map_err(|source| InferError::OverBudget { index, source })?;
-        need.push(plan.estimated_bytes);
-    }
     let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
     let group_cap = GROUP_BYTES.min(budget.total_bytes() / 4);
     let spec = Arc::new(spec.clone());
@@ -311,9 +342,35 @@ pub async fn predict_images(
             BudgetError::Busy => InferError::BudgetBusy,
             source => InferError::OverBudget { index: 0, source },
         })?;
+    let need = plan_decodes(&images, spec, work)?;
+    if decode_on_sessions(model, &need, work) {
+        drop(span);
+        // The decodes' peak bytes, held until answered (they happen in the queue's time).
+        let _decodes = work
+            .budget
+            .reserve(need.iter().sum())
+            .await
+            .map_err(|e| match e {
+                BudgetError::Busy => InferError::BudgetBusy,
+                source => InferError::OverBudget { index: 0, source },
+            })?;
+        let spec = Arc::new(spec.clone());
+        let encoded = images
+            .into_iter()
+            .enumerate()
+            .map(|(index, bytes)| EncodedImage {
+                bytes,
+                index,
+                spec: Arc::clone(&spec),
+                limits: work.limits,
+            })
+            .collect();
+        let rows = model.outputs_of_encoded(encoded).await?;
+        return score_rows(model, rows, options);
+    }
     let inputs = {
         use tracing::Instrument;
-        preprocess_budgeted(images, spec, work)
+        preprocess_budgeted(images, &need, spec, work)
             .instrument(span)
             .await?
     };
@@ -338,6 +395,16 @@ pub async fn predict_tensors(
     options: &RequestOptions,
 ) -> Result<Vec<Scored>, InferError> {
     let rows = model.outputs(inputs).await?;
+    score_rows(model, rows, options)
+}
+
+/// Calibrates every row (`calibration`) and scores it (`scoring`: top-k, OOD, abstention,
+/// conformal set).
+fn score_rows(
+    model: &LoadedModel,
+    rows: Vec<RowOutput>,
+    options: &RequestOptions,
+) -> Result<Vec<Scored>, InferError> {
     let ctx = model.prediction_context();
     let span = telemetry::span(|| {
         info_span!(

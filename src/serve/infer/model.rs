@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::InferError;
 use super::batcher::{BatchPolicy, BatchQueue, DeviceDefaults, PushError, padded_sizes};
 use super::prediction::PredictionContext;
-use super::worker::{self, Job, JobTrace, RowOutput, Sessions};
+use super::worker::{self, EncodedImage, Job, JobInput, JobTrace, RowOutput, Sessions};
 use crate::repository::ModelFiles;
 use crate::runtime::{ClassifierSession, Device};
 use crate::serve::prometheus::ServerMetrics;
@@ -216,6 +216,22 @@ impl LoadedModel {
         if let Some(rows) = self.sessions.try_inline(&self.queue, &inputs) {
             return rows.into_iter().collect();
         }
+        self.run_queued(inputs.into_iter().map(JobInput::Tensor).collect())
+            .await
+    }
+
+    /// Queues encoded images (headers checked) for the session threads to decode right before
+    /// their run, and returns their outputs in the same order; an image that fails to decode
+    /// fails the request with its index.
+    pub(super) async fn outputs_of_encoded(
+        &self,
+        images: Vec<EncodedImage>,
+    ) -> Result<Vec<RowOutput>, InferError> {
+        self.run_queued(images.into_iter().map(JobInput::Encoded).collect())
+            .await
+    }
+
+    async fn run_queued(&self, inputs: Vec<JobInput>) -> Result<Vec<RowOutput>, InferError> {
         let trace = JobTrace::new(&self.files.name, inputs.len());
         let enqueued = Instant::now();
         let (jobs, replies): (Vec<Job>, Vec<_>) = inputs
