@@ -229,14 +229,14 @@ const SESSION_DECODE_MAX_BYTES: u64 = 8 << 20;
 /// Whether a request's images are decoded by the session threads right before their run
 /// rather than on the blocking pool (`worker::fill_input`): on the CPU (a GPU's host thread
 /// should keep the device busy), without exported traces (the `decode` span describes the pool
-/// path), when every image is at most [`SESSION_DECODE_MAX_BYTES`] and all of them fit in one
-/// budget group.
-fn decode_on_sessions(model: &LoadedModel, need: &[u64], work: &ImageWork) -> bool {
-    let group_cap = GROUP_BYTES.min(work.budget.total_bytes() / 4);
+/// path), when every image is at most [`SESSION_DECODE_MAX_BYTES`]. The model inputs they
+/// become are reserved from the budget as on the pool path; their transient decode buffers are
+/// not, being bounded by the server's shape rather than by the traffic: each session thread
+/// decodes one batch at a time, at most `max_batch_size` images of at most 8 MiB.
+fn decode_on_sessions(model: &LoadedModel, need: &[u64]) -> bool {
     !model.device.is_cuda()
         && !telemetry::enabled()
         && need.iter().all(|&b| b <= SESSION_DECODE_MAX_BYTES)
-        && need.iter().sum::<u64>() <= group_cap
 }
 
 /// Decodes `images` on the blocking pool in groups, each after reserving its estimated bytes
@@ -343,17 +343,8 @@ pub async fn predict_images(
             source => InferError::OverBudget { index: 0, source },
         })?;
     let need = plan_decodes(&images, spec, work)?;
-    if decode_on_sessions(model, &need, work) {
+    if decode_on_sessions(model, &need) {
         drop(span);
-        // The decodes' peak bytes, held until answered (they happen in the queue's time).
-        let _decodes = work
-            .budget
-            .reserve(need.iter().sum())
-            .await
-            .map_err(|e| match e {
-                BudgetError::Busy => InferError::BudgetBusy,
-                source => InferError::OverBudget { index: 0, source },
-            })?;
         let spec = Arc::new(spec.clone());
         let encoded = images
             .into_iter()
