@@ -226,17 +226,22 @@ fn plan_decodes(
 /// requests' images waits long behind one decode.
 const SESSION_DECODE_MAX_BYTES: u64 = 8 << 20;
 
-/// Whether a request's images are decoded by the session threads right before their run
-/// rather than on the blocking pool (`worker::fill_input`): on the CPU (a GPU's host thread
-/// should keep the device busy), without exported traces (the `decode` span describes the pool
-/// path), when every image is at most [`SESSION_DECODE_MAX_BYTES`]. The model inputs they
-/// become are reserved from the budget as on the pool path; their transient decode buffers are
-/// not, being bounded by the server's shape rather than by the traffic: each session thread
-/// decodes one batch at a time, at most `max_batch_size` images of at most 8 MiB.
-fn decode_on_sessions(model: &LoadedModel, need: &[u64]) -> bool {
-    !model.device.is_cuda()
+/// The decode bytes a request reserves when its images are decoded by the session threads
+/// right before their run rather than on the blocking pool (`worker::fill_input`), or None for
+/// the pool: on the CPU (a GPU's host thread should keep the device busy), without exported
+/// traces (the `decode` span describes the pool path), every image at most
+/// [`SESSION_DECODE_MAX_BYTES`], and the reservation at most a pool group's. A session thread
+/// decodes one batch at a time, so the reservation (held until answered) is the request's
+/// largest image times the images of it one batch can hold; the requests waiting in the queue
+/// hold theirs too, so the budget covers more than is being decoded at any moment.
+fn session_decode_bytes(model: &LoadedModel, need: &[u64], work: &ImageWork) -> Option<u64> {
+    let largest = need.iter().copied().max()?;
+    let at_once = largest.saturating_mul(need.len().min(model.max_batch_size) as u64);
+    let usable = !model.device.is_cuda()
         && !telemetry::enabled()
-        && need.iter().all(|&b| b <= SESSION_DECODE_MAX_BYTES)
+        && largest <= SESSION_DECODE_MAX_BYTES
+        && at_once <= GROUP_BYTES.min(work.budget.total_bytes() / 4);
+    usable.then_some(at_once)
 }
 
 /// Decodes `images` on the blocking pool in groups, each after reserving its estimated bytes
@@ -343,8 +348,12 @@ pub async fn predict_images(
             source => InferError::OverBudget { index: 0, source },
         })?;
     let need = plan_decodes(&images, spec, work)?;
-    if decode_on_sessions(model, &need) {
+    if let Some(bytes) = session_decode_bytes(model, &need, work) {
         drop(span);
+        let _decodes = work.budget.reserve(bytes).await.map_err(|e| match e {
+            BudgetError::Busy => InferError::BudgetBusy,
+            source => InferError::OverBudget { index: 0, source },
+        })?;
         let spec = Arc::new(spec.clone());
         let encoded = images
             .into_iter()
