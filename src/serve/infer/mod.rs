@@ -363,6 +363,7 @@ pub async fn predict_images(
                 index,
                 spec: Arc::clone(&spec),
                 limits: work.limits,
+                admission: work.admission.clone(),
             })
             .collect();
         let rows = model.outputs_of_encoded(encoded).await?;

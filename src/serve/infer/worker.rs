@@ -87,6 +87,9 @@ pub(super) struct EncodedImage {
     pub index: usize,
     pub spec: Arc<InputSpec>,
     pub limits: ImageLimits,
+    /// The request's admission permit, held until the image is decoded (or its job dropped):
+    /// a timed-out request's slot stays taken while its work goes on, as on the pool path.
+    pub admission: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 /// The spans a queued image carries to its session thread, whose thread-local "current span"
@@ -362,14 +365,19 @@ fn fill_input(input: &mut Vec<f32>, batch: Vec<Job>) -> Vec<Job> {
     for mut job in batch {
         match std::mem::replace(&mut job.input, JobInput::Tensor(Vec::new())) {
             JobInput::Tensor(values) => input.extend_from_slice(&values),
-            JobInput::Encoded(e) => match preprocess(&e.bytes, &e.spec, e.limits) {
-                Ok(values) => input.extend_from_slice(&values),
-                Err(source) => {
-                    let index = e.index;
-                    let _ = job.reply.send(Err(InferError::Image { index, source }));
-                    continue;
+            JobInput::Encoded(e) => {
+                let decoded = preprocess(&e.bytes, &e.spec, e.limits);
+                // Its decode has ended: as on the pool path, the request's slot is released here.
+                drop(e.admission);
+                match decoded {
+                    Ok(values) => input.extend_from_slice(&values),
+                    Err(source) => {
+                        let index = e.index;
+                        let _ = job.reply.send(Err(InferError::Image { index, source }));
+                        continue;
+                    }
                 }
-            },
+            }
         }
         kept.push(job);
     }
