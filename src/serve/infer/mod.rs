@@ -221,6 +221,15 @@ fn plan_decodes(
         .collect()
 }
 
+/// A failed reservation as the request's error: busy (retry later), or over the whole budget
+/// from image `index` on.
+fn budget_error(e: BudgetError, index: usize) -> InferError {
+    match e {
+        BudgetError::Busy => InferError::BudgetBusy,
+        source => InferError::OverBudget { index, source },
+    }
+}
+
 /// Largest decode (estimated peak bytes, decode and resize) a session thread takes on: about a
 /// 1,000 x 1,000 RGB photo. Larger images decode on the blocking pool, so that no run of other
 /// requests' images waits long behind one decode.
@@ -276,13 +285,10 @@ async fn preprocess_budgeted(
             .acquire_owned()
             .await
             .map_err(|_| InferError::Internal("the decode slots were closed".to_string()))?;
-        let reservation = budget.reserve(bytes).await.map_err(|e| match e {
-            BudgetError::Busy => InferError::BudgetBusy,
-            source => InferError::OverBudget {
-                index: first,
-                source,
-            },
-        })?;
+        let reservation = budget
+            .reserve(bytes)
+            .await
+            .map_err(|e| budget_error(e, first))?;
         let group = images[first..end].to_vec();
         let (spec, limits) = (Arc::clone(&spec), work.limits);
         let (flag, admission) = (Arc::clone(&cancel.0), work.admission.clone());
@@ -343,17 +349,15 @@ pub async fn predict_images(
         .budget
         .reserve(input_bytes.saturating_mul(images.len() as u64))
         .await
-        .map_err(|e| match e {
-            BudgetError::Busy => InferError::BudgetBusy,
-            source => InferError::OverBudget { index: 0, source },
-        })?;
+        .map_err(|e| budget_error(e, 0))?;
     let need = plan_decodes(&images, spec, work)?;
     if let Some(bytes) = session_decode_bytes(model, &need, work) {
         drop(span);
-        let _decodes = work.budget.reserve(bytes).await.map_err(|e| match e {
-            BudgetError::Busy => InferError::BudgetBusy,
-            source => InferError::OverBudget { index: 0, source },
-        })?;
+        let _decodes = work
+            .budget
+            .reserve(bytes)
+            .await
+            .map_err(|e| budget_error(e, 0))?;
         let spec = Arc::new(spec.clone());
         let encoded = images
             .into_iter()
