@@ -237,8 +237,7 @@ const SESSION_DECODE_MAX_BYTES: u64 = 8 << 20;
 
 /// The decode bytes a request reserves when its images are decoded by the session threads
 /// right before their run rather than on the blocking pool (`worker::fill_input`), or None for
-/// the pool: on the CPU (a GPU's host thread should keep the device busy), without exported
-/// traces (the `decode` span describes the pool path), every image at most
+/// the pool: where [`session_threads_decode`], every image at most
 /// [`SESSION_DECODE_MAX_BYTES`], and the reservation at most a pool group's. A session thread
 /// decodes one batch at a time, so the reservation (held until answered) is the request's
 /// largest image times the images of it one batch can hold; the requests waiting in the queue
@@ -246,11 +245,17 @@ const SESSION_DECODE_MAX_BYTES: u64 = 8 << 20;
 fn session_decode_bytes(model: &LoadedModel, need: &[u64], work: &ImageWork) -> Option<u64> {
     let largest = need.iter().copied().max()?;
     let at_once = largest.saturating_mul(need.len().min(model.max_batch_size) as u64);
-    let usable = !model.device.is_cuda()
-        && !telemetry::enabled()
+    let usable = session_threads_decode(model)
         && largest <= SESSION_DECODE_MAX_BYTES
         && at_once <= GROUP_BYTES.min(work.budget.total_bytes() / 4);
     usable.then_some(at_once)
+}
+
+/// Whether the model's session threads may decode its images: on the CPU (a GPU's host thread
+/// should keep the device busy) and without exported traces (the `decode` span describes the
+/// calling task's and the pool's decodes).
+fn session_threads_decode(model: &LoadedModel) -> bool {
+    !model.device.is_cuda() && !telemetry::enabled()
 }
 
 /// Decodes `images` on the blocking pool in groups, each after reserving its estimated bytes
@@ -329,7 +334,13 @@ pub async fn predict_images(
     options: &RequestOptions,
 ) -> Result<Vec<Scored>, InferError> {
     let spec = &model.files.metadata.input;
-    let inline = decode_inline(&images);
+    // Small images decode on this task for a model with short runs (LeNet: the decode is a
+    // tenth of its run, and on the session threads it lengthened every batch: -8% requests/s)
+    // or where the session threads cannot decode. A long run's session thread decodes them
+    // right before the run, as the raw loop does, so that no decode here preempts a run on
+    // the same core (ResNet-20 at 64 clients: -1% CPU per request; docs/BENCHMARKS.md, session
+    // 18).
+    let inline = decode_inline(&images) && !(model.long_runs && session_threads_decode(model));
     let span = telemetry::span(|| {
         info_span!(
             "decode",
@@ -476,5 +487,45 @@ mod tests {
         // Unreadable headers take the blocking path, which reports the error.
         assert!(!decode_inline(&[Bytes::from_static(b"not an image")]));
         assert!(!decode_inline(&[Bytes::new()]));
+    }
+
+    /// A model whose runs are long decodes even small images on its session threads: the same
+    /// answers, bit for bit, but through the budgeted path (which a budget of one byte refuses,
+    /// where the inline decode of a short-running model never asks it).
+    #[tokio::test]
+    async fn a_long_running_model_decodes_small_images_on_its_session_threads() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let config =
+            crate::serve::config::Config::with_repository(root.join("models"), root.join("calib"));
+        let files = crate::repository::load_model_files(
+            &config.models_dir,
+            &config.calib_dir,
+            "mnist-mlp",
+            false,
+        )
+        .unwrap();
+        let metrics = Arc::new(crate::serve::prometheus::ServerMetrics::new().unwrap());
+        let mut model = LoadedModel::start(files, &config.model_options(), metrics).unwrap();
+        let digit = Bytes::from(std::fs::read(root.join("digits/7.png")).unwrap());
+        let limits = ImageLimits {
+            max_pixels: 1 << 24,
+        };
+        let options = RequestOptions::default();
+        let predict = async |model: &LoadedModel, budget| {
+            let work = ImageWork::standalone(limits, budget);
+            predict_images(model, vec![digit.clone(), digit.clone()], &work, &options).await
+        };
+        assert!(!model.long_runs, "the test model runs in microseconds");
+        let short = predict(&model, 1).await.unwrap();
+        model.long_runs = true;
+        assert!(matches!(
+            predict(&model, 1).await,
+            Err(InferError::OverBudget { index: 0, .. })
+        ));
+        let long = predict(&model, 64 << 20).await.unwrap();
+        for (a, b) in short.iter().zip(&long) {
+            assert_eq!(a.logits, b.logits);
+            assert_eq!(a.prediction.probabilities, b.prediction.probabilities);
+        }
     }
 }

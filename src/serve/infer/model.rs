@@ -35,6 +35,10 @@ pub struct LoadedModel {
     pub device: Device,
     /// Most images per run (after the device's defaults and a fixed graph batch).
     pub max_batch_size: usize,
+    /// Whether a CPU session's single-image run is longer than an inline run may be
+    /// (`worker::INLINE_RUN_MAX`): then even small images are decoded by the session threads
+    /// (`infer::predict_images`).
+    pub(super) long_runs: bool,
     queue: Arc<BatchQueue<Job>>,
     sessions: Sessions,
     metrics: Arc<ServerMetrics>,
@@ -204,6 +208,7 @@ impl LoadedModel {
             calibrator,
             device,
             max_batch_size: policy.max_batch_size,
+            long_runs: fastest.is_some_and(|run| run > worker::INLINE_RUN_MAX),
             queue,
             sessions,
             metrics,
