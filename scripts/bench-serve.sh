@@ -132,7 +132,9 @@ load() {
   local sampler=$! cpu0
   cpu0="$(cpu_us "$pid")"
   thread_cpu "$pid" > "$OUT/$name-threads-0.txt"
-  "${wrk[@]}" -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/post.lua" "$url" > "$OUT/$name-wrk-$CONNS.txt"
+  # The load generator's own CPU time (user, system seconds) too: it shares the cores.
+  local TIMEFORMAT='%U %S'
+  { time "${wrk[@]}" -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/post.lua" "$url" > "$OUT/$name-wrk-$CONNS.txt"; } 2> "$OUT/$name-loadgen-cpu-s.txt"
   echo $(($(cpu_us "$pid") - cpu0)) > "$OUT/$name-cpu-us.txt"
   thread_cpu "$pid" > "$OUT/$name-threads-1.txt"
   wait "$sampler"
