@@ -239,9 +239,10 @@ const SESSION_DECODE_MAX_BYTES: u64 = 8 << 20;
 /// right before their run rather than on the blocking pool (`worker::fill_input`), or None for
 /// the pool: where [`session_threads_decode`], every image at most
 /// [`SESSION_DECODE_MAX_BYTES`], and the reservation at most a pool group's. A session thread
-/// decodes one batch at a time, so the reservation (held until answered) is the request's
-/// largest image times the images of it one batch can hold; the requests waiting in the queue
-/// hold theirs too, so the budget covers more than is being decoded at any moment.
+/// decodes one batch at a time, so the reservation (held by the request's queued images until
+/// the last of them is decoded or dropped unrun) is the request's largest image times the
+/// images of it one batch can hold; the requests waiting in the queue hold theirs too, so the
+/// budget covers more than is being decoded at any moment.
 fn session_decode_bytes(model: &LoadedModel, need: &[u64], work: &ImageWork) -> Option<u64> {
     let largest = need.iter().copied().max()?;
     let at_once = largest.saturating_mul(need.len().min(model.max_batch_size) as u64);
@@ -364,11 +365,12 @@ pub async fn predict_images(
     let need = plan_decodes(&images, spec, work)?;
     if let Some(bytes) = session_decode_bytes(model, &need, work) {
         drop(span);
-        let _decodes = work
-            .budget
-            .reserve(bytes)
-            .await
-            .map_err(|e| budget_error(e, 0))?;
+        let decodes = Arc::new(
+            work.budget
+                .reserve(bytes)
+                .await
+                .map_err(|e| budget_error(e, 0))?,
+        );
         let spec = Arc::new(spec.clone());
         let encoded = images
             .into_iter()
@@ -379,8 +381,11 @@ pub async fn predict_images(
                 spec: Arc::clone(&spec),
                 limits: work.limits,
                 admission: work.admission.clone(),
+                decodes: Arc::clone(&decodes),
             })
             .collect();
+        // The images hold the reservation now: it ends with the last decode, not the request.
+        drop(decodes);
         let rows = model.outputs_of_encoded(encoded).await?;
         return score_rows(model, rows, options);
     }

@@ -25,7 +25,7 @@ use tracing::{Span, info_span};
 use bytes::Bytes;
 
 use super::batcher::{BatchPolicy, BatchQueue, Queued, padded_len};
-use super::{ImageLimits, InferError, preprocess};
+use super::{ImageLimits, InferError, Reservation, preprocess};
 use crate::repository::InputSpec;
 use crate::runtime::{BatchOutput, ClassifierSession, RuntimeError};
 use crate::serve::prometheus::ServerMetrics;
@@ -90,6 +90,11 @@ pub(super) struct EncodedImage {
     /// The request's admission permit, held until the image is decoded (or its job dropped):
     /// a timed-out request's slot stays taken while its work goes on, as on the pool path.
     pub admission: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+    /// The request's decode-memory reservation, shared by its images and released when the
+    /// last of them is decoded (or dropped unrun), not when the request ends: a request that
+    /// timed out while one of its images was being decoded keeps the bytes until that decode
+    /// is over, as on the pool path.
+    pub decodes: Arc<Reservation>,
 }
 
 /// The spans a queued image carries to its session thread, whose thread-local "current span"
@@ -367,8 +372,10 @@ fn fill_input(input: &mut Vec<f32>, batch: Vec<Job>) -> Vec<Job> {
             JobInput::Tensor(values) => input.extend_from_slice(&values),
             JobInput::Encoded(e) => {
                 let decoded = preprocess(&e.bytes, &e.spec, e.limits);
-                // Its decode has ended: as on the pool path, the request's slot is released here.
+                // Its decode has ended: as on the pool path, the request's slot and decode memory
+                // are released here (once its last image is decoded).
                 drop(e.admission);
+                drop(e.decodes);
                 match decoded {
                     Ok(values) => input.extend_from_slice(&values),
                     Err(source) => {
@@ -459,5 +466,52 @@ mod tests {
         // Never inline when the model is not allowed to.
         let never = Sessions::new("m", vec![session()], 0, &metrics);
         assert!(never.try_inline(&queue, &two[..1]).is_none());
+    }
+
+    /// A request's decode memory is given back when its last queued image has been decoded or
+    /// dropped unrun (a client gone, a timed-out request), whether or not anyone waits for the
+    /// answer.
+    #[tokio::test]
+    async fn the_decode_reservation_ends_with_the_last_decode_not_the_answer() {
+        let budget = super::super::MemoryBudget::new(1 << 20);
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let digit = Bytes::from(std::fs::read(data.join("digits/7.png")).unwrap());
+        let metadata =
+            crate::repository::ModelMetadata::load(&data.join("models/mnist-mlp/model.toml"))
+                .unwrap();
+        let spec = Arc::new(metadata.input);
+        let decodes = Arc::new(budget.reserve(512 << 10).await.unwrap());
+        let mut receivers = Vec::new();
+        let mut job = |index| {
+            let (reply, rx) = oneshot::channel();
+            receivers.push(rx);
+            Job {
+                input: JobInput::Encoded(EncodedImage {
+                    bytes: digit.clone(),
+                    index,
+                    spec: Arc::clone(&spec),
+                    limits: ImageLimits {
+                        max_pixels: 1 << 20,
+                    },
+                    admission: None,
+                    decodes: Arc::clone(&decodes),
+                }),
+                enqueued: Instant::now(),
+                reply,
+                trace: JobTrace::new("m", 1),
+            }
+        };
+        let (first, second, third) = (job(0), job(1), job(2));
+        drop(decodes);
+        assert_eq!(budget.available_bytes(), 512 << 10);
+        let mut input = Vec::new();
+        let kept = fill_input(&mut input, vec![first, second]);
+        assert_eq!((kept.len(), input.len()), (2, 2 * 784));
+        // One image of the request is still queued: the bytes stay taken.
+        assert_eq!(budget.available_bytes(), 512 << 10);
+        // Dropped unrun, as the batcher drops the job of a request that is gone.
+        drop(third);
+        assert_eq!(budget.available_bytes(), 1 << 20);
+        assert_eq!(receivers.len(), 3, "no answer was sent or awaited");
     }
 }
