@@ -193,6 +193,14 @@ echo "   batched uploads of $BATCHED images (multipart, V2 BYTES)" >&2
 batched multipart "/v1/models/$NAME/predict" "multipart/form-data; boundary=$BENCH_BOUNDARY" "$OUT/multipart.body"
 batched v2 "/v2/models/$NAME/infer" "application/json" "$OUT/v2.body"
 echo "$BATCHED" > "$OUT/batched-images.txt"
+# The single-image run again after the batched ones: the VM's speed drifts by several percent
+# within minutes, so the batched ratios divide by the mean of the single-image runs around them
+# (one binary against itself read EfficientNet-Lite0's ratio 0.976-1.014 by rounds).
+echo "   single images again (the batched runs bracketed)" >&2
+cpu0="$(cpu_us "$SERVER")"
+${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK" -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" -s "$OUT/post.lua" \
+  "http://$ADDR/v1/models/$NAME/predict" > "$OUT/server-after-wrk-$CONNS.txt"
+echo $(($(cpu_us "$SERVER") - cpu0)) > "$OUT/server-after-cpu-us.txt"
 # The floor server answers these bytes.
 curl -sf -X POST -H "Content-Type: image/png" --data-binary "@$ROOT/$IMAGE" "http://$ADDR/v1/models/$NAME/predict" > "$OUT/response.json"
 kill -TERM "$SERVER"; wait "$SERVER" || true
