@@ -8,6 +8,11 @@
 //! the real server, so both send the same bytes back). The server's CPU time per request under
 //! the same load is the floor the issue-19 overhead is measured against: the kernel's TCP work,
 //! the syscalls, hyper's parsing and the runtime's wake-ups, which any HTTP server pays.
+//!
+//! `FLOOR_DELAY_US=N` holds each answer N microseconds (a timer, no CPU) before sending it, so
+//! that C clients ask at most C / N requests per microsecond: the floor at a model's own request
+//! rate, where every answer wakes a parked worker as a model's results do, instead of at the
+//! 150k requests/s where one wake-up serves many (scripts/bench-serve.sh's co-run section).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -19,6 +24,10 @@ fn main() -> anyhow::Result<()> {
         .nth(1)
         .ok_or_else(|| anyhow::anyhow!("usage: RESPONSE_FILE"))?;
     let response = Bytes::from(std::fs::read(&path)?);
+    let delay = match std::env::var("FLOOR_DELAY_US") {
+        Ok(us) => Some(std::time::Duration::from_micros(us.parse()?)),
+        Err(_) => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -30,6 +39,9 @@ fn main() -> anyhow::Result<()> {
                 async move {
                     // The body is read (as the server reads an upload) and dropped.
                     drop(body);
+                    if let Some(delay) = delay {
+                        tokio::time::sleep(delay).await;
+                    }
                     ([(header::CONTENT_TYPE, "application/json")], response)
                 }
             }),

@@ -27,6 +27,10 @@
 //! queueing, thread hand-offs, metrics. `raw_answer_cpu_us` is the answers' own CPU time per
 //! image in that run, timed around them alone (the thread's CPU clock): unlike pipeline - decode
 //! + ONNX Runtime, two loops minutes apart, it does not move with the machine's drift.
+//!
+//! `RAW_ONLY=pipeline` runs the whole-answer loop alone (CALIB required), for SECONDS: the
+//! co-run section of scripts/bench-serve.sh runs it beside an HTTP server under load, to measure
+//! what the same work costs on cores it shares with serving.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -142,6 +146,16 @@ fn main() -> anyhow::Result<()> {
         let n = images as f64;
         Ok((n / secs, cpu_us / n, answer_us / n))
     };
+    if std::env::var("RAW_ONLY").is_ok_and(|s| s == "pipeline") {
+        anyhow::ensure!(calibration.is_some(), "RAW_ONLY=pipeline needs CALIB");
+        let (images_per_s, cpu_us, answer_us) = throughput(Stage::Pipeline)?;
+        let figures = serde_json::json!({
+            "raw_pipeline_images_per_s": images_per_s, "raw_pipeline_cpu_us": cpu_us,
+            "raw_answer_cpu_us": answer_us,
+        });
+        println!("{figures}");
+        return Ok(());
+    }
     let (ort_only, ort_cpu_us, _) = throughput(Stage::Ort)?;
     let (with_decode, decode_ort_cpu_us, _) = throughput(Stage::DecodeOrt)?;
 
@@ -264,7 +278,6 @@ impl<'a> Answers<'a> {
     }
 }
 
-/// CPU time this thread has run, in microseconds (the first field of its schedstat, in ns).
 /// The calling thread's CPU time in microseconds, from the clock (a system call, well under a
 /// microsecond): cheap enough to time each batch's answers, which `thread_cpu_us`'s file read
 /// is not.
@@ -283,6 +296,7 @@ fn thread_cpu_now_us() -> f64 {
     t.tv_sec as f64 * 1e6 + t.tv_nsec as f64 / 1e3
 }
 
+/// CPU time this thread has run, in microseconds (the first field of its schedstat, in ns).
 fn thread_cpu_us() -> anyhow::Result<f64> {
     let text = std::fs::read_to_string("/proc/thread-self/schedstat")?;
     let ns: f64 = text

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`scripts/bench-serve.sh all`: the serving benchmark on every model issue 19 sets targets for,
 one after the other in one call, and one JSON line with each model's figures and each target
-checked (true/false), beside whether each was within reach of any server in that run
+checked (true/false), beside whether each was within reach of any server on its stack in that run
 (`reachable`: met by the ceiling of bench_report.py). Not a test.
 
 Models: LeNet (models/mnist, tests/data/digits/7.png), ResNet-20 (models/cifar10,
@@ -91,9 +91,9 @@ def main():
 
 def _reachable(name, get):
     """Whether each target was within reach in this run at all: met by the ceiling
-    (bench_report.py: a server adding only the HTTP floor to the raw pipeline, beside the same load
-    generator), i.e. by some server giving the same answers. A target missed here is not the
-    server's to meet on this machine."""
+    (bench_report.py: a server adding only the HTTP floor, at its own request rate, to the raw
+    pipeline, beside the same load generator), i.e. by some server on this stack giving the same
+    answers. A target missed here is not the server's to meet on this machine."""
     if get("ceiling_cpu_us_per_request") is None:
         return None
     floor = get("server_vs_pipeline_cpu_ratio")

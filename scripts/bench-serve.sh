@@ -9,7 +9,12 @@
 #      onnxruntime + Pillow), the baseline a user would otherwise write;
 #   4. the HTTP floor: the same load against examples/bench_http_floor.rs (tokio + hyper + axum,
 #      the server's own stack, answering the server's response bytes with no work at all), whose
-#      CPU per request is what serving over HTTP costs before caliper does anything.
+#      CPU per request is what serving over HTTP costs before caliper does anything;
+#   5. the floor again, each answer held back by a timer so that it answers at about the
+#      server's own request rate (every answer then wakes a parked worker, as a model's results
+#      do, instead of one wake-up serving many at the floor's 150k requests/s), beside the raw
+#      pipeline loop on the same cores and under the same load: what HTTP costs a server that
+#      runs this model, and what the runs cost on cores shared with serving (the ceiling's parts).
 # The last output line is one JSON object with every figure and the ratios, also when a section
 # fails: then "ok" is false and "failures" names the section and the error (scripts/bench-lib.sh);
 # the results are also written to docs/BENCHMARKS.md. `make bench` installs what this needs first.
@@ -41,7 +46,7 @@ if [[ "${1:-}" == all ]]; then
   exec python3 scripts/bench-serve-all.py
 fi
 source scripts/bench-lib.sh
-bench_init serve setup raw server raw-after python floor report
+bench_init serve setup raw server raw-after python floor corun report
 bench_section setup
 
 MODEL_DIR="${1:-}"
@@ -147,12 +152,12 @@ load() {
 CALIB_FILE="$CALIB_ROOT/$NAME.json"; [[ -f "$CALIB_FILE" ]] || CALIB_FILE=-
 
 bench_section raw
-echo "1/4 raw ONNX Runtime ($MODEL_DIR, batch $BATCH, $SESSIONS sessions x $INTRA threads)" >&2
+echo "1/5 raw ONNX Runtime ($MODEL_DIR, batch $BATCH, $SESSIONS sessions x $INTRA threads)" >&2
 ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_raw "$MODEL_DIR" "$IMAGE" "$BATCH" "$SESSIONS" "$INTRA" "$DURATION" "$CALIB_FILE" > "$OUT/raw.json"
 bench_record raw "$(<"$OUT/raw.json")"
 
 bench_section server
-echo "2/4 caliper serve" >&2
+echo "2/5 caliper serve" >&2
 # A repository holding only the benchmarked model, so that RSS compares with the Python server's.
 REPO="$OUT/repository"
 rm -rf "$REPO"; mkdir -p "$REPO/models" "$REPO/calib"
@@ -213,7 +218,7 @@ echo "   raw ONNX Runtime again (the server's runs bracketed)" >&2
 ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_raw "$MODEL_DIR" "$IMAGE" "$BATCH" "$SESSIONS" "$INTRA" "$DURATION" "$CALIB_FILE" > "$OUT/raw-after.json"
 
 bench_section python
-echo "3/4 Python baseline" >&2
+echo "3/5 Python baseline" >&2
 ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} "$PYTHON" scripts/bench_python_server.py "$MODEL_DIR" "$CALIB_FILE" 0 > "$OUT/python.log" 2>&1 &
 PYSERVER=$!
 PIDS+=("$PYSERVER")
@@ -222,12 +227,35 @@ load python "http://$PYADDR/" "$PYSERVER"
 kill "$PYSERVER"; wait "$PYSERVER" 2>/dev/null || true
 
 bench_section floor
-echo "4/4 HTTP floor (examples/bench_http_floor.rs)" >&2
+echo "4/5 HTTP floor (examples/bench_http_floor.rs)" >&2
 ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_http_floor "$OUT/response.json" 2> "$OUT/floor.log" &
 FLOOR=$!
 PIDS+=("$FLOOR")
 load floor "http://$(wait_listening "$OUT/floor.log" "$FLOOR")/predict" "$FLOOR"
 kill "$FLOOR"; wait "$FLOOR" 2>/dev/null || true
+
+bench_section corun
+echo "5/5 HTTP floor at the server's request rate, beside the raw pipeline" >&2
+RATE="$(grep -o 'Requests/sec: *[0-9.]*' "$OUT/server-wrk-$CONNS.txt" | awk '{print $2}')"
+# Tokio's timers fire on the millisecond tick after the deadline: half a tick is taken off.
+PACE_US="$(python3 -c "print(max(0, round($CONNS * 1e6 / $RATE) - 500))")"
+FLOOR_DELAY_US="$PACE_US" ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_http_floor "$OUT/response.json" 2> "$OUT/paced.log" &
+PACED=$!
+PIDS+=("$PACED")
+PACED_URL="http://$(wait_listening "$OUT/paced.log" "$PACED")/predict"
+"$WRK" -t"$WRK_THREADS" -c"$CONNS" -d2s -s "$OUT/post.lua" "$PACED_URL" >/dev/null   # warm-up
+cpu0="$(cpu_us "$PACED")"
+(
+  TIMEFORMAT='%U %S'
+  { time ${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK" -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" -s "$OUT/post.lua" "$PACED_URL" > "$OUT/paced-wrk-$CONNS.txt"; } 2> "$OUT/paced-loadgen-cpu-s.txt"
+) &
+LOADGEN=$!
+# The loop stops a second before wrk does, so that it never runs without the load beside it.
+RAW_ONLY=pipeline ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_raw "$MODEL_DIR" "$IMAGE" "$BATCH" "$SESSIONS" "$INTRA" "$((DURATION > 2 ? DURATION - 1 : 1))" "$CALIB_FILE" > "$OUT/corun-raw.json"
+wait "$LOADGEN"
+echo $(($(cpu_us "$PACED") - cpu0)) > "$OUT/paced-cpu-us.txt"
+echo "$PACE_US" > "$OUT/paced-delay-us.txt"
+kill "$PACED"; wait "$PACED" 2>/dev/null || true
 
 bench_section report
 if ! report="$(python3 scripts/bench_report.py "$OUT" "$CONNS" "$MODEL_DIR" "$IMAGE" "$DURATION" "$PIN" "$SECTION" 2> "$OUT/report.err")"; then
