@@ -13,8 +13,9 @@
 #   5. the floor again, each answer held back by a timer so that it answers at about the
 #      server's own request rate (every answer then wakes a parked worker, as a model's results
 #      do, instead of one wake-up serving many at the floor's 150k requests/s), beside the raw
-#      pipeline loop on the same cores and under the same load: what HTTP costs a server that
-#      runs this model, and what the runs cost on cores shared with serving (the ceiling's parts).
+#      pipeline loop on the same cores and under the same load (alternated with the loop alone):
+#      what HTTP costs a server that runs this model, and what the same runs cost on cores shared
+#      with serving (the ceiling's parts).
 # The last output line is one JSON object with every figure and the ratios, also when a section
 # fails: then "ok" is false and "failures" names the section and the error (scripts/bench-lib.sh);
 # the results are also written to docs/BENCHMARKS.md. `make bench` installs what this needs first.
@@ -235,26 +236,38 @@ load floor "http://$(wait_listening "$OUT/floor.log" "$FLOOR")/predict" "$FLOOR"
 kill "$FLOOR"; wait "$FLOOR" 2>/dev/null || true
 
 bench_section corun
-echo "5/5 HTTP floor at the server's request rate, beside the raw pipeline" >&2
+echo "5/5 HTTP floor at the server's request rate, beside the raw pipeline (alternated with it alone)" >&2
 RATE="$(grep -o 'Requests/sec: *[0-9.]*' "$OUT/server-wrk-$CONNS.txt" | awk '{print $2}')"
 # Tokio's timers fire on the millisecond tick after the deadline: half a tick is taken off.
 PACE_US="$(python3 -c "print(max(0, round($CONNS * 1e6 / $RATE) - 500))")"
+echo "$PACE_US" > "$OUT/paced-delay-us.txt"
 FLOOR_DELAY_US="$PACE_US" ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_http_floor "$OUT/response.json" 2> "$OUT/paced.log" &
 PACED=$!
 PIDS+=("$PACED")
 PACED_URL="http://$(wait_listening "$OUT/paced.log" "$PACED")/predict"
 "$WRK" -t"$WRK_THREADS" -c"$CONNS" -d2s -s "$OUT/post.lua" "$PACED_URL" >/dev/null   # warm-up
-cpu0="$(cpu_us "$PACED")"
-(
-  TIMEFORMAT='%U %S'
-  { time ${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK" -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" -s "$OUT/post.lua" "$PACED_URL" > "$OUT/paced-wrk-$CONNS.txt"; } 2> "$OUT/paced-loadgen-cpu-s.txt"
-) &
-LOADGEN=$!
-# The loop stops a second before wrk does, so that it never runs without the load beside it.
-RAW_ONLY=pipeline ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_raw "$MODEL_DIR" "$IMAGE" "$BATCH" "$SESSIONS" "$INTRA" "$((DURATION > 2 ? DURATION - 1 : 1))" "$CALIB_FILE" > "$OUT/corun-raw.json"
-wait "$LOADGEN"
-echo $(($(cpu_us "$PACED") - cpu0)) > "$OUT/paced-cpu-us.txt"
-echo "$PACE_US" > "$OUT/paced-delay-us.txt"
+# The pipeline loop alone, then beside the paced floor under load, three times: what the same
+# work costs on cores shared with serving, as a ratio of runs seconds apart (the machine's
+# speed drifts by several percent over minutes). wrk runs 2 s longer than the loop, which opens
+# its sessions first, so that the loop never runs without the load beside it.
+SLICE=$((DURATION >= 6 ? DURATION / 2 : 3))
+raw_pipeline() {
+  RAW_ONLY=pipeline ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_raw \
+    "$MODEL_DIR" "$IMAGE" "$BATCH" "$SESSIONS" "$INTRA" "$SLICE" "$CALIB_FILE"
+}
+rm -f "$OUT"/corun-*.json "$OUT"/paced-wrk-* "$OUT"/paced-loadgen-cpu-s* "$OUT/paced-cpu-us.txt"
+for round in 1 2 3; do
+  raw_pipeline > "$OUT/corun-alone-$round.json"
+  cpu0="$(cpu_us "$PACED")"
+  (
+    TIMEFORMAT='%U %S'
+    { time ${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK" -t"$WRK_THREADS" -c"$CONNS" -d"$((SLICE + 2))s" -s "$OUT/post.lua" "$PACED_URL" > "$OUT/paced-wrk-$CONNS-$round.txt"; } 2> "$OUT/paced-loadgen-cpu-s-$round.txt"
+  ) &
+  LOADGEN=$!
+  raw_pipeline > "$OUT/corun-raw-$round.json"
+  wait "$LOADGEN"
+  echo $(($(cpu_us "$PACED") - cpu0)) >> "$OUT/paced-cpu-us.txt"
+done
 kill "$PACED"; wait "$PACED" 2>/dev/null || true
 
 bench_section report
