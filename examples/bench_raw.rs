@@ -30,7 +30,11 @@
 //!
 //! `RAW_ONLY=pipeline` runs the whole-answer loop alone (CALIB required), for SECONDS: the
 //! co-run section of scripts/bench-serve.sh runs it beside an HTTP server under load, to measure
-//! what the same work costs on cores it shares with serving.
+//! what the same work costs on cores it shares with serving. `RAW_ONLY=single` measures only the
+//! single-image latencies: decode + run back to back (`raw_single_p50_ms`) and the whole answer
+//! after each SINGLE_GAP_US idle gap (`raw_pipeline_single_gap_p50_ms`): a server's one client
+//! sends its next request a round trip after the last answer, so its run starts on a core that
+//! idled that long.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -146,25 +150,13 @@ fn main() -> anyhow::Result<()> {
         let n = images as f64;
         Ok((n / secs, cpu_us / n, answer_us / n))
     };
-    if std::env::var("RAW_ONLY").is_ok_and(|s| s == "pipeline") {
-        anyhow::ensure!(calibration.is_some(), "RAW_ONLY=pipeline needs CALIB");
-        let (images_per_s, cpu_us, answer_us) = throughput(Stage::Pipeline)?;
-        let figures = serde_json::json!({
-            "raw_pipeline_images_per_s": images_per_s, "raw_pipeline_cpu_us": cpu_us,
-            "raw_answer_cpu_us": answer_us,
-        });
-        println!("{figures}");
-        return Ok(());
-    }
-    let (ort_only, ort_cpu_us, _) = throughput(Stage::Ort)?;
-    let (with_decode, decode_ort_cpu_us, _) = throughput(Stage::DecodeOrt)?;
-
     let gap = Duration::from_micros(match std::env::var("SINGLE_GAP_US") {
         Ok(g) => g.parse()?,
         Err(_) => 0,
     });
-    // Single image, one thread: decode + preprocess + run, as one request would.
-    let single = |stage: Stage| -> anyhow::Result<Vec<f64>> {
+    // Single image, one thread: decode + preprocess + run, as one request would; `gap` idle
+    // before each.
+    let single = |stage: Stage, gap: Duration| -> anyhow::Result<Vec<f64>> {
         let mut session = new_session()?;
         let mut answers = Answers::new(&meta, calibration.as_ref())?;
         let mut lat = Vec::new();
@@ -185,7 +177,35 @@ fn main() -> anyhow::Result<()> {
         Ok(lat)
     };
     let q = |lat: &[f64], p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
-    let lat = single(Stage::DecodeOrt)?;
+    match std::env::var("RAW_ONLY").as_deref() {
+        Ok("pipeline") => {
+            anyhow::ensure!(calibration.is_some(), "RAW_ONLY=pipeline needs CALIB");
+            let (images_per_s, cpu_us, answer_us) = throughput(Stage::Pipeline)?;
+            let figures = serde_json::json!({
+                "raw_pipeline_images_per_s": images_per_s, "raw_pipeline_cpu_us": cpu_us,
+                "raw_answer_cpu_us": answer_us,
+            });
+            println!("{figures}");
+            return Ok(());
+        }
+        Ok("single") => {
+            anyhow::ensure!(calibration.is_some(), "RAW_ONLY=single needs CALIB");
+            let raw = single(Stage::DecodeOrt, Duration::ZERO)?;
+            let pipeline = single(Stage::Pipeline, gap)?;
+            let figures = serde_json::json!({
+                "raw_single_p50_ms": q(&raw, 0.5),
+                "raw_pipeline_single_gap_p50_ms": q(&pipeline, 0.5),
+                "raw_single_gap_us": gap.as_micros() as u64,
+            });
+            println!("{figures}");
+            return Ok(());
+        }
+        Ok(other) => anyhow::bail!("RAW_ONLY is pipeline or single, not {other:?}"),
+        Err(_) => {}
+    }
+    let (ort_only, ort_cpu_us, _) = throughput(Stage::Ort)?;
+    let (with_decode, decode_ort_cpu_us, _) = throughput(Stage::DecodeOrt)?;
+    let lat = single(Stage::DecodeOrt, gap)?;
     let mut figures = serde_json::json!({
         "batch_size": batch, "sessions": sessions, "intra_op_threads": intra,
         "raw_ort_images_per_s": ort_only, "raw_decode_ort_images_per_s": with_decode,
@@ -195,7 +215,7 @@ fn main() -> anyhow::Result<()> {
     });
     if calibration.is_some() {
         let (images_per_s, cpu_us, answer_us) = throughput(Stage::Pipeline)?;
-        let lat = single(Stage::Pipeline)?;
+        let lat = single(Stage::Pipeline, gap)?;
         let more = serde_json::json!({
             "raw_pipeline_images_per_s": images_per_s, "raw_pipeline_cpu_us": cpu_us,
             "raw_answer_cpu_us": answer_us,

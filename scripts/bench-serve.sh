@@ -15,7 +15,7 @@
 #      do, instead of one wake-up serving many at the floor's 150k requests/s), beside the raw
 #      pipeline loop on the same cores and under the same load (alternated with the loop alone):
 #      what HTTP costs a server that runs this model, and what the same runs cost on cores shared
-#      with serving (the ceiling's parts).
+#      with serving, and the single-image answer after a lone client's idle gap (the ceiling's parts).
 # The last output line is one JSON object with every figure and the ratios, also when a section
 # fails: then "ok" is false and "failures" names the section and the error (scripts/bench-lib.sh);
 # the results are also written to docs/BENCHMARKS.md. `make bench` installs what this needs first.
@@ -269,6 +269,16 @@ for round in 1 2 3; do
   echo $(($(cpu_us "$PACED") - cpu0)) >> "$OUT/paced-cpu-us.txt"
 done
 kill "$PACED"; wait "$PACED" 2>/dev/null || true
+# A lone client sends its next request about one HTTP round trip (the floor's 1-client p50) after
+# the last answer, so a server's run starts on a core idle that long: the single-image pipeline
+# after such a gap, beside the back-to-back raw p50 in the same process (the ceiling's p50).
+GAP_US="$(python3 -c '
+import re, sys
+unit = {"us": 1, "ms": 1e3, "s": 1e6}
+v, u = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", open(sys.argv[1]).read(), re.M).groups()
+print(round(float(v) * unit[u]))' "$OUT/floor-wrk-1.txt")"
+RAW_ONLY=single SINGLE_GAP_US="$GAP_US" ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_raw \
+  "$MODEL_DIR" "$IMAGE" "$BATCH" "$SESSIONS" "$INTRA" "$DURATION" "$CALIB_FILE" > "$OUT/gap-single.json"
 
 bench_section report
 if ! report="$(python3 scripts/bench_report.py "$OUT" "$CONNS" "$MODEL_DIR" "$IMAGE" "$DURATION" "$PIN" "$SECTION" 2> "$OUT/report.err")"; then
