@@ -245,7 +245,7 @@ FLOOR_DELAY_US="$PACE_US" ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/relea
 PACED=$!
 PIDS+=("$PACED")
 PACED_URL="http://$(wait_listening "$OUT/paced.log" "$PACED")/predict"
-"$WRK" -t"$WRK_THREADS" -c"$CONNS" -d2s -s "$OUT/post.lua" "$PACED_URL" >/dev/null   # warm-up
+${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK" -t"$WRK_THREADS" -c"$CONNS" -d2s -s "$OUT/post.lua" "$PACED_URL" >/dev/null   # warm-up
 # The pipeline loop alone, then beside the paced floor under load, three times: what the same
 # work costs on cores shared with serving, as a ratio of runs seconds apart (the machine's
 # speed drifts by several percent over minutes). wrk runs 2 s longer than the loop, which opens
