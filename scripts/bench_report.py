@@ -107,12 +107,15 @@ if "raw_pipeline_cpu_us" in raw:
     res["server_p50_minus_pipeline_ms"] = round(s1["50"] - raw["raw_pipeline_single_p50_ms"], 3)
 # The load generator's CPU per request of the many-client runs: wrk shares the cores with the
 # server, so a server's throughput here is at most cores / (its CPU + wrk's) per request.
-def loadgen_cpu(name, n):
-    f = out / f"{name}-loadgen-cpu-s.txt"
+def loadgen_seconds(f):
+    """User + system seconds of a `time`d wrk run (bash's TIMEFORMAT='%U %S'), or None."""
     if not f.exists():
         return None
     times = re.findall(r"^([\d.]+) ([\d.]+)$", f.read_text(), re.M)
-    return round((float(times[-1][0]) + float(times[-1][1])) * 1e6 / n, 1) if times else None
+    return float(times[-1][0]) + float(times[-1][1]) if times else None
+def loadgen_cpu(name, n):
+    seconds = loadgen_seconds(out / f"{name}-loadgen-cpu-s.txt")
+    return None if seconds is None else round(seconds * 1e6 / n, 1)
 res["load_generator_cpu_us_per_request"] = loadgen_cpu("server", s64_n)
 # The floor at the server's own request rate (bench-serve.sh's co-run section): each answer held
 # back by a timer, so that every answer wakes a parked worker as a model's results do, in three
@@ -125,9 +128,9 @@ if paced:
     res["http_floor_at_server_rate_requests_per_s"] = round(sum(r[0] for r in runs) / len(runs), 1)
     cpu_rounds = [int(l) for l in (out / "paced-cpu-us.txt").read_text().split()]
     res["http_floor_at_server_rate_cpu_us_per_request"] = round(sum(cpu_rounds) / n_paced, 1)
-    wrk_s = [sum(map(float, (out / f"paced-loadgen-cpu-s-{p.name.rsplit('-', 1)[1]}").read_text().split()[-2:]))
-             for p in paced]
-    res["load_generator_at_server_rate_cpu_us_per_request"] = round(sum(wrk_s) * 1e6 / n_paced, 1)
+    wrk_s = [loadgen_seconds(out / p.name.replace(f"paced-wrk-{conns}-", "paced-loadgen-cpu-s-")) for p in paced]
+    if None not in wrk_s:
+        res["load_generator_at_server_rate_cpu_us_per_request"] = round(sum(wrk_s) * 1e6 / n_paced, 1)
     pipeline_cpu = lambda kind: [json.loads(f.read_text())["raw_pipeline_cpu_us"]
                                  for f in sorted(out.glob(f"corun-{kind}-*.json"))]
     beside, alone = pipeline_cpu("raw"), pipeline_cpu("alone")
