@@ -243,17 +243,23 @@ fn reader(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>, PreprocessError> {
         .map_err(|e| PreprocessError::Corrupt(e.to_string()))
 }
 
-/// The format and a decoder positioned after the header, without decoding pixels.
-fn header(bytes: &[u8]) -> Result<(ImageFormat, impl ImageDecoder + '_), PreprocessError> {
+/// The format and a decoder positioned after the header, without decoding pixels. The decoder
+/// runs under [`decoder_limits`] from the start, so that [`decode`] goes on with it rather than
+/// setting up a second one (a PNG decoder's setup is most of reading a small image's header).
+fn header(
+    bytes: &[u8],
+    limits: ImageLimits,
+) -> Result<(ImageFormat, impl ImageDecoder + '_), PreprocessError> {
     if bytes.is_empty() {
         return Err(PreprocessError::Empty);
     }
-    let probe = reader(bytes)?;
+    let mut probe = reader(bytes)?;
     let Some(format) = probe.format() else {
         return Err(PreprocessError::Unsupported(
             "unrecognised data (expected PNG, JPEG, BMP, WebP or GIF)".into(),
         ));
     };
+    probe.limits(decoder_limits(format, limits));
     let decoder = probe.into_decoder().map_err(classify)?;
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
@@ -262,9 +268,18 @@ fn header(bytes: &[u8]) -> Result<(ImageFormat, impl ImageDecoder + '_), Preproc
     Ok((format, decoder))
 }
 
-/// Sniffs the format and reads `(width, height)` from the header, without decoding pixels.
-pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), PreprocessError> {
-    header(bytes).map(|(_, d)| d.dimensions())
+/// The guard inside the decoders, a second one after the header's pixel count: at most the
+/// plan's bytes for the largest legitimate image (4 channels of 16 bits).
+fn decoder_limits(format: ImageFormat, limits: ImageLimits) -> image::Limits {
+    let mut lim = image::Limits::default();
+    lim.max_alloc = Some(
+        limits
+            .max_pixels
+            .saturating_mul(8)
+            .saturating_mul(decoder_factor(format))
+            .saturating_add(16 << 20),
+    );
+    lim
 }
 
 /// The pixel-count and aspect-ratio limits, from the header's dimensions.
@@ -293,7 +308,7 @@ pub fn plan(
     spec: &InputSpec,
     limits: ImageLimits,
 ) -> Result<DecodePlan, PreprocessError> {
-    let (format, decoder) = header(bytes)?;
+    let (format, decoder) = header(bytes, limits)?;
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height, limits)?;
     let decoded_bytes = decoder.total_bytes();
@@ -310,23 +325,17 @@ pub fn plan(
     })
 }
 
-/// Sniffs the format, checks the header's dimensions against the limits, then decodes.
+/// Sniffs the format, checks the header's dimensions against the limits, then decodes with the
+/// same decoder (as `image`'s `ImageReader::decode` does, the output buffer is charged to the
+/// decoder's allocation limit first).
 pub fn decode(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, PreprocessError> {
-    let (format, decoder) = header(bytes)?;
+    let (format, mut decoder) = header(bytes, limits)?;
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height, limits)?;
-    // A second guard inside the decoders: at most the plan's bytes for the largest legitimate
-    // image (4 channels of 16 bits).
-    let most = limits
-        .max_pixels
-        .saturating_mul(8)
-        .saturating_mul(decoder_factor(format))
-        .saturating_add(16 << 20);
-    let mut reader = reader(bytes)?;
-    let mut lim = image::Limits::default();
-    lim.max_alloc = Some(most);
-    reader.limits(lim);
-    reader.decode().map_err(classify)
+    let mut lim = decoder_limits(format, limits);
+    lim.reserve(decoder.total_bytes()).map_err(classify)?;
+    decoder.set_limits(lim).map_err(classify)?;
+    DynamicImage::from_decoder(decoder).map_err(classify)
 }
 
 fn classify(e: ImageError) -> PreprocessError {

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
+use crate::repository::preprocess::DecodePlan;
 pub use batcher::DeviceDefaults;
 pub use budget::{BudgetError, MemoryBudget, Reservation};
 pub use model::{ExplicitBatching, LoadedModel, ModelOptions};
@@ -115,12 +116,26 @@ pub struct Scored {
 /// whose header cannot be read, go to the blocking pool so that the executor never stalls.
 pub const INLINE_DECODE_MAX_PIXELS: u64 = 128 * 128;
 
-/// Whether `images` are small enough to decode without leaving the async task.
-fn decode_inline(images: &[Bytes]) -> bool {
+/// Every image's header, read once per request: its decode plan, or why it cannot be decoded
+/// (reported in upload order by [`plan_decodes`] when the images leave this task).
+fn read_headers(
+    images: &[Bytes],
+    spec: &crate::repository::InputSpec,
+    limits: ImageLimits,
+) -> Vec<Result<DecodePlan, PreprocessError>> {
+    images
+        .iter()
+        .map(|b| preprocess::plan(b, spec, limits))
+        .collect()
+}
+
+/// Whether the images are small enough to decode without leaving the async task. Unreadable
+/// headers take the budgeted path, which reports the error.
+fn decode_inline(headers: &[Result<DecodePlan, PreprocessError>]) -> bool {
     let mut total = 0u64;
-    images.iter().all(|b| {
-        preprocess::dimensions(b).is_ok_and(|(w, h)| {
-            total += u64::from(w) * u64::from(h);
+    headers.iter().all(|h| {
+        h.as_ref().is_ok_and(|p| {
+            total += u64::from(p.width) * u64::from(p.height);
             total <= INLINE_DECODE_MAX_PIXELS
         })
     })
@@ -203,16 +218,14 @@ const GROUP_BYTES: u64 = 32 << 20;
 /// Every image's estimated decode bytes, from its header: a request that cannot be served is
 /// refused before any decoding (an unreadable header, or an image larger than the whole budget).
 fn plan_decodes(
-    images: &[Bytes],
-    spec: &crate::repository::InputSpec,
+    headers: Vec<Result<DecodePlan, PreprocessError>>,
     work: &ImageWork,
 ) -> Result<Vec<u64>, InferError> {
-    images
-        .iter()
+    headers
+        .into_iter()
         .enumerate()
-        .map(|(index, b)| {
-            let plan = preprocess::plan(b, spec, work.limits)
-                .map_err(|source| InferError::Image { index, source })?;
+        .map(|(index, h)| {
+            let plan = h.map_err(|source| InferError::Image { index, source })?;
             work.budget
                 .check(plan.estimated_bytes)
                 .map_err(|source| InferError::OverBudget { index, source })?;
@@ -341,7 +354,8 @@ pub async fn predict_images(
     // right before the run, as the raw loop does, so that no decode here preempts a run on
     // the same core (ResNet-20 at 64 clients: -1% CPU per request; docs/BENCHMARKS.md, session
     // 18).
-    let inline = decode_inline(&images) && !(model.long_runs && session_threads_decode(model));
+    let headers = read_headers(&images, spec, work.limits);
+    let inline = decode_inline(&headers) && !(model.long_runs && session_threads_decode(model));
     let span = telemetry::span(|| {
         info_span!(
             "decode",
@@ -362,7 +376,7 @@ pub async fn predict_images(
         .reserve(input_bytes.saturating_mul(images.len() as u64))
         .await
         .map_err(|e| budget_error(e, 0))?;
-    let need = plan_decodes(&images, spec, work)?;
+    let need = plan_decodes(headers, work)?;
     if let Some(bytes) = session_decode_bytes(model, &need, work) {
         drop(span);
         let decodes = Arc::new(
@@ -484,14 +498,21 @@ mod tests {
 
     #[test]
     fn only_small_readable_images_decode_inline() {
-        assert!(decode_inline(&[png(28, 28)]));
-        assert!(decode_inline(&[png(128, 128)]));
+        let spec = crate::repository::ModelMetadata::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist/model.toml"),
+        )
+        .unwrap()
+        .input;
+        let inline =
+            |images: &[Bytes]| decode_inline(&read_headers(images, &spec, ImageLimits::default()));
+        assert!(inline(&[png(28, 28)]));
+        assert!(inline(&[png(128, 128)]));
         // The budget is for the whole request, not per image.
-        assert!(!decode_inline(&[png(128, 128), png(1, 1)]));
-        assert!(!decode_inline(&[png(129, 128)]));
+        assert!(!inline(&[png(128, 128), png(1, 1)]));
+        assert!(!inline(&[png(129, 128)]));
         // Unreadable headers take the blocking path, which reports the error.
-        assert!(!decode_inline(&[Bytes::from_static(b"not an image")]));
-        assert!(!decode_inline(&[Bytes::new()]));
+        assert!(!inline(&[Bytes::from_static(b"not an image")]));
+        assert!(!inline(&[Bytes::new()]));
     }
 
     /// A model whose runs are long decodes even small images on its session threads: the same

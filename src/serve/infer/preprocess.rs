@@ -3,5 +3,5 @@
 //! re-exported here for the request path.
 
 pub use crate::repository::preprocess::{
-    ImageLimits, PreprocessError, decode, dimensions, plan, preprocess, preprocess_cancellable,
+    ImageLimits, PreprocessError, decode, plan, preprocess, preprocess_cancellable,
 };
