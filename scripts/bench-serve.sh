@@ -22,7 +22,9 @@
 #
 # Usage: scripts/bench-serve.sh [MODEL_DIR] [IMAGE]
 #   MODEL_DIR defaults to models/mnist, else the test fixture tests/data/models/mnist-mlp.
-#   Env: DURATION (s, default 15), CONNS (64), BATCH (8, the server's CPU default), SESSIONS (2: the
+#   Env: DURATION (s, default 15), CONNS (64), BATCH (default: the size the server chooses for the
+#   model at load, read from a first start; the raw loop and the measured server then both run
+#   at it), SESSIONS (2: the
 #   raw loop's threads), SERVER_SESSIONS (unset: the server's own default, one session for a short
 #   model on a small CPU; PIN=1 sets it to SESSIONS), INTRA (1),
 #        QUEUE_DELAY_US (the server's --max-queue-delay-us, default: the server's default),
@@ -61,7 +63,7 @@ CALIB_ROOT="$(dirname "$MODELS_ROOT")/calib"
 [[ "$MODELS_ROOT" == models ]] && CALIB_ROOT=calib
 DURATION="${DURATION:-15}"
 CONNS="${CONNS:-64}"
-BATCH="${BATCH:-8}"
+BATCH="${BATCH:-}"
 PIN="${PIN:-0}"
 if [[ "$PIN" == 1 ]]; then
   SESSIONS="${SESSIONS:-1}"; ON_SERVER_CPU=(taskset -c 1); ON_LOAD_CPU=(taskset -c 0); WRK_THREADS=1
@@ -152,6 +154,27 @@ load() {
 # Python baseline's temperature.
 CALIB_FILE="$CALIB_ROOT/$NAME.json"; [[ -f "$CALIB_FILE" ]] || CALIB_FILE=-
 
+# A repository holding only the benchmarked model, so that RSS compares with the Python server's.
+REPO="$OUT/repository"
+rm -rf "$REPO"; mkdir -p "$REPO/models" "$REPO/calib"
+ln -s "$ROOT/$MODELS_ROOT/$NAME" "$REPO/models/$NAME"
+[[ -f "$CALIB_ROOT/$NAME.json" ]] && ln -s "$ROOT/$CALIB_ROOT/$NAME.json" "$REPO/calib/$NAME.json"
+
+# Without BATCH, the batch size the server chooses for this model at load (on a CPU it measures
+# the model's runs at each size: a large model runs smaller batches), read from its V2 metadata
+# on a first start; the measured server is then started with it, so that it and the raw loop run
+# the same size even if a second start would choose another.
+if [[ -z "$BATCH" ]]; then
+  ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} "$CALIPER_BIN" serve --addr 127.0.0.1:0 --models "$REPO/models" --calib "$REPO/calib" \
+    ${SERVER_SESSIONS:+--sessions-per-model "$SERVER_SESSIONS"} --intra-op-threads "$INTRA" 2> "$OUT/server-batch.log" &
+  PROBE=$!
+  PIDS+=("$PROBE")
+  PROBE_ADDR="$(wait_listening "$OUT/server-batch.log" "$PROBE")"
+  BATCH="$(curl -sf "http://$PROBE_ADDR/v2/models/$NAME" | python3 -c 'import json, sys; print(json.load(sys.stdin)["parameters"]["max_batch_size"])')"
+  kill "$PROBE"; wait "$PROBE" 2>/dev/null || true
+  echo "   the server chose batch size $BATCH for $NAME" >&2
+fi
+
 bench_section raw
 echo "1/5 raw ONNX Runtime ($MODEL_DIR, batch $BATCH, $SESSIONS sessions x $INTRA threads)" >&2
 ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} target/release/examples/bench_raw "$MODEL_DIR" "$IMAGE" "$BATCH" "$SESSIONS" "$INTRA" "$DURATION" "$CALIB_FILE" > "$OUT/raw.json"
@@ -159,11 +182,6 @@ bench_record raw "$(<"$OUT/raw.json")"
 
 bench_section server
 echo "2/5 caliper serve" >&2
-# A repository holding only the benchmarked model, so that RSS compares with the Python server's.
-REPO="$OUT/repository"
-rm -rf "$REPO"; mkdir -p "$REPO/models" "$REPO/calib"
-ln -s "$ROOT/$MODELS_ROOT/$NAME" "$REPO/models/$NAME"
-[[ -f "$CALIB_ROOT/$NAME.json" ]] && ln -s "$ROOT/$CALIB_ROOT/$NAME.json" "$REPO/calib/$NAME.json"
 ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} "$CALIPER_BIN" serve --addr 127.0.0.1:0 --models "$REPO/models" --calib "$REPO/calib" \
   --max-batch-size "$BATCH" ${SERVER_SESSIONS:+--sessions-per-model "$SERVER_SESSIONS"} --intra-op-threads "$INTRA" \
   --max-concurrent-requests 1024 ${DELAY_ARGS[@]+"${DELAY_ARGS[@]}"} 2> "$OUT/server.log" &

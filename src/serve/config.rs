@@ -84,7 +84,9 @@ pub struct ServeArgs {
     /// start-up; it never falls back to the CPU. A model's `device` in model.toml overrides it.
     #[arg(long, env = "CALIPER_DEVICE", default_value = "cpu")]
     pub device: Device,
-    /// Most images per ONNX Runtime run [default: 8 on cpu, 128 on cuda].
+    /// Most images per ONNX Runtime run [default: 8 on cpu, 128 on cuda]. Without it, a CPU
+    /// model whose runs cost more per image at larger batches (a large model's activations
+    /// outgrow the caches) gets the largest size up to 8 that does not, measured at load.
     #[arg(long, env = "CALIPER_MAX_BATCH_SIZE")]
     pub max_batch_size: Option<usize>,
     /// How long the oldest queued image may wait for a batch to fill, in microseconds. 0 batches

@@ -57,6 +57,92 @@ pub(super) fn fastest_run(session: &mut ClassifierSession) -> Result<Duration, R
     Ok(fastest)
 }
 
+/// How much dearer per image than the cheapest measured batch size a larger size may be and
+/// still be chosen by [`cheapest_batch`]: above the spread of the fastest of a few runs on a
+/// busy machine (3-5%), so that a model whose cost per image does not depend on the batch
+/// (ResNet-20) keeps the largest.
+const BATCH_COST_MARGIN: f64 = 0.05;
+/// Most time [`cheapest_batch`] spends measuring at load (a larger size is skipped when its runs
+/// would take longer).
+const BATCH_PROBE_BUDGET: Duration = Duration::from_millis(1500);
+/// Timed runs per batch size, after one untimed run at the new shape.
+const BATCH_PROBE_RUNS: u32 = 3;
+
+/// The batch size a model's CPU sessions should run at, at most `max`: on a CPU a larger batch
+/// saves the per-run overhead, which is most of a small model's run, but a large model's
+/// activations at a larger batch outgrow the caches the sessions share, and each image then
+/// costs more (EfficientNet-Lite0 at 224x224 on two sessions: 8-13% more per image at 8 than
+/// at 1; `docs/BENCHMARKS.md`, session 21). Every session runs the probe at once, as they run
+/// under load: the fastest of a few runs at 1, 2, 4, ... up to `max` (a size is skipped once
+/// `single`, the single-image run, says it would overrun [`BATCH_PROBE_BUDGET`]), the slowest
+/// session's figure kept. Returns [`choose_batch`] of them, with what was measured.
+pub(super) fn cheapest_batch(
+    sessions: &mut [ClassifierSession],
+    max: usize,
+    single: Duration,
+) -> Result<(usize, Vec<(usize, Duration)>), RuntimeError> {
+    let mut per_image = Vec::new();
+    let mut spent = Duration::ZERO;
+    let sizes = std::iter::successors(Some(1usize), |s| s.checked_mul(2))
+        .take_while(|&s| s < max)
+        .chain(std::iter::once(max.max(1)));
+    for size in sizes {
+        // About `size` single runs each, the untimed one included.
+        let estimate = single.saturating_mul(size as u32 * (BATCH_PROBE_RUNS + 1));
+        if spent + estimate > BATCH_PROBE_BUDGET {
+            break;
+        }
+        let start = Instant::now();
+        let runs = std::thread::scope(|scope| {
+            let probes: Vec<_> = sessions
+                .iter_mut()
+                .map(|s| scope.spawn(move || fastest_batch_run(s, size)))
+                .collect();
+            probes
+                .into_iter()
+                .map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        spent += start.elapsed();
+        let slowest = runs.into_iter().max().unwrap_or(Duration::ZERO);
+        per_image.push((size, slowest / size as u32));
+    }
+    Ok((choose_batch(&per_image), per_image))
+}
+
+/// The fastest of [`BATCH_PROBE_RUNS`] runs of `size` images, after one untimed run.
+fn fastest_batch_run(
+    session: &mut ClassifierSession,
+    size: usize,
+) -> Result<Duration, RuntimeError> {
+    let input = vec![0.0; size * session.image_len()];
+    session.run_outputs(&input)?;
+    let mut fastest = Duration::MAX;
+    for _ in 0..BATCH_PROBE_RUNS {
+        let t = Instant::now();
+        session.run_outputs(&input)?;
+        fastest = fastest.min(t.elapsed());
+    }
+    Ok(fastest)
+}
+
+/// The largest measured batch size whose per-image run time is within [`BATCH_COST_MARGIN`] of
+/// the cheapest: batching where it costs nothing per image (fewer runs, fewer hand-offs), not
+/// where it makes every image dearer. `per_image` is `(size, run time / size)`; 1 when empty.
+pub(super) fn choose_batch(per_image: &[(usize, Duration)]) -> usize {
+    let cheapest = per_image
+        .iter()
+        .map(|&(_, t)| t)
+        .min()
+        .unwrap_or(Duration::ZERO);
+    per_image
+        .iter()
+        .filter(|&&(_, t)| t.as_secs_f64() <= cheapest.as_secs_f64() * (1.0 + BATCH_COST_MARGIN))
+        .map(|&(size, _)| size)
+        .max()
+        .unwrap_or(1)
+}
+
 /// How many images a request may run inline on a CPU session whose single-image run takes
 /// `fastest`: as many as fit in [`INLINE_RUN_MAX`].
 pub(super) fn inline_images(fastest: Duration) -> usize {
@@ -434,6 +520,50 @@ mod tests {
         let model =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/mnist-mlp/model.onnx");
         ClassifierSession::new(&model, "input", "logits", [1, 28, 28], 1).unwrap()
+    }
+
+    #[test]
+    fn the_batch_is_the_largest_that_costs_no_more_per_image() {
+        let us = Duration::from_micros;
+        // A small model: each run is mostly overhead, so the largest batch is far cheaper.
+        assert_eq!(
+            choose_batch(&[(1, us(40)), (2, us(22)), (4, us(12)), (8, us(7))]),
+            8
+        );
+        // Flat within the margin (ResNet-20): the largest.
+        assert_eq!(
+            choose_batch(&[(1, us(480)), (2, us(495)), (4, us(470)), (8, us(490))]),
+            8
+        );
+        // Dearer per image with the batch (EfficientNet-Lite0 on two sessions): one image.
+        let effnet = [(1, us(5983)), (2, us(6449)), (4, us(6594)), (8, us(7190))];
+        assert_eq!(choose_batch(&effnet), 1);
+        // Cheapest in the middle: the largest size still within the margin of it.
+        assert_eq!(
+            choose_batch(&[(1, us(100)), (2, us(80)), (4, us(83)), (8, us(95))]),
+            4
+        );
+        assert_eq!(choose_batch(&[]), 1);
+    }
+
+    #[test]
+    fn the_batch_probe_measures_every_session_at_each_size() {
+        let mut sessions = vec![session(), session()];
+        let single = fastest_run(&mut sessions[0]).unwrap();
+        let (size, per_image) = cheapest_batch(&mut sessions, 8, single).unwrap();
+        let sizes: Vec<usize> = per_image.iter().map(|&(b, _)| b).collect();
+        assert_eq!(sizes, [1, 2, 4, 8]);
+        assert!(per_image.iter().all(|&(_, t)| t > Duration::ZERO));
+        assert_eq!(size, choose_batch(&per_image));
+        // A size that is not a power of two is measured as the last.
+        let (_, per_image) = cheapest_batch(&mut sessions[..1], 6, single).unwrap();
+        assert_eq!(
+            per_image.iter().map(|&(b, _)| b).collect::<Vec<_>>(),
+            [1, 2, 4, 6]
+        );
+        // Past the budget nothing is run, and one image is the answer.
+        let (size, per_image) = cheapest_batch(&mut sessions, 8, Duration::from_secs(1)).unwrap();
+        assert_eq!((size, per_image.len()), (1, 0));
     }
 
     #[test]
