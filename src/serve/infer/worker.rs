@@ -58,24 +58,26 @@ pub(super) fn fastest_run(session: &mut ClassifierSession) -> Result<Duration, R
 }
 
 /// How much dearer per image than the cheapest measured batch size a larger size may be and
-/// still be chosen by [`cheapest_batch`]: above the spread of the fastest of a few runs on a
-/// busy machine (3-5%), so that a model whose cost per image does not depend on the batch
+/// still be chosen by [`cheapest_batch`]: above the spread of its measurement on a busy
+/// machine (3-5%), so that a model whose cost per image does not depend on the batch
 /// (ResNet-20) keeps the largest.
 const BATCH_COST_MARGIN: f64 = 0.05;
 /// Most time [`cheapest_batch`] spends measuring at load (a larger size is skipped when its runs
 /// would take longer).
 const BATCH_PROBE_BUDGET: Duration = Duration::from_millis(1500);
-/// Timed runs per batch size, after one untimed run at the new shape.
-const BATCH_PROBE_RUNS: u32 = 3;
+/// Timed runs per batch size and session, after one untimed run at the new shape.
+const BATCH_PROBE_RUNS: u32 = 5;
 
 /// The batch size a model's CPU sessions should run at, at most `max`: on a CPU a larger batch
 /// saves the per-run overhead, which is most of a small model's run, but a large model's
 /// activations at a larger batch outgrow the caches the sessions share, and each image then
 /// costs more (EfficientNet-Lite0 at 224x224 on two sessions: 8-13% more per image at 8 than
-/// at 1; `docs/BENCHMARKS.md`, session 21). Every session runs the probe at once, as they run
-/// under load: the fastest of a few runs at 1, 2, 4, ... up to `max` (a size is skipped once
-/// `single`, the single-image run, says it would overrun [`BATCH_PROBE_BUDGET`]), the slowest
-/// session's figure kept. Returns [`choose_batch`] of them, with what was measured.
+/// at 1; `docs/BENCHMARKS.md`, session 21). So every session runs batches of 1, 2, 4, ... up to
+/// `max` at once, as they run under load, and a size's cost per image is the wall time of
+/// [`BATCH_PROBE_RUNS`] runs on all of them (after one untimed run at the new shape) over the
+/// images each ran: a throughput, not the fastest run, which may have had the caches to itself.
+/// A size is skipped once `single`, the single-image run, says it would overrun
+/// [`BATCH_PROBE_BUDGET`]. Returns [`choose_batch`] of them, with what was measured.
 pub(super) fn cheapest_batch(
     sessions: &mut [ClassifierSession],
     max: usize,
@@ -93,37 +95,35 @@ pub(super) fn cheapest_batch(
             break;
         }
         let start = Instant::now();
-        let runs = std::thread::scope(|scope| {
-            let probes: Vec<_> = sessions
-                .iter_mut()
-                .map(|s| scope.spawn(move || fastest_batch_run(s, size)))
-                .collect();
-            probes
-                .into_iter()
-                .map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect::<Result<Vec<_>, _>>()
-        })?;
+        run_on_every_session(sessions, size, 1)?;
+        let timed = Instant::now();
+        run_on_every_session(sessions, size, BATCH_PROBE_RUNS)?;
+        per_image.push((size, timed.elapsed() / (BATCH_PROBE_RUNS * size as u32)));
         spent += start.elapsed();
-        let slowest = runs.into_iter().max().unwrap_or(Duration::ZERO);
-        per_image.push((size, slowest / size as u32));
     }
     Ok((choose_batch(&per_image), per_image))
 }
 
-/// The fastest of [`BATCH_PROBE_RUNS`] runs of `size` images, after one untimed run.
-fn fastest_batch_run(
-    session: &mut ClassifierSession,
+/// `runs` runs of `size` images on every session at once, one thread each.
+fn run_on_every_session(
+    sessions: &mut [ClassifierSession],
     size: usize,
-) -> Result<Duration, RuntimeError> {
-    let input = vec![0.0; size * session.image_len()];
-    session.run_outputs(&input)?;
-    let mut fastest = Duration::MAX;
-    for _ in 0..BATCH_PROBE_RUNS {
-        let t = Instant::now();
-        session.run_outputs(&input)?;
-        fastest = fastest.min(t.elapsed());
-    }
-    Ok(fastest)
+    runs: u32,
+) -> Result<(), RuntimeError> {
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = sessions
+            .iter_mut()
+            .map(|s| {
+                scope.spawn(move || {
+                    let input = vec![0.0; size * s.image_len()];
+                    (0..runs).try_for_each(|_| s.run_outputs(&input).map(drop))
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .try_for_each(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+    })
 }
 
 /// The largest measured batch size whose per-image run time is within [`BATCH_COST_MARGIN`] of
