@@ -136,13 +136,18 @@ impl LoadedModel {
         for _ in 1..count {
             sessions.push(open_session(&files, config, device)?);
         }
+        // A graph exported with a fixed batch dimension can only run batches of exactly that size.
+        let fixed = sessions.first().and_then(ClassifierSession::fixed_batch);
+        if fixed.is_some_and(|b| b != 1) {
+            return Err(InferError::Internal(format!(
+                "model {}: the graph's batch dimension is fixed to {fixed:?}; export it with a dynamic or unit batch",
+                files.name
+            )));
+        }
         // Without `--max-batch-size`, a CPU model runs at the largest batch (up to the device's
         // default) that does not make each image dearer: measured here, with every session running.
         let max_batch_size = match fastest {
-            Some(single)
-                if config.explicit.max_batch_size.is_none()
-                    && sessions[0].fixed_batch().is_none() =>
-            {
+            Some(single) if config.explicit.max_batch_size.is_none() && fixed.is_none() => {
                 let (size, per_image) =
                     worker::cheapest_batch(&mut sessions, config.max_batch_size, single)?;
                 // ONNX Runtime's arena keeps what the largest probe run needed; fresh sessions
@@ -176,14 +181,6 @@ impl LoadedModel {
             .saturating_mul(config.max_batch_size.max(QUEUE_IMAGES_PER_REQUEST))
             .clamp(64, 1 << 16);
         let queue = Arc::new(BatchQueue::new(capacity));
-        // A graph exported with a fixed batch dimension can only run batches of exactly that size.
-        let fixed = sessions.first().and_then(ClassifierSession::fixed_batch);
-        if fixed.is_some_and(|b| b != 1) {
-            return Err(InferError::Internal(format!(
-                "model {}: the graph's batch dimension is fixed to {fixed:?}; export it with a dynamic or unit batch",
-                files.name
-            )));
-        }
         let policy = BatchPolicy {
             max_batch_size: if fixed.is_some() { 1 } else { max_batch_size },
             max_queue_delay: config.max_queue_delay,
