@@ -131,19 +131,26 @@ thread_cpu() {
   done
 }
 
-# load NAME URL PID: 64-client and 1-client runs, RSS sampled mid-run and peak.
+# images_run BASE_URL: how many images caliper has run through ONNX Runtime (the sum of its
+# batch-size histogram), which counts the images of requests that a run's end cut off too.
+images_run() { curl -sf "$1/metrics" | awk '/^caliper_batch_size_sum/ {n += $2} END {printf "%d", n}'; }
+
+# load NAME URL PID [BASE_URL]: 64-client and 1-client runs, RSS sampled mid-run and peak; with
+# BASE_URL (caliper) also the images it ran during the 64-client run.
 load() {
-  local name="$1" url="$2" pid="$3"
+  local name="$1" url="$2" pid="$3" base="${4:-}" run0=0
   local wrk=(${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK")
   "${wrk[@]}" -t"$WRK_THREADS" -c"$CONNS" -d3s -s "$OUT/post.lua" "$url" >/dev/null   # warm-up
   (sleep $((DURATION / 2)); rss_kb "$pid" > "$OUT/$name-rss-kb.txt") &
   local sampler=$! cpu0
+  [[ -n "$base" ]] && run0="$(images_run "$base")"
   cpu0="$(cpu_us "$pid")"
   thread_cpu "$pid" > "$OUT/$name-threads-0.txt"
   # The load generator's own CPU time (user, system seconds) too: it shares the cores.
   local TIMEFORMAT='%U %S'
   { time "${wrk[@]}" -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/post.lua" "$url" > "$OUT/$name-wrk-$CONNS.txt"; } 2> "$OUT/$name-loadgen-cpu-s.txt"
   echo $(($(cpu_us "$pid") - cpu0)) > "$OUT/$name-cpu-us.txt"
+  [[ -n "$base" ]] && echo $(($(images_run "$base") - run0)) > "$OUT/$name-images-run.txt"
   thread_cpu "$pid" > "$OUT/$name-threads-1.txt"
   wait "$sampler"
   hwm_kb "$pid" > "$OUT/$name-hwm-kb.txt"
@@ -188,21 +195,26 @@ ${ON_SERVER_CPU[@]+"${ON_SERVER_CPU[@]}"} "$CALIPER_BIN" serve --addr 127.0.0.1:
 SERVER=$!
 PIDS+=("$SERVER")
 ADDR="$(wait_listening "$OUT/server.log" "$SERVER")"
-load server "http://$ADDR/v1/models/$NAME/predict" "$SERVER"
+load server "http://$ADDR/v1/models/$NAME/predict" "$SERVER" "http://$ADDR"
 curl -s "http://$ADDR/metrics" > "$OUT/server-metrics.txt"
 
 # batched NAME PATH CTYPE BODY_FILE: server CPU per image for uploads of BATCHED images each (8
 # clients, so that the queue holds a few requests' images, as the single-image runs' 64 do).
 # wrk's default 2 s timeout is shorter than 8 concurrent 32-image uploads of a 224x224 model take
 # on 2 cores (each is ~0.3 s of CPU), so it would count slow answers as failures: 30 s.
+# The images the server ran are counted too: when wrk stops, the uploads in flight are cut off
+# with some of their images run (EfficientNet-Lite0: about one upload's worth, 1.2% of a
+# run's CPU), which CPU per answered image would charge to the answered ones.
 batched() {
-  local name="$1" path="$2" ctype="$3" body="$4" cpu0
+  local name="$1" path="$2" ctype="$3" body="$4" cpu0 run0
   bench_wrk_post "$OUT/$name.lua" "$body" "$ctype"
   local wrk=(${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK" --timeout 30s)
   "${wrk[@]}" -t"$WRK_THREADS" -c8 -d2s -s "$OUT/$name.lua" "http://$ADDR$path" >/dev/null
+  run0="$(images_run "http://$ADDR")"
   cpu0="$(cpu_us "$SERVER")"
   "${wrk[@]}" -t"$WRK_THREADS" -c8 -d"${DURATION}s" --latency -s "$OUT/$name.lua" "http://$ADDR$path" > "$OUT/server-$name-wrk.txt"
   echo $(($(cpu_us "$SERVER") - cpu0)) > "$OUT/server-$name-cpu-us.txt"
+  echo $(($(images_run "http://$ADDR") - run0)) > "$OUT/server-$name-images-run.txt"
 }
 BATCHED="${BATCHED:-32}"
 bench_multipart "$OUT/multipart.body" "$IMAGE" "$BATCHED"
@@ -221,10 +233,12 @@ echo "$BATCHED" > "$OUT/batched-images.txt"
 # within minutes, so the batched ratios divide by the mean of the single-image runs around them
 # (one binary against itself read EfficientNet-Lite0's ratio 0.976-1.014 by rounds).
 echo "   single images again (the batched runs bracketed)" >&2
+run0="$(images_run "http://$ADDR")"
 cpu0="$(cpu_us "$SERVER")"
 ${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK" -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" -s "$OUT/post.lua" \
   "http://$ADDR/v1/models/$NAME/predict" > "$OUT/server-after-wrk-$CONNS.txt"
 echo $(($(cpu_us "$SERVER") - cpu0)) > "$OUT/server-after-cpu-us.txt"
+echo $(($(images_run "http://$ADDR") - run0)) > "$OUT/server-after-images-run.txt"
 # The floor server answers these bytes.
 curl -sf -X POST -H "Content-Type: image/png" --data-binary "@$ROOT/$IMAGE" "http://$ADDR/v1/models/$NAME/predict" > "$OUT/response.json"
 kill -TERM "$SERVER"; wait "$SERVER" || true

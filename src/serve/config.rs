@@ -85,8 +85,9 @@ pub struct ServeArgs {
     #[arg(long, env = "CALIPER_DEVICE", default_value = "cpu")]
     pub device: Device,
     /// Most images per ONNX Runtime run [default: 8 on cpu, 128 on cuda]. Without it, a CPU
-    /// model whose runs cost more per image at larger batches (a large model's activations
-    /// outgrow the caches) gets the largest size up to 8 that does not, measured at load.
+    /// model's size is measured at load: the largest up to 8 that costs no more per image, or,
+    /// where larger batches make each image dearer (a large model's activations outgrow the
+    /// caches), the smallest that is about as cheap as the cheapest.
     #[arg(long, env = "CALIPER_MAX_BATCH_SIZE")]
     pub max_batch_size: Option<usize>,
     /// How long the oldest queued image may wait for a batch to fill, in microseconds. 0 batches

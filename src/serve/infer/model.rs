@@ -158,17 +158,15 @@ impl LoadedModel {
                         *s = open_session(&files, config, device)?;
                     }
                 }
-                if size != config.max_batch_size {
-                    tracing::info!(
-                        model = %files.name,
-                        max_batch_size = size,
-                        per_image_us = ?per_image
-                            .iter()
-                            .map(|&(b, t)| (b, t.as_micros() as u64))
-                            .collect::<Vec<_>>(),
-                        "a smaller batch: larger ones cost more per image on this CPU"
-                    );
-                }
+                tracing::info!(
+                    model = %files.name,
+                    max_batch_size = size,
+                    per_image_us = ?per_image
+                        .iter()
+                        .map(|&(b, t)| (b, t.as_micros() as u64))
+                        .collect::<Vec<_>>(),
+                    "batch size measured at load (per image at each size)"
+                );
                 size
             }
             _ => config.max_batch_size,
