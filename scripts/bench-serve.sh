@@ -198,25 +198,36 @@ ADDR="$(wait_listening "$OUT/server.log" "$SERVER")"
 load server "http://$ADDR/v1/models/$NAME/predict" "$SERVER" "http://$ADDR"
 curl -s "http://$ADDR/metrics" > "$OUT/server-metrics.txt"
 
-# batched NAME PATH CTYPE BODY_FILE: server CPU per image for uploads of BATCHED images each (8
-# clients, so that the queue holds a few requests' images, as the single-image runs' 64 do).
+# batched NAME PATH CTYPE BODY_FILE ROUND: server CPU per image for uploads of BATCHED images each
+# (8 clients, so that the queue holds a few requests' images, as the single-image runs' 64 do).
 # wrk's default 2 s timeout is shorter than 8 concurrent 32-image uploads of a 224x224 model take
 # on 2 cores (each is ~0.3 s of CPU), so it would count slow answers as failures: 30 s.
 # The images the server ran are counted too: when wrk stops, the uploads in flight are cut off
 # with some of their images run (EfficientNet-Lite0: about one upload's worth, 1.2% of a
 # run's CPU), which CPU per answered image would charge to the answered ones.
 batched() {
-  local name="$1" path="$2" ctype="$3" body="$4" cpu0 run0
+  local name="$1" path="$2" ctype="$3" body="$4" round="$5" cpu0 run0
   bench_wrk_post "$OUT/$name.lua" "$body" "$ctype"
   local wrk=(${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK" --timeout 30s)
   "${wrk[@]}" -t"$WRK_THREADS" -c8 -d2s -s "$OUT/$name.lua" "http://$ADDR$path" >/dev/null
   run0="$(images_run "http://$ADDR")"
   cpu0="$(cpu_us "$SERVER")"
-  "${wrk[@]}" -t"$WRK_THREADS" -c8 -d"${DURATION}s" --latency -s "$OUT/$name.lua" "http://$ADDR$path" > "$OUT/server-$name-wrk.txt"
-  echo $(($(cpu_us "$SERVER") - cpu0)) > "$OUT/server-$name-cpu-us.txt"
-  echo $(($(images_run "http://$ADDR") - run0)) > "$OUT/server-$name-images-run.txt"
+  "${wrk[@]}" -t"$WRK_THREADS" -c8 -d"${DURATION}s" --latency -s "$OUT/$name.lua" "http://$ADDR$path" > "$OUT/server-$name-$round-wrk.txt"
+  echo $(($(cpu_us "$SERVER") - cpu0)) > "$OUT/server-$name-$round-cpu-us.txt"
+  echo $(($(images_run "http://$ADDR") - run0)) > "$OUT/server-$name-$round-images-run.txt"
+}
+# single ROUND: the many-client single-image run again (no warm-up: it follows load).
+single() {
+  local cpu0 run0
+  run0="$(images_run "http://$ADDR")"
+  cpu0="$(cpu_us "$SERVER")"
+  ${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK" -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" -s "$OUT/post.lua" \
+    "http://$ADDR/v1/models/$NAME/predict" > "$OUT/server-single-$1-wrk.txt"
+  echo $(($(cpu_us "$SERVER") - cpu0)) > "$OUT/server-single-$1-cpu-us.txt"
+  echo $(($(images_run "http://$ADDR") - run0)) > "$OUT/server-single-$1-images-run.txt"
 }
 BATCHED="${BATCHED:-32}"
+BATCHED_ROUNDS="${BATCHED_ROUNDS:-2}"
 bench_multipart "$OUT/multipart.body" "$IMAGE" "$BATCHED"
 python3 - "$IMAGE" "$BATCHED" "$OUT" <<'PY'
 import base64, json, sys
@@ -225,20 +236,20 @@ b64 = base64.b64encode(image).decode()
 v2 = {"inputs": [{"name": "image", "shape": [n], "datatype": "BYTES", "data": [b64] * n}]}
 open(f"{out}/v2.body", "w").write(json.dumps(v2))
 PY
-echo "   batched uploads of $BATCHED images (multipart, V2 BYTES)" >&2
-batched multipart "/v1/models/$NAME/predict" "multipart/form-data; boundary=$BENCH_BOUNDARY" "$OUT/multipart.body"
-batched v2 "/v2/models/$NAME/infer" "application/json" "$OUT/v2.body"
 echo "$BATCHED" > "$OUT/batched-images.txt"
-# The single-image run again after the batched ones: the VM's speed drifts by several percent
-# within minutes, so the batched ratios divide by the mean of the single-image runs around them
-# (one binary against itself read EfficientNet-Lite0's ratio 0.976-1.014 by rounds).
-echo "   single images again (the batched runs bracketed)" >&2
-run0="$(images_run "http://$ADDR")"
-cpu0="$(cpu_us "$SERVER")"
-${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK" -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" -s "$OUT/post.lua" \
-  "http://$ADDR/v1/models/$NAME/predict" > "$OUT/server-after-wrk-$CONNS.txt"
-echo $(($(cpu_us "$SERVER") - cpu0)) > "$OUT/server-after-cpu-us.txt"
-echo $(($(images_run "http://$ADDR") - run0)) > "$OUT/server-after-images-run.txt"
+echo "$BATCHED_ROUNDS" > "$OUT/batched-rounds.txt"
+rm -f "$OUT"/server-multipart-* "$OUT"/server-v2-* "$OUT"/server-single-* "$OUT"/server-after-*
+# Each batched run sits between two single-image runs and is divided by their mean: the VM's
+# speed drifts by a few percent within minutes, more than the 1-2% an upload saves on a large
+# model (one binary against itself read EfficientNet-Lite0's ratio 0.976-1.014 by rounds). The
+# first single run is the one above; multipart and V2 alternate, BATCHED_ROUNDS of each.
+echo "   batched uploads of $BATCHED images (multipart, V2 BYTES), $BATCHED_ROUNDS rounds each between single-image runs" >&2
+for round in $(seq 1 "$BATCHED_ROUNDS"); do
+  batched multipart "/v1/models/$NAME/predict" "multipart/form-data; boundary=$BENCH_BOUNDARY" "$OUT/multipart.body" "$round"
+  single $((2 * round - 1))
+  batched v2 "/v2/models/$NAME/infer" "application/json" "$OUT/v2.body" "$round"
+  single $((2 * round))
+done
 # The floor server answers these bytes.
 curl -sf -X POST -H "Content-Type: image/png" --data-binary "@$ROOT/$IMAGE" "http://$ADDR/v1/models/$NAME/predict" > "$OUT/response.json"
 kill -TERM "$SERVER"; wait "$SERVER" || true
