@@ -57,7 +57,7 @@ pub(super) fn fastest_run(session: &mut ClassifierSession) -> Result<Duration, R
     Ok(fastest)
 }
 
-/// How much dearer per image than the cheapest measured batch size a larger size may be and
+/// How much dearer per image than the cheapest measured batch size another size may be and
 /// still be chosen by [`cheapest_batch`]: above the spread of the probe's median on a busy
 /// machine, so that a model whose cost per image does not depend on the batch (ResNet-20) keeps
 /// the largest, whose per-batch hand-offs the server then saves (ResNet-20 served at batch 8:
@@ -177,8 +177,8 @@ fn run_on_every_session(
 /// the sizes within [`BATCH_COST_MARGIN`] of the cheapest, the largest where batching costs
 /// nothing per image (fewer runs, fewer hand-offs), but the smallest where the largest size is
 /// itself dearer than that: then the model's images cost more the more of them run together
-/// (their activations outgrow the caches), and between sizes the probe cannot tell apart the
-/// smaller runs with less memory and sooner answers. 1 when empty.
+/// (their activations outgrow the caches), and of sizes the probe cannot tell apart the
+/// smaller holds less memory and answers sooner. 1 when empty.
 pub(super) fn choose_batch(per_image: &[(usize, Duration)]) -> usize {
     let cheapest = per_image
         .iter()
