@@ -206,25 +206,27 @@ curl -s "http://$ADDR/metrics" > "$OUT/server-metrics.txt"
 # with some of their images run (EfficientNet-Lite0: about one upload's worth, 1.2% of a
 # run's CPU), which CPU per answered image would charge to the answered ones.
 batched() {
-  local name="$1" path="$2" ctype="$3" body="$4" round="$5" cpu0 run0
+  local name="$1" path="$2" ctype="$3" body="$4" round="$5"
   bench_wrk_post "$OUT/$name.lua" "$body" "$ctype"
   local wrk=(${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK" --timeout 30s)
   "${wrk[@]}" -t"$WRK_THREADS" -c8 -d2s -s "$OUT/$name.lua" "http://$ADDR$path" >/dev/null
-  run0="$(images_run "http://$ADDR")"
-  cpu0="$(cpu_us "$SERVER")"
-  "${wrk[@]}" -t"$WRK_THREADS" -c8 -d"${DURATION}s" --latency -s "$OUT/$name.lua" "http://$ADDR$path" > "$OUT/server-$name-$round-wrk.txt"
-  echo $(($(cpu_us "$SERVER") - cpu0)) > "$OUT/server-$name-$round-cpu-us.txt"
-  echo $(($(images_run "http://$ADDR") - run0)) > "$OUT/server-$name-$round-images-run.txt"
+  measured "server-$name-$round" "${wrk[@]}" -t"$WRK_THREADS" -c8 -d"${DURATION}s" --latency -s "$OUT/$name.lua" "http://$ADDR$path"
 }
 # single ROUND: the many-client single-image run again (no warm-up: it follows load).
 single() {
-  local cpu0 run0
+  measured "server-single-$1" ${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK" -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" \
+    -s "$OUT/post.lua" "http://$ADDR/v1/models/$NAME/predict"
+}
+# measured NAME CMD...: runs the load generator CMD (output to NAME-wrk.txt) and writes the
+# server's CPU time (NAME-cpu-us.txt) and the images it ran (NAME-images-run.txt) meanwhile.
+measured() {
+  local name="$1" cpu0 run0
+  shift
   run0="$(images_run "http://$ADDR")"
   cpu0="$(cpu_us "$SERVER")"
-  ${ON_LOAD_CPU[@]+"${ON_LOAD_CPU[@]}"} "$WRK" -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" -s "$OUT/post.lua" \
-    "http://$ADDR/v1/models/$NAME/predict" > "$OUT/server-single-$1-wrk.txt"
-  echo $(($(cpu_us "$SERVER") - cpu0)) > "$OUT/server-single-$1-cpu-us.txt"
-  echo $(($(images_run "http://$ADDR") - run0)) > "$OUT/server-single-$1-images-run.txt"
+  "$@" > "$OUT/$name-wrk.txt"
+  echo $(($(cpu_us "$SERVER") - cpu0)) > "$OUT/$name-cpu-us.txt"
+  echo $(($(images_run "http://$ADDR") - run0)) > "$OUT/$name-images-run.txt"
 }
 BATCHED="${BATCHED:-32}"
 BATCHED_ROUNDS="${BATCHED_ROUNDS:-2}"

@@ -64,58 +64,39 @@ res = {
 }
 # Batched uploads (multipart and V2 BYTES of `batched` images per request): CPU per image,
 # against the CPU per image of the many-client single-image runs around them.
-# Where the server's count of the images it ran is there (`*-images-run.txt`), both sides are per
-# image run: when wrk stops, the requests in flight are cut off with some of their images run,
-# about one upload's worth (EfficientNet-Lite0: 1.2% of a run's CPU), which a figure per answered
-# image would charge to the answered ones.
+# Both sides are per image the server ran (`*-images-run.txt`): when wrk stops, the requests in
+# flight are cut off with some of their images run, about one upload's worth (EfficientNet-Lite0:
+# 1.2% of a run's CPU), which a figure per answered image would charge to the answered ones.
 def cpu_per_image(name, answered):
-    run = out / f"{name}-images-run.txt"
-    images = int(run.read_text().split()[0]) if run.exists() else answered
+    images = int((out / f"{name}-images-run.txt").read_text().split()[0])
     return round(int((out / f"{name}-cpu-us.txt").read_text().split()[0]) / images, 1), images - answered
 
 
 batched_file = out / "batched-images.txt"
 if batched_file.exists():
+    # bench-serve.sh's order: the main run, then per round multipart, single, V2, single; each
+    # batched run divided by the mean of the single runs on either side.
     n_img = int(batched_file.read_text())
-    rounds_file = out / "batched-rounds.txt"
-    if rounds_file.exists():
-        # Alternated (bench-serve.sh): the main run, then per round multipart, single, V2,
-        # single; each batched run divided by the mean of the single runs on either side.
-        rounds = int(rounds_file.read_text())
-        singles = [cpu_per_image("server", s64_n)[0]]
-        for k in range(1, 2 * rounds + 1):
-            _, _, _, n = wrk(f"server-single-{k}-wrk.txt")
-            singles.append(cpu_per_image(f"server-single-{k}", n)[0])
-        _, _, _, last_n = wrk(f"server-single-{2 * rounds}-wrk.txt")
-        res["server_cpu_us_per_request_after_batched"] = cpu_per_req(f"server-single-{2 * rounds}", last_n)
-        res["server_cpu_us_per_image_single_rounds"] = singles
-        for kind, first in (("multipart", 0), ("v2", 1)):
-            per_image, ratios, cut_off = [], [], 0
-            for r in range(1, rounds + 1):
-                _, _, _, n_req = wrk(f"server-{kind}-{r}-wrk.txt")
-                cpu, cut = cpu_per_image(f"server-{kind}-{r}", n_req * n_img)
-                before = singles[2 * (r - 1) + first]
-                after = singles[2 * (r - 1) + first + 1]
-                per_image.append(cpu)
-                ratios.append(round(cpu / ((before + after) / 2), 3))
-                cut_off += cut
-            res[f"server_cpu_us_per_image_{kind}{n_img}"] = round(sum(per_image) / rounds, 1)
-            res[f"{kind}{n_img}_cut_off_images"] = cut_off
-            res[f"{kind}{n_img}_vs_single_cpu_rounds"] = ratios
-            res[f"{kind}{n_img}_vs_single_cpu_ratio"] = round(sum(ratios) / rounds, 3)
-    else:
-        # Older runs: multipart and V2 once each, between the main run and one single run after.
-        single_cpu, _ = cpu_per_image("server", s64_n)
-        if (out / f"server-after-wrk-{conns}.txt").exists():
-            _, _, _, after_n = wrk(f"server-after-wrk-{conns}.txt")
-            res["server_cpu_us_per_request_after_batched"] = cpu_per_req("server-after", after_n)
-            single_cpu = (single_cpu + cpu_per_image("server-after", after_n)[0]) / 2
-        for kind in ("multipart", "v2"):
-            _, _, _, n_req = wrk(f"server-{kind}-wrk.txt")
-            per_image, cut_off = cpu_per_image(f"server-{kind}", n_req * n_img)
-            res[f"server_cpu_us_per_image_{kind}{n_img}"] = per_image
-            res[f"{kind}{n_img}_cut_off_images"] = cut_off
-            res[f"{kind}{n_img}_vs_single_cpu_ratio"] = round(per_image / single_cpu, 3)
+    rounds = int((out / "batched-rounds.txt").read_text())
+    singles = [cpu_per_image("server", s64_n)[0]]
+    for k in range(1, 2 * rounds + 1):
+        _, _, _, n = wrk(f"server-single-{k}-wrk.txt")
+        singles.append(cpu_per_image(f"server-single-{k}", n)[0])
+    res["server_cpu_us_per_request_after_batched"] = cpu_per_req(f"server-single-{2 * rounds}", n)
+    res["server_cpu_us_per_image_single_rounds"] = singles
+    for kind, first in (("multipart", 0), ("v2", 1)):
+        per_image, ratios, cut_off = [], [], 0
+        for r in range(1, rounds + 1):
+            _, _, _, n_req = wrk(f"server-{kind}-{r}-wrk.txt")
+            cpu, cut = cpu_per_image(f"server-{kind}-{r}", n_req * n_img)
+            around = singles[2 * (r - 1) + first:][:2]
+            per_image.append(cpu)
+            ratios.append(round(cpu / (sum(around) / 2), 3))
+            cut_off += cut
+        res[f"server_cpu_us_per_image_{kind}{n_img}"] = round(sum(per_image) / rounds, 1)
+        res[f"{kind}{n_img}_cut_off_images"] = cut_off
+        res[f"{kind}{n_img}_vs_single_cpu_rounds"] = ratios
+        res[f"{kind}{n_img}_vs_single_cpu_ratio"] = round(sum(ratios) / rounds, 3)
 # The HTTP floor (examples/bench_http_floor.rs under the same load): what any server on this
 # stack pays per request before doing anything; absent in runs from before it was measured.
 if (out / f"floor-wrk-{conns}.txt").exists():
