@@ -231,8 +231,11 @@ fn kth_largest_finite(values: &[f64], k: usize) -> f64 {
 }
 
 /// Values the scans over every row's estimate test at once: a chunk without a hit (nearly
-/// all of them) costs one branch instead of one per row.
-const SCAN: usize = 8;
+/// all of them) costs one branch instead of one per row. 32 (four AVX-512 compares per
+/// branch) against 8: KNN's score on ResNet-20's 4,096 x 64 bank 8.7-9.0 -> 7.8-7.9 us,
+/// LeNet's 2,048 x 128 7.6 -> 7.3 (`examples/bench_ood.rs`, alternated; 16 for the candidate
+/// scan and 64 for both were slower, and so was computing the estimates inside the top-k scan).
+const SCAN: usize = 32;
 
 /// The `i8` copy of a bank, the figures of its bounds, and the bank itself row by row (the
 /// candidates' exact products read a few whole rows, not one value per cache line of the
