@@ -278,13 +278,12 @@ fn session_threads_decode(model: &LoadedModel) -> bool {
 async fn preprocess_budgeted(
     images: Vec<Bytes>,
     need: &[u64],
-    spec: &crate::repository::InputSpec,
+    spec: &Arc<crate::repository::InputSpec>,
     work: &ImageWork,
 ) -> Result<Vec<Vec<f32>>, InferError> {
     let budget = &work.budget;
     let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
     let group_cap = GROUP_BYTES.min(budget.total_bytes() / 4);
-    let spec = Arc::new(spec.clone());
     let mut out = Vec::with_capacity(images.len());
     let mut first = 0;
     while first < images.len() {
@@ -309,7 +308,7 @@ async fn preprocess_budgeted(
             .await
             .map_err(|e| budget_error(e, first))?;
         let group = images[first..end].to_vec();
-        let (spec, limits) = (Arc::clone(&spec), work.limits);
+        let (spec, limits) = (Arc::clone(spec), work.limits);
         let (flag, admission) = (Arc::clone(&cancel.0), work.admission.clone());
         let done = tokio::task::spawn_blocking(move || {
             let _held = (reservation, admission, slot);
@@ -385,14 +384,13 @@ pub async fn predict_images(
                 .await
                 .map_err(|e| budget_error(e, 0))?,
         );
-        let spec = Arc::new(spec.clone());
         let encoded = images
             .into_iter()
             .enumerate()
             .map(|(index, bytes)| EncodedImage {
                 bytes,
                 index,
-                spec: Arc::clone(&spec),
+                spec: Arc::clone(&model.input),
                 limits: work.limits,
                 admission: work.admission.clone(),
                 decodes: Arc::clone(&decodes),
@@ -405,7 +403,7 @@ pub async fn predict_images(
     }
     let inputs = {
         use tracing::Instrument;
-        preprocess_budgeted(images, &need, spec, work)
+        preprocess_budgeted(images, &need, &model.input, work)
             .instrument(span)
             .await?
     };

@@ -14,7 +14,7 @@ use super::InferError;
 use super::batcher::{BatchPolicy, BatchQueue, DeviceDefaults, PushError, padded_sizes};
 use super::prediction::PredictionContext;
 use super::worker::{self, EncodedImage, Job, JobInput, JobTrace, RowOutput, Sessions};
-use crate::repository::ModelFiles;
+use crate::repository::{InputSpec, ModelFiles};
 use crate::runtime::{ClassifierSession, Device};
 use crate::serve::prometheus::ServerMetrics;
 use crate::trust::calibration::Calibrator;
@@ -39,6 +39,9 @@ pub struct LoadedModel {
     /// (`worker::INLINE_RUN_MAX`): then even small images are decoded by the session threads
     /// (`infer::predict_images`).
     pub(super) long_runs: bool,
+    /// `files.metadata.input`, shared by the decodes that leave the request's task (cloned
+    /// once here, not once per request: four allocations).
+    pub(super) input: Arc<InputSpec>,
     queue: Arc<BatchQueue<Job>>,
     sessions: Sessions,
     metrics: Arc<ServerMetrics>,
@@ -227,6 +230,7 @@ impl LoadedModel {
             ])
             .set(1);
         Ok(Self {
+            input: Arc::new(files.metadata.input.clone()),
             files,
             calibrator,
             device,

@@ -56,7 +56,13 @@ impl LogitStore {
             return;
         }
         let mut rings = self.rings.lock().unwrap_or_else(PoisonError::into_inner);
-        let ring = rings.entry(key.to_string()).or_default();
+        // The key is copied only for a model's first row, not for every served prediction.
+        if !rings.contains_key(key) {
+            rings.insert(key.to_string(), Ring::default());
+        }
+        let Some(ring) = rings.get_mut(key) else {
+            return;
+        };
         while ring.order.len() >= self.capacity {
             if let Some(old) = ring.order.pop_front() {
                 ring.rows.remove(&old);

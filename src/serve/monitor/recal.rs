@@ -327,7 +327,12 @@ pub struct Recalibration {
 
 /// The store key of a model file.
 fn key(model: &str, sha256: &str) -> String {
-    format!("{model}\0{sha256}")
+    // Sized once: this runs for every served prediction (`format!` grew its buffer twice).
+    let mut k = String::with_capacity(model.len() + 1 + sha256.len());
+    k.push_str(model);
+    k.push('\0');
+    k.push_str(sha256);
+    k
 }
 
 impl Recalibration {

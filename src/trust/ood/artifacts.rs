@@ -119,7 +119,7 @@ impl OodCalibration {
         logits: &[f64],
         calibrated: &[f64],
         features: Option<&[f64]>,
-    ) -> BTreeMap<String, f64> {
+    ) -> BTreeMap<&'static str, f64> {
         let mut s = named_scores(logits, calibrated);
         if let Some(f) = features {
             self.detectors.score_into(f, logits, &mut s);
@@ -205,14 +205,14 @@ pub struct TrustArtifacts {
 }
 
 /// Named OOD scores of one row: the logit scores, MSP replaced by its calibrated value.
-pub fn named_scores(logits: &[f64], calibrated: &[f64]) -> BTreeMap<String, f64> {
+pub fn named_scores(logits: &[f64], calibrated: &[f64]) -> BTreeMap<&'static str, f64> {
     let s = LogitScores::from_logits(logits);
     let max_p = calibrated.iter().copied().fold(0.0, f64::max);
     BTreeMap::from([
-        ("msp".to_string(), 1.0 - max_p),
-        ("max_logit".to_string(), s.max_logit),
-        ("energy".to_string(), s.energy),
-        ("entropy".to_string(), s.entropy),
+        ("msp", 1.0 - max_p),
+        ("max_logit", s.max_logit),
+        ("energy", s.energy),
+        ("entropy", s.entropy),
     ])
 }
 
@@ -242,7 +242,7 @@ pub fn score_rows(
             d.score_into(&f.row(i).to_vec(), &z, &mut row);
         }
         for (name, v) in row {
-            per_score.entry(name).or_default().push(v);
+            per_score.entry(name.to_string()).or_default().push(v);
         }
     }
     Ok(per_score)

@@ -92,20 +92,25 @@ impl FeatureDetectors {
 
     /// Every fitted score of one row into `out`. A row the detectors cannot score (wrong
     /// length, non-finite) scores NaN, which a threshold flags.
-    pub fn score_into(&self, features: &[f64], logits: &[f64], out: &mut BTreeMap<String, f64>) {
+    pub fn score_into(
+        &self,
+        features: &[f64],
+        logits: &[f64],
+        out: &mut BTreeMap<&'static str, f64>,
+    ) {
         let nan = |r: Result<f64, OodError>| r.unwrap_or(f64::NAN);
         if let Some(m) = &self.mahalanobis {
             let md = nan(m.score(features));
-            out.insert("mahalanobis".into(), md);
+            out.insert("mahalanobis", md);
             if let Some(bg) = &self.rmds_background {
-                out.insert("rmds".into(), md - nan(bg.score(features)));
+                out.insert("rmds", md - nan(bg.score(features)));
             }
         }
         if let Some(k) = &self.knn {
-            out.insert("knn".into(), nan(k.score(features)));
+            out.insert("knn", nan(k.score(features)));
         }
         if let Some(v) = &self.vim {
-            out.insert("vim".into(), nan(v.score(features, logits)));
+            out.insert("vim", nan(v.score(features, logits)));
         }
     }
 }
@@ -156,6 +161,6 @@ mod tests {
         assert!(loaded.knn.is_none() && loaded.mahalanobis.is_some());
         let mut s = BTreeMap::new();
         loaded.score_into(&id, &head(&id), &mut s);
-        assert_eq!(s.keys().collect::<Vec<_>>(), ["mahalanobis"]);
+        assert_eq!(s.keys().copied().collect::<Vec<_>>(), ["mahalanobis"]);
     }
 }

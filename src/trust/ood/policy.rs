@@ -36,7 +36,7 @@ pub struct OodVerdict {
     pub is_ood: bool,
     /// Every score of this input by name.
     #[serde(flatten)]
-    pub scores: BTreeMap<String, f64>,
+    pub scores: BTreeMap<&'static str, f64>,
 }
 
 /// Why a response abstained.
@@ -123,7 +123,7 @@ pub fn decide(
         None => named_scores(logits, calibrated),
     };
     let method = ood.map_or("msp", |o| o.method.as_str()).to_string();
-    let score = scores.get(&method).copied().unwrap_or(f64::NAN);
+    let score = scores.get(method.as_str()).copied().unwrap_or(f64::NAN);
     let threshold = ood.and_then(|o| o.thresholds.get(&method));
     let verdict = OodVerdict {
         is_ood: threshold.is_some_and(|t| t.is_ood(score)),
