@@ -60,9 +60,7 @@ impl LogitStore {
         if !rings.contains_key(key) {
             rings.insert(key.to_string(), Ring::default());
         }
-        let Some(ring) = rings.get_mut(key) else {
-            return;
-        };
+        let ring = rings.get_mut(key).expect("the ring exists: inserted above");
         while ring.order.len() >= self.capacity {
             if let Some(old) = ring.order.pop_front() {
                 ring.rows.remove(&old);
