@@ -94,6 +94,18 @@ open(sys.argv[3], "wb").write(form + b"--%s--\r\n" % b)
 PY
 }
 
+# bench_v2_body BODY IMAGE N: a KServe V2 JSON request of N copies of file IMAGE as base64
+# BYTES strings at BODY (the V2 form of bench_multipart's upload).
+bench_v2_body() {
+  python3 - "$2" "$3" "$1" <<'PY'
+import base64, json, sys
+image, n, out = open(sys.argv[1], "rb").read(), int(sys.argv[2]), sys.argv[3]
+b64 = base64.b64encode(image).decode()
+v2 = {"inputs": [{"name": "image", "shape": [n], "datatype": "BYTES", "data": [b64] * n}]}
+open(out, "w").write(json.dumps(v2))
+PY
+}
+
 bench_init() {
   BENCH_NAME="$1"; shift
   BENCH_ORDER=("$@")

@@ -7,7 +7,8 @@
 #   MODEL_DIR=models/mnist and IMAGE=tests/data/digits/7.png; the model's calibration file is
 #   used when calib/NAME.json exists beside its models/ folder; BATCHED=N adds, per round, the
 #   server's CPU per image for multipart uploads of N copies of IMAGE at 8 clients and its ratio
-#   to the single-image figure, as bench-serve.sh's batched runs). Needs wrk.
+#   to the single-image figure, as bench-serve.sh's batched runs; with V2=1 the same upload is a
+#   KServe V2 JSON request of N base64 strings instead of multipart). Needs wrk.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 source "$ROOT/scripts/bench-lib.sh"
@@ -21,9 +22,16 @@ ln -s "$MODEL_DIR" "$WORK/models/$NAME"
 bench_wrk_post "$WORK/post.lua" "$IMAGE" image/png
 BATCHED=${BATCHED:-1}
 if ((BATCHED > 1)); then
-  bench_multipart "$WORK/multipart.body" "$IMAGE" "$BATCHED"
-  bench_wrk_post "$WORK/batched.lua" "$WORK/multipart.body" "multipart/form-data; boundary=$BENCH_BOUNDARY"
+  if [[ ${V2:-0} == 1 ]]; then
+    bench_v2_body "$WORK/v2.body" "$IMAGE" "$BATCHED"
+    bench_wrk_post "$WORK/batched.lua" "$WORK/v2.body" application/json
+  else
+    bench_multipart "$WORK/multipart.body" "$IMAGE" "$BATCHED"
+    bench_wrk_post "$WORK/batched.lua" "$WORK/multipart.body" "multipart/form-data; boundary=$BENCH_BOUNDARY"
+  fi
 fi
+BATCHED_URL=http://127.0.0.1:18090/v1/models/$NAME/predict
+[[ ${V2:-0} == 1 ]] && BATCHED_URL=http://127.0.0.1:18090/v2/models/$NAME/infer
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 cpu_us() { awk -v t="$TICK_US" '{printf "%d", ($14 + $15) * t}' "/proc/$1/stat"; }
 URL=http://127.0.0.1:18090/v1/models/$NAME/predict
@@ -42,9 +50,9 @@ for r in $(seq 1 "$ROUNDS"); do
     p50=$(wrk -t1 -c1 -d5s --latency -s "$WORK/post.lua" "$URL" | awk '$1=="50%" {print $2}')
     batched=""
     if ((BATCHED > 1)); then
-      wrk -t2 -c8 -d2s --timeout 30s -s "$WORK/batched.lua" "$URL" >/dev/null
+      wrk -t2 -c8 -d2s --timeout 30s -s "$WORK/batched.lua" "$BATCHED_URL" >/dev/null
       b0=$(cpu_us $pid)
-      bn=$(wrk -t2 -c8 -d"${D}s" --timeout 30s -s "$WORK/batched.lua" "$URL" | grep -o "[0-9]* requests in" | cut -d' ' -f1)
+      bn=$(wrk -t2 -c8 -d"${D}s" --timeout 30s -s "$WORK/batched.lua" "$BATCHED_URL" | grep -o "[0-9]* requests in" | cut -d' ' -f1)
       b1=$(cpu_us $pid)
       per=$(( (b1 - b0) / (bn * BATCHED) ))
       batched=" cpu_us_per_img_b$BATCHED=$per ratio=$(awk -v a="$per" -v b="$(( (c1 - c0) / n ))" 'BEGIN {printf "%.3f", a / b}')"

@@ -231,13 +231,7 @@ measured() {
 BATCHED="${BATCHED:-32}"
 BATCHED_ROUNDS="${BATCHED_ROUNDS:-2}"
 bench_multipart "$OUT/multipart.body" "$IMAGE" "$BATCHED"
-python3 - "$IMAGE" "$BATCHED" "$OUT" <<'PY'
-import base64, json, sys
-image, n, out = open(sys.argv[1], "rb").read(), int(sys.argv[2]), sys.argv[3]
-b64 = base64.b64encode(image).decode()
-v2 = {"inputs": [{"name": "image", "shape": [n], "datatype": "BYTES", "data": [b64] * n}]}
-open(f"{out}/v2.body", "w").write(json.dumps(v2))
-PY
+bench_v2_body "$OUT/v2.body" "$IMAGE" "$BATCHED"
 echo "$BATCHED" > "$OUT/batched-images.txt"
 echo "$BATCHED_ROUNDS" > "$OUT/batched-rounds.txt"
 rm -f "$OUT"/server-multipart-* "$OUT"/server-v2-* "$OUT"/server-single-* "$OUT"/server-after-*
