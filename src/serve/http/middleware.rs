@@ -2,8 +2,10 @@
 //! bearer-token checks, request ids, and the request metrics (by matched route template, never
 //! by raw path), plus the `/metrics` page.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -16,6 +18,7 @@ use futures::StreamExt;
 use tower_http::request_id::RequestId;
 
 use super::{ApiError, AppState, ErrorCode};
+use crate::serve::prometheus::ServerMetrics;
 
 /// The body arrived too slowly (see [`limit_body_rate`]).
 #[derive(Debug, thiserror::Error)]
@@ -203,56 +206,163 @@ pub fn authorization_matches(value: Option<&[u8]>, expected: &str) -> bool {
         .is_some_and(|t| same_token(t.trim().as_bytes(), expected.as_bytes()))
 }
 
-/// `--api-key`: every endpoint except health and metrics.
-pub async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// `--api-key`: every endpoint except health and metrics. The 401, or None to go on.
+fn check_api_key(state: &AppState, req: &Request) -> Option<Response> {
     match &state.config.api_key {
-        Some(key) if !bearer_matches(req.headers(), key) => ApiError::Unauthorized.into_response(),
-        _ => next.run(req).await,
+        Some(key) if !bearer_matches(req.headers(), key) => {
+            Some(ApiError::Unauthorized.into_response())
+        }
+        _ => None,
     }
 }
 
 /// The repository endpoint: `--admin-token` when set, else the API key when set.
-pub async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Response {
+fn check_admin(state: &AppState, req: &Request) -> Option<Response> {
     let c = &state.config;
     match c.admin_token.as_ref().or(c.api_key.as_ref()) {
         Some(token) if !bearer_matches(req.headers(), token) => {
-            ApiError::Unauthorized.into_response()
+            Some(ApiError::Unauthorized.into_response())
         }
-        _ => next.run(req).await,
+        _ => None,
     }
 }
 
-/// Decrements the in-flight gauge even if the request future is dropped.
-struct InFlight(prometheus::IntGauge);
+// The route layers below are one `from_fn` each, a check and then the body's handling: every
+// `from_fn` layer clones and boxes its inner service and boxes its own future on each request.
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
+/// Inference routes: the API key, then [`admit`].
+pub async fn guard_inference(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match check_api_key(&state, &req) {
+        Some(refused) => refused,
+        None => admit(State(state), req, next).await,
+    }
+}
+
+/// Every other route behind the API key: the key, then [`limit_body_rate`].
+pub async fn guard_protected(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match check_api_key(&state, &req) {
+        Some(refused) => refused,
+        None => limit_body_rate(State(state), req, next).await,
+    }
+}
+
+/// The repository routes: the admin token, then [`limit_body_rate`].
+pub async fn guard_admin(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match check_admin(&state, &req) {
+        Some(refused) => refused,
+        None => limit_body_rate(State(state), req, next).await,
     }
 }
 
 /// Records `caliper_request_duration_seconds`, `caliper_in_flight_requests` and
-/// `caliper_rejected_total` (by the error code the response carries).
-pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    // Both clones are cheap (a shared string, an enum): no per-request formatting.
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let method = req.method().clone();
-    let m = &state.metrics;
-    m.in_flight.inc();
-    let _guard = InFlight(m.in_flight.clone());
-    let start = std::time::Instant::now();
-    let resp = next.run(req).await;
-    m.request_duration
-        .with_label_values(&[
-            route.as_ref().map_or("unmatched", MatchedPath::as_str),
-            method.as_str(),
-            resp.status().as_str(),
-        ])
-        .observe(start.elapsed().as_secs_f64());
-    if let Some(ErrorCode(code)) = resp.extensions().get::<ErrorCode>() {
-        m.rejected.with_label_values(&[code]).inc();
+/// `caliper_rejected_total` (by the error code the response carries) for every route. A layer
+/// of its own rather than a `from_fn`, which would clone and box the route's service and box a
+/// future on every request.
+#[derive(Clone)]
+pub struct TrackLayer(pub Arc<ServerMetrics>);
+
+impl<S> tower::Layer<S> for TrackLayer {
+    type Service = Track<S>;
+
+    fn layer(&self, inner: S) -> Track<S> {
+        Track {
+            inner,
+            metrics: Arc::clone(&self.0),
+        }
     }
-    resp
+}
+
+/// The service of [`TrackLayer`].
+#[derive(Clone)]
+pub struct Track<S> {
+    inner: S,
+    metrics: Arc<ServerMetrics>,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for Track<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Tracked<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        // Both clones are cheap (a shared string, an enum): no per-request formatting.
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let method = req.method().clone();
+        self.metrics.in_flight.inc();
+        let record = Record {
+            metrics: Arc::clone(&self.metrics),
+            route,
+            method,
+            start: std::time::Instant::now(),
+        };
+        Tracked {
+            inner: self.inner.call(req),
+            record: Some(record),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Track`].
+    pub struct Tracked<F> {
+        #[pin]
+        inner: F,
+        record: Option<Record>,
+    }
+}
+
+impl<F, E> Future for Tracked<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(resp), Some(record)) = (&out, this.record.take()) {
+            record.answered(resp);
+        }
+        Poll::Ready(out)
+    }
+}
+
+/// One request's metrics in progress; dropping it (answered, or its future dropped) leaves the
+/// in-flight gauge.
+struct Record {
+    metrics: Arc<ServerMetrics>,
+    route: Option<MatchedPath>,
+    method: axum::http::Method,
+    start: std::time::Instant,
+}
+
+impl Record {
+    fn answered(self, resp: &Response) {
+        let m = &self.metrics;
+        m.request_duration
+            .with_label_values(&[
+                self.route.as_ref().map_or("unmatched", MatchedPath::as_str),
+                self.method.as_str(),
+                resp.status().as_str(),
+            ])
+            .observe(self.start.elapsed().as_secs_f64());
+        if let Some(ErrorCode(code)) = resp.extensions().get::<ErrorCode>() {
+            m.rejected.with_label_values(&[code]).inc();
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+    }
 }
 
 /// Makes the `x-request-id` of requests that come without one: a UUID v4 from the thread's

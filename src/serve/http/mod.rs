@@ -18,11 +18,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::middleware::{FromFnLayer, from_fn_with_state};
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
-use tower::layer::util::{Identity, Stack};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -267,22 +266,6 @@ fn request_id(headers: &axum::http::HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The route layer of a group of routes: `check` (who may call them), then `body` (how their
-/// body is read: [`middleware::admit`] or [`middleware::limit_body_rate`]), as one layer (see
-/// [`router`] for why one).
-#[allow(clippy::type_complexity)]
-fn guarded<C, CT, B, BT>(
-    state: &AppState,
-    check: C,
-    body: B,
-) -> ServiceBuilder<
-    Stack<FromFnLayer<B, AppState, BT>, Stack<FromFnLayer<C, AppState, CT>, Identity>>,
-> {
-    ServiceBuilder::new()
-        .layer(from_fn_with_state(state.clone(), check))
-        .layer(from_fn_with_state(state.clone(), body))
-}
-
 /// The whole application. Used by `caliper serve` and by the tests (through `oneshot`).
 pub fn router(state: AppState) -> Router {
     // Inference: the API key first, then admission (which reads the body).
@@ -293,10 +276,9 @@ pub fn router(state: AppState) -> Router {
             "/v2/models/{model}/versions/{version}/infer",
             post(v2::infer_version),
         )
-        .route_layer(guarded(
-            &state,
-            middleware::require_api_key,
-            middleware::admit,
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            middleware::guard_inference,
         ));
     let protected = Router::new()
         .route("/v1/models", get(v1::list_models))
@@ -322,10 +304,9 @@ pub fn router(state: AppState) -> Router {
             "/v2/models/{model}/versions/{version}/ready",
             get(v2::model_version_ready),
         )
-        .route_layer(guarded(
-            &state,
-            middleware::require_api_key,
-            middleware::limit_body_rate,
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            middleware::guard_protected,
         ))
         .merge(inference);
     let admin = Router::new()
@@ -334,11 +315,7 @@ pub fn router(state: AppState) -> Router {
             "/v2/repository/models/{model}/recalibrate",
             post(recalibrate::recalibrate),
         )
-        .route_layer(guarded(
-            &state,
-            middleware::require_admin,
-            middleware::limit_body_rate,
-        ));
+        .route_layer(from_fn_with_state(state.clone(), middleware::guard_admin));
     Router::new()
         .route("/v2/health/live", get(v2::live))
         .route("/v2/health/ready", get(v2::ready))
@@ -363,7 +340,7 @@ pub fn router(state: AppState) -> Router {
                         .make_span_with(spans::RequestSpan)
                         .on_response(spans::RecordStatus),
                 )
-                .layer(from_fn_with_state(state.clone(), middleware::track))
+                .layer(middleware::TrackLayer(Arc::clone(&state.metrics)))
                 .layer(DefaultBodyLimit::max(state.config.max_body_bytes)),
         )
         .with_state(state)
