@@ -317,6 +317,84 @@ async fn idle_connections_are_capped_and_closed() {
     assert_peak_rss(&server);
 }
 
+/// Reads one HTTP/1.1 response with a `content-length` body from `s`: its status code.
+fn read_response(s: &mut TcpStream) -> u16 {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let len: usize = text[..end]
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .expect("no content-length");
+        if buf.len() >= end + 4 + len {
+            assert_eq!(buf.len(), end + 4 + len, "bytes after the response");
+            return text[9..12].parse().unwrap();
+        }
+    }
+}
+
+/// Row 4, keep-alive: a connection is closed once it has been idle for
+/// `--keep-alive-timeout-ms` after its last answer, also when its timer came due while a request
+/// was in progress (an upload slower than the keep-alive), and never while it keeps sending
+/// requests more often than that.
+#[test]
+fn keep_alive_connections_close_after_their_idle_time_not_before() {
+    const KEEP_ALIVE: Duration = Duration::from_millis(400);
+    let server = server(&["--keep-alive-timeout-ms", "400"]);
+    let body = digit("4.png");
+    let head = format!(
+        "POST /v1/models/{MODEL}/predict HTTP/1.1\r\nhost: x\r\ncontent-type: image/png\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // One answer sets the idle timer; then a request in progress when it comes due, for twice
+    // the keep-alive: its head now, its body later.
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    assert_eq!(read_response(&mut s), 200);
+    s.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(2 * KEEP_ALIVE);
+    s.write_all(&body).unwrap();
+    assert_eq!(read_response(&mut s), 200);
+    // Requests at half the keep-alive for five times its length: the connection stays open.
+    let busy = Instant::now();
+    while busy.elapsed() < 5 * KEEP_ALIVE {
+        std::thread::sleep(KEEP_ALIVE / 2);
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+        assert_eq!(read_response(&mut s), 200);
+    }
+    // Then quiet: closed (EOF) one keep-alive after the last answer, give or take scheduling.
+    let quiet = Instant::now();
+    let mut rest = [0u8; 16];
+    let n = s.read(&mut rest).unwrap();
+    let waited = quiet.elapsed();
+    assert_eq!(n, 0, "bytes instead of a close");
+    assert!(
+        waited >= KEEP_ALIVE - Duration::from_millis(50) && waited < 4 * KEEP_ALIVE,
+        "closed after {waited:?} idle, keep-alive {KEEP_ALIVE:?}"
+    );
+}
+
 /// `prediction_id`s of `n` predictions (multipart requests of 100 digits).
 async fn predictions(server: &Server, n: usize) -> Vec<String> {
     let client = reqwest::Client::new();

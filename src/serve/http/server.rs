@@ -52,22 +52,29 @@ struct Conn {
     in_flight: AtomicUsize,
     /// Requests started on this connection so far.
     served: AtomicUsize,
-    /// When the connection last became idle (accepted, or its last response was produced).
-    idle_since: Mutex<Instant>,
-    /// Woken when the connection becomes idle (to re-arm its timer) or is evicted.
+    /// When it last became idle, and the timer its task has set.
+    idle: Mutex<Idle>,
+    /// Woken when the connection is evicted, or when a request ends whose new idle deadline
+    /// the task's timer would miss (see [`Conn::arm`]).
     wake: Notify,
     /// Chosen for eviction by the accept loop.
     evicted: AtomicBool,
+    /// `--keep-alive-timeout-ms`.
+    keep_alive: Duration,
 }
 
 impl Conn {
-    fn new() -> Self {
+    fn new(keep_alive: Duration) -> Self {
         Conn {
             in_flight: AtomicUsize::new(0),
             served: AtomicUsize::new(0),
-            idle_since: Mutex::new(Instant::now()),
+            idle: Mutex::new(Idle {
+                since: Instant::now(),
+                timer: None,
+            }),
             wake: Notify::new(),
             evicted: AtomicBool::new(false),
+            keep_alive,
         }
     }
 
@@ -75,21 +82,47 @@ impl Conn {
         self.in_flight.load(Ordering::Acquire) == 0
     }
 
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// When this connection times out if it stays idle, or None while a request is in progress.
     fn idle_deadline(&self, l: &Limits) -> Option<Instant> {
+        self.deadline(&self.lock_idle(), l)
+    }
+
+    fn deadline(&self, idle: &Idle, l: &Limits) -> Option<Instant> {
         if !self.is_idle() {
             return None;
         }
-        let since = *self
-            .idle_since
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
         Some(if self.served.load(Ordering::Acquire) == 0 {
-            since + l.header_read_timeout
+            idle.since + l.header_read_timeout
         } else {
-            since + l.keep_alive_timeout
+            idle.since + l.keep_alive_timeout
         })
     }
+
+    /// The idle deadline the task sets its timer for, recorded, or None while a request is in
+    /// progress (whose end then wakes the task). A request that ends wakes the task only when
+    /// the timer would fire after its new deadline (a keep-alive shorter than the header
+    /// timeout, after the first request); usually it fires before, finds the connection busy or
+    /// idle for less than its limit, and is set again: one wake-up per keep-alive period rather
+    /// than a wake-up and two timer updates per request.
+    fn arm(&self, l: &Limits) -> Option<Instant> {
+        let mut idle = self.lock_idle();
+        idle.timer = self.deadline(&idle, l);
+        idle.timer
+    }
+}
+
+/// The idle state of a connection, under one lock: the task sets its timer and a request ends
+/// each seeing what the other did.
+struct Idle {
+    /// When the connection last became idle (accepted, or its last response was produced).
+    since: Instant,
+    /// When the task's idle timer fires, or None while it has none (a request was in progress
+    /// when it looked).
+    timer: Option<Instant>,
 }
 
 /// Marks a connection busy for the life of one request.
@@ -105,12 +138,15 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        *self
-            .0
-            .idle_since
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let now = Instant::now();
+        let mut idle = self.0.lock_idle();
+        idle.since = now;
+        // Under the lock, so that `arm` sees the request either in progress or ended.
+        let ended = self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1;
+        // The deadline is now `now + keep-alive` (a request was served).
+        let missed = idle.timer.is_none_or(|t| t > now + self.0.keep_alive);
+        drop(idle);
+        if ended && missed {
             self.0.wake.notify_one();
         }
     }
@@ -133,7 +169,8 @@ impl Connections {
     }
 
     /// Registers a new connection, evicting the oldest idle one at the cap. None: refuse it.
-    fn admit(&self, max: usize) -> Option<(u64, Arc<Conn>)> {
+    fn admit(&self, limits: &Limits) -> Option<(u64, Arc<Conn>)> {
+        let max = limits.max_connections;
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let live = open
             .values()
@@ -151,7 +188,7 @@ impl Connections {
             victim.wake.notify_one();
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) as u64;
-        let conn = Arc::new(Conn::new());
+        let conn = Arc::new(Conn::new(limits.keep_alive_timeout));
         open.insert(id, Arc::clone(&conn));
         self.count.send_replace(open.len());
         Some((id, conn))
@@ -251,7 +288,7 @@ async fn accept_loop(
             },
             () = stopped(&mut stop) => return,
         };
-        let Some((id, conn)) = conns.admit(limits.max_connections) else {
+        let Some((id, conn)) = conns.admit(&limits) else {
             // Refused without a task: one non-blocking write, then the descriptor is closed.
             let _ = stream.try_write(REFUSED);
             drop(stream);
@@ -307,7 +344,7 @@ async fn serve_connection(
     // Set once the connection was told to finish: the latest it may take.
     let mut closing: Option<Instant> = None;
     loop {
-        let idle_deadline = conn.idle_deadline(&limits);
+        let idle_deadline = conn.arm(&limits);
         let finish = tokio::select! {
             r = http.as_mut() => {
                 if let Err(e) = r {
