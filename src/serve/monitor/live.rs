@@ -300,9 +300,13 @@ impl LiveTrust {
 
     fn with<R>(&self, model: &str, f: impl FnOnce(&mut ModelTrust, &TrustConfig) -> R) -> R {
         let mut map = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        // The name is copied for a model's first call only (this runs for every prediction).
+        if !map.contains_key(model) {
+            map.insert(model.to_string(), ModelTrust::new(0));
+        }
         let t = map
-            .entry(model.to_string())
-            .or_insert_with(|| ModelTrust::new(0));
+            .get_mut(model)
+            .expect("the entry exists: inserted above");
         f(t, &self.config)
     }
 

@@ -80,7 +80,22 @@ pub enum TokenError {
 /// Signs and verifies tokens with one HMAC key.
 #[derive(Clone)]
 pub struct TokenSigner {
-    key: Vec<u8>,
+    /// HMAC-SHA256 with the key already absorbed: each token clones it rather than hashing the
+    /// padded key twice again (two of a 10-class token's six SHA-256 blocks).
+    keyed: Hmac<Sha256>,
+}
+
+/// What [`TokenSigner::sign`] encodes, borrowed: a token issued for a fresh prediction copies
+/// nothing into a [`PredictionToken`] first.
+struct Claims<'a> {
+    nonce: u64,
+    issued_at_s: u64,
+    model: &'a str,
+    model_version: &'a str,
+    class_index: u16,
+    confidence: f64,
+    probabilities: Option<&'a [f64]>,
+    set: Option<&'a ServedSet>,
 }
 
 impl std::fmt::Debug for TokenSigner {
@@ -92,7 +107,9 @@ impl std::fmt::Debug for TokenSigner {
 impl TokenSigner {
     /// A signer with the given secret key.
     pub fn new(key: &[u8]) -> Self {
-        TokenSigner { key: key.to_vec() }
+        TokenSigner {
+            keyed: Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length"),
+        }
     }
 
     /// A signer with a random key (tokens then only verify in this process).
@@ -102,8 +119,7 @@ impl TokenSigner {
     }
 
     fn mac(&self, payload: &[u8]) -> [u8; MAC_LEN] {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC accepts any key length");
+        let mut mac = self.keyed.clone();
         mac.update(payload);
         let full = mac.finalize().into_bytes();
         let mut out = [0u8; MAC_LEN];
@@ -123,29 +139,48 @@ impl TokenSigner {
         set: Option<ServedSet>,
     ) -> String {
         let embed = probabilities.len() <= MAX_EMBEDDED_CLASSES;
-        self.sign(&PredictionToken {
+        self.sign_claims(&Claims {
             nonce: rand::random(),
             issued_at_s: super::now_s(),
-            model: model.to_string(),
-            model_version: model_version.to_string(),
+            model,
+            model_version,
             class_index: class_index as u16,
             confidence,
-            probabilities: embed.then(|| probabilities.to_vec()),
-            set,
+            probabilities: embed.then_some(probabilities),
+            set: set.as_ref(),
         })
     }
 
     /// Encodes and signs a token.
     pub fn sign(&self, t: &PredictionToken) -> String {
-        let mut buf = Vec::with_capacity(64);
+        self.sign_claims(&Claims {
+            nonce: t.nonce,
+            issued_at_s: t.issued_at_s,
+            model: &t.model,
+            model_version: &t.model_version,
+            class_index: t.class_index,
+            confidence: t.confidence,
+            probabilities: t.probabilities.as_deref(),
+            set: t.set.as_ref(),
+        })
+    }
+
+    fn sign_claims(&self, t: &Claims<'_>) -> String {
+        // Sized for the whole token at once (it grew twice for a 10-class model): the fixed
+        // fields, the two strings, the probabilities, the set as a list (a bitmask is only
+        // chosen when shorter), the MAC.
+        let strings = t.model.len().min(255) + t.model_version.len().min(255);
+        let probabilities = 8 * t.probabilities.map_or(0, <[f64]>::len);
+        let set = t.set.map_or(0, |s| 2 * s.classes.len());
+        let mut buf = Vec::with_capacity(64 + strings + probabilities + set + MAC_LEN);
         buf.push(VERSION);
         buf.extend_from_slice(&t.nonce.to_le_bytes());
         buf.extend_from_slice(&t.issued_at_s.to_le_bytes());
         buf.extend_from_slice(&t.class_index.to_le_bytes());
         buf.extend_from_slice(&t.confidence.to_le_bytes());
-        push_short_str(&mut buf, &t.model);
-        push_short_str(&mut buf, &t.model_version);
-        match &t.probabilities {
+        push_short_str(&mut buf, t.model);
+        push_short_str(&mut buf, t.model_version);
+        match t.probabilities {
             Some(p) if p.len() <= MAX_EMBEDDED_CLASSES => {
                 buf.push(p.len() as u8);
                 p.iter()
@@ -153,7 +188,7 @@ impl TokenSigner {
             }
             _ => buf.push(0),
         }
-        push_set(&mut buf, t.set.as_ref());
+        push_set(&mut buf, t.set);
         let mac = self.mac(&buf);
         buf.extend_from_slice(&mac);
         URL_SAFE_NO_PAD.encode(buf)
@@ -174,8 +209,7 @@ impl TokenSigner {
         }
         let (payload, mac) = raw.split_at(raw.len() - MAC_LEN);
         // Constant-time comparison through the hmac crate.
-        let mut check =
-            Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC accepts any key length");
+        let mut check = self.keyed.clone();
         check.update(payload);
         check
             .verify_truncated_left(mac)
@@ -193,11 +227,15 @@ impl TokenSigner {
 /// the prediction's logits in the recalibration store (`monitor::logits`). A label still has to
 /// pass [`TokenSigner::verify`] before the nonce is looked up.
 pub fn nonce_of(token: &str) -> Option<u64> {
-    let raw = URL_SAFE_NO_PAD.decode(token.trim()).ok()?;
-    if raw.first() != Some(&VERSION) {
+    // The version byte and the nonce are the first 9 bytes: the first 12 characters, decoded
+    // on their own (no copy of the whole token).
+    let head = token.trim().get(..12)?;
+    let mut raw = [0u8; 9];
+    let n = URL_SAFE_NO_PAD.decode_slice(head, &mut raw).ok()?;
+    if n != 9 || raw[0] != VERSION {
         return None;
     }
-    Some(u64::from_le_bytes(raw.get(1..9)?.try_into().ok()?))
+    Some(u64::from_le_bytes(raw[1..].try_into().ok()?))
 }
 
 fn push_set(buf: &mut Vec<u8>, set: Option<&ServedSet>) {
@@ -354,6 +392,30 @@ mod tests {
             assert_eq!(nonce_of(&s.sign(&t)), Some(t.nonce));
         }
         assert_eq!(nonce_of("not a token"), None);
+        assert_eq!(nonce_of("AgAA"), None);
+        // `issue` encodes its borrowed fields as `sign` does an owned token.
+        let set = ServedSet {
+            classes: vec![1, 3],
+            alpha: 0.1,
+            adaptive: true,
+            num_classes: 4,
+        };
+        let probs = [0.1, 0.2, 0.3, 0.4];
+        let issued = s.issue("m\u{e9}", "7", 3, 0.4, &probs, Some(set.clone()));
+        let back = s.verify(&issued, super::super::now_s(), 60).unwrap();
+        assert_eq!(nonce_of(&issued), Some(back.nonce));
+        let want = PredictionToken {
+            nonce: back.nonce,
+            issued_at_s: back.issued_at_s,
+            model: "m\u{e9}".into(),
+            model_version: "7".into(),
+            class_index: 3,
+            confidence: 0.4,
+            probabilities: Some(probs.to_vec()),
+            set: Some(set),
+        };
+        assert_eq!(back, want);
+        assert_eq!(s.sign(&want), issued);
     }
 
     #[test]
