@@ -126,7 +126,8 @@ cpu_us() { awk -v t="$TICK_US" '{printf "%d", ($14 + $15) * t}' "/proc/$1/stat";
 thread_cpu() {
   local t
   for t in /proc/"$1"/task/*; do
-    printf '%s %s %s\n' "${t##*/}" "$(tr ' ' _ < "$t/comm")" \
+    # stderr first: a thread that exits meanwhile has no comm to read (no message then).
+    printf '%s %s %s\n' "${t##*/}" "$(tr ' ' _ 2>/dev/null < "$t/comm")" \
       "$(awk -v t="$TICK_US" '{printf "%d", ($14 + $15) * t}' "$t/stat" 2>/dev/null || echo 0)"
   done
 }
