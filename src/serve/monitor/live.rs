@@ -300,13 +300,7 @@ impl LiveTrust {
 
     fn with<R>(&self, model: &str, f: impl FnOnce(&mut ModelTrust, &TrustConfig) -> R) -> R {
         let mut map = self.models.lock().unwrap_or_else(|e| e.into_inner());
-        // The name is copied for a model's first call only (this runs for every prediction).
-        if !map.contains_key(model) {
-            map.insert(model.to_string(), ModelTrust::new(0));
-        }
-        let t = map
-            .get_mut(model)
-            .expect("the entry exists: inserted above");
+        let t = super::model_entry(&mut map, model, || ModelTrust::new(0));
         f(t, &self.config)
     }
 

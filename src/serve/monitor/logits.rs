@@ -92,11 +92,7 @@ impl LogitStore {
             return;
         }
         let mut rings = self.rings.lock().unwrap_or_else(PoisonError::into_inner);
-        // The key is copied only for a model's first row, not for every served prediction.
-        if !rings.contains_key(key) {
-            rings.insert(key.to_string(), Ring::default());
-        }
-        let ring = rings.get_mut(key).expect("the ring exists: inserted above");
+        let ring = super::model_entry(&mut rings, key, Ring::default);
         // The evicted row's buffer holds the new row (same model, same width): no allocation
         // and no free per prediction once the ring is full.
         let mut row = Vec::new();

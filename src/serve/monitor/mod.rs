@@ -148,6 +148,19 @@ impl std::fmt::Debug for Monitor {
     }
 }
 
+/// The entry of `key` in a per-model map, made by `make` when missing. The key is copied only
+/// then, not on every call (`entry` takes an owned key, and these run for every prediction).
+fn model_entry<'a, V>(
+    map: &'a mut HashMap<String, V>,
+    key: &str,
+    make: impl FnOnce() -> V,
+) -> &'a mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), make());
+    }
+    map.get_mut(key).expect("the entry exists: inserted above")
+}
+
 /// Current Unix time in seconds.
 pub fn now_s() -> u64 {
     std::time::SystemTime::now()
