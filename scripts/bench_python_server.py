@@ -4,9 +4,12 @@ library HTTP server, one thread per connection, onnxruntime + Pillow), with the 
 preprocessing, softmax and temperature scaling as caliper. Not part of the product.
 
 Usage: bench_python_server.py MODEL_DIR CALIB_JSON_OR_- PORT   (port 0 picks a free one)
+BENCH_DEVICE=cuda:N runs the model on onnxruntime-gpu's CUDA provider (the GPU baseline of
+scripts/repro/gpu-check.sh); it stops if that provider is not the one the session got.
 """
 
 import json
+import os
 import sys
 import tomllib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +28,16 @@ std = np.array(spec["std"], np.float32).reshape(-1, 1, 1)
 temperature = 1.0
 if calib_path != "-" and Path(calib_path).is_file():
     temperature = json.loads(Path(calib_path).read_text())["calibrator"].get("temperature", 1.0)
-session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+device = os.environ.get("BENCH_DEVICE", "cpu")
+if device.startswith("cuda:"):
+    want, options = "CUDAExecutionProvider", {"device_id": int(device[5:])}
+else:
+    want, options = "CPUExecutionProvider", {}
+session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=[(want, options)])
+# onnxruntime falls back to the CPU silently when the CUDA provider cannot load: a baseline
+# that measured the CPU under a GPU label would be worse than none.
+if session.get_providers()[0] != want:
+    sys.exit(f"{device}: onnxruntime gave {session.get_providers()}, not {want}")
 
 
 class Handler(BaseHTTPRequestHandler):

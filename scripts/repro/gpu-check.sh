@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 20 in one go, for a session that is lent a GPU machine (H100/H200, CUDA
-# 13 driver, PyTorch cu130 with its nvidia-* wheels, no network, no Rust, 64 MiB per transfer).
-# Three steps; the two device stages must run back to back on the same warm machine (30 s):
+# 13 driver, PyTorch cu130 with its nvidia-* wheels, Python 3.12, no network, no Rust, 64 MiB per
+# transfer, the working tree included). Here, then two device stages back to back on the same warm
+# machine (it is given back 30 s after a call):
 #
 #   here:    scripts/repro/gpu-check.sh bundle
 #            fetches the GPU runtime (`scripts/fetch-onnxruntime.sh --cuda`, cached), builds the
 #            release binaries with CALIPER_CUDA=1, the benchmark examples and the serving test
-#            binary, and packs .gpuc1/ (the CUDA provider stripped to sm_90, ~50 MiB) and .gpuc2/
-#            (ONNX Runtime, binaries, EfficientNet-Lite0 when fetched). Both are git-ignored
-#            through .git/info/exclude.
+#            binary, and packs .gpuc1/ (the CUDA provider stripped to sm_90, ~50 MiB, and the
+#            Python onnxruntime-gpu package for the baseline) and .gpuc2/ (ONNX Runtime, binaries,
+#            EfficientNet-Lite0 when fetched). Both are git-ignored through .git/info/exclude.
+#   here:    scripts/repro/gpu-check.sh park1      (commit first: see "park" below)
 #   device:  run(command="scripts/repro/gpu-check.sh stage1", carry=[".gpuc1"], timeout_s=120)
+#   here:    scripts/repro/gpu-check.sh park2      (at once: the machine waits 30 s)
 #   device:  run(command="scripts/repro/gpu-check.sh stage2", carry=[".gpuc2"], timeout_s=540)
+#   here:    scripts/repro/gpu-check.sh unpark
+#
+# park: the tracked tree travels with every call and is itself ~58 MB (docs/ ~38, calib/ ~11), so
+# each stage first moves the top-level folders it does not read out of the checkout, to
+# ../<checkout>.parked/, and out of git's index (git rm --cached; their files stay untouched);
+# stage1 keeps scripts/ alone, stage2 scripts/, models/, calib/ and tests/. `unpark` moves them
+# back and restores the index from HEAD: commit before parking, so nothing staged is lost.
 #
 # stage2, with no ORT_DYLIB_PATH and no LD_LIBRARY_PATH set: libonnxruntime.so sits beside the
 # binaries (their second lookup) with a preload.txt naming the machine's own CUDA 13 / cuDNN 9
@@ -20,9 +30,11 @@
 # check-step` and `bench` on cuda:0, and the serving benchmark of issue 20 (BENCH=0 skips it):
 # raw ONNX Runtime CUDA in process (examples/bench_raw.rs, DEVICE=cuda:0) against
 # `caliper serve --device cuda:0` under 1, 64 and 256 closed-loop clients
-# (examples/bench_load.rs), ResNet-20 (models/cifar10) and EfficientNet-Lite0 (224x224).
+# (examples/bench_load.rs), and against the plain Python server a user would otherwise write
+# (scripts/bench_python_server.py on onnxruntime-gpu's CUDA provider, BENCH_DEVICE=cuda:0) under
+# 1 and 64, for ResNet-20 (models/cifar10) and EfficientNet-Lite0 (224x224).
 # Everything is written to $OUT (summary.txt, tests.log, bench.jsonl) and the log.
-# Device time: about 1-2 minutes for stage1 with the start, 3-5 for stage2.
+# Device time: about 1-2 minutes for stage1 with the start, 4-6 for stage2.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MODE="${1:-}"
@@ -40,6 +52,17 @@ bundle() {
   T=$(mktemp -d)
   python3 scripts/repro/strip-fatbin.py "$L/libonnxruntime_providers_cuda.so" "$T/prov.so" 90
   zstd -q -19 --long=27 -T0 -f "$T/prov.so" -o .gpuc1/prov.zst
+  # The Python baseline's onnxruntime-gpu for the device's Python 3.12 (the machine has only the
+  # CPU wheel): its package without the libraries stage1 already brings (~9 MB packed).
+  local wheels=${CALIPER_WHEEL_CACHE:-third_party/.cache/wheels}
+  python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 \
+    --python-version 3.12 --implementation cp -d "$wheels" "onnxruntime-gpu==1.31.1"
+  mkdir -p "$T/py"
+  unzip -q "$wheels"/onnxruntime_gpu-1.31.1-cp312-*.whl 'onnxruntime/*' -d "$T/py" \
+    -x 'onnxruntime/capi/libonnxruntime.so*' 'onnxruntime/capi/libonnxruntime_providers_cuda.so' \
+    'onnxruntime/capi/libonnxruntime_providers_tensorrt.so' 'onnxruntime/transformers/*' \
+    'onnxruntime/quantization/*' 'onnxruntime/tools/*'
+  tar c -C "$T/py" onnxruntime | zstd -q -19 --long=27 -T0 >.gpuc1/ortpy.tar.zst
   # The device has no zstd: Debian's travels with each stage.
   cp "$(command -v zstd)" .gpuc1/ && cp "$(command -v zstd)" .gpuc2/
   zstd -q -19 -T0 -f "$L/libonnxruntime.so.1.31.1" -o .gpuc2/core.zst
@@ -72,8 +95,31 @@ for l in sys.stdin:
 }
 
 stage1() {
-  mkdir -p $B
+  mkdir -p $B $W/site
   .gpuc1/zstd -q -d -f .gpuc1/prov.zst -o $B/libonnxruntime_providers_cuda.so && ls -la $B
+  .gpuc1/zstd -q -d -c --long=27 .gpuc1/ortpy.tar.zst | tar x -C $W/site &&
+    ln -sf $B/libonnxruntime_providers_cuda.so $W/site/onnxruntime/capi/ && ls $W/site/onnxruntime/capi
+}
+
+# Moves the tracked top-level folders not named out of the checkout and out of git's index.
+park() {
+  local p="../$(basename "$PWD").parked" d
+  mkdir -p "$p"
+  for d in $(git ls-files | grep / | cut -d/ -f1 | sort -u); do
+    [[ " $* " == *" $d "* || ! -d "$d" ]] && continue
+    mv "$d" "$p/" && git rm -r -q --cached "$d"
+  done
+  echo "travels: $(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1) bytes tracked; parked: $(ls "$p" | tr '\n' ' ')"
+}
+
+unpark() {
+  local p="../$(basename "$PWD").parked" d
+  for d in "$p"/*; do
+    [[ -e "$d" ]] || continue
+    mv "$d" . && git reset -q -- "$(basename "$d")"
+  done
+  rmdir "$p" 2>/dev/null
+  git status --short
 }
 
 # The machine's CUDA 13 / cuDNN 9 libraries, by file name, in the order the fetch script writes.
@@ -107,6 +153,24 @@ bench() {
   for c in 1 64 256; do
     timeout 60 $B/bench_load "http://127.0.0.1:18080/v1/models/$name/predict" "$image" $c 8 |
       sed "s/^{/{\"bench\":\"server\",\"model\":\"$name\",/" | tee -a "$OUT/bench.jsonl"
+  done
+  kill $pid; wait $pid 2>/dev/null
+  echo "== bench $name: plain Python server on onnxruntime-gpu (BENCH_DEVICE=cuda:0)"
+  local calib_file=$calib/$name.json
+  [[ -f $calib_file ]] || calib_file=-
+  # Only the Python server sees the NVIDIA library folders; caliper finds them through preload.txt.
+  PYTHONPATH=$W/site BENCH_DEVICE=cuda:0 LD_LIBRARY_PATH=$(xargs -n1 dirname <$B/preload.txt | sort -u | paste -sd:) \
+    python3 scripts/bench_python_server.py "$dir" "$calib_file" 18081 >$W/python-$name.log 2>&1 &
+  pid=$!
+  for _ in $(seq 1 120); do
+    grep -q listening $W/python-$name.log && break
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.5
+  done
+  cut -c1-300 $W/python-$name.log
+  for c in 1 64; do
+    timeout 60 $B/bench_load "http://127.0.0.1:18081/v1/models/$name/predict" "$image" $c 8 |
+      sed "s/^{/{\"bench\":\"python\",\"model\":\"$name\",/" | tee -a "$OUT/bench.jsonl"
   done
   kill $pid; wait $pid 2>/dev/null
 }
@@ -155,5 +219,8 @@ case "$MODE" in
   bundle) bundle ;;
   stage1) stage1 ;;
   stage2) stage2 ;;
-  *) echo "usage: $0 bundle|stage1|stage2 (see the header)" >&2; exit 2 ;;
+  park1) park scripts ;;
+  park2) unpark >/dev/null; park scripts models calib tests ;;
+  unpark) unpark ;;
+  *) echo "usage: $0 bundle|park1|stage1|park2|stage2|unpark (see the header)" >&2; exit 2 ;;
 esac
