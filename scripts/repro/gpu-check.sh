@@ -114,6 +114,7 @@ park() {
 
 unpark() {
   local p="../$(basename "$PWD").parked" d
+  shopt -s dotglob # .ci/ too
   for d in "$p"/*; do
     [[ -e "$d" ]] || continue
     mv "$d" . && git reset -q -- "$(basename "$d")"
@@ -163,7 +164,7 @@ bench() {
     python3 scripts/bench_python_server.py "$dir" "$calib_file" 18081 >$W/python-$name.log 2>&1 &
   pid=$!
   for _ in $(seq 1 120); do
-    grep -q listening $W/python-$name.log && break
+    grep -qs listening $W/python-$name.log && break
     kill -0 $pid 2>/dev/null || break
     sleep 0.5
   done
@@ -175,7 +176,8 @@ bench() {
   kill $pid; wait $pid 2>/dev/null
 }
 
-stage2() {
+# Unpacks stage2's ONNX Runtime and binaries beside stage1's provider; output to $OUT/summary.txt.
+unpack() {
   [[ -f $B/libonnxruntime_providers_cuda.so ]] || { echo "run stage1 first (same warm machine)"; exit 1; }
   : "${OUT:=$W/out}"
   mkdir -p "$OUT"
@@ -187,12 +189,78 @@ stage2() {
   .gpuc2/zstd -q -d -c .gpuc2/bins.tar.zst | tar x -C $B
   write_preload
   unset ORT_DYLIB_PATH LD_LIBRARY_PATH
-  # The test binary's baked paths: <built-in folder>/target/debug/caliper and its tests/data.
-  local built
-  built=$(cat .gpuc2/manifest_dir)
-  if [[ "$built" != "$PWD" && ! -e "$built" ]]; then mkdir -p "$(dirname "$built")" && ln -s "$PWD" "$built"; fi
-  mkdir -p target && rm -rf target/debug && ln -s $B target/debug
+}
 
+# The counters of one model's runs since `$2` (a /metrics scrape), as one line.
+run_counters() {
+  local before=$1 model=$2 after
+  after=$(curl -fsS http://127.0.0.1:18080/metrics)
+  python3 - "$model" "$before" "$after" <<'PY'
+import re, sys
+model, before, after = sys.argv[1:4]
+def read(text):
+    out = {}
+    for name in ("caliper_batch_size", "caliper_queue_duration_seconds", "caliper_inference_duration_seconds"):
+        for part in ("sum", "count"):
+            m = re.search(rf'^{name}_{part}{{[^}}]*model="{model}"[^}}]*}} (\S+)', text, re.M)
+            out[f"{name}_{part}"] = float(m.group(1)) if m else 0.0
+    return out
+b, a = read(before), read(after)
+d = {k: a[k] - b[k] for k in a}
+runs = max(d["caliper_batch_size_count"], 1)
+print(f"runs {runs:.0f}, images per run {d['caliper_batch_size_sum'] / runs:.1f}, "
+      f"run {1e3 * d['caliper_inference_duration_seconds_sum'] / max(d['caliper_inference_duration_seconds_count'], 1):.3f} ms, "
+      f"queue wait {1e3 * d['caliper_queue_duration_seconds_sum'] / max(d['caliper_queue_duration_seconds_count'], 1):.3f} ms per image")
+PY
+}
+
+# Why a server on the GPU answers 64 clients slower than one (session 25's first reading): the
+# batching variants side by side, with each one's run counters, and the timed waits of this
+# machine's kernel.
+diag() {
+  unpack
+  python3 - <<'PY'
+import threading, time
+def lat(f, n=2000):
+    xs = []
+    for _ in range(n):
+        t = time.perf_counter(); f(); xs.append(time.perf_counter() - t)
+    xs.sort()
+    return f"p50 {xs[n // 2] * 1e6:.0f} us, p99 {xs[n * 99 // 100] * 1e6:.0f} us"
+e = threading.Event()
+print("timed wait of 100 us (Event.wait):", lat(lambda: e.wait(100e-6)))
+print("sleep of 100 us:", lat(lambda: time.sleep(100e-6)))
+print("sleep of 1 ms:", lat(lambda: time.sleep(1e-3), 500))
+PY
+  echo "cores: $(nproc)"
+  local m=$W/diag/models c=$W/diag/calib
+  mkdir -p $m $c && cp -r models/cifar10 $m/ && cp calib/cifar10.json $c/
+  local v
+  for v in "" "--max-queue-delay-us 0" "--sessions-per-model 1" "--cpu-scheduling normal" "--max-batch-size 16"; do
+    echo "== cifar10 on cuda:0 ${v:-(defaults)}"
+    $B/caliper serve --device cuda:0 --addr 127.0.0.1:18080 --models $m --calib $c \
+      --state-dir $W/state-diag $v >$W/diag.log 2>&1 &
+    local pid=$!
+    for _ in $(seq 1 240); do
+      curl -fsS http://127.0.0.1:18080/v2/health/ready >/dev/null 2>&1 && break
+      kill -0 $pid 2>/dev/null || break
+      sleep 0.25
+    done
+    local clients before
+    for clients in 1 64; do
+      before=$(curl -fsS http://127.0.0.1:18080/metrics)
+      timeout 30 $B/bench_load "http://127.0.0.1:18080/v1/models/cifar10/predict" tests/data/cifar10/ship.png $clients 4 |
+        sed "s/^{/{\"bench\":\"diag\",\"variant\":\"$v\",/" | tee -a "$OUT/bench.jsonl"
+      run_counters "$before" cifar10
+    done
+    kill $pid; wait $pid 2>/dev/null
+  done
+  grep -iE "warn|error" $W/diag.log | cut -c1-300 | head -5
+  date -u
+}
+
+stage2() {
+  unpack
   echo "== the refusal path is not testable here; the GPU tests:"
   CALIPER_TEST_CUDA=1 timeout 300 $B/serve-test device:: --test-threads 1 --nocapture 2>&1 |
     tee "$OUT/tests.log" | grep -E "^test |test result|within|ready on|panicked|skipped"
@@ -219,6 +287,7 @@ case "$MODE" in
   bundle) bundle ;;
   stage1) stage1 ;;
   stage2) stage2 ;;
+  diag) diag ;;
   park1) park scripts ;;
   park2) unpark >/dev/null; park scripts models calib tests ;;
   unpark) unpark ;;
