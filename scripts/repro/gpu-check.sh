@@ -233,25 +233,41 @@ print("sleep of 100 us:", lat(lambda: time.sleep(100e-6)))
 print("sleep of 1 ms:", lat(lambda: time.sleep(1e-3), 500))
 PY
   echo "cores: $(nproc)"
-  local m=$W/diag/models c=$W/diag/calib
-  mkdir -p $m $c && cp -r models/cifar10 $m/ && cp calib/cifar10.json $c/
-  local v
-  for v in "" "--max-queue-delay-us 0" "--sessions-per-model 1" "--cpu-scheduling normal" "--max-batch-size 16"; do
-    echo "== cifar10 on cuda:0 ${v:-(defaults)}"
-    $B/caliper serve --device cuda:0 --addr 127.0.0.1:18080 --models $m --calib $c \
-      --state-dir $W/state-diag $v >$W/diag.log 2>&1 &
+  local m=$W/diag/models c=$W/diag/calib e=$W/diag/effnet
+  mkdir -p $m $c $e/models && cp -r models/cifar10 $m/ && cp calib/cifar10.json $c/
+  [[ -d .gpuc2/effnet ]] && $B/caliper import .gpuc2/effnet/efficientnet-lite0.onnx --name effnet \
+    --models-dir $e/models --labels .gpuc2/effnet/imagenet1k-labels.json --preset imagenet >/dev/null 2>&1
+  # Each variant: "ENVIRONMENT|FLAGS|MODEL" (MODEL cifar10 unless named).
+  local v o="CALIPER_CUDA_PROVIDER_OPTIONS"
+  for v in "|" "$o=cudnn_conv_algo_search=HEURISTIC|" "$o=cudnn_conv_use_max_workspace=0|" \
+    "$o=arena_extend_strategy=kSameAsRequested|" "CALIPER_CUDA_PINNED=0|" \
+    "||effnet" "$o=cudnn_conv_algo_search=HEURISTIC||effnet" ${DIAG_VARIANTS:-}; do
+    local envs=${v%%|*} rest=${v#*|}
+    local args=${rest%%|*} model=${rest#*|}
+    local models=$m image=tests/data/cifar10/ship.png
+    if [[ $model == effnet ]]; then
+      models=$e/models image=.gpuc2/effnet/chelsea.png
+      [[ -d $models/effnet ]] || continue
+    else
+      model=cifar10
+    fi
+    echo "== $model on cuda:0: ${envs:-defaults} $args"
+    local t0=$SECONDS
+    env $envs $B/caliper serve --device cuda:0 --addr 127.0.0.1:18080 --models $models --calib $c \
+      --state-dir $W/state-diag $args >$W/diag.log 2>&1 &
     local pid=$!
-    for _ in $(seq 1 240); do
+    for _ in $(seq 1 480); do
       curl -fsS http://127.0.0.1:18080/v2/health/ready >/dev/null 2>&1 && break
       kill -0 $pid 2>/dev/null || break
       sleep 0.25
     done
+    echo "ready after $((SECONDS - t0)) s"
     local clients before
     for clients in 1 64; do
       before=$(curl -fsS http://127.0.0.1:18080/metrics)
-      timeout 30 $B/bench_load "http://127.0.0.1:18080/v1/models/cifar10/predict" tests/data/cifar10/ship.png $clients 4 |
-        sed "s/^{/{\"bench\":\"diag\",\"variant\":\"$v\",/" | tee -a "$OUT/bench.jsonl"
-      run_counters "$before" cifar10
+      timeout 30 $B/bench_load "http://127.0.0.1:18080/v1/models/$model/predict" $image $clients 4 |
+        sed "s/^{/{\"bench\":\"diag\",\"model\":\"$model\",\"variant\":\"$envs $args\",/" | tee -a "$OUT/bench.jsonl"
+      run_counters "$before" $model
     done
     kill $pid; wait $pid 2>/dev/null
   done

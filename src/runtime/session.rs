@@ -185,6 +185,8 @@ impl ClassifierSession {
         let declared = declared_input(&session, input_name);
         let binding = match device {
             Device::Cpu => None,
+            // DIAG (session 25)
+            Device::Cuda(_) if std::env::var("CALIPER_CUDA_PINNED").is_ok_and(|v| v == "0") => None,
             Device::Cuda(_) => match HostBinding::new(&session, true) {
                 Ok(b) => Some(b),
                 Err(e) => {
