@@ -233,15 +233,20 @@ print("sleep of 100 us:", lat(lambda: time.sleep(100e-6)))
 print("sleep of 1 ms:", lat(lambda: time.sleep(1e-3), 500))
 PY
   echo "cores: $(nproc)"
+  local built
+  built=$(cat .gpuc2/manifest_dir)
+  if [[ "$built" != "$PWD" && ! -e "$built" ]]; then mkdir -p "$(dirname "$built")" && ln -s "$PWD" "$built"; fi
+  mkdir -p target && rm -rf target/debug && ln -s $B target/debug
+  CALIPER_TEST_CUDA=1 timeout 120 $B/serve-test device:: --test-threads 1 --nocapture 2>&1 |
+    tee "$OUT/tests.log" | grep -E "test result|within|ready on|panicked"
   local m=$W/diag/models c=$W/diag/calib e=$W/diag/effnet
   mkdir -p $m $c $e/models && cp -r models/cifar10 $m/ && cp calib/cifar10.json $c/
   [[ -d .gpuc2/effnet ]] && $B/caliper import .gpuc2/effnet/efficientnet-lite0.onnx --name effnet \
     --models-dir $e/models --labels .gpuc2/effnet/imagenet1k-labels.json --preset imagenet >/dev/null 2>&1
   # Each variant: "ENVIRONMENT|FLAGS|MODEL" (MODEL cifar10 unless named).
   local v o="CALIPER_CUDA_PROVIDER_OPTIONS"
-  for v in "|" "$o=cudnn_conv_algo_search=HEURISTIC|" "$o=cudnn_conv_use_max_workspace=0|" \
-    "$o=arena_extend_strategy=kSameAsRequested|" "CALIPER_CUDA_PINNED=0|" \
-    "||effnet" "$o=cudnn_conv_algo_search=HEURISTIC||effnet" ${DIAG_VARIANTS:-}; do
+  for v in "CALIPER_CUDA_SHARED_SESSION=1|" "|" "$o=cudnn_conv_algo_search=HEURISTIC|" \
+    "CALIPER_CUDA_SHARED_SESSION=1||effnet" "||effnet" ${DIAG_VARIANTS:-}; do
     local envs=${v%%|*} rest=${v#*|}
     local args=${rest%%|*} model=${rest#*|}
     local models=$m image=tests/data/cifar10/ship.png
@@ -263,7 +268,7 @@ PY
     done
     echo "ready after $((SECONDS - t0)) s"
     local clients before
-    for clients in 1 64; do
+    for clients in 1 64 256; do
       before=$(curl -fsS http://127.0.0.1:18080/metrics)
       timeout 30 $B/bench_load "http://127.0.0.1:18080/v1/models/$model/predict" $image $clients 4 |
         sed "s/^{/{\"bench\":\"diag\",\"model\":\"$model\",\"variant\":\"$envs $args\",/" | tee -a "$OUT/bench.jsonl"

@@ -95,6 +95,18 @@ pub struct ClassifierSession {
     device: Device,
     /// IoBinding from pinned host memory (CUDA); `None`: `Session::run` on the caller's slice.
     binding: Option<HostBinding>,
+    /// Sessions of their own for some batch sizes ([`ClassifierSession::dedicate_sizes`]).
+    sized: Vec<SizedSession>,
+    /// The intra-op thread bound, for the sessions of `sized`.
+    intra_op_threads: usize,
+}
+
+/// A session that only ever runs batches of `size` images.
+#[derive(Debug)]
+struct SizedSession {
+    size: usize,
+    session: Session,
+    binding: Option<HostBinding>,
 }
 
 impl ClassifierSession {
@@ -128,38 +140,7 @@ impl ClassifierSession {
         intra_op_threads: usize,
         device: Device,
     ) -> Result<Self, RuntimeError> {
-        let env = environment()?;
-        let load = |e: String| RuntimeError::Load {
-            path: path.to_path_buf(),
-            reason: e,
-        };
-        let builder = Session::builder(env)
-            .map_err(|e| load(e.to_string()))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| load(e.to_string()))?
-            .with_intra_threads(intra_op_threads)
-            .map_err(|e| load(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| load(e.to_string()))?;
-        // TF32 off: served logits are float32 like the CPU's, which the calibration was fitted
-        // on (TF32 rounds convolution inputs to 10 mantissa bits, moving logits by ~1e-3).
-        let cuda = CudaOptions {
-            tf32: false,
-            ..CudaOptions::default()
-        };
-        let session = super::place(builder, device, cuda)?
-            .commit_from_file(path)
-            .map_err(|e| {
-                let reason = e.to_string();
-                // The CUDA provider meets the device only when the session is created: a
-                // missing or busy GPU surfaces here, and is a device error, not a model error.
-                match (device, super::init_onnxruntime()) {
-                    (Device::Cuda(_), Ok(lib)) if reason.contains("CUDA") => {
-                        RuntimeError::Device(super::explain(device, lib, None, &reason))
-                    }
-                    _ => load(reason),
-                }
-            })?;
+        let session = commit(path, intra_op_threads, device)?;
         let check = |kind: &'static str, name: &str, names: Vec<&str>| {
             if names.contains(&name) {
                 Ok(())
@@ -183,22 +164,12 @@ impl ClassifierSession {
             session.outputs().iter().map(|o| o.name()).collect(),
         )?;
         let declared = declared_input(&session, input_name);
-        let binding = match device {
-            Device::Cpu => None,
-            // DIAG (session 25)
-            Device::Cuda(_) if std::env::var("CALIPER_CUDA_PINNED").is_ok_and(|v| v == "0") => None,
-            Device::Cuda(_) => match HostBinding::new(&session, true) {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    // Still correct, only slower: the copies go through pageable memory.
-                    tracing::warn!(error = %e, "no pinned host memory; feeding the GPU with Session::run");
-                    None
-                }
-            },
-        };
+        let binding = host_binding(&session, device);
         let mut s = Self {
             binding,
             session,
+            sized: Vec::new(),
+            intra_op_threads,
             fixed_batch: None,
             input_name: input_name.to_string(),
             logits_name: logits_name.to_string(),
@@ -220,6 +191,30 @@ impl ClassifierSession {
             }
         };
         Ok(s)
+    }
+
+    /// Gives each of `sizes` a session of its own on this device: a batch of one of those sizes
+    /// runs there, any other batch on the first session. Why (CUDA): ONNX Runtime's cuDNN
+    /// convolutions set themselves up again whenever their input shape differs from their
+    /// previous run's, and with cuDNN 9 that costs milliseconds per convolution even when the
+    /// algorithm is cached; a server whose batch sizes vary from run to run paid it on nearly
+    /// every run (ResNet-20 on an H200, 64 clients: 80-300 ms runs of ~20 images against
+    /// 0.65 ms for one; docs/BENCHMARKS.md, session 25). A session per size never sees its shape
+    /// change. Costs a session's weights and memory arena per size.
+    pub fn dedicate_sizes(&mut self, sizes: &[usize]) -> Result<(), RuntimeError> {
+        for &size in sizes {
+            if self.sized.iter().any(|s| s.size == size) {
+                continue;
+            }
+            let session = commit(&self.path, self.intra_op_threads, self.device)?;
+            let binding = host_binding(&session, self.device);
+            self.sized.push(SizedSession {
+                size,
+                session,
+                binding,
+            });
+        }
+        Ok(())
     }
 
     /// Feed the graph `[N, H, W, C]` (model.toml's `layout = "NHWC"`, what Keras and TensorFlow
@@ -287,20 +282,23 @@ impl ClassifierSession {
         } else {
             ([batch, c, h, w], input)
         };
-        match &mut self.binding {
+        let (session, binding) = match self.sized.iter_mut().find(|s| s.size == batch) {
+            Some(s) => (&mut s.session, s.binding.as_mut()),
+            None => (&mut self.session, self.binding.as_mut()),
+        };
+        match binding {
             Some(b) => {
                 let mut outputs = vec![names.logits];
                 outputs.extend(names.features);
                 let bound = b
                     .bind(&self.input_name, shape, input, &outputs)
                     .map_err(run_err)?;
-                let out = self.session.run_binding(bound).map_err(run_err)?;
+                let out = session.run_binding(bound).map_err(run_err)?;
                 collect(&out, &names, batch)
             }
             None => {
                 let tensor = TensorRef::from_array_view((shape, input)).map_err(run_err)?;
-                let out = self
-                    .session
+                let out = session
                     .run(ort::inputs![self.input_name.as_str() => tensor])
                     .map_err(run_err)?;
                 collect(&out, &names, batch)
@@ -314,6 +312,61 @@ impl ClassifierSession {
     fn with_host_binding(mut self) -> Self {
         self.binding = Some(HostBinding::new(&self.session, false).unwrap());
         self
+    }
+}
+
+/// An ONNX Runtime session for the model at `path` on `device`: every optimisation, at most
+/// `intra_op_threads` threads of its own, and on CUDA the device's errors explained.
+fn commit(path: &Path, intra_op_threads: usize, device: Device) -> Result<Session, RuntimeError> {
+    let env = environment()?;
+    let load = |e: String| RuntimeError::Load {
+        path: path.to_path_buf(),
+        reason: e,
+    };
+    let builder = Session::builder(env)
+        .map_err(|e| load(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| load(e.to_string()))?
+        .with_intra_threads(intra_op_threads)
+        .map_err(|e| load(e.to_string()))?
+        .with_inter_threads(1)
+        .map_err(|e| load(e.to_string()))?;
+    // TF32 off: served logits are float32 like the CPU's, which the calibration was fitted
+    // on (TF32 rounds convolution inputs to 10 mantissa bits, moving logits by ~1e-3).
+    let cuda = CudaOptions {
+        tf32: false,
+        ..CudaOptions::default()
+    };
+    let session = super::place(builder, device, cuda)?
+        .commit_from_file(path)
+        .map_err(|e| {
+            let reason = e.to_string();
+            // The CUDA provider meets the device only when the session is created: a
+            // missing or busy GPU surfaces here, and is a device error, not a model error.
+            match (device, super::init_onnxruntime()) {
+                (Device::Cuda(_), Ok(lib)) if reason.contains("CUDA") => {
+                    RuntimeError::Device(super::explain(device, lib, None, &reason))
+                }
+                _ => load(reason),
+            }
+        })?;
+    Ok(session)
+}
+
+/// IoBinding from pinned host memory for a CUDA session (`None` on the CPU).
+fn host_binding(session: &Session, device: Device) -> Option<HostBinding> {
+    match device {
+        Device::Cpu => None,
+        // DIAG (session 25)
+        Device::Cuda(_) if std::env::var("CALIPER_CUDA_PINNED").is_ok_and(|v| v == "0") => None,
+        Device::Cuda(_) => match HostBinding::new(session, true) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                // Still correct, only slower: the copies go through pageable memory.
+                tracing::warn!(error = %e, "no pinned host memory; feeding the GPU with Session::run");
+                None
+            }
+        },
     }
 }
 
@@ -486,6 +539,32 @@ mod tests {
                 .collect();
             assert_eq!(
                 bound.run_outputs(&x).unwrap(),
+                plain.run_outputs(&x).unwrap(),
+                "batch {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_of_a_dedicated_size_runs_on_its_own_session_with_the_same_answers() {
+        let open = || {
+            ClassifierSession::new(&fixture(), "input", "logits", [1, 28, 28], 1)
+                .unwrap()
+                .with_features("features")
+                .unwrap()
+        };
+        let (mut plain, mut sized) = (open(), open());
+        sized.dedicate_sizes(&[2, 8, 2]).unwrap();
+        assert_eq!(
+            sized.sized.iter().map(|s| s.size).collect::<Vec<_>>(),
+            [2, 8]
+        );
+        for n in [2usize, 1, 8, 3, 2] {
+            let x: Vec<f32> = (0..n * 784)
+                .map(|i| ((i * 7919) % 255) as f32 / 255.0)
+                .collect();
+            assert_eq!(
+                sized.run_outputs(&x).unwrap(),
                 plain.run_outputs(&x).unwrap(),
                 "batch {n}"
             );
