@@ -14,6 +14,7 @@
 #   device:  run(command="scripts/repro/gpu-check.sh stage1", carry=[".gpuc1"], timeout_s=120)
 #   here:    scripts/repro/gpu-check.sh park2      (at once: the machine waits 30 s)
 #   device:  run(command="scripts/repro/gpu-check.sh stage2", carry=[".gpuc2"], timeout_s=540)
+#            (or `diag` instead of `stage2`: see diag() below)
 #   here:    scripts/repro/gpu-check.sh unpark
 #
 # park: the tracked tree travels with every call and is itself ~58 MB (docs/ ~38, calib/ ~11), so
@@ -214,9 +215,10 @@ print(f"runs {runs:.0f}, images per run {d['caliper_batch_size_sum'] / runs:.1f}
 PY
 }
 
-# Why a server on the GPU answers 64 clients slower than one (session 25's first reading): the
-# batching variants side by side, with each one's run counters, and the timed waits of this
-# machine's kernel.
+# The serving paths on the GPU side by side (`diag`, after stage1 like stage2, ~2 minutes): the
+# device tests, then each batching variant under 1, 64 and 256 clients with its run counters
+# (images per run, run time, queue wait), and the machine's timed waits. Session 25 found with it
+# why 64 clients were answered 200 times slower than one (docs/BENCHMARKS.md, CUDA section).
 diag() {
   unpack
   python3 - <<'PY'
@@ -244,9 +246,9 @@ PY
   [[ -d .gpuc2/effnet ]] && $B/caliper import .gpuc2/effnet/efficientnet-lite0.onnx --name effnet \
     --models-dir $e/models --labels .gpuc2/effnet/imagenet1k-labels.json --preset imagenet >/dev/null 2>&1
   # Each variant: "ENVIRONMENT|FLAGS|MODEL" (MODEL cifar10 unless named).
-  local v o="CALIPER_CUDA_PROVIDER_OPTIONS"
-  for v in "CALIPER_CUDA_SHARED_SESSION=1|" "|" "$o=cudnn_conv_algo_search=HEURISTIC|" \
-    "CALIPER_CUDA_SHARED_SESSION=1||effnet" "||effnet" ${DIAG_VARIANTS:-}; do
+  # DIAG_VARIANTS adds more, e.g. "|--max-batch-size 16|effnet".
+  local v
+  for v in "|" "|--max-queue-delay-us 0" "|--sessions-per-model 1" "||effnet" ${DIAG_VARIANTS:-}; do
     local envs=${v%%|*} rest=${v#*|}
     local args=${rest%%|*} model=${rest#*|}
     local models=$m image=tests/data/cifar10/ship.png

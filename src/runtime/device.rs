@@ -99,18 +99,12 @@ pub fn place(
     };
     let library = super::init_onnxruntime().map_err(|e| DeviceError(e.to_string()))?;
     let preloaded = super::cuda::preload(library);
-    let mut cuda = ort::ep::CUDA::default()
+    let cuda = ort::ep::CUDA::default()
         .with_device_id(n)
         .with_cuda_graph(options.cuda_graph)
-        .with_tf32(options.tf32);
-    // DIAG (session 25): provider options by hand, "key=value,key=value".
-    if let Ok(extra) = std::env::var("CALIPER_CUDA_PROVIDER_OPTIONS") {
-        use ort::ep::ArbitrarilyConfigurableExecutionProvider;
-        for (k, v) in extra.split(',').filter_map(|kv| kv.split_once('=')) {
-            cuda = cuda.with_arbitrary_config(k, v);
-        }
-    }
-    let cuda = cuda.build().error_on_failure();
+        .with_tf32(options.tf32)
+        .build()
+        .error_on_failure();
     builder
         .with_execution_providers([cuda])
         .map_err(|e| explain(device, library, preloaded.as_ref().err(), &e.to_string()))

@@ -196,11 +196,12 @@ impl ClassifierSession {
     /// Gives each of `sizes` a session of its own on this device: a batch of one of those sizes
     /// runs there, any other batch on the first session. Why (CUDA): ONNX Runtime's cuDNN
     /// convolutions set themselves up again whenever their input shape differs from their
-    /// previous run's, and with cuDNN 9 that costs milliseconds per convolution even when the
-    /// algorithm is cached; a server whose batch sizes vary from run to run paid it on nearly
-    /// every run (ResNet-20 on an H200, 64 clients: 80-300 ms runs of ~20 images against
-    /// 0.65 ms for one; docs/BENCHMARKS.md, session 25). A session per size never sees its shape
-    /// change. Costs a session's weights and memory arena per size.
+    /// previous run's, which cost far more than the run itself on an H200 even with every shape
+    /// warmed up: a server whose batch sizes varied from run to run (ResNet-20, 64 clients)
+    /// took 80-315 ms per run of ~20 images against 0.5-0.7 ms for one, 169 requests/s; with a
+    /// session per size 0.71 ms per run of 17.5 images, 37,385 requests/s (HEURISTIC algorithm
+    /// search instead: 47 ms; docs/BENCHMARKS.md, CUDA serving, session 25). A session per size
+    /// never sees its shape change. Costs each size's weights and memory arena.
     pub fn dedicate_sizes(&mut self, sizes: &[usize]) -> Result<(), RuntimeError> {
         for &size in sizes {
             if self.sized.iter().any(|s| s.size == size) {
@@ -357,8 +358,6 @@ fn commit(path: &Path, intra_op_threads: usize, device: Device) -> Result<Sessio
 fn host_binding(session: &Session, device: Device) -> Option<HostBinding> {
     match device {
         Device::Cpu => None,
-        // DIAG (session 25)
-        Device::Cuda(_) if std::env::var("CALIPER_CUDA_PINNED").is_ok_and(|v| v == "0") => None,
         Device::Cuda(_) => match HostBinding::new(session, true) {
             Ok(b) => Some(b),
             Err(e) => {

@@ -191,10 +191,7 @@ impl LoadedModel {
         let larger: Vec<usize> = sizes.iter().copied().filter(|&n| n > 1).collect();
         for s in &mut sessions {
             // Size 1 runs on the session opened above, which has run nothing else.
-            if std::env::var("CALIPER_CUDA_SHARED_SESSION").is_err() {
-                // DIAG (session 25)
-                s.dedicate_sizes(&larger)?;
-            }
+            s.dedicate_sizes(&larger)?;
             for &n in &larger {
                 s.run_outputs(&vec![0.0; n * s.image_len()])?;
             }
