@@ -3,9 +3,12 @@
 //!
 //! Rule (after TGI's queue): a batch closes when it holds `max_batch_size` entries or when its
 //! oldest entry has waited `max_queue_delay` since it was enqueued; until then it takes whatever
-//! is already queued and waits for more only within that budget. With a zero delay batching is
-//! greedy: entries that piled up while the sessions were busy run together, nothing waits.
-//! Entries whose client is gone are dropped before they cost a run.
+//! is already queued and waits for more only within that budget, and only while more are on
+//! their way: requests announce their entries before decoding them ([`BatchQueue::announce`]).
+//! With nothing announced, waiting could only delay the batch: at one client every request
+//! waited out the whole delay (0.16 ms of 0.87 on an H200, docs/BENCHMARKS.md). With a zero
+//! delay batching is greedy: entries that piled up while the sessions were busy run together,
+//! nothing waits. Entries whose client is gone are dropped before they cost a run.
 //!
 //! Why a queue of our own rather than `std::sync::mpsc`: several session threads consume it. A
 //! shared `Receiver` needs a mutex that one idle thread holds while blocked in `recv`, so every
@@ -20,7 +23,7 @@
 //! 7.13 ms with one session (docs/BENCHMARKS.md, session 16).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -163,6 +166,27 @@ impl<T> State<T> {
 pub struct BatchQueue<T> {
     state: Mutex<State<T>>,
     capacity: usize,
+    /// Outstanding [`Announced`]s.
+    announced: AtomicUsize,
+}
+
+/// A request's word that entries for the queue are on their way (its images are being
+/// decoded): while any is outstanding, a consumer filling a batch waits for them within the
+/// queue delay. Given up by [`BatchQueue::push_all`] together with the entries, or by dropping
+/// it when the request fails first.
+#[must_use = "a dropped announcement announces nothing"]
+pub struct Announced<'a>(&'a AtomicUsize);
+
+impl Drop for Announced<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for Announced<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Announced")
+    }
 }
 
 impl<T> std::fmt::Debug for BatchQueue<T> {
@@ -183,7 +207,14 @@ impl<T: Queued> BatchQueue<T> {
                 idle: Vec::new(),
             }),
             capacity,
+            announced: AtomicUsize::new(0),
         }
+    }
+
+    /// Announces entries that will be pushed soon (see [`Announced`]).
+    pub fn announce(&self) -> Announced<'_> {
+        self.announced.fetch_add(1, Ordering::AcqRel);
+        Announced(&self.announced)
     }
 
     // A panic while the lock is held cannot leave `State` half-updated (every update is a
@@ -224,8 +255,12 @@ impl<T: Queued> BatchQueue<T> {
     }
 
     /// Queues all of `entries` or none of them (a request's images are never split between a
-    /// 429 and a run).
-    pub fn push_all(&self, entries: Vec<T>) -> Result<(), PushError<T>> {
+    /// 429 and a run), ending their announcement if they had one.
+    pub fn push_all(
+        &self,
+        entries: Vec<T>,
+        announced: Option<Announced<'_>>,
+    ) -> Result<(), PushError<T>> {
         let mut s = self.lock();
         if s.closed {
             return Err(PushError::Closed(entries));
@@ -235,6 +270,8 @@ impl<T: Queued> BatchQueue<T> {
         }
         let n = entries.len();
         s.items.extend(entries);
+        // Under the lock: a consumer that finds these entries finds their announcement gone.
+        drop(announced);
         let wake: Vec<Arc<Waiter>> = (0..n).map_while(|_| s.wake_one()).collect();
         drop(s);
         for w in wake {
@@ -267,6 +304,11 @@ impl<T: Queued> BatchQueue<T> {
     /// True when no entry waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// True while some request has announced entries it has not pushed.
+    fn more_announced(&self) -> bool {
+        self.announced.load(Ordering::Acquire) > 0
     }
 
     /// Consumers parked for entries.
@@ -304,7 +346,9 @@ impl<T: Queued> BatchQueue<T> {
                 }
             }
             match policy.wait_budget(batch.len(), oldest, Instant::now()) {
-                Some(wait) if !wait.is_zero() && !s.closed => s = self.wait(s, Some(wait)),
+                Some(wait) if !wait.is_zero() && !s.closed && self.more_announced() => {
+                    s = self.wait(s, Some(wait))
+                }
                 _ => break,
             }
         }
@@ -404,7 +448,7 @@ mod tests {
     #[test]
     fn greedy_batches_take_what_is_queued_up_to_the_limit() {
         let q = BatchQueue::new(16);
-        q.push_all((0..5).map(|i| entry(i, false)).collect())
+        q.push_all((0..5).map(|i| entry(i, false)).collect(), None)
             .unwrap();
         let p = policy(3, GREEDY);
         assert_eq!(ids(q.next_batch(&p, |_| ()).unwrap()), [0, 1, 2]);
@@ -417,7 +461,7 @@ mod tests {
     fn abandoned_entries_are_skipped_and_reported() {
         let q = BatchQueue::new(16);
         let entries = [(0, true), (1, false), (2, true), (3, false)];
-        q.push_all(entries.map(|(i, gone)| entry(i, gone)).into())
+        q.push_all(entries.map(|(i, gone)| entry(i, gone)).into(), None)
             .unwrap();
         let mut dropped = Vec::new();
         let b = q
@@ -430,16 +474,17 @@ mod tests {
     #[test]
     fn pushes_are_all_or_nothing_within_capacity() {
         let q = BatchQueue::new(3);
-        q.push_all(vec![entry(0, false), entry(1, false)]).unwrap();
-        match q.push_all(vec![entry(2, false), entry(3, false)]) {
+        q.push_all(vec![entry(0, false), entry(1, false)], None)
+            .unwrap();
+        match q.push_all(vec![entry(2, false), entry(3, false)], None) {
             Err(PushError::Full(back)) => assert_eq!(ids(back), [2, 3]),
             other => panic!("expected Full, got {other:?}"),
         }
         assert_eq!(q.len(), 2);
-        q.push_all(vec![entry(2, false)]).unwrap();
+        q.push_all(vec![entry(2, false)], None).unwrap();
         q.close();
         assert!(matches!(
-            q.push_all(vec![entry(4, false)]),
+            q.push_all(vec![entry(4, false)], None),
             Err(PushError::Closed(_))
         ));
         // Closing still lets consumers drain what was queued.
@@ -451,20 +496,38 @@ mod tests {
     }
 
     #[test]
-    fn waits_within_the_delay_for_a_late_entry() {
-        let q = Arc::new(BatchQueue::new(16));
-        q.push_all(vec![entry(0, false)]).unwrap();
+    fn waits_within_the_delay_for_an_announced_entry() {
+        let q = BatchQueue::new(16);
+        q.push_all(vec![entry(0, false)], None).unwrap();
         // Generous: the late entry is pushed right away; the batch closes as soon as it is full.
         let p = policy(2, Duration::from_secs(30));
-        let pusher = {
-            let q = Arc::clone(&q);
-            std::thread::spawn(move || q.push_all(vec![entry(1, false)]).unwrap())
-        };
         let started = Instant::now();
-        let b = q.next_batch(&p, |_| ()).unwrap();
-        pusher.join().unwrap();
+        let b = std::thread::scope(|scope| {
+            let announced = q.announce();
+            scope.spawn(|| q.push_all(vec![entry(1, false)], Some(announced)).unwrap());
+            q.next_batch(&p, |_| ()).unwrap()
+        });
         assert_eq!(ids(b), [0, 1]);
         assert!(started.elapsed() < Duration::from_secs(30));
+        assert!(!q.more_announced());
+    }
+
+    #[test]
+    fn a_batch_runs_at_once_when_nothing_more_is_announced() {
+        let q = BatchQueue::new(1);
+        let p = policy(4, Duration::from_secs(30));
+        q.push_all(vec![entry(0, false)], Some(q.announce()))
+            .unwrap();
+        let started = Instant::now();
+        assert_eq!(ids(q.next_batch(&p, |_| ()).unwrap()), [0]);
+        // A request turned away gives its announcement up too.
+        q.push_all(vec![entry(1, false)], None).unwrap();
+        assert!(matches!(
+            q.push_all(vec![entry(2, false)], Some(q.announce())),
+            Err(PushError::Full(_))
+        ));
+        assert_eq!(ids(q.next_batch(&p, |_| ()).unwrap()), [1]);
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
@@ -480,8 +543,9 @@ mod tests {
                 seen
             })
         };
-        q.push_all(vec![entry(7, false)]).unwrap();
-        q.push_all(vec![entry(8, false), entry(9, false)]).unwrap();
+        q.push_all(vec![entry(7, false)], None).unwrap();
+        q.push_all(vec![entry(8, false), entry(9, false)], None)
+            .unwrap();
         // The consumer drains before it sees the close, whatever the interleaving.
         q.close();
         assert_eq!(consumer.join().unwrap(), [7, 8, 9]);
@@ -519,7 +583,7 @@ mod tests {
         // Each push wakes the consumer on top of the stack; it takes the entry and parks on top
         // again, so the consumer that went idle first is never woken.
         for id in 0..3 {
-            q.push_all(vec![entry(id, false)]).unwrap();
+            q.push_all(vec![entry(id, false)], None).unwrap();
             until_idle(&q, 2);
         }
         q.close();
@@ -530,12 +594,14 @@ mod tests {
     #[test]
     fn a_consumer_whose_wait_times_out_leaves_the_idle_stack() {
         let q = BatchQueue::new(16);
-        q.push_all(vec![entry(0, false)]).unwrap();
+        q.push_all(vec![entry(0, false)], None).unwrap();
+        // Another request is decoding, so the consumer waits; it never arrives.
+        let _decoding = q.announce();
         let b = q.next_batch(&policy(4, Duration::from_millis(20)), |_| ());
         assert_eq!(ids(b.unwrap()), [0]);
         assert_eq!(q.idle_consumers(), 0);
         // A later push finds nobody to wake and stays queued.
-        q.push_all(vec![entry(1, false)]).unwrap();
+        q.push_all(vec![entry(1, false)], None).unwrap();
         assert_eq!(q.len(), 1);
     }
 }

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 
 use crate::repository::preprocess::DecodePlan;
+use batcher::Announced;
 pub use batcher::DeviceDefaults;
 pub use budget::{BudgetError, MemoryBudget, Reservation};
 pub use model::{ExplicitBatching, LoadedModel, ModelOptions};
@@ -347,6 +348,8 @@ pub async fn predict_images(
     options: &RequestOptions,
 ) -> Result<Vec<Scored>, InferError> {
     let spec = &model.files.metadata.input;
+    // From here until they are queued, a session filling a batch may wait for these images.
+    let announced = model.announce();
     // Small images decode on this task for a model with short runs (LeNet: the decode is a
     // tenth of its run, and on the session threads it lengthened every batch: -8% requests/s)
     // or where the session threads cannot decode. A long run's session thread decodes them
@@ -366,7 +369,7 @@ pub async fn predict_images(
     if inline {
         let inputs = span.in_scope(|| preprocess_all(&images, spec, work.limits))?;
         drop(span);
-        return predict_tensors(model, inputs, options).await;
+        return predict_announced(model, inputs, options, Some(announced)).await;
     }
     // The model inputs outlive the decodes (they wait in the queue): reserved until answered.
     let input_bytes = (spec.channels * spec.height * spec.width * 4) as u64;
@@ -398,7 +401,7 @@ pub async fn predict_images(
             .collect();
         // The images hold the reservation now: it ends with the last decode, not the request.
         drop(decodes);
-        let rows = model.outputs_of_encoded(encoded).await?;
+        let rows = model.outputs_of_encoded(encoded, announced).await?;
         return score_rows(model, rows, options);
     }
     let inputs = {
@@ -407,7 +410,7 @@ pub async fn predict_images(
             .instrument(span)
             .await?
     };
-    predict_tensors(model, inputs, options).await
+    predict_announced(model, inputs, options, Some(announced)).await
 }
 
 impl From<PredictionError> for InferError {
@@ -427,7 +430,17 @@ pub async fn predict_tensors(
     inputs: Vec<Vec<f32>>,
     options: &RequestOptions,
 ) -> Result<Vec<Scored>, InferError> {
-    let rows = model.outputs(inputs).await?;
+    predict_announced(model, inputs, options, None).await
+}
+
+/// [`predict_tensors`] for inputs whose queueing was announced (see [`LoadedModel::announce`]).
+async fn predict_announced(
+    model: &LoadedModel,
+    inputs: Vec<Vec<f32>>,
+    options: &RequestOptions,
+    announced: Option<Announced<'_>>,
+) -> Result<Vec<Scored>, InferError> {
+    let rows = model.outputs(inputs, announced).await?;
     score_rows(model, rows, options)
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::InferError;
-use super::batcher::{BatchPolicy, BatchQueue, DeviceDefaults, PushError, padded_sizes};
+use super::batcher::{Announced, BatchPolicy, BatchQueue, DeviceDefaults, PushError, padded_sizes};
 use super::prediction::PredictionContext;
 use super::worker::{self, EncodedImage, Job, JobInput, JobTrace, RowOutput, Sessions};
 use crate::repository::{InputSpec, ModelFiles};
@@ -245,14 +245,28 @@ impl LoadedModel {
         })
     }
 
-    /// Queues preprocessed images (`C * H * W` values each) and returns their outputs in the
-    /// same order. Dropping the future abandons the entries; the batcher then skips them.
-    pub async fn outputs(&self, inputs: Vec<Vec<f32>>) -> Result<Vec<RowOutput>, InferError> {
+    /// Announces images that are about to be queued (their request is decoding them): until
+    /// they are, a session filling a batch waits for them within the queue delay.
+    pub fn announce(&self) -> Announced<'_> {
+        self.queue.announce()
+    }
+
+    /// Queues preprocessed images (`C * H * W` values each), ending their announcement if
+    /// they had one, and returns their outputs in the same order. Dropping the future abandons
+    /// the entries; the batcher then skips them.
+    pub async fn outputs(
+        &self,
+        inputs: Vec<Vec<f32>>,
+        announced: Option<Announced<'_>>,
+    ) -> Result<Vec<RowOutput>, InferError> {
         if let Some(rows) = self.sessions.try_inline(&self.queue, &inputs) {
             return rows.into_iter().collect();
         }
-        self.run_queued(inputs.into_iter().map(JobInput::Tensor).collect())
-            .await
+        self.run_queued(
+            inputs.into_iter().map(JobInput::Tensor).collect(),
+            announced,
+        )
+        .await
     }
 
     /// Queues encoded images (headers checked) for the session threads to decode right before
@@ -261,12 +275,20 @@ impl LoadedModel {
     pub(super) async fn outputs_of_encoded(
         &self,
         images: Vec<EncodedImage>,
+        announced: Announced<'_>,
     ) -> Result<Vec<RowOutput>, InferError> {
-        self.run_queued(images.into_iter().map(JobInput::Encoded).collect())
-            .await
+        self.run_queued(
+            images.into_iter().map(JobInput::Encoded).collect(),
+            Some(announced),
+        )
+        .await
     }
 
-    async fn run_queued(&self, inputs: Vec<JobInput>) -> Result<Vec<RowOutput>, InferError> {
+    async fn run_queued(
+        &self,
+        inputs: Vec<JobInput>,
+        announced: Option<Announced<'_>>,
+    ) -> Result<Vec<RowOutput>, InferError> {
         let trace = JobTrace::new(&self.files.name, inputs.len());
         let enqueued = Instant::now();
         let (jobs, replies): (Vec<Job>, Vec<_>) = inputs
@@ -284,7 +306,7 @@ impl LoadedModel {
             .unzip();
         // The jobs hold the only handles on `queue_wait` now: it closes as they leave the queue.
         drop(trace);
-        self.queue.push_all(jobs).map_err(|e| match e {
+        self.queue.push_all(jobs, announced).map_err(|e| match e {
             PushError::Full(_) => InferError::QueueFull,
             PushError::Closed(_) => InferError::Unavailable(self.files.name.clone()),
         })?;
