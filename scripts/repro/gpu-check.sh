@@ -136,6 +136,15 @@ write_preload() {
   cat $B/preload.txt
 }
 
+# Waits (up to 2 minutes) until the server on port 18080 is ready or its process $1 has ended.
+wait_ready() {
+  for _ in $(seq 1 480); do
+    curl -fsS http://127.0.0.1:18080/v2/health/ready >/dev/null 2>&1 && return 0
+    kill -0 "$1" 2>/dev/null || return 1
+    sleep 0.25
+  done
+}
+
 bench() {
   local name=$1 dir=$2 image=$3 models=$4 calib=$5
   echo "== bench $name: raw ONNX Runtime CUDA in process (batch 128 and 1, 2 sessions)"
@@ -146,11 +155,7 @@ bench() {
   $B/caliper serve --device cuda:0 --addr 127.0.0.1:18080 --models "$models" --calib "$calib" \
     --state-dir $W/state-$name >"$log" 2>&1 &
   local pid=$!
-  for _ in $(seq 1 240); do
-    curl -fsS http://127.0.0.1:18080/v2/health/ready >/dev/null 2>&1 && break
-    kill -0 $pid 2>/dev/null || break
-    sleep 0.5
-  done
+  wait_ready $pid
   grep -E "warmed up|CUDA device ready|error" "$log" | cut -c1-300
   for c in 1 64 256; do
     timeout 60 $B/bench_load "http://127.0.0.1:18080/v1/models/$name/predict" "$image" $c 8 |
@@ -263,11 +268,7 @@ PY
     env $envs $B/caliper serve --device cuda:0 --addr 127.0.0.1:18080 --models $models --calib $c \
       --state-dir $W/state-diag $args >$W/diag.log 2>&1 &
     local pid=$!
-    for _ in $(seq 1 480); do
-      curl -fsS http://127.0.0.1:18080/v2/health/ready >/dev/null 2>&1 && break
-      kill -0 $pid 2>/dev/null || break
-      sleep 0.25
-    done
+    wait_ready $pid
     echo "ready after $((SECONDS - t0)) s"
     local clients before
     for clients in 1 64 256; do

@@ -522,52 +522,44 @@ mod tests {
         assert!(e.to_string().contains("\"penultimate\""), "{e}");
     }
 
-    #[test]
-    fn the_bound_path_answers_what_run_answers() {
-        let open = || {
-            ClassifierSession::new(&fixture(), "input", "logits", [1, 28, 28], 1)
-                .unwrap()
-                .with_features("features")
-                .unwrap()
-        };
-        let (mut plain, mut bound) = (open(), open().with_host_binding());
-        // Several batch sizes, each twice, and back: the kept tensors are reused and rebound.
-        for n in [3usize, 1, 3, 8, 1] {
+    /// The test graph with its features fetched.
+    fn with_features() -> ClassifierSession {
+        ClassifierSession::new(&fixture(), "input", "logits", [1, 28, 28], 1)
+            .unwrap()
+            .with_features("features")
+            .unwrap()
+    }
+
+    /// Runs batches of each of `sizes` on both sessions and compares their outputs.
+    fn assert_same_answers(a: &mut ClassifierSession, b: &mut ClassifierSession, sizes: &[usize]) {
+        for &n in sizes {
             let x: Vec<f32> = (0..n * 784)
                 .map(|i| ((i * 7919) % 255) as f32 / 255.0)
                 .collect();
             assert_eq!(
-                bound.run_outputs(&x).unwrap(),
-                plain.run_outputs(&x).unwrap(),
+                a.run_outputs(&x).unwrap(),
+                b.run_outputs(&x).unwrap(),
                 "batch {n}"
             );
         }
     }
 
     #[test]
+    fn the_bound_path_answers_what_run_answers() {
+        let (mut plain, mut bound) = (with_features(), with_features().with_host_binding());
+        // Several batch sizes, each twice, and back: the kept tensors are reused and rebound.
+        assert_same_answers(&mut bound, &mut plain, &[3, 1, 3, 8, 1]);
+    }
+
+    #[test]
     fn a_batch_of_a_dedicated_size_runs_on_its_own_session_with_the_same_answers() {
-        let open = || {
-            ClassifierSession::new(&fixture(), "input", "logits", [1, 28, 28], 1)
-                .unwrap()
-                .with_features("features")
-                .unwrap()
-        };
-        let (mut plain, mut sized) = (open(), open());
+        let (mut plain, mut sized) = (with_features(), with_features());
         sized.dedicate_sizes(&[2, 8, 2]).unwrap();
         assert_eq!(
             sized.sized.iter().map(|s| s.size).collect::<Vec<_>>(),
             [2, 8]
         );
-        for n in [2usize, 1, 8, 3, 2] {
-            let x: Vec<f32> = (0..n * 784)
-                .map(|i| ((i * 7919) % 255) as f32 / 255.0)
-                .collect();
-            assert_eq!(
-                sized.run_outputs(&x).unwrap(),
-                plain.run_outputs(&x).unwrap(),
-                "batch {n}"
-            );
-        }
+        assert_same_answers(&mut sized, &mut plain, &[2, 1, 8, 3, 2]);
     }
 
     #[test]

@@ -227,11 +227,14 @@ async fn admission_full_gives_429_with_retry_after() {
 async fn a_request_past_its_budget_gets_504() {
     let r = repo();
     let mut c = config(r.path());
-    // The batcher waits up to 30 s for a second image that never comes; the budget is 100 ms.
+    // The batcher waits up to 30 s for a second image, which another request announces (as
+    // when it starts decoding) and never sends; the budget is 100 ms.
     c.max_batch_size = 2;
     c.max_queue_delay = Duration::from_secs(30);
     c.request_timeout = Duration::from_millis(100);
     let s = state(c);
+    let model = s.registry.get(MODEL).unwrap();
+    let _stuck_decoding = model.announce();
     let (st, v, _) = send(&s, post(&predict_uri(), "image/png", digit("4.png"))).await;
     assert_eq!(
         (st, v["code"].as_str()),

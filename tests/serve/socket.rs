@@ -72,23 +72,20 @@ async fn serves_real_png_and_jpeg_over_a_socket_and_exits_0_on_sigterm() {
 
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_request_finish() {
-    // The batcher holds a lone image for 1 s waiting for a second one: long enough to send
-    // SIGTERM while the request is certainly in flight.
-    let server = Server::with_repository(
-        &data().join("models"),
-        &data().join("calib"),
-        &["--max-batch-size", "2", "--max-queue-delay-us", "1000000"],
-    );
-    let client = reqwest::Client::new();
-    let url = server.url("/v1/models/mnist-mlp/predict");
+    use std::io::{Read, Write};
+    let server = Server::with_repository(&data().join("models"), &data().join("calib"), &[]);
+    // A request whose body is still arriving when SIGTERM comes: it is certainly in flight.
     let body = std::fs::read(data().join("digits/4.png")).unwrap();
-    let pending = tokio::spawn(
-        client
-            .post(url)
-            .header("content-type", "image/png")
-            .body(body)
-            .send(),
-    );
+    let mut conn = std::net::TcpStream::connect(&server.addr).unwrap();
+    write!(
+        conn,
+        "POST /v1/models/mnist-mlp/predict HTTP/1.1\r\nhost: caliper\r\ncontent-type: image/png\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let half = body.len() / 2;
+    conn.write_all(&body[..half]).unwrap();
     // Wait until the server counts the request (the /metrics request itself is the other one).
     loop {
         let m = reqwest::get(server.url("/metrics"))
@@ -102,14 +99,25 @@ async fn sigterm_lets_an_in_flight_request_finish() {
         }
         tokio::task::yield_now().await;
     }
-    let status = tokio::task::spawn_blocking(move || server.terminate())
-        .await
-        .unwrap();
-    let resp = pending.await.unwrap().unwrap();
-    assert_eq!(resp.status(), 200);
-    let v: Value = resp.json().await.unwrap();
+    let addr = server.addr.clone();
+    let stopping = tokio::task::spawn_blocking(move || server.terminate());
+    // Shutting down: no new connection is accepted while the request is still in flight.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting after SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    conn.write_all(&body[half..]).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let json = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let v: Value = serde_json::from_str(json).unwrap();
     assert_eq!(v["label"], "4");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(stopping.await.unwrap().code(), Some(0));
 }
 
 #[tokio::test]
