@@ -95,7 +95,7 @@ pub struct ClassifierSession {
     device: Device,
     /// IoBinding from pinned host memory (CUDA); `None`: `Session::run` on the caller's slice.
     binding: Option<HostBinding>,
-    /// Sessions of their own for some batch sizes ([`ClassifierSession::dedicate_sizes`]).
+    /// Sessions of their own for some batch sizes ([`ClassifierSession::dedicate_size`]).
     sized: Vec<SizedSession>,
     /// The intra-op thread bound, for the sessions of `sized`.
     intra_op_threads: usize,
@@ -193,29 +193,33 @@ impl ClassifierSession {
         Ok(s)
     }
 
-    /// Gives each of `sizes` a session of its own on this device: a batch of one of those sizes
-    /// runs there, any other batch on the first session. Why (CUDA): ONNX Runtime's cuDNN
-    /// convolutions set themselves up again whenever their input shape differs from their
-    /// previous run's, which cost far more than the run itself on an H200 even with every shape
-    /// warmed up: a server whose batch sizes varied from run to run (ResNet-20, 64 clients)
-    /// took 80-315 ms per run of ~20 images against 0.5-0.7 ms for one, 169 requests/s; with a
-    /// session per size 0.71 ms per run of 17.5 images, 37,385 requests/s (HEURISTIC algorithm
-    /// search instead: 47 ms; docs/BENCHMARKS.md, CUDA serving, session 25). A session per size
-    /// never sees its shape change. Costs each size's weights and memory arena.
-    pub fn dedicate_sizes(&mut self, sizes: &[usize]) -> Result<(), RuntimeError> {
-        for &size in sizes {
-            if self.sized.iter().any(|s| s.size == size) {
-                continue;
-            }
-            let session = commit(&self.path, self.intra_op_threads, self.device)?;
-            let binding = host_binding(&session, self.device);
-            self.sized.push(SizedSession {
-                size,
-                session,
-                binding,
-            });
+    /// Gives batches of `size` images a session of its own on this device; any other batch
+    /// runs on the first session. Why (CUDA): ONNX Runtime's cuDNN convolutions set themselves
+    /// up again whenever their input shape differs from their previous run's, which cost far
+    /// more than the run itself on an H200 even with every shape warmed up: a server whose
+    /// batch sizes varied from run to run (ResNet-20, 64 clients) took 80-315 ms per run of ~20
+    /// images against 0.5-0.7 ms for one, 169 requests/s; with a session per size 0.71 ms per
+    /// run of 17.5 images, 37,385 requests/s (HEURISTIC algorithm search instead: 47 ms;
+    /// docs/BENCHMARKS.md, CUDA serving, session 25). A session per size never sees its shape
+    /// change. Costs the size's own copy of the weights and memory arena.
+    pub fn dedicate_size(&mut self, size: usize) -> Result<(), RuntimeError> {
+        if self.sized.iter().any(|s| s.size == size) {
+            return Ok(());
         }
+        let session = commit(&self.path, self.intra_op_threads, self.device)?;
+        let binding = host_binding(&session, self.device);
+        self.sized.push(SizedSession {
+            size,
+            session,
+            binding,
+        });
         Ok(())
+    }
+
+    /// Drops the session of its own that batches of `size` had (their memory with it): they run
+    /// on the first session again.
+    pub fn release_size(&mut self, size: usize) {
+        self.sized.retain(|s| s.size != size);
     }
 
     /// Feed the graph `[N, H, W, C]` (model.toml's `layout = "NHWC"`, what Keras and TensorFlow
@@ -554,12 +558,15 @@ mod tests {
     #[test]
     fn a_batch_of_a_dedicated_size_runs_on_its_own_session_with_the_same_answers() {
         let (mut plain, mut sized) = (with_features(), with_features());
-        sized.dedicate_sizes(&[2, 8, 2]).unwrap();
-        assert_eq!(
-            sized.sized.iter().map(|s| s.size).collect::<Vec<_>>(),
-            [2, 8]
-        );
-        assert_same_answers(&mut sized, &mut plain, &[2, 1, 8, 3, 2]);
+        for n in [2, 8, 2, 4] {
+            sized.dedicate_size(n).unwrap();
+        }
+        let sizes = |s: &ClassifierSession| s.sized.iter().map(|s| s.size).collect::<Vec<_>>();
+        assert_eq!(sizes(&sized), [2, 8, 4]);
+        assert_same_answers(&mut sized, &mut plain, &[2, 1, 8, 3, 2, 4]);
+        sized.release_size(8);
+        assert_eq!(sizes(&sized), [2, 4]);
+        assert_same_answers(&mut sized, &mut plain, &[8, 2]);
     }
 
     #[test]

@@ -188,12 +188,10 @@ impl LoadedModel {
         };
         let sizes = padded_sizes(device, policy.max_batch_size);
         let started = Instant::now();
-        let larger: Vec<usize> = sizes.iter().copied().filter(|&n| n > 1).collect();
         for s in &mut sessions {
             // Size 1 runs on the session opened above, which has run nothing else.
-            s.dedicate_sizes(&larger)?;
-            for &n in &larger {
-                s.run_outputs(&vec![0.0; n * s.image_len()])?;
+            for &n in sizes.iter().filter(|&&n| n > 1) {
+                warm_up_size(s, n, &files.name)?;
             }
         }
         if device.is_cuda() {
@@ -393,6 +391,26 @@ fn open_session(
     }
     check_features(files, out.features.as_ref().map(|f| f.1))?;
     Ok(s)
+}
+
+/// Gives batches of `n` images a session of their own on `s` (a GPU; see
+/// [`ClassifierSession::dedicate_size`]) and runs one. When the device cannot hold another
+/// session (a large model on a small GPU), batches of `n` share the first session instead: slower
+/// when batch sizes vary, but served, as before sessions per size.
+fn warm_up_size(s: &mut ClassifierSession, n: usize, model: &str) -> Result<(), InferError> {
+    let zeros = vec![0.0; n * s.image_len()];
+    if let Err(e) = s.dedicate_size(n).and_then(|()| s.run_outputs(&zeros)) {
+        s.release_size(n);
+        tracing::warn!(
+            model,
+            device = %s.device(),
+            batch = n,
+            error = %e,
+            "no session of its own for this batch size: its batches share the first session"
+        );
+        s.run_outputs(&zeros)?;
+    }
+    Ok(())
 }
 
 /// Single-image runs shorter than this count as short (LeNet: about 50-75 us; ResNet-20 about
