@@ -156,7 +156,9 @@ bench() {
     --state-dir $W/state-$name >"$log" 2>&1 &
   local pid=$!
   wait_ready $pid
-  grep -E "warmed up|CUDA device ready|error" "$log" | cut -c1-300
+  grep -E "warmed up|CUDA device ready|error|no session of its own" "$log" | cut -c1-300
+  # The sessions per padded size hold their own weights and arenas: the device memory in use.
+  echo "GPU memory in use with the server ready: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader)"
   for c in 1 64 256; do
     timeout 60 $B/bench_load "http://127.0.0.1:18080/v1/models/$name/predict" "$image" $c 8 |
       sed "s/^{/{\"bench\":\"server\",\"model\":\"$name\",/" | tee -a "$OUT/bench.jsonl"
