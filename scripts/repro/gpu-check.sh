@@ -163,6 +163,7 @@ bench() {
     timeout 60 $B/bench_load "http://127.0.0.1:18080/v1/models/$name/predict" "$image" $c 8 |
       sed "s/^{/{\"bench\":\"server\",\"model\":\"$name\",/" | tee -a "$OUT/bench.jsonl"
   done
+  echo "GPU memory in use after the loads: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader)"
   kill $pid; wait $pid 2>/dev/null
   echo "== bench $name: plain Python server on onnxruntime-gpu (BENCH_DEVICE=cuda:0)"
   local calib_file=$calib/$name.json
