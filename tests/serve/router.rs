@@ -244,6 +244,30 @@ async fn a_request_past_its_budget_gets_504() {
 }
 
 #[tokio::test]
+async fn a_failed_request_leaves_nothing_for_a_batch_to_wait_for() {
+    let r = repo();
+    let mut c = config(r.path());
+    // A batch waits up to 30 s for more images while requests announce images still decoding.
+    c.max_batch_size = 2;
+    c.max_queue_delay = Duration::from_secs(30);
+    let s = state(c);
+    let png = digit("4.png");
+    let truncated = png[..png.len() / 2].to_vec();
+    for bad in [truncated, b"not an image".to_vec()] {
+        let (st, v, _) = send(&s, post(&predict_uri(), "image/png", bad)).await;
+        assert!(st.is_client_error(), "{st} {v}");
+    }
+    let started = std::time::Instant::now();
+    let (st, v, _) = send(&s, post(&predict_uri(), "image/png", png)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a lone request waited for images that failed: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn nonfinite_logits_are_a_500_and_counted_never_probabilities() {
     let nan = data().join("nan");
     let s = state(config(&nan));
