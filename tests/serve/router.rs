@@ -223,14 +223,20 @@ async fn admission_full_gives_429_with_retry_after() {
     );
 }
 
+/// `c` with batches of 2 that wait up to 30 s for a second image while one is announced (a
+/// request is decoding it).
+fn patient_batching(mut c: caliper::serve::config::Config) -> caliper::serve::config::Config {
+    c.max_batch_size = 2;
+    c.max_queue_delay = Duration::from_secs(30);
+    c
+}
+
 #[tokio::test]
 async fn a_request_past_its_budget_gets_504() {
     let r = repo();
-    let mut c = config(r.path());
-    // The batcher waits up to 30 s for a second image, which another request announces (as
-    // when it starts decoding) and never sends; the budget is 100 ms.
-    c.max_batch_size = 2;
-    c.max_queue_delay = Duration::from_secs(30);
+    let mut c = patient_batching(config(r.path()));
+    // The batcher waits for a second image, which another request announces (as when it starts
+    // decoding) and never sends; the budget is 100 ms.
     c.request_timeout = Duration::from_millis(100);
     let s = state(c);
     let model = s.registry.get(MODEL).unwrap();
@@ -246,11 +252,7 @@ async fn a_request_past_its_budget_gets_504() {
 #[tokio::test]
 async fn a_failed_request_leaves_nothing_for_a_batch_to_wait_for() {
     let r = repo();
-    let mut c = config(r.path());
-    // A batch waits up to 30 s for more images while requests announce images still decoding.
-    c.max_batch_size = 2;
-    c.max_queue_delay = Duration::from_secs(30);
-    let s = state(c);
+    let s = state(patient_batching(config(r.path())));
     let png = digit("4.png");
     let truncated = png[..png.len() / 2].to_vec();
     for bad in [truncated, b"not an image".to_vec()] {
