@@ -82,14 +82,13 @@ impl QuantisedRows {
     }
 
     /// `row . p` for every row, exactly (`p` has the rows' dim values in -127..=127), into `out`.
+    #[cfg(test)]
     fn products_into(&self, p: &[i8], out: &mut Vec<i32>) {
         let packed = pack(p, self.groups);
         out.clear();
         out.resize(self.blocks.len() / (self.groups * 4), 0);
         #[cfg(target_arch = "x86_64")]
-        let done = if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
-        {
+        let done = if vnni() {
             // SAFETY: the CPU has AVX-512F and VNNI, the only features the function enables.
             unsafe { offset_products_vnni(&self.blocks, &packed, out) };
             true
@@ -105,6 +104,191 @@ impl QuantisedRows {
         for (o, &s) in out.iter_mut().zip(&self.sums) {
             *o -= 128 * s;
         }
+    }
+
+    /// One pass over the rows for query `p` (quantised with scale `t`): every row's estimate
+    /// `s (q . p) t` goes through `sel`, a block of [`ROWS`] rows at a time, without storing
+    /// them all (the estimates, the top-k pass over them and the candidate scan were three
+    /// passes over 48 KB of scratch per request, half of KNN's score; issue 19).
+    fn select(&self, p: &[i8], t: f64, scale: &[f64], sel: &mut Selection<'_>) {
+        let packed = pack(p, self.groups);
+        #[cfg(target_arch = "x86_64")]
+        if vnni() {
+            // SAFETY: the CPU has AVX-512F and VNNI, the only features the function enables.
+            unsafe { self.select_vnni(&packed, t, scale, sel) };
+            return;
+        }
+        self.select_portable(&packed, t, scale, sel);
+    }
+
+    /// [`Self::select`] with the portable products.
+    fn select_portable(&self, packed: &[u32], t: f64, scale: &[f64], sel: &mut Selection<'_>) {
+        let mut dots = [0i32; ROWS];
+        for (b, block) in self.blocks.chunks_exact(self.groups * GROUP).enumerate() {
+            dots.fill(0);
+            offset_products(block, packed, &mut dots);
+            let rows = b * ROWS..(b * ROWS + ROWS).min(self.rows);
+            sel.block(rows.start, &dots, &self.sums[rows.clone()], &scale[rows], t);
+        }
+    }
+
+    /// [`Self::select`] with `vpdpbusd`, a block's estimates computed and tested against the
+    /// floor in registers (through memory, the conversions and the compare waited on stores).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    fn select_vnni(&self, packed: &[u32], t: f64, scale: &[f64], sel: &mut Selection<'_>) {
+        use std::arch::x86_64::*;
+        let times = _mm512_set1_pd(t);
+        let mut floor = _mm512_set1_pd(sel.floor());
+        let mut estimate = [0f64; ROWS];
+        for (b, block) in self.blocks.chunks_exact(self.groups * GROUP).enumerate() {
+            let sum = block_sums_vnni(block, packed);
+            let first = b * ROWS;
+            if first + ROWS > self.rows {
+                // The last, partial block: through the portable steps.
+                let mut dots = [0i32; ROWS];
+                // SAFETY: `dots` is exactly 16 i32 (64 bytes); unaligned stores are allowed.
+                unsafe { _mm512_storeu_si512(dots.as_mut_ptr().cast(), sum) };
+                let rows = first..self.rows;
+                sel.block(first, &dots, &self.sums[rows.clone()], &scale[rows], t);
+                continue;
+            }
+            let sums = &self.sums[first..first + ROWS];
+            let scales = &scale[first..first + ROWS];
+            // SAFETY: `sums` is 16 i32 and `scales` 16 f64 (two groups of 8); unaligned loads
+            // and stores are allowed, and `estimate` is 16 f64.
+            unsafe {
+                let dots = _mm512_sub_epi32(
+                    sum,
+                    _mm512_slli_epi32::<7>(_mm512_loadu_si512(sums.as_ptr().cast())),
+                );
+                let low = _mm512_cvtepi32_pd(_mm512_castsi512_si256(dots));
+                let high = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(dots));
+                // `s d t` in that order, as the portable steps compute it.
+                let low =
+                    _mm512_mul_pd(_mm512_mul_pd(_mm512_loadu_pd(scales.as_ptr()), low), times);
+                let high = _mm512_mul_pd(
+                    _mm512_mul_pd(_mm512_loadu_pd(scales[8..].as_ptr()), high),
+                    times,
+                );
+                let reach = _mm512_cmp_pd_mask::<_CMP_GE_OQ>(low, floor)
+                    | _mm512_cmp_pd_mask::<_CMP_GE_OQ>(high, floor);
+                if reach == 0 {
+                    continue;
+                }
+                _mm512_storeu_pd(estimate.as_mut_ptr(), low);
+                _mm512_storeu_pd(estimate[8..].as_mut_ptr(), high);
+            }
+            sel.take(first, &estimate);
+            floor = _mm512_set1_pd(sel.floor());
+        }
+    }
+}
+
+/// Whether this CPU has AVX-512F and VNNI (`vpdpbusd`).
+#[cfg(target_arch = "x86_64")]
+fn vnni() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
+/// The running k largest row estimates of one query, and the rows that may still be
+/// candidates: those whose estimate reached the floor the k largest so far give. The floor
+/// only rises, so a row below it when seen is below the final floor, and the rows kept are a
+/// superset of the final candidates, which [`Selection::finish`] picks.
+struct Selection<'a> {
+    /// The k largest estimates so far, largest first (`-inf` until k rows were seen); unused
+    /// when k is above [`SMALL_K`], where every row is kept and partitioned at the end.
+    top: [f64; SMALL_K],
+    k: usize,
+    /// Twice the bound of an estimate's error: an upper bound reaching the k-th lower bound.
+    margin: f64,
+    /// Rows kept, with their estimates, in row order.
+    kept: &'a mut Vec<(usize, f64)>,
+}
+
+impl<'a> Selection<'a> {
+    fn new(k: usize, margin: f64, kept: &'a mut Vec<(usize, f64)>) -> Self {
+        kept.clear();
+        Selection {
+            top: [f64::NEG_INFINITY; SMALL_K],
+            k,
+            margin,
+            kept,
+        }
+    }
+
+    /// The floor for a k-th largest estimate `kth`, widened below by a relative 1e-12.
+    #[inline(always)]
+    fn floor_of(&self, kth: f64) -> f64 {
+        let floor = kth - self.margin;
+        floor - floor.abs() * 1e-12
+    }
+
+    /// The current floor: `-inf` while fewer than k rows were seen, and always for a large k.
+    #[inline(always)]
+    fn floor(&self) -> f64 {
+        if self.k > SMALL_K {
+            return f64::NEG_INFINITY;
+        }
+        self.floor_of(self.top[self.k - 1])
+    }
+
+    /// The rows from `first` on: their offset integer products `dots` (lanes past the rows are
+    /// padding), row sums and scales.
+    #[inline(always)]
+    fn block(&mut self, first: usize, dots: &[i32; ROWS], sums: &[i32], scale: &[f64], t: f64) {
+        let mut estimate = [f64::NEG_INFINITY; ROWS];
+        for (((e, &d), &s), &sc) in estimate.iter_mut().zip(dots).zip(sums).zip(scale) {
+            *e = sc * f64::from(d - 128 * s) * t;
+        }
+        // Once k rows were seen almost no block reaches the floor: one branch rules it out.
+        let floor = self.floor();
+        if estimate.iter().fold(false, |any, &v| any | (v >= floor)) {
+            self.take(first, &estimate[..sums.len()]);
+        }
+    }
+
+    /// The estimates of the rows from `first` on: those reaching the floor are kept, and the
+    /// k largest so far updated.
+    #[inline(always)]
+    fn take(&mut self, first: usize, estimate: &[f64]) {
+        let (k, floor) = (self.k, self.floor());
+        for (i, &v) in estimate.iter().enumerate() {
+            if v < floor {
+                continue;
+            }
+            self.kept.push((first + i, v));
+            if k > SMALL_K || v <= self.top[k - 1] {
+                continue;
+            }
+            // Insert v, keeping the first k sorted from the largest down.
+            let mut at = k - 1;
+            while at > 0 && self.top[at - 1] < v {
+                self.top[at] = self.top[at - 1];
+                at -= 1;
+            }
+            self.top[at] = v;
+        }
+    }
+
+    /// The candidates, in row order, into `picked`: the kept rows whose estimate reaches the
+    /// floor of the k-th largest estimate of all rows.
+    fn finish(self, picked: &mut Vec<usize>) {
+        let kth = if self.k > SMALL_K {
+            let mut all: Vec<f64> = self.kept.iter().map(|&(_, v)| v).collect();
+            kth_largest(&mut all, self.k, f64::total_cmp)
+        } else {
+            self.top[self.k - 1]
+        };
+        let floor = self.floor_of(kth);
+        picked.clear();
+        picked.extend(
+            self.kept
+                .iter()
+                .filter(|&&(_, v)| v >= floor)
+                .map(|&(i, _)| i),
+        );
     }
 }
 
@@ -136,40 +320,48 @@ fn offset_products(blocks: &[i8], packed: &[u32], out: &mut [i32]) {
     }
 }
 
-/// [`offset_products`] with `vpdpbusd`, four accumulators (named, so that they stay in
-/// registers) so that the additions of a block do not wait on each other.
-#[cfg(target_arch = "x86_64")]
+/// [`offset_products`] with `vpdpbusd`.
+#[cfg(all(test, target_arch = "x86_64"))]
 #[target_feature(enable = "avx512f,avx512vnni")]
 fn offset_products_vnni(blocks: &[i8], packed: &[u32], out: &mut [i32]) {
-    use std::arch::x86_64::*;
     let groups = packed.len();
+    for (block, o) in blocks
+        .chunks_exact(groups * GROUP)
+        .zip(out.chunks_exact_mut(ROWS))
+    {
+        let sum = block_sums_vnni(block, packed);
+        // SAFETY: `o` is exactly 16 i32 (64 bytes); unaligned stores are allowed.
+        unsafe { std::arch::x86_64::_mm512_storeu_si512(o.as_mut_ptr().cast(), sum) };
+    }
+}
+
+/// `sum (p + 128) q` for the 16 rows of one block, with `vpdpbusd` and four accumulators
+/// (named, so that they stay in registers) so that the additions do not wait on each other.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[inline]
+fn block_sums_vnni(block: &[i8], packed: &[u32]) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
     let step = |acc: __m512i, group: &[i8], word: u32| {
         // SAFETY: `group` is exactly 64 bytes; unaligned loads are allowed.
         let q = unsafe { _mm512_loadu_si512(group.as_ptr().cast()) };
         _mm512_dpbusd_epi32(acc, _mm512_set1_epi32(word as i32), q)
     };
-    for (block, o) in blocks
-        .chunks_exact(groups * GROUP)
-        .zip(out.chunks_exact_mut(ROWS))
-    {
-        let zero = _mm512_setzero_si512();
-        let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
-        let mut four = block.chunks_exact(4 * GROUP).zip(packed.chunks_exact(4));
-        for (g, w) in &mut four {
-            a0 = step(a0, &g[..GROUP], w[0]);
-            a1 = step(a1, &g[GROUP..2 * GROUP], w[1]);
-            a2 = step(a2, &g[2 * GROUP..3 * GROUP], w[2]);
-            a3 = step(a3, &g[3 * GROUP..], w[3]);
-        }
-        let tail = block.chunks_exact(4 * GROUP).remainder();
-        let words = packed.chunks_exact(4).remainder();
-        for (g, &w) in tail.chunks_exact(GROUP).zip(words) {
-            a0 = step(a0, g, w);
-        }
-        let sum = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
-        // SAFETY: `o` is exactly 16 i32 (64 bytes); unaligned stores are allowed.
-        unsafe { _mm512_storeu_si512(o.as_mut_ptr().cast(), sum) };
+    let zero = _mm512_setzero_si512();
+    let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+    let mut four = block.chunks_exact(4 * GROUP).zip(packed.chunks_exact(4));
+    for (g, w) in &mut four {
+        a0 = step(a0, &g[..GROUP], w[0]);
+        a1 = step(a1, &g[GROUP..2 * GROUP], w[1]);
+        a2 = step(a2, &g[2 * GROUP..3 * GROUP], w[2]);
+        a3 = step(a3, &g[3 * GROUP..], w[3]);
     }
+    let tail = block.chunks_exact(4 * GROUP).remainder();
+    let words = packed.chunks_exact(4).remainder();
+    for (g, &w) in tail.chunks_exact(GROUP).zip(words) {
+        a0 = step(a0, g, w);
+    }
+    _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3))
 }
 
 /// Most k for which [`kth_largest`] keeps a sorted top-k list instead of partitioning.
@@ -198,44 +390,6 @@ pub(super) fn kth_largest<T: Copy>(
     }
     top[k - 1]
 }
-
-/// [`kth_largest`] of finite values by plain comparisons (several times cheaper than
-/// `total_cmp`'s bit tricks over a whole bank; a bound need not tell -0.0 from 0.0).
-#[inline(always)]
-fn kth_largest_finite(values: &[f64], k: usize) -> f64 {
-    if k > SMALL_K {
-        return kth_largest(&mut values.to_vec(), k, f64::total_cmp);
-    }
-    let mut top = [f64::NEG_INFINITY; SMALL_K];
-    for chunk in values.chunks(SCAN) {
-        // Once the list is full almost no value enters it: a whole chunk is ruled out by one
-        // branch-free pass (the k-th only rises, so what is below it now stays out).
-        let least = top[k - 1];
-        if !chunk.iter().fold(false, |any, &v| any | (v > least)) {
-            continue;
-        }
-        for &v in chunk {
-            if v <= top[k - 1] {
-                continue;
-            }
-            // Insert v, keeping the first k sorted from the largest down.
-            let mut at = k - 1;
-            while at > 0 && top[at - 1] < v {
-                top[at] = top[at - 1];
-                at -= 1;
-            }
-            top[at] = v;
-        }
-    }
-    top[k - 1]
-}
-
-/// Values the scans over every row's estimate test at once: a chunk without a hit (nearly
-/// all of them) costs one branch instead of one per row. 32 (four AVX-512 compares per
-/// branch) against 8: KNN's score on ResNet-20's 4,096 x 64 bank 8.7-9.0 -> 7.8-7.9 us,
-/// LeNet's 2,048 x 128 7.6 -> 7.3 (`examples/bench_ood.rs`, alternated; 16 for the candidate
-/// scan and 64 for both were slower, and so was computing the estimates inside the top-k scan).
-const SCAN: usize = 32;
 
 /// The `i8` copy of a bank, the figures of its bounds, and the bank itself row by row (the
 /// candidates' exact products read a few whole rows, not one value per cache line of the
@@ -354,13 +508,12 @@ impl CoarseRows {
     #[inline(always)]
     fn kth_largest_product_in(&self, z: &[f32], k: usize, scratch: &mut Scratch) -> Option<f32> {
         let Scratch {
-            dots,
-            centre,
+            kept,
             picked,
             columns,
             sims,
         } = scratch;
-        if !self.candidates_into(z, k, dots, centre, picked) {
+        if !self.candidates_into(z, k, kept, picked) {
             return None;
         }
         sims.clear();
@@ -388,14 +541,13 @@ impl CoarseRows {
     }
 
     /// The rows whose product with `z` may be among the `k` largest, in row order, into
-    /// `picked` (`dots` and `centre` are scratch); false when they are too many to be worth it.
+    /// `picked` (`kept` is scratch); false when they are too many to be worth it.
     #[inline(always)]
     fn candidates_into(
         &self,
         z: &[f32],
         k: usize,
-        dots: &mut Vec<i32>,
-        centre: &mut Vec<f64>,
+        kept: &mut Vec<(usize, f64)>,
         picked: &mut Vec<usize>,
     ) -> bool {
         let n = self.scale.len();
@@ -413,24 +565,9 @@ impl CoarseRows {
         let bound = ((z_error + gamma * z_norm) * self.max_norm + p_norm * self.max_error)
             * (1.0 + 1e-6)
             + SLACK;
-        self.rows.products_into(&p, dots);
-        centre.clear();
-        centre.extend(
-            self.scale
-                .iter()
-                .zip(dots.iter())
-                .map(|(&s, &dot)| s * f64::from(dot) * t),
-        );
-        // Rows whose upper bound reaches the k-th largest lower bound.
-        let floor = kth_largest_finite(centre, k) - 2.0 * bound;
-        let floor = floor - floor.abs() * 1e-12;
-        picked.clear();
-        for (c, chunk) in centre.chunks(SCAN).enumerate() {
-            if chunk.iter().fold(false, |any, &v| any | (v >= floor)) {
-                let hits = chunk.iter().enumerate().filter(|&(_, &v)| v >= floor);
-                picked.extend(hits.map(|(i, _)| c * SCAN + i));
-            }
-        }
+        let mut sel = Selection::new(k, 2.0 * bound, kept);
+        self.rows.select(&p, t, &self.scale, &mut sel);
+        sel.finish(picked);
         picked.len() * MAX_CANDIDATE_SHARE <= n
     }
 }
@@ -441,10 +578,8 @@ impl CoarseRows {
 /// request in the profile of issue 19).
 #[derive(Debug, Default)]
 struct Scratch {
-    /// The integer product of every row.
-    dots: Vec<i32>,
-    /// Every row's product estimate.
-    centre: Vec<f64>,
+    /// The rows the pass over the bank kept, with their estimates.
+    kept: Vec<(usize, f64)>,
     /// The candidate rows.
     picked: Vec<usize>,
     /// Up to [`ROW_LANES`] candidate rows, column by column.
@@ -467,8 +602,8 @@ mod tests {
 
     impl CoarseRows {
         fn candidates(&self, z: &[f32], k: usize) -> Option<Vec<usize>> {
-            let (mut dots, mut centre, mut picked) = (Vec::new(), Vec::new(), Vec::new());
-            self.candidates_into(z, k, &mut dots, &mut centre, &mut picked)
+            let (mut kept, mut picked) = (Vec::new(), Vec::new());
+            self.candidates_into(z, k, &mut kept, &mut picked)
                 .then_some(picked)
         }
     }
@@ -553,6 +688,55 @@ mod tests {
         }
         // The bounds must rule out most rows on clustered banks, or the pass is no use.
         assert!(pruned > 200, "only {pruned} of 320 cases pruned");
+    }
+
+    #[test]
+    fn the_one_pass_keeps_the_rows_its_definition_keeps() {
+        // Every row's estimate `s (q . p) t`, their k-th largest and the rows reaching its floor,
+        // computed the plain way, against the one pass, dispatched and portable; k on both
+        // sides of SMALL_K, and banks whose last block is partial.
+        for (rows, dim, seed) in [(2048, 128, 5u64), (4096, 64, 6), (300, 7, 7), (17, 3, 8)] {
+            let mut r = stream(seed);
+            let centres: Vec<Vec<f32>> = (0..4).map(|_| (0..dim).map(|_| r()).collect()).collect();
+            let mut bank = Vec::with_capacity(rows * dim);
+            for i in 0..rows {
+                let mut row: Vec<f32> = centres[i % 4].iter().map(|c| c + 0.3 * r()).collect();
+                unit(&mut row);
+                bank.extend(row);
+            }
+            let coarse = CoarseRows::new(&bank, dim).unwrap();
+            for q in 0..6 {
+                let mut z: Vec<f32> = centres[q % 4].iter().map(|c| c + 0.2 * r()).collect();
+                unit(&mut z);
+                let (t, p) = quantise(&z);
+                let dots = coarse.rows.products(&p);
+                let estimates: Vec<f64> = coarse
+                    .scale
+                    .iter()
+                    .zip(&dots)
+                    .map(|(&s, &d)| s * f64::from(d) * t)
+                    .collect();
+                for k in [1, 3, SMALL_K, SMALL_K + 1, 40.min(rows)] {
+                    let margin = 0.02;
+                    let kth = kth_largest(&mut estimates.clone(), k, f64::total_cmp);
+                    let floor = kth - margin;
+                    let floor = floor - floor.abs() * 1e-12;
+                    let want: Vec<usize> = (0..rows).filter(|&i| estimates[i] >= floor).collect();
+                    let (mut kept, mut got) = (Vec::new(), Vec::new());
+                    let mut sel = Selection::new(k, margin, &mut kept);
+                    coarse.rows.select(&p, t, &coarse.scale, &mut sel);
+                    sel.finish(&mut got);
+                    assert_eq!(got, want, "{rows}x{dim} q{q} k{k}");
+                    let mut sel = Selection::new(k, margin, &mut kept);
+                    let packed = pack(&p, coarse.rows.groups);
+                    coarse
+                        .rows
+                        .select_portable(&packed, t, &coarse.scale, &mut sel);
+                    sel.finish(&mut got);
+                    assert_eq!(got, want, "portable {rows}x{dim} q{q} k{k}");
+                }
+            }
+        }
     }
 
     #[test]
