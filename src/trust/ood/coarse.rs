@@ -109,7 +109,8 @@ impl QuantisedRows {
     /// One pass over the rows for query `p` (quantised with scale `t`): every row's estimate
     /// `s (q . p) t` goes through `sel`, a block of [`ROWS`] rows at a time, without storing
     /// them all (the estimates, the top-k pass over them and the candidate scan were three
-    /// passes over 48 KB of scratch per request, half of KNN's score; issue 19).
+    /// passes over 48 KB of scratch per request; in one, KNN's score on ResNet-20's bank went
+    /// from 7.9-8.5 to 6.7-6.8 us, docs/BENCHMARKS.md session 26).
     fn select(&self, p: &[i8], t: f64, scale: &[f64], sel: &mut Selection<'_>) {
         let packed = pack(p, self.groups);
         #[cfg(target_arch = "x86_64")]
@@ -646,6 +647,29 @@ mod tests {
         }
     }
 
+    /// `rows` unit rows of `dim` around `clusters` centres, as features are, so that neighbours
+    /// are close; the centres and the rows, row-major.
+    fn clustered(
+        r: &mut impl FnMut() -> f32,
+        rows: usize,
+        dim: usize,
+        clusters: usize,
+    ) -> (Vec<Vec<f32>>, Vec<f32>) {
+        let centres: Vec<Vec<f32>> = (0..clusters)
+            .map(|_| (0..dim).map(|_| r()).collect())
+            .collect();
+        let mut bank = Vec::with_capacity(rows * dim);
+        for i in 0..rows {
+            let mut row: Vec<f32> = centres[i % clusters]
+                .iter()
+                .map(|c| c + 0.3 * r())
+                .collect();
+            unit(&mut row);
+            bank.extend(row);
+        }
+        (centres, bank)
+    }
+
     fn unit(v: &mut [f32]) {
         let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         v.iter_mut().for_each(|x| *x /= n);
@@ -661,14 +685,7 @@ mod tests {
             (300, 7, 4),
         ] {
             let mut r = stream(seed);
-            // Clusters around a few centres, as features are, so that neighbours are close.
-            let centres: Vec<Vec<f32>> = (0..8).map(|_| (0..dim).map(|_| r()).collect()).collect();
-            let mut bank = Vec::with_capacity(rows * dim);
-            for i in 0..rows {
-                let mut row: Vec<f32> = centres[i % 8].iter().map(|c| c + 0.3 * r()).collect();
-                unit(&mut row);
-                bank.extend(row);
-            }
+            let (centres, bank) = clustered(&mut r, rows, dim, 8);
             for q in 0..20 {
                 let mut z: Vec<f32> = match q % 3 {
                     // Near a centre, far from all, or one of the bank's own rows.
@@ -697,13 +714,7 @@ mod tests {
         // sides of SMALL_K, and banks whose last block is partial.
         for (rows, dim, seed) in [(2048, 128, 5u64), (4096, 64, 6), (300, 7, 7), (17, 3, 8)] {
             let mut r = stream(seed);
-            let centres: Vec<Vec<f32>> = (0..4).map(|_| (0..dim).map(|_| r()).collect()).collect();
-            let mut bank = Vec::with_capacity(rows * dim);
-            for i in 0..rows {
-                let mut row: Vec<f32> = centres[i % 4].iter().map(|c| c + 0.3 * r()).collect();
-                unit(&mut row);
-                bank.extend(row);
-            }
+            let (centres, bank) = clustered(&mut r, rows, dim, 4);
             let coarse = CoarseRows::new(&bank, dim).unwrap();
             for q in 0..6 {
                 let mut z: Vec<f32> = centres[q % 4].iter().map(|c| c + 0.2 * r()).collect();
